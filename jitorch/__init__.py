@@ -1,0 +1,185 @@
+"""jitorch: a PyTorch-shaped deep learning framework with eager autograd and a fusing compiler.
+
+    import jitorch as jt
+    x = jt.randn(64, 128, requires_grad=True)
+    y = (x @ w).relu().softmax(-1).sum()
+    y.backward()
+"""
+
+from . import autograd, dtypes
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .creation import (
+    arange,
+    as_tensor,
+    bernoulli,
+    empty,
+    empty_like,
+    eye,
+    from_dlpack,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    multinomial,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randint_like,
+    randn,
+    randn_like,
+    randperm,
+    tensor,
+    zeros,
+    zeros_like,
+)
+from .device import Device as device
+from .dtypes import (
+    DType as dtype,
+    bfloat16,
+    finfo,
+    float16,
+    float32,
+    float64,
+    get_default_dtype,
+    iinfo,
+    int32,
+    int64,
+    promote_types,
+    result_type,
+    set_default_dtype,
+)
+from .dtypes import bool_ as bool  # noqa: A001 - PyTorch's name
+from .ops import (
+    abs,
+    add,
+    all,
+    amax,
+    amin,
+    any,
+    argmax,
+    argmin,
+    argsort,
+    bmm,
+    broadcast_tensors,
+    broadcast_to,
+    cat,
+    chunk,
+    clamp,
+    clip,
+    clone,
+    concat,
+    concatenate,
+    cos,
+    cumsum,
+    div,
+    dot,
+    einsum,
+    eq,
+    erf,
+    exp,
+    exp2,
+    expm1,
+    flatten,
+    flip,
+    floor,
+    floor_divide,
+    ceil,
+    gather,
+    ge,
+    gt,
+    index_select,
+    isfinite,
+    isinf,
+    isnan,
+    le,
+    lerp,
+    log,
+    log1p,
+    log2,
+    log10,
+    log_softmax,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
+    logsumexp,
+    lt,
+    masked_fill,
+    masked_select,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    mm,
+    movedim,
+    mul,
+    narrow,
+    ne,
+    neg,
+    nonzero,
+    norm,
+    outer,
+    permute,
+    pow,
+    prod,
+    reciprocal,
+    relu,
+    remainder,
+    reshape,
+    round,
+    rsqrt,
+    scatter,
+    scatter_add,
+    select,
+    sigmoid,
+    sign,
+    sin,
+    softmax,
+    sort,
+    split,
+    sqrt,
+    square,
+    squeeze,
+    stack,
+    std,
+    sub,
+    sum,
+    swapaxes,
+    t,
+    take_along_dim,
+    tanh,
+    topk,
+    transpose,
+    tril,
+    triu,
+    trunc,
+    unbind,
+    unflatten,
+    unsqueeze,
+    var,
+    where,
+)
+from .ops import install_methods as _install_methods
+from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
+from .tensor import Size, Tensor
+
+_install_methods()
+
+float = float32  # noqa: A001
+double = float64
+half = float16
+long = int64
+int = int32  # noqa: A001
+subtract = sub
+multiply = mul
+divide = div
+true_divide = div
+negative = neg
+greater = gt
+less = lt
+
+__version__ = "0.1.0"

@@ -1,0 +1,385 @@
+"""Reverse-mode autograd: graph nodes, grad mode, and an iterative backward walk.
+
+Each differentiable op's output carries a `Node` (its `grad_fn`): the primitive, its inputs and
+params, and the output's data. `backward` walks the nodes in reverse topological order without
+recursion (Kahn's algorithm), so a chain of 100,000 ops does not overflow the stack. Vector-Jacobian
+products are written with Tensor ops, so with `create_graph=True` the backward pass is itself
+recorded and can be differentiated again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class _GradMode(threading.local):
+    enabled = True
+
+
+_grad_mode = _GradMode()
+
+
+def is_grad_enabled() -> bool:
+    """Whether operations are being recorded for autograd."""
+    return _grad_mode.enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Context manager and decorator that turns gradient recording on or off."""
+
+    def __init__(self, mode: bool) -> None:
+        self.mode = bool(mode)
+        self.prev = _grad_mode.enabled
+        _grad_mode.enabled = self.mode  # like torch: also works as a plain function call
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        _grad_mode.enabled = self.prev
+
+
+class _GradModeContext(contextlib.ContextDecorator):
+    mode = True
+
+    def __enter__(self) -> None:
+        self.prev = _grad_mode.enabled
+        _grad_mode.enabled = self.mode
+
+    def __exit__(self, *exc) -> None:
+        _grad_mode.enabled = self.prev
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(_GradModeContext):
+    """Disable gradient recording inside a `with` block or a decorated function."""
+
+    mode = False
+
+
+class enable_grad(_GradModeContext):
+    """Enable gradient recording inside a `with` block or a decorated function."""
+
+    mode = True
+
+
+class Node:
+    """One recorded op: what backward needs to compute its inputs' gradients."""
+
+    __slots__ = ("prim", "inputs", "params", "out_data", "out_version", "saved_versions", "needs",
+                 "hooks", "retain", "__weakref__")
+
+    def __init__(self, prim, inputs, params, out) -> None:
+        self.prim = prim
+        self.inputs = inputs
+        self.params = params
+        self.out_data = out._data
+        self.needs = tuple(t.requires_grad for t in inputs)
+        self.hooks = None
+        self.retain = None
+        saves = range(len(inputs)) if prim.saves is None else prim.saves
+        self.saved_versions = tuple((i, inputs[i]._counter(), inputs[i]._version_value())
+                                    for i in saves)
+        self.out_version = (out._counter(), 0) if prim.saves_out else None
+
+    @property
+    def out(self):
+        """The op's output as a Tensor whose grad_fn is this node (for vjps and double backward)."""
+        from .tensor import Tensor
+
+        return Tensor._make(self.out_data, grad_fn=self)
+
+    def name(self) -> str:
+        return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
+
+    @property
+    def next_functions(self) -> tuple:
+        return tuple((t.grad_fn, 0) for t in self.inputs) if self.inputs is not None else ()
+
+    def register_hook(self, fn: Callable):
+        if self.hooks is None:
+            self.hooks = []
+        self.hooks.append(fn)
+        return _RemovableHandle(self.hooks, fn)
+
+    def __repr__(self) -> str:
+        return f"<{self.name()} object>"
+
+    def check_saved(self) -> None:
+        """Raise if a tensor this node saved was modified in place after the op ran."""
+        if self.inputs is None:
+            raise RuntimeError(
+                f"Trying to backward through the graph a second time (op `{self.prim.name}`): the "
+                "saved values were freed after the first backward. Pass retain_graph=True to the "
+                "first backward() if you need to call it twice."
+            )
+        for i, counter, version in self.saved_versions:
+            if counter.value != version:
+                t = self.inputs[i]
+                raise RuntimeError(_inplace_message(self.prim.name, f"input {i}", t, counter.value, version))
+        if self.out_version is not None:
+            counter, version = self.out_version
+            if counter.value != version:
+                shape = tuple(self.out_data.shape)
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an "
+                    f"inplace operation: the output of `{self.prim.name}` (shape {shape}) is at version "
+                    f"{counter.value}; expected version {version} instead. Clone it before modifying "
+                    "it in place (y = y.clone()), or use the out-of-place op."
+                )
+
+
+def _inplace_message(op: str, which: str, t, now: int, then: int) -> str:
+    return (
+        f"one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: {which} of `{op}`, a {t.dtype.name} tensor of shape {tuple(t.shape)}, is at "
+        f"version {now}; expected version {then} instead. Clone it before modifying it in place "
+        "(x = x.clone()), or use the out-of-place op."
+    )
+
+
+class _RemovableHandle:
+    def __init__(self, hooks: list, fn: Callable) -> None:
+        self._hooks = hooks
+        self._fn = fn
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
+    """Count, for each node reachable from roots, how many reachable nodes consume its output."""
+    deps: dict[Node, int] = {}
+    stack = list(roots)
+    seen = set(roots)
+    for r in roots:
+        deps.setdefault(r, 0)
+    while stack:
+        node = stack.pop()
+        if node.inputs is None:
+            continue
+        for t in node.inputs:
+            fn = t.grad_fn
+            if fn is None:
+                continue
+            deps[fn] = deps.get(fn, 0) + 1
+            if fn not in seen:
+                seen.add(fn)
+                stack.append(fn)
+    return deps
+
+
+def _sum_to_shape(g, shape: tuple):
+    """Reduce a broadcast gradient back to an input's shape."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(
+        i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1
+    )
+    if dims:
+        g = g.sum(dims, keepdim=True)
+    return g.reshape(shape)
+
+
+def _release_inputs(node: Node, deps: dict, ready: list) -> None:
+    # A node that received no gradient still counts as visited for its producers.
+    for t in node.inputs or ():
+        fn = t.grad_fn
+        if fn is not None:
+            deps[fn] -= 1
+            if deps[fn] == 0:
+                ready.append(fn)
+
+
+def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capture=None):
+    """The backward walk. Accumulates into leaves' `.grad`, or, when `capture` maps tensors to
+    slots, returns the gradients of those tensors instead (for `autograd.grad`)."""
+    from .tensor import Tensor
+
+    grads: dict[Node, Tensor] = {}
+    leaf_roots = []
+    for t, g in zip(roots, root_grads):
+        if t.grad_fn is None:
+            leaf_roots.append((t, g))
+        else:
+            prev = grads.get(t.grad_fn)
+            grads[t.grad_fn] = g if prev is None else prev + g
+    captured: dict[int, Tensor] = {}
+    capture_nodes = {}
+    if capture is not None:
+        for slot, t in enumerate(capture):
+            if t.grad_fn is not None:
+                capture_nodes.setdefault(t.grad_fn, []).append(slot)
+    capture_leaves = {id(t): slot for slot, t in enumerate(capture)} if capture is not None else {}
+
+    def to_leaf(t: Tensor, g: Tensor) -> None:
+        slot = capture_leaves.get(id(t))
+        if capture is not None:
+            if slot is not None:
+                prev = captured.get(slot)
+                captured[slot] = g if prev is None else prev + g
+            return
+        for hook in t._hooks or ():
+            out = hook(g)
+            if out is not None:
+                g = out
+        if not create_graph:
+            g = g.detach()
+        if t.grad is None:
+            # own the buffer: a later in-place .grad update must not write into a graph value
+            t.grad = g if create_graph else Tensor._make(np.array(g._data, copy=True))
+        elif create_graph:
+            t.grad = t.grad + g
+        else:
+            t.grad._data += g._data
+
+    for t, g in leaf_roots:
+        if t.requires_grad:
+            to_leaf(t, g)
+
+    deps = _topo_dependencies(list(grads))
+    ready = [n for n in grads if deps[n] == 0]
+    with set_grad_enabled(create_graph):
+        while ready:
+            node = ready.pop()
+            g = grads.pop(node, None)
+            if g is None:
+                _release_inputs(node, deps, ready)
+                continue
+            node.check_saved()
+            if node.hooks:
+                for hook in node.hooks:
+                    out = hook(g)
+                    if out is not None:
+                        g = out
+            if node.retain is not None:
+                target = node.retain()
+                if target is not None and target.grad_fn is node:
+                    target.grad = g if create_graph else g.detach()
+            for slot in capture_nodes.get(node, ()):
+                captured[slot] = g
+            in_grads = node.prim.vjp(g, node)
+            inputs = node.inputs
+            for t, gi in zip(inputs, in_grads):
+                fn = t.grad_fn
+                if fn is not None:
+                    deps[fn] -= 1
+                    if gi is not None:
+                        gi = _sum_to_shape(gi, t.shape)
+                        prev = grads.get(fn)
+                        grads[fn] = gi if prev is None else prev + gi
+                    if deps[fn] == 0:
+                        ready.append(fn)
+                elif gi is not None and t.requires_grad:
+                    to_leaf(t, _sum_to_shape(gi, t.shape))
+            if not retain_graph:
+                node.inputs = None
+                node.out_data = None
+    return captured
+
+
+def _make_root_grads(outputs, grad_outputs, what: str):
+    from .tensor import Tensor
+
+    result = []
+    for i, (t, g) in enumerate(zip(outputs, grad_outputs)):
+        if not t.requires_grad:
+            raise RuntimeError(
+                f"{what}: element {i} of the outputs (shape {tuple(t.shape)}) does not require grad "
+                "and has no grad_fn. Did you compute it under no_grad(), or from tensors without "
+                "requires_grad=True?"
+            )
+        if g is None:
+            if t.numel() != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs, but {what} got an output "
+                    f"of shape {tuple(t.shape)}. Pass a gradient of that shape, e.g. "
+                    "out.backward(jitorch.ones_like(out)), or reduce it first (out.sum().backward())."
+                )
+            g = Tensor._make(np.ones(t._data.shape, dtype=t._data.dtype))
+        elif not isinstance(g, Tensor):
+            g = Tensor._make(np.asarray(g, dtype=t._data.dtype))
+        if g.shape != t.shape:
+            raise RuntimeError(
+                f"{what}: gradient of shape {tuple(g.shape)} does not match output {i} of shape "
+                f"{tuple(t.shape)}"
+            )
+        result.append(g)
+    return result
+
+
+def _as_seq(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
+             create_graph: bool = False, inputs=None) -> None:
+    """Accumulate gradients of `tensors` into the `.grad` of the leaves that require grad."""
+    tensors = _as_seq(tensors)
+    grads = _as_seq(grad_tensors) or [None] * len(tensors)
+    roots = _make_root_grads(tensors, grads, "backward()")
+    if retain_graph is None:
+        retain_graph = create_graph
+    if inputs is not None:
+        inputs = _as_seq(inputs)
+        found = run_backward(tensors, roots, retain_graph, create_graph, capture=inputs)
+        for slot, t in enumerate(inputs):
+            g = found.get(slot)
+            if g is not None:
+                t.grad = g if t.grad is None else t.grad + g
+        return
+    run_backward(tensors, roots, retain_graph, create_graph)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
+         create_graph: bool = False, allow_unused: bool = False) -> tuple:
+    """Return the gradients of `outputs` with respect to `inputs` without touching `.grad`.
+
+    Example: `(gx,) = jitorch.autograd.grad(y.sum(), [x], create_graph=True)` then differentiate `gx`.
+    """
+    outputs = _as_seq(outputs)
+    single = not isinstance(inputs, (list, tuple))
+    inputs = _as_seq(inputs)
+    for i, t in enumerate(inputs):
+        if not t.requires_grad:
+            raise RuntimeError(f"autograd.grad: input {i} (shape {tuple(t.shape)}) does not require grad")
+    grads = _as_seq(grad_outputs) or [None] * len(outputs)
+    roots = _make_root_grads(outputs, grads, "autograd.grad()")
+    if retain_graph is None:
+        retain_graph = create_graph
+    found = run_backward(outputs, roots, retain_graph, create_graph, capture=inputs)
+    result = []
+    for slot, t in enumerate(inputs):
+        g = found.get(slot)
+        if g is None and not allow_unused:
+            raise RuntimeError(
+                f"autograd.grad: input {slot} (shape {tuple(t.shape)}) was not used to compute the "
+                "outputs. Pass allow_unused=True to get None for it."
+            )
+        result.append(g if g is None or create_graph else g.detach())
+    return tuple(result) if not single or len(result) != 1 else tuple(result)
+
+
+def retain_node_grad(t) -> None:
+    """Make backward store the gradient of non-leaf `t` in `t.grad`."""
+    if t.grad_fn is not None:
+        t.grad_fn.retain = weakref.ref(t)

@@ -1,0 +1,207 @@
+"""Tensor creation: from data, filled, ranges, and random."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as _dt
+from .device import Device, cpu
+from .random import normal, rng, uniform
+from .tensor import Tensor
+
+
+def _finish(data: np.ndarray, device, requires_grad: bool) -> Tensor:
+    t = Tensor._make(data)
+    if device is not None and Device(device) is not cpu:
+        t = t.to(device)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _shape(size) -> tuple[int, ...]:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = size[0]
+    for s in size:
+        if not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"sizes must be non-negative integers, got {tuple(size)}")
+    return tuple(int(s) for s in size)
+
+
+def _infer_np(data, dtype: _dt.DType | None) -> np.ndarray:
+    if dtype is not None:
+        return np.array(data, dtype=dtype.np)
+    arr = np.array(data)
+    if isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        return arr.astype(_dt.from_numpy_dtype(arr.dtype).np, copy=False)
+    if arr.dtype.kind == "f":
+        return arr.astype(_dt.get_default_dtype().np)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "b":
+        return arr
+    raise TypeError(f"cannot make a tensor from data of type {type(data).__name__} (numpy dtype {arr.dtype})")
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of `data` (a number, nested lists, a numpy array or a tensor).
+
+    Python floats become the default float dtype (float32), ints int64, bools bool; numpy arrays
+    keep their dtype. Example: `jitorch.tensor([[1., 2.], [3., 4.]], requires_grad=True)`.
+    """
+    if isinstance(data, Tensor):
+        data = data.detach()._data
+    dtype = None if dtype is None else _dt.get_dtype(dtype)
+    arr = np.array(_infer_np(data, dtype), copy=True)
+    return _finish(arr, device, requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like `tensor`, but shares memory with a numpy array or tensor when no conversion is needed."""
+    if isinstance(data, Tensor):
+        return data if dtype is None else data.to(dtype)
+    if isinstance(data, np.ndarray) and (dtype is None or _dt.get_dtype(dtype).np == data.dtype):
+        return _finish(np.asarray(data, dtype=_dt.from_numpy_dtype(data.dtype).np), device, False)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with a numpy array (writes show through both ways)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+    _dt.from_numpy_dtype(array.dtype)
+    return Tensor._make(array)
+
+
+def from_dlpack(ext) -> Tensor:
+    """A tensor sharing memory with any DLPack-capable array (numpy, PyTorch CPU, ...)."""
+    arr = np.from_dlpack(ext)
+    _dt.from_numpy_dtype(arr.dtype)
+    return Tensor._make(arr)
+
+
+def _fill(size, value, dtype, device, requires_grad, default=None) -> Tensor:
+    dtype = _dt.get_dtype(dtype) if dtype is not None else (default or _dt.get_default_dtype())
+    return _finish(np.full(_shape(size), value, dtype=dtype.np), device, requires_grad)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _fill(size, 0, dtype, device, requires_grad)
+
+
+def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _fill(size, 1, dtype, device, requires_grad)
+
+
+def empty(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.empty(_shape(size), dtype=dtype.np), device, requires_grad)
+
+
+def full(size, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A tensor filled with `fill_value`; its dtype follows the value (bool, int64, float32)."""
+    return _fill((tuple(size),), fill_value, dtype, device, requires_grad, _dt.scalar_dtype(fill_value))
+
+
+def _like(fn, input: Tensor, dtype, device, requires_grad, *args) -> Tensor:
+    return fn(*args, dtype=dtype or input.dtype, device=device or input.device, requires_grad=requires_grad)
+
+
+def zeros_like(input: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _like(lambda **k: zeros(tuple(input.shape), **k), input, dtype, device, requires_grad)
+
+
+def ones_like(input: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _like(lambda **k: ones(tuple(input.shape), **k), input, dtype, device, requires_grad)
+
+
+def empty_like(input: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _like(lambda **k: empty(tuple(input.shape), **k), input, dtype, device, requires_grad)
+
+
+def full_like(input: Tensor, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _like(lambda **k: full(tuple(input.shape), fill_value, **k), input, dtype, device, requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Values from start to end (exclusive) by step; int64 unless any bound is a float."""
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise RuntimeError("arange: step must be nonzero")
+    if dtype is None:
+        is_float = any(isinstance(v, float) for v in (start, end, step))
+        dtype = _dt.get_default_dtype() if is_float else _dt.int64
+    dtype = _dt.get_dtype(dtype)
+    n = max(0, int(np.ceil((end - start) / step)))
+    data = (start + step * np.arange(n, dtype=np.float64)).astype(dtype.np) if dtype.is_floating_point else (
+        np.arange(start, end, step).astype(dtype.np))
+    return _finish(data, device, requires_grad)
+
+
+def linspace(start, end, steps: int, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.linspace(start, end, steps).astype(dtype.np), device, requires_grad)
+
+
+def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.eye(n, m, dtype=dtype.np), device, requires_grad)
+
+
+def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1)."""
+    t = uniform(_shape(size), 0.0, 1.0, dtype, generator)
+    return _finish(t._data, device, requires_grad)
+
+
+def randn(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples."""
+    t = normal(_shape(size), 0.0, 1.0, dtype, generator)
+    return _finish(t._data, device, requires_grad)
+
+
+def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
+            requires_grad: bool = False) -> Tensor:
+    """Integers in [low, high): `randint(10, (3,))` or `randint(2, 10, (3,))`."""
+    if size is None:
+        low, high, size = 0, low, high
+    if high is None:
+        low, high = 0, low
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
+    data = rng(generator).integers(low, high, size=tuple(size)).astype(dtype.np)
+    return _finish(data, device, requires_grad)
+
+
+def randperm(n: int, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
+    return _finish(rng(generator).permutation(n).astype(dtype.np), device, requires_grad)
+
+
+def rand_like(input: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return rand(tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device,
+                requires_grad=requires_grad)
+
+
+def randn_like(input: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return randn(tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device,
+                 requires_grad=requires_grad)
+
+
+def randint_like(input: Tensor, low, high=None, dtype=None, device=None) -> Tensor:
+    return randint(low, high, tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device)
+
+
+def bernoulli(input: Tensor, generator=None) -> Tensor:
+    """Samples 1 with probability `input` (elementwise), else 0."""
+    r = rng(generator).random(tuple(input.shape))
+    return Tensor._make((r < np.asarray(input._concrete("bernoulli"), dtype=np.float64)).astype(input._data.dtype))
+
+
+def multinomial(input: Tensor, num_samples: int, replacement: bool = False, generator=None) -> Tensor:
+    """Draw category indices with probabilities proportional to the rows of `input`."""
+    probs = np.asarray(input._concrete("multinomial"), dtype=np.float64)
+    g = rng(generator)
+    rows = probs.reshape(-1, probs.shape[-1])
+    out = np.stack([g.choice(rows.shape[1], size=num_samples, replace=replacement, p=r / r.sum()) for r in rows])
+    return Tensor._make(out.reshape(probs.shape[:-1] + (num_samples,)).astype(np.int64))

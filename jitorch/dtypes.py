@@ -1,0 +1,181 @@
+"""Data types and PyTorch's type-promotion rules.
+
+A `DType` is a small immutable object (`jitorch.float32`, ...) that knows its numpy dtype. Promotion
+follows PyTorch: tensors with dimensions decide first, zero-dim tensors only when they are of a higher
+category (bool < integer < floating), Python scalars last and only by category.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+
+class DType:
+    """A tensor element type. Compare with `is` or `==`; print as `jitorch.float32`."""
+
+    __slots__ = ("name", "np", "itemsize", "is_floating_point", "is_signed", "category")
+
+    def __init__(self, name: str, np_dtype: np.dtype, category: int) -> None:
+        self.name = name
+        self.np = np.dtype(np_dtype)
+        self.itemsize = self.np.itemsize
+        self.category = category  # 0 bool, 1 integer, 2 floating
+        self.is_floating_point = category == 2
+        self.is_signed = category != 0
+
+    def __repr__(self) -> str:
+        return f"jitorch.{self.name}"
+
+    def __reduce__(self):
+        return (get_dtype, (self.name,))
+
+
+bool_ = DType("bool", np.bool_, 0)
+int32 = DType("int32", np.int32, 1)
+int64 = DType("int64", np.int64, 1)
+float16 = DType("float16", np.float16, 2)
+bfloat16 = DType("bfloat16", ml_dtypes.bfloat16, 2)
+float32 = DType("float32", np.float32, 2)
+float64 = DType("float64", np.float64, 2)
+
+ALL_DTYPES = (bool_, int32, int64, float16, bfloat16, float32, float64)
+FLOAT_DTYPES = (float16, bfloat16, float32, float64)
+
+_BY_NAME = {d.name: d for d in ALL_DTYPES}
+_BY_NAME.update({"float": float32, "double": float64, "half": float16, "long": int64, "int": int32})
+_BY_NP = {d.np: d for d in ALL_DTYPES}
+
+_default_float = float32
+
+
+def get_default_dtype() -> DType:
+    """The dtype of floating tensors made from Python floats (float32 unless changed)."""
+    return _default_float
+
+
+def set_default_dtype(dtype: DType) -> None:
+    """Set the default floating dtype, as `torch.set_default_dtype` does."""
+    global _default_float
+    dtype = get_dtype(dtype)
+    if not dtype.is_floating_point:
+        raise TypeError(f"set_default_dtype only supports floating point dtypes, got {dtype}")
+    _default_float = dtype
+
+
+def get_dtype(spec) -> DType:
+    """Turn a DType, a name ("float32", "bfloat16") or a numpy dtype into a DType."""
+    if isinstance(spec, DType):
+        return spec
+    if isinstance(spec, str):
+        name = spec.removeprefix("jitorch.").removeprefix("torch.")
+        if name in _BY_NAME:
+            return _BY_NAME[name]
+        raise TypeError(f"unknown dtype {spec!r}; expected one of {sorted(_BY_NAME)}")
+    if spec is bool:
+        return bool_
+    if spec is int:
+        return int64
+    if spec is float:
+        return _default_float
+    try:
+        npd = np.dtype(spec)
+    except TypeError:
+        npd = None
+    if npd is not None and npd in _BY_NP:
+        return _BY_NP[npd]
+    raise TypeError(f"unsupported dtype {spec!r}; jitorch supports {[d.name for d in ALL_DTYPES]}")
+
+
+def from_numpy_dtype(npd: np.dtype) -> DType:
+    """The DType of a numpy dtype, with a clear error for unsupported ones (uint8, complex, ...)."""
+    d = _BY_NP.get(npd)
+    if d is None:
+        raise TypeError(
+            f"numpy dtype {npd} is not supported by jitorch; convert with .astype() to one of "
+            f"{[d.name for d in ALL_DTYPES]}"
+        )
+    return d
+
+
+def _build_promotion_table() -> dict[tuple[DType, DType], DType]:
+    # Floating types promote by this lattice; fp16 and bf16 meet at float32, as in PyTorch.
+    float_rank = {float16: 1, bfloat16: 1, float32: 2, float64: 3}
+    int_rank = {int32: 1, int64: 2}
+    table = {}
+    for a in ALL_DTYPES:
+        for b in ALL_DTYPES:
+            if a is b:
+                r = a
+            elif a.category != b.category:
+                r = a if a.category > b.category else b
+            elif a.category == 1:
+                r = a if int_rank[a] >= int_rank[b] else b
+            elif {a, b} == {float16, bfloat16}:
+                r = float32
+            else:
+                r = a if float_rank[a] >= float_rank[b] else b
+            table[a, b] = r
+    return table
+
+
+_PROMOTE = _build_promotion_table()
+
+
+def promote_types(a: DType, b: DType) -> DType:
+    """The smallest dtype both `a` and `b` convert to safely (`torch.promote_types`)."""
+    return _PROMOTE[a, b]
+
+
+def scalar_dtype(value) -> DType:
+    """The dtype PyTorch gives a Python scalar operand on its own."""
+    if isinstance(value, bool):
+        return bool_
+    if isinstance(value, int):
+        return int64
+    return _default_float
+
+
+def _combine_categories(higher: DType | None, lower: DType | None) -> DType | None:
+    # PyTorch's rule: a lower-priority operand only matters when its category is higher.
+    if higher is None:
+        return lower
+    if lower is None:
+        return higher
+    if higher.is_floating_point:
+        return higher
+    if higher is bool_ or lower.is_floating_point:
+        return _PROMOTE[higher, lower]
+    return higher
+
+
+def result_type(*operands) -> DType:
+    """Promote tensors and Python scalars by PyTorch's rules (`torch.result_type` for many)."""
+    dim_result = zero_result = scalar_result = None
+    for op in operands:
+        dtype = getattr(op, "dtype", None)
+        if isinstance(dtype, DType):
+            if op.ndim == 0:
+                zero_result = dtype if zero_result is None else _PROMOTE[zero_result, dtype]
+            else:
+                dim_result = dtype if dim_result is None else _PROMOTE[dim_result, dtype]
+        else:
+            d = scalar_dtype(op)
+            scalar_result = d if scalar_result is None else _PROMOTE[scalar_result, d]
+    out = _combine_categories(dim_result, _combine_categories(zero_result, scalar_result))
+    if out is None:
+        raise TypeError("result_type needs at least one operand")
+    return out
+
+
+def finfo(dtype: DType):
+    """Machine limits of a floating dtype (`eps`, `max`, `min`, `tiny`), like `torch.finfo`."""
+    dtype = get_dtype(dtype)
+    if not dtype.is_floating_point:
+        raise TypeError(f"finfo needs a floating dtype, got {dtype}")
+    return ml_dtypes.finfo(dtype.np)
+
+
+def iinfo(dtype: DType):
+    """Machine limits of an integer dtype, like `torch.iinfo`."""
+    return np.iinfo(get_dtype(dtype).np)

@@ -1,0 +1,1383 @@
+"""Tensor operations: each is one function here, exposed as `jitorch.NAME` and as `Tensor.NAME`.
+
+Ops either dispatch one primitive (after PyTorch's dtype promotion) or are composites of other ops.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections import namedtuple
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import dtypes as _dt
+from .dispatch import dispatch
+from .primitives import PRIMS
+from .tensor import Tensor, _wrap_dim
+
+P = PRIMS
+values_indices = namedtuple("values_indices", ["values", "indices"])
+
+# ---------------------------------------------------------------------------------------------
+# operands and promotion
+
+
+def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
+    """A Tensor for `x`: tensors pass through; scalars and arrays become constants on `like`'s device."""
+    if isinstance(x, Tensor):
+        return x
+    if dtype is None:
+        dtype = _dt.result_type(x) if isinstance(x, (bool, int, float)) else None
+    arr = np.asarray(x, dtype=None if dtype is None else dtype.np)
+    if dtype is None:
+        arr = arr.astype(_dt.get_default_dtype().np) if arr.dtype == np.float64 and not isinstance(
+            x, np.ndarray) else arr
+    t = Tensor._make(arr)
+    if like._device is not t._device:
+        from .dispatch import _meta_array
+
+        t = Tensor._make(_meta_array(arr.shape, arr.dtype))
+        t._device = like._device
+    return t
+
+
+def _cast(t: Tensor, dtype: _dt.DType) -> Tensor:
+    if t._data.dtype == dtype.np:
+        return t
+    return dispatch(P["cast"], (t,), {"dtype": dtype})
+
+
+def _binary_operands(a, b, dtype: _dt.DType | None = None):
+    """Promote two operands (tensors or scalars) to one dtype, PyTorch's way."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype == b._data.dtype:
+        return a, b
+    if dtype is None:
+        dtype = _dt.result_type(a, b)
+    like = a if isinstance(a, Tensor) else b
+    if not isinstance(a, Tensor):
+        a = as_operand(a, like, dtype)
+    if not isinstance(b, Tensor):
+        b = as_operand(b, like, dtype)
+    return _cast(a, dtype), _cast(b, dtype)
+
+
+def _binary(name: str, a, b) -> Tensor:
+    a, b = _binary_operands(a, b)
+    return dispatch(P[name], (a, b), {})
+
+
+def _float_binary(name: str, a, b) -> Tensor:
+    dtype = _dt.result_type(a, b)
+    if not dtype.is_floating_point:
+        dtype = _dt.get_default_dtype()
+    a, b = _binary_operands(a, b, dtype)
+    return dispatch(P[name], (a, b), {})
+
+
+def _unary(name: str, x: Tensor) -> Tensor:
+    return dispatch(P[name], (x,), {})
+
+
+def _float_unary(name: str, x: Tensor) -> Tensor:
+    if not x.dtype.is_floating_point:
+        x = _cast(x, _dt.get_default_dtype())
+    return dispatch(P[name], (x,), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+
+def add(input, other, *, alpha=1) -> Tensor:
+    """input + alpha * other, broadcast and promoted as in PyTorch."""
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary("add", input, other)
+
+
+def sub(input, other, *, alpha=1) -> Tensor:
+    """input - alpha * other."""
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary("sub", input, other)
+
+
+def mul(input, other) -> Tensor:
+    return _binary("mul", input, other)
+
+
+def div(input, other, *, rounding_mode: str | None = None) -> Tensor:
+    """True division (integers give floats), or `rounding_mode="floor"|"trunc"`."""
+    if rounding_mode is None:
+        return _float_binary("div", input, other)
+    if rounding_mode == "floor":
+        if not _dt.result_type(input, other).is_floating_point:
+            return _binary("floor_divide", input, other)
+        return _float_binary("div", input, other).floor()
+    if rounding_mode == "trunc":
+        q = _float_binary("div", input, other).trunc()
+        return q if _dt.result_type(input, other).is_floating_point else q.to(_dt.result_type(input, other))
+    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
+
+
+def floor_divide(input, other) -> Tensor:
+    return div(input, other, rounding_mode="floor")
+
+
+def remainder(input, other) -> Tensor:
+    """Python-style modulus (the result has the sign of the divisor)."""
+    return _binary("remainder", input, other)
+
+
+def pow(input, exponent) -> Tensor:
+    """input ** exponent."""
+    return _binary("pow", input, exponent)
+
+
+def maximum(input: Tensor, other: Tensor) -> Tensor:
+    return _binary("maximum", input, other)
+
+
+def minimum(input: Tensor, other: Tensor) -> Tensor:
+    return _binary("minimum", input, other)
+
+
+def eq(input, other) -> Tensor:
+    return _binary("eq", input, other)
+
+
+def ne(input, other) -> Tensor:
+    return _binary("ne", input, other)
+
+
+def lt(input, other) -> Tensor:
+    return _binary("lt", input, other)
+
+
+def le(input, other) -> Tensor:
+    return _binary("le", input, other)
+
+
+def gt(input, other) -> Tensor:
+    return _binary("gt", input, other)
+
+
+def ge(input, other) -> Tensor:
+    return _binary("ge", input, other)
+
+
+def _logical(name, a, b):
+    a = a if isinstance(a, Tensor) else as_operand(a, b)
+    b = b if isinstance(b, Tensor) else as_operand(b, a)
+    return dispatch(P[name], (_cast(a, _dt.bool_), _cast(b, _dt.bool_)), {})
+
+
+def logical_and(input, other) -> Tensor:
+    return _logical("logical_and", input, other)
+
+
+def logical_or(input, other) -> Tensor:
+    return _logical("logical_or", input, other)
+
+
+def logical_xor(input, other) -> Tensor:
+    return _logical("logical_xor", input, other)
+
+
+def logical_not(input: Tensor) -> Tensor:
+    return _unary("logical_not", _cast(input, _dt.bool_))
+
+
+def where(condition: Tensor, input=None, other=None) -> Tensor:
+    """Elementwise `input if condition else other`; with one argument, the indices of nonzeros."""
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    like = input if isinstance(input, Tensor) else other if isinstance(other, Tensor) else condition
+    a, b = _binary_operands(input if isinstance(input, Tensor) else input,
+                            other if isinstance(other, Tensor) else other) if (
+        isinstance(input, Tensor) or isinstance(other, Tensor)) else (
+        as_operand(input, like), as_operand(other, like))
+    if a._data.dtype != b._data.dtype:
+        dtype = _dt.result_type(a, b)
+        a, b = _cast(a, dtype), _cast(b, dtype)
+    return dispatch(P["where"], (_cast(condition, _dt.bool_), a, b), {})
+
+
+def _tensor_where(self: Tensor, condition: Tensor, other) -> Tensor:
+    return where(condition, self, other)
+
+
+def neg(input: Tensor) -> Tensor:
+    if input.dtype is _dt.bool_:
+        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not()")
+    return _unary("neg", input)
+
+
+def exp(input: Tensor) -> Tensor:
+    return _float_unary("exp", input)
+
+
+def log(input: Tensor) -> Tensor:
+    return _float_unary("log", input)
+
+
+def log1p(input: Tensor) -> Tensor:
+    return _float_unary("log1p", input)
+
+
+def expm1(input: Tensor) -> Tensor:
+    return _float_unary("expm1", input)
+
+
+def sqrt(input: Tensor) -> Tensor:
+    return _float_unary("sqrt", input)
+
+
+def rsqrt(input: Tensor) -> Tensor:
+    return _float_unary("rsqrt", input)
+
+
+def sin(input: Tensor) -> Tensor:
+    return _float_unary("sin", input)
+
+
+def cos(input: Tensor) -> Tensor:
+    return _float_unary("cos", input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return _float_unary("tanh", input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return _float_unary("sigmoid", input)
+
+
+def erf(input: Tensor) -> Tensor:
+    return _float_unary("erf", input)
+
+
+def reciprocal(input: Tensor) -> Tensor:
+    return _float_unary("reciprocal", input)
+
+
+def abs(input: Tensor) -> Tensor:
+    return _unary("abs", input)
+
+
+def sign(input: Tensor) -> Tensor:
+    return _unary("sign", input)
+
+
+def _rounding(name):
+    def op(input: Tensor) -> Tensor:
+        if not input.dtype.is_floating_point:
+            return input.clone()  # integers are already whole
+        return _unary(name, input)
+
+    op.__name__ = name
+    op.__doc__ = f"Elementwise {name}; integer tensors are returned unchanged (as a copy)."
+    return op
+
+
+floor = _rounding("floor")
+ceil = _rounding("ceil")
+trunc = _rounding("trunc")
+_round_half_even = _rounding("round")
+
+
+def round(input: Tensor, *, decimals: int = 0) -> Tensor:
+    """Round half to even, as PyTorch does; `decimals` scales first."""
+    if decimals == 0:
+        return _round_half_even(input)
+    scale = 10.0 ** decimals
+    return _round_half_even(input * scale) / scale
+
+
+def isnan(input: Tensor) -> Tensor:
+    return _unary("isnan", input)
+
+
+def isinf(input: Tensor) -> Tensor:
+    return _unary("isinf", input)
+
+
+def isfinite(input: Tensor) -> Tensor:
+    return (input.isnan() | input.isinf()).logical_not()
+
+
+def square(input: Tensor) -> Tensor:
+    return input * input
+
+
+def exp2(input: Tensor) -> Tensor:
+    return (input * math.log(2.0)).exp() if input.dtype.is_floating_point else exp2(input.float())
+
+
+def log2(input: Tensor) -> Tensor:
+    return log(input) / math.log(2.0)
+
+
+def log10(input: Tensor) -> Tensor:
+    return log(input) / math.log(10.0)
+
+
+def relu(input: Tensor) -> Tensor:
+    """max(x, 0) with gradient 0 at 0, as in PyTorch."""
+    return where(input > 0, input, 0)
+
+
+def clamp(input: Tensor, min=None, max=None) -> Tensor:
+    """Limit values to [min, max]; the gradient passes where min <= x <= max."""
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    out = input
+    if min is not None:
+        out = where(out < min, min if not isinstance(min, Tensor) else min.to(out.dtype), out)
+    if max is not None:
+        out = where(out > max, max if not isinstance(max, Tensor) else max.to(out.dtype), out)
+    if out.dtype != input.dtype and not isinstance(min, Tensor) and not isinstance(max, Tensor):
+        out = _cast(out, _dt.result_type(input, min if min is not None else max))
+    return out
+
+
+clip = clamp
+
+
+def lerp(input: Tensor, end: Tensor, weight) -> Tensor:
+    return input + weight * (end - input)
+
+
+def cast(input: Tensor, dtype) -> Tensor:
+    return _cast(input, _dt.get_dtype(dtype))
+
+
+def to(self: Tensor, *args, **kwargs) -> Tensor:
+    """Convert dtype and/or device: `x.to(jitorch.float64)`, `x.to("cpu")`, `x.to(other)`."""
+    dtype = kwargs.pop("dtype", None)
+    device = kwargs.pop("device", None)
+    kwargs.pop("non_blocking", None)
+    copy = kwargs.pop("copy", False)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, Tensor):
+            dtype, device = a.dtype, a.device
+        elif isinstance(a, _dt.DType):
+            dtype = a
+        elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "meta"):
+            device = a
+        elif a is not None:
+            from .device import Device
+
+            if isinstance(a, Device):
+                device = a
+            else:
+                dtype = _dt.get_dtype(a)
+    out = self
+    if device is not None:
+        from .device import Device
+
+        device = Device(device)
+        if device is not self._device:
+            if self._device.type == "meta":
+                raise NotImplementedError("Cannot copy out of meta tensor; it has no data")
+            from .dispatch import _meta_array
+
+            out = Tensor._make(_meta_array(self._data.shape, self._data.dtype))
+            out._device = device
+    if dtype is not None:
+        out = _cast(out, _dt.get_dtype(dtype))
+    if copy and out is self:
+        out = out.clone()
+    return out
+
+
+def _converter(dtype):
+    def conv(self: Tensor) -> Tensor:
+        return _cast(self, dtype)
+
+    conv.__doc__ = f"`self.to({dtype})`"
+    return conv
+
+
+def type_as(self: Tensor, other: Tensor) -> Tensor:
+    return _cast(self, other.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+def _dims(x: Tensor, dim) -> tuple[int, ...]:
+    nd = x.ndim
+    if dim is None:
+        return tuple(range(nd))
+    if isinstance(dim, (list, tuple)):
+        dims = tuple(sorted({_wrap_dim(d, nd) for d in dim}))
+        return dims if dims or len(dim) else tuple(range(nd))
+    return (_wrap_dim(dim, nd),) if nd else ()
+
+
+def _reduce(name: str, x: Tensor, dim, keepdim: bool) -> Tensor:
+    return dispatch(P[name], (x,), {"dims": _dims(x, dim), "keepdim": bool(keepdim)})
+
+
+def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    """Sum over `dim` (int, tuple, or all); bools and integers sum to int64."""
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    return _reduce("sum", input, dim, keepdim)
+
+
+def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    return _reduce("prod", input, dim, keepdim)
+
+
+def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    """The arithmetic mean over `dim`; needs a floating dtype, as in PyTorch."""
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(
+            f"mean(): could not infer output dtype. Input dtype must be floating point, but got "
+            f"{input.dtype.name}; call .float() first or pass dtype="
+        )
+    dims = _dims(input, dim)
+    count = 1
+    for d in dims:
+        count *= input.shape[d]
+    return _reduce("sum", input, dims, keepdim) / builtins.max(count, 0) if count else (
+        _reduce("sum", input, dims, keepdim) * float("nan"))
+
+
+def amax(input: Tensor, dim=(), keepdim: bool = False) -> Tensor:
+    """The maximum over `dim` (all dims when empty); ties share the gradient evenly."""
+    _check_nonempty(input, "amax")
+    return _reduce("amax", input, None if dim == () else dim, keepdim)
+
+
+def amin(input: Tensor, dim=(), keepdim: bool = False) -> Tensor:
+    _check_nonempty(input, "amin")
+    return _reduce("amin", input, None if dim == () else dim, keepdim)
+
+
+def _check_nonempty(x: Tensor, op: str) -> None:
+    if x.numel() == 0:
+        raise RuntimeError(f"{op}(): Expected reduction over a non-empty tensor, got shape {tuple(x.shape)}")
+
+
+def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    _check_nonempty(input, "argmax")
+    d = None if dim is None else _wrap_dim(dim, input.ndim) if input.ndim else None
+    return dispatch(P["argmax"], (input,), {"dim": d, "keepdim": bool(keepdim) and dim is not None})
+
+
+def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    _check_nonempty(input, "argmin")
+    d = None if dim is None else _wrap_dim(dim, input.ndim) if input.ndim else None
+    return dispatch(P["argmin"], (input,), {"dim": d, "keepdim": bool(keepdim) and dim is not None})
+
+
+def _select_extreme(input: Tensor, dim, keepdim: bool, arg) -> values_indices:
+    # the gradient goes to the one selected element, as in PyTorch's max(dim)
+    d = _wrap_dim(dim, input.ndim) if input.ndim else 0
+    if input.ndim == 0:
+        return values_indices(input.clone(), zeros((), dtype=_dt.int64))
+    idx = arg(input, d, keepdim=True)
+    values = input.gather(d, idx)
+    if not keepdim:
+        values, idx = values.squeeze(d), idx.squeeze(d)
+    return values_indices(values, idx)
+
+
+def max(input: Tensor, dim=None, keepdim: bool = False):
+    """`max(x)` the largest value; `max(x, dim)` (values, indices); `max(x, other)` elementwise."""
+    if isinstance(dim, Tensor):
+        return maximum(input, dim)
+    if dim is None:
+        return amax(input)
+    return _select_extreme(input, dim, keepdim, argmax)
+
+
+def min(input: Tensor, dim=None, keepdim: bool = False):
+    """`min(x)`, `min(x, dim)` -> (values, indices), or `min(x, other)` elementwise."""
+    if isinstance(dim, Tensor):
+        return minimum(input, dim)
+    if dim is None:
+        return amin(input)
+    return _select_extreme(input, dim, keepdim, argmin)
+
+
+def var(input: Tensor, dim=None, *, correction=1, keepdim: bool = False, unbiased=None) -> Tensor:
+    """Variance with Bessel's `correction` (1 = sample variance, 0 = population)."""
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    dims = _dims(input, dim)
+    n = 1
+    for d in dims:
+        n *= input.shape[d]
+    centered = input - input.mean(dims, keepdim=True)
+    return (centered * centered).sum(dims, keepdim=keepdim) / builtins.max(n - correction, 0)
+
+
+def std(input: Tensor, dim=None, *, correction=1, keepdim: bool = False, unbiased=None) -> Tensor:
+    return var(input, dim, correction=correction, keepdim=keepdim, unbiased=unbiased).sqrt()
+
+
+def logsumexp(input: Tensor, dim, keepdim: bool = False) -> Tensor:
+    """log(sum(exp(x))) over `dim`, computed stably."""
+    dims = _dims(input, dim)
+    m = input.amax(dims, keepdim=True).detach()
+    m = where(m.isinf(), 0.0, m)
+    out = (input - m).exp().sum(dims, keepdim=True).log() + m
+    return out if keepdim else out.squeeze(dims)
+
+
+def any(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _reduce("amax", _cast(input, _dt.bool_), dim, keepdim)
+
+
+def all(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _reduce("amin", _cast(input, _dt.bool_), dim, keepdim)
+
+
+def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    return dispatch(P["cumsum"], (input,), {"dim": _wrap_dim(dim, input.ndim) if input.ndim else 0})
+
+
+def norm(input: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
+    """The vector p-norm over `dim` (all elements by default)."""
+    if p == 2 or p == "fro":
+        return (input * input).sum(dim, keepdim=keepdim).sqrt()
+    if p == 1:
+        return input.abs().sum(dim, keepdim=keepdim)
+    if p == float("inf"):
+        return input.abs().amax(() if dim is None else dim, keepdim=keepdim)
+    return (input.abs() ** p).sum(dim, keepdim=keepdim) ** (1.0 / p)
+
+
+def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    """exp(x) / sum(exp(x)) along `dim`, shifted by the max for stability."""
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    e = (input - input.amax(dim, keepdim=True).detach()).exp()
+    return e / e.sum(dim, keepdim=True)
+
+
+def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    """x - logsumexp(x) along `dim`."""
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    shifted = input - input.amax(dim, keepdim=True).detach()
+    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and views
+
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def _infer_shape(x: Tensor, shape: tuple, op: str) -> tuple:
+    n = x.numel()
+    if shape.count(-1) > 1:
+        raise RuntimeError(f"{op}: only one dimension can be inferred, got shape {list(shape)}")
+    if -1 in shape:
+        known = 1
+        for s in shape:
+            if s != -1:
+                known *= s
+        if known == 0 or n % known:
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
+        shape = tuple(n // known if s == -1 else s for s in shape)
+    total = 1
+    for s in shape:
+        total *= s
+    if total != n or builtins.any(s < 0 for s in shape):
+        raise RuntimeError(
+            f"shape '{list(shape)}' is invalid for input of size {n} (input shape {tuple(x.shape)})"
+        )
+    return shape
+
+
+def reshape(input: Tensor, *shape) -> Tensor:
+    """The same data in a new shape (a view when the layout allows, else a copy); -1 is inferred."""
+    shape = _infer_shape(input, _shape_arg(shape), "reshape")
+    if shape == input.shape:
+        return input
+    return dispatch(P["reshape"], (input,), {"shape": shape})
+
+
+def view(input: Tensor, *shape) -> Tensor:
+    """Like reshape, but never copies: an error when the strides don't allow a view."""
+    if len(shape) == 1 and isinstance(shape[0], (_dt.DType, str)):
+        raise NotImplementedError("view(dtype) is not supported; use .to(dtype)")
+    shape = _infer_shape(input, _shape_arg(shape), "view")
+    if input._value is None and input._device.type == "cpu":
+        try:
+            np.reshape(input._data, shape, copy=False)
+        except ValueError:
+            raise RuntimeError(
+                f"view size is not compatible with input tensor's size and stride (shape "
+                f"{tuple(input.shape)}, strides {input.stride()} -> {list(shape)}). Use .reshape(...) "
+                "instead."
+            ) from None
+    return dispatch(P["reshape"], (input,), {"shape": shape})
+
+
+def view_as(input: Tensor, other: Tensor) -> Tensor:
+    return view(input, other.shape)
+
+
+def reshape_as(input: Tensor, other: Tensor) -> Tensor:
+    return reshape(input, other.shape)
+
+
+def permute(input: Tensor, *dims) -> Tensor:
+    dims = _shape_arg(dims)
+    nd = input.ndim
+    if len(dims) != nd:
+        raise RuntimeError(
+            f"permute(sparse_coo): number of dimensions in the tensor input does not match the length "
+            f"of the desired ordering of dimensions i.e. input.dim() = {nd} is not equal to len(dims) = {len(dims)}"
+        )
+    dims = tuple(_wrap_dim(d, nd) for d in dims)
+    if len(set(dims)) != nd:
+        raise RuntimeError(f"permute(): duplicate dims are not allowed, got {list(dims)}")
+    if dims == tuple(range(nd)):
+        return input
+    return dispatch(P["permute"], (input,), {"dims": dims})
+
+
+def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
+    nd = input.ndim
+    if nd < 2 and dim0 in (0, -1) and dim1 in (0, -1):
+        return input
+    order = list(range(nd))
+    d0, d1 = _wrap_dim(dim0, nd), _wrap_dim(dim1, nd)
+    order[d0], order[d1] = order[d1], order[d0]
+    return permute(input, order)
+
+
+swapaxes = transpose
+
+
+def t(input: Tensor) -> Tensor:
+    if input.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {input.ndim}D")
+    return transpose(input, 0, 1) if input.ndim == 2 else input
+
+
+def movedim(input: Tensor, source, destination) -> Tensor:
+    src = [source] if isinstance(source, int) else list(source)
+    dst = [destination] if isinstance(destination, int) else list(destination)
+    nd = input.ndim
+    src = [_wrap_dim(s, nd) for s in src]
+    dst = [_wrap_dim(d, nd) for d in dst]
+    order = [None] * nd
+    for s, d in zip(src, dst):
+        order[d] = s
+    rest = iter(i for i in range(nd) if i not in src)
+    order = [o if o is not None else next(rest) for o in order]
+    return permute(input, order)
+
+
+def squeeze(input: Tensor, dim=None) -> Tensor:
+    """Drop size-1 dimensions (all of them, or those in `dim`)."""
+    dims = _dims(input, dim) if dim is not None else tuple(i for i, s in enumerate(input.shape) if s == 1)
+    shape = tuple(s for i, s in enumerate(input.shape) if not (i in dims and s == 1))
+    return reshape(input, shape)
+
+
+def unsqueeze(input: Tensor, dim: int) -> Tensor:
+    nd = input.ndim + 1
+    d = _wrap_dim(dim, nd)
+    shape = list(input.shape)
+    shape.insert(d, 1)
+    return reshape(input, tuple(shape))
+
+
+def expand(input: Tensor, *sizes) -> Tensor:
+    """Broadcast to a larger shape without copying; -1 keeps a dimension."""
+    sizes = _shape_arg(sizes)
+    lead = len(sizes) - input.ndim
+    if lead < 0:
+        raise RuntimeError(
+            f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to the "
+            f"number of dimensions in the tensor ({input.ndim})"
+        )
+    shape = tuple(input.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+    for i, s in enumerate(input.shape):
+        if s != 1 and s != shape[i + lead]:
+            raise RuntimeError(
+                f"The expanded size of the tensor ({shape[i + lead]}) must match the existing size ({s}) "
+                f"at non-singleton dimension {i + lead}.  Target sizes: {list(sizes)}.  Tensor sizes: "
+                f"{list(input.shape)}"
+            )
+    if shape == input.shape:
+        return input
+    return dispatch(P["expand"], (input,), {"shape": shape})
+
+
+def expand_as(input: Tensor, other: Tensor) -> Tensor:
+    return expand(input, other.shape)
+
+
+def broadcast_to(input: Tensor, shape) -> Tensor:
+    return expand(input, tuple(shape))
+
+
+def broadcast_tensors(*tensors: Tensor) -> list[Tensor]:
+    from .primitives import broadcast_shapes
+
+    shape = broadcast_shapes(*(t.shape for t in tensors))
+    return [expand(t, shape) for t in tensors]
+
+
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if input.ndim == 0:
+        return reshape(input, (1,))
+    s, e = _wrap_dim(start_dim, input.ndim), _wrap_dim(end_dim, input.ndim)
+    shape = input.shape[:s] + (-1,) + input.shape[e + 1:]
+    return reshape(input, shape) if input.numel() else reshape(
+        input, input.shape[:s] + (math.prod(input.shape[s:e + 1]),) + input.shape[e + 1:])
+
+
+def unflatten(input: Tensor, dim: int, sizes) -> Tensor:
+    d = _wrap_dim(dim, input.ndim)
+    return reshape(input, input.shape[:d] + tuple(sizes) + input.shape[d + 1:])
+
+
+def contiguous(input: Tensor, memory_format=None) -> Tensor:
+    if input._data.flags.c_contiguous and input._value is None:
+        return input
+    return dispatch(P["copy"], (input,), {})
+
+
+def clone(input: Tensor, memory_format=None) -> Tensor:
+    """A copy with its own storage (differentiable)."""
+    return dispatch(P["copy"], (input,), {})
+
+
+def flip(input: Tensor, dims) -> Tensor:
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    return dispatch(P["flip"], (input,), {"dims": tuple(_wrap_dim(d, input.ndim) for d in dims)})
+
+
+def narrow(input: Tensor, dim: int, start: int, length: int) -> Tensor:
+    """A view of `length` elements along `dim` from `start`."""
+    d = _wrap_dim(dim, input.ndim)
+    size = input.shape[d]
+    if start < 0:
+        start += size
+    if not 0 <= start <= size or length < 0 or start + length > size:
+        raise RuntimeError(f"start ({start}) + length ({length}) exceeds dimension size ({size}).")
+    key = tuple(("slice", start, start + length, 1) if i == d else ("slice", None, None, None)
+                for i in range(d + 1))
+    return input._index(key, ())
+
+
+def select(input: Tensor, dim: int, index: int) -> Tensor:
+    d = _wrap_dim(dim, input.ndim)
+    return input[(slice(None),) * d + (index,)]
+
+
+def repeat(input: Tensor, *sizes) -> Tensor:
+    """Tile the tensor `sizes[i]` times along each dimension (copies)."""
+    sizes = _shape_arg(sizes)
+    x = input.reshape((1,) * (len(sizes) - input.ndim) + tuple(input.shape))
+    inter = []
+    for r, s in zip(sizes, x.shape):
+        inter += [r, s]
+    y = x.reshape(tuple(v for pair in zip([1] * x.ndim, x.shape) for v in pair)).expand(inter)
+    return y.reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
+
+
+def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """Join tensors along an existing dimension."""
+    tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or list(tensors)[:1]
+    if not tensors:
+        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    ref = tensors[0]
+    d = _wrap_dim(dim, ref.ndim)
+    for i, t in enumerate(tensors):
+        if t.ndim != ref.ndim or builtins.any(
+                a != b for j, (a, b) in enumerate(zip(t.shape, ref.shape)) if j != d):
+            raise RuntimeError(
+                f"Sizes of tensors must match except in dimension {d}. Expected shape like "
+                f"{tuple(ref.shape)} but got {tuple(t.shape)} for tensor number {i} in the list."
+            )
+    if len(tensors) == 1:
+        return tensors[0]
+    dtype = _dt.result_type(*tensors)
+    return dispatch(P["cat"], tuple(_cast(t, dtype) for t in tensors), {"dim": d})
+
+
+concat = cat
+concatenate = cat
+
+
+def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new dimension."""
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    for i, t in enumerate(tensors):
+        if t.shape != tensors[0].shape:
+            raise RuntimeError(
+                f"stack expects each tensor to be equal size, but got {list(tensors[0].shape)} at entry 0 "
+                f"and {list(t.shape)} at entry {i}"
+            )
+    d = _wrap_dim(dim, tensors[0].ndim + 1)
+    return cat([t.unsqueeze(d) for t in tensors], d)
+
+
+def split(input: Tensor, split_size_or_sections, dim: int = 0) -> tuple[Tensor, ...]:
+    """Split into chunks of a size, or into the listed section sizes."""
+    d = _wrap_dim(dim, input.ndim)
+    size = input.shape[d]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        sections = [builtins.min(step, size - s) for s in range(0, size, step)] or [0]
+    else:
+        sections = list(split_size_or_sections)
+        if builtins.sum(sections) != size:
+            raise RuntimeError(
+                f"split_with_sizes expects split_sizes to sum exactly to {size} (input tensor's size at "
+                f"dimension {d}), but got split_sizes={sections}"
+            )
+    out, start = [], 0
+    for s in sections:
+        out.append(narrow(input, d, start, s))
+        start += s
+    return tuple(out)
+
+
+def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
+    size = input.shape[_wrap_dim(dim, input.ndim)]
+    return split(input, builtins.max(1, -(-size // chunks)), dim)
+
+
+def unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
+    d = _wrap_dim(dim, input.ndim)
+    return tuple(select(input, d, i) for i in range(input.shape[d]))
+
+
+def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
+    """Pad the last dimensions: `pad=(left, right, top, bottom, ...)` as in `F.pad`; negative crops."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad mode {mode!r}: only 'constant' is supported")
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise RuntimeError(f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)}")
+    pads = [(0, 0)] * input.ndim
+    for i in range(len(pad) // 2):
+        pads[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    crop = tuple(("slice", -lo if lo < 0 else 0, (d + hi) if hi < 0 else d, 1)
+                 for (lo, hi), d in zip(pads, input.shape))
+    if builtins.any(lo < 0 or hi < 0 for lo, hi in pads):
+        input = input._index(crop, ())
+        pads = [(builtins.max(lo, 0), builtins.max(hi, 0)) for lo, hi in pads]
+    if builtins.all(p == (0, 0) for p in pads):
+        return input
+    return dispatch(P["pad"], (input,), {"pads": tuple(pads), "value": value})
+
+
+# ---------------------------------------------------------------------------------------------
+# indexing
+
+
+def _index_tensor(idx, like: Tensor) -> Tensor:
+    if not isinstance(idx, Tensor):
+        idx = as_operand(np.asarray(idx), like)
+    if idx.dtype.is_floating_point:
+        raise IndexError(
+            f"tensors used as indices must be long, int or bool tensors, got {idx.dtype.name}"
+        )
+    return idx
+
+
+def normalize_key(x: Tensor, key) -> tuple[tuple, list[Tensor]]:
+    """Turn a Python index into hashable items plus the index tensors it uses."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    tensors: list[Tensor] = []
+    items = []
+    consumed = 0
+    for k in key:
+        if isinstance(k, (list, np.ndarray)) or isinstance(k, Tensor):
+            k = _index_tensor(k, x)
+            consumed += k.ndim if k.dtype is _dt.bool_ else 1
+        elif k is not None and k is not Ellipsis:
+            consumed += 1
+        items.append(k)
+    if consumed > x.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {x.ndim} (shape {tuple(x.shape)})")
+    out = []
+    dim = 0
+    for k in items:
+        if k is None:
+            out.append(None)
+        elif k is Ellipsis:
+            out.append(Ellipsis)
+            dim += x.ndim - consumed
+        elif isinstance(k, slice):
+            if k.step is not None and k.step <= 0:
+                raise ValueError("step must be greater than zero")
+            out.append(("slice", _int_or_none(k.start), _int_or_none(k.stop), _int_or_none(k.step)))
+            dim += 1
+        elif isinstance(k, Tensor):
+            if k.dtype is _dt.bool_:
+                if tuple(k.shape) != tuple(x.shape[dim:dim + k.ndim]):
+                    raise IndexError(
+                        f"The shape of the mask {tuple(k.shape)} does not match the shape of the indexed "
+                        f"tensor {tuple(x.shape)} starting at dimension {dim}"
+                    )
+                for part in nonzero(k, as_tuple=True):
+                    out.append(("tensor", len(tensors)))
+                    tensors.append(part)
+                dim += k.ndim
+            else:
+                out.append(("tensor", len(tensors)))
+                tensors.append(k)
+                dim += 1
+        else:
+            i = int(k)
+            size = x.shape[dim]
+            if not -size <= i < size:
+                raise IndexError(
+                    f"index {i} is out of bounds for dimension {dim} with size {size} "
+                    f"(tensor shape {tuple(x.shape)})"
+                )
+            out.append(i)
+            dim += 1
+    return tuple(out), tensors
+
+
+def _int_or_none(v):
+    return None if v is None else int(v)
+
+
+def getitem(self: Tensor, key) -> Tensor:
+    """x[key]: ints, slices, None, Ellipsis, integer tensors and boolean masks, like PyTorch."""
+    nkey, tensors = normalize_key(self, key)
+    return self._index(nkey, tensors)
+
+
+def _index(self: Tensor, key: tuple, tensors) -> Tensor:
+    return dispatch(P["getitem"], (self, *tensors), {"key": key})
+
+
+def _index_put(self: Tensor, value: Tensor, key: tuple, tensors, accumulate: bool) -> Tensor:
+    if value._data.dtype != self._data.dtype:
+        value = _cast(value, self.dtype)
+    return dispatch(P["index_put"], (self, value, *tensors), {"key": key, "accumulate": accumulate})
+
+
+def index_put(input: Tensor, indices: tuple, values: Tensor, accumulate: bool = False) -> Tensor:
+    nkey, tensors = normalize_key(input, tuple(indices))
+    return _index_put(input, as_operand(values, input), nkey, tensors, accumulate)
+
+
+def nonzero(input: Tensor, *, as_tuple: bool = False):
+    """Indices of nonzero elements (data-dependent shape: eager only)."""
+    data = input._concrete("nonzero() (its output shape depends on the data)")
+    idx = np.nonzero(data)
+    parts = tuple(Tensor._make(np.asarray(i, dtype=np.int64)) for i in idx)
+    if as_tuple:
+        return parts
+    return Tensor._make(np.stack([p._data for p in parts], axis=1) if parts else np.zeros((0, 0), np.int64))
+
+
+def masked_select(input: Tensor, mask: Tensor) -> Tensor:
+    input, mask = broadcast_tensors(input, mask)
+    return input[mask]
+
+
+def _check_index(index: Tensor, op: str) -> None:
+    if index.dtype not in (_dt.int64, _dt.int32):
+        raise RuntimeError(f"{op}(): Expected dtype int64 for index, got {index.dtype.name}")
+
+
+def _check_index_range(input: Tensor, dim: int, index: Tensor, op: str) -> None:
+    if index._value is not None or index._device.type == "meta" or index.numel() == 0:
+        return
+    size = input.shape[dim]
+    lo, hi = int(index._data.min()), int(index._data.max())
+    if lo < -size or hi >= size:
+        bad = hi if hi >= size else lo
+        raise IndexError(
+            f"{op}(): index {bad} is out of bounds for dimension {dim} with size {size} "
+            f"(input shape {tuple(input.shape)}, index shape {tuple(index.shape)})"
+        )
+
+
+def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:
+    """out[i][j] = input[index[i][j]][j] (for dim=0), as `torch.gather`."""
+    d = _wrap_dim(dim, input.ndim)
+    _check_index(index, "gather")
+    if index.ndim != input.ndim:
+        raise RuntimeError(
+            f"gather(): Index tensor must have the same number of dimensions as input tensor "
+            f"(index shape {tuple(index.shape)}, input shape {tuple(input.shape)})"
+        )
+    _check_index_range(input, d, index, "gather")
+    return dispatch(P["gather"], (input, index), {"dim": d})
+
+
+def _scatter_args(input, dim, index, src, op):
+    d = _wrap_dim(dim, input.ndim)
+    _check_index(index, op)
+    _check_index_range(input, d, index, op)
+    src = as_operand(src, input, input.dtype) if not isinstance(src, Tensor) else src
+    if src.ndim == 0:
+        src = src.expand(index.shape)
+    return d, _cast(src, input.dtype)
+
+
+def scatter(input: Tensor, dim: int, index: Tensor, src=None, value=None) -> Tensor:
+    """Write `src` (or a scalar `value`) into a copy of input at `index` along `dim`."""
+    d, src = _scatter_args(input, dim, index, src if src is not None else value, "scatter")
+    return dispatch(P["scatter"], (input, index, src), {"dim": d})
+
+
+def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
+    """Add `src` into a copy of input at `index` along `dim`; repeated indices accumulate."""
+    d, src = _scatter_args(input, dim, index, src, "scatter_add")
+    return dispatch(P["scatter_add"], (input, index, src), {"dim": d})
+
+
+def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:
+    d = _wrap_dim(dim, input.ndim)
+    _check_index(index, "index_select")
+    if index.ndim > 1:
+        raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {tuple(index.shape)}")
+    _check_index_range(input, d, index, "index_select")
+    return input._index((("slice", None, None, None),) * d + (("tensor", 0),), (index.reshape(-1),))
+
+
+def take_along_dim(input: Tensor, indices: Tensor, dim: int) -> Tensor:
+    return gather(input, dim, indices)
+
+
+def masked_fill(input: Tensor, mask: Tensor, value) -> Tensor:
+    """Replace elements where `mask` is True with `value`."""
+    if mask.dtype is not _dt.bool_:
+        raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {mask.dtype.name}")
+    if isinstance(value, Tensor):
+        value = value.to(input.dtype)
+    else:
+        value = as_operand(value, input, input.dtype)
+    return where(mask, value, input)
+
+
+def _tri_mask(x: Tensor, diagonal: int, upper: bool) -> Tensor:
+    rows, cols = x.shape[-2], x.shape[-1]
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    keep = (c - r >= diagonal) if upper else (c - r <= diagonal)
+    return as_operand(keep, x)
+
+
+def tril(input: Tensor, diagonal: int = 0) -> Tensor:
+    """Keep the lower triangle (j - i <= diagonal) of the last two dims."""
+    return where(_tri_mask(input, diagonal, upper=False), input, 0)
+
+
+def triu(input: Tensor, diagonal: int = 0) -> Tensor:
+    return where(_tri_mask(input, diagonal, upper=True), input, 0)
+
+
+def argsort(input: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+    if input.ndim == 0:
+        return zeros((), dtype=_dt.int64)
+    return dispatch(P["argsort"], (input,), {"dim": _wrap_dim(dim, input.ndim), "descending": bool(descending)})
+
+
+def sort(input: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> values_indices:
+    """(values, indices) sorted along `dim`; stable."""
+    idx = argsort(input, dim, descending)
+    return values_indices(gather(input, dim, idx) if input.ndim else input.clone(), idx)
+
+
+def topk(input: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> values_indices:
+    """The k largest (or smallest) elements along `dim`, with their indices."""
+    d = _wrap_dim(dim, input.ndim)
+    if not 0 <= k <= input.shape[d]:
+        raise RuntimeError(f"selected index k out of range: k={k} for dimension {d} of size {input.shape[d]}")
+    idx = narrow(argsort(input, d, descending=largest), d, 0, k)
+    return values_indices(gather(input, d, idx), idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix products
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    """Matrix product with NumPy/PyTorch semantics for 1-D operands and broadcast batch dims."""
+    if input.ndim == 0 or other.ndim == 0:
+        raise RuntimeError(
+            f"both arguments to matmul need to be at least 1D, but they are {input.ndim}D and {other.ndim}D"
+        )
+    a, b = _binary_operands(input, other)
+    if not a.dtype.is_floating_point and a.dtype is not _dt.int64 and a.dtype is not _dt.int32:
+        raise RuntimeError(f"matmul is not implemented for {a.dtype.name}")
+    squeeze_a = a.ndim == 1
+    squeeze_b = b.ndim == 1
+    if squeeze_a:
+        a = a.unsqueeze(0)
+    if squeeze_b:
+        b = b.unsqueeze(-1)
+    if a.shape[-1] != b.shape[-2]:
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({'x'.join(map(str, input.shape))} and "
+            f"{'x'.join(map(str, other.shape))}): inner sizes {a.shape[-1]} != {b.shape[-2]}"
+        )
+    out = dispatch(P["matmul"], (a, b), {})
+    if squeeze_a:
+        out = out.squeeze(-2)
+    if squeeze_b:
+        out = out.squeeze(-1)
+    return out
+
+
+def mm(input: Tensor, mat2: Tensor) -> Tensor:
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise RuntimeError(f"mm: expected 2D tensors, got {input.ndim}D and {mat2.ndim}D")
+    return matmul(input, mat2)
+
+
+def bmm(input: Tensor, mat2: Tensor) -> Tensor:
+    if input.ndim != 3 or mat2.ndim != 3:
+        raise RuntimeError(f"bmm: expected 3D tensors, got {input.ndim}D and {mat2.ndim}D")
+    if input.shape[0] != mat2.shape[0]:
+        raise RuntimeError(
+            f"bmm: batch sizes differ: {tuple(input.shape)} and {tuple(mat2.shape)}"
+        )
+    return matmul(input, mat2)
+
+
+def dot(input: Tensor, other: Tensor) -> Tensor:
+    return (input * other).sum()
+
+
+def outer(input: Tensor, vec2: Tensor) -> Tensor:
+    return input.unsqueeze(-1) * vec2
+
+
+def einsum(equation: str, *operands) -> Tensor:
+    """Einstein summation, e.g. `einsum("bij,bjk->bik", a, b)`."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    eq = equation.replace(" ", "")
+    if "->" not in eq:
+        lhs = eq
+        letters = sorted(c for c in set(lhs.replace(",", "")) if lhs.replace(",", "").count(c) == 1)
+        eq = lhs + "->" + "".join(letters)
+    if "..." in eq:
+        raise NotImplementedError("einsum with '...' is not supported yet; write out the dimensions")
+    lhs = eq.split("->")[0].split(",")
+    if len(lhs) != len(operands):
+        raise RuntimeError(f"einsum(): {len(lhs)} operands in the equation but {len(operands)} given")
+    for sub, op in zip(lhs, operands):
+        if len(sub) != op.ndim:
+            raise RuntimeError(
+                f"einsum(): the number of subscripts in '{sub}' ({len(sub)}) does not match the number "
+                f"of dimensions ({op.ndim}) of an operand of shape {tuple(op.shape)}"
+            )
+    dtype = _dt.result_type(*operands)
+    return dispatch(P["einsum"], tuple(_cast(o, dtype) for o in operands), {"equation": eq})
+
+
+def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """im2col: (N, C, H, W) -> (N, C*kh*kw, L), as `torch.nn.functional.unfold`."""
+    pair = _pair
+    return dispatch(P["unfold"], (input,), {"kernel": pair(kernel_size), "dilation": pair(dilation),
+                                            "padding": pair(padding), "stride": pair(stride)})
+
+
+def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """col2im, the adjoint of `unfold`: overlapping windows add up."""
+    pair = _pair
+    return dispatch(P["fold"], (input,), {"output_size": pair(output_size), "kernel": pair(kernel_size),
+                                          "dilation": pair(dilation), "padding": pair(padding),
+                                          "stride": pair(stride)})
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+# ---------------------------------------------------------------------------------------------
+# creation helpers used above (the public creation API is in creation.py)
+
+
+def zeros(*shape, dtype=None) -> Tensor:
+    from .creation import zeros as _zeros
+
+    return _zeros(*shape, dtype=dtype)
+
+
+def new_zeros(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Tensor:
+    out = Tensor._make(np.zeros(_shape_arg(size), dtype=(self._data.dtype if dtype is None else
+                                                        _dt.get_dtype(dtype).np)))
+    if self._device is not out._device:
+        out = out.to(self._device)
+    out.requires_grad = requires_grad
+    return out
+
+
+def new_ones(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Tensor:
+    out = new_zeros(self, *size, dtype=dtype)
+    if out._device.type == "cpu":
+        out._data[...] = 1
+    out.requires_grad = requires_grad
+    return out
+
+
+def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+    out = new_zeros(self, *size, dtype=dtype)
+    if out._device.type == "cpu":
+        out._data[...] = fill_value
+    out.requires_grad = requires_grad
+    return out
+
+
+def new_tensor(self: Tensor, data, dtype=None, requires_grad: bool = False) -> Tensor:
+    from .creation import tensor
+
+    return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor methods
+
+_INPLACE = ["add", "sub", "mul", "div", "pow", "clamp", "clip", "exp", "log", "sqrt", "neg", "abs",
+            "tanh", "sigmoid", "relu", "floor", "ceil", "round", "trunc", "reciprocal", "masked_fill",
+            "lerp", "sin", "cos", "rsqrt", "sign", "scatter", "scatter_add", "index_put", "remainder",
+            "maximum", "minimum", "square", "log1p", "expm1", "erf", "tril", "triu", "logical_not"]
+
+
+def _make_inplace(fn):
+    def method(self: Tensor, *args, **kwargs) -> Tensor:
+        return self._inplace(lambda src, *a: fn(src, *a, **kwargs), *args)
+
+    method.__name__ = fn.__name__ + "_"
+    method.__doc__ = f"In-place version of `{fn.__name__}`."
+    return method
+
+
+def zero_(self: Tensor) -> Tensor:
+    return fill_(self, 0)
+
+
+def fill_(self: Tensor, value) -> Tensor:
+    """Fill with a scalar (or 0-d tensor) value, in place."""
+    src, graph = self._inplace_source(value)
+    v = as_operand(value, self, self.dtype) if not isinstance(value, Tensor) else value.to(self.dtype)
+    return self._assign(src * 0 + v if graph else v.expand(self.shape), graph)
+
+
+def copy_(self: Tensor, src: Tensor, non_blocking: bool = False) -> Tensor:
+    """Copy `src` (broadcast, converted to this dtype) into this tensor."""
+    src = as_operand(src, self)
+    dst, graph = self._inplace_source(src)
+    value = src.to(self.dtype).expand(self.shape)
+    if graph:
+        value = value + dst * 0 if dst.requires_grad else value.clone()
+    return self._assign(value, graph)
+
+
+def uniform_(self: Tensor, a: float = 0.0, b: float = 1.0, generator=None) -> Tensor:
+    from .random import uniform
+
+    with _no_grad_for_init(self):
+        return self._assign(uniform(self.shape, a, b, self.dtype, generator), False)
+
+
+def normal_(self: Tensor, mean: float = 0.0, std: float = 1.0, generator=None) -> Tensor:
+    from .random import normal
+
+    with _no_grad_for_init(self):
+        return self._assign(normal(self.shape, mean, std, self.dtype, generator), False)
+
+
+def _no_grad_for_init(t: Tensor):
+    from .autograd import _grad_mode, no_grad
+
+    if _grad_mode.enabled and t.requires_grad and t.grad_fn is None:
+        raise RuntimeError(
+            "a leaf tensor that requires grad is being filled in place; wrap it in `with jitorch.no_grad():`"
+        )
+    return no_grad()
+
+
+def _reflect(fn):
+    def method(self, other):
+        return fn(other, self)
+
+    return method
+
+
+def _binary_method(fn):
+    def method(self, other):
+        return fn(self, other)
+
+    return method
+
+
+def install_methods() -> None:
+    """Attach the op functions to Tensor as methods and operators (done once, at import)."""
+    T = Tensor
+    plain = [
+        add, sub, mul, div, floor_divide, remainder, pow, maximum, minimum, eq, ne, lt, le, gt, ge,
+        logical_and, logical_or, logical_xor, logical_not, neg, exp, log, log1p, expm1, sqrt, rsqrt, sin, cos,
+        tanh, sigmoid, erf, reciprocal, abs, sign, floor, ceil, trunc, round, isnan, isinf, isfinite, square,
+        exp2, log2, log10, relu, clamp, clip, lerp, to, type_as, sum, prod, mean, amax, amin, argmax, argmin,
+        max, min, var, std, logsumexp, any, all, cumsum, norm, softmax, log_softmax, reshape, view, view_as,
+        reshape_as, permute, transpose, swapaxes, t, movedim, squeeze, unsqueeze, expand, expand_as,
+        broadcast_to, flatten, unflatten, contiguous, clone, flip, narrow, select, repeat, split, chunk, unbind,
+        gather, scatter, scatter_add, index_select, take_along_dim, masked_fill, tril, triu, argsort, sort,
+        topk, matmul, mm, bmm, dot, outer, nonzero, masked_select, index_put, new_zeros, new_ones, new_full,
+        new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put,
+    ]
+    for fn in plain:
+        setattr(T, fn.__name__, fn)
+    T.where = _tensor_where
+    T.__getitem__ = getitem
+    for name in _INPLACE:
+        setattr(T, name + "_", _make_inplace(globals()[name]))
+    conversions = {"float": _dt.float32, "double": _dt.float64, "half": _dt.float16,
+                   "bfloat16": _dt.bfloat16, "long": _dt.int64, "int": _dt.int32, "bool": _dt.bool_}
+    for name, dtype in conversions.items():
+        setattr(T, name, _converter(dtype))
+    T.T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))
+    T.mT = property(lambda self: self.transpose(-2, -1))
+    ops = {"add": add, "sub": sub, "mul": mul, "truediv": div, "floordiv": floor_divide, "mod": remainder,
+           "pow": pow, "matmul": matmul, "and": logical_and, "or": logical_or, "xor": logical_xor}
+    for name, fn in ops.items():
+        setattr(T, f"__{name}__", _binary_method(fn))
+        setattr(T, f"__r{name}__", _reflect(fn))
+    for name in ("add", "sub", "mul", "truediv", "pow", "and", "or"):
+        fn = {"truediv": div, "and": logical_and, "or": logical_or}.get(name) or globals()[name]
+        setattr(T, f"__i{name}__", _make_inplace(fn))
+    T.__eq__ = _binary_method(eq)
+    T.__ne__ = _binary_method(ne)
+    T.__lt__ = _binary_method(lt)
+    T.__le__ = _binary_method(le)
+    T.__gt__ = _binary_method(gt)
+    T.__ge__ = _binary_method(ge)
+    T.__neg__ = neg
+    T.__pos__ = lambda self: self
+    T.__abs__ = abs
+    T.__invert__ = logical_not

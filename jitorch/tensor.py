@@ -1,0 +1,402 @@
+"""The Tensor: a numpy buffer (or a traced value), its autograd fields, and the Python protocols.
+
+Math methods (`x.exp()`, `x.sum(dim)`, ...) are the functions of `jitorch.ops`, attached to the
+class at import time (`ops.install_methods`), so each op is written once and exists both as
+`jitorch.exp(x)` and `x.exp()`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import autograd as _ag
+from . import dtypes as _dt
+from .device import Device, cpu
+
+
+class _Counter:
+    """A version counter, shared by a tensor and its views; in-place ops bump it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class Tensor:
+    """An n-dimensional array that records operations for autograd.
+
+    Make one with `jitorch.tensor(data)`, `jitorch.zeros(...)`, `jitorch.randn(...)`, ...
+    """
+
+    # Class-level defaults keep the constructor to one or two attribute writes.
+    requires_grad = False
+    grad = None
+    grad_fn = None
+    _ver = None
+    _base = None
+    _hooks = None
+    _device = cpu
+    _value = None  # the ir.Value of a traced tensor (jitorch.compile)
+    __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
+
+    @staticmethod
+    def _make(data: np.ndarray, grad_fn=None) -> Tensor:
+        t = object.__new__(Tensor)
+        t._data = data
+        if grad_fn is not None:
+            t.grad_fn = grad_fn
+            t.requires_grad = True
+        return t
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("create tensors with jitorch.tensor(data), jitorch.zeros(shape), ... ")
+
+    # --- versions -------------------------------------------------------------------------
+    def _counter(self) -> _Counter:
+        c = self._ver
+        if c is None:
+            c = self._ver = _Counter()
+        return c
+
+    def _version_value(self) -> int:
+        c = self._ver
+        return 0 if c is None else c.value
+
+    @property
+    def _version(self) -> int:
+        return self._version_value()
+
+    def _bump_version(self) -> None:
+        self._counter().value += 1
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def shape(self) -> Size:
+        return Size(self._data.shape)
+
+    def size(self, dim: int | None = None):
+        """The shape, or one dimension's size."""
+        if dim is None:
+            return Size(self._data.shape)
+        return self._data.shape[_wrap_dim(dim, self._data.ndim)]
+
+    @property
+    def dtype(self) -> _dt.DType:
+        return _dt.from_numpy_dtype(self._data.dtype)
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def dim(self) -> int:
+        return self._data.ndim
+
+    def numel(self) -> int:
+        return int(self._data.size)
+
+    nelement = numel
+
+    def element_size(self) -> int:
+        return self._data.dtype.itemsize
+
+    def stride(self, dim: int | None = None):
+        """Strides in elements, as PyTorch reports them."""
+        st = tuple(s // self._data.itemsize for s in self._data.strides)
+        return st if dim is None else st[_wrap_dim(dim, self._data.ndim)]
+
+    def is_contiguous(self) -> bool:
+        return bool(self._data.flags.c_contiguous)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    @property
+    def is_meta(self) -> bool:
+        return self._device.type == "meta"
+
+    @property
+    def data(self) -> Tensor:
+        """This tensor's values without autograd history (shares storage)."""
+        return self.detach()
+
+    @data.setter
+    def data(self, other: Tensor) -> None:
+        self._data = other._data
+        self._bump_version()
+
+    # --- autograd -------------------------------------------------------------------------
+    def backward(self, gradient=None, retain_graph: bool | None = None, create_graph: bool = False,
+                 inputs=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's `.grad` (see `jitorch.autograd.backward`)."""
+        _ag.backward(self, gradient, retain_graph, create_graph, inputs)
+
+    def detach(self) -> Tensor:
+        """A tensor sharing this one's data, cut from the autograd graph."""
+        out = Tensor._make(self._data)
+        out._ver = self._counter()
+        out._base = self._base if self._base is not None else self
+        out._device = self._device
+        if self._value is not None:
+            from .ir.trace import detach_traced
+
+            detach_traced(self, out)
+        return out
+
+    def detach_(self) -> Tensor:
+        self.grad_fn = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set whether autograd records operations on this leaf tensor."""
+        if self.grad_fn is not None and not requires_grad:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables; use .detach() for a "
+                "non-leaf tensor"
+            )
+        if requires_grad and not self.dtype.is_floating_point:
+            raise RuntimeError(
+                f"only tensors of floating point dtype can require gradients, got {self.dtype}"
+            )
+        self.requires_grad = requires_grad
+        return self
+
+    def register_hook(self, hook):
+        """Call `hook(grad)` when this tensor's gradient is computed; it may return a new grad."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            return self.grad_fn.register_hook(hook)
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return _ag._RemovableHandle(self._hooks, hook)
+
+    def retain_grad(self) -> None:
+        """Keep this non-leaf tensor's gradient in `.grad` after backward."""
+        if not self.requires_grad:
+            raise RuntimeError("can't retain_grad on a tensor that has requires_grad=False")
+        _ag.retain_node_grad(self)
+
+    # --- in place -------------------------------------------------------------------------
+    def _alias(self) -> Tensor:
+        """The current value of self as a separate graph node, for in-place ops to read from."""
+        a = Tensor._make(self._data, grad_fn=self.grad_fn)
+        a.requires_grad = self.requires_grad
+        a._ver = self._counter()
+        a._base = self._base
+        a._device = self._device
+        a._value = self._value
+        return a
+
+    def _inplace_source(self, *others) -> tuple[Tensor, bool]:
+        """Check an in-place op is allowed; return the tensor it should read `self` from."""
+        needs_graph = _ag._grad_mode.enabled and (
+            self.requires_grad or any(getattr(o, "requires_grad", False) for o in others)
+        )
+        if not needs_graph:
+            return self, False
+        if self.requires_grad and self.grad_fn is None:
+            raise RuntimeError(
+                f"a leaf tensor that requires grad (shape {tuple(self.shape)}) is being used in an "
+                "in-place operation. Wrap the update in `with jitorch.no_grad():` (as optimizers "
+                "do), or work on a clone."
+            )
+        if self._base is not None:
+            raise RuntimeError(
+                f"in-place operation on a view (shape {tuple(self.shape)}) of a tensor while autograd "
+                "is recording: jitorch does not rewrite the base's history. Clone the view first "
+                "(v = v.clone()) or use the out-of-place op."
+            )
+        return self._alias(), True
+
+    def _assign(self, result: Tensor, graph: bool) -> Tensor:
+        """Write `result` into self's storage: the one path every in-place op ends in."""
+        if result.shape != self.shape:
+            raise RuntimeError(
+                f"output with shape {tuple(self.shape)} doesn't match the broadcast shape "
+                f"{tuple(result.shape)} of an in-place operation"
+            )
+        if result._data.dtype != self._data.dtype:
+            if result.dtype.category > self.dtype.category:
+                raise RuntimeError(
+                    f"result type {result.dtype.name} can't be cast to the desired output type "
+                    f"{self.dtype.name} of an in-place operation; convert with .to() first"
+                )
+            result = result.to(self.dtype)
+        from .dispatch import trace_state
+
+        if trace_state.tracer is not None:
+            trace_state.tracer.assign(self, result)
+            return self
+        try:
+            np.copyto(self._data, result._data, casting="unsafe")
+        except ValueError as err:
+            raise RuntimeError(
+                f"unsupported in-place operation on a tensor of shape {tuple(self.shape)}: it is an "
+                f"expanded view where several elements share one memory location ({err}). "
+                "Use .clone() first."
+            ) from None
+        self._bump_version()
+        if graph:
+            node = result.grad_fn
+            if node is not None:
+                node.out_data = self._data
+                if node.out_version is not None:
+                    node.out_version = (self._counter(), self._version_value())
+                self.grad_fn = node
+                self.requires_grad = True
+        return self
+
+    def _inplace(self, fn, *args) -> Tensor:
+        src, graph = self._inplace_source(*args)
+        args = tuple(src if a is self else a for a in args)
+        return self._assign(fn(src, *args), graph)
+
+    def __setitem__(self, key, value) -> None:
+        from .ops import as_operand, normalize_key
+
+        nkey, tensors = normalize_key(self, key)
+        value = as_operand(value, self)
+        if value._data.dtype != self._data.dtype:
+            value = value.to(self.dtype)
+        src, graph = self._inplace_source(value)
+        from .dispatch import trace_state
+
+        if graph or trace_state.tracer is not None:
+            self._assign(src._index_put(value, nkey, tensors, accumulate=False), graph)
+            return
+        from .primitives import numpy_key
+
+        try:
+            self._data[numpy_key(nkey, [t._data for t in tensors])] = value._data
+        except ValueError as err:
+            raise RuntimeError(
+                f"cannot assign a value of shape {tuple(value.shape)} to the indexed part of a tensor "
+                f"of shape {tuple(self.shape)}: {err}"
+            ) from None
+        self._bump_version()
+
+    # --- conversion -----------------------------------------------------------------------
+    def _concrete(self, what: str) -> np.ndarray:
+        if self._value is not None:
+            from .ir.trace import concrete_value_error
+
+            raise concrete_value_error(self, what)
+        if self._device.type == "meta":
+            raise RuntimeError(f"{what} needs data, but this tensor is on the meta device (no data)")
+        return self._data
+
+    def numpy(self, force: bool = False) -> np.ndarray:
+        """The data as a numpy array sharing memory (fails on a tensor that requires grad)."""
+        data = self._concrete(".numpy()")
+        if self.requires_grad and not force:
+            raise RuntimeError(
+                "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
+            )
+        return data
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self._concrete("converting to a numpy array")
+        return data if dtype is None else data.astype(dtype)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        data = self._concrete(".item()")
+        if data.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {data.size} elements cannot be converted to a Python scalar "
+                f"(shape {tuple(data.shape)}); index or reduce it first"
+            )
+        return data.reshape(()).item() if data.dtype != _dt.bfloat16.np else float(data.reshape(()))
+
+    def tolist(self):
+        """The data as (nested) Python lists."""
+        data = self._concrete(".tolist()")
+        if data.dtype == _dt.bfloat16.np:
+            data = data.astype(np.float32)
+        return data.tolist()
+
+    def __bool__(self) -> bool:
+        data = self._concrete("bool(tensor) (an `if` or `while` on a tensor)")
+        if data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {data.size} elements is ambiguous; use .any() or .all()"
+            )
+        return bool(data.reshape(()))
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.is_floating_point or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __len__(self) -> int:
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __iter__(self):
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._data.shape[0]))
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._concrete("__dlpack__").__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._concrete("__dlpack_device__").__dlpack_device__()
+
+    def __repr__(self) -> str:
+        from .printing import tensor_repr
+
+        return tensor_repr(self)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("jitorch tensors are not pickled; use jitorch.save (safetensors) instead")
+
+    def __deepcopy__(self, memo):
+        out = Tensor._make(np.array(self._data, copy=True))
+        out._device = self._device
+        out.requires_grad = self.requires_grad and self.grad_fn is None
+        if self.grad is not None:
+            out.grad = self.grad.__deepcopy__(memo)
+        memo[id(self)] = out
+        return out
+
+
+class Size(tuple):
+    """A shape: a tuple of ints that prints like PyTorch's `torch.Size([2, 3])`."""
+
+    def __repr__(self) -> str:
+        return f"jitorch.Size({list(self)})"
+
+    def numel(self) -> int:
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+
+def _wrap_dim(dim: int, ndim: int) -> int:
+    lo, hi = -max(ndim, 1), max(ndim, 1) - 1
+    if not lo <= dim <= hi:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], but got {dim})")
+    return dim % max(ndim, 1)
