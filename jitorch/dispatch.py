@@ -10,8 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import autograd as _ag
-from .device import meta
+from .device import cpu, meta
 from .primitives import Prim
+from .tensor import Tensor
+
+_grad_mode = _ag._grad_mode
+_new = object.__new__
 
 # Primitives whose numpy kernel may return a view of its first input (shared storage).
 _VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
@@ -50,37 +54,44 @@ def _explain_failure(prim: Prim, inputs, params, err: Exception) -> Exception:
 
 def dispatch(prim: Prim, inputs: tuple, params: dict):
     """Run primitive `prim` on Tensors `inputs` with static `params`; returns a Tensor."""
-    from .tensor import Tensor
-
     device = inputs[0]._device
     for t in inputs:
         if t._device is not device:
             raise _device_error(prim, inputs)
-    tracer = trace_state.tracer
-    if tracer is not None:
-        return tracer.record(prim, inputs, params)
+    if trace_state.tracer is not None:
+        return trace_state.tracer.record(prim, inputs, params)
     arrays = [t._data for t in inputs]
-    if device is meta:
-        shape, dtype = prim.infer(*arrays, **params)
-        out = Tensor._make(_meta_array(shape, dtype))
-        out._device = meta
-    else:
-        try:
-            data = prim.impl(*arrays, **params)
-        except (ValueError, IndexError) as err:
-            raise _explain_failure(prim, inputs, params, err) from None
-        if type(data) is not np.ndarray:
-            data = np.asarray(data)
-        out = Tensor._make(data)
-        if prim.name in _VIEW_PRIMS and data.base is not None and np.may_share_memory(data, arrays[0]):
-            src = inputs[0]
-            out._ver = src._counter()
-            out._base = src if src._base is None else src._base
-    if _ag._grad_mode.enabled:
+    if device is not cpu:
+        return _dispatch_meta(prim, inputs, arrays, params)
+    try:
+        data = prim.impl(*arrays, **params)
+    except (ValueError, IndexError) as err:
+        raise _explain_failure(prim, inputs, params, err) from None
+    if type(data) is not np.ndarray:
+        data = np.asarray(data)
+    out = _new(Tensor)
+    out._data = data
+    if prim.name in _VIEW_PRIMS and data.base is not None and np.may_share_memory(data, arrays[0]):
+        src = inputs[0]
+        out._ver = src._counter()
+        out._base = src if src._base is None else src._base
+    if _grad_mode.enabled:
         for t in inputs:
             if t.requires_grad:
-                node = _ag.Node(prim, inputs, params, out)
-                out.grad_fn = node
-                out.requires_grad = True
+                _record(prim, inputs, params, out)
                 break
+    return out
+
+
+def _record(prim: Prim, inputs: tuple, params: dict, out: Tensor) -> None:
+    out.grad_fn = _ag.Node(prim, inputs, params, out)
+    out.requires_grad = True
+
+
+def _dispatch_meta(prim: Prim, inputs: tuple, arrays: list, params: dict) -> Tensor:
+    shape, dtype = prim.infer(*arrays, **params)
+    out = Tensor._make(_meta_array(shape, dtype))
+    out._device = meta
+    if _grad_mode.enabled and any(t.requires_grad for t in inputs):
+        _record(prim, inputs, params, out)
     return out

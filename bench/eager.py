@@ -1,0 +1,137 @@
+"""Eager overhead on the CPU: jitorch against numpy and PyTorch eager, side by side in one process.
+
+    python bench/eager.py            # prints a table and writes bench/results/eager_cpu.md
+
+Cases: one small op (a 16-element add, a 64x64 matmul), and forward+backward of a 3-layer MLP
+(batch 256, 784 -> 512 -> 512 -> 10, cross-entropy). Each figure is the median of several repeats of
+a timed loop (host clock; everything here is synchronous CPU work). Targets (issue #2): per-op
+overhead within 2x of PyTorch eager, MLP step within 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import threadpoolctl
+import torch
+
+import jitorch as jt
+
+
+def median_time(fn: Callable[[], object], number: int, repeats: int = 7) -> float:
+    """Median over `repeats` of the mean seconds per call across `number` calls."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+def small_op_cases() -> dict[str, dict[str, Callable]]:
+    rng = np.random.default_rng(0)
+    a16, b16 = rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
+    a64, b64 = rng.standard_normal((64, 64), dtype=np.float32), rng.standard_normal((64, 64), dtype=np.float32)
+    ja, jb, jA, jB = (jt.tensor(v) for v in (a16, b16, a64, b64))
+    ta, tb, tA, tB = (torch.tensor(v) for v in (a16, b16, a64, b64))
+    return {
+        "add, 16 elements": {"jitorch": lambda: ja + jb, "numpy": lambda: a16 + b16, "torch": lambda: ta + tb},
+        "matmul, 64x64": {"jitorch": lambda: jA @ jB, "numpy": lambda: a64 @ b64, "torch": lambda: tA @ tB},
+    }
+
+
+def _mlp_weights(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = [784, 512, 512, 10]
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1 / np.sqrt(fan_in)
+        weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
+        weights.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
+    return weights
+
+
+def mlp_step(lib, params: list, x, y) -> Callable[[], object]:
+    """Forward + backward of the MLP in `lib` (jitorch or torch: the same code serves both)."""
+
+    def step():
+        for p in params:
+            p.grad = None
+        h = x
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i + 2 < len(params):
+                h = h.relu()
+        logp = h.log_softmax(-1)
+        loss = -logp.gather(1, y.unsqueeze(1)).mean()
+        loss.backward()
+        return loss
+
+    return step
+
+
+def mlp_cases() -> dict[str, Callable]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 256)
+    weights = _mlp_weights()
+    jparams = [jt.tensor(w, requires_grad=True) for w in weights]
+    tparams = [torch.tensor(w, requires_grad=True) for w in weights]
+    jstep = mlp_step(jt, jparams, jt.tensor(x), jt.tensor(y))
+    tstep = mlp_step(torch, tparams, torch.tensor(x), torch.tensor(y))
+    # same math: the two losses agree before we time anything
+    assert abs(float(jstep().item()) - float(tstep().item())) < 1e-4
+    return {"jitorch": jstep, "torch": tstep}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eager_cpu.md"))
+    args = parser.parse_args()
+
+    blas_threads = max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+    torch.set_num_threads(blas_threads)
+    rows = []
+    for name, impls in small_op_cases().items():
+        t = {k: median_time(f, 20000 if "add" in name else 5000) for k, f in impls.items()}
+        rows.append((name, t["jitorch"], t["numpy"], t["torch"], 2.0))
+    t = {k: median_time(f, 20, repeats=9) for k, f in mlp_cases().items()}
+    rows.append(("MLP fwd+bwd, batch 256, 784-512-512-10", t["jitorch"], None, t["torch"], 1.3))
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        f"# Eager overhead on the CPU ({date.today()})",
+        "",
+        f"Machine: {cpu}; BLAS and torch threads: {blas_threads}. numpy {np.__version__}, "
+        f"torch {torch.__version__}, jitorch {jt.__version__}. Command: `python bench/eager.py`.",
+        "Median of repeated timed loops, microseconds per call.",
+        "",
+        "| case | jitorch µs | numpy µs | torch eager µs | jitorch / torch | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, j, n, tt, target in rows:
+        ratio = j / tt
+        verdict = "met" if ratio <= target else "missed"
+        nstr = f"{n * 1e6:.2f}" if n is not None else "-"
+        lines.append(f"| {name} | {j * 1e6:.2f} | {nstr} | {tt * 1e6:.2f} | {ratio:.2f}x | <= {target}x ({verdict}) |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
