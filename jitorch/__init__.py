@@ -169,6 +169,12 @@ from .tensor import Size, Tensor
 
 _install_methods()
 
+from . import compiler  # noqa: E402 - needs the Tensor methods installed
+from .compiler import compile  # noqa: E402,A001
+from .ir.trace import TraceError  # noqa: E402
+from .logs import set_logs  # noqa: E402
+from . import nn, optim, utils  # noqa: E402 - as `import torch` gives torch.nn, torch.optim
+
 float = float32  # noqa: A001
 double = float64
 half = float16
@@ -183,3 +189,4 @@ greater = gt
 less = lt
 
 __version__ = "0.1.0"
+from .serialization import load, save  # noqa: E402 - after the Tensor methods are installed

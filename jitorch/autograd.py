@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._trace_state import trace_state
+
 
 class _GradMode(threading.local):
     enabled = True
@@ -79,7 +81,7 @@ class enable_grad(_GradModeContext):
 class Node:
     """One recorded op: what backward needs to compute its inputs' gradients."""
 
-    __slots__ = ("prim", "inputs", "params", "out_data", "out_version", "saved_versions", "needs",
+    __slots__ = ("prim", "inputs", "params", "out_data", "out_value", "out_version", "saved_versions", "needs",
                  "hooks", "retain", "__weakref__")
 
     def __init__(self, prim, inputs, params, out) -> None:
@@ -87,6 +89,7 @@ class Node:
         self.inputs = inputs
         self.params = params
         self.out_data = out._data
+        self.out_value = out._value  # set while tracing for jitorch.compile
         self.needs = tuple(t.requires_grad for t in inputs)
         self.hooks = None
         self.retain = None
@@ -100,7 +103,9 @@ class Node:
         """The op's output as a Tensor whose grad_fn is this node (for vjps and double backward)."""
         from .tensor import Tensor
 
-        return Tensor._make(self.out_data, grad_fn=self)
+        out = Tensor._make(self.out_data, grad_fn=self)
+        out._value = self.out_value
+        return out
 
     def name(self) -> str:
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
@@ -227,6 +232,9 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                 capture_nodes.setdefault(t.grad_fn, []).append(slot)
     capture_leaves = {id(t): slot for slot, t in enumerate(capture)} if capture is not None else {}
 
+    # Leaf gradients are summed over all paths first, so a leaf's hooks run once, on the total.
+    pending: dict[int, list] = {}
+
     def to_leaf(t: Tensor, g: Tensor) -> None:
         slot = capture_leaves.get(id(t))
         if capture is not None:
@@ -234,16 +242,24 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                 prev = captured.get(slot)
                 captured[slot] = g if prev is None else prev + g
             return
+        entry = pending.get(id(t))
+        if entry is None:
+            pending[id(t)] = [t, g]
+        else:
+            entry[1] = entry[1] + g
+
+    def accumulate(t: Tensor, g: Tensor) -> None:
         for hook in t._hooks or ():
             out = hook(g)
             if out is not None:
                 g = out
         if not create_graph:
             g = g.detach()
+        functional = create_graph or g._value is not None or trace_state.tracer is not None
         if t.grad is None:
             # own the buffer: a later in-place .grad update must not write into a graph value
-            t.grad = g if create_graph else Tensor._make(np.array(g._data, copy=True))
-        elif create_graph:
+            t.grad = g if functional else Tensor._make(np.array(g._data, copy=True))
+        elif functional:
             t.grad = t.grad + g
         else:
             t.grad._data += g._data
@@ -273,7 +289,12 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                     target.grad = g if create_graph else g.detach()
             for slot in capture_nodes.get(node, ()):
                 captured[slot] = g
-            in_grads = node.prim.vjp(g, node)
+            if node.out_value is not None and node.out_value.node is not None:
+                trace_state.vjp_source = "backward of " + node.out_value.node.source
+            try:
+                in_grads = node.prim.vjp(g, node)
+            finally:
+                trace_state.vjp_source = None
             inputs = node.inputs
             for t, gi in zip(inputs, in_grads):
                 fn = t.grad_fn
@@ -290,6 +311,8 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None
+        for t, g in pending.values():
+            accumulate(t, g)
     return captured
 
 

@@ -152,12 +152,16 @@ def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bo
 def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
     t = uniform(_shape(size), 0.0, 1.0, dtype, generator)
+    if t._value is not None:  # traced inside jitorch.compile
+        return t
     return _finish(t._data, device, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
     t = normal(_shape(size), 0.0, 1.0, dtype, generator)
+    if t._value is not None:  # traced inside jitorch.compile
+        return t
     return _finish(t._data, device, requires_grad)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import autograd as _ag
+from ._trace_state import trace_state
 from .device import cpu, meta
 from .primitives import Prim
 from .tensor import Tensor
@@ -21,11 +22,6 @@ _new = object.__new__
 _VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
 
 
-class _TraceState:
-    tracer = None  # set by jitorch.compile while it traces
-
-
-trace_state = _TraceState()
 
 
 def _meta_array(shape, dtype) -> np.ndarray:
@@ -42,6 +38,17 @@ def _device_error(prim: Prim, inputs) -> RuntimeError:
     )
 
 
+def _check_devices(prim: Prim, inputs) -> None:
+    device = inputs[0]._device
+    for t in inputs:
+        if t._device is not device:
+            raise _device_error(prim, inputs)
+        if t._value is not None and trace_state.tracer is None:
+            from .ir.trace import escaped_error
+
+            raise escaped_error(t, prim.name)
+
+
 def _explain_failure(prim: Prim, inputs, params, err: Exception) -> Exception:
     """Turn a numpy error into one that names the op, shapes and dtypes."""
     try:
@@ -54,12 +61,13 @@ def _explain_failure(prim: Prim, inputs, params, err: Exception) -> Exception:
 
 def dispatch(prim: Prim, inputs: tuple, params: dict):
     """Run primitive `prim` on Tensors `inputs` with static `params`; returns a Tensor."""
+    if trace_state.tracer is not None:
+        _check_devices(prim, inputs)
+        return trace_state.tracer.record(prim, inputs, params)
     device = inputs[0]._device
     for t in inputs:
-        if t._device is not device:
-            raise _device_error(prim, inputs)
-    if trace_state.tracer is not None:
-        return trace_state.tracer.record(prim, inputs, params)
+        if t._device is not device or t._value is not None:
+            _check_devices(prim, inputs)
     arrays = [t._data for t in inputs]
     if device is not cpu:
         return _dispatch_meta(prim, inputs, arrays, params)

@@ -13,12 +13,23 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import dtypes as _dt
-from .dispatch import dispatch
+from .dispatch import dispatch as _dispatch
 from .primitives import PRIMS
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
 values_indices = namedtuple("values_indices", ["values", "indices"])
+
+
+def dispatch(prim, inputs: tuple, params: dict) -> Tensor:
+    """Run one primitive (see `jitorch.dispatch`). Integer and bool results never require grad,
+    as in PyTorch: they have no gradient, and a grad_fn would make argmax or `x > 0` look
+    differentiable (and keep their inputs alive)."""
+    out = _dispatch(prim, inputs, params)
+    if out.grad_fn is not None and not out.dtype.is_floating_point:
+        out.grad_fn = None
+        out.requires_grad = False
+    return out
 
 # ---------------------------------------------------------------------------------------------
 # operands and promotion
@@ -51,7 +62,8 @@ def _cast(t: Tensor, dtype: _dt.DType) -> Tensor:
 
 def _binary_operands(a, b, dtype: _dt.DType | None = None):
     """Promote two operands (tensors or scalars) to one dtype, PyTorch's way."""
-    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._data.dtype == b._data.dtype:
+    if (dtype is None and isinstance(a, Tensor) and isinstance(b, Tensor)
+            and a._data.dtype == b._data.dtype):
         return a, b
     if dtype is None:
         dtype = _dt.result_type(a, b)
@@ -1091,11 +1103,13 @@ def _tri_mask(x: Tensor, diagonal: int, upper: bool) -> Tensor:
 
 def tril(input: Tensor, diagonal: int = 0) -> Tensor:
     """Keep the lower triangle (j - i <= diagonal) of the last two dims."""
-    return where(_tri_mask(input, diagonal, upper=False), input, 0)
+    # a zero of input's own dtype: a Python 0 would promote a bool tensor to int64
+    return where(_tri_mask(input, diagonal, upper=False), input, input.new_zeros(()))
 
 
 def triu(input: Tensor, diagonal: int = 0) -> Tensor:
-    return where(_tri_mask(input, diagonal, upper=True), input, 0)
+    """Keep the upper triangle (j - i >= diagonal) of the last two dims."""
+    return where(_tri_mask(input, diagonal, upper=True), input, input.new_zeros(()))
 
 
 def argsort(input: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:

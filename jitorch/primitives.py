@@ -60,8 +60,13 @@ def _no_grad_vjp(g, node):
 # ---------------------------------------------------------------------------------------------
 # shape rules
 
+class ShapeError(RuntimeError, ValueError):
+    """A shape rule's error: a RuntimeError, as PyTorch raises, and also a ValueError, so code that
+    catches numpy's shape errors (dispatch, the tracer) catches it too."""
+
+
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """The broadcast of several shapes, or a ValueError that names all of them."""
+    """The broadcast of several shapes, or a ShapeError that names all of them."""
     ndim = max((len(s) for s in shapes), default=0)
     out = [1] * ndim
     for s in shapes:
@@ -69,7 +74,7 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
             if d != 1:
                 if out[i] != 1 and out[i] != d:
                     shown = " and ".join(str(tuple(x)) for x in shapes)
-                    raise ValueError(
+                    raise ShapeError(
                         f"shapes {shown} cannot be broadcast together: dimension {i - ndim} has sizes "
                         f"{out[i]} and {d}. Reshape or unsqueeze one operand so each dimension matches "
                         "or is 1."
@@ -375,7 +380,8 @@ defprim("permute", "movement", lambda x, dims: np.transpose(x, dims), _permute_i
 defprim("expand", "movement", np.broadcast_to, _reshape_infer, lambda g, n: (g,))
 defprim("flip", "movement", lambda x, dims: np.flip(x, dims), lambda x, dims: (x.shape, x.dtype),
         lambda g, n: (g.flip(n.params["dims"]),))
-defprim("copy", "elementwise", lambda x: np.array(x, copy=True), _same_dtype, lambda g, n: (g,))
+# C order: numpy's default ("K") would keep a transposed layout, and contiguous() must not
+defprim("copy", "elementwise", lambda x: np.array(x, copy=True, order="C"), _same_dtype, lambda g, n: (g,))
 
 
 def _pad_impl(x, pads, value):
@@ -486,7 +492,7 @@ def _matmul_impl(a, b):
 
 def _matmul_infer(a, b):
     if a.shape[-1] != b.shape[-2]:
-        raise ValueError(
+        raise ShapeError(
             f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)} "
             f"({a.shape[-1]} != {b.shape[-2]}). Transpose one operand or fix the layer sizes."
         )
@@ -521,13 +527,37 @@ def _einsum_vjp(g, n):
         others = [s for j, s in enumerate(subs) if j != i]
         operands = [t for j, t in enumerate(n.inputs) if j != i]
         available = set(out_sub).union(*others)
-        target = "".join(c for c in subs[i] if c in available)
+        unique = "".join(dict.fromkeys(subs[i]))  # a letter repeated in one operand ("ii") once
+        sizes = tuple(x.shape[subs[i].index(c)] for c in unique)
+        target = "".join(c for c in unique if c in available)
         gi = einsum(",".join([out_sub] + others) + "->" + target, g, *operands)
-        if target != subs[i]:  # letters summed only within operand i broadcast back
-            shape = tuple(x.shape[k] if c in available else 1 for k, c in enumerate(subs[i]))
-            gi = gi.reshape(shape).expand(x.shape)
+        if target != unique:  # letters summed only within operand i broadcast back
+            gi = gi.reshape(tuple(n if c in available else 1 for c, n in zip(unique, sizes))).expand(sizes)
+        if unique != subs[i]:
+            gi = _onto_diagonal(gi, unique, subs[i], n.params["equation"])
         grads.append(gi)
     return tuple(grads)
+
+
+def _onto_diagonal(g, unique: str, subs: str, equation: str):
+    """Spread the gradient of an operand with repeated letters (`ii`) onto its diagonal, where the
+    forward read it: multiply by an identity matrix for each repeat (einsum, so it stays traceable)."""
+    from .ops import as_operand, einsum
+
+    fresh = iter(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation)
+    out_subs, eye_subs, eyes = [], [], []
+    seen = set()
+    for k, c in enumerate(subs):
+        if c not in seen:
+            seen.add(c)
+            out_subs.append(c)
+            continue
+        f = next(fresh)
+        out_subs.append(f)
+        eye_subs.append(c + f)
+        size = g.shape[unique.index(c)]
+        eyes.append(as_operand(np.eye(size, dtype=g._data.dtype), g))
+    return einsum(",".join([unique] + eye_subs) + "->" + "".join(out_subs), g, *eyes)
 
 
 defprim("einsum", "matmul", _einsum_impl, _abstract(_einsum_impl), _einsum_vjp, saves=None)
@@ -672,3 +702,24 @@ def _fold_vjp(g, n):
 
 defprim("unfold", "movement", _unfold_impl, _unfold_infer, _unfold_vjp)
 defprim("fold", "movement", _fold_impl, _fold_infer, _fold_vjp)
+
+
+# ---------------------------------------------------------------------------------------------
+# random numbers inside compiled functions: the seed is a graph input, so each call draws anew
+
+
+def _random_impl(seed, *, shape, dtype, dist, index):
+    rng = np.random.Generator(np.random.PCG64([int(seed), index]))
+    work = np.float64 if dtype is _dt.float64 else np.float32
+    if dist == "uniform":
+        out = rng.random(shape, dtype=work)
+    else:
+        out = rng.standard_normal(shape, dtype=work)
+    return out.astype(dtype.np, copy=False)
+
+
+def _random_infer(seed, *, shape, dtype, dist, index):
+    return tuple(shape), dtype.np
+
+
+defprim("random", "random", _random_impl, _random_infer)

@@ -68,11 +68,28 @@ def _float_dtype(dtype) -> _dt.DType:
     return dtype
 
 
+def _traced_random(shape, dtype: _dt.DType, dist: str, generator):
+    """Inside jitorch.compile: a random op seeded per call, or None when not tracing."""
+    from ._trace_state import trace_state
+
+    tracer = trace_state.tracer
+    if tracer is None:
+        return None
+    if generator is not None:
+        from .ir.trace import TraceError
+
+        raise TraceError("random ops with an explicit generator are not supported inside jitorch.compile")
+    return tracer.random(tuple(shape), dtype, dist)
+
+
 def uniform(shape, low: float = 0.0, high: float = 1.0, dtype=None, generator=None):
     """A tensor of uniform samples in [low, high)."""
     from .tensor import Tensor
 
     dtype = _float_dtype(dtype)
+    traced = _traced_random(shape, dtype, "uniform", generator)
+    if traced is not None:
+        return traced if (low, high) == (0.0, 1.0) else traced * (high - low) + low
     r = rng(generator).random(tuple(shape), dtype=np.float64 if dtype is _dt.float64 else np.float32)
     if low != 0.0 or high != 1.0:
         r = r * (high - low) + low
@@ -84,6 +101,9 @@ def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=None, generator=Non
     from .tensor import Tensor
 
     dtype = _float_dtype(dtype)
+    traced = _traced_random(shape, dtype, "normal", generator)
+    if traced is not None:
+        return traced if (mean, std) == (0.0, 1.0) else traced * std + mean
     r = rng(generator).standard_normal(tuple(shape), dtype=np.float64 if dtype is _dt.float64 else np.float32)
     if mean != 0.0 or std != 1.0:
         r = r * std + mean

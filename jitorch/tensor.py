@@ -11,6 +11,7 @@ import numpy as np
 
 from . import autograd as _ag
 from . import dtypes as _dt
+from ._trace_state import trace_state
 from .device import Device, cpu
 
 
@@ -31,7 +32,7 @@ class Tensor:
 
     # Class-level defaults keep the constructor to one or two attribute writes.
     requires_grad = False
-    grad = None
+    _grad = None
     grad_fn = None
     _ver = None
     _base = None
@@ -134,6 +135,29 @@ class Tensor:
         self._bump_version()
 
     # --- autograd -------------------------------------------------------------------------
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (None until a backward pass reaches this leaf)."""
+        tracer = trace_state.tracer
+        if tracer is not None:
+            return tracer.read_grad(self)  # inside jitorch.compile `.grad` is functionalized
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        tracer = trace_state.tracer
+        if tracer is not None:
+            tracer.write_grad(self, value)
+            return
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"assigned grad expected to be a Tensor or None but got {type(value).__name__}")
+        if value is not None and value.shape != self.shape:
+            raise RuntimeError(
+                f"assigned grad has data of a different size: {tuple(value.shape)} for a tensor of shape "
+                f"{tuple(self.shape)}"
+            )
+        self._grad = value
+
     def backward(self, gradient=None, retain_graph: bool | None = None, create_graph: bool = False,
                  inputs=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's `.grad` (see `jitorch.autograd.backward`)."""
@@ -189,11 +213,17 @@ class Tensor:
 
     # --- in place -------------------------------------------------------------------------
     def _alias(self) -> Tensor:
-        """The current value of self as a separate graph node, for in-place ops to read from."""
-        a = Tensor._make(self._data, grad_fn=self.grad_fn)
+        """The current value of self as a separate graph node, for in-place ops to read from.
+
+        Eagerly it is a snapshot (a copy with its own version counter): the op may save its input
+        for backward (`x.mul_(y)` needs the old x), and the write into self must not clobber it.
+        """
+        shared = self._value is not None or self._device.type == "meta"
+        a = Tensor._make(self._data if shared else np.array(self._data, copy=True), grad_fn=self.grad_fn)
         a.requires_grad = self.requires_grad
-        a._ver = self._counter()
-        a._base = self._base
+        if shared:  # the tracer functionalizes the write, and a meta tensor has no data to clobber
+            a._ver = self._counter()
+            a._base = self._base
         a._device = self._device
         a._value = self._value
         return a
@@ -233,8 +263,6 @@ class Tensor:
                     f"{self.dtype.name} of an in-place operation; convert with .to() first"
                 )
             result = result.to(self.dtype)
-        from .dispatch import trace_state
-
         if trace_state.tracer is not None:
             trace_state.tracer.assign(self, result)
             return self
@@ -270,8 +298,6 @@ class Tensor:
         if value._data.dtype != self._data.dtype:
             value = value.to(self.dtype)
         src, graph = self._inplace_source(value)
-        from .dispatch import trace_state
-
         if graph or trace_state.tracer is not None:
             self._assign(src._index_put(value, nkey, tensors, accumulate=False), graph)
             return

@@ -1,0 +1,193 @@
+"""Training speed of the examples' models: jitorch eager beside PyTorch eager on the CPU, in one run.
+
+    python bench/train.py                 # writes bench/results/train_cpu.md
+    python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
+
+Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
+sizes, optimizers and data are the same):
+
+- one training epoch of `examples/digits.py`'s CNN (DataLoader, batch 64, Adam);
+- 50 training steps of `examples/char_lm.py`'s transformer (batch 32 x 64 characters, AdamW).
+
+PyTorch gets as many threads as numpy's BLAS uses (jitorch's matmuls run there), read with
+threadpoolctl. Runs of the two frameworks alternate, so background load hits both alike, and each
+figure is the median over the repeats. This is a benchmark, not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "examples"))
+
+import char_lm  # noqa: E402 - needs the path above
+import digits  # noqa: E402
+import torch  # noqa: E402
+
+import jitorch  # noqa: E402
+
+LIBS = {"jitorch": jitorch, "PyTorch": torch}
+TARGET_RATIO = 1.5
+
+
+def blas_threads() -> int:
+    """How many threads numpy's BLAS runs matmuls on (jitorch's CPU matmuls go through numpy)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return os.cpu_count() or 1
+    counts = [pool["num_threads"] for pool in threadpool_info()
+              if pool["user_api"] == "blas" and "numpy" in pool["filepath"]]
+    return counts[0] if counts else os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """`lscpu`'s model name, or the platform's processor string where lscpu is missing."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+    return names[0] if names else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# workloads: each returns a function that runs the timed unit once (after its own warm-up)
+
+
+def digits_epoch(lib) -> Callable[[], None]:
+    """One epoch over the digits training split with the CNN, as `examples/digits.py` trains it."""
+    lib.manual_seed(0)
+    train_set, _ = digits.make_datasets(lib)
+    model = digits.build_cnn(lib)
+    optimizer = digits.make_optimizer(model, lib)
+    loader = digits.make_loader(train_set, lib)
+
+    def epoch() -> None:
+        for images, labels in loader:
+            digits.train_step(model, optimizer, images, labels, lib)
+
+    for images, labels in list(loader)[:3]:  # warm-up: first-call costs, optimizer state
+        digits.train_step(model, optimizer, images, labels, lib)
+    return epoch
+
+
+def char_lm_steps(lib, steps: int) -> Callable[[], None]:
+    """`steps` training steps of the char_lm transformer on pre-drawn batches (the same for both)."""
+    config = char_lm.Config()
+    corpus = char_lm.CharCorpus()
+    rng = np.random.default_rng(0)
+    batches = [corpus.batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
+    lib.manual_seed(0)
+    model = char_lm.build_model(config, lib)
+    optimizer, scheduler = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
+
+    def run() -> None:
+        for inputs, targets in batches:
+            char_lm.train_step(model, optimizer, scheduler, inputs, targets, lib)
+
+    for inputs, targets in batches[:3]:
+        char_lm.train_step(model, optimizer, scheduler, inputs, targets, lib)
+    return run
+
+
+def time_alternating(makers: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each framework's runner, alternating frameworks within each repeat."""
+    times = {name: [] for name in makers}
+    for _ in range(repeats):
+        for name, run in makers.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
+    """Print the functions where one jitorch run spends its own time, most first."""
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    print(f"\n--- cProfile, jitorch, {title} (sorted by own time) ---")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown(rows: list[tuple[str, float, float]], threads: int, repeats: int, lm_steps: int) -> str:
+    """The results page: the table, then how it was measured."""
+    lines = [
+        "# Training speed on the CPU: jitorch eager vs PyTorch eager",
+        "",
+        "| workload | jitorch ms | PyTorch ms | jitorch / PyTorch |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, ours, theirs in rows:
+        lines.append(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
+    lines += [
+        "",
+        f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager.",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
+        f"- threads: PyTorch `set_num_threads({threads})`, matching numpy's BLAS ({threads} threads)",
+        f"- versions: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"jitorch {jitorch.__version__}",
+        f"- median of {repeats} repeats, the two frameworks alternating; char_lm over {lm_steps} steps",
+        "- command: `python bench/train.py`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lm-steps", type=int, default=50)
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_cpu.md"))
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
+    args = parser.parse_args()
+
+    threads = blas_threads()
+    torch.set_num_threads(threads)
+    steps_per_epoch = len(digits.make_loader(digits.make_datasets(jitorch)[0]))
+    workloads = {
+        f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})":
+            (lambda lib: digits_epoch(lib), 1),
+        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
+        f"characters)": (lambda lib: char_lm_steps(lib, args.lm_steps), args.lm_steps),
+    }
+    rows = []
+    for name, (make, units) in workloads.items():
+        runners = {label: make(lib) for label, lib in LIBS.items()}
+        times = time_alternating(runners, args.repeats)
+        ours, theirs = (1000 * statistics.median(times[label]) / units for label in LIBS)
+        rows.append((name, ours, theirs))
+        print(f"{name}: jitorch {ours:.1f} ms, PyTorch {theirs:.1f} ms, ratio {ours / theirs:.2f}",
+              flush=True)
+        if args.profile:
+            profile_jitorch(runners["jitorch"], name, top=30)
+
+    page = markdown(rows, threads, args.repeats, args.lm_steps)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(page)
+    print("\n" + page)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The IR: a typed SSA graph with one node per primitive application.
+
+Every `Value` has a shape and a dtype and is defined once, by a graph input or by one `Node`.
+Every node names its primitive (a key of `jitorch.primitives.PRIMS`, or `const`), its inputs,
+static params (hashable) and the user's source line. A graph prints one line per node, like a
+jaxpr, hashes structurally (`Graph.key()`), and checks itself (`Graph.verify()`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import dtypes as _dt
+
+_SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16", "int32": "i32",
+          "int64": "i64", "bool": "bool"}
+
+
+class Value:
+    """An SSA value: shape, dtype, and the node that defines it (None for graph inputs)."""
+
+    __slots__ = ("id", "shape", "dtype", "node")
+
+    def __init__(self, id: int, shape: tuple[int, ...], dtype: _dt.DType, node: Node | None = None) -> None:
+        self.id = id
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.node = node
+
+    @property
+    def name(self) -> str:
+        return f"%{self.id}"
+
+    def type_str(self) -> str:
+        return f"{_SHORT[self.dtype.name]}[{','.join(map(str, self.shape))}]"
+
+    def __repr__(self) -> str:
+        return f"{self.name}:{self.type_str()}"
+
+
+class Const:
+    """A constant array as a hashable, printable node param."""
+
+    __slots__ = ("array", "_digest")
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = np.array(array, copy=True)
+        self.array.flags.writeable = False
+        self._digest = hashlib.sha1(
+            self.array.tobytes() + str((self.array.shape, self.array.dtype.str)).encode()
+        ).hexdigest()
+
+    def __hash__(self) -> int:
+        return hash(self._digest)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Const) and other._digest == self._digest
+
+    def __repr__(self) -> str:
+        a = self.array
+        if a.size == 1:
+            v = a.reshape(()).item() if a.dtype != _dt.bfloat16.np else float(a.reshape(()))
+            return repr(v)
+        return f"<{a.size} values {self._digest[:8]}>"
+
+
+class Node:
+    """One primitive application: `out = op(*inputs, **params)`, from the user's `source` line."""
+
+    __slots__ = ("op", "inputs", "params", "out", "source")
+
+    def __init__(self, op: str, inputs: tuple[Value, ...], params: dict, out: Value, source: str) -> None:
+        self.op = op
+        self.inputs = inputs
+        self.params = params
+        self.out = out
+        self.source = source
+
+    def params_key(self) -> tuple:
+        return tuple(sorted(self.params.items()))
+
+    def __repr__(self) -> str:
+        return format_node(self)
+
+
+@dataclass
+class Input:
+    """A graph input and where its value comes from at call time."""
+
+    value: Value
+    kind: str  # "arg" (a tensor argument), "lifted" (a tensor the function touched), "grad", "rng", "cotangent"
+    label: str
+    ref: object = None  # where the runtime reads it: the arg's index, the lifted tensor, the grad's owner
+
+
+def _format_param(v) -> str:
+    if isinstance(v, _dt.DType):
+        return v.name
+    if isinstance(v, tuple):
+        return "(" + ",".join(_format_param(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return repr(v)
+
+
+def format_node(node: Node, with_source: bool = True) -> str:
+    args = " ".join(v.name for v in node.inputs)
+    params = " ".join(f"{k}={_format_param(v)}" for k, v in node.params.items())
+    text = f"{node.out.name}:{node.out.type_str()} = {node.op}"
+    if args:
+        text += " " + args
+    if params:
+        text += " " + params
+    if with_source and node.source:
+        text = f"{text:<64} # {node.source}"
+    return text
+
+
+class Graph:
+    """Inputs, nodes in execution order, and outputs (plus, for a training step, write-backs)."""
+
+    def __init__(self, name: str = "graph") -> None:
+        self.name = name
+        self.inputs: list[Input] = []
+        self.nodes: list[Node] = []
+        self.outputs: list[Value] = []
+        self.output_labels: list[str] = []
+        self._next_id = 0
+
+    def new_value(self, shape, dtype: _dt.DType, node: Node | None = None) -> Value:
+        v = Value(self._next_id, shape, dtype, node)
+        self._next_id += 1
+        return v
+
+    def add_input(self, shape, dtype: _dt.DType, kind: str, label: str, ref: object = None) -> Value:
+        v = self.new_value(shape, dtype)
+        self.inputs.append(Input(v, kind, label, ref))
+        return v
+
+    def add_node(self, op: str, inputs: tuple[Value, ...], params: dict, shape, dtype: _dt.DType,
+                 source: str = "") -> Value:
+        out = self.new_value(shape, dtype)
+        node = Node(op, tuple(inputs), params, out, source)
+        out.node = node
+        self.nodes.append(node)
+        return out
+
+    def add_output(self, value: Value, label: str) -> None:
+        self.outputs.append(value)
+        self.output_labels.append(label)
+
+    # --- text ---------------------------------------------------------------------------
+    def format(self, with_source: bool = True) -> str:
+        """The graph as text: one line per input, node and output."""
+        lines = [f"graph {self.name}("]
+        for inp in self.inputs:
+            lines.append(f"    {inp.value.name}:{inp.value.type_str():<18} {inp.kind} {inp.label}")
+        lines.append("):")
+        for node in self.nodes:
+            lines.append("    " + format_node(node, with_source))
+        for v, label in zip(self.outputs, self.output_labels):
+            lines.append(f"    {label} <- {v.name}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def key(self) -> str:
+        """A structural hash: equal for graphs that compute the same thing the same way."""
+        ids: dict[int, int] = {}
+
+        def local(v: Value) -> int:
+            return ids.setdefault(v.id, len(ids))
+
+        parts = [f"{local(i.value)}:{i.value.type_str()}:{i.kind}" for i in self.inputs]
+        for n in self.nodes:
+            ins = ",".join(str(local(v)) for v in n.inputs)
+            parts.append(f"{local(n.out)}={n.op}({ins}){n.params_key()!r}:{n.out.type_str()}")
+        parts.append("->" + ",".join(f"{lbl}={local(v)}" for v, lbl in zip(self.outputs, self.output_labels)))
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+    # --- checks -------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Raise IRError unless every value is defined once, before use, with the type its rule gives."""
+        from ..primitives import PRIMS
+
+        defined: set[int] = set()
+        for inp in self.inputs:
+            if inp.value.id in defined:
+                raise IRError(f"input {inp.value.name} is defined twice")
+            defined.add(inp.value.id)
+        for node in self.nodes:
+            for v in node.inputs:
+                if v.id not in defined:
+                    raise IRError(f"{format_node(node)}: input {v.name} is used before it is defined")
+            if node.out.id in defined:
+                raise IRError(f"{format_node(node)}: {node.out.name} is defined twice")
+            if node.out.node is not node:
+                raise IRError(f"{format_node(node)}: {node.out.name} does not point back to its node")
+            defined.add(node.out.id)
+            if node.op == "const":
+                arr = node.params["value"].array
+                expected = (arr.shape, arr.dtype)
+            elif node.op in PRIMS:
+                dummies = [np.broadcast_to(np.zeros((), v.dtype.np), v.shape) for v in node.inputs]
+                try:
+                    expected = PRIMS[node.op].infer(*dummies, **node.params)
+                except Exception as err:  # a malformed node: report it, whatever the rule raised
+                    raise IRError(f"{format_node(node)}: shape rule failed: {err}") from None
+            else:
+                raise IRError(f"{format_node(node)}: unknown op {node.op!r}")
+            if expected is not None:
+                shape, dtype = expected
+                if tuple(shape) != node.out.shape or np.dtype(dtype) != node.out.dtype.np:
+                    raise IRError(
+                        f"{format_node(node)}: the rule gives {_dt.from_numpy_dtype(np.dtype(dtype)).name}"
+                        f"{list(shape)}, the node says {node.out.type_str()}"
+                    )
+        for v in self.outputs:
+            if v.id not in defined:
+                raise IRError(f"output {v.name} is not defined")
+
+    def uses(self) -> dict[int, int]:
+        """How many times each value id is read (by nodes and outputs)."""
+        counts: dict[int, int] = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                counts[v.id] = counts.get(v.id, 0) + 1
+        for v in self.outputs:
+            counts[v.id] = counts.get(v.id, 0) + 1
+        return counts
+
+
+class IRError(Exception):
+    """A malformed graph (raised by `Graph.verify`)."""

@@ -1,0 +1,193 @@
+"""Graph passes: dead-code elimination, common-subexpression elimination, constant folding and
+algebraic simplification. Each pass returns a new node list; `optimize` runs them to a fixed point
+and, in debug mode, verifies the graph after each one.
+
+Simplifications are small rules in a table: a rule looks at one node and returns the value that
+replaces its output, or None.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from ..primitives import PRIMS
+from .graph import Const, Graph, Node, Value
+
+# A folded constant larger than this stays a computation: baking big arrays bloats the graph.
+FOLD_LIMIT = 1 << 16
+
+
+def _remap(graph: Graph, repl: dict[int, Value], keep: list[Node]) -> None:
+    """Point every input and output through `repl` (a value id -> replacement map)."""
+
+    def find(v: Value) -> Value:
+        while v.id in repl:
+            v = repl[v.id]
+        return v
+
+    for node in keep:
+        node.inputs = tuple(find(v) for v in node.inputs)
+    graph.nodes = keep
+    graph.outputs = [find(v) for v in graph.outputs]
+
+
+def dce(graph: Graph) -> bool:
+    """Drop nodes whose values nothing reads. Returns whether anything changed."""
+    live = {v.id for v in graph.outputs}
+    keep = []
+    for node in reversed(graph.nodes):
+        if node.out.id in live:
+            keep.append(node)
+            live.update(v.id for v in node.inputs)
+    keep.reverse()
+    changed = len(keep) != len(graph.nodes)
+    graph.nodes = keep
+    return changed
+
+
+def cse(graph: Graph) -> bool:
+    """Merge nodes that apply the same op to the same inputs with the same params."""
+    seen: dict[tuple, Value] = {}
+    repl: dict[int, Value] = {}
+    keep = []
+    for node in graph.nodes:
+        node.inputs = tuple(repl.get(v.id, v) for v in node.inputs)
+        key = (node.op, tuple(v.id for v in node.inputs), node.params_key(), node.out.dtype, node.out.shape)
+        prev = seen.get(key)
+        if prev is not None and node.op != "random":
+            repl[node.out.id] = prev
+        else:
+            seen[key] = node.out
+            keep.append(node)
+    _remap(graph, repl, keep)
+    return bool(repl)
+
+
+def _const_array(v: Value) -> np.ndarray | None:
+    node = v.node
+    return node.params["value"].array if node is not None and node.op == "const" else None
+
+
+def fold_constants(graph: Graph) -> bool:
+    """Evaluate nodes whose inputs are all constants (small results only)."""
+    changed = False
+    for node in graph.nodes:
+        if node.op in ("const", "random") or not node.inputs:
+            continue
+        arrays = [_const_array(v) for v in node.inputs]
+        if any(a is None for a in arrays) or int(np.prod(node.out.shape)) > FOLD_LIMIT:
+            continue
+        with np.errstate(all="ignore"):
+            result = np.asarray(PRIMS[node.op].impl(*arrays, **node.params))
+        node.op, node.inputs, node.params = "const", (), {"value": Const(result)}
+        changed = True
+    return changed
+
+
+# --- simplification rules ----------------------------------------------------------------
+
+def _is_scalar_const(v: Value, value: float) -> bool:
+    a = _const_array(v)
+    return a is not None and a.size == 1 and a.reshape(()).item() == value
+
+
+def _same_type(a: Value, b: Value) -> bool:
+    return a.shape == b.shape and a.dtype is b.dtype
+
+
+def _identity_operand(node: Node) -> Value | None:
+    """x*1, 1*x, x+0, 0+x, x-0, x/1 -> x (only when x already has the result's type)."""
+    op, ins = node.op, node.inputs
+    unit = {"mul": 1, "div": 1, "add": 0, "sub": 0}.get(op)
+    if unit is None:
+        return None
+    x, y = ins
+    if _is_scalar_const(y, unit) and _same_type(x, node.out):
+        return x
+    if op in ("mul", "add") and _is_scalar_const(x, unit) and _same_type(y, node.out):
+        return y
+    return None
+
+
+def _no_op_movement(node: Node) -> Value | None:
+    """reshape/expand to the same shape, identity permute, cast to the same dtype -> the input."""
+    if node.op in ("reshape", "expand", "cast", "copy") or (
+        node.op == "permute" and node.params["dims"] == tuple(range(len(node.params["dims"])))
+    ):
+        x = node.inputs[0]
+        if node.op != "copy" and _same_type(x, node.out):
+            return x
+    return None
+
+
+def _double_negation(node: Node) -> Value | None:
+    x = node.inputs[0] if node.inputs else None
+    if node.op == "neg" and x.node is not None and x.node.op == "neg":
+        return x.node.inputs[0]
+    return None
+
+
+def _compose_movement(node: Node) -> Value | None:
+    """reshape(reshape(x)) -> reshape(x); permute(permute(x)) -> one permute. Rewrites in place."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.node is None or x.node.op != node.op:
+        return None
+    if node.op == "reshape":
+        node.inputs = x.node.inputs
+        return None
+    if node.op == "permute":
+        inner = x.node.params["dims"]
+        node.params = {"dims": tuple(inner[d] for d in node.params["dims"])}
+        node.inputs = x.node.inputs
+    return None
+
+
+RULES: list[Callable[[Node], Value | None]] = [
+    _identity_operand, _no_op_movement, _double_negation, _compose_movement,
+]
+
+
+def simplify(graph: Graph) -> bool:
+    """Apply the rule table to every node once."""
+    repl: dict[int, Value] = {}
+    keep = []
+    changed = False
+    for node in graph.nodes:
+        node.inputs = tuple(repl.get(v.id, v) for v in node.inputs)
+        before = (node.inputs, node.params)
+        replacement = None
+        for rule in RULES:
+            replacement = rule(node)
+            if replacement is not None:
+                break
+        if replacement is not None:
+            repl[node.out.id] = replacement
+            changed = True
+        else:
+            keep.append(node)
+            changed |= (node.inputs, node.params) != before
+    _remap(graph, repl, keep)
+    return changed
+
+
+PASSES: list[tuple[str, Callable[[Graph], bool]]] = [
+    ("simplify", simplify), ("fold_constants", fold_constants), ("cse", cse), ("dce", dce),
+]
+
+
+def optimize(graph: Graph, debug: bool | None = None, max_rounds: int = 6) -> Graph:
+    """Run the passes until nothing changes. With debug (or JITORCH_DEBUG=1), verify after each."""
+    if debug is None:
+        debug = os.environ.get("JITORCH_DEBUG", "") not in ("", "0")
+    for _ in range(max_rounds):
+        changed = False
+        for name, run_pass in PASSES:
+            changed |= run_pass(graph)
+            if debug:
+                graph.verify()
+        if not changed:
+            break
+    return graph

@@ -1,0 +1,291 @@
+"""Tracing: run a Python function once on traced tensors and record every primitive into a Graph.
+
+- Tensor arguments become `arg` inputs. A concrete tensor that the function touches but did not
+  receive (a parameter, an optimizer state, a buffer) is lifted as a `lifted` input by identity: the
+  compiled program reads it fresh on every call.
+- Mutation is functionalized: an in-place write to a concrete tensor only rebinds the tracer's view
+  of it; its final value becomes a write-back output. Reads and writes of `.grad` go through the
+  tracer too (`grad` inputs and outputs), so a compiled step leaves the model, its gradients and the
+  optimizer exactly as the eager step would.
+- Tensors created while tracing (constants, `zeros`, the ones that seed `backward()`) are constants.
+  If such a tensor is written in place and outlives the call (optimizer state made on the first
+  step), the trace baked its starting value, so that trace is used once and the next call retraces.
+- Needing a concrete value (`.item()`, `bool(t)`, `.numpy()`, printing) raises TraceError naming
+  the user's source line.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import weakref
+
+import numpy as np
+
+from .. import dtypes as _dt
+from .._trace_state import trace_state
+from ..autograd import Node as AutogradNode
+from ..autograd import _grad_mode
+from ..tensor import Tensor
+from .graph import Const, Graph, Value
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
+
+
+class TraceError(RuntimeError):
+    """A function being compiled needed something tracing cannot give (a concrete value, ...)."""
+
+
+def user_source() -> str:
+    """`file:line (function)` of the innermost frame outside the jitorch package; for ops of a
+    backward pass, the line of the forward op they differentiate."""
+    if trace_state.vjp_source is not None:
+        return trace_state.vjp_source
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PKG_DIR):
+            return f"{_short_path(filename)}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back
+    return ""
+
+
+def _short_path(filename: str) -> str:
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return rel if not rel.startswith("..") else filename
+
+
+def concrete_value_error(t: Tensor, what: str) -> TraceError:
+    where = user_source()
+    return TraceError(
+        f"{what} needs a concrete value, but inside jitorch.compile this tensor (shape "
+        f"{tuple(t.shape)}, {t.dtype.name}) is traced and has no value yet. At {where}. "
+        "Compute the value outside the compiled function or return it as an output; replace Python "
+        "`if`/`while` on tensors with jitorch.where; for print-debugging use jitorch.compile(fn, "
+        "mode='eager'); or pass fallback='eager' to run this function eagerly."
+    )
+
+
+def escaped_error(t: Tensor, op: str) -> RuntimeError:
+    return TraceError(
+        f"`{op}` got a traced tensor (shape {tuple(t.shape)}) outside the function that traced it: a "
+        "value from inside jitorch.compile was stored somewhere (a global, a module attribute) and used "
+        "later. Return it from the compiled function instead."
+    )
+
+
+def detach_traced(src: Tensor, out: Tensor) -> None:
+    """A detached traced tensor is the same value without autograd history."""
+    out._value = src._value
+
+
+def _meta_array(shape, dtype: np.dtype) -> np.ndarray:
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _traced(value: Value) -> Tensor:
+    t = Tensor._make(_meta_array(value.shape, value.dtype.np))
+    t._value = value
+    return t
+
+
+def _same_storage(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+class Tracer:
+    """Records one call of a function into a Graph (see the module docstring)."""
+
+    def __init__(self, name: str, labels: dict[int, str] | None = None) -> None:
+        self.graph = Graph(name)
+        self.labels = labels or {}  # id(tensor) -> a readable name such as "model.fc1.weight"
+        self.env: dict[int, tuple[Tensor, Value]] = {}  # concrete tensor -> its current value
+        self.lifted: list[Tensor] = []
+        self.written: dict[int, Tensor] = {}  # concrete tensors written in place
+        self.grads: dict[int, list] = {}  # id(p) -> [p, current grad (traced/None/concrete), input?]
+        self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
+        self.rng: Value | None = None
+        self.n_random = 0
+        self._saved_make = None
+
+    # --- activation ---------------------------------------------------------------------
+    def __enter__(self) -> Tracer:
+        if trace_state.tracer is not None:
+            raise TraceError("jitorch.compile: a compiled function called another while tracing; "
+                             "nested compilation is not supported, call the inner function uncompiled")
+        trace_state.tracer = self
+        born = self
+        make = Tensor.__dict__["_make"].__func__
+
+        def make_born(data, grad_fn=None):
+            t = make(data, grad_fn)
+            t._born = born
+            return t
+
+        self._saved_make = Tensor.__dict__["_make"]
+        Tensor._make = staticmethod(make_born)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Tensor._make = self._saved_make
+        trace_state.tracer = None
+
+    # --- values -------------------------------------------------------------------------
+    def _root(self, t: Tensor) -> Tensor:
+        # `p.detach()` or `p.data` is the same storage as p: track it as p.
+        while t._base is not None and t._value is None and _same_storage(t._data, t._base._data):
+            t = t._base
+        return t
+
+    def label(self, t: Tensor) -> str:
+        label = self.labels.get(id(t))
+        if label is None:
+            label = self.labels[id(t)] = f"tensor#{len(self.labels)}{list(t.shape)}"
+        return label
+
+    def value_of(self, t: Tensor) -> Value:
+        """The graph value a tensor stands for, lifting or embedding concrete tensors on first use."""
+        if t._value is not None:
+            return t._value
+        t = self._root(t)
+        entry = self.env.get(id(t))
+        if entry is not None:
+            return entry[1]
+        dtype = _dt.from_numpy_dtype(t._data.dtype)
+        if getattr(t, "_born", None) is self:
+            v = self.graph.add_node("const", (), {"value": Const(t._data)}, t._data.shape, dtype, "")
+        else:
+            v = self.graph.add_input(t._data.shape, dtype, "lifted", self.label(t), ref=t)
+            self.lifted.append(t)
+        self.env[id(t)] = (t, v)
+        return v
+
+    def arg(self, t: Tensor, label: str, index: int) -> Tensor:
+        """A traced stand-in for tensor argument number `index` (in the flattened arguments)."""
+        v = self.graph.add_input(t.shape, t.dtype, "arg", label, ref=index)
+        out = _traced(v)
+        out.requires_grad = t.requires_grad
+        out._arg_input = v
+        return out
+
+    def input(self, shape, dtype: _dt.DType, kind: str, label: str, ref: object = None) -> Tensor:
+        return _traced(self.graph.add_input(shape, dtype, kind, label, ref))
+
+    # --- recording ----------------------------------------------------------------------
+    def record(self, prim, inputs: tuple, params: dict) -> Tensor:
+        """Append one primitive application; return its traced output."""
+        values = tuple(self.value_of(t) for t in inputs)
+        try:
+            shape, np_dtype = prim.infer(*[t._data for t in inputs], **params)
+        except (ValueError, IndexError, TypeError) as err:
+            raise type(err)(f"{prim.name}: {err} (at {user_source()})") from None
+        dtype = _dt.from_numpy_dtype(np.dtype(np_dtype))
+        value = self.graph.add_node(prim.name, values, params, shape, dtype, user_source())
+        out = _traced(value)
+        if prim.name in _VIEW_PRIMS:
+            src = inputs[0]
+            out._base = src if src._base is None else src._base
+        if _grad_mode.enabled and any(t.requires_grad for t in inputs):
+            out.grad_fn = AutogradNode(prim, inputs, params, out)
+            out.requires_grad = True
+        return out
+
+    def random(self, shape, dtype: _dt.DType, dist: str) -> Tensor:
+        """A random tensor drawn from the call's seed (a graph input), so each call draws anew."""
+        if self.rng is None:
+            self.rng = self.graph.add_input((), _dt.int64, "rng", "seed")
+        params = {"shape": tuple(shape), "dtype": dtype, "dist": dist, "index": self.n_random}
+        self.n_random += 1
+        return _traced(self.graph.add_node("random", (self.rng,), params, tuple(shape), dtype, user_source()))
+
+    def assign(self, target: Tensor, result: Tensor) -> None:
+        """An in-place write: from now on `target` reads as `result`."""
+        value = self.value_of(result)
+        if target._value is not None:
+            if target._base is not None:
+                raise TraceError(
+                    f"in-place write into a view (shape {tuple(target.shape)}) inside jitorch.compile at "
+                    f"{user_source()}: writes through views are not functionalized. Use out-of-place ops "
+                    "(e.g. jitorch.where / index_put on the base tensor)."
+                )
+            target._value = value
+        else:
+            root = self._root(target)
+            if root is target and target._base is not None:
+                raise TraceError(
+                    f"in-place write into a view (shape {tuple(target.shape)}) of a tensor the compiled "
+                    f"function did not create, at {user_source()}. Write to the whole tensor instead."
+                )
+            self.value_of(root)  # lift it first, so the graph reads its old value where needed
+            self.env[id(root)] = (root, value)
+            self.written[id(root)] = root
+        target._bump_version()
+
+    # --- .grad --------------------------------------------------------------------------
+    def _grad_entry(self, p: Tensor) -> list:
+        entry = self.grads.get(id(p))
+        if entry is None:
+            g = p._grad
+            cur = None
+            if g is not None:
+                cur = self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", ref=p)
+            entry = self.grads[id(p)] = [p, cur, g is not None, cur]
+        return entry
+
+    def read_grad(self, p: Tensor) -> Tensor | None:
+        return self._grad_entry(p)[1]
+
+    def write_grad(self, p: Tensor, value: Tensor | None) -> None:
+        if p._value is not None:
+            raise TraceError(f"setting .grad of a traced intermediate tensor is not supported ({user_source()})")
+        self._grad_entry(p)[1] = value
+
+    def note_module(self, module) -> None:
+        self.modules[id(module)] = module
+
+    # --- the end ------------------------------------------------------------------------
+    def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> dict:
+        """Add outputs for results, write-backs and grads. Returns what the runtime needs."""
+        g = self.graph
+        user_out = []
+        for leaf, path in zip(out_leaves, out_paths):
+            if isinstance(leaf, Tensor):
+                g.add_output(self.value_of(leaf), f"out{path}")
+                user_out.append(len(g.outputs) - 1)
+            else:
+                user_out.append(None)
+        arg_writes = []
+        for traced, index in arg_tensors:
+            if traced._value is not traced._arg_input:
+                g.add_output(traced._value, f"writeback arg{index}")
+                arg_writes.append((index, len(g.outputs) - 1))
+        writes, born_writes = [], []
+        for key, t in self.written.items():
+            g.add_output(self.env[key][1], f"writeback {self.label(t)}")
+            if getattr(t, "_born", None) is self:
+                born_writes.append((weakref.ref(t), len(g.outputs) - 1))
+            else:
+                writes.append((t, len(g.outputs) - 1))
+        grad_writes = []
+        for p, cur, had, original in self.grads.values():
+            if cur is original:
+                continue
+            if cur is None:
+                grad_writes.append((p, None))
+            else:
+                g.add_output(self.value_of(cur), f"grad {self.label(p)}")
+                grad_writes.append((p, len(g.outputs) - 1))
+        return {"user_out": user_out, "arg_writes": arg_writes, "writes": writes, "born_writes": born_writes,
+                "grad_writes": grad_writes, "grad_had": [(p, had) for p, _, had, _ in self.grads.values()]}
+
+    def release(self) -> None:
+        """Drop references to concrete tensors (after finish), so escape checks can see what lives."""
+        self.env.clear()
+        self.written.clear()
+        gc.collect()

@@ -1,0 +1,88 @@
+"""Adam and AdamW (decoupled weight decay), with AMSGrad and maximize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..autograd import no_grad
+from ..creation import zeros, zeros_like
+from ..ops import maximum
+from ..tensor import Tensor
+from .optimizer import Optimizer, ParamGroup, check_nonnegative
+
+
+class Adam(Optimizer):
+    """PyTorch's Adam. Bias corrections are computed from the step-count tensor and the beta tensors,
+    so a compiled step reads them as data rather than baking in Python floats.
+
+        opt = jitorch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), amsgrad=True)
+    """
+
+    decoupled_weight_decay = False
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 maximize: bool = False) -> None:
+        check_nonnegative("learning rate", lr)
+        check_nonnegative("epsilon value", eps)
+        check_nonnegative("weight_decay value", weight_decay)
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize)
+        super().__init__(params, defaults)
+
+    @no_grad()
+    def step(self, closure: Callable | None = None):
+        """One Adam update of every parameter that has a gradient."""
+        loss = self._evaluate_closure(closure)
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                self._update(p, group)
+        return loss
+
+    def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = zeros(())  # a tensor, as in PyTorch, so a compiled step counts in data
+            state["exp_avg"] = zeros_like(p)
+            state["exp_avg_sq"] = zeros_like(p)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = zeros_like(p)
+        return state
+
+    def _update(self, p: Tensor, group: ParamGroup) -> None:
+        state = self._init_state(p, group)
+        grad = -p.grad if group["maximize"] else p.grad
+        lr, eps = group.hyper("lr"), group.hyper("eps")
+        beta1, beta2 = group.hyper("betas")
+        step = state["step"]
+        step.add_(1)
+        if group["weight_decay"] != 0:
+            if self.decoupled_weight_decay:
+                p.mul_(1 - lr * group.hyper("weight_decay"))
+            else:
+                grad = grad + p * group.hyper("weight_decay")
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        step_size = lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        second_moment = exp_avg_sq
+        if group["amsgrad"]:
+            second_moment = state["max_exp_avg_sq"]
+            second_moment.copy_(maximum(second_moment, exp_avg_sq))
+        denom = second_moment.sqrt() / bias_correction2_sqrt + eps
+        p.sub_(exp_avg / denom * step_size)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: `p *= 1 - lr * weight_decay` before the Adam update."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)

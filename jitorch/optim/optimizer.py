@@ -1,0 +1,274 @@
+"""The `Optimizer` base class and `ParamGroup`, the dict that keeps hyperparameters readable as data.
+
+Users and schedulers read and write a group's hyperparameters as Python floats, exactly as in
+PyTorch (`group["lr"] = 0.01`). The update math never reads those floats: it reads 0-d float64
+tensors that the group keeps in sync (`group.hyper("lr")`). A compiled training step therefore sees
+the learning rate as an input tensor, not a constant baked into the trace, so a scheduler changing
+it every step never forces a recompile.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import dtypes as _dt
+from ..autograd import enable_grad, no_grad
+from ..creation import tensor as _tensor
+from ..tensor import Tensor
+
+Hyper = Tensor | tuple[Tensor, ...]
+
+
+def _is_number(value: Any) -> bool:
+    """A real hyperparameter value: a float or int (not a bool, which is a switch) or a 1-element tensor."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point
+
+
+def _is_number_tuple(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) > 0 and all(_is_number(v) for v in value)
+
+
+def _scalar_tensor(value) -> Tensor:
+    return _tensor(float(value), dtype=_dt.float64)
+
+
+class ParamGroup(dict):
+    """One entry of `optimizer.param_groups`: a dict that mirrors numeric values into 0-d tensors.
+
+    Every numeric value (`lr`, `eps`, `weight_decay`, ...) and every tuple of numbers (`betas`) has
+    a persistent float64 tensor twin; assigning the key writes the new value into that same tensor
+    in place, so anything holding the tensor (a compiled step) sees the change.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
+        self._hyper: dict[str, Hyper] = {}
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._sync(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._hyper.pop(key, None)
+
+    def update(self, *args, **kwargs) -> None:  # dict.update would bypass __setitem__
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default):
+        self._hyper.pop(key, None)
+        return super().pop(key, *default)
+
+    def hyper(self, key: str) -> Hyper:
+        """The 0-d float64 tensor (or tuple of them, for `betas`) holding hyperparameter `key`."""
+        try:
+            return self._hyper[key]
+        except KeyError:
+            raise KeyError(
+                f"param group has no numeric hyperparameter {key!r} (its value is "
+                f"{self.get(key, '<missing>')!r})"
+            ) from None
+
+    def _sync(self, key: str, value: Any) -> None:
+        """Write `value` into the key's tensor twin, in place when the twin already exists."""
+        if _is_number(value):
+            twin = self._hyper.get(key)
+            if isinstance(twin, Tensor):
+                _fill_scalar(twin, value)
+            else:
+                self._hyper[key] = _scalar_tensor(value)
+        elif _is_number_tuple(value):
+            twin = self._hyper.get(key)
+            if isinstance(twin, tuple) and len(twin) == len(value):
+                for t, v in zip(twin, value):
+                    _fill_scalar(t, v)
+            else:
+                self._hyper[key] = tuple(_scalar_tensor(v) for v in value)
+        else:
+            self._hyper.pop(key, None)
+
+    def __copy__(self) -> ParamGroup:
+        return ParamGroup(self)
+
+    def __deepcopy__(self, memo) -> ParamGroup:
+        return ParamGroup({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def __reduce__(self):
+        return (ParamGroup, (dict(self),))
+
+
+def _fill_scalar(twin: Tensor, value) -> None:
+    with no_grad():
+        twin.fill_(float(value))
+
+
+class Optimizer:
+    """Base class of all optimizers: parameter groups, per-parameter state, and state dicts.
+
+    A subclass passes its `defaults` (hyperparameters) and implements `step`, reading values with
+    `group.hyper(name)` and updating parameters and state tensors in place under `no_grad`.
+    """
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        self.defaults = dict(defaults)
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        self.param_groups: list[ParamGroup] = []
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                f"but got a Tensor of shape {tuple(params.shape)}; wrap it in a list"
+            )
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {group[k]}" for k in sorted(group) if k != "params"]
+        return "\n".join(lines) + "\n)"
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters with its own hyperparameters (missing ones take the defaults)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            _check_param(p)
+        seen = {id(p) for group in self.param_groups for p in group["params"]}
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("optimizer parameter group contains the same parameter more than once")
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        group = ParamGroup({k: v for k, v in param_group.items() if k != "params"})
+        group["params"] = params
+        for name, default in self.defaults.items():
+            group.setdefault(name, default)
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's gradient: to None (the default, frees memory) or to zeros."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad = p.grad.detach()
+                    with no_grad():
+                        p.grad.zero_()
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first."""
+        raise NotImplementedError
+
+    def _evaluate_closure(self, closure: Callable[[], Any] | None):
+        if closure is None:
+            return None
+        with enable_grad():
+            return closure()
+
+    def _params_with_grad(self, group: ParamGroup) -> list[Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
+    # --- state dicts ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """PyTorch's layout: `{"state": {param_index: {...}}, "param_groups": [{..., "params": [i]}]}`.
+
+        Parameters are named by their position across all groups, so the dict loads into a fresh
+        optimizer over a fresh model. State tensors are the live ones (not copies), as in PyTorch.
+        """
+        index_of: dict[int, int] = {}
+        packed_groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                index_of.setdefault(id(p), len(index_of))
+            packed["params"] = [index_of[id(p)] for p in group["params"]]
+            packed_groups.append(packed)
+        packed_state = {index_of[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index_of}
+        return {"state": packed_state, "param_groups": packed_groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyperparameters and state saved by `state_dict`.
+
+        Groups are updated in place and state tensors are copied into the existing ones where the
+        shapes agree, so tensors that a compiled step already holds stay the live ones.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, but this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"loaded state dict contains a parameter group ({i}) with {len(saved['params'])} "
+                    f"parameters, but this optimizer's group has {len(group['params'])}"
+                )
+        param_of = {}
+        for group, saved in zip(self.param_groups, saved_groups):
+            param_of.update({int(i): p for i, p in zip(saved["params"], group["params"])})
+            for key in [k for k in group if k != "params" and k not in saved]:
+                del group[key]
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+        new_state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for index, saved_state in state_dict["state"].items():
+            p = param_of.get(int(index))
+            if p is None:
+                continue  # PyTorch ignores state of parameters that no group names
+            old = self.state.get(p, {})
+            new_state[p] = {k: _restore_state_value(k, v, p, old.get(k)) for k, v in saved_state.items()}
+        self.state = new_state
+
+
+def _check_param(p) -> None:
+    if not isinstance(p, Tensor):
+        raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}")
+    if not p.is_leaf:
+        raise ValueError("can't optimize a non-leaf Tensor (one computed from others); use a leaf, "
+                         "e.g. x.detach().requires_grad_()")
+
+
+def _restore_state_value(key: str, value: Any, param: Tensor, old: Any) -> Any:
+    """A loaded state entry, cast like PyTorch (floats to the param's dtype, `step` kept as is)."""
+    if not isinstance(value, Tensor):
+        return copy.deepcopy(value)
+    if key != "step" and value.dtype.is_floating_point:
+        value = value.to(param.dtype)
+    if isinstance(old, Tensor) and old.shape == value.shape and old.dtype == value.dtype:
+        with no_grad():
+            return old.copy_(value)
+    return value.detach().clone()
+
+
+def check_nonnegative(name: str, value) -> None:
+    """Raise PyTorch's ValueError for a negative (or NaN) hyperparameter."""
+    if isinstance(value, Tensor):
+        value = value.item()
+    if not value >= 0.0 or math.isnan(value):
+        raise ValueError(f"Invalid {name}: {value}")

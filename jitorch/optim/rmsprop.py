@@ -1,0 +1,70 @@
+"""RMSprop, with momentum, centering and weight decay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..autograd import no_grad
+from ..creation import zeros, zeros_like
+from ..tensor import Tensor
+from .optimizer import Optimizer, ParamGroup, check_nonnegative
+
+
+class RMSprop(Optimizer):
+    """PyTorch's RMSprop: divide the gradient by a running root-mean-square of recent gradients.
+
+        opt = jitorch.optim.RMSprop(model.parameters(), lr=1e-2, alpha=0.99, momentum=0.9, centered=True)
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 maximize: bool = False) -> None:
+        for name, value in (("learning rate", lr), ("epsilon value", eps), ("momentum value", momentum),
+                            ("weight_decay value", weight_decay), ("alpha value", alpha)):
+            check_nonnegative(name, value)
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        centered=centered, maximize=maximize)
+        super().__init__(params, defaults)
+
+    @no_grad()
+    def step(self, closure: Callable | None = None):
+        """One RMSprop update of every parameter that has a gradient."""
+        loss = self._evaluate_closure(closure)
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                self._update(p, group)
+        return loss
+
+    def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = zeros(())
+            state["square_avg"] = zeros_like(p)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = zeros_like(p)
+            if group["centered"]:
+                state["grad_avg"] = zeros_like(p)
+        return state
+
+    def _update(self, p: Tensor, group: ParamGroup) -> None:
+        state = self._init_state(p, group)
+        grad = -p.grad if group["maximize"] else p.grad
+        alpha = group.hyper("alpha")
+        state["step"].add_(1)
+        if group["weight_decay"] != 0:
+            grad = grad + p * group.hyper("weight_decay")
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).add_(grad * grad * (1 - alpha))
+        if group["centered"]:
+            grad_avg = state["grad_avg"]
+            grad_avg.lerp_(grad, 1 - alpha)
+            avg = (square_avg - grad_avg * grad_avg).sqrt()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg + group.hyper("eps")
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf.mul_(group.hyper("momentum")).add_(grad / avg)
+            p.sub_(buf * group.hyper("lr"))
+        else:
+            p.sub_(grad / avg * group.hyper("lr"))

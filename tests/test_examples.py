@@ -1,0 +1,72 @@
+"""The examples run end to end on a tiny step budget, and their final reports make sense.
+
+Each example runs as a subprocess, as a user would start it, so a broken import, a crash at the end
+(checkpoint, sampling, plotting) or a NaN loss fails here. Each takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TIMEOUT_S = 120  # generous: a loaded CI machine; the runs themselves take seconds
+
+
+def run_example(script: str, *args: str, cwd: Path, steps_env: str | None = None) -> str:
+    """Run `examples/<script>` with `args`; assert it exited cleanly and return its stdout."""
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("JITORCH_EXAMPLE_STEPS", None)
+    if steps_env is not None:
+        env["JITORCH_EXAMPLE_STEPS"] = steps_env
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def report_floats(pattern: str, text: str) -> list[float]:
+    """The numbers captured by `pattern` on the one report line it matches."""
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return [float(g) for g in match.groups()]
+
+
+def test_digits_trains_and_round_trips_a_checkpoint(tmp_path):
+    pytest.importorskip("sklearn")
+    checkpoint = tmp_path / "cnn.pt"
+    out = run_example("digits.py", "--steps", "12", "--checkpoint", str(checkpoint), cwd=tmp_path)
+
+    assert "checkpoint round trip: ok" in out
+    assert checkpoint.stat().st_size > 0
+    for model in ("mlp", "cnn"):
+        acc, loss = report_floats(rf"^{model}: held-out accuracy (\S+) \| final train loss (\S+) \| 12 steps",
+                                  out)
+        assert 0.0 <= acc <= 1.0
+        assert math.isfinite(loss) and loss < math.log(10)  # below chance after 12 steps
+
+
+def test_char_lm_loss_falls_and_it_samples(tmp_path):
+    plot = tmp_path / "loss.png"
+    out = run_example("char_lm.py", "--plot", str(plot), "--sample-length", "30", cwd=tmp_path,
+                      steps_env="8")  # the budget through the environment, as CI sets it
+
+    assert re.search(r"^steps: 8 \|", out, re.MULTILINE), out
+    first_train, first_val = report_floats(r"^initial loss: train (\S+) \| held-out (\S+)$", out)
+    final_train, final_val = report_floats(r"^final loss: train (\S+) \| held-out (\S+)$", out)
+    assert all(math.isfinite(v) for v in (first_train, first_val, final_train, final_val))
+    assert final_train < first_train and final_val < first_val
+    sample = out.split("sample (temperature 0.8):\n", 1)[1]
+    assert sample.startswith("The ") and len(sample) >= 30
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "skipped" in out
+    else:
+        assert plot.stat().st_size > 0

@@ -1,0 +1,93 @@
+"""Shared helpers (no tests) for the jitorch.nn tests: run the same computation in jitorch and in
+PyTorch (the test oracle) on the same data, and compare outputs and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import jitorch as jt
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().numpy()
+    return np.asarray(x.detach().numpy())
+
+
+def pair(array: np.ndarray, requires_grad: bool | None = None):
+    """(jitorch tensor, torch tensor) holding copies of `array`; float ones require grad by default."""
+    if requires_grad is None:
+        requires_grad = array.dtype.kind == "f"
+    j = jt.tensor(array.copy(), requires_grad=requires_grad)
+    t = torch.tensor(array.copy(), requires_grad=requires_grad)
+    return j, t
+
+
+def assert_close(j, t, rtol: float = RTOL, atol: float = ATOL, what: str = "output") -> None:
+    a, b = to_numpy(j), to_numpy(t)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != torch {b.shape}"
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
+
+
+class nograd:  # noqa: N801 - reads like a function at the call site
+    """Marks an input array of `check` that must not require grad (a class weight, a mask)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _inputs(a):
+    if isinstance(a, nograd):
+        return pair(a.array, requires_grad=False)
+    if isinstance(a, np.ndarray):
+        return pair(a)
+    return a, a
+
+
+def check(jt_fn, torch_fn, *arrays, rtol: float = RTOL, atol: float = ATOL, grad_rtol: float | None = None,
+          grad_atol: float | None = None, seed: int = 0):
+    """Compare jt_fn(*jt_inputs) with torch_fn(*torch_inputs), forward and backward.
+
+    Float arrays become inputs that require grad (unless wrapped in `nograd`); the backward pass uses the same random upstream
+    gradient on both sides and compares every input's gradient. Returns (jt_out, torch_out).
+    """
+    pairs = [_inputs(a) for a in arrays]
+    jout = jt_fn(*[p[0] for p in pairs])
+    tout = torch_fn(*[p[1] for p in pairs])
+    assert_close(jout, tout, rtol, atol)
+    backward_both(jout, tout, seed)
+    for i, (j, t) in enumerate(pairs):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            assert j.grad is not None, f"input {i}: jitorch gave no gradient"
+            assert_close(j.grad, t.grad, grad_rtol or rtol * 10, grad_atol or atol * 10, f"grad of input {i}")
+    return jout, tout
+
+
+def backward_both(jout, tout, seed: int = 0) -> None:
+    """Backpropagate the same random upstream gradient through a jitorch and a torch output."""
+    if not tout.requires_grad:
+        return
+    g = np.random.default_rng(seed).standard_normal(tuple(tout.shape)).astype(np.float32)
+    (jout * jt.tensor(g)).sum().backward()
+    (tout * torch.tensor(g)).sum().backward()
+
+
+def copy_module(jt_module, torch_module) -> None:
+    """Load torch_module's parameters and buffers into jt_module (through numpy)."""
+    jt_module.load_state_dict({k: v.detach().numpy().copy() for k, v in torch_module.state_dict().items()})
+
+
+def assert_param_grads_close(jt_module, torch_module, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    tparams = dict(torch_module.named_parameters())
+    jparams = dict(jt_module.named_parameters())
+    assert set(tparams) == set(jparams), f"parameter names differ: {sorted(jparams)} vs {sorted(tparams)}"
+    for name, tp in tparams.items():
+        jp = jparams[name]
+        if tp.grad is None:
+            assert jp.grad is None or not np.any(jp.grad.numpy()), f"{name}: torch has no grad"
+            continue
+        assert jp.grad is not None, f"{name}: jitorch has no grad"
+        assert_close(jp.grad, tp.grad, rtol, atol, f"grad of {name}")
