@@ -101,7 +101,7 @@ def _diff_keys(old: tuple, new: tuple, paths: list[str]) -> list[tuple[str, str]
     for path, a, b in zip(paths, leaves_old, leaves_new):
         if a != b:
             if a[0] == b[0] == "tensor":
-                names = ("shape", None, "dtype", "device", "requires_grad")
+                names = (None, "shape", "dtype", "device", "requires_grad")
                 for i in (1, 2, 3, 4):
                     if a[i] != b[i]:
                         show = (tuple(a[i]), tuple(b[i])) if i == 1 else (a[i], b[i])
@@ -205,6 +205,10 @@ class Program:
             t._bump_version()
         for p, slot in info["grad_writes"]:
             p._grad = None if slot is None else Tensor._make(_owned(results[slot], input_ids))
+        for ref, slot in info["escaped"]:
+            t = ref()
+            if t is not None:  # a traced value the function stored away becomes a real tensor
+                t._data, t._value, t._base, t.grad_fn = _owned(results[slot], input_ids), None, None, None
 
     def _attach_backward(self, leaves: list, outs: list, results: list) -> None:
         plan, n_saved, out_slots, diff_refs = self.backward
@@ -358,8 +362,9 @@ class CompiledFunction:
     def _call_with(self, named: dict, bound):
         if bound is None:
             return self.fn(*named["args"], **named["kwargs"])
-        bound.arguments.update(named)
-        return self.fn(*bound.args, **bound.kwargs)
+        # a fresh binding: the caller's must not keep traced tensors alive
+        fresh = inspect.BoundArguments(bound.signature, dict(named))
+        return self.fn(*fresh.args, **fresh.kwargs)
 
     def _lookup(self, key: tuple) -> tuple[Program | None, str | None]:
         entries = self.cache.get(key)
@@ -415,37 +420,43 @@ class CompiledFunction:
     def _trace(self, bound, leaves: list, paths: list[str], treedef) -> Program:
         tracer = Tracer(self.name, _module_labels(self.fn))
         with tracer:
-            traced_leaves, arg_tensors = [], []
-            for i, (leaf, path) in enumerate(zip(leaves, paths)):
-                if isinstance(leaf, Tensor):
-                    t = tracer.arg(leaf, path, i)
-                    arg_tensors.append((t, i))
-                    traced_leaves.append(t)
-                else:
-                    traced_leaves.append(leaf)
-            out = self._call_with(unflatten(treedef, traced_leaves), bound)
-            out_leaves, out_paths, out_treedef = flatten(out)
-            backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
-            info = tracer.finish(out_leaves, out_paths, arg_tensors)
-            n_fwd = len(tracer.graph.outputs)
-            if backward is not None:
-                diff_refs, grads, diff_leaves = backward
-                for g, label in grads:
-                    tracer.graph.add_output(tracer.value_of(g), label)
-                out_slots = [info["user_out"][i] for i in diff_leaves]
-        info["modules"] = list(tracer.modules.values())
-        out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
-        del out, out_leaves, traced_leaves, arg_tensors, backward
-        tracer.release()
+            info, out_treedef, out_consts, backward = self._record(tracer, bound, leaves, paths, treedef)
+        info["escaped"] = []
+        for t in tracer.release():
+            tracer.graph.add_output(t._value, "escaped state")
+            info["escaped"].append((weakref.ref(t), len(tracer.graph.outputs) - 1))
+        n_fwd = len(tracer.graph.outputs)
+        if backward is not None:
+            grad_values, diff_refs, out_slots = backward
+            for value, label in grad_values:
+                tracer.graph.add_output(value, label)
         graph = optimize(tracer.graph)
         _prune_inputs(graph)
         bwd = None
-        if len(graph.outputs) > n_fwd:
+        if backward is not None:
             graph, bwd_graph, n_saved = _split_joint(graph, n_fwd)
             bwd = (interpret.Plan(bwd_graph), n_saved, out_slots, diff_refs)
         program = Program(graph, info, out_treedef, out_consts, bwd)
-        program.one_shot = any(ref() is not None for ref, _ in info["born_writes"])
+        program.one_shot = bool(info["escaped"]) or any(ref() is not None for ref, _ in info["born_writes"])
         return program
+
+    def _record(self, tracer: Tracer, bound, leaves: list, paths: list[str], treedef):
+        """Run the function on traced arguments. Only values and plain data leave this frame, so
+        that traced tensors still alive afterwards are exactly the ones the function stored away."""
+        traced_leaves = [tracer.arg(x, path, i) if isinstance(x, Tensor) else x
+                         for i, (x, path) in enumerate(zip(leaves, paths))]
+        arg_tensors = [(t, i) for i, t in enumerate(traced_leaves) if isinstance(t, Tensor)]
+        out = self._call_with(unflatten(treedef, traced_leaves), bound)
+        out_leaves, out_paths, out_treedef = flatten(out)
+        backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
+        info = tracer.finish(out_leaves, out_paths, arg_tensors)
+        info["modules"] = list(tracer.modules.values())
+        out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
+        if backward is not None:
+            diff_refs, grads, diff_leaves = backward
+            grad_values = [(tracer.value_of(g), label) for g, label in grads]
+            backward = (grad_values, diff_refs, [info["user_out"][i] for i in diff_leaves])
+        return info, out_treedef, out_consts, backward
 
     def _trace_backward(self, tracer: Tracer, out_leaves: list, out_paths: list[str], arg_tensors):
         """When outputs are differentiable, trace their backward into the same graph."""
@@ -457,8 +468,8 @@ class CompiledFunction:
             return None
         diff_in = [(t, i) for t, i in arg_tensors if t.requires_grad]
         diff_in += [(t, t) for t in tracer.lifted if t.requires_grad]
-        if not diff_in:
-            return None
+        if not diff_in or any(o.grad_fn.inputs is None for o, _ in diff_out):
+            return None  # no differentiable input, or the function already ran backward itself
         cots = [tracer.input(o.shape, o.dtype, "cotangent", f"d(out{p})") for o, p in diff_out]
         try:
             grads = _ag.grad([o for o, _ in diff_out], [t for t, _ in diff_in], cots, allow_unused=True)

@@ -199,7 +199,8 @@ def randint_like(input: Tensor, low, high=None, dtype=None, device=None) -> Tens
 def bernoulli(input: Tensor, generator=None) -> Tensor:
     """Samples 1 with probability `input` (elementwise), else 0."""
     r = rng(generator).random(tuple(input.shape))
-    return Tensor._make((r < np.asarray(input._concrete("bernoulli"), dtype=np.float64)).astype(input._data.dtype))
+    probs = np.asarray(input._concrete("bernoulli"), dtype=np.float64)
+    return Tensor._make((r < probs).astype(input._data.dtype))
 
 
 def multinomial(input: Tensor, num_samples: int, replacement: bool = False, generator=None) -> Tensor:
@@ -207,5 +208,6 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, gene
     probs = np.asarray(input._concrete("multinomial"), dtype=np.float64)
     g = rng(generator)
     rows = probs.reshape(-1, probs.shape[-1])
-    out = np.stack([g.choice(rows.shape[1], size=num_samples, replace=replacement, p=r / r.sum()) for r in rows])
+    out = np.stack([g.choice(rows.shape[1], size=num_samples, replace=replacement, p=r / r.sum())
+                    for r in rows])
     return Tensor._make(out.reshape(probs.shape[:-1] + (num_samples,)).astype(np.int64))

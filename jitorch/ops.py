@@ -131,7 +131,9 @@ def div(input, other, *, rounding_mode: str | None = None) -> Tensor:
     if rounding_mode == "trunc":
         q = _float_binary("div", input, other).trunc()
         return q if _dt.result_type(input, other).is_floating_point else q.to(_dt.result_type(input, other))
-    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
+    raise ValueError(
+        f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}"
+    )
 
 
 def floor_divide(input, other) -> Tensor:
@@ -202,6 +204,41 @@ def logical_not(input: Tensor) -> Tensor:
     return _unary("logical_not", _cast(input, _dt.bool_))
 
 
+def _bitwise(name: str, a, b) -> Tensor:
+    dtype = _dt.result_type(a, b)
+    if dtype is _dt.bool_:
+        return _logical(name.replace("bitwise", "logical"), a, b)
+    if dtype.is_floating_point:
+        raise RuntimeError(f"{name} is only defined for integer and bool tensors, got {dtype.name}")
+    return _binary(name, a, b)
+
+
+def bitwise_and(input, other) -> Tensor:
+    """`&`: bitwise AND of integers, logical AND of bools."""
+    return _bitwise("bitwise_and", input, other)
+
+
+def bitwise_or(input, other) -> Tensor:
+    """`|`: bitwise OR of integers, logical OR of bools."""
+    return _bitwise("bitwise_or", input, other)
+
+
+def bitwise_xor(input, other) -> Tensor:
+    """`^`: bitwise XOR of integers, logical XOR of bools."""
+    return _bitwise("bitwise_xor", input, other)
+
+
+def bitwise_not(input: Tensor) -> Tensor:
+    """`~`: bitwise NOT of integers (-x - 1), logical NOT of bools."""
+    if input.dtype is _dt.bool_:
+        return logical_not(input)
+    if input.dtype.is_floating_point:
+        raise RuntimeError(
+            f"bitwise_not is only defined for integer and bool tensors, got {input.dtype.name}"
+        )
+    return _unary("bitwise_not", input)
+
+
 def where(condition: Tensor, input=None, other=None) -> Tensor:
     """Elementwise `input if condition else other`; with one argument, the indices of nonzeros."""
     if input is None and other is None:
@@ -223,7 +260,9 @@ def _tensor_where(self: Tensor, condition: Tensor, other) -> Tensor:
 
 def neg(input: Tensor) -> Tensor:
     if input.dtype is _dt.bool_:
-        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not()")
+        raise RuntimeError(
+            "Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not()"
+        )
     return _unary("neg", input)
 
 
@@ -486,13 +525,13 @@ def _check_nonempty(x: Tensor, op: str) -> None:
 def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     _check_nonempty(input, "argmax")
     d = None if dim is None else _wrap_dim(dim, input.ndim) if input.ndim else None
-    return dispatch(P["argmax"], (input,), {"dim": d, "keepdim": bool(keepdim) and dim is not None})
+    return dispatch(P["argmax"], (input,), {"dim": d, "keepdim": bool(keepdim)})
 
 
 def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     _check_nonempty(input, "argmin")
     d = None if dim is None else _wrap_dim(dim, input.ndim) if input.ndim else None
-    return dispatch(P["argmin"], (input,), {"dim": d, "keepdim": bool(keepdim) and dim is not None})
+    return dispatch(P["argmin"], (input,), {"dim": d, "keepdim": bool(keepdim)})
 
 
 def _select_extreme(input: Tensor, dim, keepdim: bool, arg) -> values_indices:
@@ -662,7 +701,8 @@ def permute(input: Tensor, *dims) -> Tensor:
     if len(dims) != nd:
         raise RuntimeError(
             f"permute(sparse_coo): number of dimensions in the tensor input does not match the length "
-            f"of the desired ordering of dimensions i.e. input.dim() = {nd} is not equal to len(dims) = {len(dims)}"
+            f"of the desired ordering of dimensions i.e. input.dim() = {nd} is not equal to "
+            f"len(dims) = {len(dims)}"
         )
     dims = tuple(_wrap_dim(d, nd) for d in dims)
     if len(set(dims)) != nd:
@@ -784,7 +824,9 @@ def clone(input: Tensor, memory_format=None) -> Tensor:
 
 def flip(input: Tensor, dims) -> Tensor:
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    return dispatch(P["flip"], (input,), {"dims": tuple(_wrap_dim(d, input.ndim) for d in dims)})
+    dims = tuple(_wrap_dim(d, input.ndim) for d in dims)
+    # a 0-d tensor accepts dim 0 (as in PyTorch) and has nothing to flip
+    return dispatch(P["flip"], (input,), {"dims": dims if input.ndim else ()})
 
 
 def narrow(input: Tensor, dim: int, start: int, length: int) -> Tensor:
@@ -1085,7 +1127,9 @@ def take_along_dim(input: Tensor, indices: Tensor, dim: int) -> Tensor:
 def masked_fill(input: Tensor, mask: Tensor, value) -> Tensor:
     """Replace elements where `mask` is True with `value`."""
     if mask.dtype is not _dt.bool_:
-        raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {mask.dtype.name}")
+        raise RuntimeError(
+            f"masked_fill only supports boolean masks, but got mask with dtype {mask.dtype.name}"
+        )
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     else:
@@ -1115,7 +1159,8 @@ def triu(input: Tensor, diagonal: int = 0) -> Tensor:
 def argsort(input: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
     if input.ndim == 0:
         return zeros((), dtype=_dt.int64)
-    return dispatch(P["argsort"], (input,), {"dim": _wrap_dim(dim, input.ndim), "descending": bool(descending)})
+    params = {"dim": _wrap_dim(dim, input.ndim), "descending": bool(descending)}
+    return dispatch(P["argsort"], (input,), params)
 
 
 def sort(input: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> values_indices:
@@ -1355,12 +1400,14 @@ def install_methods() -> None:
     T = Tensor
     plain = [
         add, sub, mul, div, floor_divide, remainder, pow, maximum, minimum, eq, ne, lt, le, gt, ge,
-        logical_and, logical_or, logical_xor, logical_not, neg, exp, log, log1p, expm1, sqrt, rsqrt, sin, cos,
+        logical_and, logical_or, logical_xor, logical_not, bitwise_and, bitwise_or, bitwise_xor, bitwise_not,
+        neg, exp, log, log1p, expm1, sqrt, rsqrt, sin, cos,
         tanh, sigmoid, erf, reciprocal, abs, sign, floor, ceil, trunc, round, isnan, isinf, isfinite, square,
         exp2, log2, log10, relu, clamp, clip, lerp, to, type_as, sum, prod, mean, amax, amin, argmax, argmin,
         max, min, var, std, logsumexp, any, all, cumsum, norm, softmax, log_softmax, reshape, view, view_as,
         reshape_as, permute, transpose, swapaxes, t, movedim, squeeze, unsqueeze, expand, expand_as,
-        broadcast_to, flatten, unflatten, contiguous, clone, flip, narrow, select, repeat, split, chunk, unbind,
+        broadcast_to, flatten, unflatten, contiguous, clone, flip, narrow, select, repeat, split, chunk,
+        unbind,
         gather, scatter, scatter_add, index_select, take_along_dim, masked_fill, tril, triu, argsort, sort,
         topk, matmul, mm, bmm, dot, outer, nonzero, masked_select, index_put, new_zeros, new_ones, new_full,
         new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put,
@@ -1378,12 +1425,12 @@ def install_methods() -> None:
     T.T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))
     T.mT = property(lambda self: self.transpose(-2, -1))
     ops = {"add": add, "sub": sub, "mul": mul, "truediv": div, "floordiv": floor_divide, "mod": remainder,
-           "pow": pow, "matmul": matmul, "and": logical_and, "or": logical_or, "xor": logical_xor}
+           "pow": pow, "matmul": matmul, "and": bitwise_and, "or": bitwise_or, "xor": bitwise_xor}
     for name, fn in ops.items():
         setattr(T, f"__{name}__", _binary_method(fn))
         setattr(T, f"__r{name}__", _reflect(fn))
     for name in ("add", "sub", "mul", "truediv", "pow", "and", "or"):
-        fn = {"truediv": div, "and": logical_and, "or": logical_or}.get(name) or globals()[name]
+        fn = {"truediv": div, "and": bitwise_and, "or": bitwise_or}.get(name) or globals()[name]
         setattr(T, f"__i{name}__", _make_inplace(fn))
     T.__eq__ = _binary_method(eq)
     T.__ne__ = _binary_method(ne)
@@ -1394,4 +1441,4 @@ def install_methods() -> None:
     T.__neg__ = neg
     T.__pos__ = lambda self: self
     T.__abs__ = abs
-    T.__invert__ = logical_not
+    T.__invert__ = bitwise_not

@@ -229,6 +229,11 @@ for _name, _fn in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less), ("le
                    ("gt", np.greater), ("ge", np.greater_equal), ("logical_and", np.logical_and),
                    ("logical_or", np.logical_or), ("logical_xor", np.logical_xor)]:
     _binary(_name, _fn, infer=_bool_out)
+# integer bit operations (`&`, `|`, `^`, `~` on int tensors); on bools they are the logical ops
+_binary("bitwise_and", np.bitwise_and)
+_binary("bitwise_or", np.bitwise_or)
+_binary("bitwise_xor", np.bitwise_xor)
+_unary("bitwise_not", np.invert)
 
 
 def _where_infer(c, x, y):
@@ -314,8 +319,20 @@ def _np_prod(x, axis, keepdims):
 
 defprim("sum", "reduce", _accumulating(_np_sum), _sum_infer, _sum_vjp)
 defprim("prod", "reduce", _accumulating(_np_prod), _sum_infer, _prod_vjp, saves=(0,), saves_out=True)
-defprim("amax", "reduce", _accumulating(np.amax), _reduce_infer, _extreme_vjp, saves=(0,), saves_out=True)
-defprim("amin", "reduce", _accumulating(np.amin), _reduce_infer, _extreme_vjp, saves=(0,), saves_out=True)
+def _np_amax(x, axis, keepdims):
+    if x.dtype == np.bool_:  # any(): an empty reduction is False (np.amax has no identity)
+        return np.any(x, axis=axis, keepdims=keepdims)
+    return np.amax(x, axis=axis, keepdims=keepdims)
+
+
+def _np_amin(x, axis, keepdims):
+    if x.dtype == np.bool_:  # all(): an empty reduction is True
+        return np.all(x, axis=axis, keepdims=keepdims)
+    return np.amin(x, axis=axis, keepdims=keepdims)
+
+
+defprim("amax", "reduce", _accumulating(_np_amax), _reduce_infer, _extreme_vjp, saves=(0,), saves_out=True)
+defprim("amin", "reduce", _accumulating(_np_amin), _reduce_infer, _extreme_vjp, saves=(0,), saves_out=True)
 
 
 def _arg_impl(fn):
@@ -338,7 +355,8 @@ defprim("argmin", "reduce", _arg_impl(np.argmin), _arg_infer)
 
 
 def _cumsum_impl(x, dim):
-    return np.cumsum(x, axis=dim, dtype=_sum_dtype(x.dtype))
+    # reshape: numpy flattens a 0-d input to shape (1,); PyTorch keeps it 0-d
+    return np.cumsum(x, axis=dim, dtype=_sum_dtype(x.dtype)).reshape(x.shape)
 
 
 def _cumsum_infer(x, dim):
@@ -547,7 +565,7 @@ def _onto_diagonal(g, unique: str, subs: str, equation: str):
     fresh = iter(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation)
     out_subs, eye_subs, eyes = [], [], []
     seen = set()
-    for k, c in enumerate(subs):
+    for c in subs:
         if c not in seen:
             seen.add(c)
             out_subs.append(c)

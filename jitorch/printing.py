@@ -101,7 +101,9 @@ def _format_data(data: np.ndarray) -> str:
 def tensor_repr(t) -> str:
     extras = []
     if t._value is not None:
-        body = f"<traced {t._value.name}: shape={tuple(t.shape)}>"
+        from .ir.trace import concrete_value_error
+
+        raise concrete_value_error(t, "printing a tensor's values")
     elif t.device.type == "meta":
         body = "..."
         extras.append(f"size={tuple(t.shape)}")

@@ -19,8 +19,15 @@ import torch
 import jitorch
 from tests.op_cases import FLOATS, GRAD_SCALE, TOLERANCES, Input, OpCase
 
-_NP = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
-       "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+_NP = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "bool": np.bool_,
+}
 
 
 def identity(fn: Callable) -> Callable:
@@ -106,12 +113,15 @@ def flatten_outputs(out) -> list:
 
 def assert_close(got, want, rtol: float, atol: float, what: str) -> None:
     """Compare a jitorch result with a torch one: shape and dtype exactly, values per dtype."""
-    assert tuple(got.shape) == tuple(want.shape), f"{what}: shape {tuple(got.shape)} != torch {tuple(want.shape)}"
+    assert tuple(got.shape) == tuple(want.shape), (
+        f"{what}: shape {tuple(got.shape)} != torch {tuple(want.shape)}"
+    )
     assert dtype_name(got) == dtype_name(want), f"{what}: dtype {got.dtype} != torch {want.dtype}"
     g, w = to_numpy(got), to_numpy(want)
     if dtype_name(want) in FLOATS:
-        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol,
-                                   equal_nan=True, err_msg=what)
+        np.testing.assert_allclose(
+            g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True, err_msg=what
+        )
     else:
         np.testing.assert_array_equal(g, w, err_msg=what)
 

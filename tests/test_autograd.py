@@ -13,8 +13,7 @@ import jitorch as jt
 def _pair(values, requires_grad: bool = True, dtype: str = "float32"):
     """The same values as a jitorch and a torch tensor."""
     arr = np.asarray(values, dtype=dtype)
-    return (jt.tensor(arr, requires_grad=requires_grad),
-            torch.tensor(arr, requires_grad=requires_grad))
+    return (jt.tensor(arr, requires_grad=requires_grad), torch.tensor(arr, requires_grad=requires_grad))
 
 
 def _close(got, want, tol: float = 1e-5) -> None:
@@ -73,15 +72,31 @@ def test_second_backward_without_retain_graph_errors_clearly():
         y.backward()
 
 
-@pytest.mark.parametrize("name,fn", [
-    ("exp", lambda x: x.exp()), ("log", lambda x: x.log()), ("sin", lambda x: x.sin()),
-    ("cos", lambda x: x.cos()), ("tanh", lambda x: x.tanh()), ("sigmoid", lambda x: x.sigmoid()),
-    ("sqrt", lambda x: x.sqrt()), ("rsqrt", lambda x: x.rsqrt()), ("reciprocal", lambda x: x.reciprocal()),
-    ("pow_const", lambda x: x ** 3), ("pow_tensor", lambda x: x ** x), ("rpow", lambda x: 2.0 ** x),
-    ("mul_self", lambda x: x * x * x), ("div", lambda x: 1.5 / (x + 1)), ("log1p", lambda x: x.log1p()),
-    ("expm1", lambda x: x.expm1()), ("erf", lambda x: x.erf()), ("abs", lambda x: (x - 1.1).abs() * x),
-    ("softmax", lambda x: x.softmax(0)), ("logsumexp", lambda x: x.logsumexp(0) * x),
-])
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        ("exp", lambda x: x.exp()),
+        ("log", lambda x: x.log()),
+        ("sin", lambda x: x.sin()),
+        ("cos", lambda x: x.cos()),
+        ("tanh", lambda x: x.tanh()),
+        ("sigmoid", lambda x: x.sigmoid()),
+        ("sqrt", lambda x: x.sqrt()),
+        ("rsqrt", lambda x: x.rsqrt()),
+        ("reciprocal", lambda x: x.reciprocal()),
+        ("pow_const", lambda x: x**3),
+        ("pow_tensor", lambda x: x**x),
+        ("rpow", lambda x: 2.0**x),
+        ("mul_self", lambda x: x * x * x),
+        ("div", lambda x: 1.5 / (x + 1)),
+        ("log1p", lambda x: x.log1p()),
+        ("expm1", lambda x: x.expm1()),
+        ("erf", lambda x: x.erf()),
+        ("abs", lambda x: (x - 1.1).abs() * x),
+        ("softmax", lambda x: x.softmax(0)),
+        ("logsumexp", lambda x: x.logsumexp(0) * x),
+    ],
+)
 def test_double_backward_matches_torch(name, fn):
     x, tx = _pair([0.3, 0.7, 1.2, 2.0], dtype="float64")
     (gx,) = jt.autograd.grad(fn(x).sum(), x, create_graph=True)
@@ -188,8 +203,10 @@ def test_retain_grad_on_nonleaf():
     assert (x * 2).grad is None
 
 
-@pytest.mark.parametrize("shape_a,shape_b", [((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((3,), ()),
-                                              ((1, 3, 1), (2, 1, 5))])
+@pytest.mark.parametrize(
+    "shape_a,shape_b",
+    [((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((3,), ()), ((1, 3, 1), (2, 1, 5))],
+)
 def test_broadcast_input_gradients_reduce_to_input_shape(shape_a, shape_b):
     rng = np.random.default_rng(0)
     a, ta = _pair(rng.standard_normal(shape_a))
@@ -208,7 +225,7 @@ def test_deep_chain_backward_has_no_recursion_limit():
     for _ in range(n):
         y = y * 1.0001
     y.backward(jt.ones(1, dtype=jt.float64))
-    np.testing.assert_allclose(x.grad.item(), 1.0001 ** n, rtol=1e-9)
+    np.testing.assert_allclose(x.grad.item(), 1.0001**n, rtol=1e-9)
 
 
 def test_grad_of_shared_subexpression_sums_paths():

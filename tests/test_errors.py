@@ -39,15 +39,21 @@ def test_matmul_inner_size_mismatch():
         jt.matmul(jt.tensor(1.0), jt.ones(2))
 
 
-@pytest.mark.parametrize("fn,expect", [
-    (lambda x: x[3], "index 3 is out of bounds for dimension 0 with size 3"),
-    (lambda x: x[0, -5], "index -5 is out of bounds for dimension 1 with size 4"),
-    (lambda x: x[jt.tensor([0, 7])], "7"),
-    (lambda x: x.gather(1, jt.tensor([[4], [0], [0]])), "index 4 is out of bounds for dimension 1 with size 4"),
-    (lambda x: x.index_select(0, jt.tensor([5])), "index 5 is out of bounds"),
-    (lambda x: x[0, 0, 0], "too many indices for tensor of dimension 2"),
-    (lambda x: x.sum(2), "Dimension out of range"),
-])
+@pytest.mark.parametrize(
+    "fn,expect",
+    [
+        (lambda x: x[3], "index 3 is out of bounds for dimension 0 with size 3"),
+        (lambda x: x[0, -5], "index -5 is out of bounds for dimension 1 with size 4"),
+        (lambda x: x[jt.tensor([0, 7])], "7"),
+        (
+            lambda x: x.gather(1, jt.tensor([[4], [0], [0]])),
+            "index 4 is out of bounds for dimension 1 with size 4",
+        ),
+        (lambda x: x.index_select(0, jt.tensor([5])), "index 5 is out of bounds"),
+        (lambda x: x[0, 0, 0], "too many indices for tensor of dimension 2"),
+        (lambda x: x.sum(2), "Dimension out of range"),
+    ],
+)
 def test_index_out_of_range(fn, expect):
     x = jt.ones(3, 4)
     with pytest.raises(IndexError) as info:
@@ -103,10 +109,13 @@ def test_item_on_more_than_one_element():
         bool(jt.ones(2))
 
 
-@pytest.mark.parametrize("modify,op", [
-    (lambda a, b: a.mul_(2), "mul"),
-    (lambda a, b: b.add_(1), "mul"),
-])
+@pytest.mark.parametrize(
+    "modify,op",
+    [
+        (lambda a, b: a.mul_(2), "mul"),
+        (lambda a, b: b.add_(1), "mul"),
+    ],
+)
 def test_saved_input_modified_in_place_names_the_op(modify, op):
     w = jt.ones(3, requires_grad=True)
     a = w * 1.5
@@ -179,6 +188,13 @@ def test_cat_and_stack_mismatch():
 def test_expand_incompatible():
     with pytest.raises(RuntimeError, match="must match the existing size"):
         jt.ones(3, 2).expand(3, 4)
+
+
+def test_bitwise_ops_on_floats():
+    with pytest.raises(RuntimeError, match="bitwise_and is only defined for integer and bool tensors"):
+        jt.ones(2) & jt.ones(2)
+    with pytest.raises(RuntimeError, match="bitwise_not"):
+        ~jt.ones(2)
 
 
 def test_bool_subtraction_and_negation():

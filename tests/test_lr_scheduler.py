@@ -85,6 +85,21 @@ def test_chained_schedulers_match_pytorch():
     np.testing.assert_allclose(lrs[0], lrs[1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("sched_name, sched_kwargs", SCHEDULERS[:5], ids=[s[0] for s in SCHEDULERS[:5]])
+def test_resuming_with_last_epoch_matches_pytorch(sched_name, sched_kwargs):
+    traces = []
+    for lib in (jitorch, torch):
+        opt = lib.optim.SGD([{"params": [lib.zeros(2, requires_grad=True)], "initial_lr": 0.1}], lr=0.037)
+        sched = getattr(lib.optim.lr_scheduler, sched_name)(opt, last_epoch=5, **sched_kwargs)
+        trace = [opt.param_groups[0]["lr"]]
+        for _ in range(6):
+            opt.step()
+            sched.step()
+            trace.append(opt.param_groups[0]["lr"])
+        traces.append(trace)
+    np.testing.assert_allclose(traces[0], traces[1], rtol=1e-12)
+
+
 @pytest.mark.parametrize("sched_name, sched_kwargs", SCHEDULERS[:6], ids=[s[0] for s in SCHEDULERS[:6]])
 def test_scheduler_state_dict_round_trip(sched_name, sched_kwargs):
     def make():

@@ -47,11 +47,20 @@ def _inputs(a):
     return a, a
 
 
-def check(jt_fn, torch_fn, *arrays, rtol: float = RTOL, atol: float = ATOL, grad_rtol: float | None = None,
-          grad_atol: float | None = None, seed: int = 0):
+def check(
+    jt_fn,
+    torch_fn,
+    *arrays,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    grad_rtol: float | None = None,
+    grad_atol: float | None = None,
+    seed: int = 0,
+):
     """Compare jt_fn(*jt_inputs) with torch_fn(*torch_inputs), forward and backward.
 
-    Float arrays become inputs that require grad (unless wrapped in `nograd`); the backward pass uses the same random upstream
+    Float arrays become inputs that require grad (unless wrapped in `nograd`); the backward pass
+    uses the same random upstream
     gradient on both sides and compares every input's gradient. Returns (jt_out, torch_out).
     """
     pairs = [_inputs(a) for a in arrays]

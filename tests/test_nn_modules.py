@@ -24,8 +24,15 @@ def randn(*shape) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def run_pair(jt_module, torch_module, *arrays, rtol: float = 1e-4, atol: float = 1e-5, copy_weights: bool = True,
-             grad_atol: float = 1e-4):
+def run_pair(
+    jt_module,
+    torch_module,
+    *arrays,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    copy_weights: bool = True,
+    grad_atol: float = 1e-4,
+):
     """Copy torch's weights into jitorch, run both on the same inputs, compare outputs and all grads."""
     if copy_weights:
         copy_module(jt_module, torch_module)
@@ -52,11 +59,23 @@ LAYERS = [
     ("linear_nobias_3d", lambda m: m.Linear(5, 3, bias=False), (2, 4, 5)),
     ("bilinear", lambda m: m.Bilinear(3, 4, 2), (5, 3), (5, 4)),
     ("conv2d", lambda m: m.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 7)),
-    ("conv2d_groups_dilation", lambda m: m.Conv2d(4, 6, (3, 2), padding="same", dilation=2, groups=2), (2, 4, 6, 6)),
+    (
+        "conv2d_groups_dilation",
+        lambda m: m.Conv2d(4, 6, (3, 2), padding="same", dilation=2, groups=2),
+        (2, 4, 6, 6),
+    ),
     ("conv2d_reflect", lambda m: m.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), (1, 2, 5, 5)),
-    ("conv2d_circular_same", lambda m: m.Conv2d(2, 3, 4, padding="same", padding_mode="circular"), (1, 2, 5, 6)),
+    (
+        "conv2d_circular_same",
+        lambda m: m.Conv2d(2, 3, 4, padding="same", padding_mode="circular"),
+        (1, 2, 5, 6),
+    ),
     ("conv1d", lambda m: m.Conv1d(3, 5, 3, padding=1, bias=False), (2, 3, 8)),
-    ("conv1d_replicate", lambda m: m.Conv1d(3, 2, 5, stride=2, padding=2, padding_mode="replicate"), (2, 3, 9)),
+    (
+        "conv1d_replicate",
+        lambda m: m.Conv1d(3, 2, 5, stride=2, padding=2, padding_mode="replicate"),
+        (2, 3, 9),
+    ),
     ("maxpool", lambda m: m.MaxPool2d(3, stride=2, padding=1), (2, 3, 7, 7)),
     ("avgpool", lambda m: m.AvgPool2d(2), (2, 3, 6, 6)),
     ("adaptive_avgpool", lambda m: m.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
@@ -92,20 +111,45 @@ def test_layer_matches_torch(case):
 def test_layer_repr_matches_torch():
     def build(m):
         return m.Sequential(
-            m.Conv2d(1, 4, 3, padding=1), m.Conv2d(4, 4, 3, padding="same", bias=False, groups=2, dilation=2),
+            m.Conv2d(1, 4, 3, padding=1),
+            m.Conv2d(4, 4, 3, padding="same", bias=False, groups=2, dilation=2),
             m.ReLU(),
-            m.MaxPool2d(2), m.BatchNorm2d(4), m.Flatten(), m.Linear(64, 10), m.Dropout(0.1), m.LayerNorm(10),
-            m.GELU(), m.Embedding(5, 3, padding_idx=0), m.GroupNorm(2, 4), m.AdaptiveAvgPool2d(1), m.Identity(),
-            m.ModuleList([m.Tanh(), m.Sigmoid()]), m.LeakyReLU(0.2), m.Softmax(dim=1), m.Conv1d(2, 3, 3, stride=2),
-            m.RMSNorm(3), m.MultiheadAttention(4, 2), m.Softplus(), m.ELU(), m.Hardtanh(), m.AvgPool2d(2),
-            m.Bilinear(2, 3, 4), m.Unflatten(1, (2, 3)), m.ReLU(inplace=True), m.CrossEntropyLoss(),
-            m.TransformerEncoderLayer(4, 2, 8), m.ModuleDict({"a": m.SiLU()}), m.BatchNorm1d(3, affine=False),
+            m.MaxPool2d(2),
+            m.BatchNorm2d(4),
+            m.Flatten(),
+            m.Linear(64, 10),
+            m.Dropout(0.1),
+            m.LayerNorm(10),
+            m.GELU(),
+            m.Embedding(5, 3, padding_idx=0),
+            m.GroupNorm(2, 4),
+            m.AdaptiveAvgPool2d(1),
+            m.Identity(),
+            m.ModuleList([m.Tanh(), m.Sigmoid()]),
+            m.LeakyReLU(0.2),
+            m.Softmax(dim=1),
+            m.Conv1d(2, 3, 3, stride=2),
+            m.RMSNorm(3),
+            m.MultiheadAttention(4, 2),
+            m.Softplus(),
+            m.ELU(),
+            m.Hardtanh(),
+            m.AvgPool2d(2),
+            m.Bilinear(2, 3, 4),
+            m.Unflatten(1, (2, 3)),
+            m.ReLU(inplace=True),
+            m.CrossEntropyLoss(),
+            m.TransformerEncoderLayer(4, 2, 8),
+            m.ModuleDict({"a": m.SiLU()}),
+            m.BatchNorm1d(3, affine=False),
         )
+
     assert repr(build(nn)) == repr(build(tnn)).replace("torch.", "jitorch.")
 
 
-@pytest.mark.parametrize("cls_name,shape", [("BatchNorm1d", (6, 3)), ("BatchNorm1d", (4, 3, 5)),
-                                            ("BatchNorm2d", (4, 3, 2, 3))])
+@pytest.mark.parametrize(
+    "cls_name,shape", [("BatchNorm1d", (6, 3)), ("BatchNorm1d", (4, 3, 5)), ("BatchNorm2d", (4, 3, 2, 3))]
+)
 def test_batchnorm_train_and_eval(cls_name, shape):
     jm, tm = getattr(nn, cls_name)(3, momentum=0.3), getattr(tnn, cls_name)(3, momentum=0.3)
     with torch.no_grad():
@@ -127,8 +171,10 @@ def test_batchnorm_cumulative_average_and_no_tracking():
     for _ in range(3):
         run_pair(jm, tm, randn(5, 3))
     assert_close(jm.running_var, tm.running_var, what="running_var")
-    jm, tm = nn.BatchNorm2d(3, affine=False, track_running_stats=False), tnn.BatchNorm2d(
-        3, affine=False, track_running_stats=False)
+    jm, tm = (
+        nn.BatchNorm2d(3, affine=False, track_running_stats=False),
+        tnn.BatchNorm2d(3, affine=False, track_running_stats=False),
+    )
     run_pair(jm.eval(), tm.eval(), randn(2, 3, 2, 2))
     assert jm.running_mean is None and list(jm.state_dict()) == []
 
@@ -153,10 +199,14 @@ def test_embedding_padding_idx_gets_no_grad():
 def test_losses_as_modules():
     x, t = randn(6, 4), RNG.integers(0, 4, 6)
     w = np.abs(randn(4))
-    for jm, tm in [(nn.CrossEntropyLoss(), tnn.CrossEntropyLoss()),
-                   (nn.CrossEntropyLoss(weight=jt.tensor(w), label_smoothing=0.1, ignore_index=2),
-                    tnn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.1, ignore_index=2)),
-                   (nn.NLLLoss(reduction="sum"), tnn.NLLLoss(reduction="sum"))]:
+    for jm, tm in [
+        (nn.CrossEntropyLoss(), tnn.CrossEntropyLoss()),
+        (
+            nn.CrossEntropyLoss(weight=jt.tensor(w), label_smoothing=0.1, ignore_index=2),
+            tnn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.1, ignore_index=2),
+        ),
+        (nn.NLLLoss(reduction="sum"), tnn.NLLLoss(reduction="sum")),
+    ]:
         xj, xt = pair(x)
         jo, to = jm(xj, jt.tensor(t)), tm(xt, torch.tensor(t))
         assert_close(jo, to)
@@ -166,11 +216,20 @@ def test_losses_as_modules():
     y = randn(6, 4)
     p = (RNG.random((6, 4)) * 0.9 + 0.05).astype(np.float32)
     pos = np.abs(randn(4))
-    for jm, tm, a in [(nn.MSELoss(), tnn.MSELoss(), x), (nn.L1Loss(reduction="none"), tnn.L1Loss(reduction="none"), x),
-                      (nn.SmoothL1Loss(beta=0.5), tnn.SmoothL1Loss(beta=0.5), x), (nn.BCELoss(), tnn.BCELoss(), p),
-                      (nn.BCEWithLogitsLoss(pos_weight=jt.tensor(pos)),
-                       tnn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos)), x)]:
-        target = RNG.random((6, 4)).astype(np.float32) if isinstance(jm, (nn.BCELoss, nn.BCEWithLogitsLoss)) else y
+    for jm, tm, a in [
+        (nn.MSELoss(), tnn.MSELoss(), x),
+        (nn.L1Loss(reduction="none"), tnn.L1Loss(reduction="none"), x),
+        (nn.SmoothL1Loss(beta=0.5), tnn.SmoothL1Loss(beta=0.5), x),
+        (nn.BCELoss(), tnn.BCELoss(), p),
+        (
+            nn.BCEWithLogitsLoss(pos_weight=jt.tensor(pos)),
+            tnn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos)),
+            x,
+        ),
+    ]:
+        target = (
+            RNG.random((6, 4)).astype(np.float32) if isinstance(jm, (nn.BCELoss, nn.BCEWithLogitsLoss)) else y
+        )
         aj, at = pair(a)
         jo, to = jm(aj, jt.tensor(target)), tm(at, torch.tensor(target))
         assert_close(jo, to)
@@ -184,7 +243,10 @@ def test_losses_as_modules():
 
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_multihead_attention_self(batch_first):
-    jm, tm = nn.MultiheadAttention(8, 2, batch_first=batch_first), tnn.MultiheadAttention(8, 2, batch_first=batch_first)
+    jm, tm = (
+        nn.MultiheadAttention(8, 2, batch_first=batch_first),
+        tnn.MultiheadAttention(8, 2, batch_first=batch_first),
+    )
     copy_module(jm, tm)
     x = randn(3, 5, 8)
     xj, xt = pair(x)
@@ -208,8 +270,18 @@ def test_multihead_attention_masks_cross_and_unaveraged():
     for kwargs_j, kwargs_t in [
         ({"attn_mask": jt.tensor(attn_bool)}, {"attn_mask": torch.tensor(attn_bool)}),
         ({"key_padding_mask": jt.tensor(pad)}, {"key_padding_mask": torch.tensor(pad)}),
-        ({"attn_mask": jt.tensor(attn_float), "key_padding_mask": jt.tensor(pad), "average_attn_weights": False},
-         {"attn_mask": torch.tensor(attn_float), "key_padding_mask": torch.tensor(pad), "average_attn_weights": False}),
+        (
+            {
+                "attn_mask": jt.tensor(attn_float),
+                "key_padding_mask": jt.tensor(pad),
+                "average_attn_weights": False,
+            },
+            {
+                "attn_mask": torch.tensor(attn_float),
+                "key_padding_mask": torch.tensor(pad),
+                "average_attn_weights": False,
+            },
+        ),
     ]:
         (qj, qt), (kj, kt), (vj, vt) = pair(q), pair(k), pair(v)
         jo, jw = jm(qj, kj, vj, **kwargs_j)
@@ -235,7 +307,9 @@ def test_multihead_attention_unbatched():
 
 @pytest.mark.parametrize("norm_first,activation,batch_first", [(False, "relu", False), (True, "gelu", True)])
 def test_transformer_encoder_layer(norm_first, activation, batch_first):
-    kw = dict(dim_feedforward=16, dropout=0.0, activation=activation, batch_first=batch_first, norm_first=norm_first)
+    kw = dict(
+        dim_feedforward=16, dropout=0.0, activation=activation, batch_first=batch_first, norm_first=norm_first
+    )
     jm, tm = nn.TransformerEncoderLayer(8, 2, **kw), tnn.TransformerEncoderLayer(8, 2, **kw)
     assert sorted(jm.state_dict()) == sorted(tm.state_dict())
     copy_module(jm, tm)
@@ -253,8 +327,9 @@ def test_transformer_encoder_layer(norm_first, activation, batch_first):
 def test_transformer_encoder_stack_and_padding_mask():
     layer_kw = dict(dim_feedforward=12, dropout=0.0, batch_first=True)
     jm = nn.TransformerEncoder(nn.TransformerEncoderLayer(6, 3, **layer_kw), 2, norm=nn.LayerNorm(6))
-    tm = tnn.TransformerEncoder(tnn.TransformerEncoderLayer(6, 3, **layer_kw), 2, norm=tnn.LayerNorm(6),
-                                enable_nested_tensor=False)
+    tm = tnn.TransformerEncoder(
+        tnn.TransformerEncoderLayer(6, 3, **layer_kw), 2, norm=tnn.LayerNorm(6), enable_nested_tensor=False
+    )
     assert list(jm.state_dict()) == list(tm.state_dict())
     # the deep copies own separate parameters
     assert jm.layers[0].linear1.weight is not jm.layers[1].linear1.weight
@@ -284,16 +359,22 @@ def test_transformer_dropout_trains_and_evals():
 
 def _cnn(m):
     return m.Sequential(
-        m.Conv2d(1, 8, kernel_size=3, padding=1), m.ReLU(),
-        m.Conv2d(8, 16, kernel_size=3, stride=2, padding=1), m.ReLU(), m.MaxPool2d(2),
-        m.Flatten(), m.Linear(16 * 2 * 2, 32), m.ReLU(), m.Linear(32, 10),
+        m.Conv2d(1, 8, kernel_size=3, padding=1),
+        m.ReLU(),
+        m.Conv2d(8, 16, kernel_size=3, stride=2, padding=1),
+        m.ReLU(),
+        m.MaxPool2d(2),
+        m.Flatten(),
+        m.Linear(16 * 2 * 2, 32),
+        m.ReLU(),
+        m.Linear(32, 10),
     )
 
 
 def test_cnn_training_steps_match_torch():
     jm, tm = _cnn(nn), _cnn(tnn)
     copy_module(jm, tm)
-    for step in range(3):
+    for _ in range(3):
         x, y = randn(8, 1, 8, 8), RNG.integers(0, 10, 8)
         jl = nn.functional.cross_entropy(jm(jt.tensor(x)), jt.tensor(y))
         tl = tnn.functional.cross_entropy(tm(torch.tensor(x)), torch.tensor(y))
@@ -331,12 +412,34 @@ class _Net(nn.Module):
 def test_module_registration_and_traversal():
     net = _Net()
     assert [n for n, _ in net.named_parameters()] == [
-        "scale", "body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias", "head.weight", "head.bias"]
+        "scale",
+        "body.0.weight",
+        "body.0.bias",
+        "body.1.weight",
+        "body.1.bias",
+        "head.weight",
+        "head.bias",
+    ]
     assert [n for n, _ in net.named_buffers()] == [
-        "steps", "cache", "body.1.running_mean", "body.1.running_var", "body.1.num_batches_tracked"]
+        "steps",
+        "cache",
+        "body.1.running_mean",
+        "body.1.running_var",
+        "body.1.num_batches_tracked",
+    ]
     assert list(net.state_dict()) == [
-        "scale", "steps", "body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias", "body.1.running_mean",
-        "body.1.running_var", "body.1.num_batches_tracked", "head.weight", "head.bias"]
+        "scale",
+        "steps",
+        "body.0.weight",
+        "body.0.bias",
+        "body.1.weight",
+        "body.1.bias",
+        "body.1.running_mean",
+        "body.1.running_var",
+        "body.1.num_batches_tracked",
+        "head.weight",
+        "head.bias",
+    ]
     assert [n for n, _ in net.named_children()] == ["body", "head"]
     assert [n for n, _ in net.named_modules()] == ["", "body", "body.0", "body.1", "head"]
     assert len(list(net.children())) == 2 and len(list(net.modules())) == 5
@@ -364,9 +467,11 @@ def test_register_parameter_and_buffer_errors():
     with pytest.raises(KeyError, match="contain"):
         m.register_buffer("a.b", jt.ones(1))
     with pytest.raises(AttributeError, match="before Module.__init__"):
+
         class Broken(nn.Module):
             def __init__(self):
                 self.w = nn.Parameter(jt.ones(1))
+
         Broken()
 
 
@@ -385,7 +490,7 @@ def test_state_dict_round_trip_and_strict_errors():
     with pytest.raises(RuntimeError) as err:
         b.load_state_dict(sd)
     msg = str(err.value)
-    assert 'Error(s) in loading state_dict for _Net:' in msg
+    assert "Error(s) in loading state_dict for _Net:" in msg
     assert 'Missing key(s) in state_dict: "head.bias".' in msg
     assert 'Unexpected key(s) in state_dict: "extra".' in msg
     result = b.load_state_dict(sd, strict=False)
@@ -488,11 +593,20 @@ def test_containers():
 
 
 def test_calculate_gain_and_fans_match_torch():
-    for name, param in [("linear", None), ("relu", None), ("tanh", None), ("leaky_relu", 0.2), ("selu", None),
-                        ("leaky_relu", None), ("conv2d", None)]:
+    for name, param in [
+        ("linear", None),
+        ("relu", None),
+        ("tanh", None),
+        ("leaky_relu", 0.2),
+        ("selu", None),
+        ("leaky_relu", None),
+        ("conv2d", None),
+    ]:
         assert init.calculate_gain(name, param) == pytest.approx(tnn.init.calculate_gain(name, param))
     w = jt.empty(8, 3, 5, 5)
-    assert init._calculate_fan_in_and_fan_out(w) == tnn.init._calculate_fan_in_and_fan_out(torch.empty(8, 3, 5, 5))
+    assert init._calculate_fan_in_and_fan_out(w) == tnn.init._calculate_fan_in_and_fan_out(
+        torch.empty(8, 3, 5, 5)
+    )
     with pytest.raises(ValueError, match="fewer than 2 dimensions"):
         init._calculate_fan_in_and_fan_out(jt.empty(3))
 

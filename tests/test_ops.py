@@ -21,6 +21,7 @@ def test_op_matches_torch(case):
 # ---------------------------------------------------------------------------------------------
 # creation
 
+
 def _same(got, want, exact: bool = True) -> None:
     """A jitorch tensor equals a torch tensor: shape, dtype name and values."""
     assert tuple(got.shape) == tuple(want.shape)
@@ -33,10 +34,24 @@ def _same(got, want, exact: bool = True) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("data", [
-    1.5, 3, True, [1, 2, 3], [[1.0, 2.0], [3.0, 4.5]], [True, False], [[1, 2.5]], [], [[]],
-    np.arange(6, dtype=np.int32).reshape(2, 3), np.ones(3, dtype=np.float64), np.float32(2.5), np.int64(7),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        1.5,
+        3,
+        True,
+        [1, 2, 3],
+        [[1.0, 2.0], [3.0, 4.5]],
+        [True, False],
+        [[1, 2.5]],
+        [],
+        [[]],
+        np.arange(6, dtype=np.int32).reshape(2, 3),
+        np.ones(3, dtype=np.float64),
+        np.float32(2.5),
+        np.int64(7),
+    ],
+)
 def test_tensor_from_data_matches_torch(data):
     _same(jt.tensor(data), torch.tensor(data))
 
@@ -72,10 +87,20 @@ def test_like_functions_override_dtype():
     assert r.dtype is jt.int64 and r.shape == (2, 3) and int(r.min()) >= 3 and int(r.max()) < 7
 
 
-@pytest.mark.parametrize("args,kwargs", [
-    ((5,), {}), ((2, 9), {}), ((1, 4, 0.5), {}), ((0.0, 1.0, 0.1), {}), ((10, 0, -3), {}), ((5,), {"dtype": "float64"}),
-    ((-2.5, 2.5), {}), ((3,), {"dtype": "int32"}), ((0, 1, 0.25), {"dtype": "float16"}),
-])
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [
+        ((5,), {}),
+        ((2, 9), {}),
+        ((1, 4, 0.5), {}),
+        ((0.0, 1.0, 0.1), {}),
+        ((10, 0, -3), {}),
+        ((5,), {"dtype": "float64"}),
+        ((-2.5, 2.5), {}),
+        ((3,), {"dtype": "int32"}),
+        ((0, 1, 0.25), {"dtype": "float16"}),
+    ],
+)
 def test_arange_matches_torch(args, kwargs):
     jk = {k: getattr(jt, v) for k, v in kwargs.items()}
     tk = {k: getattr(torch, v) for k, v in kwargs.items()}
@@ -126,8 +151,12 @@ def test_random_shapes_ranges_and_dtypes():
 
 def test_manual_seed_reproducible():
     def draw():
-        return [jt.rand(3).tolist(), jt.randn(2, 2).tolist(), jt.randint(0, 100, (4,)).tolist(),
-                jt.randperm(6).tolist()]
+        return [
+            jt.rand(3).tolist(),
+            jt.randn(2, 2).tolist(),
+            jt.randint(0, 100, (4,)).tolist(),
+            jt.randperm(6).tolist(),
+        ]
 
     jt.manual_seed(123)
     first = draw()
@@ -210,13 +239,20 @@ def test_integer_index_and_mask_copy():
 # ---------------------------------------------------------------------------------------------
 # __setitem__ (the autograd form is in the op table: setitem_*)
 
-@pytest.mark.parametrize("key_fn,value", [
-    (lambda lib: 1, 5.0), (lambda lib: (slice(None), 2), -1.0), (lambda lib: (Ellipsis, 0), 3),
-    (lambda lib: (lib.tensor([0, 2]),), 7.0), (lambda lib: (lib.tensor([True, False, True]), 1), 2.5),
-    (lambda lib: (slice(0, 2), slice(1, None)), [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
-    (lambda lib: (lib.tensor([[0, 1], [2, 2]]), lib.tensor([[3, 0], [1, 1]])), 9.0),
-    (lambda lib: (None, 1), 4.0),
-])
+
+@pytest.mark.parametrize(
+    "key_fn,value",
+    [
+        (lambda lib: 1, 5.0),
+        (lambda lib: (slice(None), 2), -1.0),
+        (lambda lib: (Ellipsis, 0), 3),
+        (lambda lib: (lib.tensor([0, 2]),), 7.0),
+        (lambda lib: (lib.tensor([True, False, True]), 1), 2.5),
+        (lambda lib: (slice(0, 2), slice(1, None)), [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+        (lambda lib: (lib.tensor([[0, 1], [2, 2]]), lib.tensor([[3, 0], [1, 1]])), 9.0),
+        (lambda lib: (None, 1), 4.0),
+    ],
+)
 def test_setitem_matches_torch(key_fn, value):
     x = jt.arange(12, dtype=jt.float32).reshape(3, 4)
     tx = torch.arange(12, dtype=torch.float32).reshape(3, 4)
@@ -235,7 +271,10 @@ def test_setitem_tensor_value_converts_dtype_and_bumps_version():
 def test_setitem_with_autograd_grads_flow_to_value_and_base():
     a = jt.randn(3, 4, requires_grad=True)
     w = jt.randn(4, requires_grad=True)
-    ta, tw = torch.tensor(a.detach().numpy(), requires_grad=True), torch.tensor(w.detach().numpy(), requires_grad=True)
+    ta, tw = (
+        torch.tensor(a.detach().numpy(), requires_grad=True),
+        torch.tensor(w.detach().numpy(), requires_grad=True),
+    )
     x = a * 1
     x[0] = w
     tx = ta * 1
@@ -251,11 +290,28 @@ def test_setitem_with_autograd_grads_flow_to_value_and_base():
 # ---------------------------------------------------------------------------------------------
 # in-place ops and version counters
 
-@pytest.mark.parametrize("method,args", [
-    ("add_", (1.0,)), ("sub_", (1.0,)), ("mul_", (2.0,)), ("div_", (2.0,)), ("zero_", ()), ("fill_", (3.0,)),
-    ("clamp_", (0.2, 0.5)), ("pow_", (2,)), ("exp_", ()), ("neg_", ()), ("copy_", (np.ones(4, np.float32),)),
-    ("masked_fill_", ("mask", 0.0)), ("abs_", ()), ("sqrt_", ()), ("tanh_", ()), ("floor_", ()),
-])
+
+@pytest.mark.parametrize(
+    "method,args",
+    [
+        ("add_", (1.0,)),
+        ("sub_", (1.0,)),
+        ("mul_", (2.0,)),
+        ("div_", (2.0,)),
+        ("zero_", ()),
+        ("fill_", (3.0,)),
+        ("clamp_", (0.2, 0.5)),
+        ("pow_", (2,)),
+        ("exp_", ()),
+        ("neg_", ()),
+        ("copy_", (np.ones(4, np.float32),)),
+        ("masked_fill_", ("mask", 0.0)),
+        ("abs_", ()),
+        ("sqrt_", ()),
+        ("tanh_", ()),
+        ("floor_", ()),
+    ],
+)
 def test_inplace_returns_self_bumps_version_and_matches_torch(method, args):
     x = jt.rand(3, 4)
     tx = torch.tensor(x.numpy())
@@ -290,7 +346,7 @@ def test_inplace_int_tensor_rejects_float_result():
 def test_inplace_on_nonleaf_keeps_correct_gradients():
     a = jt.tensor([0.5, 1.0, 2.0], requires_grad=True)
     ta = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
-    for lib, t in ((jt, a), (torch, ta)):
+    for t in (a, ta):
         x = t * 2
         x.mul_(x.detach() + 1).sin_().add_(t)
         x.sum().backward()
@@ -299,6 +355,7 @@ def test_inplace_on_nonleaf_keeps_correct_gradients():
 
 # ---------------------------------------------------------------------------------------------
 # interop: numpy, Python values, DLPack
+
 
 def test_numpy_shares_memory_and_array_protocol():
     x = jt.arange(4, dtype=jt.float32)
@@ -320,7 +377,10 @@ def test_item_and_tolist_match_torch(dtype):
     assert x.tolist() == tx.tolist()
     assert type(x.tolist()[0][0]) is type(tx.tolist()[0][0])
     assert x[1, 0].item() == tx[1, 0].item() and type(x[1, 0].item()) is type(tx[1, 0].item())
-    assert jt.tensor(2.5, dtype=getattr(jt, dtype)).tolist() == torch.tensor(2.5, dtype=getattr(torch, dtype)).tolist()
+    assert (
+        jt.tensor(2.5, dtype=getattr(jt, dtype)).tolist()
+        == torch.tensor(2.5, dtype=getattr(torch, dtype)).tolist()
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int32", "int64", "bool"])
@@ -349,31 +409,35 @@ def test_dlpack_of_noncontiguous_view():
 # ---------------------------------------------------------------------------------------------
 # repr like PyTorch's
 
+
 def _torch_repr(t) -> str:
     return repr(t).replace("torch.", "jitorch.")
 
 
-@pytest.mark.parametrize("make", [
-    lambda lib: lib.tensor([1.0, -2.5, 3.25]),
-    lambda lib: lib.tensor([[0.1234, -1.0], [2.0, 3.0]]),
-    lambda lib: lib.tensor([1.0, 2.0, 3.0]),
-    lambda lib: lib.tensor(3.5),
-    lambda lib: lib.tensor([1, 2, -3]),
-    lambda lib: lib.tensor([True, False]),
-    lambda lib: lib.tensor([1.5, 2.0], dtype=lib.float64),
-    lambda lib: lib.tensor([1.5, 2.0], dtype=lib.float16),
-    lambda lib: lib.tensor([1, 2], dtype=lib.int32),
-    lambda lib: lib.zeros(0),
-    lambda lib: lib.zeros(2, 0),
-    lambda lib: lib.zeros(0, dtype=lib.int64),
-    lambda lib: lib.ones(2, 3, requires_grad=True),
-    lambda lib: lib.ones(2, requires_grad=True) * 2,
-    lambda lib: lib.tensor([1e-5, 1.0]),
-    lambda lib: lib.tensor([1e10, 1.0]),
-    lambda lib: lib.tensor([float("nan"), float("inf"), -1.5]),
-    lambda lib: lib.arange(12.0).reshape(2, 2, 3),
-    lambda lib: lib.tensor([[-0.5, 0.25], [10.0, -100.5]]),
-    lambda lib: lib.ones(3, requires_grad=True).sum(),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lib: lib.tensor([1.0, -2.5, 3.25]),
+        lambda lib: lib.tensor([[0.1234, -1.0], [2.0, 3.0]]),
+        lambda lib: lib.tensor([1.0, 2.0, 3.0]),
+        lambda lib: lib.tensor(3.5),
+        lambda lib: lib.tensor([1, 2, -3]),
+        lambda lib: lib.tensor([True, False]),
+        lambda lib: lib.tensor([1.5, 2.0], dtype=lib.float64),
+        lambda lib: lib.tensor([1.5, 2.0], dtype=lib.float16),
+        lambda lib: lib.tensor([1, 2], dtype=lib.int32),
+        lambda lib: lib.zeros(0),
+        lambda lib: lib.zeros(2, 0),
+        lambda lib: lib.zeros(0, dtype=lib.int64),
+        lambda lib: lib.ones(2, 3, requires_grad=True),
+        lambda lib: lib.ones(2, requires_grad=True) * 2,
+        lambda lib: lib.tensor([1e-5, 1.0]),
+        lambda lib: lib.tensor([1e10, 1.0]),
+        lambda lib: lib.tensor([float("nan"), float("inf"), -1.5]),
+        lambda lib: lib.arange(12.0).reshape(2, 2, 3),
+        lambda lib: lib.tensor([[-0.5, 0.25], [10.0, -100.5]]),
+        lambda lib: lib.ones(3, requires_grad=True).sum(),
+    ],
+)
 def test_repr_matches_torch(make):
     assert repr(make(jt)) == _torch_repr(make(torch))

@@ -61,7 +61,7 @@ SGD_CASES = [
 ]
 ADAM_CASES = [
     dict(lr=0.01),
-    dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6),
+    dict(lr=0.01, betas=(0.8, 0.95), eps=1e-3),
     dict(lr=0.01, amsgrad=True),
     dict(lr=0.01, weight_decay=0.1),
     dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
@@ -69,7 +69,7 @@ ADAM_CASES = [
 ]
 RMSPROP_CASES = [
     dict(lr=0.01),
-    dict(lr=0.01, alpha=0.9, eps=1e-6),
+    dict(lr=0.01, alpha=0.9, eps=1e-3),
     dict(lr=0.01, momentum=0.9),
     dict(lr=0.01, centered=True),
     dict(lr=0.01, weight_decay=0.1),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..primitives import PRIMS
-from .graph import Graph
+from .graph import Graph, format_node
 
 KERNELS: dict[str, Callable] = {}
 
@@ -52,13 +52,19 @@ class Plan:
         for slot, array in self.constants:
             env[slot] = array
         kernels = KERNELS
-        for op, ins, params, out, frees, node in self.steps:
-            kernel = kernels.get(op) or PRIMS[op].impl
-            with np.errstate(all="ignore"):
-                result = kernel(*[env[i] for i in ins], **params)
-            env[out] = result if type(result) is np.ndarray else np.asarray(result)
-            if record is not None:
-                record[node.out.id] = env[out]
-            for i in frees:
-                env[i] = None
+        with np.errstate(all="ignore"):
+            for op, ins, params, out, frees, node in self.steps:
+                kernel = kernels.get(op) or PRIMS[op].impl
+                try:
+                    result = kernel(*[env[i] for i in ins], **params)
+                except Exception as err:
+                    shapes = ", ".join(str(getattr(env[i], "shape", None)) for i in ins)
+                    raise RuntimeError(
+                        f"compiled program failed at `{format_node(node)}` on input shapes [{shapes}]: {err}"
+                    ) from err
+                env[out] = result if type(result) is np.ndarray else np.asarray(result)
+                if record is not None:
+                    record[node.out.id] = env[out]
+                for i in frees:
+                    env[i] = None
         return [env[i] for i in self.output_slots]

@@ -91,6 +91,9 @@ def _meta_array(shape, dtype: np.dtype) -> np.ndarray:
 def _traced(value: Value) -> Tensor:
     t = Tensor._make(_meta_array(value.shape, value.dtype.np))
     t._value = value
+    tracer = trace_state.tracer
+    if tracer is not None:
+        tracer.traced.append(weakref.ref(t))
     return t
 
 
@@ -111,6 +114,7 @@ class Tracer:
         self.grads: dict[int, list] = {}  # id(p) -> [p, current grad (traced/None/concrete), input?]
         self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
         self.rng: Value | None = None
+        self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
         self.n_random = 0
         self._saved_make = None
 
@@ -284,8 +288,11 @@ class Tracer:
         return {"user_out": user_out, "arg_writes": arg_writes, "writes": writes, "born_writes": born_writes,
                 "grad_writes": grad_writes, "grad_had": [(p, had) for p, _, had, _ in self.grads.values()]}
 
-    def release(self) -> None:
-        """Drop references to concrete tensors (after finish), so escape checks can see what lives."""
+    def release(self) -> list[Tensor]:
+        """Drop references (after finish) and return the traced tensors still alive: values the
+        function stored somewhere (optimizer state made from a gradient, a cache on a module)."""
         self.env.clear()
         self.written.clear()
+        self.grads.clear()
         gc.collect()
+        return [t for t in (ref() for ref in self.traced) if t is not None]

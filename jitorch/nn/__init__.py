@@ -1,8 +1,8 @@
 """`jitorch.nn`: modules, parameters, functional ops and initializers, with PyTorch's names.
 
-    import jitorch.nn as nn
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    loss = nn.functional.cross_entropy(model(x), y)
+import jitorch.nn as nn
+model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+loss = nn.functional.cross_entropy(model(x), y)
 """
 
 from . import functional, init, utils

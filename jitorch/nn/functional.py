@@ -19,12 +19,48 @@ from ..creation import rand
 from ..tensor import Tensor
 
 __all__ = [
-    "linear", "bilinear", "relu", "relu6", "gelu", "silu", "mish", "tanh", "sigmoid", "logsigmoid",
-    "softplus", "leaky_relu", "elu", "hardtanh", "softmax", "log_softmax", "dropout", "layer_norm",
-    "rms_norm", "batch_norm", "group_norm", "embedding", "one_hot", "pad", "normalize",
-    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
-    "binary_cross_entropy", "binary_cross_entropy_with_logits", "conv1d", "conv2d", "unfold", "fold",
-    "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate", "scaled_dot_product_attention",
+    "linear",
+    "bilinear",
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "mish",
+    "tanh",
+    "sigmoid",
+    "logsigmoid",
+    "softplus",
+    "leaky_relu",
+    "elu",
+    "hardtanh",
+    "softmax",
+    "log_softmax",
+    "dropout",
+    "layer_norm",
+    "rms_norm",
+    "batch_norm",
+    "group_norm",
+    "embedding",
+    "one_hot",
+    "pad",
+    "normalize",
+    "cross_entropy",
+    "nll_loss",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "conv1d",
+    "conv2d",
+    "unfold",
+    "fold",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "interpolate",
+    "scaled_dot_product_attention",
 ]
 
 unfold = _ops.unfold
@@ -77,8 +113,9 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b for x of shape (*, in_features), W of shape (out_features, in_features)."""
-    if weight.ndim == 2 and input.ndim > 2 and input.is_contiguous():
-        # one GEMM over all leading dims (its backward is one GEMM too, not a batched sum)
+    if weight.ndim == 2 and input.ndim > 2:
+        # one 2-D GEMM over all leading dims (and one for each gradient), never a broadcast batched
+        # matmul: numpy runs those without BLAS, ~20x slower, and the weight grad would need a sum
         lead = input.shape[:-1]
         out = input.reshape(-1, input.shape[-1]) @ weight.t()
         out = out.reshape(*lead, weight.shape[0])
@@ -213,7 +250,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 
 def _check_normalized_shape(input: Tensor, shape: tuple[int, ...], op: str) -> tuple[int, ...]:
-    if tuple(input.shape[input.ndim - len(shape):]) != shape or input.ndim < len(shape):
+    if tuple(input.shape[input.ndim - len(shape) :]) != shape or input.ndim < len(shape):
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, "
             f"{', '.join(map(str, shape))}], but got input of size{list(input.shape)} ({op})"
@@ -221,8 +258,13 @@ def _check_normalized_shape(input: Tensor, shape: tuple[int, ...], op: str) -> t
     return tuple(range(input.ndim - len(shape), input.ndim))
 
 
-def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
-               eps: float = 1e-5) -> Tensor:
+def layer_norm(
+    input: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     """Normalize over the trailing `normalized_shape` dims (biased variance), then scale and shift."""
     shape = _pair(normalized_shape, 1) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = _check_normalized_shape(input, shape, "layer_norm")
@@ -236,7 +278,9 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     return out
 
 
-def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+def rms_norm(
+    input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None
+) -> Tensor:
     """x / sqrt(mean(x^2) + eps) over the trailing dims, times weight; eps defaults to finfo.eps."""
     shape = _pair(normalized_shape, 1) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = _check_normalized_shape(input, shape, "rms_norm")
@@ -251,9 +295,16 @@ def _channel_shape(input: Tensor) -> tuple[int, ...]:
     return (1, input.shape[1]) + (1,) * (input.ndim - 2)
 
 
-def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
     """Normalize each channel (dim 1) over the batch and spatial dims.
 
     In training it uses the batch statistics and updates `running_mean`/`running_var` in place
@@ -286,8 +337,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     return out
 
 
-def _update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
-                          count: int, momentum: float) -> None:
+def _update_running_stats(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, count: int, momentum: float
+) -> None:
     from ..autograd import no_grad
 
     with no_grad():
@@ -296,8 +348,13 @@ def _update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tenso
         running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
 
 
-def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
-               eps: float = 1e-5) -> Tensor:
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     """Normalize over groups of channels (and all spatial positions) per sample."""
     if input.ndim < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.ndim}")
@@ -333,8 +390,15 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
 # embedding, one_hot, pad
 
 
-def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max_norm=None,
-              norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
+def embedding(
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    max_norm=None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> Tensor:
     """Rows of `weight` picked by the integer tensor `input`; `padding_idx` rows get no gradient."""
     if max_norm is not None or scale_grad_by_freq or sparse:
         raise NotImplementedError("embedding: max_norm, scale_grad_by_freq and sparse are not supported")
@@ -346,8 +410,10 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max
     if _is_concrete(input) and input.numel():
         lo, hi = int(input._data.min()), int(input._data.max())
         if lo < 0 or hi >= weight.shape[0]:
-            raise IndexError(f"index {hi if hi >= weight.shape[0] else lo} is out of range for an embedding "
-                             f"of {weight.shape[0]} rows (weight shape {tuple(weight.shape)})")
+            raise IndexError(
+                f"index {hi if hi >= weight.shape[0] else lo} is out of range for an embedding "
+                f"of {weight.shape[0]} rows (weight shape {tuple(weight.shape)})"
+            )
     rows = weight[input]
     if padding_idx is not None and weight.requires_grad:
         if padding_idx < 0:
@@ -430,7 +496,8 @@ def _class_layout(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, Tenso
     if tuple(target.shape) != expected:
         if target.ndim >= 1 and target.shape[0] != input.shape[0]:
             raise ValueError(
-                f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]})."
+                f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+                f"({target.shape[0]})."
             )
         raise RuntimeError(
             f"{op}: expected target of shape {list(expected)} for input of shape {list(input.shape)}, "
@@ -450,8 +517,15 @@ def _target_mask(input: Tensor, target: Tensor) -> Tensor:
     return target.unsqueeze(1) == classes
 
 
-def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
-             ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
+def nll_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    ignore_index: int = -100,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
     """Negative log likelihood of class indices `target` under log-probabilities `input` (N, C, ...)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     squeeze = input.ndim == 1
@@ -478,9 +552,16 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_a
     return losses.sum() / _ops.where(valid, denom, 0.0).sum()
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
-                  ignore_index: int = -100, reduce=None, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    ignore_index: int = -100,
+    reduce=None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """log_softmax over dim 1 (dim 0 for a 1-D input) then the negative log likelihood.
 
     `target` holds class indices (shape (N, d1, ...)) or class probabilities (same shape as input).
@@ -496,8 +577,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     return _smoothed(logp, target, weight, ignore_index, reduction, label_smoothing, nll)
 
 
-def _smoothed(logp: Tensor, target: Tensor, weight, ignore_index: int, reduction: str, eps: float,
-              nll: Tensor) -> Tensor:
+def _smoothed(
+    logp: Tensor, target: Tensor, weight, ignore_index: int, reduction: str, eps: float, nll: Tensor
+) -> Tensor:
     """PyTorch's label smoothing for index targets: (1-eps) * nll + eps/C * (-sum_c w_c logp_c)."""
     squeeze = logp.ndim == 1
     logp, target = _class_layout(logp, target, "cross_entropy")
@@ -545,7 +627,9 @@ def _check_same_size(input: Tensor, target: Tensor) -> None:
         )
 
 
-def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+def mse_loss(
+    input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean"
+) -> Tensor:
     """Mean squared error."""
     diff = input - target
     return _reduce(diff * diff, _legacy_reduction(size_average, reduce, reduction))
@@ -556,8 +640,9 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduc
     return _reduce((input - target).abs(), _legacy_reduction(size_average, reduce, reduction))
 
 
-def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean",
-                   beta: float = 1.0) -> Tensor:
+def smooth_l1_loss(
+    input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0
+) -> Tensor:
     """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     d = (input - target).abs()
@@ -572,8 +657,14 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     return _reduce(_ops.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)), reduction)
 
 
-def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
-                         reduce=None, reduction: str = "mean") -> Tensor:
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
     """-(t log p + (1 - t) log(1 - p)), each log clamped at -100 as in PyTorch."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_same_size(input, target)
@@ -587,9 +678,15 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _reduce(loss, reduction)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
-                                     size_average=None, reduce=None, reduction: str = "mean",
-                                     pos_weight: Tensor | None = None) -> Tensor:
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
     """Sigmoid + binary cross entropy in one stable formula; `pos_weight` scales positive targets."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_same_size(input, target)
@@ -606,8 +703,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
 # convolution (im2col: unfold -> one matmul -> reshape)
 
 
-def _conv_padding(padding, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...],
-                  n: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+def _conv_padding(
+    padding, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], n: int
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """(symmetric padding for unfold, extra explicit pad for F.pad or None) for int/tuple/'same'/'valid'."""
     if padding == "valid":
         return (0,) * n, None
@@ -639,7 +737,8 @@ def _check_conv_input(input: Tensor, weight: Tensor, groups: int, spatial: int, 
         raise RuntimeError(f"{op}: expected a {spatial + 2}D weight, got weight of size {list(weight.shape)}")
     if channels != weight.shape[1] * groups:
         raise RuntimeError(
-            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to "
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected "
+            f"input{list(input.shape)} to "
             f"have {weight.shape[1] * groups} channels, but got {channels} channels instead"
         )
     if weight.shape[0] % groups:
@@ -673,8 +772,15 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
     return out
 
 
-def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
-           groups: int = 1) -> Tensor:
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
     """2-D convolution of (N, C, H, W) (or unbatched (C, H, W)) with weight (O, C/groups, kh, kw)."""
     _check_conv_input(input, weight, groups, 2, "conv2d")
     unbatched = input.ndim == 3
@@ -687,8 +793,15 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     return out.squeeze(0) if unbatched else out
 
 
-def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
-           groups: int = 1) -> Tensor:
+def conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
     """1-D convolution of (N, C, L) (or (C, L)) with weight (O, C/groups, k): a conv2d of height 1."""
     _check_conv_input(input, weight, groups, 1, "conv1d")
     unbatched = input.ndim == 2
@@ -697,8 +810,9 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, 1)
     if extra is not None:
         x = pad(x, extra)
-    out = _conv2d_core(x.unsqueeze(2), weight.unsqueeze(2), bias, (1,) + stride, (0,) + sym, (1,) + dilation,
-                       groups).squeeze(2)
+    out = _conv2d_core(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, (1,) + stride, (0,) + sym, (1,) + dilation, groups
+    ).squeeze(2)
     return out.squeeze(0) if unbatched else out
 
 
@@ -709,7 +823,8 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 def _pool_args(input: Tensor, kernel_size, stride, padding, dilation, op: str):
     if input.ndim not in (3, 4):
         raise RuntimeError(
-            f"{op}: Expected 3D or 4D (batch mode) tensor for input, but got input of size: {list(input.shape)}"
+            f"{op}: Expected 3D or 4D (batch mode) tensor for input, but got input of size: "
+            f"{list(input.shape)}"
         )
     kernel = _pair(kernel_size)
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
@@ -750,8 +865,13 @@ def _pool_windows(x4: Tensor, kernel, stride, padding, dilation, ceil_mode: bool
 def _is_tiling(input: Tensor, kernel, stride, padding, dilation) -> bool:
     """Non-overlapping, unpadded windows that tile the input: pool by a reshape, no im2col copy."""
     h, w = input.shape[-2:]
-    return (stride == kernel and padding == (0, 0) and dilation == (1, 1)
-            and h % kernel[0] == 0 and w % kernel[1] == 0)
+    return (
+        stride == kernel
+        and padding == (0, 0)
+        and dilation == (1, 1)
+        and h % kernel[0] == 0
+        and w % kernel[1] == 0
+    )
 
 
 def _tiles(input: Tensor, kernel) -> Tensor:
@@ -759,12 +879,21 @@ def _tiles(input: Tensor, kernel) -> Tensor:
     return input.reshape(*lead, h // kernel[0], kernel[0], w // kernel[1], kernel[1])
 
 
-def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               return_indices: bool = False) -> Tensor:
+def max_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor:
     """The maximum of each window (padding counts as -inf)."""
     if return_indices:
         raise NotImplementedError("max_pool2d(return_indices=True) is not supported yet")
-    kernel, stride, padding, dilation = _pool_args(input, kernel_size, stride, padding, dilation, "max_pool2d")
+    kernel, stride, padding, dilation = _pool_args(
+        input, kernel_size, stride, padding, dilation, "max_pool2d"
+    )
     if _is_tiling(input, kernel, stride, padding, dilation):
         return _tiles(input, kernel).amax((-3, -1))
     x4 = input.unsqueeze(0) if input.ndim == 3 else input
@@ -773,8 +902,15 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     return out.squeeze(0) if input.ndim == 3 else out
 
 
-def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+def avg_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
     """The mean of each window (zero padding counted unless count_include_pad=False)."""
     kernel, stride, padding, dilation = _pool_args(input, kernel_size, stride, padding, 1, "avg_pool2d")
     area = kernel[0] * kernel[1]
@@ -795,6 +931,7 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
 
 def _avg_divisors(h, w, kernel, stride, padding, oh, ow, count_include_pad: bool) -> np.ndarray:
     """Per-output divisor: the window clipped to the padded input (or to the input itself)."""
+
     def axis(size, k, s, p, o):
         start = np.arange(o) * s - p
         end = np.minimum(start + k, size + p)
@@ -831,14 +968,23 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     return ph @ input @ pw
 
 
-def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
-                recompute_scale_factor=None, antialias: bool = False) -> Tensor:
+def interpolate(
+    input: Tensor,
+    size=None,
+    scale_factor=None,
+    mode: str = "nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+    antialias: bool = False,
+) -> Tensor:
     """Resize the spatial dims (all after N, C); only mode='nearest' is supported."""
     if mode != "nearest":
         raise NotImplementedError(f"interpolate: mode={mode!r} is not supported yet (only 'nearest')")
     spatial = input.ndim - 2
     if spatial < 1:
-        raise ValueError(f"interpolate expects a (N, C, ...) input with spatial dims, got {list(input.shape)}")
+        raise ValueError(
+            f"interpolate expects a (N, C, ...) input with spatial dims, got {list(input.shape)}"
+        )
     if (size is None) == (scale_factor is None):
         raise ValueError("only one of size or scale_factor should be defined")
     in_sizes = tuple(input.shape[2:])
@@ -848,7 +994,9 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     else:
         factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
         out_sizes = tuple(int(math.floor(i * f)) for i, f in zip(in_sizes, factors))
-        scales = [i / o if recompute_scale_factor else 1.0 / f for i, o, f in zip(in_sizes, out_sizes, factors)]
+        scales = [
+            i / o if recompute_scale_factor else 1.0 / f for i, o, f in zip(in_sizes, out_sizes, factors)
+        ]
     out = input
     for d, (n_in, n_out, scale) in enumerate(zip(in_sizes, out_sizes, scales)):
         if n_in == n_out:
@@ -867,26 +1015,42 @@ def _causal_mask(q_len: int, k_len: int, like: Tensor) -> Tensor:
     return _const(np.tril(np.ones((q_len, k_len), dtype=bool)), like)
 
 
-def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
-                                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False) -> Tensor:
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
     """softmax(Q K^T * scale + mask) V over (..., L, E) queries and (..., S, E) keys.
 
     A boolean `attn_mask` marks the positions that take part (True = attend); a float mask is added.
     """
     if query.shape[-1] != key.shape[-1]:
         raise RuntimeError(
-            f"scaled_dot_product_attention: query {list(query.shape)} and key {list(key.shape)} must have the "
+            f"scaled_dot_product_attention: query {list(query.shape)} and key {list(key.shape)} must "
+            "have the "
             "same embedding size"
         )
     if is_causal and attn_mask is not None:
-        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
+        raise RuntimeError(
+            "_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True"
+        )
     if enable_gqa and query.ndim >= 3 and key.shape[-3] != query.shape[-3]:
         reps = query.shape[-3] // key.shape[-3]
-        key = key.unsqueeze(-3).expand(*key.shape[:-2], reps, *key.shape[-2:]).reshape(
-            *key.shape[:-3], -1, *key.shape[-2:])
-        value = value.unsqueeze(-3).expand(*value.shape[:-2], reps, *value.shape[-2:]).reshape(
-            *value.shape[:-3], -1, *value.shape[-2:])
+        key = (
+            key.unsqueeze(-3)
+            .expand(*key.shape[:-2], reps, *key.shape[-2:])
+            .reshape(*key.shape[:-3], -1, *key.shape[-2:])
+        )
+        value = (
+            value.unsqueeze(-3)
+            .expand(*value.shape[:-2], reps, *value.shape[-2:])
+            .reshape(*value.shape[:-3], -1, *value.shape[-2:])
+        )
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = (query * scale) @ key.mT
     if is_causal:

@@ -211,8 +211,6 @@ class CosineAnnealingLR(LRScheduler):
         if self._is_initial:
             return self._current_lrs()
         epoch, t_max, eta_min = self.last_epoch, self.T_max, self.eta_min
-        if False:
-            return self._get_closed_form_lr()
         if (epoch - 1 - t_max) % (2 * t_max) == 0:
             return [lr + (base - eta_min) * (1 - math.cos(math.pi / t_max)) / 2
                     for base, lr in zip(self.base_lrs, self._current_lrs(), strict=True)]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd import enable_grad, no_grad
@@ -25,9 +28,9 @@ Hyper = Tensor | tuple[Tensor, ...]
 
 def _is_number(value: Any) -> bool:
     """A real hyperparameter value: a float or int (not a bool, which is a switch) or a 1-element tensor."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return False
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):  # also numpy scalars, which schedulers may compute
         return True
     return isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point
 

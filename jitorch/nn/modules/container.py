@@ -51,11 +51,14 @@ class Sequential(Module):
 
     def __delitem__(self, idx) -> None:
         keys = list(self._modules)
-        for key in (keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(self))]]):
+        for key in keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(self))]]:
             del self._modules[key]
         # keep the string indices contiguous, as PyTorch does
-        self.__dict__["_modules"] = {str(i): m for i, m in enumerate(self._modules.values())} if all(
-            k.isdigit() for k in self._modules) else self._modules
+        self.__dict__["_modules"] = (
+            {str(i): m for i, m in enumerate(self._modules.values())}
+            if all(k.isdigit() for k in self._modules)
+            else self._modules
+        )
 
     def append(self, module: Module) -> Sequential:
         self.add_module(str(len(self)), module)

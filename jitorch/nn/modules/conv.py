@@ -15,8 +15,20 @@ from .module import Module
 class _ConvNd(Module):
     _dims = 2
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         n = self._dims
         if groups <= 0:
@@ -26,8 +38,10 @@ class _ConvNd(Module):
         if out_channels % groups:
             raise ValueError("out_channels must be divisible by groups")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode must be one of 'zeros', 'reflect', 'replicate' or 'circular', "
-                             f"got {padding_mode!r}")
+            raise ValueError(
+                f"padding_mode must be one of 'zeros', 'reflect', 'replicate' or 'circular', "
+                f"got {padding_mode!r}"
+            )
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"Invalid padding string {padding!r}, should be one of ('valid', 'same')")
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -39,8 +53,9 @@ class _ConvNd(Module):
         self.dilation = F._pair(dilation, n)
         self.groups, self.padding_mode = groups, padding_mode
         self.transposed, self.output_padding = False, (0,) * n
-        self.weight = Parameter(_empty(out_channels, in_channels // groups, *self.kernel_size, dtype=dtype,
-                                       device=device))
+        self.weight = Parameter(
+            _empty(out_channels, in_channels // groups, *self.kernel_size, dtype=dtype, device=device)
+        )
         if bias:
             self.bias = Parameter(_empty(out_channels, dtype=dtype, device=device))
         else:

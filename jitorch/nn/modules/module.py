@@ -42,7 +42,9 @@ def _as_tensor_value(value, key: str) -> Tensor:
     try:
         return Tensor._make(np.asarray(value))
     except Exception as err:  # noqa: BLE001 - name the key whatever the converter raised
-        raise TypeError(f"state_dict value for {key!r} is not a tensor or array ({type(value).__name__})") from err
+        raise TypeError(
+            f"state_dict value for {key!r} is not a tensor or array ({type(value).__name__})"
+        ) from err
 
 
 def _addindent(text: str, spaces: int) -> str:
@@ -55,12 +57,12 @@ def _addindent(text: str, spaces: int) -> str:
 class Module:
     """Base class for all layers. Subclasses set attributes in `__init__` and define `forward`.
 
-        class MLP(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(4, 2)
-            def forward(self, x):
-                return self.fc(x).relu()
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+        def forward(self, x):
+            return self.fc(x).relu()
     """
 
     training: bool
@@ -79,7 +81,9 @@ class Module:
         d["_forward_pre_hooks"] = {}
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
+        raise NotImplementedError(
+            f'Module [{type(self).__name__}] is missing the required "forward" function'
+        )
 
     # --- calling --------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -121,23 +125,29 @@ class Module:
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
-                raise TypeError(f"cannot assign '{type(value).__name__}' as parameter '{name}' "
-                                "(jitorch.nn.Parameter or None expected)")
+                raise TypeError(
+                    f"cannot assign '{type(value).__name__}' as parameter '{name}' "
+                    "(jitorch.nn.Parameter or None expected)"
+                )
             params[name] = None
         elif isinstance(value, Module):
             self._remove_plain(name)
             modules[name] = value
         elif modules is not None and name in modules:
             if value is not None:
-                raise TypeError(f"cannot assign '{type(value).__name__}' as child module '{name}' "
-                                "(jitorch.nn.Module or None expected)")
+                raise TypeError(
+                    f"cannot assign '{type(value).__name__}' as child module '{name}' "
+                    "(jitorch.nn.Module or None expected)"
+                )
             modules[name] = None
         elif isinstance(value, Buffer):
             self._remove_plain(name)
             self.register_buffer(name, Tensor._make(value._data), value.persistent)
         elif buffers is not None and name in buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"cannot assign '{type(value).__name__}' as buffer '{name}' (Tensor or None expected)")
+                raise TypeError(
+                    f"cannot assign '{type(value).__name__}' as buffer '{name}' (Tensor or None expected)"
+                )
             buffers[name] = value
         else:
             object.__setattr__(self, name, value)
@@ -165,15 +175,21 @@ class Module:
         object.__delattr__(self, name)
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
+        return sorted(
+            set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules)
+        )
 
     def _check_name(self, name: str, kind: str) -> None:
         if not isinstance(name, str):
             raise TypeError(f"{kind} name should be a string. Got {type(name).__name__}")
         if "." in name or name == "":
-            raise KeyError(f'{kind} name can\'t contain "." and can\'t be empty, got {name!r}')
-        if hasattr(self, name) and name not in self._parameters and name not in self._buffers and (
-                name not in self._modules):
+            raise KeyError(f"{kind} name can't contain \".\" and can't be empty, got {name!r}")
+        if (
+            hasattr(self, name)
+            and name not in self._parameters
+            and name not in self._buffers
+            and (name not in self._modules)
+        ):
             raise KeyError(f"attribute '{name}' already exists")
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
@@ -183,7 +199,8 @@ class Module:
         self._check_name(name, "parameter")
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(
-                f"cannot assign '{type(param).__name__}' object to parameter '{name}' (jitorch.nn.Parameter or "
+                f"cannot assign '{type(param).__name__}' object to parameter '{name}' "
+                "(jitorch.nn.Parameter or "
                 "None required)"
             )
         self._parameters[name] = param
@@ -195,7 +212,9 @@ class Module:
             raise AttributeError("cannot assign buffer before Module.__init__() call")
         self._check_name(name, "buffer")
         if tensor is not None and not isinstance(tensor, Tensor):
-            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to buffer '{name}' (Tensor or None required)")
+            raise TypeError(
+                f"cannot assign '{type(tensor).__name__}' object to buffer '{name}' (Tensor or None required)"
+            )
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent_buffers.discard(name)
@@ -254,7 +273,11 @@ class Module:
 
     def _named_members(self, table: str, prefix: str, recurse: bool, remove_duplicate: bool = True):
         seen = set()
-        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        mods = (
+            self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+            if recurse
+            else [(prefix, self)]
+        )
         for mod_prefix, mod in mods:
             for name, value in getattr(mod, table).items():
                 if value is None or (remove_duplicate and id(value) in seen):
@@ -262,8 +285,9 @@ class Module:
                 seen.add(id(value))
                 yield mod_prefix + ("." if mod_prefix else "") + name, value
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True,
-                         remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, parameter) pairs; a parameter shared by two modules appears once."""
         yield from self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
@@ -271,8 +295,9 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True,
-                      remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Tensor]]:
         yield from self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
@@ -296,11 +321,18 @@ class Module:
 
     def _local_state(self) -> dict[str, Tensor]:
         local = {n: p for n, p in self._parameters.items() if p is not None}
-        local.update({n: b for n, b in self._buffers.items()
-                      if b is not None and n not in self._non_persistent_buffers})
+        local.update(
+            {
+                n: b
+                for n, b in self._buffers.items()
+                if b is not None and n not in self._non_persistent_buffers
+            }
+        )
         return local
 
-    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
+    def load_state_dict(
+        self, state_dict: dict, strict: bool = True, assign: bool = False
+    ) -> IncompatibleKeys:
         """Copy values into this module's parameters and buffers by name.
 
         With `strict=True`, missing or unexpected keys raise PyTorch's error; shape mismatches
@@ -321,7 +353,8 @@ class Module:
                     if tuple(value.shape) != tuple(target.shape):
                         errors.append(
                             f"size mismatch for {key}: copying a param with shape jitorch.Size("
-                            f"{list(value.shape)}) from checkpoint, the shape in current model is jitorch.Size("
+                            f"{list(value.shape)}) from checkpoint, the shape in current model is "
+                            "jitorch.Size("
                             f"{list(target.shape)})."
                         )
                         continue
@@ -329,11 +362,17 @@ class Module:
         unexpected = [k for k in state_dict if k not in expected]
         if strict:
             if unexpected:
-                errors.insert(0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+                errors.insert(
+                    0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". "
+                )
             if missing:
-                errors.insert(0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
+                errors.insert(
+                    0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". "
+                )
         if errors:
-            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors)
+            )
         return IncompatibleKeys(missing, unexpected)
 
     # --- modes, conversion ----------------------------------------------------------------
@@ -391,6 +430,7 @@ class Module:
 
         A dtype applies only to floating point tensors, as in PyTorch.
         """
+
         def convert(t: Tensor) -> Tensor:
             out = t.to(*args, **kwargs)
             if not t.dtype.is_floating_point and out.dtype != t.dtype:

@@ -40,17 +40,31 @@ class MultiheadAttention(Module):
     mark positions that may NOT be attended (True = masked out), as in PyTorch.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
-                 vdim: int | None = None, batch_first: bool = False, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim and num_heads must be greater than 0, got {embed_dim} and {num_heads}")
+            raise ValueError(
+                f"embed_dim and num_heads must be greater than 0, got {embed_dim} and {num_heads}"
+            )
         if embed_dim % num_heads:
             raise AssertionError("embed_dim must be divisible by num_heads")
         if add_bias_kv or add_zero_attn or (kdim not in (None, embed_dim)) or (vdim not in (None, embed_dim)):
-            raise NotImplementedError("MultiheadAttention: add_bias_kv, add_zero_attn and kdim/vdim != embed_dim "
-                                      "are not supported")
+            raise NotImplementedError(
+                "MultiheadAttention: add_bias_kv, add_zero_attn and kdim/vdim != embed_dim are not supported"
+            )
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
         self.head_dim = embed_dim // num_heads
         self.kdim = self.vdim = embed_dim
@@ -61,7 +75,9 @@ class MultiheadAttention(Module):
             self.in_proj_bias = Parameter(_empty(3 * embed_dim, dtype=dtype, device=device))
         else:
             self.register_parameter("in_proj_bias", None)
-        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, device=device, dtype=dtype)
+        self.out_proj = NonDynamicallyQuantizableLinear(
+            embed_dim, embed_dim, bias=bias, device=device, dtype=dtype
+        )
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -84,52 +100,64 @@ class MultiheadAttention(Module):
         if mask is not None:
             if mask.ndim == 2:
                 if tuple(mask.shape) != (q_len, k_len):
-                    raise RuntimeError(f"The shape of the 2D attn_mask is {tuple(mask.shape)}, but should be "
-                                       f"{(q_len, k_len)}.")
+                    raise RuntimeError(
+                        f"The shape of the 2D attn_mask is {tuple(mask.shape)}, but should be "
+                        f"{(q_len, k_len)}."
+                    )
             elif mask.ndim == 3:
                 if tuple(mask.shape) != (n * self.num_heads, q_len, k_len):
-                    raise RuntimeError(f"The shape of the 3D attn_mask is {tuple(mask.shape)}, but should be "
-                                       f"{(n * self.num_heads, q_len, k_len)}.")
+                    raise RuntimeError(
+                        f"The shape of the 3D attn_mask is {tuple(mask.shape)}, but should be "
+                        f"{(n * self.num_heads, q_len, k_len)}."
+                    )
                 mask = mask.reshape(n, self.num_heads, q_len, k_len)
             else:
                 raise RuntimeError(f"attn_mask's dimension {mask.ndim} is not supported")
         pad = _as_additive(key_padding_mask, like)
         if pad is not None:
             if tuple(pad.shape) != (n, k_len):
-                raise RuntimeError(f"expecting key_padding_mask shape of {(n, k_len)}, but got {tuple(pad.shape)}")
+                raise RuntimeError(
+                    f"expecting key_padding_mask shape of {(n, k_len)}, but got {tuple(pad.shape)}"
+                )
             pad = pad.reshape(n, 1, 1, k_len)
             mask = pad if mask is None else mask + pad
         return mask
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """(attention output, head-averaged attention weights or None)."""
         if is_causal and attn_mask is None:
-            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer "
-                               "module method `generate_square_subsequent_mask` to create this mask.")
+            raise RuntimeError(
+                "Need attn_mask if specifying the is_causal hint. You may use the Transformer "
+                "module method `generate_square_subsequent_mask` to create this mask."
+            )
         unbatched = query.ndim == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
-            # work in (L, N, E) like PyTorch; a shared input stays shared so q/k/v fuse into one matmul
-            same_kv = key is value
-            same_q = query is key
-            query = query.transpose(0, 1)
-            key = query if same_q else key.transpose(0, 1)
-            value = key if same_kv else value.transpose(0, 1)
-        q_len, n, e = query.shape
-        k_len = key.shape[0]
+        # keep the caller's layout (no transposes before the projections, so they stay one GEMM);
+        # `b` is the batch dim, the sequence dim is the other one
+        b = 0 if self.batch_first and not unbatched else 1
+        n, q_len, e = query.shape[b], query.shape[1 - b], query.shape[2]
+        k_len = key.shape[1 - b]
         if e != self.embed_dim:
             raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got {e}")
         q, k, v = self._project(query, key, value)
         h, hd = self.num_heads, self.head_dim
-        # (L, N, E) -> (N, H, L, hd)
-        q = q.reshape(q_len, n, h, hd).permute(1, 2, 0, 3)
-        k = k.reshape(k_len, n, h, hd).permute(1, 2, 0, 3)
-        v = v.reshape(k_len, n, h, hd).permute(1, 2, 0, 3)
+        to_heads = (0, 2, 1, 3) if b == 0 else (1, 2, 0, 3)  # (B|L, L|B, H, hd) -> (N, H, L, hd)
+        q = q.reshape(*q.shape[:2], h, hd).permute(to_heads)
+        k = k.reshape(*k.shape[:2], h, hd).permute(to_heads)
+        v = v.reshape(*v.shape[:2], h, hd).permute(to_heads)
         mask = self._merged_mask(attn_mask, key_padding_mask, n, q_len, k_len, q)
         scores = (q * (1.0 / math.sqrt(hd))) @ k.mT
         if mask is not None:
@@ -137,12 +165,11 @@ class MultiheadAttention(Module):
         weights = scores.softmax(-1)
         if self.training and self.dropout > 0.0:
             weights = F.dropout(weights, self.dropout)
-        out = (weights @ v).permute(2, 0, 1, 3).reshape(q_len * n, e)  # (L*N, E)
-        out = self.out_proj(out).reshape(q_len, n, e)
+        from_heads = (0, 2, 1, 3) if b == 0 else (2, 0, 1, 3)  # (N, H, L, hd) -> caller's layout
+        out = (weights @ v).permute(from_heads).reshape(-1, e)
+        out = self.out_proj(out).reshape(query.shape[0], query.shape[1], e)
         if unbatched:
             out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         if not need_weights:
             return out, None
         if average_attn_weights:
@@ -163,13 +190,25 @@ def _activation(activation: str | Callable) -> Callable:
 class TransformerEncoderLayer(Module):
     """Self-attention + feed-forward block (post-norm by default, `norm_first=True` for pre-norm)."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str | Callable = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
-                 norm_first: bool = False, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            **kw)
+        self.self_attn = MultiheadAttention(
+            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **kw
+        )
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, **kw)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias, **kw)
@@ -181,15 +220,27 @@ class TransformerEncoderLayer(Module):
         self.activation = _activation(activation)
 
     def _sa_block(self, x: Tensor, attn_mask, key_padding_mask, is_causal: bool) -> Tensor:
-        x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
-                           is_causal=is_causal)[0]
+        x = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+            is_causal=is_causal,
+        )[0]
         return self.dropout1(x)
 
     def _ff_block(self, x: Tensor) -> Tensor:
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
-    def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
-                is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        src: Tensor,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         x = src
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -201,16 +252,29 @@ class TransformerEncoderLayer(Module):
 class TransformerEncoder(Module):
     """`num_layers` deep copies of `encoder_layer`, applied in turn, then an optional final norm."""
 
-    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: Module | None = None,
-                 enable_nested_tensor: bool = True, mask_check: bool = True) -> None:
+    def __init__(
+        self,
+        encoder_layer: TransformerEncoderLayer,
+        num_layers: int,
+        norm: Module | None = None,
+        enable_nested_tensor: bool = True,
+        mask_check: bool = True,
+    ) -> None:
         super().__init__()
         self.layers = ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
 
-    def forward(self, src: Tensor, mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
-                is_causal: bool | None = None) -> Tensor:
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> Tensor:
         out = src
         for layer in self.layers:
-            out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+            out = layer(
+                out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)
+            )
         return self.norm(out) if self.norm is not None else out

@@ -1,0 +1,419 @@
+"""jitorch.compile: compiled training steps match eager ones; guards, errors, modes, introspection."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import jitorch as jt
+import jitorch.nn as nn
+import jitorch.nn.functional as F
+from jitorch.compiler import CompileCheckError
+from jitorch.ir import interpret
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(20, 32)
+        self.fc2 = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(20, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc2(self.bn(self.fc1(x)).relu())
+
+
+class CharLM(nn.Module):
+    def __init__(self, vocab: int = 11, d: int = 16, seq: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(jt.randn(seq, d) * 0.02)
+        self.block = nn.TransformerEncoderLayer(d, 2, 32, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(d, vocab)
+        self.mask = jt.triu(jt.full((seq, seq), float("-inf")), 1)
+
+    def forward(self, idx):
+        h = self.emb(idx) + self.pos
+        return self.head(self.block(h, src_mask=self.mask))
+
+
+def _data(kind: str):
+    g = np.random.default_rng(0)
+    if kind == "image":
+        return jt.tensor(g.standard_normal((8, 1, 8, 8)).astype(np.float32)), jt.tensor(g.integers(0, 5, 8))
+    if kind == "tokens":
+        idx = g.integers(0, 11, (4, 9))
+        return jt.tensor(idx[:, :-1]), jt.tensor(idx[:, 1:])
+    return jt.tensor(g.standard_normal((16, 20)).astype(np.float32)), jt.tensor(g.integers(0, 5, 16))
+
+
+def _train(make_model, make_opt, data_kind: str, compiled: bool, steps: int = 20, scheduler=None):
+    jt.manual_seed(0)
+    model = make_model()
+    opt = make_opt(model.parameters())
+    sched = scheduler(opt) if scheduler else None
+    x, y = _data(data_kind)
+
+    def train_step(x, y):
+        opt.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = jt.compile(train_step) if compiled else train_step
+    losses = []
+    for _ in range(steps):
+        losses.append(step(x, y).item())
+        if sched is not None:
+            sched.step()
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return losses, state, step
+
+
+def _assert_same_training(*args, **kwargs):
+    eager_losses, eager_state, _ = _train(*args, compiled=False, **kwargs)
+    losses, state, step = _train(*args, compiled=True, **kwargs)
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-4, atol=1e-6)
+    for name, ref in eager_state.items():
+        err = np.linalg.norm(state[name].astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12)
+        assert err < 1e-4, f"{name}: relative error {err:.3g}"
+    return step
+
+
+def test_mlp_adamw_matches_eager():
+    step = _assert_same_training(MLP, lambda p: jt.optim.AdamW(p, lr=1e-2, weight_decay=0.1), "mlp")
+    # the first call creates Adam's state, so it traces twice, then replays
+    assert step.compiles == 2 and step.hits == 18
+
+
+def test_cnn_sgd_momentum_matches_eager():
+    _assert_same_training(CNN, lambda p: jt.optim.SGD(p, lr=0.05, momentum=0.9), "image")
+
+
+def test_char_transformer_matches_eager_without_dropout():
+    _assert_same_training(CharLM, lambda p: jt.optim.Adam(p, lr=3e-3), "tokens", steps=10)
+
+
+def test_batchnorm_running_stats_written_back():
+    _assert_same_training(BNNet, lambda p: jt.optim.SGD(p, lr=0.1), "mlp", steps=5)
+    jt.manual_seed(0)
+    model = BNNet()
+    x, _ = _data("mlp")
+    before = model.bn.running_mean.numpy().copy()
+    jt.compile(model)(x)
+    assert not np.allclose(model.bn.running_mean.numpy(), before)
+    assert int(model.bn.num_batches_tracked.item()) == 1
+
+
+def test_lr_scheduler_changes_lr_without_recompiling():
+    step = _assert_same_training(
+        MLP, lambda p: jt.optim.SGD(p, lr=0.1, momentum=0.5), "mlp",
+        scheduler=lambda opt: jt.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.8),
+    )
+    assert step.compiles == 2, step.recompile_reasons
+
+
+def test_dropout_draws_new_masks_each_call_and_repeats_under_seed():
+    drop = jt.compile(lambda x: F.dropout(x, 0.5, training=True))
+    x = jt.ones(64)
+    jt.manual_seed(1)
+    a, b = drop(x).numpy().copy(), drop(x).numpy().copy()
+    assert not np.array_equal(a, b)
+    assert set(np.unique(a)) <= {0.0, 2.0}
+    jt.manual_seed(1)
+    np.testing.assert_array_equal(drop(x).numpy(), a)
+
+
+def test_rand_inside_compiled_function_is_fresh_each_call():
+    f = jt.compile(lambda x: x + jt.rand(3))
+    x = jt.zeros(3)
+    assert not np.array_equal(f(x).numpy(), f(x).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled functions inside an eager training loop
+
+
+def test_compiled_module_is_differentiable_in_eager():
+    jt.manual_seed(0)
+    model = MLP()
+    x, _ = _data("mlp")
+    x.requires_grad_()
+    model(x).square().sum().backward()
+    eager = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    eager_x = x.grad.numpy().copy()
+    model.zero_grad()
+    x.grad = None
+    loss = jt.compile(model)(x).square().sum()
+    loss.backward()
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), eager[n], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), eager_x, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# guards
+
+
+def test_new_batch_size_recompiles_once_and_reuses_both():
+    f = jt.compile(lambda x: (x * 2).sum())
+    a, b = jt.ones(4, 3), jt.ones(2, 3)
+    for _ in range(3):
+        assert f(a).item() == 24.0
+        assert f(b).item() == 12.0
+    assert f.compiles == 2 and f.hits == 4
+    assert "shape (4, 3) -> (2, 3)" in f.recompile_reasons[0]
+
+
+def test_eval_mode_recompiles():
+    jt.manual_seed(0)
+    model = BNNet()
+    cm = jt.compile(model)
+    x, _ = _data("mlp")
+    cm(x)
+    model.eval()
+    with jt.no_grad():
+        out = cm(x)
+        np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert cm._compiled.compiles == 2
+    assert "training: True -> False" in cm._compiled.recompile_reasons[-1] or "grad mode" in (
+        cm._compiled.recompile_reasons[-1])
+
+
+def test_compiled_module_sees_parameter_updates_made_outside():
+    model = nn.Linear(3, 2)
+    cm = jt.compile(model)
+    x = jt.ones(1, 3)
+    with jt.no_grad():
+        first = cm(x).numpy().copy()
+        model.weight.add_(1.0)
+        second = cm(x).numpy()
+    np.testing.assert_allclose(second - first, np.full((1, 2), 3.0), rtol=1e-5)
+    assert cm._compiled.compiles == 1
+
+
+def test_non_tensor_arguments_are_guarded_by_value():
+    f = jt.compile(lambda x, k: x * k)
+    x = jt.ones(2)
+    assert f(x, 2).tolist() == [2.0, 2.0]
+    assert f(x, 3).tolist() == [3.0, 3.0]
+    assert f.compiles == 2
+
+
+def test_recompile_limit_warns_naming_the_argument():
+    f = jt.compile(lambda x: x + 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 12):
+            f(jt.ones(n))
+    messages = [str(w.message) for w in caught if "recompiled" in str(w.message)]
+    assert len(messages) == 1 and "arg x" in messages[0]
+
+
+def test_recompile_log_says_which_guard_failed(capsys):
+    jt.set_logs("recompiles")
+    try:
+        f = jt.compile(lambda x: x.sum())
+        f(jt.ones(64, 784))
+        f(jt.ones(32, 784))
+    finally:
+        jt.set_logs("")
+    assert "arg x: shape (64, 784) -> (32, 784)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# concrete values while tracing
+
+
+def _line_of(fn, text: str) -> int:
+    import inspect
+
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+def f_item(x):
+    return x * x.sum().item()
+
+
+def f_tolist(x):
+    return x + len(x.tolist())
+
+
+def f_numpy(x):
+    return x + float(x.numpy().sum())
+
+
+def f_bool(x):
+    return x + 1 if bool(x.sum()) else x
+
+
+def f_if(x):
+    if x.sum() > 0:
+        return x
+    return -x
+
+
+def f_print(x):
+    print(x)
+    return x
+
+
+@pytest.mark.parametrize("fn, marker", [
+    (f_item, ".item()"), (f_tolist, ".tolist()"), (f_numpy, ".numpy()"), (f_bool, "if bool(x"),
+    (f_if, "if x.sum()"), (f_print, "    print(x)"),
+])
+def test_concrete_values_raise_trace_error_naming_the_line(fn, marker):
+    with pytest.raises(jt.TraceError) as info:
+        jt.compile(fn)(jt.ones(3))
+    assert f"test_compile.py:{_line_of(fn, marker)}" in str(info.value)
+
+
+def test_fallback_eager_warns_once_and_runs_eagerly():
+    f = jt.compile(f_item, fallback="eager")
+    with pytest.warns(UserWarning, match="falls back to eager"):
+        out = f(jt.ones(3))
+    np.testing.assert_allclose(out.numpy(), [3.0, 3.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(f(jt.ones(2)).numpy(), [2.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# eager debugging, check mode, introspection
+
+
+def test_eager_mode_runs_python_every_call():
+    calls = []
+
+    def f(x):
+        calls.append(x.sum().item())  # a concrete value: fine in eager mode
+        return x * 2
+
+    ef = jt.compile(f, mode="eager")
+    ef(jt.ones(2))
+    ef(jt.ones(2))
+    assert calls == [2.0, 2.0]
+
+
+def test_disable_env_and_context_manager(monkeypatch):
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return x + 1
+
+    cf = jt.compile(f)
+    cf(jt.ones(2))
+    cf(jt.ones(2))
+    assert len(calls) == 1  # traced once, then replayed
+    with jt.compiler.disable():
+        cf(jt.ones(2))
+    monkeypatch.setenv("JITORCH_DISABLE", "1")
+    cf(jt.ones(2))
+    assert len(calls) == 3
+
+
+def test_check_mode_passes_and_keeps_eager_effects():
+    jt.manual_seed(0)
+    model = MLP()
+    opt = jt.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data("mlp")
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    checked = jt.compile(step, mode="check")
+    before = model.fc1.weight.detach().numpy().copy()
+    checked(x, y)
+    checked(x, y)
+    jt.manual_seed(0)
+    ref = MLP()
+    ref_opt = jt.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(2):
+        ref_opt.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+    assert not np.allclose(before, model.fc1.weight.detach().numpy())
+    np.testing.assert_allclose(model.fc1.weight.detach().numpy(), ref.fc1.weight.detach().numpy(), rtol=1e-6)
+
+
+def f_with_exp(x):
+    y = x * 2
+    z = y.exp()
+    return z.sum()
+
+
+def test_check_mode_names_the_first_diverging_node(monkeypatch):
+    monkeypatch.setitem(interpret.KERNELS, "exp", lambda x: np.exp(x) * 1.01)
+    with pytest.raises(CompileCheckError) as info:
+        jt.compile(f_with_exp, mode="check")(jt.ones(4))
+    message = str(info.value)
+    assert "= exp" in message
+    assert f"test_compile.py:{_line_of(f_with_exp, 'y.exp()')}" in message
+
+
+def test_explain_shows_ir_guards_and_cache():
+    def f(x):
+        return (x * 2).sum()
+
+    cf = jt.compile(f)
+    cf(jt.ones(4))
+    text = cf.explain(jt.ones(4))
+    assert "arg x: shape (4,) float32" in text
+    assert "= mul" in text and "= sum" in text
+    assert "1 hits" not in text and "cache: 1 entries" in text
+
+
+def test_graph_log_prints_the_ir(capsys):
+    jt.set_logs(graph=True)
+    try:
+        jt.compile(lambda x: x.exp())(jt.ones(2))
+    finally:
+        jt.set_logs("")
+    assert "= exp" in capsys.readouterr().err
+
+
+def test_traced_value_stored_by_the_function_becomes_a_real_tensor():
+    leaked = []
+
+    def f(x):
+        y = x * 2
+        leaked.append(y)
+        return y + 1
+
+    out = jt.compile(f)(jt.ones(2))
+    np.testing.assert_allclose(out.numpy(), [3.0, 3.0])
+    np.testing.assert_allclose((leaked[0] + 1).numpy(), [3.0, 3.0])
