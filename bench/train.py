@@ -10,8 +10,11 @@ sizes, optimizers and data are the same):
 - 50 training steps of `examples/char_lm.py`'s transformer (batch 32 x 64 characters, AdamW).
 
 PyTorch gets as many threads as numpy's BLAS uses (jitorch's matmuls run there), read with
-threadpoolctl. Runs of the two frameworks alternate, so background load hits both alike, and each
-figure is the median over the repeats. This is a benchmark, not a test: nothing here asserts a time.
+threadpoolctl; `--threads N` sets both to N. Runs of the two frameworks alternate, so background load
+hits both alike, and each figure is the median over the repeats. The load average is recorded: on a
+2-core machine with other work running, a multi-threaded BLAS or OpenMP call can wait a scheduler
+time slice (several ms) for its second thread, so `--threads 1` gives steadier numbers there.
+This is a benchmark, not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ def blas_threads() -> int:
     return counts[0] if counts else os.cpu_count() or 1
 
 
+def set_threads(threads: int | None) -> int:
+    """Give PyTorch as many threads as numpy's BLAS (after limiting BLAS to `threads`, if given)."""
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
+    threads = blas_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def cpu_model() -> str:
     """`lscpu`'s model name, or the platform's processor string where lscpu is missing."""
     try:
@@ -87,8 +101,8 @@ def digits_epoch(lib) -> Callable[[], None]:
 
 def char_lm_steps(lib, steps: int) -> Callable[[], None]:
     """`steps` training steps of the char_lm transformer on pre-drawn batches (the same for both)."""
-    config = char_lm.Config()
     corpus = char_lm.CharCorpus()
+    config = char_lm.Config(vocab_size=len(corpus.chars))
     rng = np.random.default_rng(0)
     batches = [corpus.batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
     lib.manual_seed(0)
@@ -126,10 +140,11 @@ def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def markdown(rows: list[tuple[str, float, float]], threads: int, repeats: int, lm_steps: int) -> str:
-    """The results page: the table, then how it was measured."""
+def section(rows: list[tuple[str, float, float]], threads: int, repeats: int, lm_steps: int,
+            load: tuple[float, float]) -> str:
+    """One results section: the table at one thread count, then how it was measured."""
     lines = [
-        "# Training speed on the CPU: jitorch eager vs PyTorch eager",
+        f"## {threads} thread{'s' if threads > 1 else ''}",
         "",
         "| workload | jitorch ms | PyTorch ms | jitorch / PyTorch |",
         "|---|---:|---:|---:|",
@@ -138,50 +153,70 @@ def markdown(rows: list[tuple[str, float, float]], threads: int, repeats: int, l
         lines.append(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
     lines += [
         "",
-        f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager.",
-        "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
-        f"- threads: PyTorch `set_num_threads({threads})`, matching numpy's BLAS ({threads} threads)",
-        f"- versions: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-        f"jitorch {jitorch.__version__}",
+        f"- threads: numpy's BLAS {threads}, PyTorch `set_num_threads({threads})` to match",
         f"- median of {repeats} repeats, the two frameworks alternating; char_lm over {lm_steps} steps",
-        "- command: `python bench/train.py`",
+        f"- 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after (other processes share the CPUs)",
         "",
     ]
     return "\n".join(lines)
 
 
+def header(thread_counts: list[int | None]) -> str:
+    """The page's title, target, machine and versions."""
+    counts = [str(t) for t in thread_counts if t is not None]
+    flags = f"--threads {' '.join(counts)}" if counts else ""
+    return "\n".join([
+        "# Training speed on the CPU: jitorch eager vs PyTorch eager",
+        "",
+        f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager. The workloads are the examples' own",
+        "model, optimizer and batch code, run once with `lib=jitorch` and once with `lib=torch`.",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
+        f"- versions: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"jitorch {jitorch.__version__}",
+        f"- command: `python bench/train.py{' ' + flags if flags else ''}`",
+        "",
+    ])
+
+
+def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool) -> str:
+    """Time every workload in both frameworks at one thread count; returns its results section."""
+    threads = set_threads(threads)
+    load_before = os.getloadavg()[0]
+    steps_per_epoch = len(digits.make_loader(digits.make_datasets(jitorch)[0]))
+    workloads = {
+        f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})":
+            (digits_epoch, 1),
+        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
+        f"characters)": (lambda lib: char_lm_steps(lib, lm_steps), lm_steps),
+    }
+    rows = []
+    for name, (make, units) in workloads.items():
+        runners = {label: make(lib) for label, lib in LIBS.items()}
+        times = time_alternating(runners, repeats)
+        ours, theirs = (1000 * statistics.median(times[label]) / units for label in LIBS)
+        rows.append((name, ours, theirs))
+        print(f"[{threads} threads] {name}: jitorch {ours:.1f} ms, PyTorch {theirs:.1f} ms, "
+              f"ratio {ours / theirs:.2f}", flush=True)
+        if profile:
+            profile_jitorch(runners["jitorch"], name, top=30)
+    return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="*", default=[None],
+                        help="thread counts to measure at (default: what numpy's BLAS uses)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lm-steps", type=int, default=50)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_cpu.md"))
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
     args = parser.parse_args()
 
-    threads = blas_threads()
-    torch.set_num_threads(threads)
-    steps_per_epoch = len(digits.make_loader(digits.make_datasets(jitorch)[0]))
-    workloads = {
-        f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})":
-            (lambda lib: digits_epoch(lib), 1),
-        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
-        f"characters)": (lambda lib: char_lm_steps(lib, args.lm_steps), args.lm_steps),
-    }
-    rows = []
-    for name, (make, units) in workloads.items():
-        runners = {label: make(lib) for label, lib in LIBS.items()}
-        times = time_alternating(runners, args.repeats)
-        ours, theirs = (1000 * statistics.median(times[label]) / units for label in LIBS)
-        rows.append((name, ours, theirs))
-        print(f"{name}: jitorch {ours:.1f} ms, PyTorch {theirs:.1f} ms, ratio {ours / theirs:.2f}",
-              flush=True)
-        if args.profile:
-            profile_jitorch(runners["jitorch"], name, top=30)
-
-    page = markdown(rows, threads, args.repeats, args.lm_steps)
+    sections = [measure(t, args.repeats, args.lm_steps, args.profile) for t in args.threads]
+    page = header(args.threads) + "\n" + "\n".join(sections)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(page)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -138,6 +137,7 @@ def fit(name: str, model, train_set, test_set, max_steps: int | None, seed: int)
 
 def check_checkpoint_round_trip(model, optimizer, train_set, test_set, path: str) -> None:
     """Save model + optimizer, reload into fresh objects, assert identical predictions and resumption."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     jitorch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
     checkpoint = jitorch.load(path)
     fresh_model = build_cnn()
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_budget_args(parser, None, f"training steps per model (default: {EPOCHS} epochs)")
-    parser.add_argument("--checkpoint", default=os.path.join(tempfile.gettempdir(), "jitorch_digits_cnn.pt"),
+    parser.add_argument("--checkpoint", default=os.path.join("runs", "digits_cnn.ckpt"),
                         help="where to write the CNN checkpoint")
     args = parser.parse_args()
 

@@ -133,6 +133,10 @@ class Program:
                               for i in graph.inputs if i.kind == "lifted"]
         self.grad_guards = info["grad_had"]
         self.module_guards = [(m, m.training) for m in info["modules"]]
+        # an output that is an input unchanged is returned as that very tensor, as eagerly
+        by_value = {i.value.id: i for i in graph.inputs if i.kind in ("arg", "lifted")}
+        self.passthrough = {slot: by_value[graph.outputs[slot].id] for slot in info["user_out"]
+                            if slot is not None and graph.outputs[slot].id in by_value}
 
     def guard_failure(self) -> str | None:
         """Why this entry does not apply to the current state (None when it does)."""
@@ -187,7 +191,13 @@ class Program:
         outs = []
         it = iter(self.out_consts)
         for slot in self.info["user_out"]:
-            outs.append(next(it) if slot is None else Tensor._make(_writable(results[slot])))
+            if slot is None:
+                outs.append(next(it))
+            elif slot in self.passthrough:
+                inp = self.passthrough[slot]
+                outs.append(leaves[inp.ref] if inp.kind == "arg" else inp.ref)
+            else:
+                outs.append(Tensor._make(_writable(results[slot])))
         if self.backward is not None and _ag._grad_mode.enabled:
             self._attach_backward(leaves, outs, results)
         return unflatten(self.out_treedef, outs)
@@ -220,6 +230,8 @@ class Program:
         shapes = [results[s] for s in out_slots]
         for k, slot in enumerate(out_slots):
             out = outs[user_slots.index(slot)]
+            if slot in self.passthrough:
+                continue  # an input returned as is keeps its own autograd identity
             prim = _backward_prim(plan, saved, k, shapes)
             out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
             out.requires_grad = True
@@ -477,10 +489,9 @@ class CompiledFunction:
             if "second time" in str(err):  # the function ran backward itself (a training step)
                 return None
             raise
-        kept = [(g, f"d{tracer.label(t) if t is ref else 'arg' + str(ref)}")
-                for g, (t, ref) in zip(grads, diff_in) if g is not None]
-        if len(kept) != len(grads):
-            return None  # some input gets no gradient: keep it simple and stay forward-only
+        # an input the outputs do not depend on gets a zero gradient, as eager autograd would give
+        kept = [(g if g is not None else t.new_zeros(t.shape), f"d{tracer.label(t) if t is ref else 'arg' + str(ref)}")
+                for g, (t, ref) in zip(grads, diff_in)]
         diff_leaves = [i for i, o in enumerate(out_leaves) if any(o is d for d, _ in diff_out)]
         return [ref for _, ref in diff_in], kept, diff_leaves
 

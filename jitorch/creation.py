@@ -75,7 +75,17 @@ def from_numpy(array: np.ndarray) -> Tensor:
 
 def from_dlpack(ext) -> Tensor:
     """A tensor sharing memory with any DLPack-capable array (numpy, PyTorch CPU, ...)."""
-    arr = np.from_dlpack(ext)
+    try:
+        arr = np.from_dlpack(ext)
+    except (RuntimeError, BufferError, TypeError) as err:
+        if "bfloat16" not in str(getattr(ext, "dtype", "")):
+            raise
+        from ._dlpack import import_bfloat16
+
+        try:  # numpy has no bfloat16: take the bits as uint16 and view them as bfloat16
+            arr = import_bfloat16(ext)
+        except Exception:
+            raise err from None
     _dt.from_numpy_dtype(arr.dtype)
     return Tensor._make(arr)
 

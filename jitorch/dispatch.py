@@ -12,10 +12,12 @@ import numpy as np
 from . import autograd as _ag
 from ._trace_state import trace_state
 from .device import cpu, meta
+from .dtypes import FLOAT_DTYPES
 from .primitives import Prim
 from .tensor import Tensor
 
 _grad_mode = _ag._grad_mode
+_FLOAT_NP = frozenset(d.np for d in FLOAT_DTYPES)
 _new = object.__new__
 
 # Primitives whose numpy kernel may return a view of its first input (shared storage).
@@ -83,7 +85,7 @@ def dispatch(prim: Prim, inputs: tuple, params: dict):
         src = inputs[0]
         out._ver = src._counter()
         out._base = src if src._base is None else src._base
-    if _grad_mode.enabled:
+    if _grad_mode.enabled and data.dtype in _FLOAT_NP:  # integer and bool results have no gradient
         for t in inputs:
             if t.requires_grad:
                 _record(prim, inputs, params, out)
@@ -100,6 +102,6 @@ def _dispatch_meta(prim: Prim, inputs: tuple, arrays: list, params: dict) -> Ten
     shape, dtype = prim.infer(*arrays, **params)
     out = Tensor._make(_meta_array(shape, dtype))
     out._device = meta
-    if _grad_mode.enabled and any(t.requires_grad for t in inputs):
+    if _grad_mode.enabled and np.dtype(dtype) in _FLOAT_NP and any(t.requires_grad for t in inputs):
         _record(prim, inputs, params, out)
     return out

@@ -13,23 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import dtypes as _dt
-from .dispatch import dispatch as _dispatch
+from .dispatch import dispatch
 from .primitives import PRIMS
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
 values_indices = namedtuple("values_indices", ["values", "indices"])
-
-
-def dispatch(prim, inputs: tuple, params: dict) -> Tensor:
-    """Run one primitive (see `jitorch.dispatch`). Integer and bool results never require grad,
-    as in PyTorch: they have no gradient, and a grad_fn would make argmax or `x > 0` look
-    differentiable (and keep their inputs alive)."""
-    out = _dispatch(prim, inputs, params)
-    if out.grad_fn is not None and not out.dtype.is_floating_point:
-        out.grad_fn = None
-        out.requires_grad = False
-    return out
 
 # ---------------------------------------------------------------------------------------------
 # operands and promotion

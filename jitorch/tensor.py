@@ -218,12 +218,11 @@ class Tensor:
         Eagerly it is a snapshot (a copy with its own version counter): the op may save its input
         for backward (`x.mul_(y)` needs the old x), and the write into self must not clobber it.
         """
+        # a traced value is immutable (the tracer rebinds self to the result) and a meta tensor has
+        # no data to clobber: both can share the buffer; either way the alias has its own version
         shared = self._value is not None or self._device.type == "meta"
         a = Tensor._make(self._data if shared else np.array(self._data, copy=True), grad_fn=self.grad_fn)
         a.requires_grad = self.requires_grad
-        if shared:  # the tracer functionalizes the write, and a meta tensor has no data to clobber
-            a._ver = self._counter()
-            a._base = self._base
         a._device = self._device
         a._value = self._value
         return a
@@ -264,17 +263,9 @@ class Tensor:
                 )
             result = result.to(self.dtype)
         if trace_state.tracer is not None:
-            trace_state.tracer.assign(self, result)
-            return self
-        try:
-            np.copyto(self._data, result._data, casting="unsafe")
-        except ValueError as err:
-            raise RuntimeError(
-                f"unsupported in-place operation on a tensor of shape {tuple(self.shape)}: it is an "
-                f"expanded view where several elements share one memory location ({err}). "
-                "Use .clone() first."
-            ) from None
-        self._bump_version()
+            trace_state.tracer.assign(self, result)  # functionalized; bumps the version
+        else:
+            self._write(result._data)
         if graph:
             node = result.grad_fn
             if node is not None:
@@ -284,6 +275,17 @@ class Tensor:
                 self.grad_fn = node
                 self.requires_grad = True
         return self
+
+    def _write(self, data: np.ndarray) -> None:
+        try:
+            np.copyto(self._data, data, casting="unsafe")
+        except ValueError as err:
+            raise RuntimeError(
+                f"unsupported in-place operation on a tensor of shape {tuple(self.shape)}: it is an "
+                f"expanded view where several elements share one memory location ({err}). "
+                "Use .clone() first."
+            ) from None
+        self._bump_version()
 
     def _inplace(self, fn, *args) -> Tensor:
         src, graph = self._inplace_source(*args)
@@ -385,7 +387,12 @@ class Tensor:
         return id(self)
 
     def __dlpack__(self, stream=None, **kwargs):
-        return self._concrete("__dlpack__").__dlpack__(**kwargs)
+        data = self._concrete("__dlpack__")
+        if data.dtype == _dt.bfloat16.np:  # numpy cannot export bfloat16 itself
+            from ._dlpack import export_bfloat16
+
+            return export_bfloat16(data, **kwargs)
+        return data.__dlpack__(**kwargs)
 
     def __dlpack_device__(self):
         return self._concrete("__dlpack_device__").__dlpack_device__()

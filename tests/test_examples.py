@@ -40,7 +40,7 @@ def report_floats(pattern: str, text: str) -> list[float]:
 
 def test_digits_trains_and_round_trips_a_checkpoint(tmp_path):
     pytest.importorskip("sklearn")
-    checkpoint = tmp_path / "cnn.pt"
+    checkpoint = tmp_path / "cnn.ckpt"
     out = run_example("digits.py", "--steps", "12", "--checkpoint", str(checkpoint), cwd=tmp_path)
 
     assert "checkpoint round trip: ok" in out

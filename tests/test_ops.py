@@ -10,12 +10,32 @@ import torch
 
 import jitorch as jt
 from tests.harness import run_case
-from tests.op_cases import CASES
+from tests.op_cases import CASES, CASES_BY_NAME
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_op_matches_torch(case):
     run_case(case)
+
+
+def test_harness_runs_the_transform_and_catches_wrong_values_and_grads():
+    calls = []
+
+    def counting(fn):
+        calls.append(fn)
+        return fn
+
+    run_case(CASES_BY_NAME["exp_float32"], transform=counting)
+    assert len(calls) == 1
+    off_by_ulps = lambda fn: lambda *xs: fn(*xs) * 1.001  # noqa: E731
+    with pytest.raises(AssertionError, match="output 0"):
+        run_case(CASES_BY_NAME["exp_float32"], transform=off_by_ulps)
+    wrong_grad = lambda fn: lambda *xs: fn(*xs).detach() + xs[0] * 0  # right values, zero grads  # noqa: E731
+    with pytest.raises(AssertionError, match="grad of input 0"):
+        run_case(CASES_BY_NAME["exp_float32"], transform=wrong_grad)
+    wrong_dtype = lambda fn: lambda *xs: fn(*xs).double()  # noqa: E731
+    with pytest.raises(AssertionError, match="dtype"):
+        run_case(CASES_BY_NAME["exp_float32"], transform=wrong_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +403,7 @@ def test_item_and_tolist_match_torch(dtype):
     )
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int32", "int64", "bool"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "int32", "int64", "bool"])
 def test_dlpack_round_trip_with_torch(dtype):
     tx = (torch.arange(6).reshape(2, 3) % 3).to(getattr(torch, dtype))
     x = jt.from_dlpack(tx)

@@ -195,7 +195,7 @@ class Tracer:
         if prim.name in _VIEW_PRIMS:
             src = inputs[0]
             out._base = src if src._base is None else src._base
-        if _grad_mode.enabled and any(t.requires_grad for t in inputs):
+        if _grad_mode.enabled and dtype.is_floating_point and any(t.requires_grad for t in inputs):
             out.grad_fn = AutogradNode(prim, inputs, params, out)
             out.requires_grad = True
         return out
