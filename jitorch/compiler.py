@@ -133,6 +133,8 @@ class Program:
                               for i in graph.inputs if i.kind == "lifted"]
         self.grad_guards = info["grad_had"]
         self.module_guards = [(m, m.training) for m in info["modules"]]
+        self.writes_anything = any(info[k] for k in ("writes", "born_writes", "arg_writes", "grad_writes",
+                                                     "escaped"))
         # an output that is an input unchanged is returned as that very tensor, as eagerly
         by_value = {i.value.id: i for i in graph.inputs if i.kind in ("arg", "lifted")}
         self.passthrough = {slot: by_value[graph.outputs[slot].id] for slot in info["user_out"]
@@ -204,6 +206,8 @@ class Program:
 
     def _write_back(self, leaves: list, results: list, inputs: list) -> None:
         info = self.info
+        if not self.writes_anything:
+            return
         input_ids = {id(a) for a in inputs}
         targets = [(t, slot) for t, slot in info["writes"]]
         targets += [(ref(), slot) for ref, slot in info["born_writes"] if ref() is not None]
@@ -331,6 +335,14 @@ class CompiledFunction:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
             self._signature = None
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = list(self._signature.parameters.values()) if self._signature is not None else []
+        # names of the leading plain positional parameters (stop at *args: it binds differently)
+        self._positional = []
+        for p in params:
+            if p.kind not in plain:
+                break
+            self._positional.append(p.name)
         functools.update_wrapper(self, fn, updated=())
 
     # --- call ---------------------------------------------------------------------------
@@ -363,6 +375,9 @@ class CompiledFunction:
     def _bind(self, args: tuple, kwargs: dict):
         """Arguments keyed by parameter name (so paths read `x`, `batch[0]`), and the binding that
         calls the function again with replaced values."""
+        if not kwargs and len(args) <= len(self._positional):
+            # the common call: positional arguments only, no binding machinery needed
+            return dict(zip(self._positional, args)), None
         if self._signature is not None:
             try:
                 bound = self._signature.bind(*args, **kwargs)
@@ -373,7 +388,9 @@ class CompiledFunction:
 
     def _call_with(self, named: dict, bound):
         if bound is None:
-            return self.fn(*named["args"], **named["kwargs"])
+            if "kwargs" in named and "args" in named and not self._positional:
+                return self.fn(*named["args"], **named["kwargs"])
+            return self.fn(*named.values())
         # a fresh binding: the caller's must not keep traced tensors alive
         fresh = inspect.BoundArguments(bound.signature, dict(named))
         return self.fn(*fresh.args, **fresh.kwargs)

@@ -40,7 +40,8 @@ class Plan:
                 continue
             frees = tuple(slot_of[v.id] for v in set(node.inputs)
                           if last_use.get(v.id) == step and v.id not in keep)
-            steps.append((node.op, tuple(slot_of[v.id] for v in node.inputs), node.params, slot, frees, node))
+            steps.append((node.op, PRIMS[node.op].impl, tuple(slot_of[v.id] for v in node.inputs),
+                          node.params, slot, frees, node))
         self.steps = steps
         self.n_slots = len(slot_of)
         self.output_slots = [slot_of[v.id] for v in graph.outputs]
@@ -51,10 +52,11 @@ class Plan:
         env[: self.n_inputs] = inputs
         for slot, array in self.constants:
             env[slot] = array
-        kernels = KERNELS
+        overrides = KERNELS
         with np.errstate(all="ignore"):
-            for op, ins, params, out, frees, node in self.steps:
-                kernel = kernels.get(op) or PRIMS[op].impl
+            for op, kernel, ins, params, out, frees, node in self.steps:
+                if overrides:
+                    kernel = overrides.get(op, kernel)
                 try:
                     result = kernel(*[env[i] for i in ins], **params)
                 except Exception as err:

@@ -1,0 +1,204 @@
+"""jitorch.compile on the CPU: trace + lowering time, and the per-call overhead of a cache hit,
+side by side with eager jitorch, PyTorch eager and torch.compile in one process.
+
+    python bench/compile.py            # prints a table and writes bench/results/compile_cpu.md
+    python bench/compile.py --quick    # fewer repeats, no torch.compile (seconds instead of a minute)
+
+Until fusion and code generation land, a compiled program runs its IR nodes one by one with the
+eager CPU kernels (the reference executor), so its steady-state speed is eager speed minus Python
+and autograd bookkeeping. Targets (issue #4): tracing a training step under 0.3 s; a cache hit's
+Python overhead under 30 µs plus the kernels' own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import jitorch as jt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import char_lm  # noqa: E402 - the example's model, built for either library
+
+
+def median_time(fn: Callable[[], object], number: int, repeats: int) -> float:
+    """Median over `repeats` of the mean seconds per call across `number` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# training steps, written once for both libraries
+
+
+def mlp_step_factory(lib, seed: int = 0):
+    lib.manual_seed(seed)
+    model = lib.nn.Sequential(lib.nn.Linear(784, 256), lib.nn.ReLU(), lib.nn.Linear(256, 10))
+    opt = lib.optim.AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    x = lib.tensor(rng.standard_normal((64, 784)).astype(np.float32))
+    y = lib.tensor(rng.integers(0, 10, 64))
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = lib.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, (x, y)
+
+
+def char_lm_step_factory(lib, seed: int = 0):
+    config = char_lm.Config()
+    lib.manual_seed(seed)
+    model = char_lm.build_model(config, lib)
+    opt = lib.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, config.vocab_size, (config.batch_size, config.block_size + 1))
+    x, y = lib.tensor(codes[:, :-1]), lib.tensor(codes[:, 1:])
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = char_lm.lm_loss(model, x, y, lib)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, (x, y)
+
+
+def tiny_factory(lib, seed: int = 0):
+    x = lib.tensor(np.arange(4, dtype=np.float32) - 1.5)
+
+    def f(x):
+        return ((x * 2 + 1).relu() * x).sum()
+
+    return f, (x,)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def jitorch_trace_seconds(factory) -> float:
+    """Trace + lowering of the step's steady-state graph (the second trace: the first one also
+    creates the optimizer's state and is used once)."""
+    step, args = factory(jt)
+    compiled = jt.compile(step)
+    compiled(*args)
+    compiled(*args)
+    return compiled.trace_seconds[-1]
+
+
+def torch_compile_first_call(factory) -> float:
+    torch._dynamo.reset()
+    step, args = factory(torch)
+    compiled = torch.compile(step)
+    t0 = time.perf_counter()
+    compiled(*args)
+    return time.perf_counter() - t0
+
+
+def step_times(factory, number: int, repeats: int, with_torch_compile: bool) -> dict[str, float]:
+    out = {}
+    step, args = factory(jt)
+    out["jitorch eager"] = median_time(lambda: step(*args), number, repeats)
+    step, args = factory(jt)
+    compiled = jt.compile(step)
+    for _ in range(3):
+        compiled(*args)
+    out["jitorch compiled"] = median_time(lambda: compiled(*args), number, repeats)
+    step, args = factory(torch)
+    out["torch eager"] = median_time(lambda: step(*args), number, repeats)
+    if with_torch_compile:
+        torch._dynamo.reset()
+        step, args = factory(torch)
+        tc = torch.compile(step)
+        for _ in range(3):
+            tc(*args)
+        out["torch.compile"] = median_time(lambda: tc(*args), number, repeats)
+    return out
+
+
+def hit_overhead(number: int, repeats: int) -> tuple[float, float]:
+    """(whole compiled call, reference executor alone) for the tiny function, in seconds."""
+    f, args = tiny_factory(jt)
+    compiled = jt.compile(f)
+    compiled(*args)
+    program = next(iter(compiled.cache.values()))[0]
+    inputs = program.inputs(list(args))
+    whole = median_time(lambda: compiled(*args), number, repeats)
+    plan = median_time(lambda: program.plan.run(inputs), number, repeats)
+    return whole, plan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and no torch.compile")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile_cpu.md"))
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    use_tc = not args.quick
+    torch.set_num_threads(2)
+
+    factories = {"MLP step (784-256-10, batch 64, AdamW)": mlp_step_factory,
+                 "char-LM step (examples/char_lm.py model, AdamW)": char_lm_step_factory}
+    lines = [f"# jitorch.compile on the CPU ({date.today()})", "",
+             f"Machine: {_cpu_name()}; torch threads 2. torch {torch.__version__}, numpy {np.__version__}. "
+             f"Command: `python bench/compile.py{' --quick' if args.quick else ''}`.", "",
+             "## Trace + lowering (target: under 0.3 s for a training step)", "",
+             "| step | jitorch trace + lowering s | torch.compile first call s |", "|---|---|---|"]
+    for name, factory in factories.items():
+        trace_s = jitorch_trace_seconds(factory)
+        tc_s = torch_compile_first_call(factory) if use_tc else float("nan")
+        lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {tc_s:.1f} |")
+
+    lines += ["", "## Steady-state time per call, ms (median)", ""]
+    cols = ["jitorch eager", "jitorch compiled", "torch eager"] + (["torch.compile"] if use_tc else [])
+    lines += ["| case | " + " | ".join(cols) + " | compiled / jitorch eager |", "|---" * (len(cols) + 2) + "|"]
+    cases = dict(factories)
+    cases["tiny: ((x*2+1).relu()*x).sum(), 4 elements"] = tiny_factory
+    for name, factory in cases.items():
+        tiny = factory is tiny_factory
+        t = step_times(factory, 2000 if tiny else 5, repeats, use_tc)
+        unit = 1e6 if tiny else 1e3
+        cells = " | ".join(f"{t[c] * unit:.1f}" for c in cols)
+        lines.append(f"| {name}{' (µs)' if tiny else ''} | {cells} | {t['jitorch compiled'] / t['jitorch eager']:.2f}x |")
+
+    whole, plan = hit_overhead(5000, repeats)
+    overhead = (whole - plan) * 1e6
+    lines += ["", "## Cache-hit overhead (target: under 30 µs plus the kernels' own time)", "",
+              "| tiny function | µs |", "|---|---|",
+              f"| whole compiled call | {whole * 1e6:.1f} |",
+              f"| reference executor (the kernels and their loop) | {plan * 1e6:.1f} |",
+              f"| guards, input gathering, outputs: the overhead | {overhead:.1f} "
+              f"({'met' if overhead < 30 else 'missed'}) |"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
