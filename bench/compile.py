@@ -177,7 +177,8 @@ def main() -> None:
         t = step_times(factory, 2000 if tiny else 5, repeats, use_tc)
         unit = 1e6 if tiny else 1e3
         cells = " | ".join(f"{t[c] * unit:.1f}" for c in cols)
-        lines.append(f"| {name}{' (µs)' if tiny else ''} | {cells} | {t['jitorch compiled'] / t['jitorch eager']:.2f}x |")
+        ratio = t["jitorch compiled"] / t["jitorch eager"]
+        lines.append(f"| {name}{' (µs)' if tiny else ''} | {cells} | {ratio:.2f}x |")
 
     whole, plan = hit_overhead(5000, repeats)
     overhead = (whole - plan) * 1e6

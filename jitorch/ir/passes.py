@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..primitives import PRIMS
-from .graph import Const, Graph, Node, Value
+from .graph import Const, Graph, IRError, Node, Value
 
 # A folded constant larger than this stays a computation: baking big arrays bloats the graph.
 FOLD_LIMIT = 1 << 16
@@ -187,7 +187,10 @@ def optimize(graph: Graph, debug: bool | None = None, max_rounds: int = 6) -> Gr
         for name, run_pass in PASSES:
             changed |= run_pass(graph)
             if debug:
-                graph.verify()
+                try:
+                    graph.verify()
+                except IRError as err:
+                    raise IRError(f"after pass {name}: {err}") from None
         if not changed:
             break
     return graph

@@ -277,7 +277,7 @@ class Tracer:
             else:
                 writes.append((t, len(g.outputs) - 1))
         grad_writes = []
-        for p, cur, had, original in self.grads.values():
+        for p, cur, _had, original in self.grads.values():
             if cur is original:
                 continue
             if cur is None:
