@@ -690,7 +690,6 @@ class CompiledModule:
         self._module = module
         self._compiled = CompiledFunction(module.__call__, mode=mode, fallback=fallback,
                                           name=name or type(module).__name__)
-        self._module_ref = weakref.ref(module)
 
     def __call__(self, *args, **kwargs):
         return self._compiled(*args, **kwargs)

@@ -111,7 +111,7 @@ class Tracer:
         self.env: dict[int, tuple[Tensor, Value]] = {}  # concrete tensor -> its current value
         self.lifted: list[Tensor] = []
         self.written: dict[int, Tensor] = {}  # concrete tensors written in place
-        self.grads: dict[int, list] = {}  # id(p) -> [p, current grad (traced/None/concrete), input?]
+        self.grads: dict[int, list] = {}  # id(p) -> [p, current grad (traced/None/concrete), grad input]
         self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
@@ -239,7 +239,7 @@ class Tracer:
             cur = None
             if g is not None:
                 cur = self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", ref=p)
-            entry = self.grads[id(p)] = [p, cur, g is not None, cur]
+            entry = self.grads[id(p)] = [p, cur, cur]
         return entry
 
     def read_grad(self, p: Tensor) -> Tensor | None:
@@ -277,7 +277,7 @@ class Tracer:
             else:
                 writes.append((t, len(g.outputs) - 1))
         grad_writes = []
-        for p, cur, _had, original in self.grads.values():
+        for p, cur, original in self.grads.values():
             if cur is original:
                 continue
             if cur is None:
@@ -286,7 +286,8 @@ class Tracer:
                 g.add_output(self.value_of(cur), f"grad {self.label(p)}")
                 grad_writes.append((p, len(g.outputs) - 1))
         return {"user_out": user_out, "arg_writes": arg_writes, "writes": writes, "born_writes": born_writes,
-                "grad_writes": grad_writes, "grad_had": [(p, had) for p, _, had, _ in self.grads.values()]}
+                "grad_writes": grad_writes,
+                "grad_had": [(p, original is not None) for p, _, original in self.grads.values()]}
 
     def release(self) -> list[Tensor]:
         """Drop references (after finish) and return the traced tensors still alive: values the
