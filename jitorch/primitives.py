@@ -243,7 +243,8 @@ def _where_infer(c, x, y):
 def _where_vjp(g, n):
     c = n.inputs[0]
     zero = g.new_zeros(())
-    return None, g.where(c, zero), zero.where(c, g)
+    # relu's where(x > 0, x, 0) needs only the first branch: skip the other full-size select
+    return (None, g.where(c, zero) if n.needs[1] else None, zero.where(c, g) if n.needs[2] else None)
 
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
