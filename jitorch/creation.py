@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as _dt
+from ._trace_state import trace_state
 from .device import Device, cpu
 from .random import normal, rng, uniform
 from .tensor import Tensor
@@ -88,6 +89,14 @@ def from_dlpack(ext) -> Tensor:
             raise err from None
     _dt.from_numpy_dtype(arr.dtype)
     return Tensor._make(arr)
+
+
+def _not_traceable(name: str) -> None:
+    if trace_state.tracer is not None:
+        from .ir.trace import TraceError, user_source
+
+        raise TraceError(f"{name} is not supported inside jitorch.compile yet (at {user_source()}); "
+                         "draw it outside the compiled function and pass it in")
 
 
 def _fill(size, value, dtype, device, requires_grad, default=None) -> Tensor:
@@ -183,11 +192,15 @@ def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
     if high is None:
         low, high = 0, low
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
+    if trace_state.tracer is not None:  # inside jitorch.compile: from the per-call random stream
+        u = uniform(tuple(size), 0.0, 1.0, _dt.float64, generator)
+        return ((u * (high - low)).floor() + low).to(dtype)
     data = rng(generator).integers(low, high, size=tuple(size)).astype(dtype.np)
     return _finish(data, device, requires_grad)
 
 
 def randperm(n: int, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    _not_traceable("randperm")
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
     return _finish(rng(generator).permutation(n).astype(dtype.np), device, requires_grad)
 
@@ -208,6 +221,8 @@ def randint_like(input: Tensor, low, high=None, dtype=None, device=None) -> Tens
 
 def bernoulli(input: Tensor, generator=None) -> Tensor:
     """Samples 1 with probability `input` (elementwise), else 0."""
+    if trace_state.tracer is not None:
+        return (rand_like(input) < input).to(input.dtype)
     r = rng(generator).random(tuple(input.shape))
     probs = np.asarray(input._concrete("bernoulli"), dtype=np.float64)
     return Tensor._make((r < probs).astype(input._data.dtype))
@@ -215,6 +230,7 @@ def bernoulli(input: Tensor, generator=None) -> Tensor:
 
 def multinomial(input: Tensor, num_samples: int, replacement: bool = False, generator=None) -> Tensor:
     """Draw category indices with probabilities proportional to the rows of `input`."""
+    _not_traceable("multinomial")
     probs = np.asarray(input._concrete("multinomial"), dtype=np.float64)
     g = rng(generator)
     rows = probs.reshape(-1, probs.shape[-1])

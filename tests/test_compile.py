@@ -417,3 +417,17 @@ def test_traced_value_stored_by_the_function_becomes_a_real_tensor():
     out = jt.compile(f)(jt.ones(2))
     np.testing.assert_allclose(out.numpy(), [3.0, 3.0])
     np.testing.assert_allclose((leaked[0] + 1).numpy(), [3.0, 3.0])
+
+
+def test_randint_and_bernoulli_are_traced_not_baked():
+    f = jt.compile(lambda x: x + jt.randint(0, 5, (64,)))
+    zeros = jt.zeros(64, dtype=jt.int64)
+    a, b = f(zeros).numpy().copy(), f(zeros).numpy().copy()
+    assert not np.array_equal(a, b) and a.min() >= 0 and a.max() <= 4
+    g = jt.compile(lambda p: jt.bernoulli(p))
+    assert not np.array_equal(g(jt.full((64,), 0.5)).numpy(), g(jt.full((64,), 0.5)).numpy())
+
+
+def test_untraceable_random_ops_raise():
+    with pytest.raises(jt.TraceError, match="randperm is not supported"):
+        jt.compile(lambda x: x + jt.randperm(3))(jt.zeros(3, dtype=jt.int64))
