@@ -44,6 +44,7 @@ import jitorch  # noqa: E402
 
 LIBS = {"jitorch": jitorch, "PyTorch": torch}
 TARGET_RATIO = 1.5
+NOTES_MARKER = "<!-- notes: hand-written below this line; bench/train.py keeps it when it rewrites the page -->"
 
 
 def blas_threads() -> int:
@@ -204,6 +205,16 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool) -> 
     return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
 
 
+def kept_notes(path: str) -> str:
+    """The hand-written part of an existing results page (from NOTES_MARKER on), kept across reruns."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    return text[text.index(NOTES_MARKER):] if NOTES_MARKER in text else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,8 +229,9 @@ def main() -> None:
     sections = [measure(t, args.repeats, args.lm_steps, args.profile) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    notes = kept_notes(args.out)
     with open(args.out, "w") as f:
-        f.write(page)
+        f.write(page + ("\n" + notes if notes else ""))
     print("\n" + page)
     print(f"written to {args.out}")
 

@@ -1,6 +1,6 @@
 """Train a small causal transformer on Python's own documentation, one character at a time.
 
-    python examples/char_lm.py              # about 1.5 min on 2 CPU cores
+    python examples/char_lm.py              # about 1 min on 2 idle CPU cores
     python examples/char_lm.py --steps 20   # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
 
 The text is `pydoc_data.topics` from the standard library (about 465K characters of English about
@@ -33,7 +33,7 @@ HELD_OUT_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class Config:
-    """The model's and the run's sizes; the defaults train in about a minute and a half on 2 cores."""
+    """The model's and the run's sizes; the defaults train in about a minute on 2 cores."""
 
     vocab_size: int = 103
     block_size: int = 64  # characters of context
@@ -99,7 +99,7 @@ def build_model(config: Config, lib=jitorch):
             self.config = config
             self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
             self.position_embedding = nn.Embedding(config.block_size, config.d_model)
-            # ReLU (PyTorch's default) rather than GELU: as good at this size, and cheaper in eager mode.
+            # ReLU (PyTorch's default) rather than GELU, whose erf composite costs extra full-size passes.
             self.layers = nn.ModuleList([
                 nn.TransformerEncoderLayer(config.d_model, config.n_head, dim_feedforward=4 * config.d_model,
                                            dropout=0.0, activation="relu", batch_first=True, norm_first=True)

@@ -1,6 +1,6 @@
 """Classify scikit-learn's bundled 8x8 handwritten digits with an MLP and a small CNN.
 
-    python examples/digits.py               # about 20 s on 2 CPU cores
+    python examples/digits.py               # about 15 s on 2 CPU cores
     python examples/digits.py --steps 20    # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
 
 It trains both models on 80% of the 1,797 images, reports held-out accuracy, then saves the CNN and
