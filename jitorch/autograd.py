@@ -218,6 +218,9 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
 
     grads: dict[Node, Tensor] = {}
     leaf_roots = []
+    # arrays that someone else may hold (the caller's root gradients, retained grads, grads already
+    # given to a leaf): a leaf must copy these rather than adopt them
+    handed_out = {id(g._data) for g in root_grads}
     for t, g in zip(roots, root_grads):
         if t.grad_fn is None:
             leaf_roots.append((t, g))
@@ -257,8 +260,16 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
             g = g.detach()
         functional = create_graph or g._value is not None or trace_state.tracer is not None
         if t.grad is None:
-            # own the buffer: a later in-place .grad update must not write into a graph value
-            t.grad = g if functional else Tensor._make(np.array(g._data, copy=True))
+            # .grad must own its buffer: a later in-place update must not write into a graph value
+            # or another gradient. A fresh result nothing else holds is adopted as is, saving a copy.
+            data = g._data
+            if functional:
+                t.grad = g
+            elif data.base is None and data.flags.writeable and id(data) not in handed_out:
+                handed_out.add(id(data))
+                t.grad = Tensor._make(data)
+            else:
+                t.grad = Tensor._make(np.array(data, copy=True))
         elif functional:
             t.grad = t.grad + g
         else:
@@ -287,6 +298,7 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                 target = node.retain()
                 if target is not None and target.grad_fn is node:
                     target.grad = g if create_graph else g.detach()
+                    handed_out.add(id(g._data))
             for slot in capture_nodes.get(node, ()):
                 captured[slot] = g
             if node.out_value is not None and node.out_value.node is not None:

@@ -13,3 +13,36 @@ def erf(x: np.ndarray) -> np.ndarray:
     if x.dtype in (np.float32, np.float64):
         return erf_kernel(x)
     return erf_kernel(x.astype(np.float32)).astype(x.dtype)
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _flat(a: np.ndarray, shape: tuple, u) -> np.ndarray | None:
+    """`a` as a flat unsigned view if it already has the full shape and is contiguous."""
+    if a.shape == shape and a.flags.c_contiguous:
+        return a.reshape(-1).view(u)
+    return None
+
+
+def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Elementwise `x if cond else y` with broadcasting (same dtype for x and y)."""
+    shape = np.broadcast_shapes(cond.shape, x.shape, y.shape)
+    u = _UINT[x.dtype.itemsize]
+    c = _flat(cond, shape, np.uint8)
+    if c is None or c.size < 4096:
+        return np.where(cond, x, y)  # small or oddly strided: numpy is fine
+    from . import _numba_kernels as k
+
+    out = np.empty(shape, dtype=x.dtype)
+    flat_out = out.reshape(-1).view(u)
+    a, b = _flat(x, shape, u), _flat(y, shape, u)
+    if a is not None and b is not None:
+        k.select(c, a, b, flat_out)
+    elif a is not None and y.size == 1:
+        k.select_scalar_false(c, a, y.reshape(()).view(u)[()], flat_out)
+    elif b is not None and x.size == 1:
+        k.select_scalar_true(c, x.reshape(()).view(u)[()], b, flat_out)
+    else:
+        return np.where(cond, x, y)
+    return out

@@ -761,7 +761,11 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
     else:
         cols = _ops.unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
     if groups == 1:
-        out = weight.reshape(out_c, -1) @ cols  # (O, K) @ (N, K, L) -> (N, O, L)
+        # one GEMM over the whole batch, (O, K) @ (K, N*L): a batched (O, K) @ (N, K, L) would
+        # make the weight's gradient N small matmuls and a sum
+        k, length = cols.shape[1], cols.shape[2]
+        flat = cols.permute(1, 0, 2).reshape(k, n * length)
+        out = (weight.reshape(out_c, k) @ flat).reshape(out_c, n, length).permute(1, 0, 2)
     else:
         k = cols.shape[1] // groups
         w_g = weight.reshape(groups, out_c // groups, k)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
-from ..creation import as_tensor, tensor
+from ..creation import as_tensor, from_numpy, tensor
 from ..ops import stack
 from ..random import Generator, rng
 from ..tensor import Tensor
@@ -66,6 +66,23 @@ class TensorDataset(Dataset):
 
     def __len__(self) -> int:
         return self.tensors[0].shape[0]
+
+
+def rows_source(dataset) -> tuple[Tensor, ...]:
+    """The tensors behind a TensorDataset, or behind a Subset of one."""
+    return (dataset.dataset if isinstance(dataset, Subset) else dataset).tensors
+
+
+def _tensor_rows(dataset, batch: list[int]):
+    """The row indices of `batch` in the TensorDataset behind `dataset` (as an int64 tensor), or None
+    when the samples are not plain rows of tensors."""
+    if isinstance(dataset, Subset) and type(dataset.dataset) is TensorDataset:
+        indices = [dataset.indices[i] for i in batch]
+    elif type(dataset) is TensorDataset:
+        indices = batch
+    else:
+        return None
+    return from_numpy(np.asarray(indices, dtype=np.int64))
 
 
 class Subset(Dataset):
@@ -321,8 +338,16 @@ class DataLoader:
         if self._iterable:
             return self._iter_stream()
         if self.batch_sampler is not None:
-            return (self.collate_fn([self.dataset[i] for i in batch]) for batch in self.batch_sampler)
+            return (self._fetch(batch) for batch in self.batch_sampler)
         return (self.collate_fn(self.dataset[i]) for i in self.sampler)
+
+    def _fetch(self, batch: list[int]):
+        rows = _tensor_rows(self.dataset, batch) if self.collate_fn is default_collate else None
+        if rows is not None:
+            # default_collate would stack the rows one sample at a time; one gather per tensor
+            # gives the same batch (a list of tensors, as default_collate makes of tuples)
+            return [t[rows] for t in rows_source(self.dataset)]
+        return self.collate_fn([self.dataset[i] for i in batch])
 
     def _iter_stream(self) -> Iterator[Any]:
         if self.batch_size is None:
