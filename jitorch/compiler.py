@@ -90,6 +90,11 @@ def _describe_guard(g: tuple) -> str:
     return f"{g[1]} {g[2]!r}" if g[0] == "value" else f"{g[1]} object id {g[2]}"
 
 
+# the fields of a tensor guard (see _leaf_guard), and how to show each in a recompile reason
+_TENSOR_FIELDS = ((1, "shape", tuple), (2, "dtype", lambda s: np.dtype(s).name), (3, "device", str),
+                  (4, "requires_grad", bool))
+
+
 def _diff_keys(old: tuple, new: tuple, paths: list[str]) -> list[tuple[str, str]]:
     """Which guard changed between two cache keys: [(argument path, 'what -> what')]."""
     (t_old, leaves_old, grad_old), (t_new, leaves_new, grad_new) = old, new
@@ -101,13 +106,9 @@ def _diff_keys(old: tuple, new: tuple, paths: list[str]) -> list[tuple[str, str]
     for path, a, b in zip(paths, leaves_old, leaves_new):
         if a != b:
             if a[0] == b[0] == "tensor":
-                names = (None, "shape", "dtype", "device", "requires_grad")
-                for i in (1, 2, 3, 4):
+                for i, name, show in _TENSOR_FIELDS:
                     if a[i] != b[i]:
-                        show = (tuple(a[i]), tuple(b[i])) if i == 1 else (a[i], b[i])
-                        if i == 2:
-                            show = (np.dtype(a[i]).name, np.dtype(b[i]).name)
-                        out.append((f"arg {path}", f"{names[i]} {show[0]} -> {show[1]}"))
+                        out.append((f"arg {path}", f"{name} {show(a[i])} -> {show(b[i])}"))
             else:
                 out.append((f"arg {path}", f"{_describe_guard(a)} -> {_describe_guard(b)}"))
     return out

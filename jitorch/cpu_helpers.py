@@ -15,7 +15,8 @@ def erf(x: np.ndarray) -> np.ndarray:
     return erf_kernel(x.astype(np.float32)).astype(x.dtype)
 
 
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# unsigned views of each element size: kernels that only move data serve every dtype through them
+UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _flat(a: np.ndarray, shape: tuple, u) -> np.ndarray | None:
@@ -28,7 +29,7 @@ def _flat(a: np.ndarray, shape: tuple, u) -> np.ndarray | None:
 def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Elementwise `x if cond else y` with broadcasting (same dtype for x and y)."""
     shape = np.broadcast_shapes(cond.shape, x.shape, y.shape)
-    u = _UINT[x.dtype.itemsize]
+    u = UINT_OF_SIZE[x.dtype.itemsize]
     c = _flat(cond, shape, np.uint8)
     if c is None or c.size < 4096:
         return np.where(cond, x, y)  # small or oddly strided: numpy is fine

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import dtypes as _dt
+from .cpu_helpers import UINT_OF_SIZE
 
 PRIMS: dict[str, Prim] = {}
 
@@ -662,7 +663,14 @@ def _unfold_impl(x, kernel, dilation, padding, stride):
     n, c, h, w = x.shape
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
     oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else np.ascontiguousarray(x)
+    if xp.size >= 4096:
+        from ._numba_kernels import im2col
+
+        u = UINT_OF_SIZE[xp.dtype.itemsize]  # pure data movement: one kernel for every dtype
+        out = np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
+        im2col(xp.view(u), kh, kw, dh, dw, sh, sw, oh, ow, out.view(u))
+        return out
     sn, sc, sy, sx = xp.strides
     view = np.lib.stride_tricks.as_strided(
         xp, (n, c, kh, kw, oh, ow), (sn, sc, sy * dh, sx * dw, sy * sh, sx * sw), writeable=False
@@ -682,8 +690,13 @@ def _fold_impl(cols, output_size, kernel, dilation, padding, stride):
     n = cols.shape[0]
     c = cols.shape[1] // (kh * kw)
     oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
-    cols = cols.reshape(n, c, kh, kw, oh, ow)
     out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    if cols.dtype in (np.float32, np.float64):
+        from ._numba_kernels import col2im
+
+        col2im(np.ascontiguousarray(cols), kh, kw, dh, dw, sh, sw, oh, ow, out)
+        return out[:, :, ph: ph + h, pw: pw + w]
+    cols = cols.reshape(n, c, kh, kw, oh, ow)
     for i in range(kh):
         for j in range(kw):
             out[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw] += (

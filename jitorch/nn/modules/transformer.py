@@ -88,8 +88,8 @@ class MultiheadAttention(Module):
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w, b = self.in_proj_weight, self.in_proj_bias
-        if query is key and key is value:  # self-attention: one matmul for q, k and v
-            return F.linear(query, w, b).chunk(3, dim=-1)
+        # three projections by slices of the weight, even for self-attention: one wide matmul and a
+        # chunk would make backward scatter three activation-sized gradients into zeros
         e = self.embed_dim
         ws = w.split(e)
         bs = b.split(e) if b is not None else (None, None, None)
