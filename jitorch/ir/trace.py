@@ -45,11 +45,17 @@ def user_source() -> str:
         return trace_state.vjp_source
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PKG_DIR):
-            return f"{_short_path(filename)}:{frame.f_lineno} ({frame.f_code.co_name})"
+        code = frame.f_code
+        inside = _INSIDE.get(code.co_filename)
+        if inside is None:
+            inside = _INSIDE[code.co_filename] = os.path.abspath(code.co_filename).startswith(_PKG_DIR)
+        if not inside:
+            return f"{_short_path(code.co_filename)}:{frame.f_lineno} ({code.co_name})"
         frame = frame.f_back
     return ""
+
+
+_INSIDE: dict[str, bool] = {}  # file name -> whether it belongs to the jitorch package
 
 
 def _short_path(filename: str) -> str:
@@ -295,5 +301,9 @@ class Tracer:
         self.env.clear()
         self.written.clear()
         self.grads.clear()
-        gc.collect()
-        return [t for t in (ref() for ref in self.traced) if t is not None]
+        alive = [t for t in (ref() for ref in self.traced) if t is not None]
+        if alive:  # maybe only garbage in a reference cycle: collect, then look again
+            del alive
+            gc.collect()
+            alive = [t for t in (ref() for ref in self.traced) if t is not None]
+        return alive
