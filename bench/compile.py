@@ -13,10 +13,8 @@ Python overhead under 30 µs plus the kernels' own time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -27,18 +25,7 @@ import jitorch as jt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import char_lm  # noqa: E402 - the example's model, built for either library
-
-
-def median_time(fn: Callable[[], object], number: int, repeats: int) -> float:
-    """Median over `repeats` of the mean seconds per call across `number` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
-
+from common import cpu_model, median_time  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # training steps, written once for both libraries
@@ -162,7 +149,7 @@ def main() -> None:
     factories = {"MLP step (784-256-10, batch 64, AdamW)": mlp_step_factory,
                  "char-LM step (examples/char_lm.py model, AdamW)": char_lm_step_factory}
     lines = [f"# jitorch.compile on the CPU ({date.today()})", "",
-             f"Machine: {_cpu_name()}; torch threads 2. torch {torch.__version__}, numpy {np.__version__}. "
+             f"Machine: {cpu_model()}; torch threads 2. torch {torch.__version__}, numpy {np.__version__}. "
              f"Command: `python bench/compile.py{' --quick' if args.quick else ''}`.", "",
              "## Trace + lowering (target: under 0.3 s for a training step)", "",
              "| step | jitorch trace + lowering s | torch.compile first call s (cold caches) |", "|---|---|---|"]
@@ -196,13 +183,6 @@ def main() -> None:
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

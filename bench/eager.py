@@ -11,9 +11,6 @@ overhead within 2x of PyTorch eager, MLP step within 1.3x.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -21,20 +18,9 @@ from pathlib import Path
 import numpy as np
 import threadpoolctl
 import torch
+from common import cpu_model, median_time
 
 import jitorch as jt
-
-
-def median_time(fn: Callable[[], object], number: int, repeats: int = 7) -> float:
-    """Median over `repeats` of the mean seconds per call across `number` calls."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
 
 
 def small_op_cases() -> dict[str, dict[str, Callable]]:
@@ -107,11 +93,7 @@ def main() -> None:
     t = {k: median_time(f, 20, repeats=9) for k, f in mlp_cases().items()}
     rows.append(("MLP fwd+bwd, batch 256, 784-512-512-10", t["jitorch"], None, t["torch"], 1.3))
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     lines = [
         f"# Eager overhead on the CPU ({date.today()})",
         "",

@@ -26,7 +26,6 @@ import os
 import platform
 import pstats
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ sys.path.insert(0, os.path.join(REPO, "examples"))
 import char_lm  # noqa: E402 - needs the path above
 import digits  # noqa: E402
 import torch  # noqa: E402
+from common import cpu_model  # noqa: E402 - bench/ is on the path when this script runs
 
 import jitorch  # noqa: E402
 
@@ -67,16 +67,6 @@ def set_threads(threads: int | None) -> int:
     threads = blas_threads()
     torch.set_num_threads(threads)
     return threads
-
-
-def cpu_model() -> str:
-    """`lscpu`'s model name, or the platform's processor string where lscpu is missing."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-    return names[0] if names else "unknown"
 
 
 # ---------------------------------------------------------------------------------------------

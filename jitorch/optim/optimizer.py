@@ -184,8 +184,17 @@ class Optimizer:
                     with no_grad():
                         p.grad.zero_()
 
+    @no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first."""
+        loss = self._evaluate_closure(closure)
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                self._update(p, group)
+        return loss
+
+    def _update(self, p: Tensor, group: ParamGroup) -> None:
+        """One parameter's update (each optimizer defines its own)."""
         raise NotImplementedError
 
     def _evaluate_closure(self, closure: Callable[[], Any] | None):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from ..autograd import no_grad
 from ..creation import zeros, zeros_like
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, check_nonnegative
@@ -25,15 +24,6 @@ class RMSprop(Optimizer):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize)
         super().__init__(params, defaults)
-
-    @no_grad()
-    def step(self, closure: Callable | None = None):
-        """One RMSprop update of every parameter that has a gradient."""
-        loss = self._evaluate_closure(closure)
-        for group in self.param_groups:
-            for p in self._params_with_grad(group):
-                self._update(p, group)
-        return loss
 
     def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
         state = self.state[p]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from ..autograd import no_grad
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, check_nonnegative
 
@@ -27,15 +26,6 @@ class SGD(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults)
-
-    @no_grad()
-    def step(self, closure: Callable | None = None):
-        """One SGD update of every parameter that has a gradient."""
-        loss = self._evaluate_closure(closure)
-        for group in self.param_groups:
-            for p in self._params_with_grad(group):
-                self._update(p, group)
-        return loss
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         grad = -p.grad if group["maximize"] else p.grad
