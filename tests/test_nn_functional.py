@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from test_nn_helpers import assert_close, check, nograd, pair
 
 import jitorch as jt
 import jitorch.nn.functional as F
+from tests.nn_helpers import assert_close, check, nograd, pair
 
 RNG = np.random.default_rng(0)
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as tnn
-from test_nn_helpers import assert_close, assert_param_grads_close, backward_both, copy_module, pair
 
 import jitorch as jt
 import jitorch.nn as nn
 from jitorch.nn import init
+from tests.nn_helpers import assert_close, assert_param_grads_close, backward_both, copy_module, pair
 
 RNG = np.random.default_rng(1)
 
