@@ -190,11 +190,12 @@ def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
 
 def _sum_to_shape(g, shape: tuple):
     """Reduce a broadcast gradient back to an input's shape."""
-    if g.shape == shape:
+    g_shape = g._data.shape
+    if g_shape == shape:
         return g
-    lead = g.ndim - len(shape)
+    lead = len(g_shape) - len(shape)
     dims = tuple(range(lead)) + tuple(
-        i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1
+        i + lead for i, s in enumerate(shape) if s == 1 and g_shape[i + lead] != 1
     )
     if dims:
         g = g.sum(dims, keepdim=True)
@@ -313,13 +314,13 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                 if fn is not None:
                     deps[fn] -= 1
                     if gi is not None:
-                        gi = _sum_to_shape(gi, t.shape)
+                        gi = _sum_to_shape(gi, t._data.shape)
                         prev = grads.get(fn)
                         grads[fn] = gi if prev is None else prev + gi
                     if deps[fn] == 0:
                         ready.append(fn)
                 elif gi is not None and t.requires_grad:
-                    to_leaf(t, _sum_to_shape(gi, t.shape))
+                    to_leaf(t, _sum_to_shape(gi, t._data.shape))
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None

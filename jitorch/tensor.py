@@ -429,7 +429,12 @@ class Size(tuple):
 
 
 def _wrap_dim(dim: int, ndim: int) -> int:
-    lo, hi = -max(ndim, 1), max(ndim, 1) - 1
-    if not lo <= dim <= hi:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], but got {dim})")
-    return dim % max(ndim, 1)
+    """A dimension index in [0, ndim) (a 0-d tensor accepts 0 and -1, as in PyTorch)."""
+    if 0 <= dim < ndim:
+        return dim
+    size = ndim if ndim else 1
+    if not -size <= dim < size:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-size}, {size - 1}], but got {dim})"
+        )
+    return dim % size
