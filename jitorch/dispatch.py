@@ -13,20 +13,15 @@ from . import autograd as _ag
 from ._trace_state import trace_state
 from .device import cpu, meta
 from .dtypes import FLOAT_DTYPES
-from .primitives import Prim
+from .primitives import VIEW_PRIMS, Prim
 from .tensor import Tensor
 
 _grad_mode = _ag._grad_mode
 _FLOAT_NP = frozenset(d.np for d in FLOAT_DTYPES)
 _new = object.__new__
 
-# Primitives whose numpy kernel may return a view of its first input (shared storage).
-_VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
 
-
-
-
-def _meta_array(shape, dtype) -> np.ndarray:
+def meta_array(shape, dtype) -> np.ndarray:
     # A zero-stride stand-in: carries shape and dtype, costs no memory.
     return np.broadcast_to(np.zeros((), dtype), shape)
 
@@ -81,7 +76,7 @@ def dispatch(prim: Prim, inputs: tuple, params: dict):
         data = np.asarray(data)
     out = _new(Tensor)
     out._data = data
-    if prim.name in _VIEW_PRIMS and data.base is not None and np.may_share_memory(data, arrays[0]):
+    if prim.name in VIEW_PRIMS and data.base is not None and np.may_share_memory(data, arrays[0]):
         src = inputs[0]
         out._ver = src._counter()
         out._base = src if src._base is None else src._base
@@ -100,7 +95,7 @@ def _record(prim: Prim, inputs: tuple, params: dict, out: Tensor) -> None:
 
 def _dispatch_meta(prim: Prim, inputs: tuple, arrays: list, params: dict) -> Tensor:
     shape, dtype = prim.infer(*arrays, **params)
-    out = Tensor._make(_meta_array(shape, dtype))
+    out = Tensor._make(meta_array(shape, dtype))
     out._device = meta
     if _grad_mode.enabled and np.dtype(dtype) in _FLOAT_NP and any(t.requires_grad for t in inputs):
         _record(prim, inputs, params, out)

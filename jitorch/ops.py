@@ -36,9 +36,9 @@ def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
             x, np.ndarray) else arr
     t = Tensor._make(arr)
     if like._device is not t._device:
-        from .dispatch import _meta_array
+        from .dispatch import meta_array
 
-        t = Tensor._make(_meta_array(arr.shape, arr.dtype))
+        t = Tensor._make(meta_array(arr.shape, arr.dtype))
         t._device = like._device
     return t
 
@@ -424,9 +424,9 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
         if device is not self._device:
             if self._device.type == "meta":
                 raise NotImplementedError("Cannot copy out of meta tensor; it has no data")
-            from .dispatch import _meta_array
+            from .dispatch import meta_array
 
-            out = Tensor._make(_meta_array(self._data.shape, self._data.dtype))
+            out = Tensor._make(meta_array(self._data.shape, self._data.dtype))
             out._device = device
     if dtype is not None:
         out = _cast(out, _dt.get_dtype(dtype))

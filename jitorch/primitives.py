@@ -24,6 +24,9 @@ from .cpu_helpers import UINT_OF_SIZE
 
 PRIMS: dict[str, Prim] = {}
 
+# Primitives whose output may be a view of their first input (shares its storage and version).
+VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
+
 
 class Prim:
     """One primitive operation. See the module docstring for the fields."""

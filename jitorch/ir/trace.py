@@ -27,11 +27,12 @@ from .. import dtypes as _dt
 from .._trace_state import trace_state
 from ..autograd import Node as AutogradNode
 from ..autograd import _grad_mode
+from ..dispatch import meta_array
+from ..primitives import VIEW_PRIMS
 from ..tensor import Tensor
 from .graph import Const, Graph, Value
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
 
 
 class TraceError(RuntimeError):
@@ -90,12 +91,8 @@ def detach_traced(src: Tensor, out: Tensor) -> None:
     out._value = src._value
 
 
-def _meta_array(shape, dtype: np.dtype) -> np.ndarray:
-    return np.broadcast_to(np.zeros((), dtype), shape)
-
-
 def _traced(value: Value) -> Tensor:
-    t = Tensor._make(_meta_array(value.shape, value.dtype.np))
+    t = Tensor._make(meta_array(value.shape, value.dtype.np))
     t._value = value
     tracer = trace_state.tracer
     if tracer is not None:
@@ -198,7 +195,7 @@ class Tracer:
         dtype = _dt.from_numpy_dtype(np.dtype(np_dtype))
         value = self.graph.add_node(prim.name, values, params, shape, dtype, user_source())
         out = _traced(value)
-        if prim.name in _VIEW_PRIMS:
+        if prim.name in VIEW_PRIMS:
             src = inputs[0]
             out._base = src if src._base is None else src._base
         if _grad_mode.enabled and dtype.is_floating_point and any(t.requires_grad for t in inputs):
