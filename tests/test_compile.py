@@ -431,3 +431,82 @@ def test_randint_and_bernoulli_are_traced_not_baked():
 def test_untraceable_random_ops_raise():
     with pytest.raises(jt.TraceError, match="randperm is not supported"):
         jt.compile(lambda x: x + jt.randperm(3))(jt.zeros(3, dtype=jt.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# calling conventions and state handling
+
+
+def test_keyword_and_nested_arguments_and_outputs():
+    def f(batch, *, scale=2.0):
+        x, extra = batch["x"], batch["pair"]
+        return {"sum": (x * scale).sum(), "pair": (extra[0] + 1, extra[1] * 3)}, 7
+
+    cf = jt.compile(f)
+    batch = {"x": jt.ones(3), "pair": (jt.zeros(2), jt.ones(2))}
+    out, seven = cf(batch, scale=3.0)
+    assert seven == 7 and out["sum"].item() == 9.0
+    assert out["pair"][0].tolist() == [1.0, 1.0] and out["pair"][1].tolist() == [3.0, 3.0]
+    out, _ = cf(batch, scale=4.0)  # a new keyword value is a new guard
+    assert out["sum"].item() == 12.0 and cf.compiles == 2
+
+
+def test_in_place_update_of_an_argument_reaches_the_caller():
+    cf = jt.compile(lambda x: x.mul_(2).add_(1))
+    x = jt.ones(3)
+    cf(x)
+    assert x.tolist() == [3.0, 3.0, 3.0]
+    cf(x)
+    assert x.tolist() == [7.0, 7.0, 7.0]
+
+
+def _grad_accumulating_step(model, x):
+    model(x).sum().backward()  # no zero_grad: gradients add up across calls, as eagerly
+
+
+def test_gradients_accumulate_across_calls_without_zero_grad():
+    jt.manual_seed(0)
+    eager_model, compiled_model = nn.Linear(3, 2), nn.Linear(3, 2)
+    compiled_model.load_state_dict(eager_model.state_dict())
+    x = jt.randn(4, 3)
+    step = jt.compile(_grad_accumulating_step)
+    for _ in range(3):
+        _grad_accumulating_step(eager_model, x)
+        step(compiled_model, x)
+    np.testing.assert_allclose(compiled_model.weight.grad.numpy(), eager_model.weight.grad.numpy(), rtol=1e-6)
+    assert step.compiles == 2  # .grad None on the first call, a tensor afterwards
+
+
+def test_zero_grad_without_set_to_none_zeroes_in_place():
+    jt.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = jt.optim.SGD(model.parameters(), lr=0.1)
+    x = jt.randn(4, 3)
+
+    def step(x):
+        opt.zero_grad(set_to_none=False)
+        model(x).sum().backward()
+        opt.step()
+
+    model(x).sum().backward()  # .grad exists before the first compiled call
+    grad_object = model.weight.grad
+    cstep = jt.compile(step)
+    cstep(x)
+    cstep(x)
+    np.testing.assert_allclose(model.weight.grad.numpy(), np.tile(x.numpy().sum(0), (2, 1)), rtol=1e-6)
+    assert grad_object is not None
+
+
+def test_compiled_function_called_inside_another_is_inlined():
+    inner = jt.compile(lambda x: x * 2)
+    outer = jt.compile(lambda x: inner(x) + 1)
+    assert outer(jt.ones(2)).tolist() == [3.0, 3.0]
+    assert inner.compiles == 0 and outer.compiles == 1
+
+
+def test_returning_an_input_or_a_parameter_returns_that_tensor():
+    model = nn.Linear(2, 2)
+    cf = jt.compile(lambda x: (x, model.weight, x + 1))
+    x = jt.ones(2)
+    a, w, _ = cf(x)
+    assert a is x and w is model.weight
