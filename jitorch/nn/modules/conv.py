@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from ...tensor import Tensor
 from .. import functional as F
 from .. import init
@@ -63,13 +61,7 @@ class _ConvNd(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's default: kaiming_uniform_(a=sqrt(5)) for the weight, U(±1/sqrt(fan_in)) for the bias."""
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
-                init.uniform_(self.bias, -bound, bound)
+        init.default_weight_and_bias_(self.weight, self.bias)
 
     def _mode_padding(self) -> tuple[int, ...]:
         """The F.pad argument that realizes a non-zero padding_mode (then the conv pads nothing)."""
