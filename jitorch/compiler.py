@@ -567,38 +567,53 @@ class CompiledFunction:
         return "\n".join(lines)
 
 
-def _module_labels(fn) -> dict[int, str]:
-    """Readable names for the parameters and buffers of modules reachable from `fn`."""
-    labels: dict[int, str] = {}
-    roots = []
-    target = getattr(fn, "__self__", None) or fn
-    if hasattr(target, "named_parameters"):
-        roots.append(("model", target))
-    closure = getattr(fn, "__closure__", None) or ()
+def _named_objects(fn) -> list[tuple[str, object]]:
+    """The objects `fn` can reach by name: its bound module, closure variables, globals it uses."""
+    found = []
+    target = getattr(fn, "__self__", None)
+    if target is not None:
+        found.append(("model", target))
     code = getattr(fn, "__code__", None)
-    names = list(code.co_freevars) if code is not None else []
-    for name, cell in zip(names, closure):
-        with contextlib.suppress(ValueError):
-            if hasattr(cell.cell_contents, "named_parameters"):
-                roots.append((name, cell.cell_contents))
+    if code is None:
+        return found
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        with contextlib.suppress(ValueError):  # an empty cell
+            found.append((name, cell.cell_contents))
     globs = getattr(fn, "__globals__", {})
-    for name in (code.co_names if code is not None else ()):
-        obj = globs.get(name)
-        if hasattr(obj, "named_parameters") and not isinstance(obj, type):
-            roots.append((name, obj))
-    for name, cell in zip(names, closure):
-        with contextlib.suppress(ValueError):
-            if isinstance(cell.cell_contents, Tensor):
-                labels.setdefault(id(cell.cell_contents), name)
-    for name in (code.co_names if code is not None else ()):
-        if isinstance(globs.get(name), Tensor):
-            labels.setdefault(id(globs[name]), name)
-    for root_name, module in roots:
+    found += [(name, globs[name]) for name in code.co_names if name in globs]
+    return found
+
+
+def _module_labels(fn) -> dict[int, str]:
+    """Readable names (`model.fc1.weight`, `opt.param_groups[0].lr`) for the tensors `fn` can reach,
+    so that lifted inputs in the IR and in recompile reasons say what they are."""
+    labels: dict[int, str] = {}
+    optimizers = []
+    for name, obj in _named_objects(fn):
+        if isinstance(obj, Tensor):
+            labels.setdefault(id(obj), name)
+        elif hasattr(obj, "named_parameters") and not isinstance(obj, type):
+            with contextlib.suppress(Exception):
+                for pname, p in obj.named_parameters():
+                    labels.setdefault(id(p), f"{name}.{pname}")
+                for bname, b in obj.named_buffers():
+                    labels.setdefault(id(b), f"{name}.{bname}")
+        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+            optimizers.append((name, obj))
+    for name, opt in optimizers:  # after the modules, so state can be named after its parameter
         with contextlib.suppress(Exception):
-            for pname, p in module.named_parameters():
-                labels.setdefault(id(p), f"{root_name}.{pname}")
-            for bname, b in module.named_buffers():
-                labels.setdefault(id(b), f"{root_name}.{bname}")
+            for i, group in enumerate(opt.param_groups):
+                for key in group:
+                    hyper = group.hyper(key) if key != "params" else None
+                    for k, t in enumerate(hyper if isinstance(hyper, tuple) else (hyper,)):
+                        if isinstance(t, Tensor):
+                            suffix = f"[{k}]" if isinstance(hyper, tuple) else ""
+                            labels.setdefault(id(t), f"{name}.param_groups[{i}].{key}{suffix}")
+            for p, state in opt.state.items():
+                owner = labels.get(id(p), f"param{list(p.shape)}")
+                for key, t in state.items():
+                    if isinstance(t, Tensor):
+                        labels.setdefault(id(t), f"{name}.state[{owner}].{key}")
     return labels
 
 

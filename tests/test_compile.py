@@ -510,3 +510,22 @@ def test_returning_an_input_or_a_parameter_returns_that_tensor():
     x = jt.ones(2)
     a, w, _ = cf(x)
     assert a is x and w is model.weight
+
+
+def test_a_step_that_zeroes_grads_first_does_not_guard_on_them():
+    jt.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = jt.optim.SGD(model.parameters(), lr=0.1)  # no state: nothing is created on the first call
+    x, y = jt.randn(8, 4), jt.randint(0, 3, (8,))
+
+    @jt.compile
+    def step(x, y):
+        opt.zero_grad()  # set_to_none: the old .grad is never read, so whether it existed is no guard
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    losses = [step(x, y).item() for _ in range(4)]
+    assert step.compiles == 1, step.recompile_reasons
+    assert losses[-1] < losses[0]

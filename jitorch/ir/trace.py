@@ -105,6 +105,21 @@ def _same_storage(a: np.ndarray, b: np.ndarray) -> bool:
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
+_UNREAD = object()  # the initial grad of a slot whose first touch was a write
+
+
+class _GradSlot:
+    """One parameter's `.grad` as the traced function sees it."""
+
+    __slots__ = ("p", "current", "initial", "guarded")
+
+    def __init__(self, p: Tensor, current, initial, guarded: bool) -> None:
+        self.p = p
+        self.current = current  # traced tensor, concrete tensor or None
+        self.initial = initial  # the grad input (or None) when read first; _UNREAD when written first
+        self.guarded = guarded  # the graph depends on whether p.grad was None at the call
+
+
 class Tracer:
     """Records one call of a function into a Graph (see the module docstring)."""
 
@@ -114,7 +129,7 @@ class Tracer:
         self.env: dict[int, tuple[Tensor, Value]] = {}  # concrete tensor -> its current value
         self.lifted: list[Tensor] = []
         self.written: dict[int, Tensor] = {}  # concrete tensors written in place
-        self.grads: dict[int, list] = {}  # id(p) -> [p, current grad (traced/None/concrete), grad input]
+        self.grads: dict[int, _GradSlot] = {}  # id(p) -> the function's view of p.grad
         self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
@@ -235,23 +250,21 @@ class Tracer:
         target._bump_version()
 
     # --- .grad --------------------------------------------------------------------------
-    def _grad_entry(self, p: Tensor) -> list:
-        entry = self.grads.get(id(p))
-        if entry is None:
-            g = p._grad
-            cur = None
-            if g is not None:
-                cur = self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", ref=p)
-            entry = self.grads[id(p)] = [p, cur, cur]
-        return entry
-
     def read_grad(self, p: Tensor) -> Tensor | None:
-        return self._grad_entry(p)[1]
+        slot = self.grads.get(id(p))
+        if slot is None:  # first touch is a read: the graph takes the grad as an input (or None, guarded)
+            g = p._grad
+            initial = None if g is None else self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", ref=p)
+            slot = self.grads[id(p)] = _GradSlot(p, initial, initial, guarded=True)
+        return slot.current
 
     def write_grad(self, p: Tensor, value: Tensor | None) -> None:
         if p._value is not None:
             raise TraceError(f"setting .grad of a traced intermediate tensor is not supported ({user_source()})")
-        self._grad_entry(p)[1] = value
+        slot = self.grads.get(id(p))
+        if slot is None:  # first touch is a write (zero_grad): the old grad is never read nor guarded
+            slot = self.grads[id(p)] = _GradSlot(p, value, _UNREAD, guarded=False)
+        slot.current = value
 
     def note_module(self, module) -> None:
         self.modules[id(module)] = module
@@ -280,17 +293,17 @@ class Tracer:
             else:
                 writes.append((t, len(g.outputs) - 1))
         grad_writes = []
-        for p, cur, original in self.grads.values():
-            if cur is original:
+        for slot in self.grads.values():
+            if slot.current is slot.initial:
                 continue
-            if cur is None:
-                grad_writes.append((p, None))
+            if slot.current is None:
+                grad_writes.append((slot.p, None))
             else:
-                g.add_output(self.value_of(cur), f"grad {self.label(p)}")
-                grad_writes.append((p, len(g.outputs) - 1))
+                g.add_output(self.value_of(slot.current), f"grad {self.label(slot.p)}")
+                grad_writes.append((slot.p, len(g.outputs) - 1))
         return {"user_out": user_out, "arg_writes": arg_writes, "writes": writes, "born_writes": born_writes,
                 "grad_writes": grad_writes,
-                "grad_had": [(p, original is not None) for p, _, original in self.grads.values()]}
+                "grad_had": [(s.p, s.initial is not None) for s in self.grads.values() if s.guarded]}
 
     def release(self) -> list[Tensor]:
         """Drop references (after finish) and return the traced tensors still alive: values the

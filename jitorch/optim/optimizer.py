@@ -174,11 +174,9 @@ class Optimizer:
         """Reset every parameter's gradient: to None (the default, frees memory) or to zeros."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
                 if set_to_none:
-                    p.grad = None
-                else:
+                    p.grad = None  # a write without a read: a compiled step needs no guard on the old grad
+                elif p.grad is not None:
                     if p.grad.grad_fn is not None:
                         p.grad = p.grad.detach()
                     with no_grad():

@@ -395,11 +395,9 @@ class Module:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset every parameter's `.grad` (to None by default, else to zeros in place)."""
         for p in self.parameters():
-            if p.grad is None:
-                continue
             if set_to_none:
-                p.grad = None
-            else:
+                p.grad = None  # a write without a read: a compiled step needs no guard on the old grad
+            elif p.grad is not None:
                 p.grad = p.grad.detach()
                 p.grad.zero_()
 
