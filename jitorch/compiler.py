@@ -127,7 +127,7 @@ class Program:
         self.info = info
         self.out_treedef = out_treedef
         self.out_consts = out_consts
-        self.backward = backward  # (plan, n_saved, diff output slots, diff input refs) or None
+        self.backward = backward  # (plan, n_saved, diff output slots, diff input refs, used) or None
         self.one_shot = False
         self.fetch = [(i.kind, i.ref) for i in graph.inputs]
         self.lifted_guards = [(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad)
@@ -226,7 +226,7 @@ class Program:
                 t._data, t._value, t._base, t.grad_fn = _owned(results[slot], input_ids), None, None, None
 
     def _attach_backward(self, leaves: list, outs: list, results: list) -> None:
-        plan, n_saved, out_slots, diff_refs = self.backward
+        plan, n_saved, out_slots, diff_refs, used = self.backward
         diff_inputs = tuple(leaves[ref] if isinstance(ref, int) else ref for ref in diff_refs)
         if not any(t.requires_grad for t in diff_inputs):
             return
@@ -237,7 +237,7 @@ class Program:
             out = outs[user_slots.index(slot)]
             if slot in self.passthrough:
                 continue  # an input returned as is keeps its own autograd identity
-            prim = _backward_prim(plan, saved, k, shapes)
+            prim = _backward_prim(plan, saved, k, shapes, used)
             out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
             out.requires_grad = True
 
@@ -252,14 +252,15 @@ def _owned(a: np.ndarray, input_ids: set) -> np.ndarray:
     return np.array(a, copy=True)
 
 
-def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list) -> Prim:
-    """An autograd 'primitive' whose vjp runs the compiled backward graph for output k."""
+def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list, used: list[bool]) -> Prim:
+    """An autograd 'primitive' whose vjp runs the compiled backward graph for output k; `used` says
+    which differentiable inputs get a gradient (the graph computes only those)."""
 
     def vjp(g: Tensor, node):
         cots = [np.zeros_like(o) for o in outs]
         cots[k] = np.asarray(g._data, dtype=outs[k].dtype)
-        grads = plan.run(list(saved) + cots)
-        return tuple(None if gr is None else Tensor._make(np.array(gr, copy=True)) for gr in grads)
+        grads = iter(plan.run(list(saved) + cots))
+        return tuple(Tensor._make(np.array(next(grads), copy=True)) if u else None for u in used)
 
     return Prim("compiled_backward", "extern", None, None, vjp)
 
@@ -457,7 +458,7 @@ class CompiledFunction:
             info["escaped"].append((weakref.ref(t), len(tracer.graph.outputs) - 1))
         n_fwd = len(tracer.graph.outputs)
         if backward is not None:
-            grad_values, diff_refs, out_slots = backward
+            grad_values, diff_refs, out_slots, used = backward
             for value, label in grad_values:
                 tracer.graph.add_output(value, label)
         graph = optimize(tracer.graph)
@@ -465,7 +466,7 @@ class CompiledFunction:
         bwd = None
         if backward is not None:
             graph, bwd_graph, n_saved = _split_joint(graph, n_fwd)
-            bwd = (interpret.Plan(bwd_graph), n_saved, out_slots, diff_refs)
+            bwd = (interpret.Plan(bwd_graph), n_saved, out_slots, diff_refs, used)
         program = Program(graph, info, out_treedef, out_consts, bwd)
         program.one_shot = bool(info["escaped"]) or any(ref() is not None for ref, _ in info["born_writes"])
         return program
@@ -483,9 +484,9 @@ class CompiledFunction:
         info["modules"] = list(tracer.modules.values())
         out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
         if backward is not None:
-            diff_refs, grads, diff_leaves = backward
+            diff_refs, grads, diff_leaves, used = backward
             grad_values = [(tracer.value_of(g), label) for g, label in grads]
-            backward = (grad_values, diff_refs, [info["user_out"][i] for i in diff_leaves])
+            backward = (grad_values, diff_refs, [info["user_out"][i] for i in diff_leaves], used)
         return info, out_treedef, out_consts, backward
 
     def _trace_backward(self, tracer: Tracer, out_leaves: list, out_paths: list[str], arg_tensors):
@@ -507,11 +508,14 @@ class CompiledFunction:
             if "second time" in str(err):  # the function ran backward itself (a training step)
                 return None
             raise
-        # an input the outputs do not depend on gets a zero gradient, as eager autograd would give
-        kept = [(g if g is not None else t.new_zeros(t.shape), f"d{tracer.label(t) if t is ref else 'arg' + str(ref)}")
-                for g, (t, ref) in zip(grads, diff_in)]
+        # an input the outputs do not depend on gets no gradient (None), as in eager autograd
+        used = [g is not None for g in grads]
+        if not any(used):
+            return None
+        kept = [(g, f"d{tracer.label(t) if t is ref else 'arg' + str(ref)}")
+                for g, (t, ref) in zip(grads, diff_in) if g is not None]
         diff_leaves = [i for i, o in enumerate(out_leaves) if any(o is d for d, _ in diff_out)]
-        return [ref for _, ref in diff_in], kept, diff_leaves
+        return [ref for _, ref in diff_in], kept, diff_leaves, used
 
     # --- check mode ---------------------------------------------------------------------
     def _check(self, program: Program, args, kwargs, leaves):
