@@ -163,6 +163,28 @@ from .ops import (
     var,
     where,
 )
+from .ops import (
+    addmm,
+    allclose,
+    argwhere,
+    bitwise_and,
+    bitwise_not,
+    bitwise_or,
+    bitwise_xor,
+    count_nonzero,
+    diag,
+    equal,
+    hstack,
+    is_tensor,
+    isclose,
+    logaddexp,
+    nan_to_num,
+    numel,
+    ravel,
+    roll,
+    tile,
+    vstack,
+)
 from .ops import install_methods as _install_methods
 from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 from .tensor import Size, Tensor
@@ -174,6 +196,8 @@ from .compiler import compile  # noqa: E402,A001
 from .ir.trace import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from . import nn, optim, utils  # noqa: E402 - as `import torch` gives torch.nn, torch.optim
+
+inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point
 
 float = float32  # noqa: A001
 double = float64

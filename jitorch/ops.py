@@ -1267,6 +1267,118 @@ def _pair(v) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# more composites users reach for
+
+
+def isclose(input: Tensor, other, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
+    """Elementwise |input - other| <= atol + rtol * |other| (NaNs equal only with `equal_nan`)."""
+    other = as_operand(other, input)
+    close = (input - other).abs() <= atol + rtol * other.abs()
+    close = close | (input == other)  # equal infinities
+    if equal_nan:
+        close = close | (input.isnan() & other.isnan())
+    return close
+
+
+def allclose(input: Tensor, other, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> bool:
+    """Whether every element is close (see `isclose`); a Python bool."""
+    return bool(isclose(input, other, rtol, atol, equal_nan).all())
+
+
+def equal(input: Tensor, other: Tensor) -> bool:
+    """True when both tensors have the same shape and the same values."""
+    return input.shape == other.shape and bool((input == other).all())
+
+
+def numel(input: Tensor) -> int:
+    return input.numel()
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)
+
+
+def ravel(input: Tensor) -> Tensor:
+    return input.reshape(-1)
+
+
+def roll(input: Tensor, shifts, dims=None) -> Tensor:
+    """Rotate elements along `dims` by `shifts` (flattened first when `dims` is None)."""
+    if dims is None:
+        return roll(input.reshape(-1), shifts, 0).reshape(input.shape)
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    out = input
+    for shift, dim in zip(shifts, dims):
+        d = _wrap_dim(dim, out.ndim)
+        size = out.shape[d]
+        k = shift % size if size else 0
+        if k:
+            out = cat([narrow(out, d, size - k, k), narrow(out, d, 0, size - k)], d)
+    return out
+
+
+def tile(input: Tensor, dims) -> Tensor:
+    dims = tuple(dims)
+    return input.repeat((1,) * (input.ndim - len(dims)) + dims)
+
+
+def hstack(tensors: Sequence[Tensor]) -> Tensor:
+    return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
+
+
+def vstack(tensors: Sequence[Tensor]) -> Tensor:
+    return cat([t.reshape(1, -1) if t.ndim == 1 else t for t in tensors], 0)
+
+
+def addmm(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    """beta * input + alpha * (mat1 @ mat2)."""
+    prod = mm(mat1, mat2)
+    return (input if beta == 1 else input * beta) + (prod if alpha == 1 else prod * alpha)
+
+
+def logaddexp(input: Tensor, other: Tensor) -> Tensor:
+    """log(exp(input) + exp(other)), computed stably."""
+    m = maximum(input, other).detach()
+    m = where(m.isinf(), 0.0, m)
+    return m + ((input - m).exp() + (other - m).exp()).log()
+
+
+def nan_to_num(input: Tensor, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None) -> Tensor:
+    """Replace NaN, +inf and -inf by finite numbers (the dtype's extremes by default)."""
+    info = _dt.finfo(input.dtype)
+    out = where(input.isnan(), nan, input)
+    out = where(out == float("inf"), float(info.max) if posinf is None else posinf, out)
+    return where(out == float("-inf"), float(info.min) if neginf is None else neginf, out)
+
+
+def count_nonzero(input: Tensor, dim=None) -> Tensor:
+    return (input != 0).sum(dim)
+
+
+def argwhere(input: Tensor) -> Tensor:
+    return nonzero(input)
+
+
+def diag(input: Tensor, diagonal: int = 0) -> Tensor:
+    """A 1-D tensor's values on a diagonal of a square matrix, or a 2-D tensor's diagonal."""
+    if input.ndim == 1:
+        n = input.shape[0] + builtins.abs(diagonal)
+        rows = np.arange(input.shape[0]) + builtins.max(-diagonal, 0)
+        cols = np.arange(input.shape[0]) + builtins.max(diagonal, 0)
+        key = (("tensor", 0), ("tensor", 1))
+        index = (as_operand(rows, input), as_operand(cols, input))
+        return input.new_zeros((n, n))._index_put(input, key, index, accumulate=False)
+    if input.ndim != 2:
+        raise RuntimeError(f"diag(): Supports 1D or 2D tensors. Got {input.ndim}D (shape {tuple(input.shape)})")
+    r, c = input.shape
+    length = builtins.max(0, builtins.min(r + builtins.min(diagonal, 0), c - builtins.max(diagonal, 0)))
+    rows = np.arange(length) + builtins.max(-diagonal, 0)
+    cols = np.arange(length) + builtins.max(diagonal, 0)
+    return input._index((("tensor", 0), ("tensor", 1)), (as_operand(rows, input), as_operand(cols, input)))
+
+
+# ---------------------------------------------------------------------------------------------
 # creation helpers used above (the public creation API is in creation.py)
 
 
@@ -1400,6 +1512,7 @@ def install_methods() -> None:
         gather, scatter, scatter_add, index_select, take_along_dim, masked_fill, tril, triu, argsort, sort,
         topk, matmul, mm, bmm, dot, outer, nonzero, masked_select, index_put, new_zeros, new_ones, new_full,
         new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put,
+        isclose, allclose, equal, ravel, roll, tile, addmm, logaddexp, nan_to_num, count_nonzero, argwhere, diag,
     ]
     for fn in plain:
         setattr(T, fn.__name__, fn)

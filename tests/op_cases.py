@@ -1138,3 +1138,22 @@ case(
 
 
 CASES_BY_NAME: dict[str, OpCase] = {c.name: c for c in CASES}
+
+
+# ---------------------------------------------------------------------------------------------
+# smaller composites: roll, tile, stacking, addmm, logaddexp, nan_to_num, diag, counting, closeness
+
+case("roll_dims", lambda lib, a: lib.roll(a, (1, -2), (0, 1)), X(3, 4))
+case("roll_flat", lambda lib, a: lib.roll(a, 5), X(3, 4))
+case("tile", lambda lib, a: lib.tile(a, (2, 1, 3)), X(2, 3))
+case("hstack_vstack", lambda lib, a, b: lib.vstack([lib.hstack([a, b]), lib.hstack([b, a])]), X(2, 3), X(2, 3))
+case("vstack_1d", lambda lib, a, b: lib.vstack([a, b]), X(4), X(4))
+case("ravel", lambda lib, a: a.permute(1, 0).ravel(), X(3, 4))
+case("addmm", lambda lib, c, a, b: lib.addmm(c, a, b, beta=0.5, alpha=2.0), X(5), X(3, 4), X(4, 5))
+case("logaddexp", lambda lib, a, b: lib.logaddexp(a * 30, b), X(3, 4), X(3, 4))
+case("diag_from_vector", lambda lib, a: lib.diag(a, 1), X(4))
+case("diag_of_matrix", lambda lib, a: lib.diag(a, -1), X(4, 3))
+case("count_nonzero", lambda lib, a: lib.count_nonzero(a, 1), X(3, 4, dtype="int64", domain=("int", -1, 2)),
+     grad=False)
+case("isclose", lambda lib, a, b: lib.isclose(a, a + b * 1e-6, rtol=1e-5, atol=1e-7), X(3, 4), X(3, 4), grad=False)
+case("nan_to_num", lambda lib, a: lib.nan_to_num(lib.log(a), nan=0.5, neginf=-7.0), X(3, 4))

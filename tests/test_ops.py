@@ -461,3 +461,15 @@ def _torch_repr(t) -> str:
 )
 def test_repr_matches_torch(make):
     assert repr(make(jt)) == _torch_repr(make(torch))
+
+
+def test_predicates_and_small_helpers_match_torch():
+    a = np.array([[1.0, np.nan, 3.0], [0.0, 5.0, -1.0]], dtype=np.float32)
+    j, t = jt.tensor(a), torch.tensor(a)
+    assert jt.allclose(j, j + 1e-9, equal_nan=True) == torch.allclose(t, t + 1e-9, equal_nan=True)
+    assert jt.allclose(j, j) == torch.allclose(t, t)  # NaN is not close to itself without equal_nan
+    assert jt.equal(j[:, 0], jt.tensor([1.0, 0.0])) and not jt.equal(j[:, 0], jt.tensor([1.0]))
+    assert jt.is_tensor(j) and not jt.is_tensor(a) and jt.numel(j) == 6
+    np.testing.assert_array_equal(jt.argwhere(j > 0).numpy(), torch.argwhere(t > 0).numpy())
+    with jt.inference_mode():
+        assert not (jt.ones(2, requires_grad=True) * 2).requires_grad
