@@ -365,8 +365,13 @@ def log10(input: Tensor) -> Tensor:
 
 
 def relu(input: Tensor) -> Tensor:
-    """max(x, 0) with gradient 0 at 0, as in PyTorch."""
-    return where(input > 0, input, 0)
+    """max(x, 0) with gradient 0 at 0 and NaN kept, as in PyTorch."""
+    return _unary("relu", input)
+
+
+def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    """grad where relu's output is positive, else 0 (relu's vector-Jacobian product)."""
+    return dispatch(P["relu_backward"], (grad, out), {})
 
 
 def clamp(input: Tensor, min=None, max=None) -> Tensor:
@@ -1511,7 +1516,7 @@ def install_methods() -> None:
         unbind,
         gather, scatter, scatter_add, index_select, take_along_dim, masked_fill, tril, triu, argsort, sort,
         topk, matmul, mm, bmm, dot, outer, nonzero, masked_select, index_put, new_zeros, new_ones, new_full,
-        new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put,
+        new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put, _relu_backward,
         isclose, allclose, equal, ravel, roll, tile, addmm, logaddexp, nan_to_num, count_nonzero, argwhere, diag,
     ]
     for fn in plain:

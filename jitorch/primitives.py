@@ -174,6 +174,23 @@ _unary("isnan", np.isnan, infer=_bool_out)
 _unary("isinf", np.isinf, infer=_bool_out)
 
 
+def _relu_impl(x):
+    return np.maximum(x, 0)  # NaN stays NaN, as in PyTorch
+
+
+def _relu_backward_impl(g, out):
+    from .cpu_helpers import where
+
+    return where(out <= 0, np.zeros((), g.dtype), g)  # PyTorch's test: a NaN output passes grad
+
+
+# relu is a primitive (not where(x > 0, x, 0)) for PyTorch's NaN semantics and one pass each way;
+# its backward is one too, and is itself differentiable in g (double backward).
+_unary("relu", _relu_impl, lambda g, n: (g._relu_backward(n.out),), saves_out=True)
+defprim("relu_backward", "elementwise", _relu_backward_impl, _same_dtype,
+        lambda gg, n: (gg._relu_backward(n.inputs[1]), None), saves=(1,))
+
+
 def _cast_impl(x, dtype):
     return x.astype(dtype.np, copy=False)
 

@@ -94,6 +94,8 @@ CASES: dict[str, list] = {
     "cos": [_unary("cos")],
     "tanh": [_unary("tanh")],
     "sigmoid": [_unary("sigmoid")],
+    "relu": [_unary("relu", _nonzero)],
+    "relu_backward": [lambda rng: ([_real(rng, 3, 4), _nonzero(rng, 3, 4)], {})],
     "abs": [_unary("abs", _nonzero)],
     "sign": [_unary("sign", _nonzero)],
     "floor": [_unary("floor")],

@@ -473,3 +473,14 @@ def test_predicates_and_small_helpers_match_torch():
     np.testing.assert_array_equal(jt.argwhere(j > 0).numpy(), torch.argwhere(t > 0).numpy())
     with jt.inference_mode():
         assert not (jt.ones(2, requires_grad=True) * 2).requires_grad
+
+
+def test_relu_keeps_nan_and_passes_its_gradient_like_torch():
+    data = np.array([-1.0, 0.0, 2.0, np.nan], dtype=np.float32)
+    j = jt.tensor(data, requires_grad=True)
+    t = torch.tensor(data, requires_grad=True)
+    jy, ty = j.relu(), t.relu()
+    jy.sum().backward()
+    ty.sum().backward()
+    np.testing.assert_array_equal(jy.detach().numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(j.grad.numpy(), t.grad.numpy())
