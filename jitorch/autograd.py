@@ -202,6 +202,18 @@ def _sum_to_shape(g, shape: tuple):
     return g.reshape(shape)
 
 
+def _node_vjp(node: Node, g):
+    value = node.out_value
+    if value is None or value.node is None:
+        return node.prim.vjp(g, node)
+    # while tracing a backward pass, its ops are attributed to the forward op's source line
+    trace_state.vjp_source = "backward of " + value.node.source
+    try:
+        return node.prim.vjp(g, node)
+    finally:
+        trace_state.vjp_source = None
+
+
 def _release_inputs(node: Node, deps: dict, ready: list) -> None:
     # A node that received no gradient still counts as visited for its producers.
     for t in node.inputs or ():
@@ -289,7 +301,8 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
             if g is None:
                 _release_inputs(node, deps, ready)
                 continue
-            node.check_saved()
+            if node.saved_versions or node.out_version is not None or node.inputs is None:
+                node.check_saved()
             if node.hooks:
                 for hook in node.hooks:
                     out = hook(g)
@@ -300,27 +313,23 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
                 if target is not None and target.grad_fn is node:
                     target.grad = g if create_graph else g.detach()
                     handed_out.add(id(g._data))
-            for slot in capture_nodes.get(node, ()):
-                captured[slot] = g
-            if node.out_value is not None and node.out_value.node is not None:
-                trace_state.vjp_source = "backward of " + node.out_value.node.source
-            try:
-                in_grads = node.prim.vjp(g, node)
-            finally:
-                trace_state.vjp_source = None
-            inputs = node.inputs
-            for t, gi in zip(inputs, in_grads):
+            if capture_nodes:
+                for slot in capture_nodes.get(node, ()):
+                    captured[slot] = g
+            in_grads = _node_vjp(node, g)
+            for t, gi in zip(node.inputs, in_grads):
                 fn = t.grad_fn
+                if gi is not None and gi._data.shape != t._data.shape:
+                    gi = _sum_to_shape(gi, t._data.shape)
                 if fn is not None:
                     deps[fn] -= 1
                     if gi is not None:
-                        gi = _sum_to_shape(gi, t._data.shape)
                         prev = grads.get(fn)
                         grads[fn] = gi if prev is None else prev + gi
                     if deps[fn] == 0:
                         ready.append(fn)
                 elif gi is not None and t.requires_grad:
-                    to_leaf(t, _sum_to_shape(gi, t._data.shape))
+                    to_leaf(t, gi)
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None

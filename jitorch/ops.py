@@ -1501,6 +1501,15 @@ def _binary_method(fn):
     return method
 
 
+def _swap_last_two(self: Tensor) -> Tensor:
+    """`x.mT`, directly: matmul's backward takes it twice per product."""
+    nd = self._data.ndim
+    if nd < 2:
+        raise RuntimeError(f"tensor.mT is only supported on matrices or batches of matrices. Got {nd}-D tensor.")
+    dims = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    return dispatch(P["permute"], (self,), {"dims": dims})
+
+
 def install_methods() -> None:
     """Attach the op functions to Tensor as methods and operators (done once, at import)."""
     T = Tensor
@@ -1530,7 +1539,7 @@ def install_methods() -> None:
     for name, dtype in conversions.items():
         setattr(T, name, _converter(dtype))
     T.T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))
-    T.mT = property(lambda self: self.transpose(-2, -1))
+    T.mT = property(_swap_last_two)
     ops = {"add": add, "sub": sub, "mul": mul, "truediv": div, "floordiv": floor_divide, "mod": remainder,
            "pow": pow, "matmul": matmul, "and": bitwise_and, "or": bitwise_or, "xor": bitwise_xor}
     for name, fn in ops.items():
