@@ -2,6 +2,7 @@
 
     python bench/train.py                 # writes bench/results/train_cpu.md
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
+    python bench/train.py --prims         # also prints jitorch's kernel time per primitive
 
 Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
 sizes, optimizers and data are the same):
@@ -20,6 +21,7 @@ This is a benchmark, not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import datetime
 import os
@@ -120,6 +122,40 @@ def time_alternating(makers: dict[str, Callable[[], None]], repeats: int) -> dic
     return times
 
 
+def primitive_times(run: Callable[[], None], title: str, top: int = 14) -> None:
+    """Print the time spent inside each primitive's kernel during one jitorch run, most first, and
+    what is left over for Python (dispatch, autograd, op wrappers)."""
+    from jitorch.primitives import PRIMS
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+    originals = {name: prim.impl for name, prim in PRIMS.items()}
+
+    def timed(name, impl):
+        def kernel(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return impl(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+                calls[name] += 1
+        return kernel
+
+    for name, prim in PRIMS.items():
+        prim.impl = timed(name, prim.impl)
+    try:
+        t0 = time.perf_counter()
+        run()
+        total = time.perf_counter() - t0
+    finally:
+        for name, prim in PRIMS.items():
+            prim.impl = originals[name]
+    print(f"\n--- jitorch kernel time per primitive, {title}: {total * 1e3:.1f} ms in all, "
+          f"{sum(spent.values()) * 1e3:.1f} ms in kernels, {sum(calls.values())} calls ---")
+    for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{name:14s} {calls[name]:6d} calls {seconds * 1e3:8.2f} ms")
+
+
 def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
     """Print the functions where one jitorch run spends its own time, most first."""
     profiler = cProfile.Profile()
@@ -171,7 +207,7 @@ def header(thread_counts: list[int | None]) -> str:
     ])
 
 
-def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool) -> str:
+def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, prims: bool) -> str:
     """Time every workload in both frameworks at one thread count; returns its results section."""
     threads = set_threads(threads)
     load_before = os.getloadavg()[0]
@@ -192,6 +228,8 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool) -> 
               f"ratio {ours / theirs:.2f}", flush=True)
         if profile:
             profile_jitorch(runners["jitorch"], name, top=30)
+        if prims:
+            primitive_times(runners["jitorch"], name)
     return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
 
 
@@ -214,9 +252,10 @@ def main() -> None:
     parser.add_argument("--lm-steps", type=int, default=50)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_cpu.md"))
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
+    parser.add_argument("--prims", action="store_true", help="print jitorch's kernel time per primitive")
     args = parser.parse_args()
 
-    sections = [measure(t, args.repeats, args.lm_steps, args.profile) for t in args.threads]
+    sections = [measure(t, args.repeats, args.lm_steps, args.profile, args.prims) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     notes = kept_notes(args.out)

@@ -65,3 +65,10 @@ def col2im(cols, kh, kw, dh, dw, sh, sw, oh, ow, out):
                         iy = i * dh + y * sh
                         for x in range(ow):
                             out[n, c, iy, j * dw + x * sw] += cols[n, row, y * ow + x]
+
+
+@numba.njit(cache=True, boundscheck=False)
+def relu_grad(g, out_value, result):
+    """relu's backward in one pass: the gradient where the output is not <= 0 (NaN passes)."""
+    for i in range(result.size):
+        result[i] = 0 if out_value[i] <= 0 else g[i]

@@ -20,10 +20,11 @@ UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _flat(a: np.ndarray, shape: tuple, u) -> np.ndarray | None:
-    """`a` as a flat unsigned view if it already has the full shape and is contiguous."""
-    if a.shape == shape and a.flags.c_contiguous:
-        return a.reshape(-1).view(u)
-    return None
+    """`a` as a flat unsigned view if it has the full shape (a strided one is copied first: a copy
+    costs less than numpy's np.where on an unpredictable mask)."""
+    if a.shape != shape:
+        return None
+    return np.ascontiguousarray(a).reshape(-1).view(u)
 
 
 def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -47,3 +48,14 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     else:
         return np.where(cond, x, y)
     return out
+
+
+def relu_backward(g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`g` where relu's output is not <= 0, else 0 (PyTorch's test: a NaN output passes `g`)."""
+    if g.shape == out.shape and g.dtype == out.dtype and g.dtype in (np.float32, np.float64) and g.size >= 4096:
+        from ._numba_kernels import relu_grad
+
+        result = np.empty(g.shape, dtype=g.dtype)
+        relu_grad(np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(out).reshape(-1), result.reshape(-1))
+        return result
+    return where(out <= 0, np.zeros((), g.dtype), g)
