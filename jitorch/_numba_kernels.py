@@ -13,7 +13,7 @@ def erf(x):
 
 
 # `where` as a plain loop: LLVM turns `a if c else b` into a vector select. numpy's np.where (and a
-# bitwise select) branch or make several passes; this is about 10x faster on a million floats.
+# bitwise select) branch or make several passes over the data.
 # The arrays arrive as unsigned-integer views of the data, so one kernel serves every dtype.
 
 

@@ -115,7 +115,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b for x of shape (*, in_features), W of shape (out_features, in_features)."""
     if weight.ndim == 2 and input.ndim > 2:
         # one 2-D GEMM over all leading dims (and one for each gradient), never a broadcast batched
-        # matmul: numpy runs those without BLAS, ~20x slower, and the weight grad would need a sum
+        # matmul: numpy runs those without BLAS, far slower, and the weight grad would need a sum
         lead = input.shape[:-1]
         out = input.reshape(-1, input.shape[-1]) @ weight.t()
         out = out.reshape(*lead, weight.shape[0])
