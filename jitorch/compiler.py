@@ -352,13 +352,13 @@ class CompiledFunction:
         if self.mode == "eager" or _eager_forced() or self._fell_back or trace_state.tracer is not None:
             return self.fn(*args, **kwargs)  # (a compiled call inside a trace is simply inlined)
         self.calls += 1
-        named, bound = self._bind(args, kwargs)
+        named, call = self._bind(args, kwargs)
         leaves, paths, treedef = flatten(named)
         key = (treedef, tuple(_leaf_guard(x) for x in leaves), _ag._grad_mode.enabled)
         program, reason = self._lookup(key)
         if program is None:
             try:
-                program = self._compile(bound, leaves, paths, key, reason)
+                program = self._compile(call, leaves, paths, key, reason)
             except TraceError as err:
                 if self.fallback != "eager":
                     raise
@@ -375,27 +375,24 @@ class CompiledFunction:
         return out
 
     def _bind(self, args: tuple, kwargs: dict):
-        """Arguments keyed by parameter name (so paths read `x`, `batch[0]`), and the binding that
-        calls the function again with replaced values."""
+        """The arguments keyed by parameter name (so guards and logs say `x`, `batch[0]`), and a
+        function that calls `fn` again with such a dict of (traced) values."""
         if not kwargs and len(args) <= len(self._positional):
             # the common call: positional arguments only, no binding machinery needed
-            return dict(zip(self._positional, args)), None
+            return dict(zip(self._positional, args)), lambda named: self.fn(*named.values())
         if self._signature is not None:
             try:
                 bound = self._signature.bind(*args, **kwargs)
-                return dict(bound.arguments), bound
             except TypeError:
-                pass
-        return {"args": args, "kwargs": kwargs}, None
+                pass  # let the call itself raise Python's own error below
+            else:
+                signature = bound.signature
+                return dict(bound.arguments), lambda named: self._call_bound(signature, named)
+        return {"args": args, "kwargs": kwargs}, lambda named: self.fn(*named["args"], **named["kwargs"])
 
-    def _call_with(self, named: dict, bound):
-        if bound is None:
-            if "kwargs" in named and "args" in named and not self._positional:
-                return self.fn(*named["args"], **named["kwargs"])
-            return self.fn(*named.values())
-        # a fresh binding: the caller's must not keep traced tensors alive
-        fresh = inspect.BoundArguments(bound.signature, dict(named))
-        return self.fn(*fresh.args, **fresh.kwargs)
+    def _call_bound(self, signature: inspect.Signature, named: dict):
+        bound = inspect.BoundArguments(signature, dict(named))
+        return self.fn(*bound.args, **bound.kwargs)
 
     def _lookup(self, key: tuple) -> tuple[Program | None, str | None]:
         entries = self.cache.get(key)
@@ -421,13 +418,13 @@ class CompiledFunction:
                                  "trace had baked in; tracing again with that state as inputs")
 
     # --- compile ------------------------------------------------------------------------
-    def _compile(self, bound, leaves, paths, key, reason) -> Program:
+    def _compile(self, call, leaves, paths, key, reason) -> Program:
         if reason is not None:
             self.recompile_reasons.append(reason)
             logs.log("recompiles", f"{self.name}: recompiling because {reason}")
             self._maybe_warn_limit()
         t0 = time.perf_counter()
-        program = self._trace(bound, leaves, paths, key[0])
+        program = self._trace(call, leaves, paths, key[0])
         self.trace_seconds.append(time.perf_counter() - t0)
         self.compiles += 1
         logs.log("perf", f"{self.name}: traced and lowered in {self.trace_seconds[-1] * 1e3:.1f} ms")
@@ -448,10 +445,10 @@ class CompiledFunction:
                 stacklevel=4,
             )
 
-    def _trace(self, bound, leaves: list, paths: list[str], treedef) -> Program:
+    def _trace(self, call, leaves: list, paths: list[str], treedef) -> Program:
         tracer = Tracer(self.name, _module_labels(self.fn))
         with tracer:
-            info, out_treedef, out_consts, backward = self._record(tracer, bound, leaves, paths, treedef)
+            info, out_treedef, out_consts, backward = self._record(tracer, call, leaves, paths, treedef)
         info["escaped"] = []
         for t in tracer.release():
             tracer.graph.add_output(t._value, "escaped state")
@@ -471,13 +468,13 @@ class CompiledFunction:
         program.one_shot = bool(info["escaped"]) or any(ref() is not None for ref, _ in info["born_writes"])
         return program
 
-    def _record(self, tracer: Tracer, bound, leaves: list, paths: list[str], treedef):
+    def _record(self, tracer: Tracer, call, leaves: list, paths: list[str], treedef):
         """Run the function on traced arguments. Only values and plain data leave this frame, so
         that traced tensors still alive afterwards are exactly the ones the function stored away."""
         traced_leaves = [tracer.arg(x, path, i) if isinstance(x, Tensor) else x
                          for i, (x, path) in enumerate(zip(leaves, paths))]
         arg_tensors = [(t, i) for i, t in enumerate(traced_leaves) if isinstance(t, Tensor)]
-        out = self._call_with(unflatten(treedef, traced_leaves), bound)
+        out = call(unflatten(treedef, traced_leaves))
         out_leaves, out_paths, out_treedef = flatten(out)
         backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
         info = tracer.finish(out_leaves, out_paths, arg_tensors)
@@ -543,14 +540,14 @@ class CompiledFunction:
     # --- introspection ------------------------------------------------------------------
     def explain(self, *args, **kwargs) -> str:
         """The IR, the guards and the cache state for a call with these arguments (compiling if needed)."""
-        named, bound = self._bind(args, kwargs)
+        named, call = self._bind(args, kwargs)
         leaves, paths, treedef = flatten(named)
         key = (treedef, tuple(_leaf_guard(x) for x in leaves), _ag._grad_mode.enabled)
         program, reason = self._lookup(key)
         lines = [f"jitorch.compile({self.name}), mode={self.mode!r}"]
         if program is None:
             lines.append(f"cache miss ({reason or 'first call'}): tracing now")
-            program = self._compile(bound, leaves, paths, key, reason)
+            program = self._compile(call, leaves, paths, key, reason)
         lines.append(
             f"cache: {sum(len(v) for v in self.cache.values())} entries; {self.calls} calls, {self.hits} hits, "
             f"{self.compiles} compiles"
