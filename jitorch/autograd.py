@@ -190,16 +190,20 @@ def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
 
 def _sum_to_shape(g, shape: tuple):
     """Reduce a broadcast gradient back to an input's shape."""
+    from .primitives import apply
+
     g_shape = g._data.shape
     if g_shape == shape:
         return g
     lead = len(g_shape) - len(shape)
-    dims = tuple(range(lead)) + tuple(
-        i + lead for i, s in enumerate(shape) if s == 1 and g_shape[i + lead] != 1
-    )
-    if dims:
-        g = g.sum(dims, keepdim=True)
-    return g.reshape(shape)
+    if lead < 0:
+        return apply("reshape", g, shape=tuple(shape))
+    kept = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g_shape[i + lead] != 1)
+    dims = tuple(range(lead)) + kept
+    if not kept:  # only leading dims to drop: one sum lands on the shape
+        return apply("sum", g, dims=dims, keepdim=False)
+    g = apply("sum", g, dims=dims, keepdim=True)
+    return g if g._data.shape == shape else apply("reshape", g, shape=tuple(shape))
 
 
 def _node_vjp(node: Node, g):

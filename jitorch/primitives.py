@@ -61,6 +61,14 @@ def _no_grad_vjp(g, node):
     return (None,) * len(node.inputs)
 
 
+def apply(name: str, *inputs, **params):
+    """Apply primitive `name` to Tensors whose shapes and dtypes are already right (vjps use it to
+    skip the user-facing ops' argument checks; it still records autograd and tracing)."""
+    from .dispatch import dispatch
+
+    return dispatch(PRIMS[name], inputs, params)
+
+
 # ---------------------------------------------------------------------------------------------
 # shape rules
 
@@ -303,12 +311,14 @@ def _restore(g, n):
     x = n.inputs[0]
     dims, keepdim = n.params["dims"], n.params["keepdim"]
     if not keepdim:
-        g = g.reshape(_reduced_shape(x.shape, dims, True))
+        g = apply("reshape", g, shape=_reduced_shape(x.shape, dims, True))
     return g
 
 
 def _sum_vjp(g, n):
-    return (_restore(g, n).expand(n.inputs[0].shape),)
+    g = _restore(g, n)
+    shape = n.inputs[0].shape
+    return (g if g.shape == shape else apply("expand", g, shape=tuple(shape)),)
 
 
 def _extreme_vjp(g, n):
@@ -608,7 +618,7 @@ def _gather_infer(x, index, dim):
 
 def _gather_vjp(g, n):
     x, index = n.inputs
-    return g.new_zeros(x.shape).scatter_add(n.params["dim"], index, g), None
+    return apply("scatter_add", g.new_zeros(x.shape), index, g, dim=n.params["dim"]), None
 
 
 def _grid(index, dim):
