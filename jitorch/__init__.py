@@ -6,7 +6,7 @@
     y.backward()
 """
 
-from . import autograd, dtypes
+from . import autograd, cpu_memory, dtypes
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
@@ -190,6 +190,7 @@ from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, s
 from .tensor import Size, Tensor
 
 _install_methods()
+cpu_memory.tune_malloc()
 
 from . import compiler  # noqa: E402 - needs the Tensor methods installed
 from .compiler import compile  # noqa: E402,A001
