@@ -5,6 +5,7 @@ hence a module of their own, imported lazily)."""
 import math
 
 import numba
+import numpy as np
 
 
 @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
@@ -72,3 +73,39 @@ def relu_grad(g, out_value, result):
     """relu's backward in one pass: the gradient where the output is not <= 0 (NaN passes)."""
     for i in range(result.size):
         result[i] = 0 if out_value[i] <= 0 else g[i]
+
+
+# The max of each row: numpy reduces a short trailing axis with one inner-loop call per row, and
+# a plain loop here would chain every compare on the one before. Eight running maxima let the CPU
+# overlap the compares (and LLVM pack them into vectors); NaN is counted apart, since a compare
+# with NaN is false and the running maxima would skip it.
+
+
+@numba.njit(cache=True, boundscheck=False)
+def row_max(x, out):
+    """out[r] = max over c of x[r, c] for a (rows, cols >= 1) array; NaN if the row has one."""
+    rows, cols = x.shape
+    whole = cols - cols % 8
+    for r in range(rows):
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[r, 0]
+        for c in range(0, whole, 8):
+            m0 = max_of(m0, x[r, c])
+            m1 = max_of(m1, x[r, c + 1])
+            m2 = max_of(m2, x[r, c + 2])
+            m3 = max_of(m3, x[r, c + 3])
+            m4 = max_of(m4, x[r, c + 4])
+            m5 = max_of(m5, x[r, c + 5])
+            m6 = max_of(m6, x[r, c + 6])
+            m7 = max_of(m7, x[r, c + 7])
+        for c in range(whole, cols):
+            m0 = max_of(m0, x[r, c])
+        nans = 0
+        for c in range(cols):
+            nans += x[r, c] != x[r, c]
+        m = max_of(max_of(max_of(m0, m1), max_of(m2, m3)), max_of(max_of(m4, m5), max_of(m6, m7)))
+        out[r] = m if nans == 0 else np.nan
+
+
+@numba.njit(inline="always")
+def max_of(a, b):
+    return b if b > a else a

@@ -15,6 +15,66 @@ def erf(x: np.ndarray) -> np.ndarray:
     return erf_kernel(x.astype(np.float32)).astype(x.dtype)
 
 
+# Sums over the leading or the trailing dims of a contiguous float array as a product with a ones
+# vector: BLAS's GEMV is vectorized and multi-threaded, while numpy adds a leading axis one row at
+# a time and a short trailing axis one row per inner-loop call (`python bench/eager.py` times both
+# on a training step's bias-gradient and softmax shapes).
+BLAS_SUM_MIN_ELEMENTS = 16384
+_ones: dict[tuple[np.dtype, int], np.ndarray] = {}
+
+
+def _ones_vector(dtype: np.dtype, n: int) -> np.ndarray:
+    key = (dtype, n)
+    if key not in _ones:
+        _ones[key] = np.ones(n, dtype)
+    return _ones[key]
+
+
+def sum_by_blas(x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray | None:
+    """`x.sum(dims, keepdims)` through BLAS when `dims` are the leading or the trailing dims of a
+    C-contiguous float32/float64 array of some size; None otherwise (numpy then sums)."""
+    if x.size < BLAS_SUM_MIN_ELEMENTS:
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN without a warning, as in PyTorch
+        rows = _trailing_rows(x, dims)
+        if rows is not None:  # one sum per row
+            return _reduced(rows @ _ones_vector(x.dtype, rows.shape[1]), x, dims, keepdims)
+        count = len(dims)
+        if (tuple(sorted(dims)) != tuple(range(count)) or x.dtype not in (np.float32, np.float64)
+                or not x.flags.c_contiguous):
+            return None
+        cols = x.reshape(int(np.prod(x.shape[:count])), -1)  # leading dims: one sum per column
+        return _reduced(_ones_vector(x.dtype, cols.shape[0]) @ cols, x, dims, keepdims)
+
+
+def _trailing_rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
+    """A C-contiguous float32/float64 `x` as (rows, cols) when `dims` are its trailing dims."""
+    if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous or not dims:
+        return None
+    count = len(dims)
+    if tuple(sorted(dims)) != tuple(range(x.ndim - count, x.ndim)):
+        return None
+    return x.reshape(-1, int(np.prod(x.shape[x.ndim - count:])))
+
+
+def _reduced(out: np.ndarray, x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    return out.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)) if keepdims
+                       else tuple(n for d, n in enumerate(x.shape) if d not in dims))
+
+
+def amax_rows(x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray | None:
+    """`x.max(dims, keepdims)` by a Numba row kernel when `dims` are the trailing dims of a
+    contiguous float array of some size (softmax's and cross_entropy's max); None otherwise."""
+    rows = _trailing_rows(x, dims) if x.size >= 4096 else None
+    if rows is None or rows.shape[1] == 0:
+        return None
+    from ._numba_kernels import row_max
+
+    out = np.empty(rows.shape[0], x.dtype)
+    row_max(rows, out)
+    return _reduced(out, x, dims, keepdims)
+
+
 # unsigned views of each element size: kernels that only move data serve every dtype through them
 UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
