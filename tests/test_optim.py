@@ -151,6 +151,25 @@ def test_step_reads_lr_tensor_not_python_float():
     np.testing.assert_allclose(p.detach().numpy(), [-0.25, -0.25])
 
 
+def test_hyperparameter_constants_are_computed_once_per_step():
+    # `1 - beta1` and friends: once per step for the whole group, not once per parameter
+    params = [jitorch.randn(3, requires_grad=True) for _ in range(4)]
+    opt = Adam(params, lr=0.1)
+    group = opt.param_groups[0]
+    computed = []
+    cached = group.per_step
+
+    def counting(name, dtype, compute):
+        return cached(name, dtype, lambda: (computed.append(name), compute())[1])
+
+    group.per_step = counting
+    for p in params:
+        p.grad = jitorch.ones(3)
+    opt.step()
+    opt.step()
+    assert sorted(computed) == sorted(["1 - beta1", "beta2", "1 - beta2", "eps"] * 2)
+
+
 def test_changing_lr_mid_run_takes_effect():
     def halve_at_10(i, jt_opt, pt_opt):
         if i == 9:

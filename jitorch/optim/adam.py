@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from ..creation import zeros, zeros_like
@@ -45,25 +46,28 @@ class Adam(Optimizer):
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         state = self._init_state(p, group)
         grad = -p.grad if group["maximize"] else p.grad
-        lr, eps = group.hyper("lr"), group.hyper("eps")
+        lr = group.hyper("lr")
         beta1, beta2 = group.hyper("betas")
+        const = functools.partial(group.per_step, dtype=p.dtype)
         step = state["step"]
         step.add_(1)
         if group["weight_decay"] != 0:
+            weight_decay = group.hyper("weight_decay")
             if self.decoupled_weight_decay:
-                p.mul_(1 - lr * group.hyper("weight_decay"))
+                p.mul_(const("1 - lr * weight_decay", compute=lambda: 1 - lr * weight_decay))
             else:
-                grad = grad + p * group.hyper("weight_decay")
+                grad = grad + p * const("weight_decay", compute=lambda: weight_decay)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        exp_avg.lerp_(grad, const("1 - beta1", compute=lambda: 1 - beta1))
+        exp_avg_sq.mul_(const("beta2", compute=lambda: beta2)).add_(
+            grad * grad * const("1 - beta2", compute=lambda: 1 - beta2))
         step_size = lr / (1 - beta1**step)
         bias_correction2_sqrt = (1 - beta2**step).sqrt()
         second_moment = exp_avg_sq
         if group["amsgrad"]:
             second_moment = state["max_exp_avg_sq"]
             second_moment.copy_(maximum(second_moment, exp_avg_sq))
-        denom = second_moment.sqrt() / bias_correction2_sqrt + eps
+        denom = second_moment.sqrt() / bias_correction2_sqrt + const("eps", compute=lambda: group.hyper("eps"))
         p.sub_(exp_avg / denom * step_size)
 
 

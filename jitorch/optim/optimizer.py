@@ -54,6 +54,7 @@ class ParamGroup(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__()
         self._hyper: dict[str, Hyper] = {}
+        self._per_step: dict[tuple[str, _dt.DType], Tensor] = {}
         self.update(*args, **kwargs)
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -86,6 +87,16 @@ class ParamGroup(dict):
                 f"param group has no numeric hyperparameter {key!r} (its value is "
                 f"{self.get(key, '<missing>')!r})"
             ) from None
+
+    def per_step(self, name: str, dtype: _dt.DType, compute: Callable[[], Tensor]) -> Tensor:
+        """A constant derived from the hyperparameters (`1 - beta1`, ...) in `dtype`, computed once
+        per `optimizer.step()` for all the group's parameters rather than once for each: a step's
+        hyperparameters don't change, and every 0-d op costs a whole dispatch."""
+        key = (name, dtype)
+        value = self._per_step.get(key)
+        if value is None:
+            value = self._per_step[key] = compute().to(dtype)
+        return value
 
     def _sync(self, key: str, value: Any) -> None:
         """Write `value` into the key's tensor twin, in place when the twin already exists."""
@@ -187,8 +198,10 @@ class Optimizer:
         """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first."""
         loss = self._evaluate_closure(closure)
         for group in self.param_groups:
+            group._per_step.clear()  # the hyperparameters may have changed since the last step
             for p in self._params_with_grad(group):
                 self._update(p, group)
+            group._per_step.clear()  # (and a traced step's values must not outlive its trace)
         return loss
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from ..creation import zeros, zeros_like
@@ -40,21 +41,24 @@ class RMSprop(Optimizer):
         state = self._init_state(p, group)
         grad = -p.grad if group["maximize"] else p.grad
         alpha = group.hyper("alpha")
+        const = functools.partial(group.per_step, dtype=p.dtype)
         state["step"].add_(1)
         if group["weight_decay"] != 0:
-            grad = grad + p * group.hyper("weight_decay")
+            grad = grad + p * const("weight_decay", compute=lambda: group.hyper("weight_decay"))
         square_avg = state["square_avg"]
-        square_avg.mul_(alpha).add_(grad * grad * (1 - alpha))
+        one_minus_alpha = const("1 - alpha", compute=lambda: 1 - alpha)
+        square_avg.mul_(const("alpha", compute=lambda: alpha)).add_(grad * grad * one_minus_alpha)
         if group["centered"]:
             grad_avg = state["grad_avg"]
-            grad_avg.lerp_(grad, 1 - alpha)
+            grad_avg.lerp_(grad, one_minus_alpha)
             avg = (square_avg - grad_avg * grad_avg).sqrt()
         else:
             avg = square_avg.sqrt()
-        avg = avg + group.hyper("eps")
+        avg = avg + const("eps", compute=lambda: group.hyper("eps"))
+        lr = const("lr", compute=lambda: group.hyper("lr"))
         if group["momentum"] > 0:
             buf = state["momentum_buffer"]
-            buf.mul_(group.hyper("momentum")).add_(grad / avg)
-            p.sub_(buf * group.hyper("lr"))
+            buf.mul_(const("momentum", compute=lambda: group.hyper("momentum"))).add_(grad / avg)
+            p.sub_(buf * lr)
         else:
-            p.sub_(grad / avg * group.hyper("lr"))
+            p.sub_(grad / avg * lr)

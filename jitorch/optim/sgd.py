@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from ..tensor import Tensor
@@ -29,17 +30,18 @@ class SGD(Optimizer):
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         grad = -p.grad if group["maximize"] else p.grad
+        const = functools.partial(group.per_step, dtype=p.dtype)
         # Python values only choose which ops run (a compiled step guards on them); the numbers
         # themselves come from the group's tensors so that changing them is not a recompile.
         if group["weight_decay"] != 0:
-            grad = grad + p * group.hyper("weight_decay")
+            grad = grad + p * const("weight_decay", compute=lambda: group.hyper("weight_decay"))
         if group["momentum"] != 0:
-            momentum = group.hyper("momentum")
+            momentum = const("momentum", compute=lambda: group.hyper("momentum"))
             state = self.state[p]
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = grad.detach().clone()
             else:
-                buf.mul_(momentum).add_(grad * (1 - group.hyper("dampening")))
+                buf.mul_(momentum).add_(grad * const("1 - dampening", compute=lambda: 1 - group.hyper("dampening")))
             grad = grad + buf * momentum if group["nesterov"] else buf
-        p.sub_(grad * group.hyper("lr"))
+        p.sub_(grad * const("lr", compute=lambda: group.hyper("lr")))
