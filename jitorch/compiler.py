@@ -564,7 +564,10 @@ class CompiledFunction:
         if program.backward is not None:
             lines.append("backward IR:")
             lines.append(program.backward[0].graph.format())
-        lines.append(f"plan: reference executor (eager CPU kernels), {len(program.plan.steps)} steps")
+        plan = program.plan
+        lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} fused CPU kernels (LLVM), the rest "
+                     "eager CPU kernels")
+        lines += ["  " + line for k in plan.kernels for line in k.kernel.format().splitlines()]
         return "\n".join(lines)
 
 

@@ -103,7 +103,14 @@ def _assert_same_training(*args, **kwargs):
     losses, state, step = _train(*args, compiled=True, **kwargs)
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-4, atol=1e-6)
     for name, ref in eager_state.items():
-        err = np.linalg.norm(state[name].astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12)
+        ours = state[name]
+        if name.endswith("self_attn.in_proj_bias"):
+            # The key bias's exact gradient is zero (softmax ignores a constant added to a row), so
+            # its computed gradient is rounding noise, which Adam scales up to full-size steps:
+            # fused kernels round differently from numpy's. Compare the query and value parts.
+            e = ref.shape[0] // 3
+            ours, ref = np.concatenate([ours[:e], ours[2 * e:]]), np.concatenate([ref[:e], ref[2 * e:]])
+        err = np.linalg.norm(ours.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12)
         assert err < 1e-4, f"{name}: relative error {err:.3g}"
     return step
 

@@ -1,0 +1,1 @@
+"""Code generators: `llvm` renders fused pointwise kernels for the CPU."""

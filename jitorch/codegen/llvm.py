@@ -1,0 +1,550 @@
+"""The CPU backend: fused pointwise kernels as LLVM IR, compiled in-process with llvmlite.
+
+A `fusion.Kernel` becomes one function that runs a loop nest over the kernel's shape, loads each
+input once per element (a broadcast input once per row), evaluates every node as scalar LLVM
+instructions, and stores only the values read outside the kernel. LLVM vectorizes the inner loop.
+
+Before codegen, the kernel's dims are collapsed: adjacent dims merge where every input is either
+full along both or broadcast along both (a (2048, 128) + (128,) bias add is one 2-D loop; a
+same-shape chain is one flat loop). At run time each input is viewed in that collapsed shape (a
+copy only when its layout can't be) and passes its strides in elements; an input's innermost
+stride is static: 0 when it is broadcast along that dim, else 1 (a strided input is copied first).
+
+All kernels of one program are compiled in one LLVM module (one optimization pipeline and one
+machine-code emission for the lot), and an identical module is compiled once per process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+from llvmlite import ir
+
+from .. import dtypes as _dt
+from ..ir.fusion import Kernel
+from ..ir.graph import Node, Value
+
+# ---------------------------------------------------------------------------------------------
+# types
+
+F32, F64 = ir.FloatType(), ir.DoubleType()
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+PTR = ir.PointerType()
+_LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int32": I32, "int64": I64}
+_MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int32": I32, "int64": I64}
+
+
+def _is_float(v: Value) -> bool:
+    return v.dtype.name in ("float32", "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# the scalar expression of each primitive: render(b, node, args) -> an LLVM value
+# (`b` is an _Emitter: an IRBuilder plus the intrinsics it may call)
+
+
+def _float_binary(name: str) -> Callable:
+    return lambda b, n, a: getattr(b.ir, name)(a[0], a[1])
+
+
+def _arith(float_op: str, int_op: str) -> Callable:
+    def render(b, n, a):
+        return getattr(b.ir, float_op if _is_float(n.out) else int_op)(a[0], a[1])
+    return render
+
+
+def _extreme(float_pred: str, int_pred: str) -> Callable:
+    """maximum/minimum: NaN in either operand gives NaN, as in numpy and PyTorch."""
+    def render(b, n, a):
+        x, y = a
+        if not _is_float(n.out):
+            return b.ir.select(b.ir.icmp_signed(int_pred, x, y), x, y)
+        pick = b.ir.select(b.ir.fcmp_ordered(float_pred, x, y), x, y)
+        return b.ir.select(b.ir.fcmp_unordered("uno", x, y), b.ir.fadd(x, y), pick)
+    return render
+
+
+def _compare(ordered: str, signed: str) -> Callable:
+    def render(b, n, a):
+        x, y = a
+        if _is_float(n.inputs[0]):
+            # != is true for NaN (unordered); the other comparisons are false for NaN
+            return b.ir.fcmp_unordered(ordered, x, y) if ordered == "!=" else b.ir.fcmp_ordered(ordered, x, y)
+        if n.inputs[0].dtype.name == "bool":
+            return b.ir.icmp_unsigned(signed, x, y)
+        return b.ir.icmp_signed(signed, x, y)
+    return render
+
+
+def _truth(b, v: Value, x):
+    """numpy's truth value of an element (NaN is true)."""
+    if v.dtype.name == "bool":
+        return x
+    if _is_float(v):
+        return b.ir.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
+    return b.ir.icmp_signed("!=", x, ir.Constant(x.type, 0))
+
+
+def _logical(op: str) -> Callable:
+    return lambda b, n, a: getattr(b.ir, op)(_truth(b, n.inputs[0], a[0]), _truth(b, n.inputs[1], a[1]))
+
+
+def _cast(b, n, a):
+    src, dst = n.inputs[0], n.out
+    x = a[0]
+    to = _LLVM_TYPE[dst.dtype.name]
+    if dst.dtype.name == "bool":
+        return _truth(b, src, x)
+    if src.dtype.name == "bool":
+        return b.ir.uitofp(x, to) if _is_float(dst) else b.ir.zext(x, to)
+    if _is_float(src) and _is_float(dst):
+        if src.dtype == dst.dtype:
+            return x
+        return b.ir.fpext(x, to) if dst.dtype.name == "float64" else b.ir.fptrunc(x, to)
+    if _is_float(src):
+        return b.ir.fptosi(x, to)
+    if _is_float(dst):
+        return b.ir.sitofp(x, to)
+    if src.dtype == dst.dtype:
+        return x
+    return b.ir.sext(x, to) if to.width > x.type.width else b.ir.trunc(x, to)
+
+
+def _const(x, value: float):
+    return ir.Constant(x.type, value)
+
+
+def _sigmoid(b, n, a):
+    x = a[0]
+    one = _const(x, 1.0)
+    return b.ir.fdiv(one, b.ir.fadd(one, b.call("exp", b.ir.fneg(x))))
+
+
+def _tanh(b, n, a):
+    x = a[0]  # 1 - 2 / (exp(2x) + 1): exact at the extremes (inf -> 1)
+    one = _const(x, 1.0)
+    e = b.call("exp", b.ir.fadd(x, x))
+    return b.ir.fsub(one, b.ir.fdiv(_const(x, 2.0), b.ir.fadd(e, one)))
+
+
+def _relu(b, n, a):
+    x = a[0]
+    return b.ir.select(b.ir.fcmp_ordered("<", x, _const(x, 0.0)), _const(x, 0.0), x)  # NaN passes
+
+
+def _relu_backward(b, n, a):
+    g, out = a
+    return b.ir.select(b.ir.fcmp_ordered("<=", out, _const(out, 0.0)), _const(g, 0.0), g)
+
+
+def _neg(b, n, a):
+    return b.ir.fneg(a[0]) if _is_float(n.out) else b.ir.neg(a[0])
+
+
+def _abs(b, n, a):
+    x = a[0]
+    if _is_float(n.out):
+        return b.call("fabs", x)
+    return b.ir.select(b.ir.icmp_signed("<", x, ir.Constant(x.type, 0)), b.ir.neg(x), x)
+
+
+def _isinf(b, n, a):
+    x = a[0]
+    return b.ir.fcmp_ordered("==", b.call("fabs", x), _const(x, math.inf))
+
+
+# float-only ops: float inputs and output
+_FLOAT_ONLY = {
+    "exp": lambda b, n, a: b.call("exp", a[0]),
+    "log": lambda b, n, a: b.call("log", a[0]),
+    "sqrt": lambda b, n, a: b.call("sqrt", a[0]),
+    "rsqrt": lambda b, n, a: b.ir.fdiv(_const(a[0], 1.0), b.call("sqrt", a[0])),
+    "reciprocal": lambda b, n, a: b.ir.fdiv(_const(a[0], 1.0), a[0]),
+    "tanh": _tanh,
+    "sigmoid": _sigmoid,
+    "floor": lambda b, n, a: b.call("floor", a[0]),
+    "ceil": lambda b, n, a: b.call("ceil", a[0]),
+    "trunc": lambda b, n, a: b.call("trunc", a[0]),
+    "round": lambda b, n, a: b.call("roundeven", a[0]),  # numpy rounds halves to even
+    "relu": _relu,
+    "relu_backward": _relu_backward,
+    "div": _float_binary("fdiv"),
+    "pow": lambda b, n, a: b.call("pow", a[0], a[1]),
+}
+
+# ops on float or integer operands (not bool)
+_NUMERIC = {
+    "neg": _neg,
+    "abs": _abs,
+    "add": _arith("fadd", "add"),
+    "sub": _arith("fsub", "sub"),
+    "mul": _arith("fmul", "mul"),
+    "maximum": _extreme(">", ">"),
+    "minimum": _extreme("<", "<"),
+}
+
+# ops that take any supported dtype
+_ANY = {
+    "eq": _compare("==", "=="),
+    "ne": _compare("!=", "!="),
+    "lt": _compare("<", "<"),
+    "le": _compare("<=", "<="),
+    "gt": _compare(">", ">"),
+    "ge": _compare(">=", ">="),
+    "logical_and": _logical("and_"),
+    "logical_or": _logical("or_"),
+    "logical_xor": _logical("xor"),
+    "logical_not": lambda b, n, a: b.ir.not_(_truth(b, n.inputs[0], a[0])),
+    "where": lambda b, n, a: b.ir.select(_truth(b, n.inputs[0], a[0]), a[1], a[2]),
+    "cast": _cast,
+    "copy": lambda b, n, a: a[0],
+}
+
+_FLOAT_TESTS = {
+    "isnan": lambda b, n, a: b.ir.fcmp_unordered("uno", a[0], a[0]),
+    "isinf": _isinf,
+}
+
+
+def fusible(node: Node) -> bool:
+    """Whether this backend can compute `node` inside a fused kernel."""
+    values = (*node.inputs, node.out)
+    if any(v.dtype.name not in _LLVM_TYPE for v in values):
+        return False
+    if node.op in _FLOAT_ONLY:
+        return all(_is_float(v) for v in values)
+    if node.op in _NUMERIC:
+        return all(v.dtype.name != "bool" for v in values)
+    if node.op in _FLOAT_TESTS:
+        return _is_float(node.inputs[0])
+    return node.op in _ANY
+
+
+def _render(b, node: Node, args: list):
+    op = node.op
+    table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \
+        else _ANY
+    return table[op](b, node, args)
+
+
+class _Emitter:
+    """An IRBuilder plus the math functions kernels call (LLVM intrinsics, declared on first use)."""
+
+    def __init__(self, module: ir.Module, builder: ir.IRBuilder) -> None:
+        self.module = module
+        self.ir = builder
+
+    def call(self, name: str, *args):
+        ty = args[0].type
+        suffix = "f32" if ty == F32 else "f64"
+        fname = f"llvm.{name}.{suffix}"
+        fn = self.module.globals.get(fname)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), fname)
+        return self.ir.call(fn, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# dims: the collapsed loop nest of a kernel
+
+
+def _padded(v: Value, ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - len(v.shape)) + v.shape
+
+
+def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], list[tuple[tuple[int, ...], ...]]]:
+    """The kernel's loop shape after merging dims, each input's broadcast flags along it, and for
+    each input the groups of original dims that each loop dim covers."""
+    shape = kernel.shape
+    ndim = len(shape)
+    dims = [d for d in range(ndim) if shape[d] != 1]
+    padded = [_padded(v, ndim) for v in kernel.inputs]
+
+    def flags(d):
+        return tuple(p[d] == 1 for p in padded)
+
+    groups: list[list[int]] = []
+    for d in dims:
+        if groups and flags(groups[-1][-1]) == flags(d):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    loop_shape = tuple(int(np.prod([shape[d] for d in g])) for g in groups)
+    broadcast = [tuple(p[g[0]] == 1 for g in groups) for p in padded]
+    dim_groups = [tuple(tuple(g) for g in groups)] * len(kernel.inputs)
+    return loop_shape, broadcast, dim_groups
+
+
+# ---------------------------------------------------------------------------------------------
+# codegen of one kernel
+
+
+def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tuple[int, ...],
+                 broadcast: list[tuple[bool, ...]]) -> None:
+    """`void fname(i64* shape, i64* strides, ptr* data)`: strides are n_operands x ndim elements,
+    operands are the kernel's inputs then its outputs."""
+    ndim = len(loop_shape)
+    operands = list(kernel.inputs) + list(kernel.outputs)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]), fname)
+    fn.args[0].name, fn.args[1].name, fn.args[2].name = "shape", "strides", "data"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    emit = _Emitter(module, b)
+    sizes = [b.load(b.gep(fn.args[0], [ir.Constant(I64, d)], inbounds=True, source_etype=I64), typ=I64)
+             for d in range(ndim)]
+    strides = [[b.load(b.gep(fn.args[1], [ir.Constant(I64, k * max(ndim, 1) + d)], inbounds=True, source_etype=I64),
+                       typ=I64) for d in range(ndim)] for k in range(len(operands))]
+    bases = [b.load(b.gep(fn.args[2], [ir.Constant(I64, k)], inbounds=True, source_etype=PTR), typ=PTR)
+             for k in range(len(operands))]
+    n_in = len(kernel.inputs)
+    out_broadcast = [(False,) * ndim] * len(kernel.outputs)
+    inner_static = [bc[-1] if ndim else True for bc in broadcast + out_broadcast]  # True: stride 0
+
+    def body(offsets: list):
+        """The per-element code at the innermost point, given each operand's element offset."""
+        env: dict[int, object] = {}
+        for k, v in enumerate(kernel.inputs):
+            env[v.id] = _load(b, v, bases[k], offsets[k])
+        for node in kernel.nodes:
+            env[node.out.id] = _render(emit, node, [env[v.id] for v in node.inputs])
+        for j, v in enumerate(kernel.outputs):
+            _store(b, v, env[v.id], bases[n_in + j], offsets[n_in + j])
+
+    if ndim == 0:
+        body([ir.Constant(I64, 0)] * len(operands))
+    else:
+        _loop_nest(b, fn, sizes, strides, inner_static, [ir.Constant(I64, 0)] * len(operands), 0, body)
+    b.ret_void()
+
+
+def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, offsets, d: int, body) -> None:
+    """Counted loop over dim `d`; the innermost dim indexes each operand by i (or 0 if broadcast)."""
+    ndim = len(sizes)
+    innermost = d == ndim - 1
+    pre = b.block
+    head = fn.append_basic_block(f"d{d}.head")
+    loop = fn.append_basic_block(f"d{d}.body")
+    done = fn.append_basic_block(f"d{d}.done")
+    b.cbranch(b.icmp_signed(">", sizes[d], ir.Constant(I64, 0)), head, done)
+    b.position_at_end(head)
+    i = b.phi(I64, name=f"i{d}")
+    i.add_incoming(ir.Constant(I64, 0), pre)
+    b.branch(loop)
+    b.position_at_end(loop)
+    if innermost:
+        inner = [off if bcast else b.add(off, i) for off, bcast in zip(offsets, inner_static)]
+        body(inner)
+    else:
+        inner = [b.add(off, b.mul(i, strides[k][d])) for k, off in enumerate(offsets)]
+        _loop_nest(b, fn, sizes, strides, inner_static, inner, d + 1, body)
+    nxt = b.add(i, ir.Constant(I64, 1), flags=["nuw", "nsw"])
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, sizes[d]), head, done)
+    b.position_at_end(done)
+
+
+def _load(b: ir.IRBuilder, v: Value, base, offset):
+    ty = _MEMORY_TYPE[v.dtype.name]
+    x = b.load(b.gep(base, [offset], inbounds=True, source_etype=ty), typ=ty)
+    return b.icmp_unsigned("!=", x, ir.Constant(I8, 0)) if v.dtype.name == "bool" else x
+
+
+def _store(b: ir.IRBuilder, v: Value, x, base, offset) -> None:
+    ty = _MEMORY_TYPE[v.dtype.name]
+    if v.dtype.name == "bool":
+        x = b.zext(x, I8)
+    b.store(x, b.gep(base, [offset], inbounds=True, source_etype=ty))
+
+
+# ---------------------------------------------------------------------------------------------
+# compiling kernels: one shared JIT engine, a process-wide table of compiled kernels, a disk cache
+#
+# A kernel's code depends on its nodes, dtypes and broadcast pattern, not on its sizes (they are
+# arguments), so the same update of differently shaped parameters, or the same layer twice, is one
+# function. Each distinct function is its own small module, named by the digest of its IR text:
+# compiled once per process, and its machine code is kept on disk for the next process.
+
+_addresses: dict[str, int] = {}  # digest -> function address in the engine
+_engine = None
+_target_machine = None
+
+
+def _machine():
+    global _target_machine
+    if _target_machine is None:
+        import llvmlite.binding as llvm
+
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        _target_machine = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                                       features=llvm.get_host_cpu_features().flatten(),
+                                                       opt=3, jit=True)
+    return _target_machine
+
+
+def cache_dir() -> str:
+    """Where compiled kernels are kept: per llvmlite version and host CPU (JITORCH_CACHE_DIR moves it)."""
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    root = os.environ.get("JITORCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jitorch")
+    features = hashlib.sha1(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]
+    return os.path.join(root, "llvm", f"llvmlite{llvmlite.__version__}-{llvm.get_host_cpu_name()}-{features}")
+
+
+def _read_cached(digest: str) -> bytes | None:
+    """The cached object code, or None when absent or damaged (a truncated or corrupt file is
+    recompiled: its leading checksum no longer matches)."""
+    if os.environ.get("JITORCH_CACHE", "1") == "0":
+        return None
+    try:
+        with open(os.path.join(cache_dir(), digest + ".o"), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    checksum, body = data[:32], data[32:]
+    return body if body and hashlib.sha256(body).digest() == checksum else None
+
+
+def _write_cached(digest: str, body: bytes) -> None:
+    """Atomically (temp file, then rename), so a reader never sees half a file; failures only
+    cost a recompile next time."""
+    if os.environ.get("JITORCH_CACHE", "1") == "0":
+        return
+    folder = cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.sha256(body).digest() + body)
+        os.replace(tmp, os.path.join(folder, digest + ".o"))
+    except OSError:
+        pass
+
+
+def _shared_engine():
+    global _engine
+    if _engine is None:
+        import llvmlite.binding as llvm
+
+        _engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine())
+        # only kernel modules (named by their digest) are cached, not the engine's empty first one
+        _engine.set_object_cache(
+            lambda module, body: _is_digest(module.name) and _write_cached(module.name, bytes(body)),
+            lambda module: _read_cached(module.name) if _is_digest(module.name) else None)
+    return _engine
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 40 and all(c in "0123456789abcdef" for c in name)
+
+
+def _optimize(module) -> None:
+    import llvmlite.binding as llvm
+
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pb = llvm.create_pass_builder(_machine(), pto)
+    pb.getModulePassManager().run(module, pb)
+
+
+def ensure_compiled(texts: dict[str, str]) -> None:
+    """Compile the kernels (digest -> IR text of a function named @"kernel") not compiled yet."""
+    import llvmlite.binding as llvm
+
+    new = {d: t for d, t in texts.items() if d not in _addresses}
+    if not new:
+        return
+    engine, tm = _shared_engine(), _machine()
+    for digest, text in new.items():
+        module = llvm.parse_assembly(text.replace('@"kernel"', f'@"{_symbol(digest)}"'))
+        module.name = digest
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        if _read_cached(digest) is None:  # a cached one is loaded as machine code: no need to optimize
+            module.verify()
+            _optimize(module)
+        engine.add_module(module)
+    engine.finalize_object()
+    for digest in new:
+        _addresses[digest] = engine.get_function_address(_symbol(digest))
+
+
+def _symbol(digest: str) -> str:
+    return f"jitorch_kernel_{digest[:24]}"
+
+
+_KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class CompiledKernel:
+    """A fused kernel ready to run on numpy arrays: `run(inputs) -> outputs`."""
+
+    def __init__(self, kernel: Kernel, loop_shape, broadcast, dim_groups, fn_address: int, text: str = "") -> None:
+        self.kernel = kernel
+        self.name = kernel.name()
+        self.source = "\n".join("; " + line for line in kernel.format().splitlines()) + "\n" + text
+        self.loop_shape = loop_shape
+        self.ndim = len(loop_shape)
+        self.broadcast = broadcast
+        self.dim_groups = dim_groups
+        self.fn = _KERNEL_TYPE(fn_address)
+        self.out_dtypes = [v.dtype.np for v in kernel.outputs]
+        self.in_views = [self._view_shape(v, groups) for v, groups in zip(kernel.inputs, dim_groups)]
+        self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
+        # outputs are ours, C-contiguous: their strides are fixed
+        out_strides = [int(np.prod(loop_shape[d + 1:])) for d in range(self.ndim)]
+        self.out_strides = out_strides * len(kernel.outputs)
+
+    def _view_shape(self, v: Value, groups) -> tuple[int, ...]:
+        padded = _padded(v, len(self.kernel.shape))
+        return tuple(int(np.prod([padded[d] for d in g])) for g in groups)
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        ndim = self.ndim
+        strides: list[int] = []
+        pointers: list[int] = []
+        keep = []
+        for array, view_shape, bcast in zip(arrays, self.in_views, self.broadcast):
+            view = array.reshape(view_shape) if array.shape != view_shape else array
+            item = view.itemsize
+            if ndim and not bcast[-1] and view.strides[-1] != item:
+                view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
+            keep.append(view)
+            strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
+            pointers.append(view.__array_interface__["data"][0])
+        outs = [np.empty(self.kernel.shape, dt) for dt in self.out_dtypes]
+        pointers += [o.__array_interface__["data"][0] for o in outs]
+        strides += self.out_strides
+        self.fn(self.shape_arg, (ctypes.c_int64 * max(len(strides), 1))(*strides),
+                (ctypes.c_void_p * len(pointers))(*pointers))
+        return outs
+
+
+def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:
+    """The LLVM IR of one kernel as a module of its own, its function named @"kernel"."""
+    module = ir.Module(name="kernel")
+    _emit_kernel(module, kernel, "kernel", loop_shape, broadcast)
+    return str(module)
+
+
+def compile_kernels(kernels: list[Kernel]) -> list[CompiledKernel]:
+    """Generate the kernels' code and compile what this process has not compiled yet."""
+    plans = []
+    for kernel in kernels:
+        loop_shape, broadcast, dim_groups = collapse(kernel)
+        text = kernel_text(kernel, loop_shape, broadcast)
+        plans.append((kernel, loop_shape, broadcast, dim_groups, hashlib.sha1(text.encode()).hexdigest(), text))
+    ensure_compiled({p[4]: p[5] for p in plans})
+    return [CompiledKernel(k, ls, bc, dg, _addresses[digest], text) for k, ls, bc, dg, digest, text in plans]
+
+
+def dtype_supported(dtype: _dt.DType) -> bool:
+    return dtype.name in _LLVM_TYPE

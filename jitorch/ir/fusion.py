@@ -1,0 +1,92 @@
+"""Fusion: group a graph's pointwise nodes into kernels.
+
+A kernel is a set of pointwise nodes with one output shape. Its external inputs may have any shape
+that broadcasts to it (a bias, a row statistic, a scalar); values made inside it never touch
+memory unless something outside the kernel (or the graph's output) reads them.
+
+The grouping is greedy in execution order, one open kernel per output shape. A node joins the
+open kernel of its shape when each of its inputs is either made inside that kernel or defined
+before the kernel's first node. That rule is what makes a kernel safe to run as a unit at the
+position of its first node: everything it reads exists by then, and nothing that runs in between
+(a matmul, a reduction) can feed it. Independent chains of one shape (the updates of same-shaped
+parameters) land in one kernel: horizontal fusion for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .graph import Graph, Node, Value, format_node
+
+MAX_NODES_PER_KERNEL = 96  # a bound on one kernel's compile time, not on its speed
+
+
+@dataclass
+class Kernel:
+    """Pointwise nodes run as one loop nest over `shape`."""
+
+    shape: tuple[int, ...]
+    start: int  # index of its first node in the graph: where it runs
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)  # read from memory
+    outputs: list[Value] = field(default_factory=list)  # written to memory
+
+    def format(self) -> str:
+        head = (f"kernel {self.name()} over {list(self.shape)}: reads "
+                f"{' '.join(v.name for v in self.inputs) or '-'}, writes {' '.join(v.name for v in self.outputs)}")
+        return "\n".join([head] + ["    " + format_node(n) for n in self.nodes])
+
+    def name(self) -> str:
+        ops = [n.op for n in self.nodes]
+        core = "_".join(dict.fromkeys(ops))[:48]
+        return f"fused_{core}_{'x'.join(map(str, self.shape)) or 'scalar'}"
+
+
+def partition(graph: Graph, fusible: Callable[[Node], bool]) -> list[Node | Kernel]:
+    """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
+    A kernel of one node is returned as the plain node (nothing to gain from a kernel of one op)."""
+    position = {node.out.id: i for i, node in enumerate(graph.nodes)}
+    open_kernels: dict[tuple[int, ...], Kernel] = {}
+    kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
+    order: list[Node | Kernel] = []
+    for i, node in enumerate(graph.nodes):
+        if not fusible(node):
+            order.append(node)
+            continue
+        kernel = open_kernels.get(node.out.shape)
+        if kernel is None or len(kernel.nodes) >= MAX_NODES_PER_KERNEL or not _can_join(node, kernel, position,
+                                                                                          kernel_of):
+            kernel = open_kernels[node.out.shape] = Kernel(node.out.shape, i)
+            order.append(kernel)
+        kernel.nodes.append(node)
+        kernel_of[node.out.id] = kernel
+    _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
+    return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 else k for k in order]
+
+
+def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
+    for v in node.inputs:
+        if kernel_of.get(v.id) is kernel or v.node is not None and v.node.op == "const":
+            continue  # (constants exist before anything runs)
+        if position.get(v.id, -1) >= kernel.start:  # (graph inputs have no position)
+            return False  # made after the kernel starts, outside it: the kernel could not run first
+    return True
+
+
+def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> None:
+    """Fill each kernel's inputs (values it reads from outside) and outputs (values read outside)."""
+    read_outside: set[int] = {v.id for v in graph.outputs}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if kernel_of.get(node.out.id) is not kernel_of.get(v.id):
+                read_outside.add(v.id)
+    for kernel in kernels:
+        made = {n.out.id for n in kernel.nodes}
+        seen: set[int] = set()
+        for node in kernel.nodes:
+            for v in node.inputs:
+                if v.id not in made and v.id not in seen:
+                    seen.add(v.id)
+                    kernel.inputs.append(v)
+        kernel.outputs = [n.out for n in kernel.nodes if n.out.id in read_outside]

@@ -1,0 +1,171 @@
+"""Fusion and the CPU backend: how many kernels a graph becomes (a tested fact, not a hope), what
+they compute on every broadcast layout and dtype, and the disk cache of compiled kernels."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import jitorch as jt
+import jitorch.nn.functional as F
+from jitorch.codegen import llvm
+
+
+def plan_of(compiled):
+    programs = [p for entries in compiled.cache.values() for p in entries]
+    assert len(programs) == 1
+    return programs[0].plan
+
+
+def kernels_of(fn, *args):
+    compiled = jt.compile(fn)
+    compiled(*args)
+    return plan_of(compiled).kernels
+
+
+def test_a_pointwise_chain_is_one_kernel():
+    kernels = kernels_of(lambda x, b: ((x * 2 + b).relu() - x.exp()).sigmoid() * (x > 0),
+                         jt.randn(8, 16), jt.randn(16))
+    assert len(kernels) == 1
+    assert [n.op for n in kernels[0].kernel.nodes][:4] == ["mul", "add", "relu", "exp"]
+    assert kernels[0].name.startswith("fused_mul_add_relu_exp")
+
+
+def test_only_values_read_outside_are_written():
+    x = jt.randn(4, 5)
+    (kernel,) = kernels_of(lambda x: ((x + 1) * 3).tanh(), x)
+    assert len(kernel.kernel.outputs) == 1  # x + 1 and (x + 1) * 3 stay in registers
+
+
+def test_a_matmul_splits_chains_and_reductions_stay_outside():
+    w = jt.randn(16, 16)
+    kernels = kernels_of(lambda x: ((x * 2 + 1) @ w).relu().sum(-1) + 1, jt.randn(8, 16))
+    # x*2+1 before the matmul, relu after it (the sum is numpy's, the +1 on 8 elements is one node)
+    assert [[n.op for n in k.kernel.nodes] for k in kernels] == [["mul", "add"]]
+
+
+def test_softmax_and_layer_norm_kernel_counts():
+    x = jt.randn(32, 64)
+    # exp(x - max) is one kernel; max and sum are reductions and the division is a single op
+    assert len(kernels_of(lambda x: x.softmax(-1), x)) == 1
+    w, b = jt.randn(64), jt.randn(64)
+    # centre and square; the row statistic's (var + eps).rsqrt(); scale and shift
+    assert len(kernels_of(lambda x: F.layer_norm(x, (64,), w, b), x)) == 3
+
+
+def test_same_shaped_independent_chains_share_a_kernel():
+    a, b = jt.randn(10, 3), jt.randn(10, 3)
+    (kernel,) = kernels_of(lambda a, b: ((a * 2).exp(), (b - 1).abs()), a, b)
+    assert len(kernel.kernel.outputs) == 2
+
+
+LAYOUTS = {
+    "same shape": lambda g: (g((6, 7, 9)), g((6, 7, 9))),
+    "bias": lambda g: (g((6, 7, 9)), g((9,))),
+    "row statistic": lambda g: (g((6, 7, 9)), g((6, 7, 1))),
+    "middle broadcast": lambda g: (g((6, 7, 9)), g((6, 1, 9))),
+    "scalar": lambda g: (g((6, 7, 9)), g(())),
+    "broadcast first": lambda g: (g((7, 1)), g((6, 7, 9))),
+    "transposed input": lambda g: (np.swapaxes(g((9, 7, 6)), 0, 2), g((6, 7, 9))),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_broadcast_layouts_match_pytorch(layout, dtype):
+    rng = np.random.default_rng(0)
+
+    def gen(shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    a, b = LAYOUTS[layout](gen)
+
+    def fn(lib, x, y):
+        return lib.maximum(x * y - y / 3, x).exp() + lib.where(x > y, x, y).tanh()
+
+    ours = jt.compile(lambda x, y: fn(jt, x, y))(jt.tensor(a), jt.tensor(b)).numpy()
+    theirs = fn(torch, torch.tensor(a), torch.tensor(b)).numpy()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol)
+
+
+def test_nan_inf_and_integer_and_bool_semantics():
+    x = np.array([np.nan, -np.inf, -1.5, -0.0, 0.0, 2.5, np.inf], np.float32)
+    i = np.array([-3, -1, 0, 1, 2, 3, 4], np.int64)
+    m = np.array([True, False, True, False, True, True, False])
+
+    def fn(lib, x, i, m):
+        return (lib.maximum(x, x * 0 + 1), lib.minimum(x, x * 0), x.relu(), x != x, x.isinf(),
+                (i * 3 - 1).abs(), lib.maximum(i, i * 0), (i > 0) & m, lib.logical_not(x),
+                x.to(lib.int64) if False else (i.to(lib.float32) / 2).floor(), lib.where(m, x, 0.5 * x))
+
+    ours = jt.compile(lambda x, i, m: fn(jt, x, i, m))(jt.tensor(x), jt.tensor(i), jt.tensor(m))
+    theirs = fn(torch, torch.tensor(x), torch.tensor(i), torch.tensor(m))
+    for a, b in zip(ours, theirs):
+        assert a.dtype.name == str(b.dtype).replace("torch.", "")
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_training_step_uses_fused_kernels_and_matches_eager():
+    jt.manual_seed(0)
+    model = jt.nn.Sequential(jt.nn.Linear(12, 32), jt.nn.LayerNorm(32), jt.nn.ReLU(), jt.nn.Linear(32, 3))
+    opt = jt.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = jt.randn(16, 12), jt.randint(0, 3, (16,))
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = jt.compile(step)
+    losses = [compiled(x, y).item() for _ in range(4)]
+    steady = [p for entries in compiled.cache.values() for p in entries if not p.one_shot]
+    assert steady and len(steady[0].plan.kernels) >= 5
+    assert losses[-1] < losses[0]
+
+
+def test_identical_kernels_are_compiled_once():
+    before = len(llvm._addresses)
+    kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(3, 4))
+    after_first = len(llvm._addresses)
+    kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(50, 7))  # other sizes: the same function
+    assert after_first == before + 1 and len(llvm._addresses) == after_first
+
+
+CACHE_SCRIPT = """
+import numpy as np, jitorch as jt
+f = jt.compile(lambda x: (x * 3 + 1).sigmoid() - x)
+x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+out = f(jt.tensor(x)).numpy()
+np.testing.assert_allclose(out, 1 / (1 + np.exp(-(x * 3 + 1))) - x, rtol=1e-6, atol=1e-6)
+print("ok")
+"""
+
+
+def test_disk_cache_is_reused_and_a_corrupt_entry_is_recompiled(tmp_path):
+    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path))
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+        return sorted(tmp_path.rglob("*.o"))
+
+    (entry,) = run()
+    stamp = entry.stat().st_mtime_ns
+    assert run() == [entry] and entry.stat().st_mtime_ns == stamp  # loaded, not rewritten
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # truncated
+    run()
+    assert entry.stat().st_size > 0 and entry.stat().st_mtime_ns != stamp  # recompiled and rewritten
+
+
+def test_fusion_can_be_switched_off():
+    env = dict(os.environ, JITORCH_CPU_FUSION="0")
+    script = ("import jitorch as jt\nf = jt.compile(lambda x: (x * 2).exp())\nf(jt.randn(3))\n"
+              "print(len([p for e in f.cache.values() for p in e][0].plan.kernels))")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
