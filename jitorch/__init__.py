@@ -196,6 +196,7 @@ from . import compiler  # noqa: E402 - needs the Tensor methods installed
 from .compiler import compile  # noqa: E402,A001
 from .ir.trace import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
+from .codegen.threads import count as get_num_threads, set_num_threads  # noqa: E402
 from . import nn, optim, utils  # noqa: E402 - as `import torch` gives torch.nn, torch.optim
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point

@@ -169,3 +169,23 @@ def test_fusion_can_be_switched_off():
               "print(len([p for e in f.cache.values() for p in e][0].plan.kernels))")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_kernels_split_into_bands_across_threads(threads):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((301, 257)).astype(np.float32)  # above the threading threshold, odd sizes
+    col, row = rng.standard_normal(257).astype(np.float32), rng.standard_normal((301, 1)).astype(np.float32)
+    previous = jt.get_num_threads()
+    jt.set_num_threads(threads)
+    try:
+        ours = jt.compile(lambda x, c, r: ((x - r) * c).exp() + x.relu())(jt.tensor(x), jt.tensor(col), jt.tensor(row))
+    finally:
+        jt.set_num_threads(previous)
+    expected = np.exp((x - row) * col) + np.maximum(x, 0)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6)
+
+
+def test_set_num_threads_rejects_nonsense():
+    with pytest.raises(ValueError, match="positive"):
+        jt.set_num_threads(0)

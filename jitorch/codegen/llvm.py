@@ -17,6 +17,7 @@ machine-code emission for the lot), and an identical module is compiled once per
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -29,6 +30,7 @@ from llvmlite import ir
 from .. import dtypes as _dt
 from ..ir.fusion import Kernel
 from ..ir.graph import Node, Value
+from . import threads
 
 # ---------------------------------------------------------------------------------------------
 # types
@@ -499,6 +501,7 @@ class CompiledKernel:
         self.out_dtypes = [v.dtype.np for v in kernel.outputs]
         self.in_views = [self._view_shape(v, groups) for v, groups in zip(kernel.inputs, dim_groups)]
         self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
+        self.size = int(np.prod(loop_shape))
         # outputs are ours, C-contiguous: their strides are fixed
         out_strides = [int(np.prod(loop_shape[d + 1:])) for d in range(self.ndim)]
         self.out_strides = out_strides * len(kernel.outputs)
@@ -523,9 +526,25 @@ class CompiledKernel:
         outs = [np.empty(self.kernel.shape, dt) for dt in self.out_dtypes]
         pointers += [o.__array_interface__["data"][0] for o in outs]
         strides += self.out_strides
-        self.fn(self.shape_arg, (ctypes.c_int64 * max(len(strides), 1))(*strides),
-                (ctypes.c_void_p * len(pointers))(*pointers))
+        stride_arg = (ctypes.c_int64 * max(len(strides), 1))(*strides)
+        rows = self.loop_shape[0] if ndim else 1
+        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS else 1
+        if parts < 2:
+            self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
+            return outs
+        # split the outermost loop dim into one band of rows per thread
+        row_bytes = [strides[k * ndim] * item for k, item in enumerate(self.itemsizes(keep, outs))]
+        calls = []
+        for part in range(parts):
+            first, last = rows * part // parts, rows * (part + 1) // parts
+            shape = (ctypes.c_int64 * ndim)(last - first, *self.loop_shape[1:])
+            moved = (ctypes.c_void_p * len(pointers))(*[p + first * b for p, b in zip(pointers, row_bytes)])
+            calls.append(functools.partial(self.fn, shape, stride_arg, moved))
+        threads.run_all(calls)
         return outs
+
+    def itemsizes(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> list[int]:
+        return [a.itemsize for a in inputs] + [a.itemsize for a in outputs]
 
 
 def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:

@@ -1,0 +1,73 @@
+"""The worker threads that run bands of a fused CPU kernel side by side.
+
+A compiled kernel is called through ctypes, which releases the GIL for the call, so plain Python
+threads run its bands in parallel. The workers are persistent (a thread start costs more than a
+small kernel) and wait on a queue, without spinning: between kernels the cores stay free for
+BLAS's own threads.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+# Below this many elements, handing a band to another thread costs more than it saves.
+MIN_ELEMENTS = 65536
+
+_count = os.cpu_count() or 1
+_workers: list[_Worker] = []
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="jitorch-cpu-worker", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                job()
+                self.done.put(None)
+            except BaseException as err:  # handed back to the caller, which raises it
+                self.done.put(err)
+
+
+def count() -> int:
+    """How many threads a fused CPU kernel may use."""
+    return _count
+
+
+def set_num_threads(threads: int) -> None:
+    """Use `threads` threads for jitorch's fused CPU kernels (numpy's BLAS keeps its own setting)."""
+    global _count
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {threads!r}")
+    _count = threads
+
+
+def run_all(calls: list[Callable[[], object]]) -> None:
+    """Run the calls at once: the first on this thread, the others on workers; wait for all."""
+    while len(_workers) < len(calls) - 1:
+        _workers.append(_Worker())
+    for worker, call in zip(_workers, calls[1:]):
+        worker.jobs.put(call)
+    error = None
+    try:
+        calls[0]()
+    finally:
+        for worker, _ in zip(_workers, calls[1:]):
+            result = worker.done.get()
+            error = error or result
+    if error is not None:
+        raise error
+
+
+def _after_fork() -> None:
+    _workers.clear()  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_after_fork)
