@@ -68,6 +68,7 @@ def set_threads(threads: int | None) -> int:
         threadpool_limits(threads, user_api="blas")
     threads = blas_threads()
     torch.set_num_threads(threads)
+    jitorch.set_num_threads(threads)
     return threads
 
 
@@ -75,24 +76,24 @@ def set_threads(threads: int | None) -> int:
 # workloads: each returns a function that runs the timed unit once (after its own warm-up)
 
 
-def digits_epoch(lib) -> Callable[[], None]:
+def digits_epoch(lib, compiled: bool = False) -> Callable[[], None]:
     """One epoch over the digits training split with the CNN, as `examples/digits.py` trains it."""
     lib.manual_seed(0)
     train_set, _ = digits.make_datasets(lib)
     model = digits.build_cnn(lib)
     optimizer = digits.make_optimizer(model, lib)
     loader = digits.make_loader(train_set, lib)
+    train_step = digits.make_train_step(model, optimizer, lib, compiled)
 
     def epoch() -> None:
         for images, labels in loader:
-            digits.train_step(model, optimizer, images, labels, lib)
+            train_step(images, labels)
 
-    for images, labels in list(loader)[:3]:  # warm-up: first-call costs, optimizer state
-        digits.train_step(model, optimizer, images, labels, lib)
+    epoch()  # warm-up: first-call costs, optimizer state, a compiled step's traces (the short last batch too)
     return epoch
 
 
-def char_lm_steps(lib, steps: int) -> Callable[[], None]:
+def char_lm_steps(lib, steps: int, compiled: bool = False) -> Callable[[], None]:
     """`steps` training steps of the char_lm transformer on pre-drawn batches (the same for both)."""
     corpus = char_lm.CharCorpus()
     config = char_lm.Config(vocab_size=len(corpus.chars))
@@ -101,13 +102,14 @@ def char_lm_steps(lib, steps: int) -> Callable[[], None]:
     lib.manual_seed(0)
     model = char_lm.build_model(config, lib)
     optimizer, scheduler = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
+    train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled)
 
     def run() -> None:
         for inputs, targets in batches:
-            char_lm.train_step(model, optimizer, scheduler, inputs, targets, lib)
+            train_step(inputs, targets)
 
-    for inputs, targets in batches[:3]:
-        char_lm.train_step(model, optimizer, scheduler, inputs, targets, lib)
+    for inputs, targets in batches[:3]:  # warm-up (a compiled step traces on its first two calls)
+        train_step(inputs, targets)
     return run
 
 
@@ -167,21 +169,26 @@ def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def section(rows: list[tuple[str, float, float]], threads: int, repeats: int, lm_steps: int,
+def section(rows: list[tuple[str, float, float, float]], threads: int, repeats: int, lm_steps: int,
             load: tuple[float, float]) -> str:
     """One results section: the table at one thread count, then how it was measured."""
     lines = [
         f"## {threads} thread{'s' if threads > 1 else ''}",
         "",
-        "| workload | jitorch ms | PyTorch ms | jitorch / PyTorch |",
-        "|---|---:|---:|---:|",
+        "| workload | jitorch eager ms | jitorch compiled ms | PyTorch eager ms | eager / PyTorch | "
+        "compiled / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, ours, theirs in rows:
-        lines.append(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
+    for name, ours, compiled, theirs in rows:
+        lines.append(f"| {name} | {ours:.1f} | {compiled:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | "
+                     f"{compiled / theirs:.2f}x |")
     lines += [
         "",
-        f"- threads: numpy's BLAS {threads}, PyTorch `set_num_threads({threads})` to match",
-        f"- median of {repeats} repeats, the two frameworks alternating; char_lm over {lm_steps} steps",
+        f"- threads: numpy's BLAS {threads}, jitorch's fused kernels and PyTorch `set_num_threads({threads})` "
+        "to match",
+        f"- median of {repeats} repeats, the three runners alternating; char_lm over {lm_steps} steps; "
+        "\"compiled\" is the same training step under `jitorch.compile` (forward, backward and optimizer "
+        "update as one program)",
         f"- 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after (other processes share the CPUs)",
         "",
     ]
@@ -193,10 +200,10 @@ def header(thread_counts: list[int | None]) -> str:
     counts = [str(t) for t in thread_counts if t is not None]
     flags = f"--threads {' '.join(counts)}" if counts else ""
     return "\n".join([
-        "# Training speed on the CPU: jitorch eager vs PyTorch eager",
+        "# Training speed on the CPU: jitorch (eager and compiled) vs PyTorch eager",
         "",
         f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager. The workloads are the examples' own",
-        "model, optimizer and batch code, run once with `lib=jitorch` and once with `lib=torch`.",
+        "model, optimizer and batch code, run with `lib=jitorch` (eager, and compiled) and with `lib=torch`.",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
@@ -216,16 +223,16 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, pri
         f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})":
             (digits_epoch, 1),
         f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
-        f"characters)": (lambda lib: char_lm_steps(lib, lm_steps), lm_steps),
+        f"characters)": (lambda lib, compiled=False: char_lm_steps(lib, lm_steps, compiled), lm_steps),
     }
     rows = []
     for name, (make, units) in workloads.items():
-        runners = {label: make(lib) for label, lib in LIBS.items()}
+        runners = {"jitorch": make(jitorch), "jitorch compiled": make(jitorch, compiled=True), "PyTorch": make(torch)}
         times = time_alternating(runners, repeats)
-        ours, theirs = (1000 * statistics.median(times[label]) / units for label in LIBS)
-        rows.append((name, ours, theirs))
-        print(f"[{threads} threads] {name}: jitorch {ours:.1f} ms, PyTorch {theirs:.1f} ms, "
-              f"ratio {ours / theirs:.2f}", flush=True)
+        ours, compiled, theirs = (1000 * statistics.median(times[label]) / units for label in runners)
+        rows.append((name, ours, compiled, theirs))
+        print(f"[{threads} threads] {name}: jitorch {ours:.1f} ms, compiled {compiled:.1f} ms, PyTorch "
+              f"{theirs:.1f} ms, ratios {ours / theirs:.2f} / {compiled / theirs:.2f}", flush=True)
         if profile:
             profile_jitorch(runners["jitorch"], name, top=30)
         if prims:

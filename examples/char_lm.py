@@ -2,6 +2,7 @@
 
     python examples/char_lm.py              # about 1 min on 2 idle CPU cores
     python examples/char_lm.py --steps 20   # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
+    python examples/char_lm.py --compile    # each training step as one jitorch.compile'd program
 
 The text is `pydoc_data.topics` from the standard library (about 465K characters of English about
 Python), so nothing is downloaded. The last 10% is held out. The script prints the train and
@@ -141,14 +142,31 @@ def lm_loss(model, inputs, targets, lib=jitorch):
     return lib.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False):
+    """A function doing one optimizer step on numpy (inputs, targets) and returning the batch loss.
+    With `compiled=True` (jitorch only), the forward pass, backward pass and AdamW update run as one
+    `jitorch.compile`d program; the scheduler's new learning rate reaches it as data."""
+
+    def update(inputs, targets):
+        optimizer.zero_grad()
+        loss = lm_loss(model, inputs, targets, lib)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    update = lib.compile(update) if compiled else update
+
+    def step(inputs, targets) -> float:
+        loss = update(lib.from_numpy(inputs), lib.from_numpy(targets))
+        scheduler.step()
+        return loss.item()
+
+    return step
+
+
 def train_step(model, optimizer, scheduler, inputs, targets, lib=jitorch) -> float:
-    """One optimizer step on numpy (inputs, targets); returns the batch loss."""
-    optimizer.zero_grad()
-    loss = lm_loss(model, lib.from_numpy(inputs), lib.from_numpy(targets), lib)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss.item()
+    """One eager optimizer step on numpy (inputs, targets); returns the batch loss."""
+    return make_train_step(model, optimizer, scheduler, lib)(inputs, targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,13 +229,14 @@ def save_loss_plot(history: list[tuple[int, float, float]], path: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(config: Config, corpus: CharCorpus, steps: int, seed: int):
+def train(config: Config, corpus: CharCorpus, steps: int, seed: int, compiled: bool = False):
     """Train for `steps` steps, evaluating every `config.eval_every`; returns (model, loss history)."""
     jitorch.manual_seed(seed)
     model = build_model(config)
     optimizer, scheduler = make_optimizer(model, config, steps)
     rng = np.random.default_rng(seed)
     eval_set = fixed_batches(corpus, config, seed)
+    train_step_ = make_train_step(model, optimizer, scheduler, compiled=compiled)
     history = []
 
     def record(step: int) -> None:
@@ -231,7 +250,7 @@ def train(config: Config, corpus: CharCorpus, steps: int, seed: int):
     bar = progress(range(1, steps + 1), total=steps, desc="char_lm")
     for step in bar:
         inputs, targets = corpus.batch("train", config.batch_size, config.block_size, rng)
-        loss = train_step(model, optimizer, scheduler, inputs, targets)
+        loss = train_step_(inputs, targets)
         bar.set_postfix_str(f"loss {loss:.3f}")
         if step % config.eval_every == 0 or step == steps:
             record(step)
@@ -246,6 +265,8 @@ def main() -> None:
     parser.add_argument("--plot", default=os.path.join("runs", "char_lm_loss.png"),
                         help="where to write the loss curve PNG")
     parser.add_argument("--sample-length", type=int, default=300, help="characters to generate at the end")
+    parser.add_argument("--compile", action="store_true",
+                        help="run each training step as one jitorch.compile'd program (fused CPU kernels)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -253,7 +274,7 @@ def main() -> None:
     config = Config(vocab_size=len(corpus.chars))
     say(f"corpus: {len(corpus.splits['train']):,} training and {len(corpus.splits['val']):,} held-out "
         f"characters, vocabulary {config.vocab_size}")
-    model, history = train(config, corpus, args.steps, args.seed)
+    model, history = train(config, corpus, args.steps, args.seed, compiled=args.compile)
     n_params = sum(p.numel() for p in model.parameters())
     train_seconds = time.perf_counter() - start
     text = sample(model, corpus, prompt="The ", length=args.sample_length)
@@ -264,7 +285,7 @@ def main() -> None:
     say("== char_lm report ==")
     say(f"model: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads, "
         f"context {config.block_size}, {n_params:,} parameters")
-    say(f"steps: {args.steps} | training time {train_seconds:.1f} s "
+    say(f"steps: {args.steps}{' (compiled)' if args.compile else ''} | training time {train_seconds:.1f} s "
         f"({1000 * train_seconds / max(1, args.steps):.0f} ms/step)")
     say(f"initial loss: train {first_train:.4f} | held-out {first_val:.4f}")
     say(f"final loss: train {final_train:.4f} | held-out {final_val:.4f}")

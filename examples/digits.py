@@ -78,13 +78,24 @@ def make_optimizer(model, lib=jitorch):
     return lib.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
 
+def make_train_step(model, optimizer, lib=jitorch, compiled: bool = False):
+    """A function doing one optimizer step on one batch and returning the batch loss; with
+    `compiled=True` (jitorch only) the step runs as one `jitorch.compile`d program."""
+
+    def update(images, labels):
+        optimizer.zero_grad()
+        loss = lib.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    update = lib.compile(update) if compiled else update
+    return lambda images, labels: update(images, labels).item()
+
+
 def train_step(model, optimizer, images, labels, lib=jitorch) -> float:
-    """One optimizer step on one batch; returns the batch loss."""
-    optimizer.zero_grad()
-    loss = lib.nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    """One eager optimizer step on one batch; returns the batch loss."""
+    return make_train_step(model, optimizer, lib)(images, labels)
 
 
 def make_loader(dataset, lib=jitorch, shuffle: bool = True, seed: int = 0):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -70,3 +71,14 @@ def test_char_lm_loss_falls_and_it_samples(tmp_path):
         assert "skipped" in out
     else:
         assert plot.stat().st_size > 0
+
+
+def test_char_lm_compiled_matches_its_eager_run(tmp_path):
+    # the same seed and batches: a compiled step must train the model as the eager one does
+    eager = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--plot", str(tmp_path / "a.png"),
+                        cwd=tmp_path)
+    compiled = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--compile",
+                           "--plot", str(tmp_path / "b.png"), cwd=tmp_path)
+    assert re.search(r"^steps: 6 \(compiled\) \|", compiled, re.MULTILINE), compiled
+    pattern = r"^final loss: train (\S+) \| held-out (\S+)$"
+    np.testing.assert_allclose(report_floats(pattern, compiled), report_floats(pattern, eager), rtol=1e-3)
