@@ -75,6 +75,19 @@ def relu_grad(g, out_value, result):
         result[i] = 0 if out_value[i] <= 0 else g[i]
 
 
+# Rows added into a table at repeated indices (an embedding's gradient): np.add.at takes a slow
+# generic path per element.
+
+
+@numba.njit(cache=True, boundscheck=False)
+def scatter_add_rows(out, index, values):
+    """out[index[i], :] += values[i, :] for each i (indices already in range)."""
+    for i in range(index.size):
+        row = index[i]
+        for c in range(out.shape[1]):
+            out[row, c] += values[i, c]
+
+
 # The max of each row: numpy reduces a short trailing axis with one inner-loop call per row, and
 # a plain loop here would chain every compare on the one before. Eight running maxima let the CPU
 # overlap the compares (and LLVM pack them into vectors); NaN is counted apart, since a compare

@@ -75,6 +75,25 @@ def amax_rows(x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarra
     return _reduced(out, x, dims, keepdims)
 
 
+def add_rows_at(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> bool:
+    """`np.add.at(out, index, values)` for integer `index` along dim 0 and `values` of exactly
+    index.shape + out.shape[1:], by a Numba loop; returns False (nothing done) for anything else,
+    including out-of-range indices, which np.add.at then reports."""
+    if (out.dtype not in (np.float32, np.float64) or values.dtype != out.dtype or index.dtype.kind not in "iu"
+            or out.ndim == 0 or values.shape != index.shape + out.shape[1:] or not out.flags.c_contiguous
+            or index.size < 64):
+        return False
+    rows = out.shape[0]
+    flat = index.reshape(-1).astype(np.int64)
+    if flat.size and (flat.min() < -rows or flat.max() >= rows):
+        return False
+    from ._numba_kernels import scatter_add_rows
+
+    scatter_add_rows(out.reshape(rows, -1), np.where(flat < 0, flat + rows, flat),
+                     np.ascontiguousarray(values).reshape(flat.size, -1))
+    return True
+
+
 # unsigned views of each element size: kernels that only move data serve every dtype through them
 UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 

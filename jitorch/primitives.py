@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import dtypes as _dt
-from .cpu_helpers import UINT_OF_SIZE, amax_rows, sum_by_blas
+from .cpu_helpers import UINT_OF_SIZE, add_rows_at, amax_rows, sum_by_blas
 
 PRIMS: dict[str, Prim] = {}
 
@@ -479,7 +479,8 @@ def _index_put_impl(x, v, *tensors, key, accumulate):
     out = np.array(x, copy=True)
     idx = numpy_key(key, tensors)
     if accumulate and any(type(i) is np.ndarray for i in idx):
-        np.add.at(out, idx, v)  # repeated indices must all add up
+        if not (len(idx) == 1 and type(idx[0]) is np.ndarray and add_rows_at(out, idx[0], v)):
+            np.add.at(out, idx, v)  # repeated indices must all add up
     elif accumulate:
         out[idx] += v
     else:

@@ -94,3 +94,21 @@ def test_relu_backward_at_kernel_size_passes_nan_like_pytorch():
     j.relu().backward(jt.tensor(g))
     t.relu().backward(torch.tensor(g))
     np.testing.assert_array_equal(j.grad.numpy(), t.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_gradient_adds_repeated_rows_like_pytorch(dtype):
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal((13, 5)).astype(dtype)
+    index = rng.integers(-13, 13, (40, 7))  # repeats and negative indices, above the kernel's threshold
+    j, t = jt.tensor(weight, requires_grad=True), torch.tensor(weight, requires_grad=True)
+    g = rng.standard_normal((40, 7, 5)).astype(dtype)
+    j[jt.tensor(index)].backward(jt.tensor(g))
+    t[torch.tensor(index)].backward(torch.tensor(g))
+    np.testing.assert_allclose(j.grad.numpy(), t.grad.numpy(), rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_index_put_accumulate_out_of_range_still_raises():
+    x = jt.zeros(4, 3)
+    with pytest.raises(IndexError):
+        x.index_put_((jt.tensor(np.arange(70) % 5),), jt.ones(70, 3), accumulate=True)

@@ -228,6 +228,12 @@ def fusible(node: Node) -> bool:
     return node.op in _ANY
 
 
+def worth_a_kernel(kernel: Kernel) -> bool:
+    """Whether a kernel of a single op beats numpy's: when it is large enough to run on several
+    threads (numpy's ufuncs use one)."""
+    return threads.count() > 1 and int(np.prod(kernel.shape)) >= threads.MIN_ELEMENTS
+
+
 def _render(b, node: Node, args: list):
     op = node.op
     table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \

@@ -43,9 +43,11 @@ class Kernel:
         return f"fused_{core}_{'x'.join(map(str, self.shape)) or 'scalar'}"
 
 
-def partition(graph: Graph, fusible: Callable[[Node], bool]) -> list[Node | Kernel]:
+def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None
+              ) -> list[Node | Kernel]:
     """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
-    A kernel of one node is returned as the plain node (nothing to gain from a kernel of one op)."""
+    A kernel of one node is returned as the plain node unless `single_worth_it` says otherwise (a
+    backend may still run one large op faster than numpy, e.g. on several threads)."""
     position = {node.out.id: i for i, node in enumerate(graph.nodes)}
     open_kernels: dict[tuple[int, ...], Kernel] = {}
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
@@ -62,7 +64,9 @@ def partition(graph: Graph, fusible: Callable[[Node], bool]) -> list[Node | Kern
         kernel.nodes.append(node)
         kernel_of[node.out.id] = kernel
     _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
-    return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 else k for k in order]
+    single_worth_it = single_worth_it or (lambda kernel: False)
+    return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 and not single_worth_it(k) else k
+            for k in order]
 
 
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:

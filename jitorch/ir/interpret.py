@@ -49,7 +49,7 @@ class Plan:
         from ..codegen import llvm
         from .fusion import Kernel, partition
 
-        order = partition(self.graph, lambda n: n.op != "const" and llvm.fusible(n))
+        order = partition(self.graph, lambda n: n.op != "const" and llvm.fusible(n), llvm.worth_a_kernel)
         kernels = [k for k in order if isinstance(k, Kernel)]
         if not kernels:
             return self.reference_steps
