@@ -30,7 +30,7 @@ from llvmlite import ir
 from .. import dtypes as _dt
 from ..ir.fusion import Kernel
 from ..ir.graph import Node, Value
-from . import threads
+from . import llvm_math, threads
 
 # ---------------------------------------------------------------------------------------------
 # types
@@ -122,19 +122,6 @@ def _const(x, value: float):
     return ir.Constant(x.type, value)
 
 
-def _sigmoid(b, n, a):
-    x = a[0]
-    one = _const(x, 1.0)
-    return b.ir.fdiv(one, b.ir.fadd(one, b.call("exp", b.ir.fneg(x))))
-
-
-def _tanh(b, n, a):
-    x = a[0]  # 1 - 2 / (exp(2x) + 1): exact at the extremes (inf -> 1)
-    one = _const(x, 1.0)
-    e = b.call("exp", b.ir.fadd(x, x))
-    return b.ir.fsub(one, b.ir.fdiv(_const(x, 2.0), b.ir.fadd(e, one)))
-
-
 def _relu(b, n, a):
     x = a[0]
     return b.ir.select(b.ir.fcmp_ordered("<", x, _const(x, 0.0)), _const(x, 0.0), x)  # NaN passes
@@ -168,8 +155,9 @@ _FLOAT_ONLY = {
     "sqrt": lambda b, n, a: b.call("sqrt", a[0]),
     "rsqrt": lambda b, n, a: b.ir.fdiv(_const(a[0], 1.0), b.call("sqrt", a[0])),
     "reciprocal": lambda b, n, a: b.ir.fdiv(_const(a[0], 1.0), a[0]),
-    "tanh": _tanh,
-    "sigmoid": _sigmoid,
+    "tanh": lambda b, n, a: b.call("tanh", a[0]),
+    "sigmoid": lambda b, n, a: b.call("sigmoid", a[0]),
+    "erf": lambda b, n, a: b.call("erf", a[0]),
     "floor": lambda b, n, a: b.call("floor", a[0]),
     "ceil": lambda b, n, a: b.call("ceil", a[0]),
     "trunc": lambda b, n, a: b.call("trunc", a[0]),
@@ -242,7 +230,9 @@ def _render(b, node: Node, args: list):
 
 
 class _Emitter:
-    """An IRBuilder plus the math functions kernels call (LLVM intrinsics, declared on first use)."""
+    """An IRBuilder plus the math functions kernels call: LLVM intrinsics, and jitorch's own
+    vectorizable exp/log/tanh/sigmoid/erf (`llvm_math`), declared here and defined by
+    `_with_math` once the module is text."""
 
     def __init__(self, module: ir.Module, builder: ir.IRBuilder) -> None:
         self.module = module
@@ -250,12 +240,25 @@ class _Emitter:
 
     def call(self, name: str, *args):
         ty = args[0].type
-        suffix = "f32" if ty == F32 else "f64"
-        fname = f"llvm.{name}.{suffix}"
+        if name in llvm_math.FUNCTIONS:
+            fname = llvm_math.function_name(name, "float" if ty == F32 else "double")
+        else:
+            fname = f"llvm.{name}.{'f32' if ty == F32 else 'f64'}"
         fn = self.module.globals.get(fname)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), fname)
         return self.ir.call(fn, args)
+
+
+def _with_math(text: str) -> str:
+    """Replace the declarations of jitorch's math helpers in a module's text by their definitions."""
+    lines = text.splitlines()
+    declared = [line for line in lines if line.startswith("declare") and '@"jt_' in line]
+    if not declared:
+        return text
+    kept = [line for line in lines if line not in declared]
+    dtypes = sorted({"float" if line.split()[1] == "float" else "double" for line in declared})
+    return "\n".join(kept + [llvm_math.math_functions(d) for d in dtypes]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,7 +560,7 @@ def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:
     """The LLVM IR of one kernel as a module of its own, its function named @"kernel"."""
     module = ir.Module(name="kernel")
     _emit_kernel(module, kernel, "kernel", loop_shape, broadcast)
-    return str(module)
+    return _with_math(str(module))
 
 
 def compile_kernels(kernels: list[Kernel]) -> list[CompiledKernel]:

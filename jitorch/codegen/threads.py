@@ -13,8 +13,11 @@ import queue
 import threading
 from collections.abc import Callable
 
-# Below this many elements, handing a band to another thread costs more than it saves.
-MIN_ELEMENTS = 65536
+# Below this many elements, handing a band to another thread costs more than it saves. Fused
+# kernels are mostly memory-bound: on the 2-core development machine a second thread did not speed
+# up the char_lm step's 1-4 MB kernels (`python bench/compile.py --kernel-threads 1` against the
+# default), so only larger ones are split.
+MIN_ELEMENTS = 1 << 19
 
 _count = os.cpu_count() or 1
 _workers: list[_Worker] = []
