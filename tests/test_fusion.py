@@ -110,22 +110,27 @@ def test_nan_inf_and_integer_and_bool_semantics():
 
 
 def test_a_training_step_uses_fused_kernels_and_matches_eager():
-    jt.manual_seed(0)
-    model = jt.nn.Sequential(jt.nn.Linear(12, 32), jt.nn.LayerNorm(32), jt.nn.ReLU(), jt.nn.Linear(32, 3))
-    opt = jt.optim.AdamW(model.parameters(), lr=1e-2)
-    x, y = jt.randn(16, 12), jt.randint(0, 3, (16,))
+    def run(compiled: bool):
+        jt.manual_seed(0)
+        model = jt.nn.Sequential(jt.nn.Linear(12, 32), jt.nn.LayerNorm(32), jt.nn.GELU(), jt.nn.Linear(32, 3))
+        opt = jt.optim.AdamW(model.parameters(), lr=1e-2)
+        x, y = jt.randn(16, 12), jt.randint(0, 3, (16,))
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
 
-    compiled = jt.compile(step)
-    losses = [compiled(x, y).item() for _ in range(4)]
+        fn = jt.compile(step) if compiled else step
+        return [fn(x, y).item() for _ in range(5)], fn
+
+    eager, _ = run(False)
+    losses, compiled = run(True)
     steady = [p for entries in compiled.cache.values() for p in entries if not p.one_shot]
     assert steady and len(steady[0].plan.kernels) >= 5
+    np.testing.assert_allclose(losses, eager, rtol=1e-5)
     assert losses[-1] < losses[0]
 
 
@@ -189,3 +194,18 @@ def test_large_kernels_split_into_bands_across_threads(threads):
 def test_set_num_threads_rejects_nonsense():
     with pytest.raises(ValueError, match="positive"):
         jt.set_num_threads(0)
+
+
+def test_a_codegen_failure_falls_back_to_eager_kernels_with_a_warning(monkeypatch):
+    from jitorch.ir.interpret import FusionWarning
+
+    def broken(kernels):
+        raise RuntimeError("LLVM said no")
+
+    monkeypatch.setattr(llvm, "compile_kernels", broken)
+    f = jt.compile(lambda x: (x * 2 + 1).exp())
+    x = jt.randn(4, 5)
+    with pytest.warns(FusionWarning, match="LLVM said no"):
+        out = f(x)
+    np.testing.assert_allclose(out.numpy(), np.exp(x.numpy() * 2 + 1), rtol=1e-6)
+    assert plan_of(f).kernels == []

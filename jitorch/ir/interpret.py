@@ -12,6 +12,7 @@ check mode name it), which runs the reference steps.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +22,10 @@ from ..primitives import PRIMS
 from .graph import Graph, Node, format_node
 
 KERNELS: dict[str, Callable] = {}
+
+
+class FusionWarning(RuntimeWarning):
+    """Fused kernels could not be built; the program runs unfused (correct, slower)."""
 
 
 def fusion_enabled() -> bool:
@@ -53,7 +58,14 @@ class Plan:
         kernels = [k for k in order if isinstance(k, Kernel)]
         if not kernels:
             return self.reference_steps
-        self.kernels = llvm.compile_kernels(kernels)
+        try:
+            self.kernels = llvm.compile_kernels(kernels)
+        except Exception as err:  # a code generator bug must not take the user's program down with it
+            warnings.warn(FusionWarning(
+                f"{self.graph.name}: the fused CPU kernels failed to compile ({type(err).__name__}: {err}); this "
+                "program runs on the eager kernels instead. Please report it with the output of "
+                "JITORCH_LOGS=fusion,kernels."), stacklevel=2)
+            return self.reference_steps
         fused = sum(len(k.nodes) for k in kernels)
         logs.log("fusion", f"{self.graph.name}: {len(kernels)} fused kernels compute {fused} of "
                            f"{len(self.graph.nodes)} nodes\n" + "\n".join(k.format() for k in kernels))
