@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,6 +95,23 @@ def jitorch_trace_seconds(factory) -> float:
     return sum(compiled.trace_seconds)
 
 
+WARM_SCRIPT = """
+import sys
+sys.path[:0] = {paths!r}
+import compile as bench
+print(bench.jitorch_trace_seconds(bench.{factory}))
+"""
+
+
+def jitorch_trace_seconds_warm(factory) -> float:
+    """The same in a new process whose kernel disk cache already holds the step's kernels (what a
+    second run of a training script sees): tracing, fusion, and loading machine code."""
+    here = Path(__file__).resolve().parent
+    script = WARM_SCRIPT.format(paths=[str(here), str(here.parent / "examples")], factory=factory.__name__)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
 def torch_compile_first_call(factory) -> float:
     """A cold first call: inductor's on-disk caches off, as for a user's first run."""
     torch._dynamo.reset()
@@ -163,12 +181,16 @@ def main() -> None:
              f"kernels on {jt.get_num_threads()} thread(s).", "",
              "## Trace + lowering (target: under 0.3 s for a training step)", "",
              "Both traces of the step (the first call's, which creates the optimizer state, and the "
-             "steady-state one), with LLVM compiling every kernel: the kernel disk cache starts empty.", "",
-             "| step | jitorch trace + lowering s | torch.compile first call s (cold caches) |", "|---|---|---|"]
+             "steady-state one): with an empty kernel disk cache (LLVM compiles every kernel: a first run), "
+             "and in a new process once the cache holds them (a later run).", "",
+             "| step | jitorch, empty kernel cache s | jitorch, warm kernel cache s | torch.compile first call s "
+             "(cold caches) |", "|---|---|---|---|"]
     for name, factory in factories.items():
         trace_s = jitorch_trace_seconds(factory)
+        warm_s = jitorch_trace_seconds_warm(factory)
         tc_s = torch_compile_first_call(factory) if use_tc else float("nan")
-        lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {tc_s:.1f} |")
+        lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {warm_s:.3f} "
+                     f"({'met' if warm_s < 0.3 else 'missed'}) | {tc_s:.1f} |")
 
     lines += ["", "## Steady-state time per call, ms (median)", ""]
     cols = ["jitorch eager", "jitorch compiled", "torch eager"] + (["torch.compile"] if use_tc else [])

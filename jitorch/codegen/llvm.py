@@ -563,13 +563,31 @@ def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:
     return _with_math(str(module))
 
 
+_texts: dict[tuple, tuple[str, str]] = {}  # a kernel's structure -> (digest, IR text)
+
+
+def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
+    """What a kernel's code depends on (ops, params, wiring, dtypes, broadcast pattern) and not its
+    sizes or value ids: kernels with equal structures share one function."""
+    local = {v.id: i for i, v in enumerate(kernel.inputs)}
+    nodes = []
+    for node in kernel.nodes:
+        nodes.append((node.op, node.params_key(), tuple(local[v.id] for v in node.inputs), node.out.dtype.name))
+        local[node.out.id] = len(local)
+    return (tuple(v.dtype.name for v in kernel.inputs), tuple(nodes), tuple(local[v.id] for v in kernel.outputs),
+            tuple(broadcast))
+
+
 def compile_kernels(kernels: list[Kernel]) -> list[CompiledKernel]:
-    """Generate the kernels' code and compile what this process has not compiled yet."""
+    """Generate the kernels' code (once per structure) and compile what this process has not."""
     plans = []
     for kernel in kernels:
         loop_shape, broadcast, dim_groups = collapse(kernel)
-        text = kernel_text(kernel, loop_shape, broadcast)
-        plans.append((kernel, loop_shape, broadcast, dim_groups, hashlib.sha1(text.encode()).hexdigest(), text))
+        key = _structure(kernel, broadcast)
+        if key not in _texts:
+            text = kernel_text(kernel, loop_shape, broadcast)
+            _texts[key] = (hashlib.sha1(text.encode()).hexdigest(), text)
+        plans.append((kernel, loop_shape, broadcast, dim_groups, *_texts[key]))
     ensure_compiled({p[4]: p[5] for p in plans})
     return [CompiledKernel(k, ls, bc, dg, _addresses[digest], text) for k, ls, bc, dg, digest, text in plans]
 

@@ -5,11 +5,10 @@ that broadcasts to it (a bias, a row statistic, a scalar); values made inside it
 memory unless something outside the kernel (or the graph's output) reads them.
 
 The grouping is greedy in execution order, one open kernel per output shape. A node joins the
-open kernel of its shape when each of its inputs is either made inside that kernel or defined
-before the kernel's first node. That rule is what makes a kernel safe to run as a unit at the
-position of its first node: everything it reads exists by then, and nothing that runs in between
-(a matmul, a reduction) can feed it. Independent chains of one shape (the updates of same-shaped
-parameters) land in one kernel: horizontal fusion for free.
+open kernel of its shape when it reads something the kernel makes or reads, and each of its
+inputs is either made inside that kernel or defined before the kernel's first node. That second
+rule is what makes a kernel safe to run as a unit at the position of its first node: everything it
+reads exists by then, and nothing that runs in between (a matmul, a reduction) can feed it.
 """
 
 from __future__ import annotations
@@ -70,12 +69,23 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
 
 
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
+    if not _related(node, kernel, kernel_of):
+        return False
     for v in node.inputs:
         if kernel_of.get(v.id) is kernel or v.node is not None and v.node.op == "const":
             continue  # (constants exist before anything runs)
         if position.get(v.id, -1) >= kernel.start:  # (graph inputs have no position)
             return False  # made after the kernel starts, outside it: the kernel could not run first
     return True
+
+
+def _related(node: Node, kernel: Kernel, kernel_of: dict[int, Kernel]) -> bool:
+    """Whether `node` reads a value the kernel makes or reads (a constant doesn't count). Unrelated
+    chains of one shape (the updates of two parameters) stay apart: sharing a kernel would save
+    nothing in memory traffic, and separate ones are often the same function, compiled once."""
+    read = {v.id for n in kernel.nodes for v in n.inputs}
+    return any(kernel_of.get(v.id) is kernel or v.id in read and not (v.node is not None and v.node.op == "const")
+               for v in node.inputs)
 
 
 def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> None:
