@@ -47,11 +47,12 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
     A kernel of one node is returned as the plain node unless `single_worth_it` says otherwise (a
     backend may still run one large op faster than numpy, e.g. on several threads)."""
-    position = {node.out.id: i for i, node in enumerate(graph.nodes)}
+    nodes = _scalars_first(graph)
+    position = {node.out.id: i for i, node in enumerate(nodes)}
     open_kernels: dict[tuple[int, ...], Kernel] = {}
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
     order: list[Node | Kernel] = []
-    for i, node in enumerate(graph.nodes):
+    for i, node in enumerate(nodes):
         if not fusible(node):
             order.append(node)
             continue
@@ -66,6 +67,30 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     single_worth_it = single_worth_it or (lambda kernel: False)
     return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 and not single_worth_it(k) else k
             for k in order]
+
+
+def _scalars_first(graph: Graph) -> list[Node]:
+    """The graph's nodes with the single-element ones that need nothing bigger moved to the front.
+    An optimizer computes its bias corrections from 0-d step counters in the middle of each
+    parameter's update; left there, each would cut that update's kernel in pieces (a kernel can
+    only read values that exist before it starts)."""
+    early: set[int] = {inp.value.id for inp in graph.inputs}
+    first, rest = [], []
+    for node in graph.nodes:
+        if _size(node.out.shape) <= 1 and all(v.id in early or v.node is not None and v.node.op == "const"
+                                               for v in node.inputs):
+            early.add(node.out.id)
+            first.append(node)
+        else:
+            rest.append(node)
+    return first + rest
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for n in shape:
+        size *= n
+    return size
 
 
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
