@@ -4,10 +4,10 @@ side by side with eager jitorch, PyTorch eager and torch.compile in one process.
     python bench/compile.py            # prints a table and writes bench/results/compile_cpu.md
     python bench/compile.py --quick    # fewer repeats, no torch.compile (seconds instead of a minute)
 
-Until fusion and code generation land, a compiled program runs its IR nodes one by one with the
-eager CPU kernels (the reference executor), so its steady-state speed is eager speed minus Python
-and autograd bookkeeping. Targets (issue #4): tracing a training step under 0.3 s; a cache hit's
-Python overhead under 30 µs plus the kernels' own time.
+A compiled program runs its pointwise work as fused LLVM kernels and everything else (matmuls,
+reductions, index ops) on the eager CPU kernels, without per-op Python or autograd bookkeeping.
+Targets (issue #4): tracing and lowering a training step under 0.3 s; a cache hit's Python
+overhead under 30 µs plus the kernels' own time.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def step_times(factory, number: int, repeats: int, with_torch_compile: bool) -> 
 
 
 def hit_overhead(number: int, repeats: int) -> tuple[float, float]:
-    """(whole compiled call, reference executor alone) for the tiny function, in seconds."""
+    """(whole compiled call, the executor alone) for the tiny function, in seconds."""
     f, args = tiny_factory(jt)
     compiled = jt.compile(f)
     compiled(*args)
