@@ -213,3 +213,28 @@ def test_a_codegen_failure_falls_back_to_eager_kernels_with_a_warning(monkeypatc
         out = f(x)
     np.testing.assert_allclose(out.numpy(), np.exp(x.numpy() * 2 + 1), rtol=1e-6)
     assert plan_of(f).kernels == []
+
+
+def test_compiled_calls_from_several_python_threads():
+    import threading
+
+    rng = np.random.default_rng(9)
+    inputs = [rng.standard_normal((600, 1000)).astype(np.float32) for _ in range(4)]  # threaded kernels
+    results, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            f = jt.compile(lambda x: ((x * (i + 1)).tanh() + x).exp())  # a new program: compiles in the thread
+            for _ in range(3):
+                results[i] = f(jt.tensor(inputs[i])).numpy()
+        except Exception as err:  # reported below: a thread's exception would vanish otherwise
+            errors.append(err)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    for i, x in enumerate(inputs):
+        np.testing.assert_allclose(results[i], np.exp(np.tanh(x * (i + 1)) + x), rtol=2e-6)

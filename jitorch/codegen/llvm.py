@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -466,11 +467,20 @@ def _optimize(module) -> None:
     pb.getModulePassManager().run(module, pb)
 
 
+_compile_lock = threading.Lock()  # LLVM's engine is not safe to grow from two threads at once
+
+
 def ensure_compiled(texts: dict[str, str]) -> None:
     """Compile the kernels (digest -> IR text of a function named @"kernel") not compiled yet."""
+    if all(d in _addresses for d in texts):
+        return
+    with _compile_lock:
+        _compile_new({d: t for d, t in texts.items() if d not in _addresses})
+
+
+def _compile_new(new: dict[str, str]) -> None:
     import llvmlite.binding as llvm
 
-    new = {d: t for d, t in texts.items() if d not in _addresses}
     if not new:
         return
     engine, tm = _shared_engine(), _machine()

@@ -52,8 +52,24 @@ def set_num_threads(threads: int) -> None:
     _count = threads
 
 
+_busy = threading.Lock()  # the workers serve one caller at a time
+
+
 def run_all(calls: list[Callable[[], object]]) -> None:
-    """Run the calls at once: the first on this thread, the others on workers; wait for all."""
+    """Run the calls at once: the first on this thread, the others on workers; wait for all. A
+    caller that finds the workers busy (another Python thread is running a kernel) runs its calls
+    itself, one after another."""
+    if not _busy.acquire(blocking=False):
+        for call in calls:
+            call()
+        return
+    try:
+        _run_on_workers(calls)
+    finally:
+        _busy.release()
+
+
+def _run_on_workers(calls: list[Callable[[], object]]) -> None:
     while len(_workers) < len(calls) - 1:
         _workers.append(_Worker())
     for worker, call in zip(_workers, calls[1:]):
@@ -70,7 +86,9 @@ def run_all(calls: list[Callable[[], object]]) -> None:
 
 
 def _after_fork() -> None:
+    global _busy
     _workers.clear()  # a forked child has none of the parent's threads
+    _busy = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)
