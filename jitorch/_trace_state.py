@@ -1,8 +1,11 @@
 """Whether a function is being traced for jitorch.compile (a module of its own so that tensor.py and
-dispatch.py can both read it without importing each other)."""
+dispatch.py can both read it without importing each other). Per thread, as PyTorch's grad mode is:
+one thread tracing must not turn another thread's eager ops into traced ones."""
+
+import threading
 
 
-class _TraceState:
+class _TraceState(threading.local):
     tracer = None  # the active jitorch.ir.trace.Tracer, or None
     vjp_source = None  # while tracing a backward pass: "backward of file:line" of the forward op
 
