@@ -3,6 +3,8 @@ about a second, then they come from Numba's disk cache)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -30,49 +32,45 @@ def _ones_vector(dtype: np.dtype, n: int) -> np.ndarray:
     return _ones[key]
 
 
-def sum_by_blas(x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray | None:
-    """`x.sum(dims, keepdims)` through BLAS when `dims` are the leading or the trailing dims of a
-    C-contiguous float32/float64 array of some size; None otherwise (numpy then sums)."""
-    if x.size < BLAS_SUM_MIN_ELEMENTS:
-        return None
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN without a warning, as in PyTorch
-        rows = _trailing_rows(x, dims)
-        if rows is not None:  # one sum per row
-            return _reduced(rows @ _ones_vector(x.dtype, rows.shape[1]), x, dims, keepdims)
-        count = len(dims)
-        if (tuple(sorted(dims)) != tuple(range(count)) or x.dtype not in (np.float32, np.float64)
-                or not x.flags.c_contiguous):
-            return None
-        cols = x.reshape(int(np.prod(x.shape[:count])), -1)  # leading dims: one sum per column
-        return _reduced(_ones_vector(x.dtype, cols.shape[0]) @ cols, x, dims, keepdims)
-
-
-def _trailing_rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
-    """A C-contiguous float32/float64 `x` as (rows, cols) when `dims` are its trailing dims."""
+def _as_rows(x: np.ndarray, dims: tuple[int, ...]) -> tuple[np.ndarray, bool] | None:
+    """A C-contiguous float32/float64 `x` as a 2-D (rows, cols) view, and whether `dims` are its
+    trailing dims (reduce each row) rather than its leading ones (reduce each column); None for
+    any other array or set of dims."""
     if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous or not dims:
         return None
-    count = len(dims)
-    if tuple(sorted(dims)) != tuple(range(x.ndim - count, x.ndim)):
+    count, dims = len(dims), tuple(sorted(dims))
+    if dims == tuple(range(x.ndim - count, x.ndim)):
+        return x.reshape(-1, math.prod(x.shape[x.ndim - count:])), True
+    if dims == tuple(range(count)):
+        return x.reshape(math.prod(x.shape[:count]), -1), False
+    return None
+
+
+def sum_by_blas(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
+    """The sums of `x` over `dims`, flat, through BLAS when `dims` are the leading or the trailing
+    dims of a C-contiguous float32/float64 array of some size; None otherwise (numpy then sums)."""
+    found = _as_rows(x, dims) if x.size >= BLAS_SUM_MIN_ELEMENTS else None
+    if found is None:
         return None
-    return x.reshape(-1, int(np.prod(x.shape[x.ndim - count:])))
+    rows, trailing = found
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN without a warning, as in PyTorch
+        if trailing:
+            return rows @ _ones_vector(x.dtype, rows.shape[1])
+        return _ones_vector(x.dtype, rows.shape[0]) @ rows
 
 
-def _reduced(out: np.ndarray, x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    return out.reshape(tuple(1 if d in dims else n for d, n in enumerate(x.shape)) if keepdims
-                       else tuple(n for d, n in enumerate(x.shape) if d not in dims))
-
-
-def amax_rows(x: np.ndarray, dims: tuple[int, ...], keepdims: bool) -> np.ndarray | None:
-    """`x.max(dims, keepdims)` by a Numba row kernel when `dims` are the trailing dims of a
-    contiguous float array of some size (softmax's and cross_entropy's max); None otherwise."""
-    rows = _trailing_rows(x, dims) if x.size >= 4096 else None
-    if rows is None or rows.shape[1] == 0:
+def amax_rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
+    """The maxima of `x` over `dims`, flat, by a Numba row kernel when `dims` are the trailing dims
+    of a contiguous float array of some size (softmax's and cross_entropy's max); None otherwise."""
+    found = _as_rows(x, dims) if x.size >= 4096 else None
+    if found is None or not found[1]:
         return None
     from ._numba_kernels import row_max
 
+    rows = found[0]
     out = np.empty(rows.shape[0], x.dtype)
     row_max(rows, out)
-    return _reduced(out, x, dims, keepdims)
+    return out
 
 
 def add_rows_at(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> bool:

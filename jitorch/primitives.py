@@ -334,9 +334,9 @@ def _prod_vjp(g, n):
 
 
 def _np_sum(x, axis, keepdims):
-    out = sum_by_blas(x, axis, keepdims)
+    out = sum_by_blas(x, axis)
     if out is not None:
-        return out
+        return out.reshape(_reduced_shape(x.shape, axis, keepdims))
     return np.sum(x, axis=axis, keepdims=keepdims, dtype=_sum_dtype(x.dtype))
 
 
@@ -347,9 +347,9 @@ def _np_prod(x, axis, keepdims):
 defprim("sum", "reduce", _accumulating(_np_sum), _sum_infer, _sum_vjp)
 defprim("prod", "reduce", _accumulating(_np_prod), _sum_infer, _prod_vjp, saves=(0,), saves_out=True)
 def _np_amax(x, axis, keepdims):
-    out = amax_rows(x, axis, keepdims)
+    out = amax_rows(x, axis)
     if out is not None:
-        return out
+        return out.reshape(_reduced_shape(x.shape, axis, keepdims))
     if x.dtype == np.bool_:  # any(): an empty reduction is False (np.amax has no identity)
         return np.any(x, axis=axis, keepdims=keepdims)
     return np.amax(x, axis=axis, keepdims=keepdims)

@@ -28,7 +28,6 @@ from collections.abc import Callable
 import numpy as np
 from llvmlite import ir
 
-from .. import dtypes as _dt
 from ..ir.fusion import Kernel
 from ..ir.graph import Node, Value
 from . import llvm_math, threads
@@ -271,8 +270,8 @@ def _padded(v: Value, ndim: int) -> tuple[int, ...]:
 
 
 def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], list[tuple[tuple[int, ...], ...]]]:
-    """The kernel's loop shape after merging dims, each input's broadcast flags along it, and for
-    each input the groups of original dims that each loop dim covers."""
+    """The kernel's loop shape after merging dims, each input's broadcast flags along it, and the
+    groups of the kernel's dims that each loop dim covers."""
     shape = kernel.shape
     ndim = len(shape)
     dims = [d for d in range(ndim) if shape[d] != 1]
@@ -289,8 +288,7 @@ def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], l
             groups.append([d])
     loop_shape = tuple(int(np.prod([shape[d] for d in g])) for g in groups)
     broadcast = [tuple(p[g[0]] == 1 for g in groups) for p in padded]
-    dim_groups = [tuple(tuple(g) for g in groups)] * len(kernel.inputs)
-    return loop_shape, broadcast, dim_groups
+    return loop_shape, broadcast, tuple(tuple(g) for g in groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,10 +513,9 @@ class CompiledKernel:
         self.loop_shape = loop_shape
         self.ndim = len(loop_shape)
         self.broadcast = broadcast
-        self.dim_groups = dim_groups
         self.fn = _KERNEL_TYPE(fn_address)
         self.out_dtypes = [v.dtype.np for v in kernel.outputs]
-        self.in_views = [self._view_shape(v, groups) for v, groups in zip(kernel.inputs, dim_groups)]
+        self.in_views = [self._view_shape(v, dim_groups) for v in kernel.inputs]
         self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
         self.size = int(np.prod(loop_shape))
         # outputs are ours, C-contiguous: their strides are fixed
@@ -552,7 +549,7 @@ class CompiledKernel:
             self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
             return outs
         # split the outermost loop dim into one band of rows per thread
-        row_bytes = [strides[k * ndim] * item for k, item in enumerate(self.itemsizes(keep, outs))]
+        row_bytes = [strides[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
         calls = []
         for part in range(parts):
             first, last = rows * part // parts, rows * (part + 1) // parts
@@ -562,8 +559,6 @@ class CompiledKernel:
         threads.run_all(calls)
         return outs
 
-    def itemsizes(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> list[int]:
-        return [a.itemsize for a in inputs] + [a.itemsize for a in outputs]
 
 
 def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:
@@ -600,7 +595,3 @@ def compile_kernels(kernels: list[Kernel]) -> list[CompiledKernel]:
         plans.append((kernel, loop_shape, broadcast, dim_groups, *_texts[key]))
     ensure_compiled({p[4]: p[5] for p in plans})
     return [CompiledKernel(k, ls, bc, dg, _addresses[digest], text) for k, ls, bc, dg, digest, text in plans]
-
-
-def dtype_supported(dtype: _dt.DType) -> bool:
-    return dtype.name in _LLVM_TYPE

@@ -13,6 +13,7 @@ reads exists by then, and nothing that runs in between (a matmul, a reduction) c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,20 +78,13 @@ def _scalars_first(graph: Graph) -> list[Node]:
     early: set[int] = {inp.value.id for inp in graph.inputs}
     first, rest = [], []
     for node in graph.nodes:
-        if _size(node.out.shape) <= 1 and all(v.id in early or v.node is not None and v.node.op == "const"
+        if math.prod(node.out.shape) <= 1 and all(v.id in early or v.node is not None and v.node.op == "const"
                                                for v in node.inputs):
             early.add(node.out.id)
             first.append(node)
         else:
             rest.append(node)
     return first + rest
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for n in shape:
-        size *= n
-    return size
 
 
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
