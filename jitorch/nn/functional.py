@@ -776,6 +776,26 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
     return out
 
 
+def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
+              nd: int, name: str) -> Tensor:
+    """conv1d/conv2d: checks, the unbatched form, 'same' padding; a 1-D convolution runs as a 2-D
+    one of height 1."""
+    _check_conv_input(input, weight, groups, nd, name)
+    unbatched = input.ndim == nd + 1
+    x = input.unsqueeze(0) if unbatched else input
+    stride, dilation = _pair(stride, nd), _pair(dilation, nd)
+    sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, nd)
+    if extra is not None:
+        x = pad(x, extra)
+    if nd == 1:
+        out = _conv2d_core(
+            x.unsqueeze(2), weight.unsqueeze(2), bias, (1,) + stride, (0,) + sym, (1,) + dilation, groups
+        ).squeeze(2)
+    else:
+        out = _conv2d_core(x, weight, bias, stride, sym, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -786,15 +806,7 @@ def conv2d(
     groups: int = 1,
 ) -> Tensor:
     """2-D convolution of (N, C, H, W) (or unbatched (C, H, W)) with weight (O, C/groups, kh, kw)."""
-    _check_conv_input(input, weight, groups, 2, "conv2d")
-    unbatched = input.ndim == 3
-    x = input.unsqueeze(0) if unbatched else input
-    stride, dilation = _pair(stride), _pair(dilation)
-    sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, 2)
-    if extra is not None:
-        x = pad(x, extra)
-    out = _conv2d_core(x, weight, bias, stride, sym, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return _convolve(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
 def conv1d(
@@ -807,17 +819,7 @@ def conv1d(
     groups: int = 1,
 ) -> Tensor:
     """1-D convolution of (N, C, L) (or (C, L)) with weight (O, C/groups, k): a conv2d of height 1."""
-    _check_conv_input(input, weight, groups, 1, "conv1d")
-    unbatched = input.ndim == 2
-    x = input.unsqueeze(0) if unbatched else input
-    stride, dilation = _pair(stride, 1), _pair(dilation, 1)
-    sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, 1)
-    if extra is not None:
-        x = pad(x, extra)
-    out = _conv2d_core(
-        x.unsqueeze(2), weight.unsqueeze(2), bias, (1,) + stride, (0,) + sym, (1,) + dilation, groups
-    ).squeeze(2)
-    return out.squeeze(0) if unbatched else out
+    return _convolve(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
 # ---------------------------------------------------------------------------------------------
