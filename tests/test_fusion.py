@@ -48,13 +48,97 @@ def test_a_matmul_splits_chains_and_reductions_stay_outside():
     assert [[n.op for n in k.kernel.nodes] for k in kernels] == [["mul", "add"]]
 
 
-def test_softmax_and_layer_norm_kernel_counts():
-    x = jt.randn(32, 64)
-    # exp(x - max) is one kernel; max and sum are reductions and the division is a single op
-    assert len(kernels_of(lambda x: x.softmax(-1), x)) == 1
-    w, b = jt.randn(64), jt.randn(64)
-    # centre and square; the row statistic's (var + eps).rsqrt(); scale and shift
-    assert len(kernels_of(lambda x: F.layer_norm(x, (64,), w, b), x)) == 3
+@pytest.mark.parametrize("name, fn", [
+    ("softmax", lambda x, w, b: x.softmax(-1)),
+    ("log_softmax", lambda x, w, b: F.log_softmax(x, -1)),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, (64,), w, b)),
+    ("rms_norm", lambda x, w, b: F.rms_norm(x, (64,), w)),
+    ("residual + layer_norm", lambda x, w, b: F.layer_norm(x + b, (64,), w, b)),
+])
+def test_row_reductions_and_their_pointwise_neighbours_are_one_kernel(name, fn):
+    x, w, b = jt.randn(32, 64), jt.randn(64), jt.randn(64)
+    (kernel,) = kernels_of(fn, x, w, b)
+    ops = [n.op for n in kernel.kernel.nodes]
+    assert kernel.kernel.rows and {"sum", "amax"} & set(ops)
+    assert [v.shape for v in kernel.kernel.outputs] == [(32, 64)]  # the row statistics stay inside
+
+
+def test_cross_entropy_and_its_gradient_use_row_kernels():
+    logits = jt.randn(48, 10, requires_grad=True)  # read by the step like a parameter
+    y = jt.randint(0, 10, (48,))
+
+    def step(y):
+        logits.grad = None
+        loss = F.cross_entropy(logits * 2, y)
+        loss.backward()
+        return loss
+
+    compiled = jt.compile(step)
+    compiled(y)
+    rows = [[n.op for n in k.kernel.nodes] for k in plan_of(compiled).kernels if k.kernel.rows]
+    # log_softmax; then its backward, g - softmax * sum(g), reading the forward's exp and row sum
+    assert len(rows) == 2 and {"amax", "exp", "log"} <= set(rows[0]) and {"expand", "sum", "div"} <= set(rows[1])
+    expected = step(y).item()
+    grad = logits.grad.numpy()
+    np.testing.assert_allclose(compiled(y).item(), expected, rtol=1e-6)
+    np.testing.assert_allclose(logits.grad.numpy(), grad, rtol=1e-5, atol=1e-7)
+    reference = torch.tensor(logits.detach().numpy(), requires_grad=True)
+    torch.nn.functional.cross_entropy(reference * 2, torch.tensor(y.numpy())).backward()
+    np.testing.assert_allclose(grad, reference.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+ROW_CASES = {
+    "plain": lambda rng, dt: rng.standard_normal((6, 5, 33)).astype(dt),
+    "one row": lambda rng, dt: rng.standard_normal((1000,)).astype(dt),
+    "long rows": lambda rng, dt: rng.standard_normal((3, 4099)).astype(dt) * 30,
+    "nan, inf and -inf rows": lambda rng, dt: np.array(
+        [[np.nan, 1, 2, 3], [-np.inf] * 4, [np.inf, 1, 2, np.inf], [-np.inf, 0, 1, -np.inf], [-0.0] * 4], dt),
+    "transposed": lambda rng, dt: rng.standard_normal((17, 9)).astype(dt).T,
+}
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_kernels_match_pytorch(case, dtype):
+    a = ROW_CASES[case](np.random.default_rng(1), dtype)
+    bias = np.linspace(-1, 1, a.shape[-1]).astype(dtype)
+
+    def fn(lib, x, bias):
+        m = x.amax(-1, keepdim=True)
+        lo = x.amin(-1, keepdim=True)
+        centred = x - x.sum(-1, keepdim=True) / x.shape[-1]
+        var = (centred * centred).sum(-1, keepdim=True)
+        return (lib.softmax(x + bias, -1), lib.log_softmax(x * 0.5, -1), centred * (var + 1e-5).rsqrt(),
+                m - lo, x.sum(-1, keepdim=True))
+
+    compiled = jt.compile(lambda x, bias: fn(jt, x, bias))
+    ours = compiled(jt.tensor(a), jt.tensor(bias))
+    assert any(k.kernel.rows for k in plan_of(compiled).kernels)
+    theirs = fn(torch, torch.tensor(a), torch.tensor(bias))
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for o, t in zip(ours, theirs):
+        # reassociated sums: close to PyTorch's, and to numpy's pairwise sums
+        np.testing.assert_allclose(o.numpy(), t.numpy(), rtol=tol, atol=tol * np.abs(a[np.isfinite(a)]).max())
+
+
+def test_row_kernels_split_by_rows_across_threads():
+    x = jt.randn(1024, 640)  # above the size that splits across threads
+    fn = jt.compile(lambda x: (x.softmax(-1), x.amax(-1, keepdim=True)))
+    jt.set_num_threads(1)
+    try:
+        one = [t.numpy() for t in fn(x)]
+    finally:
+        jt.set_num_threads(2)
+    two = [t.numpy() for t in fn(x)]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(two[0], torch.softmax(torch.tensor(x.numpy()), -1).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_reductions_that_are_not_over_the_last_dim_stay_numpy():
+    x = jt.randn(8, 16)
+    kernels = kernels_of(lambda x: (x.exp().sum(0, keepdim=True) * 2, x.exp().sum(-1) * 3), x)
+    assert not any(k.kernel.rows for k in kernels)
 
 
 def test_chains_reading_one_input_share_a_kernel_unrelated_ones_share_a_function():

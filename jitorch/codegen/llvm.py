@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 from llvmlite import ir
 
-from ..ir.fusion import Kernel
+from ..ir.fusion import Kernel, is_row_reduction
 from ..ir.graph import Node, Value
 from . import llvm_math, threads
 
@@ -194,6 +194,7 @@ _ANY = {
     "where": lambda b, n, a: b.ir.select(_truth(b, n.inputs[0], a[0]), a[1], a[2]),
     "cast": _cast,
     "copy": lambda b, n, a: a[0],
+    "expand": lambda b, n, a: a[0],  # numpy's broadcasting rule: the kernel loads its input broadcast
 }
 
 _FLOAT_TESTS = {
@@ -202,11 +203,22 @@ _FLOAT_TESTS = {
 }
 
 
+# row reductions: (identity, combine(emitter, accumulator, element)); a float sum may be reassociated
+# so that LLVM vectorizes it (several partial sums, as PyTorch's CPU kernels keep; numpy sums pairwise)
+_REDUCTIONS = {
+    "sum": (-0.0, lambda b, acc, x: b.ir.fadd(acc, x, flags=("reassoc",))),  # -0.0: -0.0 + -0.0 stays -0.0
+    "amax": (-math.inf, lambda b, acc, x: b.call("maximum", acc, x)),  # llvm.maximum: NaN wins, as in numpy
+    "amin": (math.inf, lambda b, acc, x: b.call("minimum", acc, x)),
+}
+
+
 def fusible(node: Node) -> bool:
     """Whether this backend can compute `node` inside a fused kernel."""
     values = (*node.inputs, node.out)
     if any(v.dtype.name not in _LLVM_TYPE for v in values):
         return False
+    if node.op in _REDUCTIONS:
+        return is_row_reduction(node) and _is_float(node.out) and node.out.dtype == node.inputs[0].dtype
     if node.op in _FLOAT_ONLY:
         return all(_is_float(v) for v in values)
     if node.op in _NUMERIC:
@@ -271,7 +283,8 @@ def _padded(v: Value, ndim: int) -> tuple[int, ...]:
 
 def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], list[tuple[tuple[int, ...], ...]]]:
     """The kernel's loop shape after merging dims, each input's broadcast flags along it, and the
-    groups of the kernel's dims that each loop dim covers."""
+    groups of the kernel's dims that each loop dim covers. A row kernel's last dim (the reduced
+    one, longer than 1) stays a loop dim of its own."""
     shape = kernel.shape
     ndim = len(shape)
     dims = [d for d in range(ndim) if shape[d] != 1]
@@ -282,7 +295,7 @@ def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], l
 
     groups: list[list[int]] = []
     for d in dims:
-        if groups and flags(groups[-1][-1]) == flags(d):
+        if groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1):
             groups[-1].append(d)
         else:
             groups.append([d])
@@ -312,8 +325,17 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
     bases = [b.load(b.gep(fn.args[2], [ir.Constant(I64, k)], inbounds=True, source_etype=PTR), typ=PTR)
              for k in range(len(operands))]
     n_in = len(kernel.inputs)
-    out_broadcast = [(False,) * ndim] * len(kernel.outputs)
+    out_broadcast = [(False,) * (ndim - 1) + (v.shape != kernel.shape,) if ndim else () for v in kernel.outputs]
     inner_static = [bc[-1] if ndim else True for bc in broadcast + out_broadcast]  # True: stride 0
+    if kernel.rows:
+        rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], bases, inner_static)
+        zero = [ir.Constant(I64, 0)] * len(operands)
+        if ndim == 1:
+            rows.emit(zero)
+        else:
+            _loop_nest(b, fn, sizes[:-1], strides, None, zero, 0, rows.emit)
+        b.ret_void()
+        return
 
     def body(offsets: list):
         """The per-element code at the innermost point, given each operand's element offset."""
@@ -333,7 +355,8 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
 
 
 def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, offsets, d: int, body) -> None:
-    """Counted loop over dim `d`; the innermost dim indexes each operand by i (or 0 if broadcast)."""
+    """Counted loop over dim `d`; the innermost dim indexes each operand by i (or 0 if broadcast),
+    or by its stride like the other dims when `inner_static` is None."""
     ndim = len(sizes)
     innermost = d == ndim - 1
     pre = b.block
@@ -346,9 +369,10 @@ def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, o
     i.add_incoming(ir.Constant(I64, 0), pre)
     b.branch(loop)
     b.position_at_end(loop)
-    if innermost:
-        inner = [off if bcast else b.add(off, i) for off, bcast in zip(offsets, inner_static)]
-        body(inner)
+    if innermost and inner_static is not None:
+        body([off if bcast else b.add(off, i) for off, bcast in zip(offsets, inner_static)])
+    elif innermost:
+        body([b.add(off, b.mul(i, strides[k][d])) for k, off in enumerate(offsets)])
     else:
         inner = [b.add(off, b.mul(i, strides[k][d])) for k, off in enumerate(offsets)]
         _loop_nest(b, fn, sizes, strides, inner_static, inner, d + 1, body)
@@ -356,6 +380,93 @@ def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, o
     i.add_incoming(nxt, b.block)
     b.cbranch(b.icmp_signed("<", nxt, sizes[d]), head, done)
     b.position_at_end(done)
+
+
+class _RowEmitter:
+    """The code of a row kernel for one row, given each operand's offset at the row's start.
+
+    Values of the row shape (row inputs, reductions, pointwise nodes on them) are computed once per
+    row; values of the full shape inside passes over the row. Pass L accumulates the reductions
+    of level L + 1 and stores the full-shape outputs of level L, recomputing the full-shape nodes
+    it needs from the inputs (cheaper than a round trip through memory; the row is in L1 cache by
+    the second pass). Before pass L come the row nodes of level L, whose reductions are done.
+    """
+
+    def __init__(self, b: ir.IRBuilder, fn: ir.Function, emit: _Emitter, kernel: Kernel, length, bases,
+                 inner_static: list[bool]) -> None:
+        self.b, self.fn, self.emitter, self.kernel, self.length = b, fn, emit, kernel, length
+        self.bases, self.inner_static = bases, inner_static
+        self.level = kernel.levels()
+        self.row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
+        self.made = {n.out.id: n for n in kernel.nodes}
+
+    def emit(self, offsets: list) -> None:
+        b, kernel, level = self.b, self.kernel, self.level
+        n_in = len(kernel.inputs)
+        env = {v.id: _load(b, v, self.bases[k], offsets[k])
+               for k, v in enumerate(kernel.inputs) if self.inner_static[k]}
+        top = max(level.values(), default=0)
+        for pass_ in range(top + 1):
+            for node in kernel.nodes:
+                if node.out.id in self.row_ids and not is_row_reduction(node) and level[node.out.id] == pass_:
+                    env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
+            for j, v in enumerate(kernel.outputs):
+                if v.id in self.row_ids and level[v.id] == pass_:
+                    _store(b, v, env[v.id], self.bases[n_in + j], offsets[n_in + j])
+            reductions = [n for n in kernel.nodes if is_row_reduction(n) and level[n.out.id] == pass_ + 1]
+            stores = [j for j, v in enumerate(kernel.outputs) if v.id not in self.row_ids and level[v.id] == pass_]
+            if reductions or stores:
+                env.update(self._pass(offsets, env, reductions, stores))
+
+    def _needed(self, targets: list[Value]) -> list[Node]:
+        """The kernel's full-shape nodes that `targets` depend on, in kernel order."""
+        seen: set[int] = set()
+        stack = [v.id for v in targets]
+        while stack:
+            vid = stack.pop()
+            if vid in seen or vid in self.row_ids or vid not in self.made:
+                continue
+            seen.add(vid)
+            stack.extend(v.id for v in self.made[vid].inputs)
+        return [n for n in self.kernel.nodes if n.out.id in seen]
+
+    def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int]) -> dict:
+        """One loop over the row (its length is at least 2: fusion only forms row kernels then)."""
+        b, kernel = self.b, self.kernel
+        n_in = len(kernel.inputs)
+        nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores])
+        wanted = {v.id for n in nodes for v in n.inputs} | {r.inputs[0].id for r in reductions} \
+            | {kernel.outputs[j].id for j in stores}
+        pre = b.block
+        loop = self.fn.append_basic_block("row.pass")
+        done = self.fn.append_basic_block("row.done")
+        b.branch(loop)
+        b.position_at_end(loop)
+        j = b.phi(I64, name="j")
+        j.add_incoming(ir.Constant(I64, 0), pre)
+        accumulators = []
+        for r in reductions:
+            acc = b.phi(_LLVM_TYPE[r.out.dtype.name], name="acc")
+            acc.add_incoming(ir.Constant(acc.type, _REDUCTIONS[r.op][0]), pre)
+            accumulators.append(acc)
+        env = dict(row_env)
+        for k, v in enumerate(kernel.inputs):
+            if not self.inner_static[k] and v.id in wanted:
+                env[v.id] = _load(b, v, self.bases[k], b.add(offsets[k], j))
+        for node in nodes:
+            env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
+        updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])
+                   for r, acc in zip(reductions, accumulators)]
+        for k in stores:
+            v = kernel.outputs[k]
+            _store(b, v, env[v.id], self.bases[n_in + k], b.add(offsets[n_in + k], j))
+        nxt = b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"])
+        j.add_incoming(nxt, b.block)
+        for acc, new in zip(accumulators, updated):
+            acc.add_incoming(new, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, self.length), loop, done)
+        b.position_at_end(done)
+        return {r.out.id: new for r, new in zip(reductions, updated)}
 
 
 def _load(b: ir.IRBuilder, v: Value, base, offset):
@@ -515,12 +626,20 @@ class CompiledKernel:
         self.broadcast = broadcast
         self.fn = _KERNEL_TYPE(fn_address)
         self.out_dtypes = [v.dtype.np for v in kernel.outputs]
+        self.out_shapes = [v.shape for v in kernel.outputs]
         self.in_views = [self._view_shape(v, dim_groups) for v in kernel.inputs]
         self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
         self.size = int(np.prod(loop_shape))
-        # outputs are ours, C-contiguous: their strides are fixed
-        out_strides = [int(np.prod(loop_shape[d + 1:])) for d in range(self.ndim)]
-        self.out_strides = out_strides * len(kernel.outputs)
+        # outputs are ours, C-contiguous: their strides are fixed (a row kernel's row outputs have
+        # one element per row: stride 0 along the row)
+        self.out_strides = []
+        for v in kernel.outputs:
+            per_row = v.shape != kernel.shape
+            dims = loop_shape[:-1] + (1,) if per_row else loop_shape
+            self.out_strides += [0 if per_row and d == self.ndim - 1 else int(np.prod(dims[d + 1:]))
+                                 for d in range(self.ndim)]
+        # a row kernel splits across threads by rows, never inside one
+        self.split_rows = self.ndim >= 2 or not kernel.rows
 
     def _view_shape(self, v: Value, groups) -> tuple[int, ...]:
         padded = _padded(v, len(self.kernel.shape))
@@ -539,12 +658,12 @@ class CompiledKernel:
             keep.append(view)
             strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
             pointers.append(view.__array_interface__["data"][0])
-        outs = [np.empty(self.kernel.shape, dt) for dt in self.out_dtypes]
+        outs = [np.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
         pointers += [o.__array_interface__["data"][0] for o in outs]
         strides += self.out_strides
         stride_arg = (ctypes.c_int64 * max(len(strides), 1))(*strides)
         rows = self.loop_shape[0] if ndim else 1
-        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS else 1
+        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
         if parts < 2:
             self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
             return outs

@@ -108,8 +108,9 @@ _MANT = {"float": 23, "double": 52}
 _BIAS = {"float": 127, "double": 1023}
 
 # exp's input is clamped to [lo, hi] before the reduction: hi is past the overflow threshold (so the
-# result still overflows to inf) and lo past the point where the result rounds to 0, while
-# k = x / ln2 stays small enough for 2^k to be built as two normal powers of two.
+# result still overflows to inf) and lo past the point where the result rounds to 0 (below it exp
+# returns 0 by a select), while k = x / ln2 stays small enough for 2^k to be built as two normal
+# powers of two.
 _EXP_CLAMP = {"float": (-104.0, 89.0), "double": (-746.0, 710.0)}
 # below the smallest normal number log scales its input by 2^scale to read a normal exponent
 _LOG_DENORMAL = {"float": (2.0**-126, 23), "double": (2.0**-1022, 54)}
@@ -226,13 +227,18 @@ class _Body:
         return self.select(self.fcmp("uno", x, x), x, y)
 
 
-def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str]:
+def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str, str]:
     """exp(x) = exp(r) * s1 * s2 with r = r_hi - k * ln2_lo: returns k (integral, as a float), r_hi
-    (exact), and the powers of two s1, s2. A NaN x gives NaNs."""
+    (exact), the powers of two s1, s2, and `under`, true where exp(x) rounds to 0 (the caller
+    selects 0 there). A NaN x gives NaNs."""
     lo, hi = _EXP_CLAMP[b.t]
     # compares false for NaN keep NaN, which then flows through arithmetic and bit patterns alone
     xc = b.select(b.fcmp("ogt", x, b.c(hi)), b.c(hi), x)
-    xc = b.select(b.fcmp("olt", xc, b.c(lo)), b.c(lo), xc)
+    # Below `lo` the result is 0, but computing it as a product that rounds through the subnormal
+    # range costs a microcode assist per element on Intel (5x slower for a causal mask's -inf
+    # half of a softmax). Those lanes compute exp(0) instead and the caller selects 0.
+    under = b.fcmp("olt", x, b.c(lo))
+    xc = b.select(under, b.c(0.0), xc)
     # adding 1.5 * 2^mantissa_bits rounds x / ln2 to an integer k and leaves k in the low bits of the
     # sum: no rint and no float -> int conversion (packed double -> i64 needs AVX-512)
     magic = 1.5 * 2.0 ** _MANT[b.t]
@@ -250,21 +256,21 @@ def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str]:
     e2 = b.ibinop("sub", u, e1)
     s1 = b.from_int_bits(b.ibinop("shl", e1, _MANT[b.t]))
     s2 = b.from_int_bits(b.ibinop("shl", e2, _MANT[b.t]))
-    return k, r_hi, s1, s2
+    return k, r_hi, s1, s2, under
 
 
 def _exp(b: _Body, x: str) -> str:
-    k, r_hi, s1, s2 = _exp_reduce(b, x)
+    k, r_hi, s1, s2, under = _exp_reduce(b, x)
     r = b.fma(k, b.c(-_LN2_LO[b.t]), r_hi)
     g = b.horner(r, _EXP_G[b.t])
     p = b.fma(b.fma(g, r, b.c(1.0)), r, b.c(1.0))  # 1 + r + r^2 G(r)
-    return b.mul(b.mul(p, s1), s2)
+    return b.select(under, b.c(0.0), b.mul(b.mul(p, s1), s2))
 
 
 def _exp_pair(b: _Body, x: str) -> tuple[str, str]:
     """exp(x) for x <= 0 as a rounded value e and its rounding error e_err: e + e_err, unrounded,
     is within about 0.1 ulp of exp(x) where e is normal (plain exp: within 0.9 ulp)."""
-    k, r_hi, s1, s2 = _exp_reduce(b, x)
+    k, r_hi, s1, s2, under = _exp_reduce(b, x)
     r_lo = b.mul(k, b.c(-_LN2_LO[b.t]))
     r = b.add(r_hi, r_lo)
     g = b.horner(r, _EXP_G[b.t])
@@ -274,7 +280,8 @@ def _exp_pair(b: _Body, x: str) -> tuple[str, str]:
     p_lo = b.add(b.add(b.sub(b.c(1.0), p_hi), r_hi), b.fma(b.mul(r, r), g, r_lo))
     p = b.add(p_hi, p_lo)
     p_err = b.add(b.sub(p_hi, p), p_lo)  # Fast2Sum: |p_lo| < |p_hi|
-    return b.mul(b.mul(p, s1), s2), b.mul(b.mul(p_err, s1), s2)
+    zero = b.c(0.0)
+    return b.select(under, zero, b.mul(b.mul(p, s1), s2)), b.select(under, zero, b.mul(b.mul(p_err, s1), s2))
 
 
 def _divide_pairs(b: _Body, n: str, n_lo: str, d: str, d_lo: str, inverse_d: str) -> str:

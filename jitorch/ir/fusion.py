@@ -1,8 +1,14 @@
-"""Fusion: group a graph's pointwise nodes into kernels.
+"""Fusion: group a graph's pointwise nodes, and the row reductions between them, into kernels.
 
 A kernel is a set of pointwise nodes with one output shape. Its external inputs may have any shape
 that broadcasts to it (a bias, a row statistic, a scalar); values made inside it never touch
 memory unless something outside the kernel (or the graph's output) reads them.
+
+A row kernel also holds reductions over the last dim (keepdim=True) of its shape S, and pointwise
+nodes of their row shape R = S[:-1] + (1,): softmax (max, exp, sum, divide), layer_norm (mean,
+variance, normalize) or cross_entropy's log-sum-exp is one kernel, and a row statistic never
+leaves it unless something outside reads it. The backend runs it row by row, one pass over the row
+per chain of reductions (`level`).
 
 The grouping is greedy in execution order, one open kernel per output shape. A node joins the
 open kernel of its shape when it reads something the kernel makes or reads, and each of its
@@ -31,6 +37,20 @@ class Kernel:
     nodes: list[Node] = field(default_factory=list)
     inputs: list[Value] = field(default_factory=list)  # read from memory
     outputs: list[Value] = field(default_factory=list)  # written to memory
+    rows: bool = False  # holds reductions over the last dim: a row kernel
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[:-1] + (1,)
+
+    def levels(self) -> dict[int, int]:
+        """Value id -> the number of the kernel's reductions on its longest path from the kernel's
+        inputs: the pass over the row in which a row kernel can compute it (inputs are level 0)."""
+        level: dict[int, int] = {}
+        for node in self.nodes:
+            deepest = max((level.get(v.id, 0) for v in node.inputs), default=0)
+            level[node.out.id] = deepest + 1 if is_row_reduction(node) else deepest
+        return level
 
     def format(self) -> str:
         head = (f"kernel {self.name()} over {list(self.shape)}: reads "
@@ -41,6 +61,17 @@ class Kernel:
         ops = [n.op for n in self.nodes]
         core = "_".join(dict.fromkeys(ops))[:48]
         return f"fused_{core}_{'x'.join(map(str, self.shape)) or 'scalar'}"
+
+
+def is_row_reduction(node: Node) -> bool:
+    """A reduction a row kernel can hold: over the last dim (longer than 1), keeping it."""
+    from ..primitives import PRIMS
+
+    if node.op == "const" or PRIMS[node.op].kind != "reduce" or not node.inputs:
+        return False
+    shape = node.inputs[0].shape
+    return (len(shape) >= 1 and shape[-1] > 1 and node.params.get("keepdim") is True
+            and tuple(node.params.get("dims", ())) == (len(shape) - 1,))
 
 
 def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None
@@ -54,20 +85,33 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
     order: list[Node | Kernel] = []
     for i, node in enumerate(nodes):
-        if not fusible(node):
+        reduction = is_row_reduction(node)
+        if not fusible(node) or not reduction and node.op != "const" and _is_reduce(node):
             order.append(node)
             continue
-        kernel = open_kernels.get(node.out.shape)
+        # a reduction joins the kernel over its input's shape; a pointwise node the kernel over its
+        # own shape, which for a row shape may be a row kernel (registered under both shapes)
+        shape = node.inputs[0].shape if reduction else node.out.shape
+        kernel = open_kernels.get(shape)
         if kernel is None or len(kernel.nodes) >= MAX_NODES_PER_KERNEL or not _can_join(node, kernel, position,
                                                                                           kernel_of):
-            kernel = open_kernels[node.out.shape] = Kernel(node.out.shape, i)
+            kernel = open_kernels[shape] = Kernel(shape, i)
             order.append(kernel)
+        if reduction and not kernel.rows:
+            kernel.rows = True
+            open_kernels[kernel.row_shape] = kernel
         kernel.nodes.append(node)
         kernel_of[node.out.id] = kernel
     _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
     single_worth_it = single_worth_it or (lambda kernel: False)
     return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 and not single_worth_it(k) else k
             for k in order]
+
+
+def _is_reduce(node: Node) -> bool:
+    from ..primitives import PRIMS
+
+    return PRIMS[node.op].kind == "reduce"
 
 
 def _scalars_first(graph: Graph) -> list[Node]:
