@@ -389,7 +389,9 @@ class _RowEmitter:
     row; values of the full shape inside passes over the row. Pass L accumulates the reductions
     of level L + 1 and stores the full-shape outputs of level L, recomputing the full-shape nodes
     it needs from the inputs (cheaper than a round trip through memory; the row is in L1 cache by
-    the second pass). Before pass L come the row nodes of level L, whose reductions are done.
+    the second pass), except those an earlier pass stored as outputs: it loads those back
+    (softmax's exp is computed once). Before pass L come the row nodes of level L, whose
+    reductions are done.
     """
 
     def __init__(self, b: ir.IRBuilder, fn: ir.Function, emit: _Emitter, kernel: Kernel, length, bases,
@@ -416,25 +418,30 @@ class _RowEmitter:
             reductions = [n for n in kernel.nodes if is_row_reduction(n) and level[n.out.id] == pass_ + 1]
             stores = [j for j, v in enumerate(kernel.outputs) if v.id not in self.row_ids and level[v.id] == pass_]
             if reductions or stores:
-                env.update(self._pass(offsets, env, reductions, stores))
+                stored = {v.id: j for j, v in enumerate(kernel.outputs)
+                          if v.id not in self.row_ids and level[v.id] < pass_}
+                env.update(self._pass(offsets, env, reductions, stores, stored))
 
-    def _needed(self, targets: list[Value]) -> list[Node]:
-        """The kernel's full-shape nodes that `targets` depend on, in kernel order."""
+    def _needed(self, targets: list[Value], stored: dict[int, int]) -> list[Node]:
+        """The kernel's full-shape nodes that `targets` depend on, in kernel order, short of the
+        values already `stored`."""
         seen: set[int] = set()
         stack = [v.id for v in targets]
         while stack:
             vid = stack.pop()
-            if vid in seen or vid in self.row_ids or vid not in self.made:
+            if vid in seen or vid in self.row_ids or vid not in self.made or vid in stored:
                 continue
             seen.add(vid)
             stack.extend(v.id for v in self.made[vid].inputs)
         return [n for n in self.kernel.nodes if n.out.id in seen]
 
-    def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int]) -> dict:
-        """One loop over the row (its length is at least 2: fusion only forms row kernels then)."""
+    def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
+              stored: dict[int, int]) -> dict:
+        """One loop over the row (its length is at least 2: fusion only forms row kernels then);
+        `stored` maps values an earlier pass wrote to their output's index."""
         b, kernel = self.b, self.kernel
         n_in = len(kernel.inputs)
-        nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores])
+        nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores], stored)
         wanted = {v.id for n in nodes for v in n.inputs} | {r.inputs[0].id for r in reductions} \
             | {kernel.outputs[j].id for j in stores}
         pre = b.block
@@ -453,6 +460,9 @@ class _RowEmitter:
         for k, v in enumerate(kernel.inputs):
             if not self.inner_static[k] and v.id in wanted:
                 env[v.id] = _load(b, v, self.bases[k], b.add(offsets[k], j))
+        for vid, k in stored.items():
+            if vid in wanted:
+                env[vid] = _load(b, kernel.outputs[k], self.bases[n_in + k], b.add(offsets[n_in + k], j))
         for node in nodes:
             env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
         updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])
