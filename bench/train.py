@@ -1,4 +1,5 @@
-"""Training speed of the examples' models: jitorch eager beside PyTorch eager on the CPU, in one run.
+"""Training speed of the examples' models: jitorch (compiled, as the examples train, and eager) beside
+PyTorch eager on the CPU, in one run.
 
     python bench/train.py                 # writes bench/results/train_cpu.md
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
@@ -188,7 +189,8 @@ def section(rows: list[tuple[str, float, float, float]], threads: int, repeats: 
         "to match",
         f"- median of {repeats} repeats, the three runners alternating; char_lm over {lm_steps} steps; "
         "\"compiled\" is the same training step under `jitorch.compile` (forward, backward and optimizer "
-        "update as one program)",
+        "update as one program), as `examples/digits.py` and `examples/char_lm.py` train by default; "
+        "\"eager\" is their `--eager` mode",
         f"- 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after (other processes share the CPUs)",
         "",
     ]

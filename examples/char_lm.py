@@ -1,8 +1,12 @@
 """Train a small causal transformer on Python's own documentation, one character at a time.
 
-    python examples/char_lm.py              # about 1 min on 2 idle CPU cores
+    python examples/char_lm.py              # under a minute on 2 idle CPU cores
     python examples/char_lm.py --steps 20   # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
-    python examples/char_lm.py --compile    # each training step as one jitorch.compile'd program
+    python examples/char_lm.py --eager      # each training step op by op, for debugging (slower)
+
+Each training step (forward, backward, AdamW update) runs as one `jitorch.compile`d program with
+fused CPU kernels; evaluation and sampling run eagerly. `--eager` trains the same model op by op,
+to the same losses: the mode to step through with pdb or print from.
 
 The text is `pydoc_data.topics` from the standard library (about 465K characters of English about
 Python), so nothing is downloaded. The last 10% is held out. The script prints the train and
@@ -265,8 +269,9 @@ def main() -> None:
     parser.add_argument("--plot", default=os.path.join("runs", "char_lm_loss.png"),
                         help="where to write the loss curve PNG")
     parser.add_argument("--sample-length", type=int, default=300, help="characters to generate at the end")
-    parser.add_argument("--compile", action="store_true",
-                        help="run each training step as one jitorch.compile'd program (fused CPU kernels)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run each training step op by op instead of as one jitorch.compile'd program "
+                             "(for debugging; slower)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -274,7 +279,7 @@ def main() -> None:
     config = Config(vocab_size=len(corpus.chars))
     say(f"corpus: {len(corpus.splits['train']):,} training and {len(corpus.splits['val']):,} held-out "
         f"characters, vocabulary {config.vocab_size}")
-    model, history = train(config, corpus, args.steps, args.seed, compiled=args.compile)
+    model, history = train(config, corpus, args.steps, args.seed, compiled=not args.eager)
     n_params = sum(p.numel() for p in model.parameters())
     train_seconds = time.perf_counter() - start
     text = sample(model, corpus, prompt="The ", length=args.sample_length)
@@ -285,7 +290,7 @@ def main() -> None:
     say("== char_lm report ==")
     say(f"model: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads, "
         f"context {config.block_size}, {n_params:,} parameters")
-    say(f"steps: {args.steps}{' (compiled)' if args.compile else ''} | training time {train_seconds:.1f} s "
+    say(f"steps: {args.steps} ({'eager' if args.eager else 'compiled'}) | training time {train_seconds:.1f} s "
         f"({1000 * train_seconds / max(1, args.steps):.0f} ms/step)")
     say(f"initial loss: train {first_train:.4f} | held-out {first_val:.4f}")
     say(f"final loss: train {final_train:.4f} | held-out {final_val:.4f}")

@@ -47,8 +47,8 @@ def test_digits_trains_and_round_trips_a_checkpoint(tmp_path):
     assert "checkpoint round trip: ok" in out
     assert checkpoint.stat().st_size > 0
     for model in ("mlp", "cnn"):
-        acc, loss = report_floats(rf"^{model}: held-out accuracy (\S+) \| final train loss (\S+) \| 12 steps",
-                                  out)
+        acc, loss = report_floats(rf"^{model}: held-out accuracy (\S+) \| final train loss (\S+) \| 12 steps "
+                                  r"\(compiled\)", out)
         assert 0.0 <= acc <= 1.0
         assert math.isfinite(loss) and loss < math.log(10)  # below chance after 12 steps
 
@@ -58,7 +58,7 @@ def test_char_lm_loss_falls_and_it_samples(tmp_path):
     out = run_example("char_lm.py", "--plot", str(plot), "--sample-length", "30", cwd=tmp_path,
                       steps_env="8")  # the budget through the environment, as CI sets it
 
-    assert re.search(r"^steps: 8 \|", out, re.MULTILINE), out
+    assert re.search(r"^steps: 8 \(compiled\) \|", out, re.MULTILINE), out
     first_train, first_val = report_floats(r"^initial loss: train (\S+) \| held-out (\S+)$", out)
     final_train, final_val = report_floats(r"^final loss: train (\S+) \| held-out (\S+)$", out)
     assert all(math.isfinite(v) for v in (first_train, first_val, final_train, final_val))
@@ -75,10 +75,10 @@ def test_char_lm_loss_falls_and_it_samples(tmp_path):
 
 def test_char_lm_compiled_matches_its_eager_run(tmp_path):
     # the same seed and batches: a compiled step must train the model as the eager one does
-    eager = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--plot", str(tmp_path / "a.png"),
-                        cwd=tmp_path)
-    compiled = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--compile",
+    eager = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--eager",
+                        "--plot", str(tmp_path / "a.png"), cwd=tmp_path)
+    compiled = run_example("char_lm.py", "--steps", "6", "--sample-length", "5",
                            "--plot", str(tmp_path / "b.png"), cwd=tmp_path)
-    assert re.search(r"^steps: 6 \(compiled\) \|", compiled, re.MULTILINE), compiled
+    assert re.search(r"^steps: 6 \(eager\) \|", eager, re.MULTILINE), eager
     pattern = r"^final loss: train (\S+) \| held-out (\S+)$"
     np.testing.assert_allclose(report_floats(pattern, compiled), report_floats(pattern, eager), rtol=1e-3)
