@@ -4,8 +4,9 @@ side by side with eager jitorch, PyTorch eager and torch.compile in one process.
     python bench/compile.py            # prints a table and writes bench/results/compile_cpu.md
     python bench/compile.py --quick    # fewer repeats, no torch.compile (seconds instead of a minute)
 
-A compiled program runs its pointwise work as fused LLVM kernels and everything else (matmuls,
-reductions, index ops) on the eager CPU kernels, without per-op Python or autograd bookkeeping.
+A compiled program runs its pointwise work and its reductions over the last dim as fused LLVM
+kernels and everything else (matmuls, other reductions, index ops) on the eager CPU kernels,
+without per-op Python or autograd bookkeeping.
 Targets (issue #4): tracing and lowering a training step under 0.3 s; a cache hit's Python
 overhead under 30 µs plus the kernels' own time.
 """

@@ -185,8 +185,10 @@ class Program:
                 arrays.append(np.asarray(default_generator._rng.integers(2**62), dtype=np.int64))
         return arrays
 
-    def run(self, leaves: list, record: dict | None = None, inputs: list | None = None):
-        """Execute on the current arguments and state; write back; return the user's outputs."""
+    def run(self, leaves: list, record: dict | None = None, inputs: list | None = None,
+            rerun: Callable[[], object] | None = None):
+        """Execute on the current arguments and state; write back; return the user's outputs.
+        `rerun` calls the function again eagerly: double backward differentiates that."""
         if inputs is None:
             inputs = self.inputs(leaves)
         results = self.plan.run(inputs, record)
@@ -202,7 +204,7 @@ class Program:
             else:
                 outs.append(Tensor._make(_writable(results[slot])))
         if self.backward is not None and _ag._grad_mode.enabled:
-            self._attach_backward(leaves, outs, results)
+            self._attach_backward(leaves, outs, results, rerun)
         return unflatten(self.out_treedef, outs)
 
     def _write_back(self, leaves: list, results: list, inputs: list) -> None:
@@ -225,7 +227,7 @@ class Program:
             if t is not None:  # a traced value the function stored away becomes a real tensor
                 t._data, t._value, t._base, t.grad_fn = _owned(results[slot], input_ids), None, None, None
 
-    def _attach_backward(self, leaves: list, outs: list, results: list) -> None:
+    def _attach_backward(self, leaves: list, outs: list, results: list, rerun) -> None:
         plan, n_saved, out_slots, diff_refs, used = self.backward
         diff_inputs = tuple(leaves[ref] if isinstance(ref, int) else ref for ref in diff_refs)
         if not any(t.requires_grad for t in diff_inputs):
@@ -233,11 +235,12 @@ class Program:
         saved = results[len(results) - n_saved:]
         user_slots = self.info["user_out"]
         shapes = [results[s] for s in out_slots]
+        double = _DoubleBackward(self, rerun, diff_inputs)
         for k, slot in enumerate(out_slots):
             out = outs[user_slots.index(slot)]
             if slot in self.passthrough:
                 continue  # an input returned as is keeps its own autograd identity
-            prim = _backward_prim(plan, saved, k, shapes, used)
+            prim = _backward_prim(plan, saved, k, shapes, used, functools.partial(double, user_slots.index(slot)))
             out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
             out.requires_grad = True
 
@@ -252,11 +255,46 @@ def _owned(a: np.ndarray, input_ids: set) -> np.ndarray:
     return np.array(a, copy=True)
 
 
-def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list, used: list[bool]) -> Prim:
+class _DoubleBackward:
+    """A gradient that must itself be differentiable (`create_graph=True`): the compiled backward
+    computes arrays with no graph behind them, so the function runs again eagerly and autograd
+    differentiates that run. Refused, with the reason, where a rerun would not be the same
+    computation: the function writes state (an optimizer step would be applied twice), draws
+    random numbers, or its inputs were modified in place since the call."""
+
+    def __init__(self, program: Program, rerun, inputs: tuple) -> None:
+        self.program, self.rerun, self.inputs = program, rerun, inputs
+        self.versions = [t._version for t in inputs]
+
+    def __call__(self, out_index: int, g: Tensor, used: list[bool]) -> tuple:
+        program = self.program
+        why = ("it writes tensors or state" if program.writes_anything
+               else "it draws random numbers" if any(kind == "seed" for kind, _ in program.fetch)
+               else "it was called without its arguments" if self.rerun is None
+               else "an input was modified in place after the call"
+               if [t._version for t in self.inputs] != self.versions else None)
+        if why is not None:
+            raise RuntimeError(
+                f"double backward (create_graph=True) through the compiled function "
+                f"{program.graph.name} needs an eager rerun of it, and {why}. Take the gradient of an "
+                "uncompiled function, or compile with mode='eager'.")
+        with disable():
+            leaves, _, _ = flatten(self.rerun())
+        grads = _ag.grad([leaves[out_index]], [t for t, u in zip(self.inputs, used) if u], [g],
+                         create_graph=True, allow_unused=True)
+        it = iter(grads)
+        return tuple(next(it) if u else None for u in used)
+
+
+def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list, used: list[bool],
+                   double: Callable) -> Prim:
     """An autograd 'primitive' whose vjp runs the compiled backward graph for output k; `used` says
-    which differentiable inputs get a gradient (the graph computes only those)."""
+    which differentiable inputs get a gradient (the graph computes only those). Under
+    `create_graph=True` the vjp is `double`'s, which keeps a graph."""
 
     def vjp(g: Tensor, node):
+        if _ag._grad_mode.enabled:  # backward with create_graph=True
+            return double(g, used)
         cots = [np.zeros_like(o) for o in outs]
         cots[k] = np.asarray(g._data, dtype=outs[k].dtype)
         grads = iter(plan.run(list(saved) + cots))
@@ -369,7 +407,7 @@ class CompiledFunction:
             self.hits += 1
         if self.mode == "check":
             return self._check(program, args, kwargs, leaves)
-        out = program.run(leaves)
+        out = program.run(leaves, rerun=lambda: self.fn(*args, **kwargs))
         if program.one_shot:
             self._drop(key, program)
         return out

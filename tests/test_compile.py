@@ -198,6 +198,45 @@ def test_compiled_module_is_differentiable_in_eager():
     np.testing.assert_allclose(x.grad.numpy(), eager_x, rtol=1e-5, atol=1e-6)
 
 
+def test_double_backward_through_a_compiled_function_matches_eager():
+    # a gradient penalty: the gradient of a compiled model's output is itself differentiated
+    jt.manual_seed(0)
+    model = MLP()
+    x, _ = _data("mlp")
+    x = x.detach().requires_grad_()
+
+    def penalised(forward):
+        out = forward(x).tanh().sum()
+        (gx,) = jt.autograd.grad(out, [x], create_graph=True)
+        return out + gx.square().sum()
+
+    penalised(model).backward()
+    eager = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compiled = jt.compile(model)
+    for _ in range(2):  # the tracing call and a replay
+        model.zero_grad()
+        penalised(compiled).backward()
+        for n, p in model.named_parameters():
+            np.testing.assert_allclose(p.grad.numpy(), eager[n], rtol=1e-4, atol=1e-6)
+
+
+def test_double_backward_through_a_compiled_step_that_writes_state_says_why():
+    w = jt.randn(3, requires_grad=True)
+    buffer = jt.zeros(3)
+
+    def f(x):
+        buffer.add_(x.detach())
+        return (w * x).sin().sum()
+
+    x = jt.randn(3, requires_grad=True)
+    out = jt.compile(f)(x)
+    with pytest.raises(RuntimeError, match="writes tensors or state"):
+        jt.autograd.grad(out, [x], create_graph=True)
+    (g,) = jt.autograd.grad(jt.compile(f)(x), [x])  # first order is fine
+    np.testing.assert_allclose(g.numpy(), (w * (w * x).cos()).detach().numpy(), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # guards
 
