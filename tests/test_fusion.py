@@ -121,6 +121,18 @@ def test_row_kernels_match_pytorch(case, dtype):
         np.testing.assert_allclose(o.numpy(), t.numpy(), rtol=tol, atol=tol * np.abs(a[np.isfinite(a)]).max())
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5), (0, 5), (3, 0, 5)])
+def test_row_kernels_read_row_shaped_inputs_and_handle_empty_batches(shape):
+    x, m = jt.randn(*shape), jt.randn(*shape[:-1], 1)  # m: a row statistic made outside the kernel
+    compiled = jt.compile(lambda x, m: ((x - m).exp().sum(-1, keepdim=True) * 2,
+                                        (x - m) / (x - m).sum(-1, keepdim=True)))
+    total, ratio = compiled(x, m)
+    assert [k.kernel.rows for k in plan_of(compiled).kernels] == [True]
+    xn, mn = x.numpy(), m.numpy()
+    np.testing.assert_allclose(total.numpy(), np.exp(xn - mn).sum(-1, keepdims=True) * 2, rtol=1e-5)
+    np.testing.assert_allclose(ratio.numpy(), (xn - mn) / (xn - mn).sum(-1, keepdims=True), rtol=1e-4)
+
+
 def test_row_kernels_split_by_rows_across_threads():
     x = jt.randn(1024, 640)  # above the size that splits across threads
     fn = jt.compile(lambda x: (x.softmax(-1), x.amax(-1, keepdim=True)))
