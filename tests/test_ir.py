@@ -166,3 +166,38 @@ def test_optimize_shrinks_a_traced_step_and_keeps_its_result():
     np.testing.assert_allclose(cf(x).item(), f(x).item(), rtol=1e-6)
     graph = next(iter(cf.cache.values()))[0].graph
     assert [n.op for n in graph.nodes if n.op != "const"] == ["exp", "add", "sum"]
+
+
+def test_a_transposed_product_becomes_the_product_of_transposes():
+    # (a @ b)^T -> b^T @ a^T: no transposed view of the result is left for a consumer to copy
+    g = Graph()
+    a = g.add_input((5, 2, 3), F32, "arg", "a")
+    b = g.add_input((3, 4), F32, "arg", "b")
+    ab = g.add_node("matmul", (a, b), {}, (5, 2, 4), F32)
+    t = g.add_node("permute", (ab,), {"dims": (0, 2, 1)}, (5, 4, 2), F32)
+    g.add_output(g.add_node("exp", (t,), {}, (5, 4, 2), F32), "out")
+    optimize(g, debug=True)
+    matmul = next(n for n in g.nodes if n.op == "matmul")
+    assert matmul.out.shape == (5, 4, 2) and [v.node.op for v in matmul.inputs] == ["permute", "permute"]
+    x, y = np.random.default_rng(0).standard_normal((5, 2, 3)), np.random.default_rng(1).standard_normal((3, 4))
+    np.testing.assert_allclose(run(g, x, y)[0], np.exp(np.swapaxes(x @ y, 1, 2)), rtol=1e-5)
+
+
+def test_a_linear_weight_gradient_comes_out_in_the_weight_layout():
+    lin = jt.nn.Linear(6, 3)
+    x = jt.randn(8, 6)
+
+    def step(x):
+        lin.zero_grad()
+        lin(x).square().sum().backward()
+
+    compiled = jt.compile(step)
+    compiled(x)
+    graph = next(iter(compiled.cache.values()))[0].graph
+    producers = {n.out.id: n for n in graph.nodes}
+    grad = graph.outputs[graph.output_labels.index(next(lbl for lbl in graph.output_labels if "weight" in lbl))]
+    assert producers[grad.id].op == "matmul"  # not a permute of one
+    assert lin.weight.grad.numpy().flags.c_contiguous
+    compiled_grad = lin.weight.grad.numpy().copy()
+    step(x)
+    np.testing.assert_allclose(compiled_grad, lin.weight.grad.numpy(), rtol=1e-5, atol=1e-6)

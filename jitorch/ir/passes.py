@@ -173,8 +173,50 @@ def simplify(graph: Graph) -> bool:
     return changed
 
 
+def _swaps_last_two(dims: tuple[int, ...]) -> bool:
+    n = len(dims)
+    return n >= 2 and dims == tuple(range(n - 2)) + (n - 1, n - 2)
+
+
+def _transposed(graph: Graph, v: Value, source: str, emit: list[Node]) -> Value:
+    """v with its last two dims swapped: the input of a permute that did exactly that, or a new
+    permute (a view: BLAS reads it through its transpose flag) appended to `emit`."""
+    if v.node is not None and v.node.op == "permute" and _swaps_last_two(v.node.params["dims"]):
+        return v.node.inputs[0]
+    dims = tuple(range(len(v.shape) - 2)) + (len(v.shape) - 1, len(v.shape) - 2)
+    out = graph.new_value(tuple(v.shape[d] for d in dims), v.dtype)
+    out.node = Node("permute", (v,), {"dims": dims}, out, source)
+    emit.append(out.node)
+    return out
+
+
+def transpose_products(graph: Graph) -> bool:
+    """A matmul read only through a transpose of its last two dims becomes the product of the
+    transposed operands, (a @ b)^T -> b^T @ a^T. A linear layer's weight gradient is such a
+    transpose; as a view it reached the optimizer's fused update, which had to copy it, and now the
+    GEMM writes it in the weight's own layout."""
+    uses: dict[int, int] = {}
+    for v in [v for n in graph.nodes for v in n.inputs] + graph.outputs:
+        uses[v.id] = uses.get(v.id, 0) + 1
+    nodes: list[Node] = []
+    changed = False
+    for node in graph.nodes:
+        x = node.inputs[0] if node.op == "permute" else None
+        if (x is not None and x.node is not None and x.node.op == "matmul" and uses[x.id] == 1
+                and _swaps_last_two(node.params["dims"]) and all(len(v.shape) >= 2 for v in x.node.inputs)):
+            a, b = x.node.inputs
+            bt = _transposed(graph, b, node.source, nodes)
+            at = _transposed(graph, a, node.source, nodes)
+            node.op, node.inputs, node.params = "matmul", (bt, at), {}
+            changed = True
+        nodes.append(node)
+    graph.nodes = nodes
+    return changed
+
+
 PASSES: list[tuple[str, Callable[[Graph], bool]]] = [
-    ("simplify", simplify), ("fold_constants", fold_constants), ("cse", cse), ("dce", dce),
+    ("simplify", simplify), ("fold_constants", fold_constants), ("transpose_products", transpose_products),
+    ("cse", cse), ("dce", dce),
 ]
 
 
