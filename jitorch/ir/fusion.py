@@ -65,9 +65,7 @@ class Kernel:
 
 def is_row_reduction(node: Node) -> bool:
     """A reduction a row kernel can hold: over the last dim (longer than 1), keeping it."""
-    from ..primitives import PRIMS
-
-    if node.op == "const" or PRIMS[node.op].kind != "reduce" or not node.inputs:
+    if not _is_reduce(node) or not node.inputs:
         return False
     shape = node.inputs[0].shape
     return (len(shape) >= 1 and shape[-1] > 1 and node.params.get("keepdim") is True
@@ -86,7 +84,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     order: list[Node | Kernel] = []
     for i, node in enumerate(nodes):
         reduction = is_row_reduction(node)
-        if not fusible(node) or not reduction and node.op != "const" and _is_reduce(node):
+        if not fusible(node) or not reduction and _is_reduce(node):
             order.append(node)
             continue
         # a reduction joins the kernel over its input's shape; a pointwise node the kernel over its
@@ -111,7 +109,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
 def _is_reduce(node: Node) -> bool:
     from ..primitives import PRIMS
 
-    return PRIMS[node.op].kind == "reduce"
+    return node.op != "const" and PRIMS[node.op].kind == "reduce"
 
 
 def _scalars_first(graph: Graph) -> list[Node]:
