@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import os
 import threading
@@ -64,6 +65,20 @@ def disable():
         yield
     finally:
         _disable.depth -= 1
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Tracing and lowering allocate many small objects (values, nodes, tracer tensors) that all live
+    until the program is built; Python's cyclic collector would walk that growing heap again and
+    again meanwhile (`python bench/compile.py` times trace + lowering). Paused for that span only."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _eager_forced() -> bool:
@@ -462,7 +477,8 @@ class CompiledFunction:
             logs.log("recompiles", f"{self.name}: recompiling because {reason}")
             self._maybe_warn_limit()
         t0 = time.perf_counter()
-        program = self._trace(call, leaves, paths, key[0])
+        with _gc_paused():
+            program = self._trace(call, leaves, paths, key[0])
         self.trace_seconds.append(time.perf_counter() - t0)
         self.compiles += 1
         logs.log("perf", f"{self.name}: traced and lowered in {self.trace_seconds[-1] * 1e3:.1f} ms")

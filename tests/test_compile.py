@@ -587,3 +587,19 @@ def test_a_step_that_zeroes_grads_first_does_not_guard_on_them():
     losses = [step(x, y).item() for _ in range(4)]
     assert step.compiles == 1, step.recompile_reasons
     assert losses[-1] < losses[0]
+
+
+def test_the_garbage_collector_is_paused_only_while_tracing():
+    import gc
+
+    seen = []
+    f = jt.compile(lambda x: seen.append(gc.isenabled()) or x * 2)
+    assert gc.isenabled()
+    f(jt.ones(3))
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a caller's own choice is left as it was
+    try:
+        f(jt.ones(4))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
