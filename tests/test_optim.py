@@ -321,3 +321,63 @@ def test_load_state_dict_checks_group_sizes():
 
 def test_optimizer_base_is_exported():
     assert issubclass(SGD, Optimizer) and jitorch.optim.Adam is Adam
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch's implementation switches: foreach, fused, decoupled_weight_decay
+
+
+@pytest.mark.parametrize("jt_cls, pt_cls, kwargs", [
+    (SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    (Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    (AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
+    (Adam, torch.optim.Adam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+], ids=["SGD", "Adam", "AdamW", "Adam-decoupled"])
+def test_fused_update_is_one_compiled_program_and_matches_pytorch(jt_cls, pt_cls, kwargs):
+    def halve_lr(i, jt_opt, pt_opt):  # a changed learning rate is data, not a recompile
+        if i == 9:
+            jt_opt.param_groups[0]["lr"] *= 0.5
+            pt_opt.param_groups[0]["lr"] *= 0.5
+
+    jt_params, pt_params, jt_opt, _ = _run_both(lambda p, **kw: jt_cls(p, fused=True, **kw), pt_cls, kwargs,
+                                                on_step=halve_lr)
+    _assert_params_close(jt_params, pt_params)
+    compiled = jt_opt._fused_update
+    assert compiled is not None and compiled.hits >= STEPS - 3  # traced on the first calls, then replayed
+    assert jt_opt.param_groups[0]["fused"] is True
+
+
+def test_foreach_and_the_group_keys_follow_pytorch():
+    jt_params, pt_params = _pair(_start()[0])
+    for jt_cls, pt_cls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW),
+                           (RMSprop, torch.optim.RMSprop)):
+        ours, theirs = jt_cls(jt_params, lr=0.1, foreach=True), pt_cls(pt_params, lr=0.1, foreach=True)
+        assert sorted(ours.param_groups[0]) == sorted(theirs.param_groups[0])
+        assert ours.param_groups[0]["foreach"] is True
+
+
+def test_unsupported_implementation_switches_say_so():
+    params = [jitorch.zeros(3, requires_grad=True)]
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):
+        Adam(params, fused=True, foreach=True)
+    with pytest.raises(NotImplementedError, match="capturable=True"):
+        AdamW(params, capturable=True)
+    with pytest.raises(NotImplementedError, match="differentiable=True"):
+        SGD(params, lr=0.1, differentiable=True)
+
+
+def test_adamw_stays_decoupled_after_loading_a_state_dict_without_the_key():
+    inits, grads = _start()
+    jt_params, pt_params = _pair(inits)
+    opt = AdamW(jt_params, lr=0.01, weight_decay=0.5)
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        del group["decoupled_weight_decay"]  # a checkpoint written before the key existed
+    opt.load_state_dict(state)
+    pt_opt = torch.optim.AdamW(pt_params, lr=0.01, weight_decay=0.5, foreach=False)
+    for i in range(3):
+        _feed(jt_params, grads[i], jitorch.tensor)
+        _feed(pt_params, grads[i], torch.tensor)
+        opt.step()
+        pt_opt.step()
+    _assert_params_close(jt_params, pt_params)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from ..creation import zeros, zeros_like
 from ..ops import maximum
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamGroup, check_nonnegative
+from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 
 class Adam(Optimizer):
@@ -16,21 +16,26 @@ class Adam(Optimizer):
     so a compiled step reads them as data rather than baking in Python floats.
 
         opt = jitorch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), amsgrad=True)
+        opt = jitorch.optim.Adam(model.parameters(), fused=True)  # the update as one compiled program
     """
 
-    decoupled_weight_decay = False
+    always_decoupled = False  # AdamW: decoupled whatever a loaded state dict says, as in PyTorch
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False) -> None:
         check_nonnegative("learning rate", lr)
         check_nonnegative("epsilon value", eps)
         check_nonnegative("weight_decay value", weight_decay)
         for i, beta in enumerate(betas):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        flags = implementation_flags(type(self).__name__, foreach=foreach, capturable=capturable,
+                                     differentiable=differentiable, fused=fused)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize)
+                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, **flags)
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
@@ -53,7 +58,7 @@ class Adam(Optimizer):
         step.add_(1)
         if group["weight_decay"] != 0:
             weight_decay = group.hyper("weight_decay")
-            if self.decoupled_weight_decay:
+            if self.always_decoupled or group.get("decoupled_weight_decay", False):  # AdamW's rule
                 p.mul_(const("1 - lr * weight_decay", compute=lambda: 1 - lr * weight_decay))
             else:
                 grad = grad + p * const("weight_decay", compute=lambda: weight_decay)
@@ -72,11 +77,15 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay: `p *= 1 - lr * weight_decay` before the Adam update."""
+    """Adam with decoupled weight decay: `p *= 1 - lr * weight_decay` before the Adam update
+    (`Adam(..., decoupled_weight_decay=True)`)."""
 
-    decoupled_weight_decay = True
+    always_decoupled = True
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from .._trace_state import trace_state
 from ..autograd import enable_grad, no_grad
 from ..creation import tensor as _tensor
 from ..tensor import Tensor
@@ -140,6 +141,7 @@ class Optimizer:
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
+        self._fused_update = None
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.param_groups: list[ParamGroup] = []
         if isinstance(params, Tensor):
@@ -195,14 +197,25 @@ class Optimizer:
 
     @no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
-        """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first."""
+        """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first.
+        With `fused=True` the update of every parameter runs as one `jitorch.compile`d program."""
         loss = self._evaluate_closure(closure)
+        if self.defaults.get("fused") and trace_state.tracer is None:
+            if self._fused_update is None:
+                from ..compiler import compile
+
+                self._fused_update = compile(self._update_all, name=f"{type(self).__name__}.step (fused)")
+            self._fused_update()
+        else:
+            self._update_all()
+        return loss
+
+    def _update_all(self) -> None:
         for group in self.param_groups:
             group._per_step.clear()  # the hyperparameters may have changed since the last step
             for p in self._params_with_grad(group):
                 self._update(p, group)
             group._per_step.clear()  # (and a traced step's values must not outlive its trace)
-        return loss
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         """One parameter's update (each optimizer defines its own)."""
@@ -287,6 +300,21 @@ def _restore_state_value(key: str, value: Any, param: Tensor, old: Any) -> Any:
         with no_grad():
             return old.copy_(value)
     return value.detach().clone()
+
+
+def implementation_flags(name: str, **flags: bool | None) -> dict[str, bool | None]:
+    """PyTorch's implementation switches of one optimizer (`foreach`, `fused`, `capturable`,
+    `differentiable`, as far as it has them), checked, for its defaults as PyTorch keeps them.
+    `foreach` changes nothing here (the per-parameter loop computes the same numbers);
+    `fused=True` runs the whole update as one `jitorch.compile`d program (fused CPU kernels)."""
+    if flags.get("foreach") and flags.get("fused"):
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if flags.get("capturable"):
+        raise NotImplementedError(f"{name}(capturable=True) is for CUDA graphs, which jitorch does not have")
+    if flags.get("differentiable"):
+        raise NotImplementedError(f"{name}(differentiable=True), differentiating through the optimizer step, "
+                                  "is not supported")
+    return flags
 
 
 def check_nonnegative(name: str, value) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ..creation import zeros, zeros_like
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamGroup, check_nonnegative
+from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 
 class RMSprop(Optimizer):
@@ -17,13 +17,16 @@ class RMSprop(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
-                 maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False) -> None:
         for name, value in (("learning rate", lr), ("epsilon value", eps), ("momentum value", momentum),
                             ("weight_decay value", weight_decay), ("alpha value", alpha)):
             check_nonnegative(name, value)
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, maximize=maximize)
+                        centered=centered, maximize=maximize,
+                        **implementation_flags("RMSprop", capturable=capturable, foreach=foreach,
+                                               differentiable=differentiable))
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: ParamGroup) -> dict:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Iterable
 
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamGroup, check_nonnegative
+from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 
 class SGD(Optimizer):
@@ -18,14 +18,16 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None) -> None:
         for name, value in (("learning rate", lr), ("momentum value", momentum),
                             ("weight_decay value", weight_decay)):
             check_nonnegative(name, value)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize)
+                        nesterov=nesterov, maximize=maximize,
+                        **implementation_flags("SGD", foreach=foreach, differentiable=differentiable, fused=fused))
         super().__init__(params, defaults)
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
