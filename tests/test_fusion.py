@@ -334,3 +334,31 @@ def test_compiled_calls_from_several_python_threads():
     assert not errors
     for i, x in enumerate(inputs):
         np.testing.assert_allclose(results[i], np.exp(np.tanh(x * (i + 1)) + x), rtol=2e-6)
+
+
+def test_an_adamw_update_is_one_kernel_per_parameter_shape():
+    # decay, both moments and the parameter update of every same-shaped weight: chains that meet
+    # (the update reads the moments and the decayed weight) merge into one kernel
+    def training_step():
+        jt.manual_seed(0)
+        model = jt.nn.Sequential(jt.nn.Linear(8, 8), jt.nn.Tanh(), jt.nn.Linear(8, 8))
+        opt = jt.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+    x = jt.randn(4, 8)
+    compiled = jt.compile(training_step())
+    losses = [compiled(x).item() for _ in range(3)]
+    steady = [p for entries in compiled.cache.values() for p in entries if not p.one_shot][0]
+    updates = [k for k in steady.plan.kernels if k.kernel.shape == (8, 8)]
+    assert len(updates) == 1
+    assert {"sqrt", "div", "sub"} <= {n.op for n in updates[0].kernel.nodes}
+    eager = training_step()
+    np.testing.assert_allclose(losses, [eager(x).item() for _ in range(3)], rtol=1e-5)

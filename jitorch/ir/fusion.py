@@ -10,11 +10,13 @@ variance, normalize) or cross_entropy's log-sum-exp is one kernel, and a row sta
 leaves it unless something outside reads it. The backend runs it row by row, one pass over the row
 per chain of reductions (`level`).
 
-The grouping is greedy in execution order, one open kernel per output shape. A node joins the
-open kernel of its shape when it reads something the kernel makes or reads, and each of its
-inputs is either made inside that kernel or defined before the kernel's first node. That second
-rule is what makes a kernel safe to run as a unit at the position of its first node: everything it
-reads exists by then, and nothing that runs in between (a matmul, a reduction) can feed it.
+The grouping is greedy in execution order, with the few newest kernels of each shape open. A node
+joins the newest open kernel of its shape that it reads something of (a value the kernel makes or
+reads) when each of its inputs is either made inside that kernel or defined before the kernel's
+first node. That second rule is what makes a kernel safe to run as a unit at the position of its
+first node: everything it reads exists by then, and nothing that runs in between (a matmul, a
+reduction) can feed it. Where two open chains of one shape meet, the newer kernel merges into the
+older one when the same rule holds for it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from .graph import Graph, Node, Value, format_node
 
 MAX_NODES_PER_KERNEL = 96  # a bound on one kernel's compile time, not on its speed
+MAX_OPEN_PER_SHAPE = 4  # kernels a node may still join; older ones are closed (their values would
+# otherwise be computed early and held in memory until a much later reader)
 
 
 @dataclass
@@ -79,7 +83,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     backend may still run one large op faster than numpy, e.g. on several threads)."""
     nodes = _scalars_first(graph)
     position = {node.out.id: i for i, node in enumerate(nodes)}
-    open_kernels: dict[tuple[int, ...], Kernel] = {}
+    open_kernels: dict[tuple[int, ...], list[Kernel]] = {}  # per shape, the newest last
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
     order: list[Node | Kernel] = []
     for i, node in enumerate(nodes):
@@ -87,23 +91,60 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
         if not fusible(node) or not reduction and _is_reduce(node):
             order.append(node)
             continue
-        # a reduction joins the kernel over its input's shape; a pointwise node the kernel over its
-        # own shape, which for a row shape may be a row kernel (registered under both shapes)
+        # a reduction joins a kernel over its input's shape; a pointwise node one over its own
+        # shape, which for a row shape may be a row kernel (registered under both shapes)
         shape = node.inputs[0].shape if reduction else node.out.shape
-        kernel = open_kernels.get(shape)
-        if kernel is None or len(kernel.nodes) >= MAX_NODES_PER_KERNEL or not _can_join(node, kernel, position,
-                                                                                          kernel_of):
-            kernel = open_kernels[shape] = Kernel(shape, i)
+        candidates = open_kernels.setdefault(shape, [])
+        kernel = _merge_for(node, candidates, position, kernel_of, order)
+        if kernel is None:
+            kernel = next((k for k in reversed(candidates) if _can_join(node, k, position, kernel_of)), None)
+        if kernel is None:
+            kernel = Kernel(shape, i)
+            candidates.append(kernel)
+            del candidates[:-MAX_OPEN_PER_SHAPE]
             order.append(kernel)
         if reduction and not kernel.rows:
             kernel.rows = True
-            open_kernels[kernel.row_shape] = kernel
+            rows = open_kernels.setdefault(kernel.row_shape, [])
+            rows.append(kernel)
+            del rows[:-MAX_OPEN_PER_SHAPE]
         kernel.nodes.append(node)
         kernel_of[node.out.id] = kernel
     _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
     single_worth_it = single_worth_it or (lambda kernel: False)
     return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 and not single_worth_it(k) else k
             for k in order]
+
+
+def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], kernel_of: dict[int, Kernel],
+               order: list) -> Kernel | None:
+    """Where chains of one shape meet (an optimizer's update reads its moment chains and its decayed
+    parameter): merge the open kernels that make `node`'s inputs into the oldest of them, when
+    every input of the newer ones exists before the oldest starts, so that `node` can join it.
+    Returns that kernel, or None (nothing merged)."""
+    makers = sorted({id(k): k for v in node.inputs if (k := kernel_of.get(v.id)) in candidates}.values(),
+                    key=lambda k: k.start)
+    if len(makers) < 2 or any(k.rows for k in makers):
+        return None
+    oldest, newer = makers[0], makers[1:]
+    made = {n.out.id for k in makers for n in k.nodes}
+    for k in newer:
+        for v in (v for n in k.nodes for v in n.inputs):
+            if v.id not in made and position.get(v.id, -1) >= oldest.start and not _is_const(v):
+                return None
+    if sum(len(k.nodes) for k in makers) >= MAX_NODES_PER_KERNEL:
+        return None
+    for k in newer:
+        for n in k.nodes:
+            kernel_of[n.out.id] = oldest
+        oldest.nodes.extend(k.nodes)
+        candidates.remove(k)
+        order.remove(k)
+    return oldest if _can_join(node, oldest, position, kernel_of) else None
+
+
+def _is_const(v: Value) -> bool:
+    return v.node is not None and v.node.op == "const"
 
 
 def _is_reduce(node: Node) -> bool:
