@@ -337,8 +337,8 @@ def test_compiled_calls_from_several_python_threads():
 
 
 def test_an_adamw_update_is_one_kernel_per_parameter_shape():
-    # decay, both moments and the parameter update of every same-shaped weight: chains that meet
-    # (the update reads the moments and the decayed weight) merge into one kernel
+    # decay, both moments and the parameter update: chains that meet (the update reads the moments
+    # and the decayed weight) merge into one kernel, and same-shaped weights share it (horizontal)
     def training_step():
         jt.manual_seed(0)
         model = jt.nn.Sequential(jt.nn.Linear(8, 8), jt.nn.Tanh(), jt.nn.Linear(8, 8))
@@ -357,8 +357,8 @@ def test_an_adamw_update_is_one_kernel_per_parameter_shape():
     compiled = jt.compile(training_step())
     losses = [compiled(x).item() for _ in range(3)]
     steady = [p for entries in compiled.cache.values() for p in entries if not p.one_shot][0]
-    updates = [k for k in steady.plan.kernels if k.kernel.shape == (8, 8)]
-    assert len(updates) == 1
-    assert {"sqrt", "div", "sub"} <= {n.op for n in updates[0].kernel.nodes}
+    (update,) = [k for k in steady.plan.kernels if k.kernel.shape == (8, 8)]
+    ops = [n.op for n in update.kernel.nodes]
+    assert ops.count("sqrt") == 2 and ops.count("mul") >= 6  # both weights, each decayed, both moments
     eager = training_step()
     np.testing.assert_allclose(losses, [eager(x).item() for _ in range(3)], rtol=1e-5)

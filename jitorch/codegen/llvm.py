@@ -322,13 +322,12 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
              for d in range(ndim)]
     strides = [[b.load(b.gep(fn.args[1], [ir.Constant(I64, k * max(ndim, 1) + d)], inbounds=True, source_etype=I64),
                        typ=I64) for d in range(ndim)] for k in range(len(operands))]
-    bases = [b.load(b.gep(fn.args[2], [ir.Constant(I64, k)], inbounds=True, source_etype=PTR), typ=PTR)
-             for k in range(len(operands))]
+    ops = _Operands(module, b, fn.args[2], len(kernel.inputs), len(kernel.outputs))
     n_in = len(kernel.inputs)
     out_broadcast = [(False,) * (ndim - 1) + (v.shape != kernel.shape,) if ndim else () for v in kernel.outputs]
     inner_static = [bc[-1] if ndim else True for bc in broadcast + out_broadcast]  # True: stride 0
     if kernel.rows:
-        rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], bases, inner_static)
+        rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], ops, inner_static)
         zero = [ir.Constant(I64, 0)] * len(operands)
         if ndim == 1:
             rows.emit(zero)
@@ -341,11 +340,11 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
         """The per-element code at the innermost point, given each operand's element offset."""
         env: dict[int, object] = {}
         for k, v in enumerate(kernel.inputs):
-            env[v.id] = _load(b, v, bases[k], offsets[k])
+            env[v.id] = ops.load(k, v, offsets[k])
         for node in kernel.nodes:
             env[node.out.id] = _render(emit, node, [env[v.id] for v in node.inputs])
         for j, v in enumerate(kernel.outputs):
-            _store(b, v, env[v.id], bases[n_in + j], offsets[n_in + j])
+            ops.store(n_in + j, v, env[v.id], offsets[n_in + j])
 
     if ndim == 0:
         body([ir.Constant(I64, 0)] * len(operands))
@@ -394,19 +393,18 @@ class _RowEmitter:
     reductions are done.
     """
 
-    def __init__(self, b: ir.IRBuilder, fn: ir.Function, emit: _Emitter, kernel: Kernel, length, bases,
+    def __init__(self, b: ir.IRBuilder, fn: ir.Function, emit: _Emitter, kernel: Kernel, length, ops: _Operands,
                  inner_static: list[bool]) -> None:
         self.b, self.fn, self.emitter, self.kernel, self.length = b, fn, emit, kernel, length
-        self.bases, self.inner_static = bases, inner_static
+        self.ops, self.inner_static = ops, inner_static
         self.level = kernel.levels()
         self.row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
         self.made = {n.out.id: n for n in kernel.nodes}
 
     def emit(self, offsets: list) -> None:
-        b, kernel, level = self.b, self.kernel, self.level
+        kernel, level = self.kernel, self.level
         n_in = len(kernel.inputs)
-        env = {v.id: _load(b, v, self.bases[k], offsets[k])
-               for k, v in enumerate(kernel.inputs) if self.inner_static[k]}
+        env = {v.id: self.ops.load(k, v, offsets[k]) for k, v in enumerate(kernel.inputs) if self.inner_static[k]}
         top = max(level.values(), default=0)
         for pass_ in range(top + 1):
             for node in kernel.nodes:
@@ -414,7 +412,7 @@ class _RowEmitter:
                     env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
             for j, v in enumerate(kernel.outputs):
                 if v.id in self.row_ids and level[v.id] == pass_:
-                    _store(b, v, env[v.id], self.bases[n_in + j], offsets[n_in + j])
+                    self.ops.store(n_in + j, v, env[v.id], offsets[n_in + j])
             reductions = [n for n in kernel.nodes if is_row_reduction(n) and level[n.out.id] == pass_ + 1]
             stores = [j for j, v in enumerate(kernel.outputs) if v.id not in self.row_ids and level[v.id] == pass_]
             if reductions or stores:
@@ -459,17 +457,17 @@ class _RowEmitter:
         env = dict(row_env)
         for k, v in enumerate(kernel.inputs):
             if not self.inner_static[k] and v.id in wanted:
-                env[v.id] = _load(b, v, self.bases[k], b.add(offsets[k], j))
+                env[v.id] = self.ops.load(k, v, b.add(offsets[k], j))
         for vid, k in stored.items():
             if vid in wanted:
-                env[vid] = _load(b, kernel.outputs[k], self.bases[n_in + k], b.add(offsets[n_in + k], j))
+                env[vid] = self.ops.load(n_in + k, kernel.outputs[k], b.add(offsets[n_in + k], j))
         for node in nodes:
             env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
         updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])
                    for r, acc in zip(reductions, accumulators)]
         for k in stores:
             v = kernel.outputs[k]
-            _store(b, v, env[v.id], self.bases[n_in + k], b.add(offsets[n_in + k], j))
+            self.ops.store(n_in + k, v, env[v.id], b.add(offsets[n_in + k], j))
         nxt = b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"])
         j.add_incoming(nxt, b.block)
         for acc, new in zip(accumulators, updated):
@@ -479,17 +477,42 @@ class _RowEmitter:
         return {r.out.id: new for r, new in zip(reductions, updated)}
 
 
-def _load(b: ir.IRBuilder, v: Value, base, offset):
-    ty = _MEMORY_TYPE[v.dtype.name]
-    x = b.load(b.gep(base, [offset], inbounds=True, source_etype=ty), typ=ty)
-    return b.icmp_unsigned("!=", x, ir.Constant(I8, 0)) if v.dtype.name == "bool" else x
+class _Operands:
+    """A kernel's operands (inputs, then outputs) by index: their base pointers, and loads and
+    stores tagged with alias scopes that tell LLVM what the runtime guarantees: every output is a
+    fresh array, overlapping no input and no other output (inputs may overlap each other: they
+    are only read). Without this the vectorizer checks every output against every input at run
+    time before taking the vector loop, and gives up beyond a few operands."""
 
+    def __init__(self, module: ir.Module, b: ir.IRBuilder, data, n_in: int, n_out: int) -> None:
+        self.b = b
+        self.bases = [b.load(b.gep(data, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR), typ=PTR)
+                      for k in range(n_in + n_out)]
+        domain = module.add_metadata([ir.MetaDataString(module, "jitorch kernel operands")])
+        inputs = module.add_metadata([ir.MetaDataString(module, "inputs"), domain])
+        outputs = [module.add_metadata([ir.MetaDataString(module, f"output {j}"), domain]) for j in range(n_out)]
+        scopes = [inputs] * n_in + outputs
+        self.tags = [(module.add_metadata([scope]),
+                      module.add_metadata([other for other in [inputs, *outputs] if other is not scope]))
+                     for scope in scopes]
 
-def _store(b: ir.IRBuilder, v: Value, x, base, offset) -> None:
-    ty = _MEMORY_TYPE[v.dtype.name]
-    if v.dtype.name == "bool":
-        x = b.zext(x, I8)
-    b.store(x, b.gep(base, [offset], inbounds=True, source_etype=ty))
+    def _tag(self, instr, k: int):
+        scope, others = self.tags[k]
+        instr.set_metadata("alias.scope", scope)
+        if others.operands:
+            instr.set_metadata("noalias", others)
+        return instr
+
+    def load(self, k: int, v: Value, offset):
+        b, ty = self.b, _MEMORY_TYPE[v.dtype.name]
+        x = self._tag(b.load(b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty), typ=ty), k)
+        return b.icmp_unsigned("!=", x, ir.Constant(I8, 0)) if v.dtype.name == "bool" else x
+
+    def store(self, k: int, v: Value, x, offset) -> None:
+        b, ty = self.b, _MEMORY_TYPE[v.dtype.name]
+        if v.dtype.name == "bool":
+            x = b.zext(x, I8)
+        self._tag(b.store(x, b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty)), k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -182,12 +182,13 @@ def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: d
 
 
 def _related(node: Node, kernel: Kernel, kernel_of: dict[int, Kernel]) -> bool:
-    """Whether `node` reads a value the kernel makes or reads (a constant doesn't count). Unrelated
-    chains of one shape (the updates of two parameters) stay apart: sharing a kernel would save
-    nothing in memory traffic, and separate ones are often the same function, compiled once."""
+    """Whether `node` reads a value the kernel makes or reads (a constant doesn't count). Chains
+    of one shape with nothing in common stay apart: sharing a kernel would save no memory traffic,
+    and separate ones are often the same function, compiled once. Chains that share a value (the
+    updates of same-shaped parameters read one learning rate) may share a kernel: one call, and
+    the design's horizontal fusion of an optimizer's updates."""
     read = {v.id for n in kernel.nodes for v in n.inputs}
-    return any(kernel_of.get(v.id) is kernel or v.id in read and not (v.node is not None and v.node.op == "const")
-               for v in node.inputs)
+    return any(kernel_of.get(v.id) is kernel or v.id in read and not _is_const(v) for v in node.inputs)
 
 
 def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> None:
