@@ -149,6 +149,7 @@ class Program:
                               for i in graph.inputs if i.kind == "lifted"]
         self.grad_guards = info["grad_had"]
         self.module_guards = [(m, m.training) for m in info["modules"]]
+        self.python_guards = info.get("python_guards", [])
         self.writes_anything = any(info[k] for k in ("writes", "born_writes", "arg_writes", "grad_writes",
                                                      "escaped"))
         # an output that is an input unchanged is returned as that very tensor, as eagerly
@@ -170,6 +171,10 @@ class Program:
         for m, flag in self.module_guards:
             if m.training != flag:
                 return f"module {type(m).__name__}.training: {flag} -> {m.training}"
+        for label, read, expected, show in self.python_guards:
+            now = read()
+            if now != expected:
+                return f"{label}: {show(expected)} -> {show(now)}"
         return None
 
     def _label(self, t) -> str:
@@ -185,6 +190,7 @@ class Program:
                   for t, s, d, rg in self.lifted_guards]
         lines += [f"{self._label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
         lines += [f"{type(m).__name__}.training == {flag}" for m, flag in self.module_guards]
+        lines += [f"{label} == {show(expected)}" for label, _, expected, show in self.python_guards]
         return "\n".join(lines)
 
     def inputs(self, leaves: list) -> list[np.ndarray]:
@@ -533,6 +539,7 @@ class CompiledFunction:
         backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
         info = tracer.finish(out_leaves, out_paths, arg_tensors)
         info["modules"] = list(tracer.modules.values())
+        info["python_guards"] = list(tracer.python_guards.values())
         out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
         if backward is not None:
             diff_refs, grads, diff_leaves, used = backward

@@ -603,3 +603,49 @@ def test_the_garbage_collector_is_paused_only_while_tracing():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def _sgd_run(compiled: bool, changes: dict, at: int = 3, steps: int = 6):
+    p = jt.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    opt = jt.optim.SGD([p], lr=0.1, weight_decay=0.1)
+
+    def step():
+        opt.zero_grad()
+        (p * p).sum().backward()
+        opt.step()
+
+    fn = jt.compile(step) if compiled else step
+    for i in range(steps):
+        if i == at:
+            opt.param_groups[0].update(changes)
+        fn()
+    return p.detach().numpy(), fn
+
+
+def test_switching_an_optimizer_option_on_retraces_and_changing_a_value_does_not():
+    eager, _ = _sgd_run(False, {"momentum": 0.9, "nesterov": True})
+    ours, compiled = _sgd_run(True, {"momentum": 0.9, "nesterov": True})
+    np.testing.assert_allclose(ours, eager, rtol=1e-6)
+    assert any("momentum != 0" in r for r in compiled.recompile_reasons)
+    eager, _ = _sgd_run(False, {"weight_decay": 0.3})
+    ours, compiled = _sgd_run(True, {"weight_decay": 0.3})  # nonzero -> nonzero: data, not a new trace
+    np.testing.assert_allclose(ours, eager, rtol=1e-6)
+    assert not any("weight_decay" in r for r in compiled.recompile_reasons)
+
+
+def test_a_param_group_added_after_compiling_is_updated():
+    def run(fused: bool):
+        a, b = jt.ones(3, requires_grad=True), jt.ones(2, requires_grad=True)
+        opt = jt.optim.AdamW([a], lr=0.1, fused=fused)
+        for i in range(6):
+            if i == 3:
+                opt.add_param_group({"params": [b], "lr": 0.05})
+            a.grad, b.grad = jt.full((3,), 0.5), jt.full((2,), -1.0)
+            opt.step()
+        return a.detach().numpy(), b.detach().numpy(), opt
+
+    (a, b, opt), (a_eager, b_eager, _) = run(True), run(False)
+    np.testing.assert_allclose(a, a_eager, rtol=1e-6)
+    np.testing.assert_allclose(b, b_eager, rtol=1e-6)
+    assert not np.allclose(b, 1.0)
+    assert any("param_groups: 1 groups -> 2 groups" in r for r in opt._fused_update.recompile_reasons)

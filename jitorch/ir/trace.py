@@ -20,6 +20,7 @@ import gc
 import os
 import sys
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -131,6 +132,7 @@ class Tracer:
         self.written: dict[int, Tensor] = {}  # concrete tensors written in place
         self.grads: dict[int, _GradSlot] = {}  # id(p) -> the function's view of p.grad
         self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
+        self.python_guards: dict[tuple, tuple] = {}  # see note_python_value
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
         self.n_random = 0
@@ -268,6 +270,14 @@ class Tracer:
 
     def note_module(self, module) -> None:
         self.modules[id(module)] = module
+
+    def note_python_value(self, key: tuple, label: str, read: Callable[[], object],
+                          show: Callable[[object], str] = repr) -> None:
+        """The trace depends on a Python value (an optimizer's switch, its parameter list): the
+        program applies only while `read()` returns what it returns now (`show` words a value for
+        the recompile log)."""
+        if key not in self.python_guards:
+            self.python_guards[key] = (label, read, read(), show)
 
     # --- the end ------------------------------------------------------------------------
     def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> dict:

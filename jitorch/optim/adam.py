@@ -56,7 +56,7 @@ class Adam(Optimizer):
         const = functools.partial(group.per_step, dtype=p.dtype)
         step = state["step"]
         step.add_(1)
-        if group["weight_decay"] != 0:
+        if group.nonzero("weight_decay"):
             weight_decay = group.hyper("weight_decay")
             if self.always_decoupled or group.get("decoupled_weight_decay", False):  # AdamW's rule
                 p.mul_(const("1 - lr * weight_decay", compute=lambda: 1 - lr * weight_decay))

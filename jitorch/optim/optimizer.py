@@ -62,6 +62,36 @@ class ParamGroup(dict):
         super().__setitem__(key, value)
         self._sync(key, value)
 
+    # Reading a value while jitorch.compile traces makes the program depend on it: it is guarded
+    # (a change means a new trace), except what the update reads as data through `hyper`.
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if trace_state.tracer is not None:
+            self._guard(key, value)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def nonzero(self, key: str) -> bool:
+        """Whether hyperparameter `key` is not 0: an optimizer's switch (weight decay or momentum
+        on). A compiled step depends on the answer, not the number: changing a nonzero value is
+        data for it, turning it on or off a new trace."""
+        value = super().__getitem__(key)
+        tracer = trace_state.tracer
+        if tracer is not None:
+            tracer.note_python_value((id(self), key, "nonzero"), f"param group {key} != 0",
+                                     lambda: dict.__getitem__(self, key) != 0)
+        return value != 0
+
+    def _guard(self, key: str, value: Any) -> None:
+        tracer = trace_state.tracer
+        if key == "params":  # which tensors the step updates
+            tracer.note_python_value((id(self), key), "param group params",
+                                     lambda: tuple(map(id, dict.__getitem__(self, key))), _count("tensors"))
+        else:
+            tracer.note_python_value((id(self), key), f"param group {key}", lambda: dict.__getitem__(self, key))
+
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
         self._hyper.pop(key, None)
@@ -125,6 +155,10 @@ class ParamGroup(dict):
 
     def __reduce__(self):
         return (ParamGroup, (dict(self),))
+
+
+def _count(what: str) -> Callable[[tuple], str]:
+    return lambda ids: f"{len(ids)} {what}"
 
 
 def _fill_scalar(twin: Tensor, value) -> None:
@@ -211,6 +245,9 @@ class Optimizer:
         return loss
 
     def _update_all(self) -> None:
+        if trace_state.tracer is not None:  # a compiled step updates the groups it saw
+            trace_state.tracer.note_python_value((id(self), "param_groups"), f"{type(self).__name__}.param_groups",
+                                                 lambda: tuple(map(id, self.param_groups)), _count("groups"))
         for group in self.param_groups:
             group._per_step.clear()  # the hyperparameters may have changed since the last step
             for p in self._params_with_grad(group):

@@ -34,7 +34,7 @@ class RMSprop(Optimizer):
         if not state:
             state["step"] = zeros(())
             state["square_avg"] = zeros_like(p)
-            if group["momentum"] > 0:
+            if group.nonzero("momentum"):
                 state["momentum_buffer"] = zeros_like(p)
             if group["centered"]:
                 state["grad_avg"] = zeros_like(p)
@@ -46,7 +46,7 @@ class RMSprop(Optimizer):
         alpha = group.hyper("alpha")
         const = functools.partial(group.per_step, dtype=p.dtype)
         state["step"].add_(1)
-        if group["weight_decay"] != 0:
+        if group.nonzero("weight_decay"):
             grad = grad + p * const("weight_decay", compute=lambda: group.hyper("weight_decay"))
         square_avg = state["square_avg"]
         one_minus_alpha = const("1 - alpha", compute=lambda: 1 - alpha)
@@ -59,7 +59,7 @@ class RMSprop(Optimizer):
             avg = square_avg.sqrt()
         avg = avg + const("eps", compute=lambda: group.hyper("eps"))
         lr = const("lr", compute=lambda: group.hyper("lr"))
-        if group["momentum"] > 0:
+        if group.nonzero("momentum"):
             buf = state["momentum_buffer"]
             buf.mul_(const("momentum", compute=lambda: group.hyper("momentum"))).add_(grad / avg)
             p.sub_(buf * lr)

@@ -33,11 +33,11 @@ class SGD(Optimizer):
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         grad = -p.grad if group["maximize"] else p.grad
         const = functools.partial(group.per_step, dtype=p.dtype)
-        # Python values only choose which ops run (a compiled step guards on them); the numbers
+        # Python values only choose which ops run (a compiled step guards on them: ParamGroup); the numbers
         # themselves come from the group's tensors so that changing them is not a recompile.
-        if group["weight_decay"] != 0:
+        if group.nonzero("weight_decay"):
             grad = grad + p * const("weight_decay", compute=lambda: group.hyper("weight_decay"))
-        if group["momentum"] != 0:
+        if group.nonzero("momentum"):
             momentum = const("momentum", compute=lambda: group.hyper("momentum"))
             state = self.state[p]
             buf = state.get("momentum_buffer")
