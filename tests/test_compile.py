@@ -649,3 +649,14 @@ def test_a_param_group_added_after_compiling_is_updated():
     np.testing.assert_allclose(b, b_eager, rtol=1e-6)
     assert not np.allclose(b, 1.0)
     assert any("param_groups: 1 groups -> 2 groups" in r for r in opt._fused_update.recompile_reasons)
+
+
+def test_a_module_attribute_changed_after_compiling_retraces():
+    jt.manual_seed(0)
+    norm = jt.nn.LayerNorm(6)
+    x = jt.randn(3, 6)
+    compiled = jt.compile(norm)
+    compiled(x)
+    norm.eps = 0.5  # baked into the trace as a Python float
+    np.testing.assert_allclose(compiled(x).detach().numpy(), norm(x).detach().numpy(), rtol=1e-6)
+    assert any("LayerNorm attributes" in r and "eps=0.5" in r for r in compiled._compiled.recompile_reasons)

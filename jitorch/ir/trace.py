@@ -121,6 +121,13 @@ class _GradSlot:
         self.guarded = guarded  # the graph depends on whether p.grad was None at the call
 
 
+def _plain(value) -> bool:
+    """A Python value a trace can bake in: a number, bool, string, None, or a tuple of those."""
+    if isinstance(value, tuple):
+        return all(map(_plain, value))
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 class Tracer:
     """Records one call of a function into a Graph (see the module docstring)."""
 
@@ -269,7 +276,16 @@ class Tracer:
         slot.current = value
 
     def note_module(self, module) -> None:
+        """A module's forward runs in the trace: its training flag and its plain Python attributes
+        (a dropout's p, a norm's eps) are baked in, so the program is guarded on them."""
+        if id(module) in self.modules:
+            return
         self.modules[id(module)] = module
+        names = tuple(k for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v))
+        if names:
+            self.note_python_value((id(module), "attributes"), f"{type(module).__name__} attributes",
+                                   lambda: tuple(module.__dict__.get(k) for k in names),
+                                   lambda values: ", ".join(f"{k}={v!r}" for k, v in zip(names, values)))
 
     def note_python_value(self, key: tuple, label: str, read: Callable[[], object],
                           show: Callable[[object], str] = repr) -> None:
