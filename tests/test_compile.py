@@ -660,3 +660,19 @@ def test_a_module_attribute_changed_after_compiling_retraces():
     norm.eps = 0.5  # baked into the trace as a Python float
     np.testing.assert_allclose(compiled(x).detach().numpy(), norm(x).detach().numpy(), rtol=1e-6)
     assert any("LayerNorm attributes" in r and "eps=0.5" in r for r in compiled._compiled.recompile_reasons)
+
+
+def test_a_learning_rate_set_inside_a_compiled_step_is_an_error_naming_the_fix():
+    p = jt.ones(2, requires_grad=True)
+    opt = jt.optim.SGD([p], lr=1.0)
+    scheduler = jt.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch)
+
+    def step():
+        opt.zero_grad()
+        p.sum().backward()
+        opt.step()
+        scheduler.step()  # a Python write the trace could only replay as a constant
+
+    with pytest.raises(jt.TraceError, match=r"param group 'lr' set inside jitorch.compile .*lr_scheduler.step\(\)"):
+        jt.compile(step)()
+    np.testing.assert_array_equal(p.detach().numpy(), [1.0, 1.0])  # nothing written back

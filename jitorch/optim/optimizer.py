@@ -59,6 +59,15 @@ class ParamGroup(dict):
         self.update(*args, **kwargs)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if trace_state.tracer is not None:
+            from ..ir.trace import TraceError, user_source
+
+            # a trace would keep this write's value as a constant, replayed unchanged every call
+            raise TraceError(
+                f"param group {key!r} set inside jitorch.compile ({user_source()}): a compiled function "
+                "replays its trace, so this Python write would happen once, not every call. Set it "
+                "outside the compiled function (call lr_scheduler.step() after the compiled step); the "
+                "step reads the new value as data.")
         super().__setitem__(key, value)
         self._sync(key, value)
 
