@@ -23,6 +23,7 @@ import inspect
 import os
 import threading
 import time
+import types
 import warnings
 import weakref
 from collections import Counter
@@ -38,7 +39,7 @@ from .ir import interpret
 from .ir.graph import Graph, Input, Value, format_node
 from .ir.passes import optimize
 from .ir.pytree import flatten, unflatten
-from .ir.trace import TraceError, Tracer
+from .ir.trace import TraceError, Tracer, is_plain_value
 from .primitives import Prim
 from .random import default_generator
 from .tensor import Tensor
@@ -264,6 +265,35 @@ class Program:
             prim = _backward_prim(plan, saved, k, shapes, used, functools.partial(double, user_slots.index(slot)))
             out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
             out.requires_grad = True
+
+
+def _free_python_values(fn) -> list[tuple[tuple, str, Callable[[], object]]]:
+    """The plain Python values (numbers, bools, strings) a function reads from its globals or its
+    closure, found in its code and the code nested in it: a trace bakes them in, so a compiled
+    program is guarded on each (a changed `scale = 0.5` retraces instead of being ignored).
+    Functions it calls are not looked into."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not hasattr(fn, "__globals__"):
+        return []
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    found = []
+    scope = fn.__globals__
+    for name in sorted(names):
+        if name in scope and is_plain_value(scope[name]):
+            found.append(((id(scope), name), f"global {name}", functools.partial(scope.get, name)))
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        try:
+            plain = is_plain_value(cell.cell_contents)
+        except ValueError:  # a cell not assigned yet
+            continue
+        if plain:
+            found.append(((id(cell), name), f"closure variable {name}", lambda cell=cell: cell.cell_contents))
+    return found
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -534,6 +564,8 @@ class CompiledFunction:
         traced_leaves = [tracer.arg(x, path, i) if isinstance(x, Tensor) else x
                          for i, (x, path) in enumerate(zip(leaves, paths))]
         arg_tensors = [(t, i) for i, t in enumerate(traced_leaves) if isinstance(t, Tensor)]
+        for key, label, read in _free_python_values(self.fn):
+            tracer.note_python_value(key, label, read)
         out = call(unflatten(treedef, traced_leaves))
         out_leaves, out_paths, out_treedef = flatten(out)
         backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)

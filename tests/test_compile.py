@@ -676,3 +676,24 @@ def test_a_learning_rate_set_inside_a_compiled_step_is_an_error_naming_the_fix()
     with pytest.raises(jt.TraceError, match=r"param group 'lr' set inside jitorch.compile .*lr_scheduler.step\(\)"):
         jt.compile(step)()
     np.testing.assert_array_equal(p.detach().numpy(), [1.0, 1.0])  # nothing written back
+
+
+SCALE = 0.5
+
+
+def test_a_global_or_closure_number_changed_after_compiling_retraces():
+    global SCALE
+    x = jt.ones(2)
+    compiled = jt.compile(lambda x: x * SCALE)
+    assert compiled(x).tolist() == [0.5, 0.5]
+    SCALE = 2.0
+    try:
+        assert compiled(x).tolist() == [2.0, 2.0]
+        assert "global SCALE: 0.5 -> 2.0" in compiled.recompile_reasons
+    finally:
+        SCALE = 0.5
+    shift = 3.0
+    add = jt.compile(lambda x: x + shift)
+    assert add(x).tolist() == [4.0, 4.0]
+    shift = 10.0
+    assert add(x).tolist() == [11.0, 11.0] and "closure variable shift: 3.0 -> 10.0" in add.recompile_reasons

@@ -121,10 +121,10 @@ class _GradSlot:
         self.guarded = guarded  # the graph depends on whether p.grad was None at the call
 
 
-def _plain(value) -> bool:
+def is_plain_value(value) -> bool:
     """A Python value a trace can bake in: a number, bool, string, None, or a tuple of those."""
     if isinstance(value, tuple):
-        return all(map(_plain, value))
+        return all(map(is_plain_value, value))
     return value is None or isinstance(value, (bool, int, float, str))
 
 
@@ -281,7 +281,8 @@ class Tracer:
         if id(module) in self.modules:
             return
         self.modules[id(module)] = module
-        names = tuple(k for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _plain(v))
+        names = tuple(k for k, v in vars(module).items()
+                      if not k.startswith("_") and k != "training" and is_plain_value(v))
         if names:
             self.note_python_value((id(module), "attributes"), f"{type(module).__name__} attributes",
                                    lambda: tuple(module.__dict__.get(k) for k in names),
