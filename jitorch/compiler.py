@@ -172,10 +172,10 @@ class Program:
         for m, flag in self.module_guards:
             if m.training != flag:
                 return f"module {type(m).__name__}.training: {flag} -> {m.training}"
-        for label, read, expected, show in self.python_guards:
+        for label, read, expected, _, change in self.python_guards:
             now = read()
             if now != expected:
-                return f"{label}: {show(expected)} -> {show(now)}"
+                return f"{label}: {change(expected, now)}"
         return None
 
     def _label(self, t) -> str:
@@ -191,7 +191,7 @@ class Program:
                   for t, s, d, rg in self.lifted_guards]
         lines += [f"{self._label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
         lines += [f"{type(m).__name__}.training == {flag}" for m, flag in self.module_guards]
-        lines += [f"{label} == {show(expected)}" for label, _, expected, show in self.python_guards]
+        lines += [f"{label}: {show(expected)}" for label, _, expected, show, _ in self.python_guards]
         return "\n".join(lines)
 
     def inputs(self, leaves: list) -> list[np.ndarray]:

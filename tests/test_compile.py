@@ -697,3 +697,18 @@ def test_a_global_or_closure_number_changed_after_compiling_retraces():
     assert add(x).tolist() == [4.0, 4.0]
     shift = 10.0
     assert add(x).tolist() == [11.0, 11.0] and "closure variable shift: 3.0 -> 10.0" in add.recompile_reasons
+
+
+def test_a_replaced_child_module_or_an_added_hook_retraces():
+    jt.manual_seed(0)
+    model = jt.nn.Sequential(jt.nn.Linear(3, 2))
+    compiled = jt.compile(model)
+    x = jt.ones(1, 3)
+    compiled(x)
+    model[0] = jt.nn.Linear(3, 2)  # its parameters were lifted from the old child
+    np.testing.assert_allclose(compiled(x).detach().numpy(), model(x).detach().numpy(), rtol=1e-6)
+    assert compiled._compiled.recompile_reasons[-1] == "Sequential: child module '0' replaced by another object"
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    compiled(x)
+    assert seen == [(1, 2)] and compiled._compiled.recompile_reasons[-1] == "Sequential: forward hook 0 added"

@@ -121,6 +121,30 @@ class _GradSlot:
         self.guarded = guarded  # the graph depends on whether p.grad was None at the call
 
 
+_REGISTRIES = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "child module",
+               "_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook"}
+
+
+def _structure_of(module) -> tuple:
+    """Which objects a module's forward reaches through its registries: (kind, name, id) each."""
+    d = module.__dict__
+    return tuple((kind, key, id(v)) for registry, kind in _REGISTRIES.items() for key, v in d[registry].items())
+
+
+def _structure_change(before: tuple, now: tuple) -> str:
+    """The first difference between two `_structure_of` results, in words."""
+    old = {(kind, key): ident for kind, key, ident in before}
+    new = {(kind, key): ident for kind, key, ident in now}
+    for kind, key in list(old) + list(new):
+        if (kind, key) not in new:
+            return f"{kind} {key!r} removed"
+        if (kind, key) not in old:
+            return f"{kind} {key!r} added"
+        if old[kind, key] != new[kind, key]:
+            return f"{kind} {key!r} replaced by another object"
+    return "registration order changed"
+
+
 def is_plain_value(value) -> bool:
     """A Python value a trace can bake in: a number, bool, string, None, or a tuple of those."""
     if isinstance(value, tuple):
@@ -276,25 +300,32 @@ class Tracer:
         slot.current = value
 
     def note_module(self, module) -> None:
-        """A module's forward runs in the trace: its training flag and its plain Python attributes
-        (a dropout's p, a norm's eps) are baked in, so the program is guarded on them."""
+        """A module's forward runs in the trace: its training flag, its plain Python attributes (a
+        dropout's p, a norm's eps), which tensors are its parameters and buffers, its children and
+        its forward hooks are all baked in, so the program is guarded on them."""
         if id(module) in self.modules:
             return
         self.modules[id(module)] = module
+        name = type(module).__name__
         names = tuple(k for k, v in vars(module).items()
                       if not k.startswith("_") and k != "training" and is_plain_value(v))
         if names:
-            self.note_python_value((id(module), "attributes"), f"{type(module).__name__} attributes",
+            self.note_python_value((id(module), "attributes"), f"{name} attributes",
                                    lambda: tuple(module.__dict__.get(k) for k in names),
                                    lambda values: ", ".join(f"{k}={v!r}" for k, v in zip(names, values)))
+        self.note_python_value((id(module), "structure"), name, lambda: _structure_of(module),
+                               lambda entries: f"{len(entries)} parameters, buffers, children and hooks",
+                               _structure_change)
 
     def note_python_value(self, key: tuple, label: str, read: Callable[[], object],
-                          show: Callable[[object], str] = repr) -> None:
+                          show: Callable[[object], str] = repr,
+                          change: Callable[[object, object], str] | None = None) -> None:
         """The trace depends on a Python value (an optimizer's switch, its parameter list): the
-        program applies only while `read()` returns what it returns now (`show` words a value for
-        the recompile log)."""
+        program applies only while `read()` returns what it returns now. `show` words a value and
+        `change` a difference, for the recompile log."""
         if key not in self.python_guards:
-            self.python_guards[key] = (label, read, read(), show)
+            change = change or (lambda before, now: f"{show(before)} -> {show(now)}")
+            self.python_guards[key] = (label, read, read(), show, change)
 
     # --- the end ------------------------------------------------------------------------
     def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> dict:
