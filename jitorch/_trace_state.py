@@ -11,3 +11,16 @@ class _TraceState(threading.local):
 
 
 trace_state = _TraceState()
+
+
+class ModuleChanges:
+    """How many times any Module's attributes or registries (parameters, buffers, children, hooks)
+    or training flag changed, process-wide. A compiled program re-checks the modules it traced
+    only on calls where this moved: in a training loop nothing changes, and the check is one
+    integer compare instead of a snapshot of every module."""
+
+    count = 0
+
+
+def note_module_change() -> None:
+    ModuleChanges.count += 1

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import autograd as _ag
 from . import logs
-from ._trace_state import trace_state
+from ._trace_state import ModuleChanges, trace_state
 from .autograd import Node as AutogradNode
 from .ir import interpret
 from .ir.graph import Graph, Input, Value, format_node
@@ -149,8 +149,9 @@ class Program:
         self.lifted_guards = [(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad)
                               for i in graph.inputs if i.kind == "lifted"]
         self.grad_guards = info["grad_had"]
-        self.module_guards = [(m, m.training) for m in info["modules"]]
-        self.python_guards = info.get("python_guards", [])
+        self.python_guards = info["python_guards"]
+        self.module_guards = info["module_guards"]
+        self.modules_checked = -1  # ModuleChanges.count when the module guards last passed
         self.writes_anything = any(info[k] for k in ("writes", "born_writes", "arg_writes", "grad_writes",
                                                      "escaped"))
         # an output that is an input unchanged is returned as that very tensor, as eagerly
@@ -169,13 +170,17 @@ class Program:
             if (p._grad is not None) != had:
                 state = ("None", "a tensor") if not had else ("a tensor", "None")
                 return f"{self._label(p)}.grad: {state[0]} -> {state[1]}"
-        for m, flag in self.module_guards:
-            if m.training != flag:
-                return f"module {type(m).__name__}.training: {flag} -> {m.training}"
-        for label, read, expected, _, change in self.python_guards:
+        for _, read, expected, _, reason in self.python_guards:
             now = read()
             if now != expected:
-                return f"{label}: {change(expected, now)}"
+                return reason(expected, now)
+        changes = ModuleChanges.count
+        if changes != self.modules_checked:  # some module changed since: is it one of ours?
+            for guard in self.module_guards:
+                change = guard.change()
+                if change is not None:
+                    return change
+            self.modules_checked = changes
         return None
 
     def _label(self, t) -> str:
@@ -190,8 +195,8 @@ class Program:
         lines += [f"lifted {self._label(t)}: shape {tuple(s)} {d.name} requires_grad={rg}"
                   for t, s, d, rg in self.lifted_guards]
         lines += [f"{self._label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
-        lines += [f"{type(m).__name__}.training == {flag}" for m, flag in self.module_guards]
         lines += [f"{label}: {show(expected)}" for label, _, expected, show, _ in self.python_guards]
+        lines += [guard.show() for guard in self.module_guards]
         return "\n".join(lines)
 
     def inputs(self, leaves: list) -> list[np.ndarray]:
@@ -570,8 +575,8 @@ class CompiledFunction:
         out_leaves, out_paths, out_treedef = flatten(out)
         backward = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
         info = tracer.finish(out_leaves, out_paths, arg_tensors)
-        info["modules"] = list(tracer.modules.values())
         info["python_guards"] = list(tracer.python_guards.values())
+        info["module_guards"] = list(tracer.modules.values())
         out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
         if backward is not None:
             diff_refs, grads, diff_leaves, used = backward

@@ -712,3 +712,20 @@ def test_a_replaced_child_module_or_an_added_hook_retraces():
     model.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     compiled(x)
     assert seen == [(1, 2)] and compiled._compiled.recompile_reasons[-1] == "Sequential: forward hook 0 added"
+
+
+def test_module_changes_by_any_route_reach_the_guard():
+    jt.manual_seed(0)
+    model = jt.nn.Sequential(jt.nn.Linear(3, 3), jt.nn.Tanh(), jt.nn.Linear(3, 2))
+    compiled = jt.compile(model)
+    x = jt.ones(1, 3)
+    compiled(x)
+    del model[1]  # a container renumbers its children wholesale
+    np.testing.assert_allclose(compiled(x).detach().numpy(), model(x).detach().numpy(), rtol=1e-6)
+    model[0]._parameters["bias"] = jt.nn.Parameter(jt.zeros(3))  # straight into the registry
+    np.testing.assert_allclose(compiled(x).detach().numpy(), model(x).detach().numpy(), rtol=1e-6)
+    assert compiled._compiled.recompile_reasons[-1] == "Linear: parameter 'bias' replaced by another object"
+    hits = compiled._compiled.hits
+    compiled(x)
+    compiled(x)
+    assert compiled._compiled.hits == hits + 2  # nothing changed: replayed

@@ -125,24 +125,48 @@ _REGISTRIES = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "ch
                "_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook"}
 
 
-def _structure_of(module) -> tuple:
-    """Which objects a module's forward reaches through its registries: (kind, name, id) each."""
-    d = module.__dict__
-    return tuple((kind, key, id(v)) for registry, kind in _REGISTRIES.items() for key, v in d[registry].items())
+class _ModuleGuard:
+    """What a traced module's forward baked in: its training flag, its plain Python attributes (a
+    dropout's p, a norm's eps) and which objects its registries hold (parameters, buffers,
+    children, forward hooks), snapshot when the trace reached the module. A program checks it only
+    on calls after some module changed (`ModuleChanges`)."""
 
+    def __init__(self, module) -> None:
+        self.module = module
+        self.name = type(module).__name__
+        self.attributes = tuple(k for k, v in vars(module).items()
+                                if not k.startswith("_") and k != "training" and is_plain_value(v))
+        self.traced = self._snapshot()
 
-def _structure_change(before: tuple, now: tuple) -> str:
-    """The first difference between two `_structure_of` results, in words."""
-    old = {(kind, key): ident for kind, key, ident in before}
-    new = {(kind, key): ident for kind, key, ident in now}
-    for kind, key in list(old) + list(new):
-        if (kind, key) not in new:
-            return f"{kind} {key!r} removed"
-        if (kind, key) not in old:
-            return f"{kind} {key!r} added"
-        if old[kind, key] != new[kind, key]:
-            return f"{kind} {key!r} replaced by another object"
-    return "registration order changed"
+    def _snapshot(self) -> tuple:
+        d = self.module.__dict__
+        return (d["training"], tuple(d.get(k) for k in self.attributes),
+                [{key: id(v) for key, v in d[r].items()} for r in _REGISTRIES])
+
+    def show(self) -> str:
+        training, values, _ = self.traced
+        attributes = ", ".join(f"{k}={v!r}" for k, v in zip(self.attributes, values))
+        return f"{self.name}.training == {training}" + (f"; {attributes}" if attributes else "")
+
+    def change(self) -> str | None:
+        """What changed since the trace, in words; None if nothing did."""
+        (training, values, registries), (now_training, now_values, now_registries) = self.traced, self._snapshot()
+        if training != now_training:
+            return f"module {self.name}.training: {training} -> {now_training}"
+        if values != now_values:
+            changed = [(k, a, b) for k, a, b in zip(self.attributes, values, now_values) if a != b]
+            return f"{self.name} attributes: " + ", ".join(f"{k}={a!r} -> {k}={b!r}" for k, a, b in changed)
+        for kind, old, new in zip(_REGISTRIES.values(), registries, now_registries):
+            for key in [*old, *new]:
+                if key not in new:
+                    return f"{self.name}: {kind} {key!r} removed"
+                if key not in old:
+                    return f"{self.name}: {kind} {key!r} added"
+                if old[key] != new[key]:
+                    return f"{self.name}: {kind} {key!r} replaced by another object"
+            if list(old) != list(new):
+                return f"{self.name}: {kind} order changed"
+        return None
 
 
 def is_plain_value(value) -> bool:
@@ -162,7 +186,7 @@ class Tracer:
         self.lifted: list[Tensor] = []
         self.written: dict[int, Tensor] = {}  # concrete tensors written in place
         self.grads: dict[int, _GradSlot] = {}  # id(p) -> the function's view of p.grad
-        self.modules: dict[int, object] = {}  # modules whose forward ran (their training flag is guarded)
+        self.modules: dict[int, _ModuleGuard] = {}  # modules whose forward ran, and what it baked in
         self.python_guards: dict[tuple, tuple] = {}  # see note_python_value
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
@@ -300,32 +324,19 @@ class Tracer:
         slot.current = value
 
     def note_module(self, module) -> None:
-        """A module's forward runs in the trace: its training flag, its plain Python attributes (a
-        dropout's p, a norm's eps), which tensors are its parameters and buffers, its children and
-        its forward hooks are all baked in, so the program is guarded on them."""
-        if id(module) in self.modules:
-            return
-        self.modules[id(module)] = module
-        name = type(module).__name__
-        names = tuple(k for k, v in vars(module).items()
-                      if not k.startswith("_") and k != "training" and is_plain_value(v))
-        if names:
-            self.note_python_value((id(module), "attributes"), f"{name} attributes",
-                                   lambda: tuple(module.__dict__.get(k) for k in names),
-                                   lambda values: ", ".join(f"{k}={v!r}" for k, v in zip(names, values)))
-        self.note_python_value((id(module), "structure"), name, lambda: _structure_of(module),
-                               lambda entries: f"{len(entries)} parameters, buffers, children and hooks",
-                               _structure_change)
+        """A module's forward runs in the trace: the program is guarded on what it baked in."""
+        if id(module) not in self.modules:
+            self.modules[id(module)] = _ModuleGuard(module)
 
     def note_python_value(self, key: tuple, label: str, read: Callable[[], object],
                           show: Callable[[object], str] = repr,
-                          change: Callable[[object, object], str] | None = None) -> None:
-        """The trace depends on a Python value (an optimizer's switch, its parameter list): the
-        program applies only while `read()` returns what it returns now. `show` words a value and
-        `change` a difference, for the recompile log."""
+                          reason: Callable[[object, object], str] | None = None) -> None:
+        """The trace depends on a Python value (an optimizer's switch, its parameter list, a
+        module's state): the program applies only while `read()` returns what it returns now.
+        `show` words a value for `explain`, `reason` a change for the recompile log."""
         if key not in self.python_guards:
-            change = change or (lambda before, now: f"{show(before)} -> {show(now)}")
-            self.python_guards[key] = (label, read, read(), show, change)
+            reason = reason or (lambda before, now: f"{label}: {show(before)} -> {show(now)}")
+            self.python_guards[key] = (label, read, read(), show, reason)
 
     # --- the end ------------------------------------------------------------------------
     def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> dict:

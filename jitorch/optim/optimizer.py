@@ -76,7 +76,7 @@ class ParamGroup(dict):
     def __getitem__(self, key: str) -> Any:
         value = super().__getitem__(key)
         if trace_state.tracer is not None:
-            self._guard(key, value)
+            self._guard(key)
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -93,7 +93,7 @@ class ParamGroup(dict):
                                      lambda: dict.__getitem__(self, key) != 0)
         return value != 0
 
-    def _guard(self, key: str, value: Any) -> None:
+    def _guard(self, key: str) -> None:
         tracer = trace_state.tracer
         if key == "params":  # which tensors the step updates
             tracer.note_python_value((id(self), key), "param group params",

@@ -54,11 +54,8 @@ class Sequential(Module):
         for key in keys[idx] if isinstance(idx, slice) else [keys[_index(idx, len(self))]]:
             del self._modules[key]
         # keep the string indices contiguous, as PyTorch does
-        self.__dict__["_modules"] = (
-            {str(i): m for i, m in enumerate(self._modules.values())}
-            if all(k.isdigit() for k in self._modules)
-            else self._modules
-        )
+        if all(k.isdigit() for k in self._modules):
+            self._set_children({str(i): m for i, m in enumerate(self._modules.values())})
 
     def append(self, module: Module) -> Sequential:
         self.add_module(str(len(self)), module)
@@ -67,7 +64,7 @@ class Sequential(Module):
     def insert(self, index: int, module: Module) -> Sequential:
         mods = list(self._modules.values())
         mods.insert(index, module)
-        self.__dict__["_modules"] = {str(i): m for i, m in enumerate(mods)}
+        self._set_children({str(i): m for i, m in enumerate(mods)})
         return self
 
     def extend(self, modules: Iterable[Module]) -> Sequential:
@@ -104,7 +101,7 @@ class ModuleList(Module):
     def __delitem__(self, idx) -> None:
         mods = list(self._modules.values())
         del mods[idx]
-        self.__dict__["_modules"] = {str(i): m for i, m in enumerate(mods)}
+        self._set_children({str(i): m for i, m in enumerate(mods)})
 
     def append(self, module: Module) -> ModuleList:
         self.add_module(str(len(self)), module)
@@ -118,7 +115,7 @@ class ModuleList(Module):
     def insert(self, index: int, module: Module) -> None:
         mods = list(self._modules.values())
         mods.insert(index, module)
-        self.__dict__["_modules"] = {str(i): m for i, m in enumerate(mods)}
+        self._set_children({str(i): m for i, m in enumerate(mods)})
 
     def __iadd__(self, modules: Iterable[Module]) -> ModuleList:
         return self.extend(modules)

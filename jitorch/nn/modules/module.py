@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..._trace_state import trace_state
+from ..._trace_state import note_module_change, trace_state
 from ...autograd import no_grad
 from ...tensor import Tensor
 from ..parameter import Buffer, Parameter
@@ -33,6 +33,39 @@ class RemovableHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class _Registry(dict):
+    """A module's parameters, buffers, children or hooks by name: a dict that counts its changes
+    (`note_module_change`), however they are made (container methods, hook handles, user code)."""
+
+    def __setitem__(self, key, value) -> None:
+        note_module_change()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        note_module_change()
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        note_module_change()
+        return super().pop(*args)
+
+    def popitem(self):
+        note_module_change()
+        return super().popitem()
+
+    def clear(self) -> None:
+        note_module_change()
+        super().clear()
+
+    def update(self, *args, **kwargs) -> None:
+        note_module_change()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        note_module_change()
+        return super().setdefault(key, default)
 
 
 def _as_tensor_value(value, key: str) -> Tensor:
@@ -73,12 +106,12 @@ class Module:
             raise TypeError(f"{type(self).__name__}.__init__() got unexpected arguments")
         d = self.__dict__
         d["training"] = True
-        d["_parameters"] = {}
-        d["_buffers"] = {}
+        d["_parameters"] = _Registry()
+        d["_buffers"] = _Registry()
         d["_non_persistent_buffers"] = set()
-        d["_modules"] = {}
-        d["_forward_hooks"] = {}
-        d["_forward_pre_hooks"] = {}
+        d["_modules"] = _Registry()
+        d["_forward_hooks"] = _Registry()
+        d["_forward_pre_hooks"] = _Registry()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -88,7 +121,7 @@ class Module:
     # --- calling --------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         if trace_state.tracer is not None:
-            trace_state.tracer.note_module(self)  # jitorch.compile guards on its training flag
+            trace_state.tracer.note_module(self)  # jitorch.compile guards on what the forward reads
         if not self._forward_pre_hooks and not self._forward_hooks:
             return self.forward(*args, **kwargs)
         for hook in list(self._forward_pre_hooks.values()):
@@ -116,6 +149,7 @@ class Module:
 
     # --- attributes -----------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
+        note_module_change()  # a compiled program may have baked the old value in
         d = self.__dict__
         params, modules, buffers = d.get("_parameters"), d.get("_modules"), d.get("_buffers")
         if isinstance(value, (Parameter, Module, Buffer)) and params is None:
@@ -152,6 +186,11 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
+    def _set_children(self, children: dict) -> None:
+        """Replace the children registry wholesale (containers renumber after an insert or delete)."""
+        note_module_change()
+        self.__dict__["_modules"] = _Registry(children)
+
     def _remove_plain(self, name: str) -> None:
         self.__dict__.pop(name, None)
         for table in ("_parameters", "_buffers", "_modules"):
@@ -167,6 +206,7 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name: str) -> None:
+        note_module_change()
         for table in ("_parameters", "_buffers", "_modules"):
             if name in self.__dict__[table]:
                 del self.__dict__[table][name]
@@ -380,6 +420,7 @@ class Module:
         """Set training mode on this module and every descendant (dropout, batch norm)."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
+        note_module_change()
         for m in self.modules():
             m.__dict__["training"] = mode
         return self
