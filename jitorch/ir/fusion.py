@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..primitives import PRIMS
 from .graph import Graph, Node, Value, format_node
 
 MAX_NODES_PER_KERNEL = 96  # a bound on one kernel's compile time, not on its speed
@@ -32,7 +33,7 @@ MAX_OPEN_PER_SHAPE = 4  # kernels a node may still join; older ones are closed (
 # otherwise be computed early and held in memory until a much later reader)
 
 
-@dataclass
+@dataclass(eq=False)  # kernels are compared by identity (`in`, `remove`), never by their fields
 class Kernel:
     """Pointwise nodes run as one loop nest over `shape`."""
 
@@ -41,6 +42,7 @@ class Kernel:
     nodes: list[Node] = field(default_factory=list)
     inputs: list[Value] = field(default_factory=list)  # read from memory
     outputs: list[Value] = field(default_factory=list)  # written to memory
+    reads: set[int] = field(default_factory=set)  # ids of the values its nodes read
     rows: bool = False  # holds reductions over the last dim: a row kernel
 
     @property
@@ -109,6 +111,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
             rows.append(kernel)
             del rows[:-MAX_OPEN_PER_SHAPE]
         kernel.nodes.append(node)
+        kernel.reads.update(v.id for v in node.inputs)
         kernel_of[node.out.id] = kernel
     _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
     single_worth_it = single_worth_it or (lambda kernel: False)
@@ -138,6 +141,7 @@ def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], k
         for n in k.nodes:
             kernel_of[n.out.id] = oldest
         oldest.nodes.extend(k.nodes)
+        oldest.reads |= k.reads
         candidates.remove(k)
         order.remove(k)
     return oldest if _can_join(node, oldest, position, kernel_of) else None
@@ -148,8 +152,6 @@ def _is_const(v: Value) -> bool:
 
 
 def _is_reduce(node: Node) -> bool:
-    from ..primitives import PRIMS
-
     return node.op != "const" and PRIMS[node.op].kind == "reduce"
 
 
@@ -187,8 +189,7 @@ def _related(node: Node, kernel: Kernel, kernel_of: dict[int, Kernel]) -> bool:
     and separate ones are often the same function, compiled once. Chains that share a value (the
     updates of same-shaped parameters read one learning rate) may share a kernel: one call, and
     the design's horizontal fusion of an optimizer's updates."""
-    read = {v.id for n in kernel.nodes for v in n.inputs}
-    return any(kernel_of.get(v.id) is kernel or v.id in read and not _is_const(v) for v in node.inputs)
+    return any(kernel_of.get(v.id) is kernel or v.id in kernel.reads and not _is_const(v) for v in node.inputs)
 
 
 def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> None:
