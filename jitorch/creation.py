@@ -29,10 +29,51 @@ def _shape(size) -> tuple[int, ...]:
     return tuple(int(s) for s in size)
 
 
+def _is_sequence(x) -> bool:
+    return isinstance(x, (list, tuple)) or (isinstance(x, (np.ndarray, Tensor)) and x.ndim > 0)
+
+
+def _ragged_message(data) -> str | None:
+    """PyTorch's words for nested sequences whose lengths disagree, e.g. [[1, 2, 3], [4, 5]]: "expected
+    sequence of length 3 at dim 1 (got 2)"; None when the nesting is regular. The expected lengths
+    are those along the first elements, as PyTorch reads them."""
+    shape = []
+    first = data
+    while _is_sequence(first):
+        shape.append(len(first))
+        if not len(first):
+            break
+        first = first[0]
+    pending = [(data, 0)]  # a stack, not recursion: the walk visits every element
+    while pending:
+        x, dim = pending.pop()
+        if dim == len(shape):
+            if _is_sequence(x):
+                return f"expected a number at dim {dim} (got a sequence of length {len(x)})"
+            continue
+        if not _is_sequence(x):
+            return f"expected sequence of length {shape[dim]} at dim {dim} (got {type(x).__name__})"
+        if len(x) != shape[dim]:
+            return f"expected sequence of length {shape[dim]} at dim {dim} (got {len(x)})"
+        pending.extend((item, dim + 1) for item in reversed(x))
+    return None
+
+
+def _array(data, dtype=None) -> np.ndarray:
+    """np.array(data), with PyTorch's ValueError naming the ragged dim where numpy's names none."""
+    try:
+        return np.array(data, dtype=dtype)
+    except ValueError:
+        message = _ragged_message(data)
+        if message is None:
+            raise
+        raise ValueError(message) from None
+
+
 def _infer_np(data, dtype: _dt.DType | None) -> np.ndarray:
     if dtype is not None:
-        return np.array(data, dtype=dtype.np)
-    arr = np.array(data)
+        return _array(data, dtype=dtype.np)
+    arr = _array(data)
     if isinstance(data, np.ndarray) or isinstance(data, np.generic):
         return arr.astype(_dt.from_numpy_dtype(arr.dtype).np, copy=False)
     if arr.dtype.kind == "f":

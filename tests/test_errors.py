@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+import torch
 
 import jitorch as jt
 
@@ -165,8 +167,6 @@ def test_unknown_dtype_string(spec):
 
 
 def test_unsupported_numpy_dtype():
-    import numpy as np
-
     with pytest.raises(TypeError, match="uint8"):
         jt.from_numpy(np.zeros(2, dtype=np.uint8))
 
@@ -200,3 +200,76 @@ def test_bitwise_ops_on_floats():
 def test_bool_subtraction_and_negation():
     with pytest.raises((RuntimeError, TypeError)):
         -jt.tensor([True])
+
+
+# --- loss targets: class indices must be integers -------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss"])
+def test_float_class_indices_name_the_dtype_and_shapes(loss):
+    """Float class indices of shape [N] for an [N, C] input: PyTorch's "expected target dtype to be
+    Long", with the dtype and shapes given (not a complaint about probability targets' shape)."""
+    expect = "expected target dtype to be Long"
+    with pytest.raises(RuntimeError, match=expect):
+        getattr(torch.nn.functional, loss)(torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(RuntimeError) as info:
+        getattr(jt.nn.functional, loss)(jt.randn(4, 3), jt.tensor([0.0, 1.0, 2.0, 0.0]))
+    msg = str(info.value)
+    assert msg.startswith(f"{loss}: {expect}") and "float32 target of shape [4]" in msg
+    assert "input of shape [4, 3]" in msg and "target.long()" in msg
+    assert ("probabilities" in msg) == (loss == "cross_entropy")
+
+
+@pytest.mark.parametrize("input_shape, target", [
+    ((4, 3), lambda: jt.rand(4, 5)),  # neither indices nor the input's shape
+    ((2, 3, 5), lambda: jt.rand(2, 5)),  # spatial class indices given as floats
+    ((3,), lambda: jt.tensor(1.0)),  # unbatched
+    ((4, 3), lambda: jt.tensor([True, False, True, True])),
+])
+def test_cross_entropy_targets_that_are_not_indices_or_probabilities(input_shape, target):
+    t = target()
+    with pytest.raises(RuntimeError, match=r"^cross_entropy: expected target dtype to be Long") as info:
+        jt.nn.functional.cross_entropy(jt.randn(*input_shape), t)
+    msg = str(info.value)
+    assert f"{t.dtype.name} target of shape {list(t.shape)}" in msg and f"input of shape {list(input_shape)}" in msg
+    index_shape = list(input_shape[:1] + input_shape[2:]) if len(input_shape) > 1 else []
+    assert f"class indices (shape {index_shape})" in msg
+    if t.dtype.is_floating_point:
+        assert "class probabilities and must have the input's shape" in msg
+
+
+def test_cross_entropy_still_takes_probabilities_and_int_indices():
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    probs = np.random.default_rng(1).dirichlet(np.ones(3), 4).astype(np.float32)
+    for target in (probs, np.array([0, 2, 1, 0])):
+        ours = jt.nn.functional.cross_entropy(jt.tensor(x), jt.tensor(target)).item()
+        theirs = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(target)).item()
+        assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+# --- tensors from nested sequences -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [
+    [[1, 2, 3], [4, 5]],
+    [[1, 2], [3, 4, 5]],
+    [[[1, 2], [3, 4]], [[5, 6], [7]]],
+    [[[1, 2]], [[3, 4], [5, 6]]],
+    [[1.0, 2.0], (3.0,)],
+])
+def test_ragged_nested_lists_name_the_dim_like_pytorch(data):
+    with pytest.raises(ValueError) as theirs:
+        torch.tensor(data)
+    for dtype in (None, jt.float64):
+        with pytest.raises(ValueError) as ours:
+            jt.tensor(data, dtype=dtype)
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_numbers_and_sequences_mixed_at_one_dim():
+    with pytest.raises(ValueError, match=re.escape("expected sequence of length 1 at dim 1 (got int)")):
+        jt.tensor([[1], 2])
+    with pytest.raises(ValueError, match=re.escape("expected a number at dim 1 (got a sequence of length 1)")):
+        jt.tensor([1, [2]])
+    with pytest.raises(ValueError, match=re.escape("expected sequence of length 0 at dim 1 (got 1)")):
+        jt.tensor([[], [1]])

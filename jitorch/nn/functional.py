@@ -506,6 +506,18 @@ def _class_layout(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, Tenso
     return input, target
 
 
+def _check_index_target(input: Tensor, target: Tensor, op: str) -> None:
+    """Class indices must be integers: int64 as in PyTorch (int32 is accepted too)."""
+    if target.dtype in (_dt.int64, _dt.int32):
+        return
+    index_shape = list(input.shape[:1] + input.shape[2:]) if input.ndim > 1 else []
+    message = (f"{op}: expected target dtype to be Long (int64) for class indices (shape {index_shape}), but got "
+               f"a {target.dtype.name} target of shape {list(target.shape)} for input of shape {list(input.shape)}. ")
+    if target.dtype.is_floating_point and op == "cross_entropy":
+        message += "A floating-point target holds class probabilities and must have the input's shape. "
+    raise RuntimeError(message + "For class indices pass target.long().")
+
+
 def _target_mask(input: Tensor, target: Tensor) -> Tensor:
     """A bool tensor shaped like `input` (N, C, ...), True at each row's target class.
 
@@ -528,10 +540,9 @@ def nll_loss(
 ) -> Tensor:
     """Negative log likelihood of class indices `target` under log-probabilities `input` (N, C, ...)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_index_target(input, target, "nll_loss")
     squeeze = input.ndim == 1
     input, target = _class_layout(input, target, "nll_loss")
-    if target.dtype not in (_dt.int64, _dt.int32):
-        raise RuntimeError(f"expected scalar type Long for nll_loss target but found {target.dtype.name}")
     _check_targets(target, input.shape[1], ignore_index)
     mask = _target_mask(input, target)
     picked = _ops.where(mask, input, 0.0)
@@ -567,9 +578,11 @@ def cross_entropy(
     `target` holds class indices (shape (N, d1, ...)) or class probabilities (same shape as input).
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    class_dim = 0 if input.ndim == 1 else 1
-    logp = input.log_softmax(class_dim)
-    if target.dtype.is_floating_point:
+    probabilities = target.dtype.is_floating_point and tuple(target.shape) == tuple(input.shape)
+    if not probabilities:
+        _check_index_target(input, target, "cross_entropy")
+    logp = input.log_softmax(0 if input.ndim == 1 else 1)
+    if probabilities:
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing)
     nll = nll_loss(logp, target, weight, None, ignore_index, None, reduction)
     if label_smoothing == 0.0:
@@ -601,11 +614,6 @@ def _smoothed(
 
 
 def _cross_entropy_probs(logp: Tensor, target: Tensor, weight, reduction: str, eps: float) -> Tensor:
-    if tuple(target.shape) != tuple(logp.shape):
-        raise RuntimeError(
-            f"cross_entropy: a probability target must have the input's shape {list(logp.shape)}, "
-            f"got {list(target.shape)}"
-        )
     class_dim = 0 if logp.ndim == 1 else 1
     n_classes = logp.shape[class_dim]
     if eps > 0:
