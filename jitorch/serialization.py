@@ -18,11 +18,13 @@ fsynced, and only then renamed over the target, so a crash mid-save leaves the o
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
 import struct
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -245,6 +247,10 @@ def load(f: FileLike, map_location: MapLocation = None, *, weights_only: bool = 
     """
     name = _file_name(f)
     data = _read_bytes(f)
+    path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+    other = _other_format(data, path if isinstance(path, str) else None)
+    if other is not None:
+        raise CheckpointError(f"{name}: {other}")
     try:
         header, data_start = _parse_header(data)
         metadata = header.pop("__metadata__", None) or {}
@@ -270,6 +276,45 @@ def _read_bytes(f: FileLike) -> bytes:
         with open(f, "rb") as fh:
             return fh.read()
     return f.read()
+
+
+# What to do with a PyTorch checkpoint, in PyTorch (`v.contiguous().clone()`: save_file refuses
+# non-contiguous tensors and tensors sharing memory, such as tied weights).
+_CONVERT_ADVICE = """\
+jitorch never unpickles (unpickling can run arbitrary code; jitorch.load runs none), so it can't read
+this format. Convert the state dict to safetensors once, in PyTorch (pip install safetensors):
+    import torch
+    from safetensors.torch import save_file
+    state = torch.load({path}, map_location="cpu")  # a flat dict of tensors, e.g. model.state_dict()
+    save_file({{k: v.contiguous().clone() for k, v in state.items()}}, "model.safetensors")
+then jitorch.load("model.safetensors") returns those tensors by name (model.load_state_dict takes it).
+A checkpoint holding several state dicts (model, optimizer, ...) converts one state dict at a time."""
+
+# PyTorch's legacy torch.save format starts by pickling its magic number 0x1950a86a20f9469cfc6c
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _other_format(data: bytes, path: str | None) -> str | None:
+    """What a file that is not safetensors is, for the formats people mistake for it: PyTorch's
+    torch.save zip archive and its legacy pickle format (with advice naming `path`, the file's path
+    if known), other zips and pickles."""
+    if data[_HEADER_LEN.size:_HEADER_LEN.size + 1] == b"{":  # where every safetensors header starts
+        return None
+    advice = _CONVERT_ADVICE.format(path="path" if path is None else repr(path))
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            names = []
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return f"this is a PyTorch checkpoint (torch.save's zip format), not safetensors.\n{advice}"
+        return "not a safetensors checkpoint: it is a zip archive (numpy's .npz is one; np.load reads it)"
+    if data.startswith(_TORCH_LEGACY_MAGIC):
+        return f"this is a PyTorch checkpoint (torch.save's legacy pickle format), not safetensors.\n{advice}"
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return ("not a safetensors checkpoint: it is a Python pickle, and jitorch never unpickles (unpickling "
+                "can run arbitrary code)")
+    return None
 
 
 def _parse_header(data: bytes) -> tuple[dict, int]:

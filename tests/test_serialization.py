@@ -300,11 +300,76 @@ def test_foreign_files_fail_cleanly(tmp_path, content):
         jitorch.load(path)
 
 
-def test_a_torch_save_zip_file_fails_cleanly(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_a_torch_save_file_is_named_with_how_to_convert_it(tmp_path, zip_format):
     path = tmp_path / "model.pt"
-    torch.save({"w": torch.ones(2)}, path)
-    with pytest.raises(CheckpointError, match=r"model\.pt.*not a safetensors checkpoint"):
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=zip_format)
+    kind = "torch.save's zip format" if zip_format else "torch.save's legacy pickle format"
+    with open(path, "rb") as opened:
+        for source, shown in ((path, str(path)), (opened, str(path)), (io.BytesIO(path.read_bytes()), None)):
+            with pytest.raises(CheckpointError) as info:
+                jitorch.load(source)
+            msg = str(info.value)
+            assert f"this is a PyTorch checkpoint ({kind}), not safetensors" in msg
+            assert "never unpickles" in msg and "from safetensors.torch import save_file" in msg
+            assert 'jitorch.load("model.safetensors")' in msg and "header length" not in msg
+            # the advice's torch.load names the file where its path is known
+            assert f"torch.load({'path' if shown is None else repr(shown)}, " in msg
+    assert msg.startswith("<_io.BytesIO")
+
+
+def test_the_conversion_advice_for_a_torch_checkpoint_works(tmp_path, monkeypatch):
+    """Run the advice's code as printed, on a state dict with tied weights and a transposed tensor
+    (safetensors refuses both as they are), then load the result."""
+    pytest.importorskip("safetensors")
+    tied = torch.nn.Embedding(5, 4)
+    head = torch.nn.Linear(4, 5, bias=False)
+    head.weight = tied.weight
+    state = torch.nn.Sequential(tied, head).state_dict()
+    state["transposed"] = torch.randn(3, 4).t()
+    for zip_format in (True, False):
+        path = tmp_path / f"model{zip_format}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+        with pytest.raises(CheckpointError) as info:
+            jitorch.load(path)
+        code = str(info.value).split("(pip install safetensors):\n")[1].split("\nthen ")[0]
+        monkeypatch.chdir(tmp_path)
+        exec("\n".join(line[4:] for line in code.splitlines()), {})
+        loaded = jitorch.load("model.safetensors")
+        assert set(loaded) == set(state)
+        for name, value in state.items():
+            np.testing.assert_array_equal(loaded[name].numpy(), value.numpy())
+
+
+@pytest.mark.parametrize("kind", ["npz", "pickle"])
+def test_other_zips_and_pickles_are_named(tmp_path, kind):
+    path = tmp_path / "data.bin"
+    if kind == "npz":
+        np.savez(path.with_suffix(".npz"), a=np.ones(2))
+        path = path.with_suffix(".npz")
+        expect = "it is a zip archive"
+    else:
+        import pickle
+
+        path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+        expect = "it is a Python pickle, and jitorch never unpickles"
+    with pytest.raises(CheckpointError, match=f"{path.name}: not a safetensors checkpoint: {expect}"):
         jitorch.load(path)
+
+
+def test_a_safetensors_header_length_that_looks_like_a_pickle_still_loads(tmp_path):
+    """A header of 640 bytes makes the file start 0x80 0x02, as a pickle does: only the '{' that
+    starts every safetensors header tells them apart."""
+    data = _handmade_safetensors({"x": torch.ones(2)}, {"pad": ""})
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["pad"] = "p" * (640 - len(json.dumps(header, separators=(",", ":"))))
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) == 640
+    path = tmp_path / "pickle-like.safetensors"
+    path.write_bytes(struct.pack("<Q", 640) + raw + data[8 + n:])
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert jitorch.load(path)["x"].tolist() == [1.0, 1.0]
 
 
 def test_bad_structure_metadata_fails_cleanly(tmp_path):
