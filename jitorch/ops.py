@@ -1022,6 +1022,47 @@ def getitem(self: Tensor, key) -> Tensor:
     return self._index(nkey, tensors)
 
 
+_index_setitem = Tensor.__setitem__  # the general path: index_put at the selected indices
+
+
+def setitem(self: Tensor, key, value) -> None:
+    """`self[key] = value`, like PyTorch.
+
+    A boolean mask over the leading dims (`x[x > 0] = 0.5`), with a value that is the same for every
+    selected element (a scalar, or a tensor broadcast along the mask's dims), becomes
+    `where(mask, value, self)`: the result has no data-dependent indices, so it also traces under
+    `jitorch.compile`, and its gradient is PyTorch's (none to `self` where written; to `value`, the
+    sum over the selected elements). Every other key writes through `index_put`.
+    """
+    mask = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+    if isinstance(mask, Tensor) and mask.dtype is _dt.bool_:
+        value = as_operand(value, self)
+        fill = _mask_fill_value(self, mask, value)
+        if fill is not None:
+            cond = mask.reshape(tuple(mask.shape) + (1,) * (self.ndim - mask.ndim))
+            self._inplace(lambda src, v: where(cond, v, src), fill)
+            return
+    _index_setitem(self, key, value)
+
+
+def _mask_fill_value(x: Tensor, mask: Tensor, value: Tensor) -> Tensor | None:
+    """`value` shaped to broadcast over x where `x[mask] = value` writes the same value into every
+    selected element; None when it needs the selected indices (or the key is an error for the
+    general path to report)."""
+    if tuple(mask.shape) != tuple(x.shape[: mask.ndim]):
+        return None
+    rest = tuple(x.shape[mask.ndim:])
+    shape = tuple(value.shape)
+    extra = len(shape) - len(rest)  # dims of value that line up with the selected elements
+    if extra > 0 and builtins.any(d != 1 for d in shape[:extra]):
+        return None
+    core = shape[builtins.max(extra, 0):]
+    if builtins.any(d not in (1, r) for d, r in zip(core, rest[len(rest) - len(core):])):
+        return None
+    value = value.reshape(core) if extra > 0 else value
+    return value if value._data.dtype == x._data.dtype else value.to(x.dtype)
+
+
 def _index(self: Tensor, key: tuple, tensors) -> Tensor:
     return dispatch(P["getitem"], (self, *tensors), {"key": key})
 
@@ -1532,6 +1573,7 @@ def install_methods() -> None:
         setattr(T, fn.__name__, fn)
     T.where = _tensor_where
     T.__getitem__ = getitem
+    T.__setitem__ = setitem
     for name in _INPLACE:
         setattr(T, name + "_", _make_inplace(globals()[name]))
     conversions = {"float": _dt.float32, "double": _dt.float64, "half": _dt.float16,

@@ -1,7 +1,8 @@
 """The op table: every eager op of issue #2 as reusable data.
 
 Each `OpCase` names a function `fn(lib, *tensors)` that runs with `lib=jitorch` or `lib=torch` (the
-APIs match), the specs of its inputs, whether to check gradients, and tolerances. `tests/harness.py`
+APIs match), the specs of its inputs and whether to check gradients (`TOLERANCES` holds how close
+floats must be, per dtype). `tests/harness.py`
 runs a case in both libraries on seeded random inputs and compares them; the same table is meant to
 run later through `jitorch.compile` and the Triton interpreter (the harness's `transform` hook).
 
@@ -25,14 +26,18 @@ FLOATS = ("float32", "float64", "float16", "bfloat16")
 INTS = ("int32", "int64")
 ALL = FLOATS + INTS + ("bool",)
 
-# (rtol, atol) for forward values per dtype; gradients get GRAD_SCALE times more.
+# How far a float result may be from PyTorch's, in multiples of its dtype's machine epsilon (float16
+# 2**-10, bfloat16 2**-7), as (forward values, gradients): |ours - torch| <= n * eps * (|torch| + the
+# output's largest finite |torch|). The second term holds each element to its output's own scale (a
+# sum that cancels is exact only to its inputs' scale). float16 and bfloat16 ops compute in float32
+# and round once in both libraries, so they agree to about one rounding; float32 and float64
+# accumulate in their own precision, where summation orders differ; gradients chain several ops.
 TOLERANCES = {
-    "float64": (1e-10, 1e-10),
-    "float32": (1e-5, 1e-6),
-    "float16": (1e-3, 1e-3),
-    "bfloat16": (1e-2, 1e-2),
+    "float64": (32, 128),
+    "float32": (32, 128),
+    "float16": (2, 4),
+    "bfloat16": (2, 4),
 }
-GRAD_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,12 @@ class Input:
 
 @dataclass(frozen=True)
 class OpCase:
-    """One op on one set of input specs. `tol` overrides the per-dtype (rtol, atol)."""
+    """One op on one set of input specs."""
 
     name: str
     fn: Callable
     inputs: tuple[Input, ...]
     grad: bool = True
-    tol: tuple[float, float] | None = None
     tags: tuple[str, ...] = field(default=())
 
     def __repr__(self) -> str:
@@ -68,11 +72,11 @@ def X(*shape: int, dtype: str = "float32", domain: str | tuple = "real", grad: b
 CASES: list[OpCase] = []
 
 
-def case(name: str, fn: Callable, *inputs: Input, grad: bool = True, tol=None, tags=()) -> None:
+def case(name: str, fn: Callable, *inputs: Input, grad: bool = True, tags=()) -> None:
     """Add one case to the table (names must be unique: they are the test ids)."""
     if any(c.name == name for c in CASES):
         raise ValueError(f"duplicate op case {name!r}")
-    CASES.append(OpCase(name, fn, tuple(inputs), grad, tol, tuple(tags)))
+    CASES.append(OpCase(name, fn, tuple(inputs), grad, tuple(tags)))
 
 
 def _is_float(dtype: str) -> bool:
@@ -513,7 +517,6 @@ for _name in (
             _fn,
             X(3, 4, 5, dtype=_dtype, domain=_domain),
             tags=("reduce",),
-            tol=(2e-2, 2e-2),
         )
 for _name in (
     "sum",
@@ -686,9 +689,40 @@ case("setitem_scalar", lambda lib, a: _set_scalar(a), X(3, 4), tags=("index",))
 
 def _set_scalar(a):
     x = a * 2
-    x[x > 0] = 0.5
+    x[x > 0] = 0.5  # a mask computed from the data: becomes where(mask, 0.5, x), so it also compiles
     x[0, ..., 1] = -1.0
     return x
+
+
+def _set_by_mask(mask_fn, value_fn):
+    """x = a * 1; x[mask_fn(x)] = value_fn(w): a data-dependent mask with one value for every
+    selected element (autograd: none to a where written, the selected elements' sum to w)."""
+
+    def fn(lib, a, w):
+        x = a * 1
+        x[mask_fn(x)] = value_fn(w)
+        return x
+
+    return fn
+
+
+case("setitem_mask_0d_value", _set_by_mask(lambda x: x > 0, lambda w: w.sum()), X(3, 4), X(2, 4), tags=("index",))
+case("setitem_row_mask", _set_by_mask(lambda x: x.sum(-1) > 0, lambda w: w[0]), X(3, 4), X(2, 4), tags=("index",))
+case(
+    "setitem_row_mask_leading_one",
+    _set_by_mask(lambda x: (x.sum(-1) > 0,), lambda w: w[:1, None]),
+    X(3, 4),
+    X(2, 4),
+    tags=("index",),
+)
+case(
+    "setitem_mask_int",
+    _set_by_mask(lambda x: x > 0, lambda w: w.sum()),
+    X(3, 4, dtype="int64", domain=("int", -5, 5)),
+    X(2, 4),
+    grad=False,
+    tags=("index",),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,7 +779,6 @@ case(
     X(3, 4, dtype="float16"),
     X(4, 2, dtype="float16"),
     tags=("matmul",),
-    tol=(2e-3, 2e-3),
 )
 case(
     "matmul_bfloat16",
@@ -753,7 +786,6 @@ case(
     X(3, 4, dtype="bfloat16"),
     X(4, 2, dtype="bfloat16"),
     tags=("matmul",),
-    tol=(2e-2, 2e-2),
 )
 case(
     "matmul_int64",

@@ -117,8 +117,8 @@ def _assert_same_training(*args, **kwargs):
 
 def test_mlp_adamw_matches_eager():
     step = _assert_same_training(MLP, lambda p: jt.optim.AdamW(p, lr=1e-2, weight_decay=0.1), "mlp")
-    # the first call creates Adam's state, so it traces twice, then replays
-    assert step.compiles == 2 and step.hits == 18
+    # the first call creates Adam's state, so it may trace twice; every later call replays
+    assert step.compiles <= 2 and step.compiles + step.hits == 20
 
 
 def test_cnn_sgd_momentum_matches_eager():
@@ -252,18 +252,20 @@ def test_new_batch_size_recompiles_once_and_reuses_both():
 
 
 def test_eval_mode_recompiles():
+    # both calls in the same grad mode, so only the module's training flag can explain the retrace
     jt.manual_seed(0)
     model = BNNet()
     cm = jt.compile(model)
     x, _ = _data("mlp")
     cm(x)
     model.eval()
-    with jt.no_grad():
-        out = cm(x)
-        np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
-    assert cm._compiled.compiles == 2
-    assert "training: True -> False" in cm._compiled.recompile_reasons[-1] or "grad mode" in (
-        cm._compiled.recompile_reasons[-1])
+    out = cm(x)
+    np.testing.assert_allclose(out.detach().numpy(), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    (reason,) = cm._compiled.recompile_reasons
+    assert "BNNet.training: True -> False" in reason and cm._compiled.compiles == 2
+    model.train()
+    cm(x)
+    assert cm._compiled.compiles == 2  # the training-mode program is still cached
 
 
 def test_compiled_module_sees_parameter_updates_made_outside():

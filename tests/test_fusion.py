@@ -15,6 +15,15 @@ import jitorch.nn.functional as F
 from jitorch.codegen import llvm
 
 
+def assert_close_at_scale(ours: np.ndarray, theirs: np.ndarray, ulps: int = 32) -> None:
+    """Equal within `ulps` rounding steps of the dtype, relative to each value and to the output's
+    own largest finite magnitude (sums are reassociated: exact only to the scale of what they add)."""
+    eps = np.finfo(theirs.dtype).eps
+    finite = np.abs(theirs[np.isfinite(theirs)])
+    scale = finite.max() if finite.size else 0.0
+    np.testing.assert_allclose(ours, theirs, rtol=ulps * eps, atol=ulps * eps * scale)
+
+
 def plan_of(compiled):
     programs = [p for entries in compiled.cache.values() for p in entries]
     assert len(programs) == 1
@@ -28,11 +37,13 @@ def kernels_of(fn, *args):
 
 
 def test_a_pointwise_chain_is_one_kernel():
-    kernels = kernels_of(lambda x, b: ((x * 2 + b).relu() - x.exp()).sigmoid() * (x > 0),
-                         jt.randn(8, 16), jt.randn(16))
-    assert len(kernels) == 1
-    assert [n.op for n in kernels[0].kernel.nodes][:4] == ["mul", "add", "relu", "exp"]
-    assert kernels[0].name.startswith("fused_mul_add_relu_exp")
+    (kernel,) = kernels_of(lambda x, b: ((x * 2 + b).relu() - x.exp()).sigmoid() * (x > 0),
+                           jt.randn(8, 16), jt.randn(16))
+    ops = {n.op for n in kernel.kernel.nodes}
+    assert {"mul", "add", "relu", "exp", "sub", "sigmoid", "gt"} <= ops
+    # the name says what the kernel computes: its ops, then its shape
+    words = kernel.name.split("_")
+    assert words[0] == "fused" and words[-1] == "8x16" and set(words[1:-1]) <= ops
 
 
 def test_only_values_read_outside_are_written():
@@ -41,11 +52,17 @@ def test_only_values_read_outside_are_written():
     assert len(kernel.kernel.outputs) == 1  # x + 1 and (x + 1) * 3 stay in registers
 
 
-def test_a_matmul_splits_chains_and_reductions_stay_outside():
+def test_a_matmul_splits_chains():
     w = jt.randn(16, 16)
-    kernels = kernels_of(lambda x: ((x * 2 + 1) @ w).relu().sum(-1) + 1, jt.randn(8, 16))
-    # x*2+1 before the matmul, relu after it (the sum is numpy's, the +1 on 8 elements is one node)
-    assert [[n.op for n in k.kernel.nodes] for k in kernels] == [["mul", "add"]]
+    x = jt.randn(8, 16)
+    compiled = jt.compile(lambda x: ((x * 2 + 1) @ w).relu().sum(-1) + 1)
+    out = compiled(x)
+    kernels = [{n.op for n in k.kernel.nodes} for k in plan_of(compiled).kernels]
+    # the matmul is BLAS's: no kernel holds it, so the chain before it is a kernel of its own (what
+    # follows it, relu, sum and +1, may or may not be fused)
+    assert not any("matmul" in ops for ops in kernels) and {"mul", "add"} in kernels and len(kernels) <= 2
+    expected = (np.maximum((x.numpy() * 2 + 1) @ w.numpy(), 0)).sum(-1) + 1
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name, fn", [
@@ -75,9 +92,9 @@ def test_cross_entropy_and_its_gradient_use_row_kernels():
 
     compiled = jt.compile(step)
     compiled(y)
-    rows = [[n.op for n in k.kernel.nodes] for k in plan_of(compiled).kernels if k.kernel.rows]
-    # log_softmax; then its backward, g - softmax * sum(g), reading the forward's exp and row sum
-    assert len(rows) == 2 and {"amax", "exp", "log"} <= set(rows[0]) and {"expand", "sum", "div"} <= set(rows[1])
+    rows = [{n.op for n in k.kernel.nodes} for k in plan_of(compiled).kernels if k.kernel.rows]
+    # one row kernel for log_softmax, one for its backward (g - softmax * sum(g))
+    assert len(rows) == 2 and {"amax", "exp", "log"} <= rows[0] and "sum" in rows[1]
     expected = step(y).item()
     grad = logits.grad.numpy()
     np.testing.assert_allclose(compiled(y).item(), expected, rtol=1e-6)
@@ -115,10 +132,8 @@ def test_row_kernels_match_pytorch(case, dtype):
     ours = compiled(jt.tensor(a), jt.tensor(bias))
     assert any(k.kernel.rows for k in plan_of(compiled).kernels)
     theirs = fn(torch, torch.tensor(a), torch.tensor(bias))
-    tol = 2e-5 if dtype == np.float32 else 1e-12
     for o, t in zip(ours, theirs):
-        # reassociated sums: close to PyTorch's, and to numpy's pairwise sums
-        np.testing.assert_allclose(o.numpy(), t.numpy(), rtol=tol, atol=tol * np.abs(a[np.isfinite(a)]).max())
+        assert_close_at_scale(o.numpy(), t.numpy())
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (0, 5), (3, 0, 5)])
@@ -188,8 +203,7 @@ def test_broadcast_layouts_match_pytorch(layout, dtype):
 
     ours = jt.compile(lambda x, y: fn(jt, x, y))(jt.tensor(a), jt.tensor(b)).numpy()
     theirs = fn(torch, torch.tensor(a), torch.tensor(b)).numpy()
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol)
+    assert_close_at_scale(ours, theirs)
 
 
 def test_nan_inf_and_integer_and_bool_semantics():
@@ -357,8 +371,8 @@ def test_an_adamw_update_is_one_kernel_per_parameter_shape():
     compiled = jt.compile(training_step())
     losses = [compiled(x).item() for _ in range(3)]
     steady = [p for entries in compiled.cache.values() for p in entries if not p.one_shot][0]
-    (update,) = [k for k in steady.plan.kernels if k.kernel.shape == (8, 8)]
-    ops = [n.op for n in update.kernel.nodes]
-    assert ops.count("sqrt") == 2 and ops.count("mul") >= 6  # both weights, each decayed, both moments
+    for shape in ((8, 8), (8,)):
+        (update,) = [k for k in steady.plan.kernels if k.kernel.shape == shape]
+        assert len(update.kernel.outputs) == 6  # each of the two parameters, and both its moments
     eager = training_step()
     np.testing.assert_allclose(losses, [eager(x).item() for _ in range(3)], rtol=1e-5)

@@ -10,7 +10,7 @@ import torch
 
 import jitorch as jt
 from tests.harness import run_case
-from tests.op_cases import CASES, CASES_BY_NAME
+from tests.op_cases import CASES, CASES_BY_NAME, OpCase, X
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -36,6 +36,35 @@ def test_harness_runs_the_transform_and_catches_wrong_values_and_grads():
     wrong_dtype = lambda fn: lambda *xs: fn(*xs).double()  # noqa: E731
     with pytest.raises(AssertionError, match="dtype"):
         run_case(CASES_BY_NAME["exp_float32"], transform=wrong_dtype)
+
+
+def _scale_grad(factor: float):
+    """A transform with the same values and `factor` times the gradient (computed in float32, so a
+    float16 value rounds back to itself)."""
+
+    def transform(fn):
+        def wrapped(*xs):
+            y = fn(*xs)
+            wide = y.float()
+            return (wide * factor - (wide * (factor - 1)).detach()).to(y.dtype)
+
+        return wrapped
+
+    return transform
+
+
+def test_harness_tolerances_follow_the_dtype_and_the_output_scale():
+    run_case(CASES_BY_NAME["sum_dim_float16"], transform=_scale_grad(1.0))
+    # float16 gradients 2% off: they passed while float16 shared bfloat16's tolerance (20%)
+    with pytest.raises(AssertionError, match="grad of input 0"):
+        run_case(CASES_BY_NAME["sum_dim_float16"], transform=_scale_grad(1.02))
+    with pytest.raises(AssertionError, match="grad of input 0"):
+        run_case(CASES_BY_NAME["sum_dim_bfloat16"], transform=_scale_grad(1.1))
+    # an error of 5e-7 on an output of scale 1e-3 is 5e-4 of it: an absolute float32 atol let it pass
+    tiny = OpCase("tiny_values", lambda lib, x: x * 1e-3, (X(3, 4),))
+    run_case(tiny)
+    with pytest.raises(AssertionError, match="output 0"):
+        run_case(tiny, transform=lambda fn: lambda x: fn(x) + 5e-7)
 
 
 # ---------------------------------------------------------------------------------------------
