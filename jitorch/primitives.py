@@ -25,7 +25,7 @@ from .cpu_helpers import UINT_OF_SIZE, add_rows_at, amax_rows, sum_by_blas
 PRIMS: dict[str, Prim] = {}
 
 # Primitives whose output may be a view of their first input (shares its storage and version).
-VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem", "flip"})
+VIEW_PRIMS = frozenset({"reshape", "permute", "expand", "getitem"})
 
 
 class Prim:
@@ -426,7 +426,8 @@ def _permute_vjp(g, n):
 
 defprim("permute", "movement", lambda x, dims: np.transpose(x, dims), _permute_infer, _permute_vjp)
 defprim("expand", "movement", np.broadcast_to, _reshape_infer, lambda g, n: (g,))
-defprim("flip", "movement", lambda x, dims: np.flip(x, dims), lambda x, dims: (x.shape, x.dtype),
+# a copy, as PyTorch's flip is (numpy's is a view: writes into it would reach the input)
+defprim("flip", "movement", lambda x, dims: np.flip(x, dims).copy(), lambda x, dims: (x.shape, x.dtype),
         lambda g, n: (g.flip(n.params["dims"]),))
 # C order: numpy's default ("K") would keep a transposed layout, and contiguous() must not
 defprim("copy", "elementwise", lambda x: np.array(x, copy=True, order="C"), _same_dtype, lambda g, n: (g,))
@@ -463,7 +464,10 @@ def numpy_key(key: tuple, tensors: tuple) -> tuple:
 
 
 def _getitem_impl(x, *tensors, key):
-    return x[numpy_key(key, tensors)]
+    index = numpy_key(key, tensors)
+    if not tensors and Ellipsis not in key:
+        index += (Ellipsis,)  # all ints would give numpy a scalar copy; PyTorch's x[1, 2] is a 0-d view
+    return x[index]
 
 
 def _getitem_vjp(g, n):

@@ -39,6 +39,9 @@ class Tensor:
     _hooks = None
     _device = cpu
     _value = None  # the ir.Value of a traced tensor (jitorch.compile)
+    _born = None  # the mark of the trace that created this tensor, if one did (jitorch.compile)
+    _view = None  # a traced view: how it was made from its base (jitorch.ir.trace._View)
+    _contig = True  # a traced tensor: whether eagerly its array would be C-contiguous
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     @staticmethod
@@ -48,6 +51,9 @@ class Tensor:
         if grad_fn is not None:
             t.grad_fn = grad_fn
             t.requires_grad = True
+        tracer = trace_state.tracer
+        if tracer is not None:  # made while this thread traces: a constant of that trace
+            t._born = tracer.born_mark
         return t
 
     def __init__(self, *args, **kwargs) -> None:
@@ -111,6 +117,8 @@ class Tensor:
         return st if dim is None else st[_wrap_dim(dim, self._data.ndim)]
 
     def is_contiguous(self) -> bool:
+        if self._value is not None:
+            return self._contig
         return bool(self._data.flags.c_contiguous)
 
     @property

@@ -27,9 +27,10 @@ import numpy as np
 from .. import dtypes as _dt
 from .._trace_state import trace_state
 from ..autograd import Node as AutogradNode
-from ..autograd import _grad_mode
+from ..autograd import _grad_mode, no_grad
+from ..dispatch import dispatch as dispatch_prim
 from ..dispatch import meta_array
-from ..primitives import VIEW_PRIMS
+from ..primitives import PRIMS, VIEW_PRIMS
 from ..tensor import Tensor
 from .graph import Const, Graph, Value
 
@@ -88,13 +89,69 @@ def escaped_error(t: Tensor, op: str) -> RuntimeError:
 
 
 def detach_traced(src: Tensor, out: Tensor) -> None:
-    """A detached traced tensor is the same value without autograd history."""
+    """A detached traced tensor is the same value without autograd history: a view of src's base
+    through src's own view ops (none when src is not a view), so writes to either reach the other."""
     out._value = src._value
+    out._contig = src._contig
+    view = src._view
+    out._view = _View(view.chain, view.uncertain) if view is not None else _View((), False)
+    out._view.seen = out._version_value()
 
 
-def _traced(value: Value) -> Tensor:
+class _View:
+    """How a traced view was made from its base (`Tensor._base`): the view ops in order, and the
+    version of the shared counter its value reflects. In-place writes through a view are
+    functionalized as PyTorch does: the base gets the written view scattered back into it, and a
+    view read after its base changed is made again from the base."""
+
+    __slots__ = ("chain", "uncertain", "seen")
+
+    def __init__(self, chain: tuple, uncertain: bool) -> None:
+        self.chain = chain  # ((prim, params), ...) from the base to the view
+        # a reshape of a tensor whose layout the trace does not know: eagerly numpy may copy instead
+        self.uncertain = uncertain
+        self.seen = 0
+
+
+def _view_of(prim, src: Tensor, params: dict) -> tuple[Tensor, _View] | None:
+    """(base, view record) when the eager op would return a view of src's storage, else None."""
+    if prim.name == "getitem" and params["key"] and any(type(k) is tuple and k[0] == "tensor"
+                                                          for k in params["key"]):
+        return None  # advanced indexing copies
+    parent = src._view
+    if src._value is None:  # a concrete tensor: the view's base is the tensor it stands for
+        base, chain, uncertain = src, (), False
+    elif parent is not None:
+        base, chain, uncertain = src._base, parent.chain, parent.uncertain
+    else:
+        base, chain, uncertain = src, (), False
+    uncertain = uncertain or (prim.name == "reshape" and not _is_contiguous(src))
+    return base, _View(chain + ((prim, params),), uncertain)
+
+
+def _is_contiguous(t: Tensor) -> bool:
+    return t._data.flags.c_contiguous if t._value is None else t._contig
+
+
+def _unview(prim, params: dict, source: Tensor, written: Tensor) -> Tensor:
+    """`source` with `written` put where the view op `prim` looks into it."""
+    name = prim.name
+    if name == "reshape":
+        return dispatch_prim(PRIMS["reshape"], (written,), {"shape": tuple(source.shape)})
+    if name == "permute":
+        inverse = tuple(np.argsort(params["dims"]).tolist())
+        return dispatch_prim(PRIMS["permute"], (written,), {"dims": inverse})
+    if name == "getitem":
+        return dispatch_prim(PRIMS["index_put"], (source, written), {"key": params["key"], "accumulate": False})
+    raise RuntimeError(
+        f"unsupported in-place operation on a tensor of shape {tuple(written.shape)} at {user_source()}: it "
+        "is an expanded view where several elements share one memory location. Use .clone() first.")
+
+
+def _traced(value: Value, contiguous: bool = True) -> Tensor:
     t = Tensor._make(meta_array(value.shape, value.dtype.np))
     t._value = value
+    t._contig = contiguous  # whether eagerly this value would be a C-contiguous array
     tracer = trace_state.tracer
     if tracer is not None:
         tracer.traced.append(weakref.ref(t))
@@ -191,7 +248,7 @@ class Tracer:
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
         self.n_random = 0
-        self._saved_make = None
+        self.born_mark = object()  # tensors made during this trace carry it (Tensor._make)
 
     # --- activation ---------------------------------------------------------------------
     def __enter__(self) -> Tracer:
@@ -199,20 +256,9 @@ class Tracer:
             raise TraceError("jitorch.compile: a compiled function called another while tracing; "
                              "nested compilation is not supported, call the inner function uncompiled")
         trace_state.tracer = self
-        born = self
-        make = Tensor.__dict__["_make"].__func__
-
-        def make_born(data, grad_fn=None):
-            t = make(data, grad_fn)
-            t._born = born
-            return t
-
-        self._saved_make = Tensor.__dict__["_make"]
-        Tensor._make = staticmethod(make_born)
         return self
 
     def __exit__(self, *exc) -> None:
-        Tensor._make = self._saved_make
         trace_state.tracer = None
 
     # --- values -------------------------------------------------------------------------
@@ -231,13 +277,16 @@ class Tracer:
     def value_of(self, t: Tensor) -> Value:
         """The graph value a tensor stands for, lifting or embedding concrete tensors on first use."""
         if t._value is not None:
+            view = t._view
+            if view is not None and view.seen != t._version_value():
+                self._remake_view(t)  # written through its base or another view since it was made
             return t._value
         t = self._root(t)
         entry = self.env.get(id(t))
         if entry is not None:
             return entry[1]
         dtype = _dt.from_numpy_dtype(t._data.dtype)
-        if getattr(t, "_born", None) is self:
+        if t._born is self.born_mark:
             v = self.graph.add_node("const", (), {"value": Const(t._data)}, t._data.shape, dtype, "")
         else:
             v = self.graph.add_input(t._data.shape, dtype, "lifted", self.label(t), ref=t)
@@ -248,7 +297,7 @@ class Tracer:
     def arg(self, t: Tensor, label: str, index: int) -> Tensor:
         """A traced stand-in for tensor argument number `index` (in the flattened arguments)."""
         v = self.graph.add_input(t.shape, t.dtype, "arg", label, ref=index)
-        out = _traced(v)
+        out = _traced(v, bool(t._data.flags.c_contiguous))
         out.requires_grad = t.requires_grad
         out._arg_input = v
         return out
@@ -266,10 +315,15 @@ class Tracer:
             raise type(err)(f"{prim.name}: {err} (at {user_source()})") from None
         dtype = _dt.from_numpy_dtype(np.dtype(np_dtype))
         value = self.graph.add_node(prim.name, values, params, shape, dtype, user_source())
-        out = _traced(value)
-        if prim.name in VIEW_PRIMS:
-            src = inputs[0]
-            out._base = src if src._base is None else src._base
+        view = _view_of(prim, inputs[0], params) if prim.name in VIEW_PRIMS else None
+        if view is None:
+            # numpy keeps C order when every full-size operand has it (broadcast operands don't count)
+            out = _traced(value, all(_is_contiguous(t) for t in inputs if t._data.shape == shape))
+        else:
+            out = _traced(value, prim.name == "reshape" and _is_contiguous(inputs[0]))
+            out._base, out._view = view
+            out._ver = out._base._counter()  # a view shares its base's version counter, as eagerly
+            out._view.seen = out._version_value()
         if _grad_mode.enabled and dtype.is_floating_point and any(t.requires_grad for t in inputs):
             out.grad_fn = AutogradNode(prim, inputs, params, out)
             out.requires_grad = True
@@ -284,27 +338,66 @@ class Tracer:
         return _traced(self.graph.add_node("random", (self.rng,), params, tuple(shape), dtype, user_source()))
 
     def assign(self, target: Tensor, result: Tensor) -> None:
-        """An in-place write: from now on `target` reads as `result`."""
+        """An in-place write: from now on `target` reads as `result`; a view's base reads as the
+        base with `result` scattered into it."""
         value = self.value_of(result)
-        if target._value is not None:
-            if target._base is not None:
-                raise TraceError(
-                    f"in-place write into a view (shape {tuple(target.shape)}) inside jitorch.compile at "
-                    f"{user_source()}: writes through views are not functionalized. Use out-of-place ops "
-                    "(e.g. jitorch.where / index_put on the base tensor)."
-                )
-            target._value = value
+        if target._value is None:
+            self._assign_concrete(target, value)
         else:
-            root = self._root(target)
-            if root is target and target._base is not None:
-                raise TraceError(
-                    f"in-place write into a view (shape {tuple(target.shape)}) of a tensor the compiled "
-                    f"function did not create, at {user_source()}. Write to the whole tensor instead."
-                )
-            self.value_of(root)  # lift it first, so the graph reads its old value where needed
-            self.env[id(root)] = (root, value)
-            self.written[id(root)] = root
+            if target._view is not None:
+                self._write_through(target, result)
+            target._value = value
         target._bump_version()
+        if target._view is not None:
+            target._view.seen = target._version_value()
+
+    def _assign_concrete(self, target: Tensor, value: Value) -> None:
+        root = self._root(target)
+        if root._base is not None:
+            raise TraceError(
+                f"in-place write into a view (shape {tuple(target.shape)}) that was made before "
+                f"jitorch.compile was called, at {user_source()}: the trace cannot tell which tensor it "
+                "shares memory with. Take the view inside the compiled function, or write to its base.")
+        self.value_of(root)  # lift it first, so the graph reads its old value where needed
+        self.env[id(root)] = (root, value)
+        self.written[id(root)] = root
+
+    def _write_through(self, view: Tensor, result: Tensor) -> None:
+        """The base of `view` with `result` written where the view looks (PyTorch's view scatter)."""
+        record = view._view
+        if record.uncertain:
+            raise TraceError(
+                f"in-place write into a reshape (shape {tuple(view.shape)}) of a tensor that is not "
+                f"contiguous, at {user_source()}: eagerly such a reshape may be a copy or a view, so the "
+                "trace cannot tell whether the write reaches the original. Call .contiguous() before "
+                ".reshape(), or .clone() the reshape to write a copy.")
+        base = view._base
+        with no_grad():
+            sources = [base]  # the base, then each intermediate view, as they read now
+            for prim, params in record.chain[:-1]:
+                sources.append(dispatch_prim(prim, (sources[-1],), params))
+            new = result
+            for (prim, params), source in zip(reversed(record.chain), reversed(sources)):
+                new = _unview(prim, params, source, new)
+        if base._value is None:
+            self._assign_concrete(base, self.value_of(new))
+        else:
+            base._value = self.value_of(new)
+
+    def _remake_view(self, t: Tensor) -> None:
+        record = t._view
+        if record.uncertain:
+            raise TraceError(
+                f"a reshape (shape {tuple(t.shape)}) of a tensor that is not contiguous is read at "
+                f"{user_source()} after that tensor was written in place: eagerly such a reshape may be a "
+                "copy or a view, so the trace cannot tell which value it holds. Call .contiguous() "
+                "before .reshape(), or .clone() it.")
+        with no_grad():
+            remade = t._base
+            for prim, params in record.chain:
+                remade = dispatch_prim(prim, (remade,), params)
+        t._value = remade._value
+        record.seen = t._version_value()
 
     # --- .grad --------------------------------------------------------------------------
     def read_grad(self, p: Tensor) -> Tensor | None:
@@ -357,7 +450,7 @@ class Tracer:
         writes, born_writes = [], []
         for key, t in self.written.items():
             g.add_output(self.env[key][1], f"writeback {self.label(t)}")
-            if getattr(t, "_born", None) is self:
+            if t._born is self.born_mark:
                 born_writes.append((weakref.ref(t), len(g.outputs) - 1))
             else:
                 writes.append((t, len(g.outputs) - 1))
