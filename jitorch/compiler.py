@@ -38,6 +38,7 @@ from .autograd import Node as AutogradNode
 from .ir import interpret
 from .ir.graph import Graph, Input, Value, format_node
 from .ir.passes import optimize
+from .ir.python_state import PythonState
 from .ir.pytree import flatten, unflatten
 from .ir.trace import TraceError, Tracer, is_plain_value
 from .primitives import Prim
@@ -144,7 +145,8 @@ class Program:
         self.out_treedef = out_treedef
         self.out_consts = out_consts
         self.backward = backward  # (plan, n_saved, diff output slots, diff input refs, used) or None
-        self.one_shot = False
+        self.one_shot: str | None = None  # why this program serves one call only (it is then traced again)
+        self.trace_world: PythonState | None = None  # the Python state before its trace, until its first run
         self.fetch = [(i.kind, i.ref) for i in graph.inputs]
         self.lifted_guards = [(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad)
                               for i in graph.inputs if i.kind == "lifted"]
@@ -212,13 +214,18 @@ class Program:
                 arrays.append(np.asarray(default_generator._rng.integers(2**62), dtype=np.int64))
         return arrays
 
+    @property
+    def draws_random(self) -> bool:
+        return any(kind == "rng" for kind, _ in self.fetch)
+
     def run(self, leaves: list, record: dict | None = None, inputs: list | None = None,
-            rerun: Callable[[], object] | None = None):
+            rerun: Callable[[], object] | None = None, kernels: dict[str, Callable] | None = None):
         """Execute on the current arguments and state; write back; return the user's outputs.
-        `rerun` calls the function again eagerly: double backward differentiates that."""
+        `rerun` calls the function again eagerly: double backward differentiates that. `record` and
+        `kernels` are the executor's (see `interpret.Plan.run`)."""
         if inputs is None:
             inputs = self.inputs(leaves)
-        results = self.plan.run(inputs, record)
+        results = self.plan.run(inputs, record, kernels)
         self._write_back(leaves, results, inputs)
         outs = []
         it = iter(self.out_consts)
@@ -325,7 +332,7 @@ class _DoubleBackward:
     def __call__(self, out_index: int, g: Tensor, used: list[bool]) -> tuple:
         program = self.program
         why = ("it writes tensors or state" if program.writes_anything
-               else "it draws random numbers" if any(kind == "seed" for kind, _ in program.fetch)
+               else "it draws random numbers" if program.draws_random
                else "it was called without its arguments" if self.rerun is None
                else "an input was modified in place after the call"
                if [t._version for t in self.inputs] != self.versions else None)
@@ -427,6 +434,9 @@ class CompiledFunction:
         self._one_shot_reason: str | None = None
         self._last_paths: list[str] = []
         self.trace_seconds: list[float] = []
+        # primitive name -> kernel, used by check mode's compiled run instead of the real kernels: a
+        # test plants a wrong one to see check mode catch it and name the node
+        self._planted_kernels: dict[str, Callable] | None = None
         try:
             self._signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -461,9 +471,11 @@ class CompiledFunction:
                 return self.fn(*args, **kwargs)
         else:
             self.hits += 1
+        world, program.trace_world = program.trace_world, None
         if self.mode == "check":
-            return self._check(program, args, kwargs, leaves)
-        out = program.run(leaves, rerun=lambda: self.fn(*args, **kwargs))
+            out = self._check(program, args, kwargs, leaves, world)
+        else:
+            out = program.run(leaves, rerun=lambda: self.fn(*args, **kwargs))
         if program.one_shot:
             self._drop(key, program)
         return out
@@ -508,8 +520,7 @@ class CompiledFunction:
         entries = self.cache.get(key, [])
         if program in entries:
             entries.remove(program)
-        self._one_shot_reason = ("the previous call created state (e.g. optimizer buffers) that the "
-                                 "trace had baked in; tracing again with that state as inputs")
+        self._one_shot_reason = program.one_shot
 
     # --- compile ------------------------------------------------------------------------
     def _compile(self, call, leaves, paths, key, reason) -> Program:
@@ -533,17 +544,22 @@ class CompiledFunction:
         if self.compiles >= RECOMPILE_LIMIT and not self._warned_limit:
             self._warned_limit = True
             culprit = self._changed.most_common(1)
-            what = culprit[0][0] if culprit else "the guarded state"
-            warnings.warn(
-                f"jitorch.compile({self.name}) has recompiled {self.compiles} times; {what} keeps "
-                "changing. Pad or bucket that argument to a few shapes, or compile with mode='eager'.",
-                stacklevel=4,
-            )
+            if self.recompile_reasons and "writes Python state" in self.recompile_reasons[-1]:
+                advice = (f"{self.recompile_reasons[-1]}. Keep such values in tensors (a step counter as "
+                          "jitorch.tensor(0.0), updated in place) so the compiled program can update them")
+            else:
+                what = culprit[0][0] if culprit else "the guarded state"
+                advice = f"{what} keeps changing. Pad or bucket that argument to a few shapes"
+            warnings.warn(f"jitorch.compile({self.name}) has recompiled {self.compiles} times; {advice}, "
+                          "or compile with mode='eager'.", stacklevel=4)
 
     def _trace(self, call, leaves: list, paths: list[str], treedef) -> Program:
         tracer = Tracer(self.name, _module_labels(self.fn))
+        roots = _named_objects(self.fn) + [(f"arg {p}", x) for x, p in zip(leaves, paths) if not isinstance(x, Tensor)]
+        world = PythonState(roots, tracer.label)  # before the trace: what Python state did it write?
         with tracer:
             info, out_treedef, out_consts, backward = self._record(tracer, call, leaves, paths, treedef)
+        info["python_writes"] = world.writes()
         info["escaped"] = []
         for t in tracer.release():
             tracer.graph.add_output(t._value, "escaped state")
@@ -560,7 +576,13 @@ class CompiledFunction:
             graph, bwd_graph, n_saved = _split_joint(graph, n_fwd)
             bwd = (interpret.Plan(bwd_graph), n_saved, out_slots, diff_refs, used)
         program = Program(graph, info, out_treedef, out_consts, bwd)
-        program.one_shot = bool(info["escaped"]) or any(ref() is not None for ref, _ in info["born_writes"])
+        program.trace_world = world
+        if info["python_writes"]:
+            program.one_shot = ("the function writes Python state that a replay would not repeat ("
+                                + ", ".join(map(str, info["python_writes"][:3])) + "); it is traced on every call")
+        elif info["escaped"] or any(ref() is not None for ref, _ in info["born_writes"]):
+            program.one_shot = ("the previous call created state (e.g. optimizer buffers) that the trace had "
+                                "baked in; tracing again with that state as inputs")
         return program
 
     def _record(self, tracer: Tracer, call, leaves: list, paths: list[str], treedef):
@@ -613,25 +635,39 @@ class CompiledFunction:
         return [ref for _, ref in diff_in], kept, diff_leaves, used
 
     # --- check mode ---------------------------------------------------------------------
-    def _check(self, program: Program, args, kwargs, leaves):
-        """Run compiled and eager from the same state; keep eager's effects; compare."""
+    def _check(self, program: Program, args, kwargs, leaves, world: PythonState | None):
+        """Run compiled and eager from the same state; keep eager's effects; compare outputs, every
+        tensor the program writes, and the state a traced call created (optimizer buffers).
+        `world` is the Python state from before this call's trace, when this call traced."""
         state = _snapshot(program, leaves)
+        rng_state = default_generator.get_state()
         inputs = program.inputs(leaves)
         frozen = [np.array(a, copy=True) for a in inputs]
         record: dict = {}
-        compiled_out = program.run(leaves, record, inputs)
-        compiled_state = _snapshot(program, leaves)
+        compiled_out = program.run(leaves, record, inputs, kernels=self._planted_kernels)
+        compiled_state = {name: value for name, (_, value) in _snapshot(program, leaves).items()}
+        compiled_new = _arrays(world.new_tensors()) if world is not None else {}
         _restore(state)
+        if world is not None:
+            world.restore()  # undo the trace's Python writes: the eager run makes its own
+        default_generator.set_state(rng_state)
         eager_out = self.fn(*args, **kwargs)
-        eager_state = _snapshot(program, leaves)
+        eager_state = {name: value for name, (_, value) in _snapshot(program, leaves).items()}
+        eager_new = _arrays(world.new_tensors()) if world is not None else {}
         problems = _compare(flatten(compiled_out)[0], flatten(eager_out)[0], "output")
-        for name, (_, a) in compiled_state.items():
-            problems += _compare([a], [eager_state[name][1]], f"state {name}")
+        for what, compiled, eager in (("state", compiled_state, eager_state), ("new state", compiled_new, eager_new)):
+            for name in sorted(compiled.keys() | eager.keys()):
+                if name not in compiled or name not in eager:
+                    problems.append(f"{what} {name}: made by the {'eager' if name in eager else 'compiled'} run only")
+                else:
+                    problems += _compare([compiled[name]], [eager[name]], f"{what} {name}")
         if problems:
             node = _first_diverging_node(program, frozen, record)
+            randomness = (" The function draws random numbers, which compiled and eager runs draw differently: "
+                          "check it with dropout off (model.eval())." if program.draws_random else "")
             raise CompileCheckError(
                 f"jitorch.compile({self.name}, mode='check'): compiled and eager differ: "
-                + "; ".join(problems) + (f". First diverging IR node: {node}" if node else "")
+                + "; ".join(problems) + (f". First diverging IR node: {node}" if node else "") + randomness
             )
         return eager_out
 
@@ -703,19 +739,20 @@ def _module_labels(fn) -> dict[int, str]:
         elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
             optimizers.append((name, obj))
     for name, opt in optimizers:  # after the modules, so state can be named after its parameter
-        with contextlib.suppress(Exception):
-            for i, group in enumerate(opt.param_groups):
-                for key in group:
-                    hyper = group.hyper(key) if key != "params" else None
-                    for k, t in enumerate(hyper if isinstance(hyper, tuple) else (hyper,)):
-                        if isinstance(t, Tensor):
-                            suffix = f"[{k}]" if isinstance(hyper, tuple) else ""
-                            labels.setdefault(id(t), f"{name}.param_groups[{i}].{key}{suffix}")
-            for p, state in opt.state.items():
-                owner = labels.get(id(p), f"param{list(p.shape)}")
-                for key, t in state.items():
-                    if isinstance(t, Tensor):
-                        labels.setdefault(id(t), f"{name}.state[{owner}].{key}")
+        for i, group in enumerate(opt.param_groups):
+            for key in group:
+                try:
+                    hyper = group.hyper(key)
+                except (KeyError, AttributeError):  # a switch such as amsgrad, or a plain dict
+                    continue
+                for k, t in enumerate(hyper if isinstance(hyper, tuple) else (hyper,)):
+                    suffix = f"[{k}]" if isinstance(hyper, tuple) else ""
+                    labels.setdefault(id(t), f"{name}.param_groups[{i}].{key}{suffix}")
+        for p, state in opt.state.items():
+            owner = labels.get(id(p), f"param{list(p.shape)}")
+            for key, t in state.items() if isinstance(state, dict) else ():
+                if isinstance(t, Tensor):
+                    labels.setdefault(id(t), f"{name}.state[{owner}].{key}")
     return labels
 
 
@@ -738,6 +775,10 @@ def _snapshot(program: Program, leaves: list) -> dict:
     for i, _ in program.info["arg_writes"]:
         state.setdefault(f"arg{i}", (leaves[i], np.array(leaves[i]._data, copy=True)))
     return state
+
+
+def _arrays(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    return {name: np.array(t._data, copy=True) for name, t in tensors.items()}
 
 
 def _restore(state: dict) -> None:
@@ -774,12 +815,8 @@ def _compare(compiled: list, eager: list, what: str, rtol: float = 1e-4) -> list
 def _first_diverging_node(program: Program, inputs: list, record: dict) -> str | None:
     """Re-run the program's graph on the same inputs with the reference kernels and return the first
     node whose value differs from the compiled run's."""
-    saved, interpret.KERNELS = interpret.KERNELS, {}
-    try:
-        reference: dict = {}
-        program.plan.run(inputs, reference)
-    finally:
-        interpret.KERNELS = saved
+    reference: dict = {}
+    program.plan.run(inputs, reference, kernels={})
     for node in program.graph.nodes:
         a, b = record.get(node.out.id), reference.get(node.out.id)
         if a is not None and b is not None and _compare([a], [b], "node"):

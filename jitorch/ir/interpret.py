@@ -3,8 +3,8 @@
 A step is either one primitive with its eager CPU kernel or, when the CPU backend is on, a fused
 kernel that computes several pointwise nodes in one pass (`jitorch.ir.fusion`,
 `jitorch.codegen.llvm`). The unfused steps are the reference: `mode="check"` compares against
-them, and `KERNELS` may override a primitive's kernel (tests plant a wrong one there and see the
-check mode name it), which runs the reference steps.
+them, and a run given `kernels` (primitive name -> kernel) runs the reference steps with those
+kernels in place of the eager ones (tests plant a wrong one and see check mode name it).
 
 `JITORCH_CPU_FUSION=0` (read when a program is built) turns fusion off.
 """
@@ -20,8 +20,6 @@ import numpy as np
 from .. import logs
 from ..primitives import PRIMS
 from .graph import Graph, Node, format_node
-
-KERNELS: dict[str, Callable] = {}
 
 
 class FusionWarning(RuntimeWarning):
@@ -96,14 +94,17 @@ class Plan:
                 steps.append((item.name, item.run, ins, None, outs, frees, item))
         return steps
 
-    def run(self, inputs: list[np.ndarray], record: dict | None = None) -> list[np.ndarray]:
-        """Evaluate the graph. With `record`, store every value it materializes there by value id."""
+    def run(self, inputs: list[np.ndarray], record: dict | None = None,
+            kernels: dict[str, Callable] | None = None) -> list[np.ndarray]:
+        """Evaluate the graph. With `record`, store every value it materializes there by value id.
+        With `kernels` (even empty), run the unfused reference steps, taking a primitive's kernel
+        from `kernels` where it has one."""
         env: list = [None] * self.n_slots
         env[: self.n_inputs] = inputs
         for slot, array in self.constants:
             env[slot] = array
-        overrides = KERNELS
-        steps = self.reference_steps if overrides else self.steps
+        overrides = kernels
+        steps = self.reference_steps if overrides is not None else self.steps
         with np.errstate(all="ignore"):
             for op, kernel, ins, params, outs, frees, what in steps:
                 args = [env[i] for i in ins]
