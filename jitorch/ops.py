@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import dtypes as _dt
+from ._trace_state import trace_state
 from .dispatch import dispatch
-from .primitives import PRIMS
+from .primitives import PRIMS, numpy_key
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
@@ -1022,7 +1023,24 @@ def getitem(self: Tensor, key) -> Tensor:
     return self._index(nkey, tensors)
 
 
-_index_setitem = Tensor.__setitem__  # the general path: index_put at the selected indices
+def _index_setitem(self: Tensor, key, value) -> None:
+    """The general `self[key] = value`: index_put at the selected indices."""
+    nkey, tensors = normalize_key(self, key)
+    value = as_operand(value, self)
+    if value._data.dtype != self._data.dtype:
+        value = value.to(self.dtype)
+    src, graph = self._inplace_source(value)
+    if graph or trace_state.tracer is not None:
+        self._assign(src._index_put(value, nkey, tensors, accumulate=False), graph)
+        return
+    try:
+        self._data[numpy_key(nkey, [t._data for t in tensors])] = value._data
+    except ValueError as err:
+        raise RuntimeError(
+            f"cannot assign a value of shape {tuple(value.shape)} to the indexed part of a tensor "
+            f"of shape {tuple(self.shape)}: {err}"
+        ) from None
+    self._bump_version()
 
 
 def setitem(self: Tensor, key, value) -> None:

@@ -300,28 +300,6 @@ class Tensor:
         args = tuple(src if a is self else a for a in args)
         return self._assign(fn(src, *args), graph)
 
-    def __setitem__(self, key, value) -> None:
-        from .ops import as_operand, normalize_key
-
-        nkey, tensors = normalize_key(self, key)
-        value = as_operand(value, self)
-        if value._data.dtype != self._data.dtype:
-            value = value.to(self.dtype)
-        src, graph = self._inplace_source(value)
-        if graph or trace_state.tracer is not None:
-            self._assign(src._index_put(value, nkey, tensors, accumulate=False), graph)
-            return
-        from .primitives import numpy_key
-
-        try:
-            self._data[numpy_key(nkey, [t._data for t in tensors])] = value._data
-        except ValueError as err:
-            raise RuntimeError(
-                f"cannot assign a value of shape {tuple(value.shape)} to the indexed part of a tensor "
-                f"of shape {tuple(self.shape)}: {err}"
-            ) from None
-        self._bump_version()
-
     # --- conversion -----------------------------------------------------------------------
     def _concrete(self, what: str) -> np.ndarray:
         if self._value is not None:
