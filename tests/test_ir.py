@@ -9,6 +9,7 @@ import jitorch as jt
 from jitorch import dtypes
 from jitorch.ir.graph import Const, Graph, IRError
 from jitorch.ir.interpret import Plan
+from jitorch.ir.joint import split_joint
 from jitorch.ir.passes import cse, dce, fold_constants, optimize, simplify
 
 F32 = dtypes.float32
@@ -201,3 +202,27 @@ def test_a_linear_weight_gradient_comes_out_in_the_weight_layout():
     compiled_grad = lin.weight.grad.numpy().copy()
     step(x)
     np.testing.assert_allclose(compiled_grad, lin.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_joint_graph_splits_into_forward_and_backward():
+    # y = exp(x) * 2; its backward dx = (dy * 2) * exp(x), built as jitorch.compile traces it
+    g = Graph("f")
+    x = g.add_input((3,), F32, "arg", "x")
+    dy = g.add_input((3,), F32, "cotangent", "d(out)")
+    two = const(g, 2.0)
+    e = g.add_node("exp", (x,), {}, (3,), F32)
+    y = g.add_node("mul", (e, two), {}, (3,), F32)
+    dx = g.add_node("mul", (g.add_node("mul", (dy, two), {}, (3,), F32), e), {}, (3,), F32)
+    g.add_output(y, "out")
+    g.add_output(dx, "dx")
+    fwd, bwd, n_saved = split_joint(g, 1)
+    # the forward holds what no cotangent reaches; exp(x) is saved, the constant is repeated
+    assert [n.op for n in fwd.nodes] == ["const", "exp", "mul"] and [i.kind for i in fwd.inputs] == ["arg"]
+    assert n_saved == 1 and fwd.outputs == [y, e] and fwd.output_labels == ["out", "saved"]
+    assert [i.kind for i in bwd.inputs] == ["saved", "cotangent"] and bwd.inputs[0].value is e
+    assert [n.op for n in bwd.nodes] == ["const", "mul", "mul"] and bwd.outputs == [dx]
+    xs, dys = np.array([0.5, -1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    out, saved = run(fwd, xs)
+    np.testing.assert_allclose(out, np.exp(xs) * 2, rtol=1e-6)
+    np.testing.assert_allclose(run(bwd, saved, dys)[0], dys * 2 * np.exp(xs), rtol=1e-6)
+

@@ -21,6 +21,8 @@ import os
 import sys
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -233,6 +235,36 @@ def is_plain_value(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+class PythonGuard(NamedTuple):
+    """A Python value the trace depends on (see `Tracer.note_python_value`)."""
+
+    label: str  # what the value is, for `explain`
+    read: Callable[[], object]  # reads the value now
+    expected: object  # the value when traced: the program applies only while `read()` returns it
+    show: Callable[[object], str]  # words a value for `explain`
+    reason: Callable[[object, object], str]  # words a change (traced value, value now) for the recompile log
+
+
+@dataclass(slots=True)
+class TraceInfo:
+    """What the runtime of a traced call needs besides its graph: where each result and each write
+    went among the graph's outputs (by output slot), and what the trace depends on."""
+
+    user_out: list[int | None]  # per flattened result: its output slot, or None for a non-tensor
+    arg_writes: list[tuple[int, int]]  # (tensor argument's leaf index, slot) written in place
+    writes: list[tuple[Tensor, int]]  # (tensor from outside the call, slot) written in place
+    # (tensor made during the trace, slot) written in place; usually gone after the call
+    born_writes: list[tuple[weakref.ref, int]]
+    grad_writes: list[tuple[Tensor, int | None]]  # (p, slot of its new .grad, or None for p.grad = None)
+    grad_had: list[tuple[Tensor, bool]]  # (p, whether p.grad was a tensor): the trace depends on it
+    python_guards: list[PythonGuard]  # the Python values the trace read
+    module_guards: list[_ModuleGuard]  # the modules whose forward ran, and what each baked in
+    # filled in once the trace is over: (traced tensor the function stored away, slot), each made a
+    # real tensor after every call (see `release`), and the Python state the trace wrote
+    escaped: list[tuple[weakref.ref, int]] = field(default_factory=list)
+    python_writes: list = field(default_factory=list)
+
+
 class Tracer:
     """Records one call of a function into a Graph (see the module docstring)."""
 
@@ -432,7 +464,7 @@ class Tracer:
             self.python_guards[key] = (label, read, read(), show, reason)
 
     # --- the end ------------------------------------------------------------------------
-    def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> dict:
+    def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> TraceInfo:
         """Add outputs for results, write-backs and grads. Returns what the runtime needs."""
         g = self.graph
         user_out = []
@@ -463,9 +495,11 @@ class Tracer:
             else:
                 g.add_output(self.value_of(slot.current), f"grad {self.label(slot.p)}")
                 grad_writes.append((slot.p, len(g.outputs) - 1))
-        return {"user_out": user_out, "arg_writes": arg_writes, "writes": writes, "born_writes": born_writes,
-                "grad_writes": grad_writes,
-                "grad_had": [(s.p, s.initial is not None) for s in self.grads.values() if s.guarded]}
+        return TraceInfo(user_out=user_out, arg_writes=arg_writes, writes=writes, born_writes=born_writes,
+                         grad_writes=grad_writes,
+                         grad_had=[(s.p, s.initial is not None) for s in self.grads.values() if s.guarded],
+                         python_guards=[PythonGuard(*entry) for entry in self.python_guards.values()],
+                         module_guards=list(self.modules.values()))
 
     def release(self) -> list[Tensor]:
         """Drop references (after finish) and return the traced tensors still alive: values the

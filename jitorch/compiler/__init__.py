@@ -1,0 +1,32 @@
+"""`jitorch.compile`: trace a function (a forward pass or a whole training step) into the IR, cache
+the result under guards, and replay it.
+
+    @jitorch.compile
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+Modes: "default" (trace, optimize, run the program), "eager" (run the Python as written: pdb and
+print work), "check" (run both, compare, and name the first IR node that diverges). The environment
+variable JITORCH_DISABLE=1 and the context manager `jitorch.compiler.disable()` force eager mode.
+
+The package, by concern: `api` (compile, CompiledFunction, CompiledModule, disable), `guards` (the
+cache key of a call and what else a program depends on), `program` (one cache entry: run, write
+back, compiled backward), `check` (mode="check"). Splitting a joint forward+backward graph is an IR
+transform: `jitorch.ir.joint`.
+"""
+
+from .api import RECOMPILE_LIMIT, CompiledFunction, CompiledModule, compile, disable
+from .check import CompileCheckError
+from .program import CompiledBackward, Program
+
+# shown (in tracebacks, reprs, help) where users import them from, as before the package was split
+for _public in (CompileCheckError, CompiledFunction, CompiledModule, Program, compile, disable):
+    _public.__module__ = __name__
+del _public
+
+__all__ = ["RECOMPILE_LIMIT", "CompileCheckError", "CompiledBackward", "CompiledFunction", "CompiledModule",
+           "Program", "compile", "disable"]

@@ -1,0 +1,395 @@
+"""The user-facing side of `jitorch.compile`: `compile`, `CompiledFunction` (call, cache lookup,
+tracing a call into a `Program`, `explain`), `CompiledModule` and `disable`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import inspect
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import autograd as _ag
+from .. import logs
+from .._trace_state import trace_state
+from ..ir import interpret
+from ..ir.graph import Value
+from ..ir.joint import prune_inputs, split_joint
+from ..ir.passes import optimize
+from ..ir.python_state import PythonState
+from ..ir.pytree import flatten, unflatten
+from ..ir.trace import TraceError, TraceInfo, Tracer
+from ..tensor import Tensor
+from .check import run_checked
+from .guards import call_key, diff_keys, free_python_values, module_labels, named_objects
+from .program import CompiledBackward, Program
+
+RECOMPILE_LIMIT = 8
+
+
+class _DisableState(threading.local):
+    depth = 0
+
+
+_disable = _DisableState()
+
+
+@contextlib.contextmanager
+def disable():
+    """Inside this block every compiled function runs its plain Python, eagerly.
+
+        with jitorch.compiler.disable():
+            loss = train_step(x, y)  # pdb and print work inside train_step
+    """
+    _disable.depth += 1
+    try:
+        yield
+    finally:
+        _disable.depth -= 1
+
+
+def _eager_forced() -> bool:
+    return _disable.depth > 0 or os.environ.get("JITORCH_DISABLE", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Tracing and lowering allocate many small objects (values, nodes, tracer tensors) that all live
+    until the program is built; Python's cyclic collector would walk that growing heap again and
+    again meanwhile (`python bench/compile.py` times trace + lowering). Paused for that span only."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass
+class _Gradients:
+    """The gradients of a traced call's differentiable outputs, traced while recording it. Its
+    tensors are traced ones: it never leaves `CompiledFunction._record`."""
+
+    diff_leaves: list[int]  # which output leaves are differentiable
+    diff_refs: list  # each differentiable input: its argument's leaf index, or the lifted tensor itself
+    used: list[bool]  # per differentiable input: whether the outputs depend on it
+    grads: list[tuple[Tensor, str]]  # each used input's gradient, and its label as a graph output
+
+
+@dataclass
+class _JointBackward:
+    """The same, as graph values: the backward traced into the call's graph, still to be split off."""
+
+    diff_refs: list
+    used: list[bool]
+    out_slots: list[int]  # the graph's output slot of each differentiable output
+    grads: list[tuple[Value, str]]
+
+
+class CompiledFunction:
+    """What `jitorch.compile(fn)` returns: call it like `fn`; see `explain()` for what it did."""
+
+    def __init__(self, fn: Callable, mode: str = "default", fallback: str | None = None,
+                 name: str | None = None) -> None:
+        if mode not in ("default", "eager", "check"):
+            raise ValueError(f"jitorch.compile: mode must be 'default', 'eager' or 'check', got {mode!r}")
+        if fallback not in (None, "eager"):
+            raise ValueError(f"jitorch.compile: fallback must be None or 'eager', got {fallback!r}")
+        self.fn = fn
+        self.mode = mode
+        self.fallback = fallback
+        self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", type(fn).__name__))
+        self.cache: dict[tuple, list[Program]] = {}
+        self.calls = self.hits = self.compiles = 0
+        self.recompile_reasons: list[str] = []
+        self._changed = Counter()
+        self._warned_limit = False
+        self._fell_back: str | None = None
+        self._last_key: tuple | None = None
+        self._one_shot_reason: str | None = None
+        self._last_paths: list[str] = []
+        self.trace_seconds: list[float] = []
+        # primitive name -> kernel, used by check mode's compiled run instead of the real kernels: a
+        # test plants a wrong one to see check mode catch it and name the node
+        self._planted_kernels: dict[str, Callable] | None = None
+        try:
+            self._signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = list(self._signature.parameters.values()) if self._signature is not None else []
+        # names of the leading plain positional parameters (stop at *args: it binds differently)
+        self._positional = []
+        for p in params:
+            if p.kind not in plain:
+                break
+            self._positional.append(p.name)
+        functools.update_wrapper(self, fn, updated=())
+
+    # --- call ---------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        if self.mode == "eager" or _eager_forced() or self._fell_back or trace_state.tracer is not None:
+            return self.fn(*args, **kwargs)  # (a compiled call inside a trace is simply inlined)
+        self.calls += 1
+        named, call = self._bind(args, kwargs)
+        leaves, paths, treedef = flatten(named)
+        key = call_key(treedef, leaves)
+        program, reason = self._lookup(key)
+        if program is None:
+            try:
+                program = self._compile(call, leaves, paths, key, reason)
+            except TraceError as err:
+                if self.fallback != "eager":
+                    raise
+                self._fell_back = str(err)
+                warnings.warn(f"jitorch.compile({self.name}) falls back to eager: {err}", stacklevel=2)
+                return self.fn(*args, **kwargs)
+        else:
+            self.hits += 1
+        world, program.trace_world = program.trace_world, None
+        if self.mode == "check":
+            out = run_checked(program, self.fn, self.name, args, kwargs, leaves, world, self._planted_kernels)
+        else:
+            out = program.run(leaves, rerun=lambda: self._rerun(args, kwargs))
+        if program.one_shot:
+            self._drop(key, program)
+        return out
+
+    def _rerun(self, args: tuple, kwargs: dict):
+        """The function called again, eagerly all the way down (double backward differentiates it)."""
+        with disable():
+            return self.fn(*args, **kwargs)
+
+    def _bind(self, args: tuple, kwargs: dict):
+        """The arguments keyed by parameter name (so guards and logs say `x`, `batch[0]`), and a
+        function that calls `fn` again with such a dict of (traced) values."""
+        if not kwargs and len(args) <= len(self._positional):
+            # the common call: positional arguments only, no binding machinery needed
+            return dict(zip(self._positional, args)), lambda named: self.fn(*named.values())
+        if self._signature is not None:
+            try:
+                bound = self._signature.bind(*args, **kwargs)
+            except TypeError:
+                pass  # let the call itself raise Python's own error below
+            else:
+                signature = bound.signature
+                return dict(bound.arguments), lambda named: self._call_bound(signature, named)
+        return {"args": args, "kwargs": kwargs}, lambda named: self.fn(*named["args"], **named["kwargs"])
+
+    def _call_bound(self, signature: inspect.Signature, named: dict):
+        bound = inspect.BoundArguments(signature, dict(named))
+        return self.fn(*bound.args, **bound.kwargs)
+
+    def _lookup(self, key: tuple) -> tuple[Program | None, str | None]:
+        entries = self.cache.get(key)
+        reason, self._one_shot_reason = self._one_shot_reason, None
+        if entries:
+            for program in entries:
+                failure = program.guard_failure()
+                if failure is None:
+                    return program, None
+                reason = failure
+        elif self._last_key is not None and reason is None:
+            diffs = diff_keys(self._last_key, key, self._last_paths)
+            for what, _ in diffs:
+                self._changed[what] += 1
+            reason = "; ".join(f"{what}: {how}" for what, how in diffs) or "new arguments"
+        return None, reason
+
+    def _drop(self, key: tuple, program: Program) -> None:
+        entries = self.cache.get(key, [])
+        if program in entries:
+            entries.remove(program)
+        self._one_shot_reason = program.one_shot
+
+    # --- compile ------------------------------------------------------------------------
+    def _compile(self, call, leaves, paths, key, reason) -> Program:
+        if reason is not None:
+            self.recompile_reasons.append(reason)
+            logs.log("recompiles", f"{self.name}: recompiling because {reason}")
+            self._maybe_warn_limit()
+        t0 = time.perf_counter()
+        with _gc_paused():
+            program = self._trace(call, leaves, paths, key[0])
+        self.trace_seconds.append(time.perf_counter() - t0)
+        self.compiles += 1
+        logs.log("perf", f"{self.name}: traced and lowered in {self.trace_seconds[-1] * 1e3:.1f} ms")
+        logs.log("graph", f"{self.name}:\n{program.graph.format()}")
+        logs.log("guards", f"{self.name}:\n{program.guard_text(paths, key)}")
+        self.cache.setdefault(key, []).append(program)
+        self._last_key, self._last_paths = key, paths
+        return program
+
+    def _maybe_warn_limit(self) -> None:
+        if self.compiles >= RECOMPILE_LIMIT and not self._warned_limit:
+            self._warned_limit = True
+            culprit = self._changed.most_common(1)
+            if self.recompile_reasons and "writes Python state" in self.recompile_reasons[-1]:
+                advice = (f"{self.recompile_reasons[-1]}. Keep such values in tensors (a step counter as "
+                          "jitorch.tensor(0.0), updated in place) so the compiled program can update them")
+            else:
+                what = culprit[0][0] if culprit else "the guarded state"
+                advice = f"{what} keeps changing. Pad or bucket that argument to a few shapes"
+            warnings.warn(f"jitorch.compile({self.name}) has recompiled {self.compiles} times; {advice}, "
+                          "or compile with mode='eager'.", stacklevel=4)
+
+    def _trace(self, call, leaves: list, paths: list[str], treedef) -> Program:
+        tracer = Tracer(self.name, module_labels(self.fn))
+        roots = named_objects(self.fn) + [(f"arg {p}", x) for x, p in zip(leaves, paths) if not isinstance(x, Tensor)]
+        world = PythonState(roots, tracer.label)  # before the trace: what Python state did it write?
+        with tracer:
+            info, out_treedef, out_consts, joint = self._record(tracer, call, leaves, paths, treedef)
+        info.python_writes = world.writes()
+        for t in tracer.release():
+            tracer.graph.add_output(t._value, "escaped state")
+            info.escaped.append((weakref.ref(t), len(tracer.graph.outputs) - 1))
+        n_fwd = len(tracer.graph.outputs)
+        if joint is not None:
+            for value, label in joint.grads:
+                tracer.graph.add_output(value, label)
+        graph = optimize(tracer.graph)
+        prune_inputs(graph)
+        backward = None
+        if joint is not None:
+            graph, bwd_graph, n_saved = split_joint(graph, n_fwd)
+            backward = CompiledBackward(plan=interpret.Plan(bwd_graph), n_saved=n_saved, out_slots=joint.out_slots,
+                                        diff_refs=joint.diff_refs, used=joint.used)
+        program = Program(graph, info, out_treedef, out_consts, backward)
+        program.trace_world = world
+        if info.python_writes:
+            program.one_shot = ("the function writes Python state that a replay would not repeat ("
+                                + ", ".join(map(str, info.python_writes[:3])) + "); it is traced on every call")
+        elif info.escaped or any(ref() is not None for ref, _ in info.born_writes):
+            program.one_shot = ("the previous call created state (e.g. optimizer buffers) that the trace had "
+                                "baked in; tracing again with that state as inputs")
+        return program
+
+    def _record(self, tracer: Tracer, call, leaves: list, paths: list[str], treedef
+                ) -> tuple[TraceInfo, object, list, _JointBackward | None]:
+        """Run the function on traced arguments. Only values and plain data leave this frame, so
+        that traced tensors still alive afterwards are exactly the ones the function stored away."""
+        traced_leaves = [tracer.arg(x, path, i) if isinstance(x, Tensor) else x
+                         for i, (x, path) in enumerate(zip(leaves, paths))]
+        arg_tensors = [(t, i) for i, t in enumerate(traced_leaves) if isinstance(t, Tensor)]
+        for key, label, read in free_python_values(self.fn):
+            tracer.note_python_value(key, label, read)
+        out = call(unflatten(treedef, traced_leaves))
+        out_leaves, out_paths, out_treedef = flatten(out)
+        gradients = self._trace_backward(tracer, out_leaves, out_paths, arg_tensors)
+        info = tracer.finish(out_leaves, out_paths, arg_tensors)
+        out_consts = [x for x in out_leaves if not isinstance(x, Tensor)]
+        joint = None
+        if gradients is not None:
+            joint = _JointBackward(diff_refs=gradients.diff_refs, used=gradients.used,
+                                   out_slots=[info.user_out[i] for i in gradients.diff_leaves],
+                                   grads=[(tracer.value_of(g), label) for g, label in gradients.grads])
+        return info, out_treedef, out_consts, joint
+
+    def _trace_backward(self, tracer: Tracer, out_leaves: list, out_paths: list[str], arg_tensors
+                        ) -> _Gradients | None:
+        """When outputs are differentiable, trace their backward into the same graph."""
+        if not _ag._grad_mode.enabled:
+            return None
+        diff_out = [(o, p) for o, p in zip(out_leaves, out_paths)
+                    if isinstance(o, Tensor) and o.requires_grad and o.grad_fn is not None]
+        if not diff_out:
+            return None
+        diff_in = [(t, i) for t, i in arg_tensors if t.requires_grad]
+        diff_in += [(t, t) for t in tracer.lifted if t.requires_grad]
+        if not diff_in or any(o.grad_fn.inputs is None for o, _ in diff_out):
+            return None  # no differentiable input, or the function already ran backward itself
+        cots = [tracer.input(o.shape, o.dtype, "cotangent", f"d(out{p})") for o, p in diff_out]
+        try:
+            grads = _ag.grad([o for o, _ in diff_out], [t for t, _ in diff_in], cots, allow_unused=True)
+        except RuntimeError as err:
+            if "second time" in str(err):  # the function ran backward itself (a training step)
+                return None
+            raise
+        # an input the outputs do not depend on gets no gradient (None), as in eager autograd
+        used = [g is not None for g in grads]
+        if not any(used):
+            return None
+        kept = [(g, f"d{tracer.label(t) if t is ref else 'arg' + str(ref)}")
+                for g, (t, ref) in zip(grads, diff_in) if g is not None]
+        diff_leaves = [i for i, o in enumerate(out_leaves) if any(o is d for d, _ in diff_out)]
+        return _Gradients(diff_leaves=diff_leaves, diff_refs=[ref for _, ref in diff_in], used=used, grads=kept)
+
+    # --- introspection ------------------------------------------------------------------
+    def explain(self, *args, **kwargs) -> str:
+        """The IR, the guards and the cache state for a call with these arguments (compiling if needed).
+
+            print(jitorch.compile(step).explain(x, y))
+        """
+        named, call = self._bind(args, kwargs)
+        leaves, paths, treedef = flatten(named)
+        key = call_key(treedef, leaves)
+        program, reason = self._lookup(key)
+        lines = [f"jitorch.compile({self.name}), mode={self.mode!r}"]
+        if program is None:
+            lines.append(f"cache miss ({reason or 'first call'}): tracing now")
+            program = self._compile(call, leaves, paths, key, reason)
+        lines.append(
+            f"cache: {sum(len(v) for v in self.cache.values())} entries; {self.calls} calls, {self.hits} hits, "
+            f"{self.compiles} compiles"
+        )
+        if self.recompile_reasons:
+            lines.append("recompile reasons:")
+            lines += [f"  {r}" for r in self.recompile_reasons]
+        if self.trace_seconds:
+            lines.append(f"last trace + lowering: {self.trace_seconds[-1] * 1e3:.1f} ms")
+        lines.append("guards:")
+        lines += ["  " + line for line in program.guard_text(paths, key).splitlines()]
+        lines.append("IR:")
+        lines.append(program.graph.format())
+        if program.backward is not None:
+            lines.append("backward IR:")
+            lines.append(program.backward.plan.graph.format())
+        plan = program.plan
+        lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} fused CPU kernels (LLVM), the rest "
+                     "eager CPU kernels")
+        lines += ["  " + line for k in plan.kernels for line in k.kernel.format().splitlines()]
+        return "\n".join(lines)
+
+
+def compile(fn: Callable | None = None, *, mode: str = "default", fallback: str | None = None,
+            name: str | None = None):
+    """Compile a function (or a Module) with jitorch's tracer.
+
+    `@jitorch.compile`, `jitorch.compile(fn, mode="eager")`, `jitorch.compile(model)`. The first
+    call with new argument shapes traces; later calls replay. See `CompiledFunction.explain`.
+    """
+    if fn is None:
+        return lambda f: compile(f, mode=mode, fallback=fallback, name=name)
+    if hasattr(fn, "forward") and hasattr(fn, "named_parameters"):
+        return CompiledModule(fn, mode=mode, fallback=fallback, name=name)
+    return CompiledFunction(fn, mode=mode, fallback=fallback, name=name)
+
+
+class CompiledModule:
+    """`jitorch.compile(model)`: calls run the compiled forward; everything else is the module's."""
+
+    def __init__(self, module, mode: str, fallback: str | None, name: str | None) -> None:
+        self._module = module
+        self._compiled = CompiledFunction(module.__call__, mode=mode, fallback=fallback,
+                                          name=name or type(module).__name__)
+
+    def __call__(self, *args, **kwargs):
+        return self._compiled(*args, **kwargs)
+
+    def explain(self, *args, **kwargs) -> str:
+        """The IR, the guards and the cache state of the compiled forward (see `CompiledFunction.explain`)."""
+        return self._compiled.explain(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def __repr__(self) -> str:
+        return f"Compiled({self._module!r})"

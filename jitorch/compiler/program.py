@@ -1,0 +1,259 @@
+"""A compiled program, one cache entry: it gathers its inputs, runs its plan, writes back what the
+traced call wrote, returns the user's outputs, and gives them a compiled backward.
+
+The backward of a traced call is traced into the same graph as its forward, then split off
+(`jitorch.ir.joint`); here it becomes the `grad_fn` of the outputs, an autograd node whose vjp runs
+the backward plan. A gradient that must itself be differentiable (`create_graph=True`) comes from
+an eager rerun of the function instead (`_DoubleBackward`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import autograd as _ag
+from .._trace_state import ModuleChanges
+from ..autograd import Node as AutogradNode
+from ..ir import interpret
+from ..ir.graph import Graph
+from ..ir.python_state import PythonState
+from ..ir.pytree import flatten, unflatten
+from ..ir.trace import TraceInfo
+from ..primitives import Prim
+from ..random import default_generator
+from ..tensor import Tensor
+from .guards import describe_guard
+
+
+@dataclass(slots=True)
+class CompiledBackward:
+    """The backward half of a program's traced graph, run when autograd differentiates its outputs."""
+
+    plan: interpret.Plan  # inputs: the saved forward values, then a cotangent per differentiable output
+    n_saved: int  # how many values the forward saves for it (its last outputs)
+    out_slots: list[int]  # the forward's output slot of each differentiable output
+    diff_refs: list  # each differentiable input: its argument's leaf index, or the lifted tensor itself
+    used: list[bool]  # per differentiable input: whether it gets a gradient (the plan computes only those)
+
+
+class _LiftedGuard(NamedTuple):
+    """A lifted tensor, and what the program was traced for: it applies only while these still hold."""
+
+    tensor: Tensor
+    shape: tuple
+    dtype: np.dtype
+    requires_grad: bool
+
+
+class Program:
+    """A traced, optimized graph plus what the runtime reads, writes back and checks."""
+
+    def __init__(self, graph: Graph, info: TraceInfo, out_treedef, out_consts: list,
+                 backward: CompiledBackward | None = None) -> None:
+        self.graph = graph
+        self.plan = interpret.Plan(graph)
+        self.info = info
+        self.out_treedef = out_treedef
+        self.out_consts = out_consts
+        self.backward = backward
+        self.one_shot: str | None = None  # why this program serves one call only (it is then traced again)
+        self.trace_world: PythonState | None = None  # the Python state before its trace, until its first run
+        self.fetch = [(i.kind, i.ref) for i in graph.inputs]
+        self.lifted_guards = [_LiftedGuard(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad)
+                              for i in graph.inputs if i.kind == "lifted"]
+        self.grad_guards = info.grad_had
+        self.python_guards = info.python_guards
+        self.module_guards = info.module_guards
+        self.modules_checked = -1  # ModuleChanges.count when the module guards last passed
+        self.writes_anything = bool(info.writes or info.born_writes or info.arg_writes or info.grad_writes
+                                    or info.escaped)
+        # an output that is an input unchanged is returned as that very tensor, as eagerly
+        by_value = {i.value.id: i for i in graph.inputs if i.kind in ("arg", "lifted")}
+        self.passthrough = {slot: by_value[graph.outputs[slot].id] for slot in info.user_out
+                            if slot is not None and graph.outputs[slot].id in by_value}
+
+    # --- guards -------------------------------------------------------------------------
+    def guard_failure(self) -> str | None:
+        """Why this entry does not apply to the current state (None when it does)."""
+        for t, shape, dtype, rg in self.lifted_guards:
+            if t._data.shape != shape or t._data.dtype != dtype or t.requires_grad != rg:
+                return (f"lifted tensor {self.label(t)}: shape {tuple(shape)} {dtype.name} "
+                        f"requires_grad={rg} -> {tuple(t._data.shape)} {t._data.dtype.name} "
+                        f"requires_grad={t.requires_grad}")
+        for p, had in self.grad_guards:
+            if (p._grad is not None) != had:
+                state = ("None", "a tensor") if not had else ("a tensor", "None")
+                return f"{self.label(p)}.grad: {state[0]} -> {state[1]}"
+        for guard in self.python_guards:
+            now = guard.read()
+            if now != guard.expected:
+                return guard.reason(guard.expected, now)
+        changes = ModuleChanges.count
+        if changes != self.modules_checked:  # some module changed since: is it one of ours?
+            for guard in self.module_guards:
+                change = guard.change()
+                if change is not None:
+                    return change
+            self.modules_checked = changes
+        return None
+
+    def label(self, t) -> str:
+        """The name of tensor `t` among the program's inputs (`model.fc1.weight`)."""
+        for inp in self.graph.inputs:
+            if inp.ref is t:
+                return inp.label
+        return f"tensor{list(t.shape)}"
+
+    def guard_text(self, arg_paths: list[str], key: tuple) -> str:
+        """Every guard of this program, one per line, for `explain` and the guards log."""
+        _, arg_guards, grad_mode = key
+        lines = [f"grad mode is {'on' if grad_mode else 'off'}"]
+        lines += [f"arg {p}: {describe_guard(g)}" for p, g in zip(arg_paths, arg_guards)]
+        lines += [f"lifted {self.label(g.tensor)}: shape {tuple(g.shape)} {g.dtype.name} "
+                  f"requires_grad={g.requires_grad}" for g in self.lifted_guards]
+        lines += [f"{self.label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
+        lines += [f"{g.label}: {g.show(g.expected)}" for g in self.python_guards]
+        lines += [guard.show() for guard in self.module_guards]
+        return "\n".join(lines)
+
+    # --- running ------------------------------------------------------------------------
+    def inputs(self, leaves: list) -> list[np.ndarray]:
+        """The arrays the graph reads on this call, in the order of its inputs."""
+        arrays = []
+        for kind, ref in self.fetch:
+            if kind == "arg":
+                arrays.append(leaves[ref]._data)
+            elif kind == "lifted":
+                arrays.append(ref._data)
+            elif kind == "grad":
+                arrays.append(ref._grad._data)
+            else:  # the seed of this call's random numbers, drawn from the global generator
+                arrays.append(np.asarray(default_generator._rng.integers(2**62), dtype=np.int64))
+        return arrays
+
+    @property
+    def draws_random(self) -> bool:
+        return any(kind == "rng" for kind, _ in self.fetch)
+
+    def run(self, leaves: list, record: dict | None = None, inputs: list | None = None,
+            rerun: Callable[[], object] | None = None, kernels: dict[str, Callable] | None = None):
+        """Execute on the current arguments and state; write back; return the user's outputs.
+        `rerun` calls the function again eagerly: double backward differentiates that. `record` and
+        `kernels` are the executor's (see `interpret.Plan.run`)."""
+        if inputs is None:
+            inputs = self.inputs(leaves)
+        results = self.plan.run(inputs, record, kernels)
+        self._write_back(leaves, results, inputs)
+        outs = []
+        it = iter(self.out_consts)
+        for slot in self.info.user_out:
+            if slot is None:
+                outs.append(next(it))
+            elif slot in self.passthrough:
+                inp = self.passthrough[slot]
+                outs.append(leaves[inp.ref] if inp.kind == "arg" else inp.ref)
+            else:
+                outs.append(Tensor._make(_writable(results[slot])))
+        if self.backward is not None and _ag._grad_mode.enabled:
+            self._attach_backward(leaves, outs, results, rerun)
+        return unflatten(self.out_treedef, outs)
+
+    def _write_back(self, leaves: list, results: list, inputs: list) -> None:
+        if not self.writes_anything:
+            return
+        info = self.info
+        input_ids = {id(a) for a in inputs}
+        targets = list(info.writes)
+        targets += [(ref(), slot) for ref, slot in info.born_writes if ref() is not None]
+        targets += [(leaves[i], slot) for i, slot in info.arg_writes]
+        # results may be views of inputs that are about to be overwritten: copy those first
+        staged = [(t, _owned(results[slot], input_ids)) for t, slot in targets]
+        for t, value in staged:
+            np.copyto(t._data, value, casting="unsafe")
+            t._bump_version()
+        for p, slot in info.grad_writes:
+            p._grad = None if slot is None else Tensor._make(_owned(results[slot], input_ids))
+        for ref, slot in info.escaped:
+            t = ref()
+            if t is not None:  # a traced value the function stored away becomes a real tensor
+                t._data, t._value, t._base, t.grad_fn = _owned(results[slot], input_ids), None, None, None
+
+    def _attach_backward(self, leaves: list, outs: list, results: list, rerun) -> None:
+        backward = self.backward
+        diff_inputs = tuple(leaves[ref] if isinstance(ref, int) else ref for ref in backward.diff_refs)
+        if not any(t.requires_grad for t in diff_inputs):
+            return
+        saved = results[len(results) - backward.n_saved:]
+        user_slots = self.info.user_out
+        shapes = [results[s] for s in backward.out_slots]
+        double = _DoubleBackward(self, rerun, diff_inputs)
+        for k, slot in enumerate(backward.out_slots):
+            out = outs[user_slots.index(slot)]
+            if slot in self.passthrough:
+                continue  # an input returned as is keeps its own autograd identity
+            prim = _backward_prim(backward.plan, saved, k, shapes, backward.used,
+                                  functools.partial(double, user_slots.index(slot)))
+            out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
+            out.requires_grad = True
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.writeable else np.array(a, copy=True)
+
+
+def _owned(a: np.ndarray, input_ids: set) -> np.ndarray:
+    if a.base is None and a.flags.writeable and id(a) not in input_ids:
+        return a
+    return np.array(a, copy=True)
+
+
+class _DoubleBackward:
+    """A gradient that must itself be differentiable (`create_graph=True`): the compiled backward
+    computes arrays with no graph behind them, so the function runs again eagerly (`rerun`) and
+    autograd differentiates that run. Refused, with the reason, where a rerun would not be the same
+    computation: the function writes state (an optimizer step would be applied twice), draws
+    random numbers, or its inputs were modified in place since the call."""
+
+    def __init__(self, program: Program, rerun: Callable[[], object] | None, inputs: tuple) -> None:
+        self.program, self.rerun, self.inputs = program, rerun, inputs
+        self.versions = [t._version for t in inputs]
+
+    def __call__(self, out_index: int, g: Tensor, used: list[bool]) -> tuple:
+        program = self.program
+        why = ("it writes tensors or state" if program.writes_anything
+               else "it draws random numbers" if program.draws_random
+               else "it was called without its arguments" if self.rerun is None
+               else "an input was modified in place after the call"
+               if [t._version for t in self.inputs] != self.versions else None)
+        if why is not None:
+            raise RuntimeError(
+                f"double backward (create_graph=True) through the compiled function "
+                f"{program.graph.name} needs an eager rerun of it, and {why}. Take the gradient of an "
+                "uncompiled function, or compile with mode='eager'.")
+        leaves, _, _ = flatten(self.rerun())
+        grads = _ag.grad([leaves[out_index]], [t for t, u in zip(self.inputs, used) if u], [g],
+                         create_graph=True, allow_unused=True)
+        it = iter(grads)
+        return tuple(next(it) if u else None for u in used)
+
+
+def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list, used: list[bool],
+                   double: Callable) -> Prim:
+    """An autograd 'primitive' whose vjp runs the compiled backward graph for output k; `used` says
+    which differentiable inputs get a gradient (the graph computes only those). Under
+    `create_graph=True` the vjp is `double`'s, which keeps a graph."""
+
+    def vjp(g: Tensor, node):
+        if _ag._grad_mode.enabled:  # backward with create_graph=True
+            return double(g, used)
+        cots = [np.zeros_like(o) for o in outs]
+        cots[k] = np.asarray(g._data, dtype=outs[k].dtype)
+        grads = iter(plan.run(list(saved) + cots))
+        return tuple(Tensor._make(np.array(next(grads), copy=True)) if u else None for u in used)
+
+    return Prim("compiled_backward", "extern", None, None, vjp)
