@@ -22,9 +22,10 @@ class Device:
         if kind not in ("cpu", "meta", "cuda"):
             raise RuntimeError(f"unknown device {spec!r}; expected 'cpu', 'meta' or 'cuda'")
         if kind == "cuda":
+            # PyTorch built without CUDA says "Torch not compiled with CUDA enabled"
             raise RuntimeError(
-                f"device {spec!r}: jitorch's eager tensors live on the CPU in this version; "
-                "CUDA is reached through jitorch.compile's Triton backend"
+                f"device {name!r} is not available: this version of jitorch has no CUDA device "
+                "(it runs on the CPU only); use device='cpu'"
             )
         dev = object.__new__(cls)
         dev.type = kind
