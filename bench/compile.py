@@ -1,14 +1,19 @@
 """jitorch.compile on the CPU: trace + lowering time, and the per-call overhead of a cache hit,
 side by side with eager jitorch, PyTorch eager and torch.compile in one process.
 
-    python bench/compile.py            # prints a table and writes bench/results/compile_cpu.md
-    python bench/compile.py --quick    # fewer repeats, no torch.compile (seconds instead of a minute)
+    python bench/compile.py                      # prints a table, writes bench/results/compile_cpu.md
+    python bench/compile.py --kernel-threads 1   # ... writes bench/results/compile_cpu_1thread.md
+    python bench/compile.py --quick              # fewer repeats, no torch.compile; prints only
 
 A compiled program runs its pointwise work and its reductions over the last dim as fused LLVM
 kernels and everything else (matmuls, other reductions, index ops) on the eager CPU kernels,
 without per-op Python or autograd bookkeeping.
-Targets (issue #4): tracing and lowering a training step under 0.3 s; a cache hit's Python
-overhead under 30 µs plus the kernels' own time.
+The targets jitorch aims for: tracing and lowering a training step in under 0.3 s, and a cache hit
+costing under 30 µs of Python on top of its kernels' own time.
+
+A quick run never replaces the recorded results: it prints its table and writes nothing (or writes
+to `--out` outside bench/results/). PyTorch is a peer, not a requirement: without it, and for
+torch.compile in a quick run, the table says "skipped".
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import jitorch as jt
 
+try:
+    import torch
+except ImportError:  # torch (the `test` extra) is only a peer here
+    torch = None
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import char_lm  # noqa: E402 - the example's model, built for either library
-from common import cpu_model, median_time  # noqa: E402
+from common import cell, cpu_model, median_time, publish, results_path  # noqa: E402
+
+# the columns of the steady-state table; PyTorch's may be skipped
+CONTENDERS = ["jitorch eager", "jitorch compiled", "torch eager", "torch.compile"]
+
 
 # ---------------------------------------------------------------------------------------------
 # training steps, written once for both libraries
@@ -126,8 +139,9 @@ def torch_compile_first_call(factory) -> float:
     return elapsed
 
 
-def step_times(factory, number: int, repeats: int, with_torch_compile: bool) -> dict[str, float]:
-    out = {}
+def step_times(factory, number: int, repeats: int, contenders: list[str]) -> dict[str, float | None]:
+    """Median seconds per call of each of `contenders` that runs; None for one that is skipped."""
+    out = dict.fromkeys(CONTENDERS)
     step, args = factory(jt)
     out["jitorch eager"] = median_time(lambda: step(*args), number, repeats)
     step, args = factory(jt)
@@ -135,9 +149,10 @@ def step_times(factory, number: int, repeats: int, with_torch_compile: bool) -> 
     for _ in range(3):
         compiled(*args)
     out["jitorch compiled"] = median_time(lambda: compiled(*args), number, repeats)
-    step, args = factory(torch)
-    out["torch eager"] = median_time(lambda: step(*args), number, repeats)
-    if with_torch_compile:
+    if "torch eager" in contenders:
+        step, args = factory(torch)
+        out["torch eager"] = median_time(lambda: step(*args), number, repeats)
+    if "torch.compile" in contenders:
         torch._dynamo.reset()
         step, args = factory(torch)
         tc = torch.compile(step)
@@ -159,27 +174,49 @@ def hit_overhead(number: int, repeats: int) -> tuple[float, float]:
     return whole, plan
 
 
+def skipped_contenders(quick: bool) -> dict[str, str]:
+    """The PyTorch contenders that do not run, each with the reason."""
+    if torch is None:
+        return {"torch eager": "torch is not installed", "torch.compile": "torch is not installed"}
+    return {"torch.compile": "--quick"} if quick else {}
+
+
+def results_name(kernel_threads: int | None) -> str:
+    """The results file's name: one per fused-kernel thread setting."""
+    if not kernel_threads:
+        return "compile_cpu"
+    return f"compile_cpu_{kernel_threads}thread{'s' if kernel_threads > 1 else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and no torch.compile")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile_cpu.md"))
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats and no torch.compile; prints only (the recorded results are kept)")
+    parser.add_argument("--out", default=None,
+                        help="the file to write (default: bench/results/compile_cpu[_Nthreads].md; "
+                             "nothing for a quick run)")
     parser.add_argument("--kernel-threads", type=int, default=None,
                         help="threads for jitorch's fused CPU kernels (default: all cores)")
     args = parser.parse_args()
+    out = results_path(results_name(args.kernel_threads), args.quick, args.out)
     os.environ["JITORCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="jitorch-bench-cache-")  # cold kernel cache
     if args.kernel_threads:
         jt.set_num_threads(args.kernel_threads)
     repeats = 3 if args.quick else 7
-    use_tc = not args.quick
-    torch.set_num_threads(2)
+    skipped = skipped_contenders(args.quick)
+    contenders = [c for c in CONTENDERS if c not in skipped]
+    if torch is not None:
+        torch.set_num_threads(2)
 
     factories = {"MLP step (784-256-10, batch 64, AdamW)": mlp_step_factory,
                  "char-LM step (examples/char_lm.py model, AdamW)": char_lm_step_factory}
+    peer = f"torch threads 2. torch {torch.__version__}" if torch is not None else "torch not installed"
     lines = [f"# jitorch.compile on the CPU ({date.today()})", "",
-             f"Machine: {cpu_model()}; torch threads 2. torch {torch.__version__}, numpy {np.__version__}. "
+             f"Machine: {cpu_model()}; {peer}, numpy {np.__version__}. "
              f"Command: `python bench/compile.py{' --quick' if args.quick else ''}"
              f"{f' --kernel-threads {args.kernel_threads}' if args.kernel_threads else ''}`; jitorch's fused "
-             f"kernels on {jt.get_num_threads()} thread(s).", "",
+             f"kernels on {jt.get_num_threads()} thread(s)."
+             + "".join(f" Skipped: {name} ({why})." for name, why in skipped.items()), "",
              "## Trace + lowering (target: under 0.3 s for a training step)", "",
              "Both traces of the step (the first call's, which creates the optimizer state, and the "
              "steady-state one): with an empty kernel disk cache (LLVM compiles every kernel: a first run), "
@@ -189,20 +226,20 @@ def main() -> None:
     for name, factory in factories.items():
         trace_s = jitorch_trace_seconds(factory)
         warm_s = jitorch_trace_seconds_warm(factory)
-        tc_s = torch_compile_first_call(factory) if use_tc else float("nan")
+        tc_s = torch_compile_first_call(factory) if "torch.compile" in contenders else None
         lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {warm_s:.3f} "
-                     f"({'met' if warm_s < 0.3 else 'missed'}) | {tc_s:.1f} |")
+                     f"({'met' if warm_s < 0.3 else 'missed'}) | {cell(tc_s, '.1f')} |")
 
     lines += ["", "## Steady-state time per call, ms (median)", ""]
-    cols = ["jitorch eager", "jitorch compiled", "torch eager"] + (["torch.compile"] if use_tc else [])
-    lines += ["| case | " + " | ".join(cols) + " | compiled / jitorch eager |", "|---" * (len(cols) + 2) + "|"]
+    lines += ["| case | " + " | ".join(CONTENDERS) + " | compiled / jitorch eager |",
+              "|---" * (len(CONTENDERS) + 2) + "|"]
     cases = dict(factories)
     cases["tiny: ((x*2+1).relu()*x).sum(), 4 elements"] = tiny_factory
     for name, factory in cases.items():
         tiny = factory is tiny_factory
-        t = step_times(factory, 2000 if tiny else 5, repeats, use_tc)
+        t = step_times(factory, 2000 if tiny else 5, repeats, contenders)
         unit = 1e6 if tiny else 1e3
-        cells = " | ".join(f"{t[c] * unit:.1f}" for c in cols)
+        cells = " | ".join(cell(t[c], ".1f", scale=unit) for c in CONTENDERS)
         ratio = t["jitorch compiled"] / t["jitorch eager"]
         lines.append(f"| {name}{' (µs)' if tiny else ''} | {cells} | {ratio:.2f}x |")
 
@@ -214,10 +251,7 @@ def main() -> None:
               f"| the executor (the kernels and their loop) | {plan * 1e6:.1f} |",
               f"| guards, input gathering, outputs: the overhead | {overhead:.1f} "
               f"({'met' if overhead < 30 else 'missed'}) |"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish("\n".join(lines) + "\n", out)
 
 
 if __name__ == "__main__":

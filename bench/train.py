@@ -2,6 +2,7 @@
 PyTorch eager on the CPU, in one run.
 
     python bench/train.py                 # writes bench/results/train_cpu.md
+    python bench/train.py --repeats 1     # a quick look: prints only, the recorded results are kept
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
     python bench/train.py --prims         # also prints jitorch's kernel time per primitive
 
@@ -16,7 +17,9 @@ threadpoolctl; `--threads N` sets both to N. Runs of the two frameworks alternat
 hits both alike, and each figure is the median over the repeats. The load average is recorded: on a
 2-core machine with other work running, a multi-threaded BLAS or OpenMP call can wait a scheduler
 time slice (several ms) for its second thread, so `--threads 1` gives steadier numbers there.
-This is a benchmark, not a test: nothing here asserts a time.
+This is a benchmark, not a test: nothing here asserts a time. A partial run (fewer repeats or
+char_lm steps than the defaults) never replaces the recorded results: it prints its table and writes
+nothing, or writes to `--out` outside bench/results/.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ sys.path.insert(0, os.path.join(REPO, "examples"))
 import char_lm  # noqa: E402 - needs the path above
 import digits  # noqa: E402
 import torch  # noqa: E402
-from common import cpu_model  # noqa: E402 - bench/ is on the path when this script runs
+from common import cpu_model, publish, results_path  # noqa: E402 - bench/ is on the path when this script runs
 
 import jitorch  # noqa: E402
 
 LIBS = {"jitorch": jitorch, "PyTorch": torch}
 TARGET_RATIO = 1.5
+REPEATS = 5  # the defaults of a full run; fewer make a partial one
+LM_STEPS = 50
 NOTES_MARKER = "<!-- notes: hand-written below this line; bench/train.py keeps it when it rewrites the page -->"
 
 
@@ -242,7 +247,7 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, pri
     return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
 
 
-def kept_notes(path: str) -> str:
+def kept_notes(path: str | os.PathLike) -> str:
     """The hand-written part of an existing results page (from NOTES_MARKER on), kept across reruns."""
     try:
         with open(path) as f:
@@ -257,21 +262,21 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="*", default=[None],
                         help="thread counts to measure at (default: what numpy's BLAS uses)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--lm-steps", type=int, default=50)
-    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_cpu.md"))
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"timed runs per workload (default {REPEATS}; fewer: a partial run, printed only)")
+    parser.add_argument("--lm-steps", type=int, default=LM_STEPS,
+                        help=f"char_lm steps per timed run (default {LM_STEPS}; fewer: a partial run, printed only)")
+    parser.add_argument("--out", default=None,
+                        help="the file to write (default: bench/results/train_cpu.md; nothing for a partial run)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
     parser.add_argument("--prims", action="store_true", help="print jitorch's kernel time per primitive")
     args = parser.parse_args()
+    out = results_path("train_cpu", args.repeats < REPEATS or args.lm_steps < LM_STEPS, args.out)
 
     sections = [measure(t, args.repeats, args.lm_steps, args.profile, args.prims) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    notes = kept_notes(args.out)
-    with open(args.out, "w") as f:
-        f.write(page + ("\n" + notes if notes else ""))
-    print("\n" + page)
-    print(f"written to {args.out}")
+    notes = kept_notes(out) if out is not None else ""
+    publish(page + ("\n" + notes if notes else ""), out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Classify scikit-learn's bundled 8x8 handwritten digits with an MLP and a small CNN.
 
-    python examples/digits.py               # about 15 s on 2 CPU cores
+    python examples/digits.py               # 57 s measured on a 2-core AMD EPYC shared with other work
     python examples/digits.py --steps 20    # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
     python examples/digits.py --eager       # training steps op by op, for debugging (slower)
 
