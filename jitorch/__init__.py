@@ -6,7 +6,9 @@
     y.backward()
 """
 
-from . import autograd, cpu_memory, dtypes
+from . import autograd, dtypes
+from .backends import cpu as _cpu_backend, meta as _meta_backend  # each registers itself
+from .backends.cpu import memory as _cpu_memory
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
@@ -190,13 +192,14 @@ from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, s
 from .tensor import Size, Tensor
 
 _install_methods()
-cpu_memory.tune_malloc()
+_cpu_memory.tune_malloc_if_requested()
+from . import gradients  # noqa: E402 - the gradient rules, written with the ops just installed
 
 from . import compiler  # noqa: E402 - needs the Tensor methods installed
 from .compiler import compile  # noqa: E402,A001
-from .ir.trace import TraceError  # noqa: E402
+from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
-from .codegen.threads import count as get_num_threads, set_num_threads  # noqa: E402
+from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
 from . import nn, optim, utils  # noqa: E402 - as `import torch` gives torch.nn, torch.optim
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point

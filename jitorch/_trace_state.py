@@ -1,8 +1,17 @@
-"""Whether a function is being traced for jitorch.compile (a module of its own so that tensor.py and
-dispatch.py can both read it without importing each other). Per thread, as PyTorch's grad mode is:
+"""Whether a function is being traced for jitorch.compile, and where in the user's code (a module of
+its own, importing nothing of jitorch's, so that every layer can read it). Per thread, as PyTorch's grad mode is:
 one thread tracing must not turn another thread's eager ops into traced ones."""
 
+import os
+import sys
 import threading
+
+
+class _GradMode(threading.local):
+    enabled = True  # whether ops record autograd nodes (jitorch.no_grad turns it off)
+
+
+grad_mode = _GradMode()
 
 
 class _TraceState(threading.local):
@@ -24,3 +33,32 @@ class ModuleChanges:
 
 def note_module_change() -> None:
     ModuleChanges.count += 1
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_INSIDE: dict[str, bool] = {}  # file name -> whether it belongs to the jitorch package
+
+
+def user_source() -> str:
+    """`file:line (function)` of the innermost frame outside the jitorch package; for ops of a
+    backward pass, the line of the forward op they differentiate."""
+    if trace_state.vjp_source is not None:
+        return trace_state.vjp_source
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        inside = _INSIDE.get(code.co_filename)
+        if inside is None:
+            inside = _INSIDE[code.co_filename] = os.path.abspath(code.co_filename).startswith(_PKG_DIR)
+        if not inside:
+            return f"{_short_path(code.co_filename)}:{frame.f_lineno} ({code.co_name})"
+        frame = frame.f_back
+    return ""
+
+
+def _short_path(filename: str) -> str:
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return rel if not rel.startswith("..") else filename

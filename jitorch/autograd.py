@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
+from ._trace_state import grad_mode as _grad_mode
 from ._trace_state import trace_state
+from .tensor import Tensor
+
+# primitive name -> its vector-Jacobian product: `jitorch.gradients.VJP`, the one table of them,
+# handed over by `use_vjps` when that module loads (it is written with ops, which build on this one)
+_vjps: dict[str, Callable] = {}
 
 
-class _GradMode(threading.local):
-    enabled = True
-
-
-_grad_mode = _GradMode()
+def use_vjps(table: dict[str, Callable]) -> None:
+    global _vjps
+    _vjps = table
 
 
 def is_grad_enabled() -> bool:
@@ -81,15 +82,17 @@ class enable_grad(_GradModeContext):
 class Node:
     """One recorded op: what backward needs to compute its inputs' gradients."""
 
-    __slots__ = ("prim", "inputs", "params", "out_data", "out_value", "out_version", "saved_versions", "needs",
-                 "hooks", "retain", "__weakref__")
+    __slots__ = ("prim", "inputs", "params", "out_data", "out_value", "out_device", "out_version", "saved_versions",
+                 "needs", "hooks", "retain", "vjp", "__weakref__")
 
-    def __init__(self, prim, inputs, params, out) -> None:
+    def __init__(self, prim, inputs, params, out, vjp: Callable | None = None) -> None:
         self.prim = prim
+        self.vjp = vjp  # this node's own rule (a compiled program's backward); else the table's
         self.inputs = inputs
         self.params = params
         self.out_data = out._data
         self.out_value = out._value  # set while tracing for jitorch.compile
+        self.out_device = out._device
         self.needs = tuple(t.requires_grad for t in inputs)
         self.hooks = None
         self.retain = None
@@ -101,9 +104,8 @@ class Node:
     @property
     def out(self):
         """The op's output as a Tensor whose grad_fn is this node (for vjps and double backward)."""
-        from .tensor import Tensor
-
         out = Tensor._make(self.out_data, grad_fn=self)
+        out._device = self.out_device
         out._value = self.out_value
         return out
 
@@ -188,32 +190,35 @@ def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
     return deps
 
 
-def _sum_to_shape(g, shape: tuple):
+def sum_to_shape(g: Tensor, shape: tuple) -> Tensor:
     """Reduce a broadcast gradient back to an input's shape."""
-    from .primitives import apply
-
     g_shape = g._data.shape
     if g_shape == shape:
         return g
     lead = len(g_shape) - len(shape)
     if lead < 0:
-        return apply("reshape", g, shape=tuple(shape))
+        return g.reshape(tuple(shape))
     kept = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g_shape[i + lead] != 1)
     dims = tuple(range(lead)) + kept
     if not kept:  # only leading dims to drop: one sum lands on the shape
-        return apply("sum", g, dims=dims, keepdim=False)
-    g = apply("sum", g, dims=dims, keepdim=True)
-    return g if g._data.shape == shape else apply("reshape", g, shape=tuple(shape))
+        return g.sum(dims)
+    g = g.sum(dims, keepdim=True)
+    return g if g._data.shape == shape else g.reshape(tuple(shape))
+
+
+def _no_gradient(g, node) -> tuple:
+    return (None,) * len(node.inputs)
 
 
 def _node_vjp(node: Node, g):
+    rule = node.vjp or _vjps.get(node.prim.name, _no_gradient)
     value = node.out_value
     if value is None or value.node is None:
-        return node.prim.vjp(g, node)
+        return rule(g, node)
     # while tracing a backward pass, its ops are attributed to the forward op's source line
     trace_state.vjp_source = "backward of " + value.node.source
     try:
-        return node.prim.vjp(g, node)
+        return rule(g, node)
     finally:
         trace_state.vjp_source = None
 
@@ -231,8 +236,6 @@ def _release_inputs(node: Node, deps: dict, ready: list) -> None:
 def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capture=None):
     """The backward walk. Accumulates into leaves' `.grad`, or, when `capture` maps tensors to
     slots, returns the gradients of those tensors instead (for `autograd.grad`)."""
-    from .tensor import Tensor
-
     grads: dict[Node, Tensor] = {}
     leaf_roots = []
     # arrays that someone else may hold (the caller's root gradients, retained grads, grads already
@@ -280,17 +283,18 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
             # .grad must own its buffer: a later in-place update must not write into a graph value
             # or another gradient. A fresh result nothing else holds is adopted as is, saving a copy.
             data = g._data
+            backend = t._backend()
             if functional:
                 t.grad = g
-            elif data.base is None and data.flags.writeable and id(data) not in handed_out:
+            elif backend.owns_buffer(data) and id(data) not in handed_out:
                 handed_out.add(id(data))
-                t.grad = Tensor._make(data)
+                t.grad = _grad_tensor(data, t)
             else:
-                t.grad = Tensor._make(np.array(data, copy=True))
+                t.grad = _grad_tensor(backend.copy(data), t)
         elif functional:
             t.grad = t.grad + g
         else:
-            t.grad._data += g._data
+            t._backend().add_into(t.grad._data, g._data)
 
     for t, g in leaf_roots:
         if t.requires_grad:
@@ -324,7 +328,7 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
             for t, gi in zip(node.inputs, in_grads):
                 fn = t.grad_fn
                 if gi is not None and gi._data.shape != t._data.shape:
-                    gi = _sum_to_shape(gi, t._data.shape)
+                    gi = sum_to_shape(gi, t._data.shape)
                 if fn is not None:
                     deps[fn] -= 1
                     if gi is not None:
@@ -342,9 +346,13 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capt
     return captured
 
 
-def _make_root_grads(outputs, grad_outputs, what: str):
-    from .tensor import Tensor
+def _grad_tensor(data, like: Tensor) -> Tensor:
+    g = Tensor._make(data)
+    g._device = like._device
+    return g
 
+
+def _make_root_grads(outputs, grad_outputs, what: str):
     result = []
     for i, (t, g) in enumerate(zip(outputs, grad_outputs)):
         if not t.requires_grad:
@@ -360,9 +368,9 @@ def _make_root_grads(outputs, grad_outputs, what: str):
                     f"of shape {tuple(t.shape)}. Pass a gradient of that shape, e.g. "
                     "out.backward(jitorch.ones_like(out)), or reduce it first (out.sum().backward())."
                 )
-            g = Tensor._make(np.ones(t._data.shape, dtype=t._data.dtype))
+            g = t.new_ones(t.shape)
         elif not isinstance(g, Tensor):
-            g = Tensor._make(np.asarray(g, dtype=t._data.dtype))
+            g = t.new_tensor(g)
         if g.shape != t.shape:
             raise RuntimeError(
                 f"{what}: gradient of shape {tuple(g.shape)} does not match output {i} of shape "
@@ -432,3 +440,36 @@ def retain_node_grad(t) -> None:
     """Make backward store the gradient of non-leaf `t` in `t.grad`."""
     if t.grad_fn is not None:
         t.grad_fn.retain = weakref.ref(t)
+
+
+# --- the autograd methods of Tensor ---------------------------------------------------------------
+
+
+def _tensor_backward(self: Tensor, gradient=None, retain_graph: bool | None = None, create_graph: bool = False,
+                     inputs=None) -> None:
+    """Accumulate d(self)/d(leaf) into every leaf's `.grad` (see `jitorch.autograd.backward`)."""
+    backward(self, gradient, retain_graph, create_graph, inputs)
+
+
+def _tensor_register_hook(self: Tensor, hook):
+    """Call `hook(grad)` when this tensor's gradient is computed; it may return a new grad."""
+    if not self.requires_grad:
+        raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+    if self.grad_fn is not None:
+        return self.grad_fn.register_hook(hook)
+    if self._hooks is None:
+        self._hooks = []
+    self._hooks.append(hook)
+    return _RemovableHandle(self._hooks, hook)
+
+
+def _tensor_retain_grad(self: Tensor) -> None:
+    """Keep this non-leaf tensor's gradient in `.grad` after backward."""
+    if not self.requires_grad:
+        raise RuntimeError("can't retain_grad on a tensor that has requires_grad=False")
+    retain_node_grad(self)
+
+
+Tensor.backward = _tensor_backward
+Tensor.register_hook = _tensor_register_hook
+Tensor.retain_grad = _tensor_retain_grad

@@ -134,7 +134,8 @@ def from_dlpack(ext) -> Tensor:
 
 def _not_traceable(name: str) -> None:
     if trace_state.tracer is not None:
-        from .ir.trace import TraceError, user_source
+        from ._trace_state import user_source
+        from .errors import TraceError
 
         raise TraceError(f"{name} is not supported inside jitorch.compile yet (at {user_source()}); "
                          "draw it outside the compiled function and pass it in")
@@ -211,7 +212,7 @@ def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bo
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    t = uniform(_shape(size), 0.0, 1.0, dtype, generator)
+    t = uniform(_shape(size), 0.0, 1.0, dtype, generator, device)
     if t._value is not None:  # traced inside jitorch.compile
         return t
     return _finish(t._data, device, requires_grad)
@@ -219,7 +220,7 @@ def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = F
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
-    t = normal(_shape(size), 0.0, 1.0, dtype, generator)
+    t = normal(_shape(size), 0.0, 1.0, dtype, generator, device)
     if t._value is not None:  # traced inside jitorch.compile
         return t
     return _finish(t._data, device, requires_grad)
@@ -233,11 +234,12 @@ def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
     if high is None:
         low, high = 0, low
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
-    if trace_state.tracer is not None:  # inside jitorch.compile: from the per-call random stream
-        u = uniform(tuple(size), 0.0, 1.0, _dt.float64, generator)
-        return ((u * (high - low)).floor() + low).to(dtype)
-    data = rng(generator).integers(low, high, size=tuple(size)).astype(dtype.np)
-    return _finish(data, device, requires_grad)
+    if high - low > 2**24 and trace_state.tracer is None:  # beyond what a float32 uniform resolves
+        return _finish(rng(generator).integers(low, high, size=tuple(size)).astype(dtype.np), device, requires_grad)
+    # from uniforms, eagerly as in a compiled function: the same integers for the same seed
+    u = uniform(tuple(size), 0.0, 1.0, _dt.float64, generator, device)
+    out = ((u * (high - low)).floor() + low).to(dtype)
+    return out if out._value is not None else _finish(out._data, device, requires_grad)
 
 
 def randperm(n: int, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -262,11 +264,9 @@ def randint_like(input: Tensor, low, high=None, dtype=None, device=None) -> Tens
 
 def bernoulli(input: Tensor, generator=None) -> Tensor:
     """Samples 1 with probability `input` (elementwise), else 0."""
-    if trace_state.tracer is not None:
-        return (rand_like(input) < input).to(input.dtype)
-    r = rng(generator).random(tuple(input.shape))
-    probs = np.asarray(input._concrete("bernoulli"), dtype=np.float64)
-    return Tensor._make((r < probs).astype(input._data.dtype))
+    # from uniforms, eagerly as in a compiled function: the same draws for the same seed
+    u = uniform(tuple(input.shape), 0.0, 1.0, input.dtype, generator, input.device)
+    return (u.to(input.device) < input).to(input.dtype)
 
 
 def multinomial(input: Tensor, num_samples: int, replacement: bool = False, generator=None) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .backends import has_backend
+
 
 class Device:
     """A device such as `jitorch.device("cpu")`. Instances are interned: compare with `is` or `==`."""
@@ -21,7 +23,7 @@ class Device:
         kind, _, idx = name.partition(":")
         if kind not in ("cpu", "meta", "cuda"):
             raise RuntimeError(f"unknown device {spec!r}; expected 'cpu', 'meta' or 'cuda'")
-        if kind == "cuda":
+        if kind == "cuda" and not has_backend("cuda"):
             # PyTorch built without CUDA says "Torch not compiled with CUDA enabled"
             raise RuntimeError(
                 f"device {name!r} is not available: this version of jitorch has no CUDA device "

@@ -1,29 +1,25 @@
 """`dispatch(prim, inputs, params)`: the one door every op goes through.
 
-Eagerly it runs the primitive's numpy kernel (or, on the meta device, only its shape rule) and, when
-grad mode is on and an input requires grad, records an autograd node. While a function is being
-traced for `jitorch.compile`, the active tracer receives the op instead.
+Eagerly it runs the primitive's kernel from the backend of the inputs' device (`jitorch.backends`:
+numpy on the CPU; on the meta device, only the shape rule) and, when grad mode is on and an input
+requires grad, records an autograd node. While a function is being traced for `jitorch.compile`,
+the active tracer receives the op instead.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import autograd as _ag
 from ._trace_state import trace_state
-from .device import cpu, meta
+from .backends import backend_for
+from .device import cpu
 from .dtypes import FLOAT_DTYPES
+from .errors import BackendError, escaped_error
 from .primitives import VIEW_PRIMS, Prim
 from .tensor import Tensor
 
 _grad_mode = _ag._grad_mode
 _FLOAT_NP = frozenset(d.np for d in FLOAT_DTYPES)
 _new = object.__new__
-
-
-def meta_array(shape, dtype) -> np.ndarray:
-    # A zero-stride stand-in: carries shape and dtype, costs no memory.
-    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 def _device_error(prim: Prim, inputs) -> RuntimeError:
@@ -35,15 +31,20 @@ def _device_error(prim: Prim, inputs) -> RuntimeError:
     )
 
 
-def _check_devices(prim: Prim, inputs) -> None:
-    device = inputs[0]._device
+def common_device(prim: Prim, inputs):
+    """The device an op on `inputs` runs on. They must share one, except that a 0-d CPU tensor may
+    join tensors of another device as a scalar, as in PyTorch (an optimizer's hyperparameters)."""
+    device = None
     for t in inputs:
-        if t._device is not device:
-            raise _device_error(prim, inputs)
         if t._value is not None and trace_state.tracer is None:
-            from .ir.trace import escaped_error
-
             raise escaped_error(t, prim.name)
+        if t._device is cpu and not t._data.shape:
+            continue
+        if device is None:
+            device = t._device
+        elif t._device is not device:
+            raise _device_error(prim, inputs)
+    return device if device is not None else cpu
 
 
 def _explain_failure(prim: Prim, inputs, params, err: Exception) -> Exception:
@@ -59,24 +60,30 @@ def _explain_failure(prim: Prim, inputs, params, err: Exception) -> Exception:
 def dispatch(prim: Prim, inputs: tuple, params: dict):
     """Run primitive `prim` on Tensors `inputs` with static `params`; returns a Tensor."""
     if trace_state.tracer is not None:
-        _check_devices(prim, inputs)
-        return trace_state.tracer.record(prim, inputs, params)
+        return trace_state.tracer.record(prim, inputs, params, common_device(prim, inputs))
     device = inputs[0]._device
     for t in inputs:
         if t._device is not device or t._value is not None:
-            _check_devices(prim, inputs)
+            device = common_device(prim, inputs)
+            break
+    backend = _backends.get(device) or _backend_of(device)
     arrays = [t._data for t in inputs]
-    if device is not cpu:
-        return _dispatch_meta(prim, inputs, arrays, params)
     try:
-        data = prim.impl(*arrays, **params)
+        data = backend.kernels[prim.name](*arrays, **params)
     except (ValueError, IndexError) as err:
         raise _explain_failure(prim, inputs, params, err) from None
-    if type(data) is not np.ndarray:
-        data = np.asarray(data)
+    except KeyError:
+        if prim.name in backend.kernels:
+            raise
+        raise BackendError(f"`{prim.name}` has no kernel on device {device} (inputs "
+                           + ", ".join(f"{tuple(t.shape)} {t.dtype.name}" for t in inputs) + ")") from None
+    if type(data) is not backend.buffer_type:
+        data = backend.as_buffer(data)
     out = _new(Tensor)
     out._data = data
-    if prim.name in VIEW_PRIMS and data.base is not None and np.may_share_memory(data, arrays[0]):
+    if device is not cpu:
+        out._device = device
+    if prim.name in VIEW_PRIMS and backend.is_view_of(data, arrays[0]):
         src = inputs[0]
         out._ver = src._counter()
         out._base = src if src._base is None else src._base
@@ -88,15 +95,14 @@ def dispatch(prim: Prim, inputs: tuple, params: dict):
     return out
 
 
+_backends: dict = {}  # device -> its backend, looked up once
+
+
+def _backend_of(device):
+    backend = _backends[device] = backend_for(device.type)
+    return backend
+
+
 def _record(prim: Prim, inputs: tuple, params: dict, out: Tensor) -> None:
     out.grad_fn = _ag.Node(prim, inputs, params, out)
     out.requires_grad = True
-
-
-def _dispatch_meta(prim: Prim, inputs: tuple, arrays: list, params: dict) -> Tensor:
-    shape, dtype = prim.infer(*arrays, **params)
-    out = Tensor._make(meta_array(shape, dtype))
-    out._device = meta
-    if _grad_mode.enabled and np.dtype(dtype) in _FLOAT_NP and any(t.requires_grad for t in inputs):
-        _record(prim, inputs, params, out)
-    return out

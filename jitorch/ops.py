@@ -14,6 +14,8 @@ import numpy as np
 
 from . import dtypes as _dt
 from ._trace_state import trace_state
+from .backends import backend_for
+from .device import Device, cpu
 from .dispatch import dispatch
 from .primitives import PRIMS, numpy_key
 from .tensor import Tensor, _wrap_dim
@@ -35,12 +37,16 @@ def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
     if dtype is None:
         arr = arr.astype(_dt.get_default_dtype().np) if arr.dtype == np.float64 and not isinstance(
             x, np.ndarray) else arr
-    t = Tensor._make(arr)
-    if like._device is not t._device:
-        from .dispatch import meta_array
+    return _on_device_of(like, arr)
 
-        t = Tensor._make(meta_array(arr.shape, arr.dtype))
-        t._device = like._device
+
+def _on_device_of(like: Tensor, host: np.ndarray) -> Tensor:
+    """A new tensor holding `host` on `like`'s device (while tracing, a constant of the trace)."""
+    device = like._device
+    if device is cpu:
+        return Tensor._make(host)
+    t = Tensor._make(backend_for(device.type).from_numpy(host))
+    t._device = device
     return t
 
 
@@ -416,7 +422,6 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
         elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "meta"):
             device = a
         elif a is not None:
-            from .device import Device
 
             if isinstance(a, Device):
                 device = a
@@ -424,15 +429,13 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
                 dtype = _dt.get_dtype(a)
     out = self
     if device is not None:
-        from .device import Device
 
         device = Device(device)
         if device is not self._device:
             if self._device.type == "meta":
                 raise NotImplementedError("Cannot copy out of meta tensor; it has no data")
-            from .dispatch import meta_array
-
-            out = Tensor._make(meta_array(self._data.shape, self._data.dtype))
+            host = self._backend().to_numpy(self._data)
+            out = Tensor._make(backend_for(device.type).from_numpy(host))
             out._device = device
     if dtype is not None:
         out = _cast(out, _dt.get_dtype(dtype))
@@ -1453,26 +1456,16 @@ def zeros(*shape, dtype=None) -> Tensor:
 
 
 def new_zeros(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Tensor:
-    out = Tensor._make(np.zeros(_shape_arg(size), dtype=(self._data.dtype if dtype is None else
-                                                        _dt.get_dtype(dtype).np)))
-    if self._device is not out._device:
-        out = out.to(self._device)
-    out.requires_grad = requires_grad
-    return out
+    return new_full(self, _shape_arg(size), 0, dtype=dtype, requires_grad=requires_grad)
 
 
 def new_ones(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Tensor:
-    out = new_zeros(self, *size, dtype=dtype)
-    if out._device.type == "cpu":
-        out._data[...] = 1
-    out.requires_grad = requires_grad
-    return out
+    return new_full(self, _shape_arg(size), 1, dtype=dtype, requires_grad=requires_grad)
 
 
 def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
-    out = new_zeros(self, *size, dtype=dtype)
-    if out._device.type == "cpu":
-        out._data[...] = fill_value
+    np_dtype = self._data.dtype if dtype is None else _dt.get_dtype(dtype).np
+    out = _on_device_of(self, np.full(tuple(size), fill_value, dtype=np_dtype))
     out.requires_grad = requires_grad
     return out
 
@@ -1480,7 +1473,7 @@ def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = F
 def new_tensor(self: Tensor, data, dtype=None, requires_grad: bool = False) -> Tensor:
     from .creation import tensor
 
-    return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+    return tensor(data, dtype=dtype or self.dtype, device=self.device, requires_grad=requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1526,14 +1519,14 @@ def uniform_(self: Tensor, a: float = 0.0, b: float = 1.0, generator=None) -> Te
     from .random import uniform
 
     with _no_grad_for_init(self):
-        return self._assign(uniform(self.shape, a, b, self.dtype, generator), False)
+        return self._assign(uniform(self.shape, a, b, self.dtype, generator, self.device).to(self.device), False)
 
 
 def normal_(self: Tensor, mean: float = 0.0, std: float = 1.0, generator=None) -> Tensor:
     from .random import normal
 
     with _no_grad_for_init(self):
-        return self._assign(normal(self.shape, mean, std, self.dtype, generator), False)
+        return self._assign(normal(self.shape, mean, std, self.dtype, generator, self.device).to(self.device), False)
 
 
 def _no_grad_for_init(t: Tensor):

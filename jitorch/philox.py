@@ -174,3 +174,11 @@ def _float_dtype(dtype: DTypeLike) -> np.dtype:
         raise TypeError(f"philox draws float32 or float64, not {dtype}: draw float32 and cast (a cast to a "
                         "narrower float can round a uniform up to 1.0)")
     return dtype
+
+
+def draw(dist: str, seed: int, offsets, dtype) -> np.ndarray:
+    """`uniform` ("uniform") or `normal` ("normal") draws for these counters, as `dtype`: computed in
+    float32 as Triton does, then cast (a float64 draw is the float32 one, on every backend)."""
+    fn = uniform if dist == "uniform" else normal
+    work = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    return fn(seed, offsets, dtype=work).astype(dtype, copy=False)

@@ -101,7 +101,7 @@ def _format_data(data: np.ndarray) -> str:
 def tensor_repr(t) -> str:
     extras = []
     if t._value is not None:
-        from .ir.trace import concrete_value_error
+        from .errors import concrete_value_error
 
         raise concrete_value_error(t, "printing a tensor's values")
     elif t.device.type == "meta":

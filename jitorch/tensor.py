@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import autograd as _ag
 from . import dtypes as _dt
-from ._trace_state import trace_state
+from ._trace_state import grad_mode, trace_state
+from .backends import Backend, backend_for
 from .device import Device, cpu
+from .errors import concrete_value_error
 
 
 class _Counter:
@@ -58,6 +59,10 @@ class Tensor:
 
     def __init__(self, *args, **kwargs) -> None:
         raise TypeError("create tensors with jitorch.tensor(data), jitorch.zeros(shape), ... ")
+
+    def _backend(self) -> Backend:
+        """The backend of this tensor's device: its buffers are that backend's arrays."""
+        return backend_for(self._device.type)
 
     # --- versions -------------------------------------------------------------------------
     def _counter(self) -> _Counter:
@@ -166,11 +171,6 @@ class Tensor:
             )
         self._grad = value
 
-    def backward(self, gradient=None, retain_graph: bool | None = None, create_graph: bool = False,
-                 inputs=None) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's `.grad` (see `jitorch.autograd.backward`)."""
-        _ag.backward(self, gradient, retain_graph, create_graph, inputs)
-
     def detach(self) -> Tensor:
         """A tensor sharing this one's data, cut from the autograd graph."""
         out = Tensor._make(self._data)
@@ -178,9 +178,11 @@ class Tensor:
         out._base = self._base if self._base is not None else self
         out._device = self._device
         if self._value is not None:
-            from .ir.trace import detach_traced
-
-            detach_traced(self, out)
+            tracer = trace_state.tracer
+            if tracer is not None:
+                tracer.detach(self, out)
+            else:
+                out._value = self._value
         return out
 
     def detach_(self) -> Tensor:
@@ -202,23 +204,6 @@ class Tensor:
         self.requires_grad = requires_grad
         return self
 
-    def register_hook(self, hook):
-        """Call `hook(grad)` when this tensor's gradient is computed; it may return a new grad."""
-        if not self.requires_grad:
-            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
-        if self.grad_fn is not None:
-            return self.grad_fn.register_hook(hook)
-        if self._hooks is None:
-            self._hooks = []
-        self._hooks.append(hook)
-        return _ag._RemovableHandle(self._hooks, hook)
-
-    def retain_grad(self) -> None:
-        """Keep this non-leaf tensor's gradient in `.grad` after backward."""
-        if not self.requires_grad:
-            raise RuntimeError("can't retain_grad on a tensor that has requires_grad=False")
-        _ag.retain_node_grad(self)
-
     # --- in place -------------------------------------------------------------------------
     def _alias(self) -> Tensor:
         """The current value of self as a separate graph node, for in-place ops to read from.
@@ -229,7 +214,7 @@ class Tensor:
         # a traced value is immutable (the tracer rebinds self to the result) and a meta tensor has
         # no data to clobber: both can share the buffer; either way the alias has its own version
         shared = self._value is not None or self._device.type == "meta"
-        a = Tensor._make(self._data if shared else np.array(self._data, copy=True), grad_fn=self.grad_fn)
+        a = Tensor._make(self._data if shared else self._backend().copy(self._data), grad_fn=self.grad_fn)
         a.requires_grad = self.requires_grad
         a._device = self._device
         a._value = self._value
@@ -237,7 +222,7 @@ class Tensor:
 
     def _inplace_source(self, *others) -> tuple[Tensor, bool]:
         """Check an in-place op is allowed; return the tensor it should read `self` from."""
-        needs_graph = _ag._grad_mode.enabled and (
+        needs_graph = grad_mode.enabled and (
             self.requires_grad or any(getattr(o, "requires_grad", False) for o in others)
         )
         if not needs_graph:
@@ -286,7 +271,7 @@ class Tensor:
 
     def _write(self, data: np.ndarray) -> None:
         try:
-            np.copyto(self._data, data, casting="unsafe")
+            self._backend().copy_into(self._data, data)
         except ValueError as err:
             raise RuntimeError(
                 f"unsupported in-place operation on a tensor of shape {tuple(self.shape)}: it is an "
@@ -303,12 +288,10 @@ class Tensor:
     # --- conversion -----------------------------------------------------------------------
     def _concrete(self, what: str) -> np.ndarray:
         if self._value is not None:
-            from .ir.trace import concrete_value_error
-
             raise concrete_value_error(self, what)
         if self._device.type == "meta":
             raise RuntimeError(f"{what} needs data, but this tensor is on the meta device (no data)")
-        return self._data
+        return self._backend().to_numpy(self._data)
 
     def numpy(self, force: bool = False) -> np.ndarray:
         """The data as a numpy array sharing memory (fails on a tensor that requires grad)."""
@@ -392,7 +375,7 @@ class Tensor:
         raise TypeError("jitorch tensors are not pickled; use jitorch.save (safetensors) instead")
 
     def __deepcopy__(self, memo):
-        out = Tensor._make(np.array(self._data, copy=True))
+        out = Tensor._make(self._backend().copy(self._data))
         out._device = self._device
         out.requires_grad = self.requires_grad and self.grad_fn is None
         if self.grad is not None:

@@ -1,5 +1,5 @@
 """The CPU kernels that replace numpy above a size threshold (sums through BLAS; the LLVM loops of
-`cpu_helpers`: row max, `where`, relu backward, rows added at indices, erf, im2col and col2im): the op
+`jitorch.backends.cpu.helpers`: row max, `where`, relu backward, rows added at indices, erf, im2col and col2im): the op
 cases use small tensors, so these run them at sizes that take the fast paths and compare with PyTorch.
 And their start-up: no Numba, and a later process takes the compiled loops from the disk cache."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import jitorch as jt
-from jitorch.cpu_helpers import BLAS_SUM_MIN_ELEMENTS
+from jitorch.backends.cpu.helpers import BLAS_SUM_MIN_ELEMENTS
 
 SHAPE = (16, 8, 256)  # 32768 elements: above every threshold here
 assert np.prod(SHAPE) >= BLAS_SUM_MIN_ELEMENTS

@@ -12,7 +12,8 @@ import torch
 
 import jitorch as jt
 import jitorch.nn.functional as F
-from jitorch.codegen import llvm
+from jitorch.backends import backend_for
+from jitorch.backends.cpu import jit
 
 
 def assert_close_at_scale(ours: np.ndarray, theirs: np.ndarray, ulps: int = 32) -> None:
@@ -249,11 +250,11 @@ def test_a_training_step_uses_fused_kernels_and_matches_eager():
 
 
 def test_identical_kernels_are_compiled_once():
-    before = len(llvm._addresses)
+    before = len(jit._addresses)
     kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(3, 4))
-    after_first = len(llvm._addresses)
+    after_first = len(jit._addresses)
     kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(50, 7))  # other sizes: the same function
-    assert after_first == before + 1 and len(llvm._addresses) == after_first
+    assert after_first == before + 1 and len(jit._addresses) == after_first
 
 
 CACHE_SCRIPT = """
@@ -311,12 +312,12 @@ def test_set_num_threads_rejects_nonsense():
 
 
 def test_a_codegen_failure_falls_back_to_eager_kernels_with_a_warning(monkeypatch):
-    from jitorch.ir.interpret import FusionWarning
+    from jitorch.errors import FusionWarning
 
     def broken(kernels):
         raise RuntimeError("LLVM said no")
 
-    monkeypatch.setattr(llvm, "compile_kernels", broken)
+    monkeypatch.setattr(backend_for("cpu"), "compile_kernels", broken)
     f = jt.compile(lambda x: (x * 2 + 1).exp())
     x = jt.randn(4, 5)
     with pytest.warns(FusionWarning, match="LLVM said no"):

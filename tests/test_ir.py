@@ -8,9 +8,9 @@ import pytest
 import jitorch as jt
 from jitorch import dtypes
 from jitorch.ir.graph import Const, Graph, IRError
-from jitorch.ir.interpret import Plan
 from jitorch.ir.joint import split_joint
 from jitorch.ir.passes import cse, dce, fold_constants, optimize, simplify
+from jitorch.runtime.executor import Plan
 
 F32 = dtypes.float32
 

@@ -1,36 +1,25 @@
-"""The CPU backend: fused pointwise kernels as LLVM IR, compiled in-process with llvmlite.
+"""The LLVM renderer: a kernel description (`jitorch.ir.fusion.KernelDesc`) as LLVM IR text.
 
-A `fusion.Kernel` becomes one function that runs a loop nest over the kernel's shape, loads each
-input once per element (a broadcast input once per row), evaluates every node as scalar LLVM
+A kernel becomes one function that runs a loop nest over the kernel's collapsed loop shape, loads
+each input once per element (a broadcast input once per row), evaluates every node as scalar LLVM
 instructions, and stores only the values read outside the kernel. LLVM vectorizes the inner loop.
+Each input passes its strides in elements; its innermost stride is static: 0 when it is broadcast
+along that dim, else 1 (the launcher copies a strided input first).
 
-Before codegen, the kernel's dims are collapsed: adjacent dims merge where every input is either
-full along both or broadcast along both (a (2048, 128) + (128,) bias add is one 2-D loop; a
-same-shape chain is one flat loop). At run time each input is viewed in that collapsed shape (a
-copy only when its layout can't be) and passes its strides in elements; an input's innermost
-stride is static: 0 when it is broadcast along that dim, else 1 (a strided input is copied first).
-
-All kernels of one program are compiled in one LLVM module (one optimization pipeline and one
-machine-code emission for the lot), and an identical module is compiled once per process.
+This module only renders and answers which nodes it can render (`fusible`); compiling the text and
+calling the result is the CPU backend's (`jitorch.backends.cpu`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import math
-import os
-import tempfile
-import threading
 from collections.abc import Callable
 
-import numpy as np
 from llvmlite import ir
 
-from ..ir.fusion import Kernel, is_row_reduction
+from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
 from ..ir.graph import Node, Value
-from . import llvm_math, threads
+from . import llvm_math
 
 # ---------------------------------------------------------------------------------------------
 # types
@@ -228,12 +217,6 @@ def fusible(node: Node) -> bool:
     return node.op in _ANY
 
 
-def worth_a_kernel(kernel: Kernel) -> bool:
-    """Whether a kernel of a single op beats numpy's: when it is large enough to run on several
-    threads (numpy's ufuncs use one)."""
-    return threads.count() > 1 and int(np.prod(kernel.shape)) >= threads.MIN_ELEMENTS
-
-
 def _render(b, node: Node, args: list):
     op = node.op
     table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \
@@ -271,37 +254,6 @@ def _with_math(text: str) -> str:
     kept = [line for line in lines if line not in declared]
     dtypes = sorted({"float" if line.split()[1] == "float" else "double" for line in declared})
     return "\n".join(kept + [llvm_math.math_functions(d) for d in dtypes]) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# dims: the collapsed loop nest of a kernel
-
-
-def _padded(v: Value, ndim: int) -> tuple[int, ...]:
-    return (1,) * (ndim - len(v.shape)) + v.shape
-
-
-def collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], list[tuple[tuple[int, ...], ...]]]:
-    """The kernel's loop shape after merging dims, each input's broadcast flags along it, and the
-    groups of the kernel's dims that each loop dim covers. A row kernel's last dim (the reduced
-    one, longer than 1) stays a loop dim of its own."""
-    shape = kernel.shape
-    ndim = len(shape)
-    dims = [d for d in range(ndim) if shape[d] != 1]
-    padded = [_padded(v, ndim) for v in kernel.inputs]
-
-    def flags(d):
-        return tuple(p[d] == 1 for p in padded)
-
-    groups: list[list[int]] = []
-    for d in dims:
-        if groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1):
-            groups[-1].append(d)
-        else:
-            groups.append([d])
-    loop_shape = tuple(int(np.prod([shape[d] for d in g])) for g in groups)
-    broadcast = [tuple(p[g[0]] == 1 for g in groups) for p in padded]
-    return loop_shape, broadcast, tuple(tuple(g) for g in groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,235 +467,10 @@ class _Operands:
         self._tag(b.store(x, b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty)), k)
 
 
-# ---------------------------------------------------------------------------------------------
-# compiling kernels: one shared JIT engine, a process-wide table of compiled kernels, a disk cache
-#
-# A kernel's code depends on its nodes, dtypes and broadcast pattern, not on its sizes (they are
-# arguments), so the same update of differently shaped parameters, or the same layer twice, is one
-# function. Each distinct function is its own small module, named by the digest of its IR text:
-# compiled once per process, and its machine code is kept on disk for the next process.
-
-_addresses: dict[str, int] = {}  # digest -> function address in the engine
-_engine = None
-_target_machine = None
-
-
-def _machine():
-    global _target_machine
-    if _target_machine is None:
-        import llvmlite.binding as llvm
-
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        target = llvm.Target.from_default_triple()
-        _target_machine = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                                       features=llvm.get_host_cpu_features().flatten(),
-                                                       opt=3, jit=True)
-    return _target_machine
-
-
-def cache_dir() -> str:
-    """Where compiled kernels are kept: per llvmlite version and host CPU (JITORCH_CACHE_DIR moves it)."""
-    import llvmlite
-    import llvmlite.binding as llvm
-
-    root = os.environ.get("JITORCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jitorch")
-    features = hashlib.sha1(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]
-    return os.path.join(root, "llvm", f"llvmlite{llvmlite.__version__}-{llvm.get_host_cpu_name()}-{features}")
-
-
-def _read_cached(digest: str) -> bytes | None:
-    """The cached object code, or None when absent or damaged (a truncated or corrupt file is
-    recompiled: its leading checksum no longer matches)."""
-    if os.environ.get("JITORCH_CACHE", "1") == "0":
-        return None
-    try:
-        with open(os.path.join(cache_dir(), digest + ".o"), "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    checksum, body = data[:32], data[32:]
-    return body if body and hashlib.sha256(body).digest() == checksum else None
-
-
-def _write_cached(digest: str, body: bytes) -> None:
-    """Atomically (temp file, then rename), so a reader never sees half a file; failures only
-    cost a recompile next time."""
-    if os.environ.get("JITORCH_CACHE", "1") == "0":
-        return
-    folder = cache_dir()
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.sha256(body).digest() + body)
-        os.replace(tmp, os.path.join(folder, digest + ".o"))
-    except OSError:
-        pass
-
-
-def _shared_engine():
-    global _engine
-    if _engine is None:
-        import llvmlite.binding as llvm
-
-        _engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine())
-        # only kernel modules (named by their digest) are cached, not the engine's empty first one
-        _engine.set_object_cache(
-            lambda module, body: _is_digest(module.name) and _write_cached(module.name, bytes(body)),
-            lambda module: _read_cached(module.name) if _is_digest(module.name) else None)
-    return _engine
-
-
-def _is_digest(name: str) -> bool:
-    return len(name) == 40 and all(c in "0123456789abcdef" for c in name)
-
-
-def _optimize(module) -> None:
-    import llvmlite.binding as llvm
-
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(_machine(), pto)
-    pb.getModulePassManager().run(module, pb)
-
-
-_compile_lock = threading.Lock()  # LLVM's engine is not safe to grow from two threads at once
-
-
-def ensure_compiled(texts: dict[str, str]) -> None:
-    """Compile the kernels (digest -> IR text of a function named @"kernel") not compiled yet."""
-    if all(d in _addresses for d in texts):
-        return
-    with _compile_lock:
-        _compile_new({d: t for d, t in texts.items() if d not in _addresses})
-
-
-def _compile_new(new: dict[str, str]) -> None:
-    import llvmlite.binding as llvm
-
-    if not new:
-        return
-    engine, tm = _shared_engine(), _machine()
-    for digest, text in new.items():
-        module = llvm.parse_assembly(text.replace('@"kernel"', f'@"{_symbol(digest)}"'))
-        module.name = digest
-        module.triple = tm.triple
-        module.data_layout = str(tm.target_data)
-        if _read_cached(digest) is None:  # a cached one is loaded as machine code: no need to optimize
-            module.verify()
-            _optimize(module)
-        engine.add_module(module)
-    engine.finalize_object()
-    for digest in new:
-        _addresses[digest] = engine.get_function_address(_symbol(digest))
-
-
-def _symbol(digest: str) -> str:
-    return f"jitorch_kernel_{digest[:24]}"
-
-
-_KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-
-
-class CompiledKernel:
-    """A fused kernel ready to run on numpy arrays: `run(inputs) -> outputs`."""
-
-    def __init__(self, kernel: Kernel, loop_shape, broadcast, dim_groups, fn_address: int, text: str = "") -> None:
-        self.kernel = kernel
-        self.name = kernel.name()
-        self.source = "\n".join("; " + line for line in kernel.format().splitlines()) + "\n" + text
-        self.loop_shape = loop_shape
-        self.ndim = len(loop_shape)
-        self.broadcast = broadcast
-        self.fn = _KERNEL_TYPE(fn_address)
-        self.out_dtypes = [v.dtype.np for v in kernel.outputs]
-        self.out_shapes = [v.shape for v in kernel.outputs]
-        self.in_views = [self._view_shape(v, dim_groups) for v in kernel.inputs]
-        self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
-        self.size = int(np.prod(loop_shape))
-        # outputs are ours, C-contiguous: their strides are fixed (a row kernel's row outputs have
-        # one element per row: stride 0 along the row)
-        self.out_strides = []
-        for v in kernel.outputs:
-            per_row = v.shape != kernel.shape
-            dims = loop_shape[:-1] + (1,) if per_row else loop_shape
-            self.out_strides += [0 if per_row and d == self.ndim - 1 else int(np.prod(dims[d + 1:]))
-                                 for d in range(self.ndim)]
-        # a row kernel splits across threads by rows, never inside one
-        self.split_rows = self.ndim >= 2 or not kernel.rows
-
-    def _view_shape(self, v: Value, groups) -> tuple[int, ...]:
-        padded = _padded(v, len(self.kernel.shape))
-        return tuple(int(np.prod([padded[d] for d in g])) for g in groups)
-
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        ndim = self.ndim
-        strides: list[int] = []
-        pointers: list[int] = []
-        keep = []
-        for array, view_shape, bcast in zip(arrays, self.in_views, self.broadcast):
-            view = array.reshape(view_shape) if array.shape != view_shape else array
-            item = view.itemsize
-            if ndim and not bcast[-1] and view.strides[-1] != item:
-                view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
-            keep.append(view)
-            strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
-            pointers.append(view.__array_interface__["data"][0])
-        outs = [np.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
-        pointers += [o.__array_interface__["data"][0] for o in outs]
-        strides += self.out_strides
-        stride_arg = (ctypes.c_int64 * max(len(strides), 1))(*strides)
-        rows = self.loop_shape[0] if ndim else 1
-        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
-        if parts < 2:
-            self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
-            return outs
-        # split the outermost loop dim into one band of rows per thread
-        row_bytes = [strides[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
-        calls = []
-        for part in range(parts):
-            first, last = rows * part // parts, rows * (part + 1) // parts
-            shape = (ctypes.c_int64 * ndim)(last - first, *self.loop_shape[1:])
-            moved = (ctypes.c_void_p * len(pointers))(*[p + first * b for p, b in zip(pointers, row_bytes)])
-            calls.append(functools.partial(self.fn, shape, stride_arg, moved))
-        threads.run_all(calls)
-        return outs
-
-
-
-def kernel_text(kernel: Kernel, loop_shape, broadcast) -> str:
-    """The LLVM IR of one kernel as a module of its own, its function named @"kernel"."""
+def render(desc: KernelDesc) -> str:
+    """The LLVM IR of one kernel as a module of its own, its function named @"kernel":
+    `void kernel(i64* shape, i64* strides, ptr* data)`, strides n_operands x ndim elements,
+    operands the kernel's inputs then its outputs."""
     module = ir.Module(name="kernel")
-    _emit_kernel(module, kernel, "kernel", loop_shape, broadcast)
+    _emit_kernel(module, desc.kernel, "kernel", desc.loop_shape, desc.broadcast)
     return _with_math(str(module))
-
-
-_texts: dict[tuple, tuple[str, str]] = {}  # a kernel's structure -> (digest, IR text)
-
-
-def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
-    """What a kernel's code depends on (ops, params, wiring, dtypes, broadcast pattern) and not its
-    sizes or value ids: kernels with equal structures share one function."""
-    local = {v.id: i for i, v in enumerate(kernel.inputs)}
-    nodes = []
-    for node in kernel.nodes:
-        nodes.append((node.op, node.params_key(), tuple(local[v.id] for v in node.inputs), node.out.dtype.name))
-        local[node.out.id] = len(local)
-    return (tuple(v.dtype.name for v in kernel.inputs), tuple(nodes), tuple(local[v.id] for v in kernel.outputs),
-            tuple(broadcast))
-
-
-def compile_kernels(kernels: list[Kernel]) -> list[CompiledKernel]:
-    """Generate the kernels' code (once per structure) and compile what this process has not."""
-    plans = []
-    for kernel in kernels:
-        loop_shape, broadcast, dim_groups = collapse(kernel)
-        key = _structure(kernel, broadcast)
-        if key not in _texts:
-            text = kernel_text(kernel, loop_shape, broadcast)
-            _texts[key] = (hashlib.sha1(text.encode()).hexdigest(), text)
-        plans.append((kernel, loop_shape, broadcast, dim_groups, *_texts[key]))
-    ensure_compiled({p[4]: p[5] for p in plans})
-    return [CompiledKernel(k, ls, bc, dg, _addresses[digest], text) for k, ls, bc, dg, digest, text in plans]

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 from .. import autograd as _ag
 from .. import logs
 from .._trace_state import trace_state
-from ..ir import interpret
+from ..backends import backend_for
 from ..ir.graph import Value
 from ..ir.joint import prune_inputs, split_joint
 from ..ir.passes import optimize
 from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
 from ..ir.trace import TraceError, TraceInfo, Tracer
+from ..runtime.executor import Plan
 from ..tensor import Tensor
 from .check import run_checked
 from .guards import call_key, diff_keys, free_python_values, module_labels, named_objects
-from .program import CompiledBackward, Program
+from .program import CompiledBackward, Program, program_device
 
 RECOMPILE_LIMIT = 8
 
@@ -257,12 +258,14 @@ class CompiledFunction:
                 tracer.graph.add_output(value, label)
         graph = optimize(tracer.graph)
         prune_inputs(graph)
+        device = program_device(graph)
+        backend = backend_for(device.type if device is not None else "cpu")
         backward = None
         if joint is not None:
             graph, bwd_graph, n_saved = split_joint(graph, n_fwd)
-            backward = CompiledBackward(plan=interpret.Plan(bwd_graph), n_saved=n_saved, out_slots=joint.out_slots,
+            backward = CompiledBackward(plan=Plan(bwd_graph, backend), n_saved=n_saved, out_slots=joint.out_slots,
                                         diff_refs=joint.diff_refs, used=joint.used)
-        program = Program(graph, info, out_treedef, out_consts, backward)
+        program = Program(graph, info, out_treedef, out_consts, backend, backward)
         program.trace_world = world
         if info.python_writes:
             program.one_shot = ("the function writes Python state that a replay would not repeat ("
@@ -306,7 +309,7 @@ class CompiledFunction:
         diff_in += [(t, t) for t in tracer.lifted if t.requires_grad]
         if not diff_in or any(o.grad_fn.inputs is None for o, _ in diff_out):
             return None  # no differentiable input, or the function already ran backward itself
-        cots = [tracer.input(o.shape, o.dtype, "cotangent", f"d(out{p})") for o, p in diff_out]
+        cots = [tracer.input(o.shape, o.dtype, "cotangent", f"d(out{p})", o._device) for o, p in diff_out]
         try:
             grads = _ag.grad([o for o, _ in diff_out], [t for t, _ in diff_in], cots, allow_unused=True)
         except RuntimeError as err:
@@ -393,3 +396,4 @@ class CompiledModule:
 
     def __repr__(self) -> str:
         return f"Compiled({self._module!r})"
+

@@ -31,18 +31,18 @@ def run_checked(program: Program, fn: Callable, name: str, args: tuple, kwargs: 
     state = _snapshot(program, leaves)
     rng_state = default_generator.get_state()
     inputs = program.inputs(leaves)
-    frozen = [np.array(a, copy=True) for a in inputs]
+    frozen = [program.backend.copy(a) for a in inputs]
     record: dict = {}
     compiled_out = program.run(leaves, record, inputs, kernels=kernels)
     compiled_state = {label: value for label, (_, value) in _snapshot(program, leaves).items()}
-    compiled_new = _arrays(world.new_tensors()) if world is not None else {}
+    compiled_new = _host_copies(world.new_tensors()) if world is not None else {}
     _restore(state)
     if world is not None:
         world.restore()  # undo the trace's Python writes: the eager run makes its own
     default_generator.set_state(rng_state)
     eager_out = fn(*args, **kwargs)
     eager_state = {label: value for label, (_, value) in _snapshot(program, leaves).items()}
-    eager_new = _arrays(world.new_tensors()) if world is not None else {}
+    eager_new = _host_copies(world.new_tensors()) if world is not None else {}
     problems = _compare(flatten(compiled_out)[0], flatten(eager_out)[0], "output")
     for what, compiled, eager in (("state", compiled_state, eager_state), ("new state", compiled_new, eager_new)):
         for label in sorted(compiled.keys() | eager.keys()):
@@ -52,51 +52,59 @@ def run_checked(program: Program, fn: Callable, name: str, args: tuple, kwargs: 
                 problems += _compare([compiled[label]], [eager[label]], f"{what} {label}")
     if problems:
         node = _first_diverging_node(program, frozen, record)
-        randomness = (" The function draws random numbers, which compiled and eager runs draw differently: "
-                      "check it with dropout off (model.eval())." if program.draws_random else "")
         raise CompileCheckError(
             f"jitorch.compile({name}, mode='check'): compiled and eager differ: "
-            + "; ".join(problems) + (f". First diverging IR node: {node}" if node else "") + randomness
+            + "; ".join(problems) + (f". First diverging IR node: {node}" if node else "")
         )
     return eager_out
 
 
 def _snapshot(program: Program, leaves: list) -> dict:
-    """Copies of everything the program reads or writes: {label: (where it lives, array)}; a grad
-    lives at ("grad", p) and may be None."""
+    """Host copies of everything the program reads or writes: {label: (where it lives, array)}; a
+    grad lives at ("grad", p) and may be None."""
     state = {}
     info = program.info
     for i in program.graph.inputs:
         if i.kind == "lifted":
-            state[i.label] = (i.ref, np.array(i.ref._data, copy=True))
+            state[i.label] = (i.ref, _host_copy(i.ref))
     for t, _ in info.writes:
-        state.setdefault(program.label(t), (t, np.array(t._data, copy=True)))
+        state.setdefault(program.label(t), (t, _host_copy(t)))
     for p, _ in info.grad_writes + [(p, None) for p, _ in info.grad_had]:
         g = p._grad
-        state.setdefault(program.label(p) + ".grad", (("grad", p), None if g is None else np.array(g._data)))
+        state.setdefault(program.label(p) + ".grad", (("grad", p), None if g is None else _host_copy(g)))
     for i, _ in info.arg_writes:
-        state.setdefault(f"arg{i}", (leaves[i], np.array(leaves[i]._data, copy=True)))
+        state.setdefault(f"arg{i}", (leaves[i], _host_copy(leaves[i])))
     return state
 
 
-def _arrays(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    return {name: np.array(t._data, copy=True) for name, t in tensors.items()}
+def _host_copy(t: Tensor) -> np.ndarray:
+    return np.array(t._backend().to_numpy(t._data), copy=True)
+
+
+def _host_copies(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    return {name: _host_copy(t) for name, t in tensors.items()}
 
 
 def _restore(state: dict) -> None:
     for target, value in state.values():
         if isinstance(target, tuple):
-            target[1]._grad = None if value is None else Tensor._make(np.array(value, copy=True))
+            p = target[1]
+            if value is None:
+                p._grad = None
+            else:
+                p._grad = Tensor._make(p._backend().from_numpy(np.array(value, copy=True)))
+                p._grad._device = p._device
         else:
-            np.copyto(target._data, value)
+            backend = target._backend()
+            backend.copy_into(target._data, backend.from_numpy(value))
             target._bump_version()
 
 
 def _compare(compiled: list, eager: list, what: str, rtol: float = 1e-4) -> list[str]:
     problems = []
     for i, (a, b) in enumerate(zip(compiled, eager)):
-        a = a._data if isinstance(a, Tensor) else a
-        b = b._data if isinstance(b, Tensor) else b
+        a = a._backend().to_numpy(a._data) if isinstance(a, Tensor) else a
+        b = b._backend().to_numpy(b._data) if isinstance(b, Tensor) else b
         if a is None or b is None:
             if (a is None) != (b is None):
                 problems.append(f"{what} {i}: one side is None")

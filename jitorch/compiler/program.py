@@ -19,13 +19,14 @@ import numpy as np
 from .. import autograd as _ag
 from .._trace_state import ModuleChanges
 from ..autograd import Node as AutogradNode
-from ..ir import interpret
+from ..backends import Backend
 from ..ir.graph import Graph
 from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
 from ..ir.trace import TraceInfo
-from ..primitives import Prim
+from ..primitives import Prim, PrimKind
 from ..random import default_generator
+from ..runtime.executor import Plan
 from ..tensor import Tensor
 from .guards import describe_guard
 
@@ -34,7 +35,7 @@ from .guards import describe_guard
 class CompiledBackward:
     """The backward half of a program's traced graph, run when autograd differentiates its outputs."""
 
-    plan: interpret.Plan  # inputs: the saved forward values, then a cotangent per differentiable output
+    plan: Plan  # inputs: the saved forward values, then a cotangent per differentiable output
     n_saved: int  # how many values the forward saves for it (its last outputs)
     out_slots: list[int]  # the forward's output slot of each differentiable output
     diff_refs: list  # each differentiable input: its argument's leaf index, or the lifted tensor itself
@@ -50,13 +51,22 @@ class _LiftedGuard(NamedTuple):
     requires_grad: bool
 
 
+def program_device(graph: Graph):
+    """The device a program runs on: its tensor inputs' (all on one, as eager ops require, but for
+    CPU scalars such as an optimizer's hyperparameters), or None when it reads no tensor."""
+    devices = [i.ref._device for i in graph.inputs if isinstance(i.ref, Tensor)]
+    return next((d for d in devices if d.type != "cpu"), devices[0] if devices else None)
+
+
 class Program:
     """A traced, optimized graph plus what the runtime reads, writes back and checks."""
 
-    def __init__(self, graph: Graph, info: TraceInfo, out_treedef, out_consts: list,
+    def __init__(self, graph: Graph, info: TraceInfo, out_treedef, out_consts: list, backend: Backend,
                  backward: CompiledBackward | None = None) -> None:
         self.graph = graph
-        self.plan = interpret.Plan(graph)
+        self.backend = backend
+        self.device = program_device(graph)
+        self.plan = Plan(graph, backend)
         self.info = info
         self.out_treedef = out_treedef
         self.out_consts = out_consts
@@ -132,8 +142,10 @@ class Program:
                 arrays.append(ref._data)
             elif kind == "grad":
                 arrays.append(ref._grad._data)
-            else:  # the seed of this call's random numbers, drawn from the global generator
-                arrays.append(np.asarray(default_generator._rng.integers(2**62), dtype=np.int64))
+            else:  # this call's random numbers: the seed, and the counters eager draws would take
+                seed = (default_generator.initial_seed() + 2**63) % 2**64 - 2**63  # its 64 bits as an int64
+                state = np.array([seed, default_generator.take(self.info.random_count)], dtype=np.int64)
+                arrays.append(self.backend.from_numpy(state))
         return arrays
 
     @property
@@ -144,7 +156,7 @@ class Program:
             rerun: Callable[[], object] | None = None, kernels: dict[str, Callable] | None = None):
         """Execute on the current arguments and state; write back; return the user's outputs.
         `rerun` calls the function again eagerly: double backward differentiates that. `record` and
-        `kernels` are the executor's (see `interpret.Plan.run`)."""
+        `kernels` are the executor's (see `Plan.run`)."""
         if inputs is None:
             inputs = self.inputs(leaves)
         results = self.plan.run(inputs, record, kernels)
@@ -158,7 +170,7 @@ class Program:
                 inp = self.passthrough[slot]
                 outs.append(leaves[inp.ref] if inp.kind == "arg" else inp.ref)
             else:
-                outs.append(Tensor._make(_writable(results[slot])))
+                outs.append(self._tensor(results[slot]))
         if self.backward is not None and _ag._grad_mode.enabled:
             self._attach_backward(leaves, outs, results, rerun)
         return unflatten(self.out_treedef, outs)
@@ -172,16 +184,28 @@ class Program:
         targets += [(ref(), slot) for ref, slot in info.born_writes if ref() is not None]
         targets += [(leaves[i], slot) for i, slot in info.arg_writes]
         # results may be views of inputs that are about to be overwritten: copy those first
-        staged = [(t, _owned(results[slot], input_ids)) for t, slot in targets]
+        staged = [(t, self._owned(results[slot], input_ids)) for t, slot in targets]
         for t, value in staged:
-            np.copyto(t._data, value, casting="unsafe")
+            self.backend.copy_into(t._data, value)
             t._bump_version()
         for p, slot in info.grad_writes:
-            p._grad = None if slot is None else Tensor._make(_owned(results[slot], input_ids))
+            p._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
         for ref, slot in info.escaped:
             t = ref()
             if t is not None:  # a traced value the function stored away becomes a real tensor
-                t._data, t._value, t._base, t.grad_fn = _owned(results[slot], input_ids), None, None, None
+                t._data, t._value, t._base, t.grad_fn = self._owned(results[slot], input_ids), None, None, None
+                t._device = self.device or t._device
+
+    def _tensor(self, data) -> Tensor:
+        """A result as a tensor of the program's device, owning its buffer."""
+        t = Tensor._make(data if self.backend.owns_buffer(data) else self.backend.copy(data))
+        if self.device is not None:
+            t._device = self.device
+        return t
+
+    def _owned(self, data, input_ids: set):
+        backend = self.backend
+        return data if backend.owns_buffer(data) and id(data) not in input_ids else backend.copy(data)
 
     def _attach_backward(self, leaves: list, outs: list, results: list, rerun) -> None:
         backward = self.backward
@@ -196,20 +220,10 @@ class Program:
             out = outs[user_slots.index(slot)]
             if slot in self.passthrough:
                 continue  # an input returned as is keeps its own autograd identity
-            prim = _backward_prim(backward.plan, saved, k, shapes, backward.used,
-                                  functools.partial(double, user_slots.index(slot)))
-            out.grad_fn = AutogradNode(prim, diff_inputs, {}, out)
+            vjp = _backward_vjp(backward.plan, saved, k, shapes, backward.used,
+                                functools.partial(double, user_slots.index(slot)))
+            out.grad_fn = AutogradNode(_COMPILED_BACKWARD, diff_inputs, {}, out, vjp=vjp)
             out.requires_grad = True
-
-
-def _writable(a: np.ndarray) -> np.ndarray:
-    return a if a.flags.writeable else np.array(a, copy=True)
-
-
-def _owned(a: np.ndarray, input_ids: set) -> np.ndarray:
-    if a.base is None and a.flags.writeable and id(a) not in input_ids:
-        return a
-    return np.array(a, copy=True)
 
 
 class _DoubleBackward:
@@ -242,18 +256,30 @@ class _DoubleBackward:
         return tuple(next(it) if u else None for u in used)
 
 
-def _backward_prim(plan: interpret.Plan, saved: list, k: int, outs: list, used: list[bool],
-                   double: Callable) -> Prim:
-    """An autograd 'primitive' whose vjp runs the compiled backward graph for output k; `used` says
-    which differentiable inputs get a gradient (the graph computes only those). Under
-    `create_graph=True` the vjp is `double`'s, which keeps a graph."""
+_COMPILED_BACKWARD = Prim("compiled_backward", PrimKind.EXTERN, None)  # the node type of those outputs
+
+
+def _backward_vjp(plan: Plan, saved: list, k: int, outs: list, used: list[bool], double: Callable) -> Callable:
+    """The vjp of output k: runs the compiled backward graph; `used` says which differentiable
+    inputs get a gradient (the graph computes only those). Under `create_graph=True` it is
+    `double`'s, which keeps a graph."""
 
     def vjp(g: Tensor, node):
         if _ag._grad_mode.enabled:  # backward with create_graph=True
             return double(g, used)
-        cots = [np.zeros_like(o) for o in outs]
-        cots[k] = np.asarray(g._data, dtype=outs[k].dtype)
+        backend = plan.backend
+        cots = []
+        for o in outs:
+            cot = backend.empty(o.shape, o.dtype)
+            backend.copy_into(cot, g._data if len(cots) == k else backend.from_numpy(np.zeros((), o.dtype)))
+            cots.append(cot)
         grads = iter(plan.run(list(saved) + cots))
-        return tuple(Tensor._make(np.array(next(grads), copy=True)) if u else None for u in used)
+        return tuple(_grad(backend.copy(next(grads)), t) if u else None for u, t in zip(used, node.inputs))
 
-    return Prim("compiled_backward", "extern", None, None, vjp)
+    return vjp
+
+
+def _grad(data, like: Tensor) -> Tensor:
+    g = Tensor._make(data)
+    g._device = like._device
+    return g

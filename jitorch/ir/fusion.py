@@ -10,6 +10,11 @@ variance, normalize) or cross_entropy's log-sum-exp is one kernel, and a row sta
 leaves it unless something outside reads it. The backend runs it row by row, one pass over the row
 per chain of reductions (`level`).
 
+What a backend gets is a `KernelDesc` (`describe`): the kernel's nodes, its loop nest after
+collapsing dims, each input's broadcast pattern along it, and a structure key under which kernels
+that differ only in sizes share one compiled function. The backend answers the capability
+questions (`can_fuse`, `worth_a_kernel`) that `partition` asks; it knows nothing of this grouping.
+
 The grouping is greedy in execution order, with the few newest kernels of each shape open. A node
 joins the newest open kernel of its shape that it reads something of (a value the kernel makes or
 reads) when each of its inputs is either made inside that kernel or defined before the kernel's
@@ -25,7 +30,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..primitives import PRIMS
+from ..primitives import PRIMS, PrimKind
 from .graph import Graph, Node, Value, format_node
 
 MAX_NODES_PER_KERNEL = 96  # a bound on one kernel's compile time, not on its speed
@@ -67,6 +72,71 @@ class Kernel:
         ops = [n.op for n in self.nodes]
         core = "_".join(dict.fromkeys(ops))[:48]
         return f"fused_{core}_{'x'.join(map(str, self.shape)) or 'scalar'}"
+
+
+@dataclass(eq=False)
+class KernelDesc:
+    """A kernel as a backend renders it: `loop_shape` is the kernel's shape with adjacent dims
+    merged where every input is full along both or broadcast along both; `broadcast[k][d]` says
+    input k is broadcast along loop dim d; `dim_groups[d]` lists the kernel dims loop dim d covers
+    (an input is viewed in the loop shape through them). `key` is what the code depends on (ops,
+    params, wiring, dtypes, broadcast pattern) and not sizes or value ids."""
+
+    kernel: Kernel
+    loop_shape: tuple[int, ...]
+    broadcast: list[tuple[bool, ...]]
+    dim_groups: tuple[tuple[int, ...], ...]
+    key: tuple
+
+    @property
+    def name(self) -> str:
+        return self.kernel.name()
+
+    def view_shape(self, v: Value) -> tuple[int, ...]:
+        """The shape in which input `v` is read: its dims merged as the loop's are."""
+        padded = _padded(v, len(self.kernel.shape))
+        return tuple(math.prod(padded[d] for d in group) for group in self.dim_groups)
+
+
+def describe(kernel: Kernel) -> KernelDesc:
+    loop_shape, broadcast, dim_groups = _collapse(kernel)
+    return KernelDesc(kernel, loop_shape, broadcast, dim_groups, _structure(kernel, broadcast))
+
+
+def _padded(v: Value, ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - len(v.shape)) + v.shape
+
+
+def _collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], tuple[tuple[int, ...], ...]]:
+    """The kernel's loop shape after merging dims, each input's broadcast flags along it, and the
+    groups of the kernel's dims that each loop dim covers. A row kernel's last dim (the reduced
+    one, longer than 1) stays a loop dim of its own."""
+    shape = kernel.shape
+    ndim = len(shape)
+    padded = [_padded(v, ndim) for v in kernel.inputs]
+
+    def flags(d):
+        return tuple(p[d] == 1 for p in padded)
+
+    groups: list[list[int]] = []
+    for d in (d for d in range(ndim) if shape[d] != 1):
+        if groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    loop_shape = tuple(math.prod(shape[d] for d in g) for g in groups)
+    broadcast = [tuple(p[g[0]] == 1 for g in groups) for p in padded]
+    return loop_shape, broadcast, tuple(tuple(g) for g in groups)
+
+
+def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
+    local = {v.id: i for i, v in enumerate(kernel.inputs)}
+    nodes = []
+    for node in kernel.nodes:
+        nodes.append((node.op, node.params_key(), tuple(local[v.id] for v in node.inputs), node.out.dtype.name))
+        local[node.out.id] = len(local)
+    return (tuple(v.dtype.name for v in kernel.inputs), tuple(nodes), tuple(local[v.id] for v in kernel.outputs),
+            tuple(broadcast), kernel.rows)
 
 
 def is_row_reduction(node: Node) -> bool:
@@ -152,7 +222,7 @@ def _is_const(v: Value) -> bool:
 
 
 def _is_reduce(node: Node) -> bool:
-    return node.op != "const" and PRIMS[node.op].kind == "reduce"
+    return node.op != "const" and PRIMS[node.op].kind is PrimKind.REDUCE
 
 
 def _scalars_first(graph: Graph) -> list[Node]:

@@ -19,6 +19,12 @@ _SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf1
           "int64": "i64", "bool": "bool"}
 
 
+
+def abstract_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A stand-in for a value of this shape and dtype with no data: zero strides, no memory (a
+    traced tensor's `_data`, a meta tensor's)."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
 class Value:
     """An SSA value: shape, dtype, and the node that defines it (None for graph inputs)."""
 

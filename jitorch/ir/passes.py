@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..primitives import PRIMS
 from .graph import Const, Graph, IRError, Node, Value
 
 # A folded constant larger than this stays a computation: baking big arrays bloats the graph.
@@ -71,17 +70,29 @@ def _const_array(v: Value) -> np.ndarray | None:
     return node.params["value"].array if node is not None and node.op == "const" else None
 
 
+# Constants are host (numpy) arrays; the kernels that evaluate them are a backend's, handed over by
+# `use_constant_kernels` (the CPU backend does, when it loads): this package imports no backend.
+_constant_kernels: dict[str, Callable] = {}
+
+
+def use_constant_kernels(kernels: dict[str, Callable]) -> None:
+    global _constant_kernels
+    _constant_kernels = kernels
+
+
 def fold_constants(graph: Graph) -> bool:
     """Evaluate nodes whose inputs are all constants (small results only)."""
     changed = False
     for node in graph.nodes:
+        if node.op not in _constant_kernels:
+            continue
         if node.op in ("const", "random") or not node.inputs:
             continue
         arrays = [_const_array(v) for v in node.inputs]
         if any(a is None for a in arrays) or int(np.prod(node.out.shape)) > FOLD_LIMIT:
             continue
         with np.errstate(all="ignore"):
-            result = np.asarray(PRIMS[node.op].impl(*arrays, **node.params))
+            result = np.asarray(_constant_kernels[node.op](*arrays, **node.params))
         node.op, node.inputs, node.params = "const", (), {"value": Const(result)}
         changed = True
     return changed

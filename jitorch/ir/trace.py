@@ -17,8 +17,7 @@
 from __future__ import annotations
 
 import gc
-import os
-import sys
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,77 +26,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dtypes as _dt
-from .._trace_state import trace_state
+from .._trace_state import trace_state, user_source
 from ..autograd import Node as AutogradNode
 from ..autograd import _grad_mode, no_grad
 from ..dispatch import dispatch as dispatch_prim
-from ..dispatch import meta_array
+from ..errors import TraceError
 from ..primitives import PRIMS, VIEW_PRIMS
 from ..tensor import Tensor
-from .graph import Const, Graph, Value
-
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class TraceError(RuntimeError):
-    """A function being compiled needed something tracing cannot give (a concrete value, ...)."""
-
-
-def user_source() -> str:
-    """`file:line (function)` of the innermost frame outside the jitorch package; for ops of a
-    backward pass, the line of the forward op they differentiate."""
-    if trace_state.vjp_source is not None:
-        return trace_state.vjp_source
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        inside = _INSIDE.get(code.co_filename)
-        if inside is None:
-            inside = _INSIDE[code.co_filename] = os.path.abspath(code.co_filename).startswith(_PKG_DIR)
-        if not inside:
-            return f"{_short_path(code.co_filename)}:{frame.f_lineno} ({code.co_name})"
-        frame = frame.f_back
-    return ""
-
-
-_INSIDE: dict[str, bool] = {}  # file name -> whether it belongs to the jitorch package
-
-
-def _short_path(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return rel if not rel.startswith("..") else filename
-
-
-def concrete_value_error(t: Tensor, what: str) -> TraceError:
-    where = user_source()
-    return TraceError(
-        f"{what} needs a concrete value, but inside jitorch.compile this tensor (shape "
-        f"{tuple(t.shape)}, {t.dtype.name}) is traced and has no value yet. At {where}. "
-        "Compute the value outside the compiled function or return it as an output; replace Python "
-        "`if`/`while` on tensors with jitorch.where; for print-debugging use jitorch.compile(fn, "
-        "mode='eager'); or pass fallback='eager' to run this function eagerly."
-    )
-
-
-def escaped_error(t: Tensor, op: str) -> RuntimeError:
-    return TraceError(
-        f"`{op}` got a traced tensor (shape {tuple(t.shape)}) outside the function that traced it: a "
-        "value from inside jitorch.compile was stored somewhere (a global, a module attribute) and used "
-        "later. Return it from the compiled function instead."
-    )
-
-
-def detach_traced(src: Tensor, out: Tensor) -> None:
-    """A detached traced tensor is the same value without autograd history: a view of src's base
-    through src's own view ops (none when src is not a view), so writes to either reach the other."""
-    out._value = src._value
-    out._contig = src._contig
-    view = src._view
-    out._view = _View(view.chain, view.uncertain) if view is not None else _View((), False)
-    out._view.seen = out._version_value()
+from .graph import Const, Graph, Value, abstract_array
 
 
 class _View:
@@ -150,8 +86,9 @@ def _unview(prim, params: dict, source: Tensor, written: Tensor) -> Tensor:
         "is an expanded view where several elements share one memory location. Use .clone() first.")
 
 
-def _traced(value: Value, contiguous: bool = True) -> Tensor:
-    t = Tensor._make(meta_array(value.shape, value.dtype.np))
+def _traced(value: Value, device, contiguous: bool = True) -> Tensor:
+    t = Tensor._make(abstract_array(value.shape, value.dtype.np))
+    t._device = device
     t._value = value
     t._contig = contiguous  # whether eagerly this value would be a C-contiguous array
     tracer = trace_state.tracer
@@ -259,6 +196,7 @@ class TraceInfo:
     grad_had: list[tuple[Tensor, bool]]  # (p, whether p.grad was a tensor): the trace depends on it
     python_guards: list[PythonGuard]  # the Python values the trace read
     module_guards: list[_ModuleGuard]  # the modules whose forward ran, and what each baked in
+    random_count: int  # random counters a call takes from the generator (one per element drawn)
     # filled in once the trace is over: (traced tensor the function stored away, slot), each made a
     # real tensor after every call (see `release`), and the Python state the trace wrote
     escaped: list[tuple[weakref.ref, int]] = field(default_factory=list)
@@ -279,7 +217,7 @@ class Tracer:
         self.python_guards: dict[tuple, tuple] = {}  # see note_python_value
         self.rng: Value | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
-        self.n_random = 0
+        self.n_random = 0  # random counters the traced function takes per call
         self.born_mark = object()  # tensors made during this trace carry it (Tensor._make)
 
     # --- activation ---------------------------------------------------------------------
@@ -329,16 +267,26 @@ class Tracer:
     def arg(self, t: Tensor, label: str, index: int) -> Tensor:
         """A traced stand-in for tensor argument number `index` (in the flattened arguments)."""
         v = self.graph.add_input(t.shape, t.dtype, "arg", label, ref=index)
-        out = _traced(v, bool(t._data.flags.c_contiguous))
+        out = _traced(v, t._device, bool(t._data.flags.c_contiguous))
         out.requires_grad = t.requires_grad
         out._arg_input = v
         return out
 
-    def input(self, shape, dtype: _dt.DType, kind: str, label: str, ref: object = None) -> Tensor:
-        return _traced(self.graph.add_input(shape, dtype, kind, label, ref))
+    def input(self, shape, dtype: _dt.DType, kind: str, label: str, device, ref: object = None) -> Tensor:
+        return _traced(self.graph.add_input(shape, dtype, kind, label, ref), device)
+
+    def detach(self, src: Tensor, out: Tensor) -> None:
+        """`src.detach()` while tracing: the same value without autograd history, and a view of src's
+        base through src's own view ops (none when src is not a view), so writes to either reach
+        the other."""
+        out._value = src._value
+        out._contig = src._contig
+        view = src._view
+        out._view = _View(view.chain, view.uncertain) if view is not None else _View((), False)
+        out._view.seen = out._version_value()
 
     # --- recording ----------------------------------------------------------------------
-    def record(self, prim, inputs: tuple, params: dict) -> Tensor:
+    def record(self, prim, inputs: tuple, params: dict, device) -> Tensor:
         """Append one primitive application; return its traced output."""
         values = tuple(self.value_of(t) for t in inputs)
         try:
@@ -350,9 +298,9 @@ class Tracer:
         view = _view_of(prim, inputs[0], params) if prim.name in VIEW_PRIMS else None
         if view is None:
             # numpy keeps C order when every full-size operand has it (broadcast operands don't count)
-            out = _traced(value, all(_is_contiguous(t) for t in inputs if t._data.shape == shape))
+            out = _traced(value, device, all(_is_contiguous(t) for t in inputs if t._data.shape == shape))
         else:
-            out = _traced(value, prim.name == "reshape" and _is_contiguous(inputs[0]))
+            out = _traced(value, device, prim.name == "reshape" and _is_contiguous(inputs[0]))
             out._base, out._view = view
             out._ver = out._base._counter()  # a view shares its base's version counter, as eagerly
             out._view.seen = out._version_value()
@@ -361,13 +309,13 @@ class Tracer:
             out.requires_grad = True
         return out
 
-    def random(self, shape, dtype: _dt.DType, dist: str) -> Tensor:
+    def random(self, shape, dtype: _dt.DType, dist: str, device) -> Tensor:
         """A random tensor drawn from the call's seed (a graph input), so each call draws anew."""
-        if self.rng is None:
-            self.rng = self.graph.add_input((), _dt.int64, "rng", "seed")
-        params = {"shape": tuple(shape), "dtype": dtype, "dist": dist, "index": self.n_random}
-        self.n_random += 1
-        return _traced(self.graph.add_node("random", (self.rng,), params, tuple(shape), dtype, user_source()))
+        if self.rng is None:  # (seed, first counter) of this call's draws, taken from the generator
+            self.rng = self.graph.add_input((2,), _dt.int64, "rng", "seed")
+        params = {"shape": tuple(shape), "dtype": dtype, "dist": dist, "offset": self.n_random}
+        self.n_random += math.prod(shape)  # counters taken: one per element, in the order eager takes them
+        return _traced(self.graph.add_node("random", (self.rng,), params, tuple(shape), dtype, user_source()), device)
 
     def assign(self, target: Tensor, result: Tensor) -> None:
         """An in-place write: from now on `target` reads as `result`; a view's base reads as the
@@ -436,7 +384,8 @@ class Tracer:
         slot = self.grads.get(id(p))
         if slot is None:  # first touch is a read: the graph takes the grad as an input (or None, guarded)
             g = p._grad
-            initial = None if g is None else self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", ref=p)
+            initial = None if g is None else self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", p._device,
+                                                        ref=p)
             slot = self.grads[id(p)] = _GradSlot(p, initial, initial, guarded=True)
         return slot.current
 
@@ -499,7 +448,7 @@ class Tracer:
                          grad_writes=grad_writes,
                          grad_had=[(s.p, s.initial is not None) for s in self.grads.values() if s.guarded],
                          python_guards=[PythonGuard(*entry) for entry in self.python_guards.values()],
-                         module_guards=list(self.modules.values()))
+                         module_guards=list(self.modules.values()), random_count=self.n_random)
 
     def release(self) -> list[Tensor]:
         """Drop references (after finish) and return the traced tensors still alive: values the

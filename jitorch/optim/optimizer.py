@@ -60,7 +60,8 @@ class ParamGroup(dict):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if trace_state.tracer is not None:
-            from ..ir.trace import TraceError, user_source
+            from .._trace_state import user_source
+            from ..errors import TraceError
 
             # a trace would keep this write's value as a constant, replayed unchanged every call
             raise TraceError(

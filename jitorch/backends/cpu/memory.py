@@ -5,10 +5,12 @@ few activation-sized buffers (hundreds of KB to tens of MB) over and over. glibc
 large from mmap and gives them back to the kernel on free (or trims the heap top), so each new
 buffer is fresh pages, and the first write to each 4 KB page is a page fault: a GEMM writing a
 4 MB output spends more time faulting than multiplying. PyTorch avoids this with its allocator;
-jitorch asks glibc to behave like a caching allocator: serve blocks up to 32 MB from the heap and
-keep freed memory there. The cost is the usual one of a caching allocator: the process keeps its
-peak heap size. `JITORCH_MALLOC_TUNING=0` (read at import) leaves glibc's defaults alone; running
-`bench/train.py` with and without it measures the difference.
+`tune_malloc()` asks glibc to behave like a caching allocator: serve blocks up to 32 MB from the
+heap and keep freed memory there. The cost is the usual one of a caching allocator: the process
+keeps its peak heap size. It changes a process-wide setting, so a library must not do it on its
+own: it is opt-in, by calling it or with `JITORCH_MALLOC_TUNING=1` (read at import). Compiled
+programs need it less: their fused kernels write into buffers planned once per program
+(`jitorch.runtime.executor`). `bench/train.py --malloc-tuning` measures the difference.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ _TRIM_THRESHOLD = 2**31 - 1  # a C int: give the heap top back only past 2 GB of
 malloc_tuned = False
 
 
+def tune_malloc_if_requested() -> bool:
+    """`tune_malloc()` when the environment asks for it (`JITORCH_MALLOC_TUNING=1`)."""
+    return tune_malloc() if os.environ.get("JITORCH_MALLOC_TUNING", "0") == "1" else malloc_tuned
+
+
 def tune_malloc() -> bool:
     """Apply the heap settings above; returns whether they took effect (glibc on Linux only)."""
     global malloc_tuned
-    if malloc_tuned or os.environ.get("JITORCH_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if malloc_tuned or not sys.platform.startswith("linux"):
         return malloc_tuned
     try:
         mallopt = ctypes.CDLL(None).mallopt

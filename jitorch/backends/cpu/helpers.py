@@ -1,7 +1,7 @@
 """Fixed CPU helper kernels that numpy lacks or runs slowly: sums through BLAS, and a few loops
 (`where`'s select, relu's backward, the max of each row, rows added at indices, erf, and im2col /
 col2im for convolutions) written as LLVM IR and compiled by the engine that compiles the fused
-kernels (`codegen/llvm.py`).
+kernels (`jit.py`).
 
 Each loop compiles on its first call for each element type, and the engine keeps the machine code
 on disk (~/.cache/jitorch, or JITORCH_CACHE_DIR), where the next process finds it: a process's first
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from ...codegen import llvm_math
+from . import jit
 
 # ---------------------------------------------------------------------------------------------
 # loops as LLVM IR
@@ -75,13 +77,10 @@ def _compile(params: str, loops: list[_Loop], body: str, argtypes: tuple, setup:
     """Compile a function of `params` that runs `setup` (e.g. allocas) and then the loop nest,
     callable from Python with ints (pointers and sizes); `extra` holds more definitions the IR
     calls, such as math helpers."""
-    from .codegen import llvm
-
     text = (f'define void @"kernel"({params}) {{\nentry:\n{setup.strip(chr(10))}\n{_loop_nest(loops, body)}\n}}\n'
             f"{extra}")
-    digest = hashlib.sha1(text.encode()).hexdigest()
-    llvm.ensure_compiled({digest: text})
-    return ctypes.CFUNCTYPE(None, *argtypes)(llvm._addresses[digest])
+    digest = jit.digest_of(text)
+    return ctypes.CFUNCTYPE(None, *argtypes)(jit.compile_texts({digest: text})[digest])
 
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -100,7 +99,6 @@ def _address(array: np.ndarray) -> int:
 
 @functools.cache
 def _erf_kernel(t: str) -> Callable:
-    from .codegen import llvm_math
 
     return _compile("ptr noalias %x, ptr noalias %out, i64 %n", [_Loop("i", "%n")], f"""
   %px = getelementptr inbounds {t}, ptr %x, i64 %i

@@ -1,0 +1,80 @@
+"""The CPU backend: numpy arrays as buffers (bfloat16 through ml_dtypes), numpy and BLAS as eager
+kernels (`kernels.py`), and fused kernels rendered as LLVM IR (`jitorch.codegen.llvm`), compiled
+in-process by llvmlite with a disk cache (`jit.py`), and launched through ctypes on the backend's
+threads (`launch.py`, `threads.py`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...codegen import llvm
+from ...ir import passes
+from ...ir.fusion import Kernel, KernelDesc
+from .. import Backend, register
+from . import jit, threads
+from .kernels import KERNELS
+from .launch import CompiledKernel
+
+
+class CPUBackend(Backend):
+    device_type = "cpu"
+    kernels = KERNELS
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True, order="C")
+
+    def copy_into(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.copyto(dst, src, casting="unsafe")
+
+    def add_into(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.add(dst, src, out=dst)
+
+    def owns_buffer(self, array: np.ndarray) -> bool:
+        return array.base is None and array.flags.writeable
+
+    def to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def as_buffer(self, value) -> np.ndarray:
+        return np.asarray(value)
+
+    def is_view_of(self, out: np.ndarray, src: np.ndarray) -> bool:
+        return out.base is not None and np.may_share_memory(out, src)
+
+    def from_numpy(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def can_fuse(self, node) -> bool:
+        return llvm.fusible(node)
+
+    def worth_a_kernel(self, kernel: Kernel) -> bool:
+        """A kernel of a single op beats numpy's when it is large enough to run on several threads
+        (numpy's ufuncs use one)."""
+        return threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS
+
+    def compile_kernels(self, descs: list[KernelDesc]) -> list[CompiledKernel]:
+        """Render each kernel (once per structure per process), compile what this process has not,
+        and wrap the machine code for launching."""
+        sources = [_source(desc) for desc in descs]
+        addresses = jit.compile_texts(dict(sources))
+        return [CompiledKernel(desc, addresses[digest], text) for desc, (digest, text) in zip(descs, sources)]
+
+
+_sources: dict[tuple, tuple[str, str]] = {}  # a kernel's structure key -> (digest, LLVM IR text)
+
+
+def _source(desc: KernelDesc) -> tuple[str, str]:
+    found = _sources.get(desc.key)
+    if found is None:
+        text = llvm.render(desc)
+        found = _sources[desc.key] = (jit.digest_of(text), text)
+    return found
+
+
+register(CPUBackend())
+passes.use_constant_kernels(KERNELS)  # constants are numpy arrays: this backend folds them

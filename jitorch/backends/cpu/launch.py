@@ -1,0 +1,88 @@
+"""The CPU backend's launcher: calls a compiled kernel on numpy arrays through ctypes, splitting
+large kernels across the backend's threads (`threads.py`).
+
+Each input is viewed in the kernel's collapsed loop shape (a copy only when its layout can't be)
+and passes its strides in elements. Outputs are written into arrays the caller provides (a
+compiled program's memory plan) or, without them, into fresh ones.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+from ...ir.fusion import KernelDesc
+from . import threads
+
+_KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class CompiledKernel:
+    """A fused kernel ready to run on numpy arrays: `run(inputs, outs=None) -> outputs`."""
+
+    def __init__(self, desc: KernelDesc, fn_address: int, text: str = "") -> None:
+        kernel = desc.kernel
+        loop_shape = desc.loop_shape
+        self.kernel = kernel
+        self.name = kernel.name()
+        self.source = "\n".join("; " + line for line in kernel.format().splitlines()) + "\n" + text
+        self.loop_shape = loop_shape
+        self.ndim = len(loop_shape)
+        self.broadcast = desc.broadcast
+        self.fn = _KERNEL_TYPE(fn_address)
+        self.out_dtypes = [v.dtype.np for v in kernel.outputs]
+        self.out_shapes = [v.shape for v in kernel.outputs]
+        self.in_views = [desc.view_shape(v) for v in kernel.inputs]
+        self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
+        self.size = int(np.prod(loop_shape))
+        # outputs are ours, C-contiguous: their strides are fixed (a row kernel's row outputs have
+        # one element per row: stride 0 along the row)
+        self.out_strides = []
+        for v in kernel.outputs:
+            per_row = v.shape != kernel.shape
+            dims = loop_shape[:-1] + (1,) if per_row else loop_shape
+            self.out_strides += [0 if per_row and d == self.ndim - 1 else int(np.prod(dims[d + 1:]))
+                                 for d in range(self.ndim)]
+        # a row kernel splits across threads by rows, never inside one
+        self.split_rows = self.ndim >= 2 or not kernel.rows
+
+    def run(self, arrays: list[np.ndarray], outs: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Compute the kernel's outputs from its inputs, into `outs` (C-contiguous arrays of the
+        outputs' shapes and dtypes) where given; a None in `outs`, or no `outs`, means a new array."""
+        ndim = self.ndim
+        strides: list[int] = []
+        pointers: list[int] = []
+        keep = []
+        for array, view_shape, bcast in zip(arrays, self.in_views, self.broadcast):
+            view = array.reshape(view_shape) if array.shape != view_shape else array
+            item = view.itemsize
+            if ndim and not bcast[-1] and view.strides[-1] != item:
+                view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
+            keep.append(view)
+            strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
+            pointers.append(view.__array_interface__["data"][0])
+        if outs is None:
+            outs = [np.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
+        elif any(o is None for o in outs):
+            outs = [np.empty(shape, dt) if o is None else o
+                    for o, shape, dt in zip(outs, self.out_shapes, self.out_dtypes)]
+        pointers += [o.__array_interface__["data"][0] for o in outs]
+        strides += self.out_strides
+        stride_arg = (ctypes.c_int64 * max(len(strides), 1))(*strides)
+        rows = self.loop_shape[0] if ndim else 1
+        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
+        if parts < 2:
+            self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
+            return outs
+        # split the outermost loop dim into one band of rows per thread
+        row_bytes = [strides[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
+        calls = []
+        for part in range(parts):
+            first, last = rows * part // parts, rows * (part + 1) // parts
+            shape = (ctypes.c_int64 * ndim)(last - first, *self.loop_shape[1:])
+            moved = (ctypes.c_void_p * len(pointers))(*[p + first * b for p, b in zip(pointers, row_bytes)])
+            calls.append(functools.partial(self.fn, shape, stride_arg, moved))
+        threads.run_all(calls)
+        return outs

@@ -1,0 +1,365 @@
+"""Gradient rules: the vector-Jacobian product of every differentiable primitive, in one table.
+
+`VJP[name](g, node)` returns one gradient (or None) per input of the node (`node.inputs`,
+`node.params`, `node.out`, `node.needs[i]`: whether input i wants one). Rules are written with
+Tensor ops, so a backward pass is itself traceable (`jitorch.compile` records it) and
+differentiable (double backward). Gradients of broadcast inputs may keep the broadcast shape: the
+autograd engine sums them back to the input's shape. A primitive with no entry has no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import autograd
+from .autograd import sum_to_shape
+from .dispatch import dispatch
+from .ops import as_operand, einsum, fold, unfold
+from .primitives import PRIMS, reduced_shape
+
+VJP: dict[str, Callable] = {}
+
+
+def apply(name: str, *inputs, **params):
+    """Apply primitive `name` to Tensors whose shapes and dtypes are already right (skipping the
+    user-facing ops' argument checks; it still records autograd and tracing)."""
+    return dispatch(PRIMS[name], inputs, params)
+
+
+VJP["neg"] = lambda g, n: (-g,)
+
+
+VJP["exp"] = lambda g, n: (g * n.out,)
+
+
+VJP["log"] = lambda g, n: (g / n.inputs[0],)
+
+
+VJP["log1p"] = lambda g, n: (g / (n.inputs[0] + 1),)
+
+
+VJP["expm1"] = lambda g, n: (g * (n.out + 1),)
+
+
+VJP["sqrt"] = lambda g, n: (g / (2 * n.out),)
+
+
+VJP["rsqrt"] = lambda g, n: (-0.5 * g * n.out ** 3,)
+
+
+VJP["sin"] = lambda g, n: (g * n.inputs[0].cos(),)
+
+
+VJP["cos"] = lambda g, n: (-g * n.inputs[0].sin(),)
+
+
+VJP["tanh"] = lambda g, n: (g * (1 - n.out * n.out),)
+
+
+VJP["sigmoid"] = lambda g, n: (g * n.out * (1 - n.out),)
+
+
+VJP["abs"] = lambda g, n: (g * n.inputs[0].sign(),)
+
+
+VJP["sign"] = lambda g, n: (g * 0,)
+
+
+VJP["floor"] = lambda g, n: (g * 0,)
+
+
+VJP["ceil"] = lambda g, n: (g * 0,)
+
+
+VJP["round"] = lambda g, n: (g * 0,)
+
+
+VJP["trunc"] = lambda g, n: (g * 0,)
+
+
+VJP["reciprocal"] = lambda g, n: (-g * n.out * n.out,)
+
+
+VJP["erf"] = lambda g, n: (g * (2 / np.sqrt(np.pi)) * (-(n.inputs[0] * n.inputs[0])).exp(),)
+
+
+VJP["relu"] = lambda g, n: (g._relu_backward(n.out),)
+
+
+VJP["relu_backward"] = lambda gg, n: (gg._relu_backward(n.inputs[1]), None)
+
+
+def _cast_vjp(g, n):
+    src = n.inputs[0].dtype
+    return (g.to(src) if src.is_floating_point else None,)
+
+VJP["cast"] = _cast_vjp
+
+
+def _pow_vjp(g, n):
+    x, y = n.inputs
+    gx = g * y * x ** (y - 1)
+    # d/dy x**y = x**y log x; PyTorch defines it as 0 where x == 0 and y >= 0.
+    gy = None
+    if n.needs[1]:
+        safe = (x == 0).logical_and(y >= 0)
+        gy = (g * n.out * x.log()).where(safe.logical_not(), 0.0)
+    return gx, gy
+
+
+def _maximum_vjp(g, n):
+    x, y = n.inputs
+    # ties split the gradient evenly, as PyTorch does
+    wx = (x > y).to(g.dtype) + (x == y).to(g.dtype) * 0.5
+    return g * wx, g * (1 - wx)
+
+
+def _minimum_vjp(g, n):
+    x, y = n.inputs
+    wx = (x < y).to(g.dtype) + (x == y).to(g.dtype) * 0.5
+    return g * wx, g * (1 - wx)
+
+
+def _div_vjp(g, n):
+    x, y = n.inputs
+    return g / y, (-g * n.out / y if n.needs[1] else None)
+
+VJP["add"] = lambda g, n: (g, g)
+
+
+VJP["sub"] = lambda g, n: (g, -g)
+
+
+VJP["mul"] = lambda g, n: (g * n.inputs[1], g * n.inputs[0])
+
+
+VJP["div"] = _div_vjp
+
+
+VJP["pow"] = _pow_vjp
+
+
+VJP["maximum"] = _maximum_vjp
+
+
+VJP["minimum"] = _minimum_vjp
+
+
+VJP["remainder"] = lambda g, n: (g, -g * (n.inputs[0] / n.inputs[1]).floor())
+
+
+def _where_vjp(g, n):
+    c = n.inputs[0]
+    zero = g.new_zeros(())
+    # relu's where(x > 0, x, 0) needs only the first branch: skip the other full-size select
+    return (None, g.where(c, zero) if n.needs[1] else None, zero.where(c, g) if n.needs[2] else None)
+
+VJP["where"] = _where_vjp
+
+
+def _restore(g, n):
+    """Reshape a reduction's gradient (or output) to broadcast against the input."""
+    x = n.inputs[0]
+    dims, keepdim = n.params["dims"], n.params["keepdim"]
+    if not keepdim:
+        g = apply("reshape", g, shape=reduced_shape(x.shape, dims, True))
+    return g
+
+
+def _sum_vjp(g, n):
+    g = _restore(g, n)
+    shape = n.inputs[0].shape
+    return (g if g.shape == shape else apply("expand", g, shape=tuple(shape)),)
+
+
+def _extreme_vjp(g, n):
+    x = n.inputs[0]
+    out = _restore(n.out, n)
+    mask = (x == out).to(g.dtype)
+    count = mask.sum(n.params["dims"], keepdim=True)
+    return (_restore(g, n) * mask / count,)
+
+
+def _prod_vjp(g, n):
+    return (_restore(g, n) * _restore(n.out, n) / n.inputs[0],)
+
+VJP["sum"] = _sum_vjp
+
+
+VJP["prod"] = _prod_vjp
+
+
+VJP["amax"] = _extreme_vjp
+
+
+VJP["amin"] = _extreme_vjp
+
+
+def _cumsum_vjp(g, n):
+    d = n.params["dim"]
+    return (g.flip(d).cumsum(d).flip(d),)
+
+VJP["cumsum"] = _cumsum_vjp
+
+
+VJP["reshape"] = lambda g, n: (g.reshape(n.inputs[0].shape),)
+
+
+def _permute_vjp(g, n):
+    return (g.permute(tuple(np.argsort(n.params["dims"]).tolist())),)
+
+VJP["permute"] = _permute_vjp
+
+
+VJP["expand"] = lambda g, n: (g,)
+
+
+VJP["flip"] = lambda g, n: (g.flip(n.params["dims"]),)
+
+
+VJP["copy"] = lambda g, n: (g,)
+
+
+def _pad_vjp(g, n):
+    key = tuple(("slice", lo, lo + d, 1) for d, (lo, hi) in zip(n.inputs[0].shape, n.params["pads"]))
+    return (g._index(key, ()),)
+
+VJP["pad"] = _pad_vjp
+
+
+def _getitem_vjp(g, n):
+    x, *tensors = n.inputs
+    zeros = g.new_zeros(x.shape)
+    return (zeros._index_put(g, n.params["key"], tensors, accumulate=True),) + (None,) * len(tensors)
+
+VJP["getitem"] = _getitem_vjp
+
+
+def _index_put_vjp(g, n):
+    x, v, *tensors = n.inputs
+    key = n.params["key"]
+    gx = g if n.params["accumulate"] else g._index_put(g.new_zeros(()), key, tensors, accumulate=False)
+    gv = g._index(key, tensors)
+    if gv.shape != v.shape:
+        gv = sum_to_shape(gv, v.shape)
+    return (gx, gv) + (None,) * len(tensors)
+
+VJP["index_put"] = _index_put_vjp
+
+
+def _cat_vjp(g, n):
+    dim = n.params["dim"]
+    grads, start = [], 0
+    for x in n.inputs:
+        size = x.shape[dim]
+        grads.append(g.narrow(dim, start, size))
+        start += size
+    return tuple(grads)
+
+VJP["cat"] = _cat_vjp
+
+
+def _matmul_vjp(g, n):
+    a, b = n.inputs
+    ga = g @ b.mT if n.needs[0] else None
+    gb = a.mT @ g if n.needs[1] else None
+    return ga, gb
+
+VJP["matmul"] = _matmul_vjp
+
+
+def _einsum_vjp(g, n):
+    lhs, out_sub = n.params["equation"].split("->")
+    subs = lhs.split(",")
+    grads = []
+    for i, x in enumerate(n.inputs):
+        if not n.needs[i]:
+            grads.append(None)
+            continue
+        others = [s for j, s in enumerate(subs) if j != i]
+        operands = [t for j, t in enumerate(n.inputs) if j != i]
+        available = set(out_sub).union(*others)
+        unique = "".join(dict.fromkeys(subs[i]))  # a letter repeated in one operand ("ii") once
+        sizes = tuple(x.shape[subs[i].index(c)] for c in unique)
+        target = "".join(c for c in unique if c in available)
+        gi = einsum(",".join([out_sub] + others) + "->" + target, g, *operands)
+        if target != unique:  # letters summed only within operand i broadcast back
+            gi = gi.reshape(tuple(n if c in available else 1 for c, n in zip(unique, sizes))).expand(sizes)
+        if unique != subs[i]:
+            gi = _onto_diagonal(gi, unique, subs[i], n.params["equation"])
+        grads.append(gi)
+    return tuple(grads)
+
+
+def _onto_diagonal(g, unique: str, subs: str, equation: str):
+    """Spread the gradient of an operand with repeated letters (`ii`) onto its diagonal, where the
+    forward read it: multiply by an identity matrix for each repeat (einsum, so it stays traceable)."""
+    fresh = iter(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation)
+    out_subs, eye_subs, eyes = [], [], []
+    seen = set()
+    for c in subs:
+        if c not in seen:
+            seen.add(c)
+            out_subs.append(c)
+            continue
+        f = next(fresh)
+        out_subs.append(f)
+        eye_subs.append(c + f)
+        size = g.shape[unique.index(c)]
+        eyes.append(as_operand(np.eye(size, dtype=g._data.dtype), g))
+    return einsum(",".join([unique] + eye_subs) + "->" + "".join(out_subs), g, *eyes)
+
+VJP["einsum"] = _einsum_vjp
+
+
+def _gather_vjp(g, n):
+    x, index = n.inputs
+    return apply("scatter_add", g.new_zeros(x.shape), index, g, dim=n.params["dim"]), None
+
+
+def _src_grad(g, index, src, dim):
+    gs = g.gather(dim, index)
+    if gs.shape != src.shape:
+        gs = gs.new_zeros(src.shape)._index_put(gs, tuple(("slice", 0, s, 1) for s in gs.shape), (),
+                                                accumulate=False)
+    return gs
+
+
+def _scatter_add_vjp(g, n):
+    x, index, src = n.inputs
+    return g, None, _src_grad(g, index, src, n.params["dim"])
+
+
+def _scatter_vjp(g, n):
+    x, index, src = n.inputs
+    dim = n.params["dim"]
+    gx = g.scatter(dim, index, g.new_zeros(index.shape))
+    return gx, None, _src_grad(g, index, src, dim)
+
+VJP["gather"] = _gather_vjp
+
+
+VJP["scatter_add"] = _scatter_add_vjp
+
+
+VJP["scatter"] = _scatter_vjp
+
+
+def _unfold_vjp(g, n):
+    p = n.params
+    return (fold(g, n.inputs[0].shape[2:], p["kernel"], p["dilation"], p["padding"], p["stride"]),)
+
+
+def _fold_vjp(g, n):
+    p = n.params
+    return (unfold(g, p["kernel"], p["dilation"], p["padding"], p["stride"]),)
+
+VJP["unfold"] = _unfold_vjp
+
+
+VJP["fold"] = _fold_vjp
+
+
+autograd.use_vjps(VJP)

@@ -1,0 +1,1 @@
+"""Running compiled programs on a device: the executor and its memory plan."""

@@ -1,0 +1,233 @@
+"""The executor of compiled programs: a graph as a list of steps over numbered slots, run by the
+backend of the program's device.
+
+A step is a `PrimStep` (one primitive on the backend's eager kernel) or a `KernelStep` (a fused
+kernel that computes several nodes in one pass: `jitorch.ir.fusion` groups them, the backend
+compiles them). The unfused steps are the reference: `mode="check"` compares against them, and a
+run given `kernels` (primitive name -> kernel) runs them with those kernels in place of the
+backend's (tests plant a wrong one and see check mode name it).
+
+Memory: a fused kernel's outputs that the program uses only inside itself live in an arena planned
+when the program is built (`plan_memory`): values whose lifetimes do not overlap share a buffer,
+so replays do not allocate them again. Graph outputs are always fresh arrays (the caller keeps
+them). `JITORCH_CPU_FUSION=0` (read when a program is built) turns fusion off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import logs
+from ..backends import Backend, backend_for
+from ..errors import FusionWarning
+from ..ir.fusion import Kernel, describe, partition
+from ..ir.graph import Graph, Node, Value, format_node
+
+
+def fusion_enabled() -> bool:
+    return os.environ.get("JITORCH_CPU_FUSION", "1") != "0"
+
+
+@dataclass(frozen=True, slots=True)
+class PrimStep:
+    """One node on the backend's eager kernel: env[out] = kernel(*env[ins], **node.params)."""
+
+    node: Node
+    kernel: Callable
+    ins: tuple[int, ...]
+    out: int
+    frees: tuple[int, ...]  # slots whose last reader this step is
+
+
+@dataclass(frozen=True, slots=True)
+class KernelStep:
+    """A compiled fused kernel: env[outs] = kernel.run(env[ins], outs=arena buffers where planned)."""
+
+    kernel: object  # the backend's launchable kernel: .run(inputs, outs) -> outputs (None in outs: allocate)
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    frees: tuple[int, ...]
+    arena: tuple[int | None, ...]  # per output: its buffer in the program's arena, or None (fresh)
+
+
+class Plan:
+    """A graph flattened into steps over numbered slots, freeing each value after its last use."""
+
+    def __init__(self, graph: Graph, backend: Backend | None = None, fuse: bool | None = None) -> None:
+        self.graph = graph
+        self.backend = backend if backend is not None else backend_for("cpu")
+        self.slot_of: dict[int, int] = {inp.value.id: i for i, inp in enumerate(graph.inputs)}
+        self.n_inputs = len(graph.inputs)
+        for node in graph.nodes:
+            self.slot_of[node.out.id] = len(self.slot_of)
+        self.n_slots = len(self.slot_of)
+        self.output_slots = [self.slot_of[v.id] for v in graph.outputs]
+        self.constants = [(self.slot_of[n.out.id], n.params["value"].array) for n in graph.nodes if n.op == "const"]
+        self.reference_steps = self._steps([n for n in graph.nodes if n.op != "const"], {})
+        self.kernels: list = []
+        self.steps = self.reference_steps
+        self.arena_sizes: list[int] = []  # bytes of each arena buffer
+        self._arena_views: list[tuple[int, int, tuple[int, ...], np.dtype]] = []  # (value slot, buffer, shape, dtype)
+        self._arenas: list[dict[int, object]] = []  # free arenas (slot -> its array), one per concurrent run
+        if fuse if fuse is not None else fusion_enabled():
+            self.steps = self._fused_steps()
+
+    def _fused_steps(self) -> list:
+        backend = self.backend
+        order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel)
+        kernels = [k for k in order if isinstance(k, Kernel)]
+        if not kernels:
+            return self.reference_steps
+        try:
+            self.kernels = backend.compile_kernels([describe(k) for k in kernels])
+        except Exception as err:  # a code generator bug must not take the user's program down with it
+            warnings.warn(FusionWarning(
+                f"{self.graph.name}: the fused {backend.device_type} kernels failed to compile "
+                f"({type(err).__name__}: {err}); this program runs on the eager kernels instead. Please "
+                "report it with the output of JITORCH_LOGS=fusion,kernels."), stacklevel=2)
+            return self.reference_steps
+        fused = sum(len(k.nodes) for k in kernels)
+        logs.log("fusion", f"{self.graph.name}: {len(kernels)} fused kernels compute {fused} of "
+                           f"{len(self.graph.nodes)} nodes\n" + "\n".join(k.format() for k in kernels))
+        if logs.enabled("kernels"):
+            for kernel in self.kernels:
+                logs.log("kernels", kernel.source)
+        compiled = dict(zip(map(id, kernels), self.kernels))
+        items = [compiled.get(id(k), k) for k in order if not (isinstance(k, Node) and k.op == "const")]
+        return self._steps(items, self._plan_memory(items))
+
+    def _steps(self, items: list, arena_of: dict[int, int]) -> list:
+        slot_of = self.slot_of
+        reads = [item.inputs if isinstance(item, Node) else item.kernel.inputs for item in items]
+        last_use: dict[int, int] = {}
+        for step, values in enumerate(reads):
+            for v in values:
+                last_use[v.id] = step
+        keep = {v.id for v in self.graph.outputs}
+        kernels = self.backend.kernels
+        steps = []
+        for step, (item, values) in enumerate(zip(items, reads)):
+            frees = tuple(slot_of[v.id] for v in set(values) if last_use.get(v.id) == step and v.id not in keep)
+            ins = tuple(slot_of[v.id] for v in values)
+            if isinstance(item, Node):
+                steps.append(PrimStep(item, kernels[item.op], ins, slot_of[item.out.id], frees))
+            else:
+                outs = tuple(slot_of[v.id] for v in item.kernel.outputs)
+                steps.append(KernelStep(item, ins, outs, frees, tuple(arena_of.get(v.id) for v in item.kernel.outputs)))
+        return steps
+
+    def _plan_memory(self, items: list) -> dict[int, int]:
+        """Arena buffers for kernel outputs read only inside the program: value id -> buffer index.
+        A value's buffer is busy from the step that writes it to the last step that reads it or any
+        value an eager step made from it (an eager kernel may return a view of its input)."""
+        step_of: dict[int, int] = {}
+        readers: dict[int, list[int]] = {}
+        derived: dict[int, list[Value]] = {}  # value id -> values eager steps made from it
+        for step, item in enumerate(items):
+            made = [item.out] if isinstance(item, Node) else item.kernel.outputs
+            reads = item.inputs if isinstance(item, Node) else item.kernel.inputs
+            for v in made:
+                step_of[v.id] = step
+            for v in reads:
+                readers.setdefault(v.id, []).append(step)
+                if isinstance(item, Node):
+                    derived.setdefault(v.id, []).append(item.out)
+        outputs = {v.id for v in self.graph.outputs}
+        candidates = []
+        for item in items:
+            if isinstance(item, Node):
+                continue
+            for v in item.kernel.outputs:
+                end, escapes = step_of[v.id], False
+                stack, seen = [v], set()
+                while stack:
+                    u = stack.pop()
+                    if u.id in seen:
+                        continue
+                    seen.add(u.id)
+                    escapes |= u.id in outputs
+                    end = max([end, *readers.get(u.id, ())])
+                    stack.extend(derived.get(u.id, ()))
+                if not escapes:
+                    nbytes = math.prod(v.shape) * v.dtype.np.itemsize
+                    candidates.append((step_of[v.id], end, nbytes, v))
+        free_at: list[int] = []  # per buffer: the last step it is busy
+        arena_of: dict[int, int] = {}
+        for start, end, nbytes, v in sorted(candidates, key=lambda c: (c[0], -c[2])):
+            fits = [b for b in range(len(free_at)) if free_at[b] < start and self.arena_sizes[b] >= nbytes]
+            if fits:
+                b = min(fits, key=lambda b: self.arena_sizes[b])
+            else:
+                b = len(free_at)
+                free_at.append(0)
+                self.arena_sizes.append(nbytes)
+            free_at[b] = end
+            arena_of[v.id] = b
+            self._arena_views.append((self.slot_of[v.id], b, v.shape, v.dtype.np))
+        return arena_of
+
+    def _take_arena(self) -> dict[int, object]:
+        if self._arenas:
+            return self._arenas.pop()
+        buffers = [self.backend.empty((size,), np.dtype(np.uint8)) for size in self.arena_sizes]
+        return {slot: _typed(buffers[b], shape, dtype) for slot, b, shape, dtype in self._arena_views}
+
+    def run(self, inputs: list, record: dict | None = None, kernels: dict[str, Callable] | None = None) -> list:
+        """Evaluate the graph. With `record`, store every value it materializes there by value id.
+        With `kernels` (even empty), run the unfused reference steps, taking a primitive's kernel
+        from `kernels` where it has one."""
+        env: list = [None] * self.n_slots
+        env[: self.n_inputs] = inputs
+        for slot, array in self.constants:
+            env[slot] = array
+        steps = self.reference_steps if kernels is not None else self.steps
+        arena = self._take_arena() if self._arena_views and kernels is None else None
+        buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
+        try:
+            with np.errstate(all="ignore"):
+                for step in steps:
+                    args = [env[i] for i in step.ins]
+                    try:
+                        if type(step) is PrimStep:
+                            kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
+                            result = kernel(*args, **step.node.params)
+                            env[step.out] = result if type(result) is buffer_type else as_buffer(result)
+                        else:
+                            outs = None if arena is None else [arena.get(slot) for slot in step.outs]
+                            results = step.kernel.run(args, outs)
+                            for slot, result in zip(step.outs, results):
+                                env[slot] = result
+                    except Exception as err:
+                        raise _step_error(step, args, err) from err
+                    if record is not None:
+                        _record(step, env, record, self.backend)
+                    for i in step.frees:
+                        env[i] = None
+        finally:
+            if arena is not None:
+                self._arenas.append(arena)
+        return [env[i] for i in self.output_slots]
+
+
+def _typed(buffer, shape: tuple[int, ...], dtype: np.dtype):
+    return buffer[: math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _record(step, env: list, record: dict, backend: Backend) -> None:
+    if type(step) is PrimStep:
+        record[step.node.out.id] = env[step.out]
+    else:  # arena buffers are reused later in the run: keep copies
+        for v, slot in zip(step.kernel.kernel.outputs, step.outs):
+            record[v.id] = backend.copy(env[slot])
+
+
+def _step_error(step, args: list, err: Exception) -> RuntimeError:
+    shapes = ", ".join(str(getattr(a, "shape", None)) for a in args)
+    where = format_node(step.node) if type(step) is PrimStep else step.kernel.kernel.format()
+    return RuntimeError(f"compiled program failed at `{where}` on input shapes [{shapes}]: {err}")
