@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from common import cpu_model, publish, results_path  # noqa: E402 - bench/ is on the path when this script runs
 
 import jitorch  # noqa: E402
+from jitorch.backends.cpu import memory  # noqa: E402
 
 LIBS = {"jitorch": jitorch, "PyTorch": torch}
 TARGET_RATIO = 1.5
@@ -206,6 +207,7 @@ def header(thread_counts: list[int | None]) -> str:
     """The page's title, target, machine and versions."""
     counts = [str(t) for t in thread_counts if t is not None]
     flags = f"--threads {' '.join(counts)}" if counts else ""
+    flags += " --malloc-tuning" if memory.malloc_tuned else ""
     return "\n".join([
         "# Training speed on the CPU: jitorch (eager and compiled) vs PyTorch eager",
         "",
@@ -216,7 +218,8 @@ def header(thread_counts: list[int | None]) -> str:
         f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
         f"- versions: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
         f"jitorch {jitorch.__version__}",
-        f"- command: `python bench/train.py{' ' + flags if flags else ''}`",
+        f"- command: `python bench/train.py{' ' + flags.strip() if flags else ''}`",
+        f"- jitorch's opt-in glibc heap settings (backends.cpu.memory): {'on' if memory.malloc_tuned else 'off'}",
         "",
     ])
 
@@ -270,8 +273,14 @@ def main() -> None:
                         help="the file to write (default: bench/results/train_cpu.md; nothing for a partial run)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
     parser.add_argument("--prims", action="store_true", help="print jitorch's kernel time per primitive")
+    parser.add_argument("--malloc-tuning", action="store_true",
+                        help="turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; writes "
+                             "bench/results/train_cpu_malloc_tuning.md)")
     args = parser.parse_args()
-    out = results_path("train_cpu", args.repeats < REPEATS or args.lm_steps < LM_STEPS, args.out)
+    name = "train_cpu_malloc_tuning" if args.malloc_tuning else "train_cpu"
+    out = results_path(name, args.repeats < REPEATS or args.lm_steps < LM_STEPS, args.out)
+    if args.malloc_tuning and not memory.tune_malloc():
+        raise SystemExit("--malloc-tuning: the heap settings need glibc (Linux)")
 
     sections = [measure(t, args.repeats, args.lm_steps, args.profile, args.prims) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)

@@ -31,6 +31,7 @@ from example_utils import add_budget_args, progress, say
 import jitorch
 import jitorch.nn
 import jitorch.optim
+from jitorch.backends.cpu.memory import tune_malloc
 
 DEFAULT_STEPS = 400
 HELD_OUT_FRACTION = 0.1
@@ -273,6 +274,8 @@ def main() -> None:
                         help="run each training step op by op instead of as one jitorch.compile'd program "
                              "(for debugging; slower)")
     args = parser.parse_args()
+    if args.eager:  # op by op, every op allocates a fresh buffer: keep freed ones in this process
+        tune_malloc()
 
     start = time.perf_counter()
     corpus = CharCorpus()

@@ -29,6 +29,7 @@ import jitorch
 import jitorch.nn
 import jitorch.optim
 import jitorch.utils.data
+from jitorch.backends.cpu.memory import tune_malloc
 
 BATCH_SIZE = 64
 EPOCHS = 30
@@ -184,6 +185,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=os.path.join("runs", "digits_cnn.ckpt"),
                         help="where to write the CNN checkpoint")
     args = parser.parse_args()
+    if args.eager:  # op by op, every op allocates a fresh buffer: keep freed ones in this process
+        tune_malloc()
 
     start = time.perf_counter()
     jitorch.manual_seed(args.seed)
