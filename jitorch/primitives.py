@@ -306,7 +306,7 @@ defprim("unfold", PrimKind.MOVEMENT, _unfold_infer)
 defprim("fold", PrimKind.MOVEMENT, _fold_infer)
 
 
-def _random_infer(state, *, shape, dtype, dist, offset):
+def _random_infer(seed, counter, *, shape, dtype, dist, offset):
     return tuple(shape), dtype.np
 
 defprim("random", PrimKind.RANDOM, _random_infer)

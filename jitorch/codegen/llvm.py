@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
 from ..ir.graph import Node, Value
-from . import llvm_math
+from . import llvm_math, llvm_philox
 
 # ---------------------------------------------------------------------------------------------
 # types
@@ -201,11 +201,25 @@ _REDUCTIONS = {
 }
 
 
+def _random(b, n, a):
+    """Philox for the element at `b.element_index`: counter = the call's first counter + the node's
+    offset + the element's row-major index in the node's shape (as the eager kernel numbers them)."""
+    seed, counter = a
+    offset = b.ir.add(b.ir.add(counter, ir.Constant(I64, n.params["offset"])), b.element_index)
+    if n.params["dist"] == "uniform":
+        x = llvm_philox.uniform(b.ir, seed, offset)
+    else:
+        x = llvm_philox.normal(b.ir, seed, offset, call=b.call)
+    return b.ir.fpext(x, F64) if n.out.dtype.name == "float64" else x
+
+
 def fusible(node: Node) -> bool:
     """Whether this backend can compute `node` inside a fused kernel."""
     values = (*node.inputs, node.out)
     if any(v.dtype.name not in _LLVM_TYPE for v in values):
         return False
+    if node.op == "random":
+        return _is_float(node.out)
     if node.op in _REDUCTIONS:
         return is_row_reduction(node) and _is_float(node.out) and node.out.dtype == node.inputs[0].dtype
     if node.op in _FLOAT_ONLY:
@@ -219,6 +233,8 @@ def fusible(node: Node) -> bool:
 
 def _render(b, node: Node, args: list):
     op = node.op
+    if op == "random":
+        return _random(b, node, args)
     table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \
         else _ANY
     return table[op](b, node, args)
@@ -232,6 +248,7 @@ class _Emitter:
     def __init__(self, module: ir.Module, builder: ir.IRBuilder) -> None:
         self.module = module
         self.ir = builder
+        self.element_index = None  # the row-major index of the element being computed (random nodes)
 
     def call(self, name: str, *args):
         ty = args[0].type
@@ -278,18 +295,25 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
     n_in = len(kernel.inputs)
     out_broadcast = [(False,) * (ndim - 1) + (v.shape != kernel.shape,) if ndim else () for v in kernel.outputs]
     inner_static = [bc[-1] if ndim else True for bc in broadcast + out_broadcast]  # True: stride 0
+    start = [ir.Constant(I64, 0)] * len(operands)
+    if any(n.op == "random" for n in kernel.nodes):
+        # one more "operand": the element's row-major index, from shape[ndim], the index of the
+        # call's first element (a thread's band starts past the others)
+        start.append(b.load(b.gep(fn.args[0], [ir.Constant(I64, ndim)], inbounds=True, source_etype=I64), typ=I64))
+        strides.append(_contiguous_strides(b, sizes))
+        inner_static.append(False)
     if kernel.rows:
         rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], ops, inner_static)
-        zero = [ir.Constant(I64, 0)] * len(operands)
         if ndim == 1:
-            rows.emit(zero)
+            rows.emit(start)
         else:
-            _loop_nest(b, fn, sizes[:-1], strides, None, zero, 0, rows.emit)
+            _loop_nest(b, fn, sizes[:-1], strides, None, start, 0, rows.emit)
         b.ret_void()
         return
 
     def body(offsets: list):
         """The per-element code at the innermost point, given each operand's element offset."""
+        emit.element_index = offsets[-1]
         env: dict[int, object] = {}
         for k, v in enumerate(kernel.inputs):
             env[v.id] = ops.load(k, v, offsets[k])
@@ -299,10 +323,17 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
             ops.store(n_in + j, v, env[v.id], offsets[n_in + j])
 
     if ndim == 0:
-        body([ir.Constant(I64, 0)] * len(operands))
+        body(start)
     else:
-        _loop_nest(b, fn, sizes, strides, inner_static, [ir.Constant(I64, 0)] * len(operands), 0, body)
+        _loop_nest(b, fn, sizes, strides, inner_static, start, 0, body)
     b.ret_void()
+
+
+def _contiguous_strides(b: ir.IRBuilder, sizes: list) -> list:
+    strides = [ir.Constant(I64, 1)]
+    for size in reversed(sizes[1:]):
+        strides.insert(0, b.mul(strides[0], size))
+    return strides[: len(sizes)]
 
 
 def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, offsets, d: int, body) -> None:
@@ -351,6 +382,7 @@ class _RowEmitter:
         self.ops, self.inner_static = ops, inner_static
         self.level = kernel.levels()
         self.row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
+        self.has_random = any(n.op == "random" for n in kernel.nodes)
         self.made = {n.out.id: n for n in kernel.nodes}
 
     def emit(self, offsets: list) -> None:
@@ -358,6 +390,8 @@ class _RowEmitter:
         n_in = len(kernel.inputs)
         env = {v.id: self.ops.load(k, v, offsets[k]) for k, v in enumerate(kernel.inputs) if self.inner_static[k]}
         top = max(level.values(), default=0)
+        if self.has_random:  # a row-shaped draw is numbered by its row
+            self.emitter.element_index = self.b.udiv(offsets[-1], self.length)
         for pass_ in range(top + 1):
             for node in kernel.nodes:
                 if node.out.id in self.row_ids and not is_row_reduction(node) and level[node.out.id] == pass_:
@@ -413,6 +447,8 @@ class _RowEmitter:
         for vid, k in stored.items():
             if vid in wanted:
                 env[vid] = self.ops.load(n_in + k, kernel.outputs[k], b.add(offsets[n_in + k], j))
+        if self.has_random:
+            self.emitter.element_index = b.add(offsets[-1], j)
         for node in nodes:
             env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
         updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])

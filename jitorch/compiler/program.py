@@ -142,10 +142,12 @@ class Program:
                 arrays.append(ref._data)
             elif kind == "grad":
                 arrays.append(ref._grad._data)
-            else:  # this call's random numbers: the seed, and the counters eager draws would take
-                seed = (default_generator.initial_seed() + 2**63) % 2**64 - 2**63  # its 64 bits as an int64
-                state = np.array([seed, default_generator.take(self.info.random_count)], dtype=np.int64)
-                arrays.append(self.backend.from_numpy(state))
+            elif ref == "seed":  # this call's random numbers: the seed's 64 bits as an int64
+                seed = (default_generator.initial_seed() + 2**63) % 2**64 - 2**63
+                arrays.append(self.backend.from_numpy(np.array(seed, dtype=np.int64)))
+            else:  # ... and the first of the counters its draws take, as eager draws would
+                first = default_generator.take(self.info.random_count)
+                arrays.append(self.backend.from_numpy(np.array(first, dtype=np.int64)))
         return arrays
 
     @property

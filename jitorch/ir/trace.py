@@ -215,7 +215,7 @@ class Tracer:
         self.grads: dict[int, _GradSlot] = {}  # id(p) -> the function's view of p.grad
         self.modules: dict[int, _ModuleGuard] = {}  # modules whose forward ran, and what it baked in
         self.python_guards: dict[tuple, tuple] = {}  # see note_python_value
-        self.rng: Value | None = None
+        self.rng: tuple[Value, Value] | None = None
         self.traced: list[weakref.ref] = []  # every traced tensor made, to find the ones that escape
         self.n_random = 0  # random counters the traced function takes per call
         self.born_mark = object()  # tensors made during this trace carry it (Tensor._make)
@@ -311,11 +311,12 @@ class Tracer:
 
     def random(self, shape, dtype: _dt.DType, dist: str, device) -> Tensor:
         """A random tensor drawn from the call's seed (a graph input), so each call draws anew."""
-        if self.rng is None:  # (seed, first counter) of this call's draws, taken from the generator
-            self.rng = self.graph.add_input((2,), _dt.int64, "rng", "seed")
+        if self.rng is None:  # the seed, and this call's first counter, taken from the generator per call
+            self.rng = (self.graph.add_input((), _dt.int64, "rng", "seed", ref="seed"),
+                        self.graph.add_input((), _dt.int64, "rng", "counter", ref="counter"))
         params = {"shape": tuple(shape), "dtype": dtype, "dist": dist, "offset": self.n_random}
         self.n_random += math.prod(shape)  # counters taken: one per element, in the order eager takes them
-        return _traced(self.graph.add_node("random", (self.rng,), params, tuple(shape), dtype, user_source()), device)
+        return _traced(self.graph.add_node("random", self.rng, params, tuple(shape), dtype, user_source()), device)
 
     def assign(self, target: Tensor, result: Tensor) -> None:
         """An in-place write: from now on `target` reads as `result`; a view's base reads as the

@@ -291,11 +291,11 @@ KERNELS["unfold"] = _unfold_impl
 KERNELS["fold"] = _fold_impl
 
 
-def _random_impl(state, *, shape, dtype, dist, offset):
-    """Philox draws for counters state[1] + offset onwards, keyed by the seed state[0]."""
-    first = int(state[1]) + offset
+def _random_impl(seed, counter, *, shape, dtype, dist, offset):
+    """Philox draws for counters counter + offset onwards (one per element), keyed by the seed."""
+    first = int(counter) + offset
     counters = np.arange(first, first + math.prod(shape), dtype=np.int64)
-    return philox.draw(dist, int(state[0]), counters, dtype.np).reshape(shape)
+    return philox.draw(dist, int(seed), counters, dtype.np).reshape(shape)
 
 
 KERNELS["random"] = _random_impl

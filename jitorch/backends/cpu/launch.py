@@ -35,7 +35,9 @@ class CompiledKernel:
         self.out_dtypes = [v.dtype.np for v in kernel.outputs]
         self.out_shapes = [v.shape for v in kernel.outputs]
         self.in_views = [desc.view_shape(v) for v in kernel.inputs]
-        self.shape_arg = (ctypes.c_int64 * max(self.ndim, 1))(*loop_shape)
+        # the loop shape, then the row-major index of the call's first element (random draws number
+        # their elements by it; a thread's band starts at its first row)
+        self.shape_arg = (ctypes.c_int64 * (self.ndim + 1))(*loop_shape, 0)
         self.size = int(np.prod(loop_shape))
         # outputs are ours, C-contiguous: their strides are fixed (a row kernel's row outputs have
         # one element per row: stride 0 along the row)
@@ -81,7 +83,7 @@ class CompiledKernel:
         calls = []
         for part in range(parts):
             first, last = rows * part // parts, rows * (part + 1) // parts
-            shape = (ctypes.c_int64 * ndim)(last - first, *self.loop_shape[1:])
+            shape = (ctypes.c_int64 * (ndim + 1))(last - first, *self.loop_shape[1:], first * self.size // rows)
             moved = (ctypes.c_void_p * len(pointers))(*[p + first * b for p, b in zip(pointers, row_bytes)])
             calls.append(functools.partial(self.fn, shape, stride_arg, moved))
         threads.run_all(calls)
