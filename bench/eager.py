@@ -1,23 +1,43 @@
-"""Eager overhead on the CPU: jitorch against numpy and PyTorch eager, side by side in one process.
+"""Eager overhead: jitorch against numpy and PyTorch eager on the CPU, or against PyTorch eager on one
+GPU, side by side in one process.
 
-    python bench/eager.py            # prints a table and writes bench/results/eager_cpu.md
+    python bench/eager.py                  # prints a table and writes bench/results/eager_cpu.md
+    python bench/eager.py --device cuda    # the GPU table: writes bench/results/eager_cuda.md
+    python bench/eager.py --quick          # fewer and shorter loops: prints only, writes nothing
 
 Cases: one small op (a 16-element add, a 64x64 matmul), and forward+backward of a 3-layer MLP
 (batch 256, 784 -> 512 -> 512 -> 10, cross-entropy). Each figure is the median of several repeats of
 a timed loop (host clock; everything here is synchronous CPU work). The targets jitorch aims for:
 the time of one small op within 2x of PyTorch eager's, and an MLP step within 1.3x of it.
+
+On the GPU (`--device cuda`) the same small ops and MLP, and a 4096x4096x4096 matmul in float32 at
+matmul precision "highest" (full float32) and "high" (TF32 allowed) and in bfloat16, with TFLOP/s.
+GPU work is queued, so each timed loop starts and ends with a device synchronize. A case that
+fails (jitorch's GPU backend is young) reads "failed" with its error instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
 import threadpoolctl
 import torch
-from common import cpu_model, median_time, publish, results_path
+from common import (
+    cpu_model,
+    describe_failure,
+    gpu_name,
+    gpu_versions,
+    median_time,
+    publish,
+    results_path,
+    set_matmul_precision,
+    synchronize,
+)
 
 import jitorch as jt
 
@@ -151,21 +171,163 @@ def reduction_cases() -> dict[str, dict[str, Callable]]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# the GPU
+
+
+@dataclass(frozen=True)
+class GpuCase:
+    """One GPU case: `make(lib)` builds its tensors on the GPU and returns the call to time."""
+
+    name: str
+    make: Callable[[object], Callable[[], object]]
+    number: int  # calls per timed loop (a tenth with --quick)
+    precision: str | None = None  # the float32 matmul precision it runs at, where that matters
+    flops: float | None = None  # per call, for TFLOP/s
+    returns_loss: bool = False  # the call returns a loss, reported to compare the frameworks
+
+
+def on_gpu(lib, *arrays: np.ndarray, dtype: str | None = None) -> list:
+    """`arrays` as `lib` tensors on the GPU (cast there to `dtype`, a dtype's name, if given)."""
+    tensors = [lib.from_numpy(a).to("cuda") for a in arrays]
+    return tensors if dtype is None else [t.to(getattr(lib, dtype)) for t in tensors]
+
+
+def gpu_cases(size: int = 4096) -> list[GpuCase]:
+    """The GPU table's cases; `size` is the big matmul's (size x size) @ (size x size)."""
+    rng = np.random.default_rng(0)
+    a16, b16 = rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
+    a64, b64 = rng.standard_normal((64, 64), dtype=np.float32), rng.standard_normal((64, 64), dtype=np.float32)
+    big = [rng.standard_normal((size, size), dtype=np.float32) for _ in range(2)]
+    x = np.random.default_rng(1).standard_normal((256, 784), dtype=np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 256)
+    weights = _mlp_weights()
+
+    def binary(a, b, op, dtype=None):
+        def make(lib):
+            ta, tb = on_gpu(lib, a, b, dtype=dtype)
+            return lambda: op(ta, tb)
+        return make
+
+    def mlp(lib):
+        params = [t.requires_grad_() for t in on_gpu(lib, *weights)]
+        return mlp_step(lib, params, *on_gpu(lib, x, y))
+
+    add, matmul = (lambda a, b: a + b), (lambda a, b: a @ b)
+    flops = 2.0 * size**3
+    big_name = f"matmul {size}x{size}x{size}"
+    return [
+        GpuCase("add, 16 elements", binary(a16, b16, add), 20000),
+        GpuCase("matmul, 64x64", binary(a64, b64, matmul), 5000, "highest"),
+        GpuCase("MLP fwd+bwd, batch 256, 784-512-512-10", mlp, 200, "highest", returns_loss=True),
+        GpuCase(f"{big_name}, float32", binary(*big, matmul), 20, "highest", flops),
+        GpuCase(f"{big_name}, float32", binary(*big, matmul), 100, "high", flops),
+        GpuCase(f"{big_name}, bfloat16", binary(*big, matmul, dtype="bfloat16"), 200, None, flops),
+    ]
+
+
+def time_gpu_case(case: GpuCase, lib, quick: bool) -> tuple[float | None, str | None, float | None]:
+    """(seconds per call, None, the loss where the case returns one), or (None, the error, None) when
+    `lib` fails the case."""
+    number, repeats = (max(1, case.number // 10), 3) if quick else (case.number, 7)
+    try:
+        fn = case.make(lib)
+        seconds = median_time(fn, number, repeats, sync=lambda: synchronize("cuda", lib))
+        loss = float(fn().item()) if case.returns_loss else None
+    except Exception as err:
+        return None, describe_failure(err), None
+    return seconds, None, loss
+
+
+def run_gpu(out: str | None, quick: bool) -> None:
+    """The GPU table: every case in jitorch and in PyTorch, one after the other, on one GPU."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no GPU here (a CUDA build of torch and a GPU are needed)")
+    path = results_path("eager_cuda", partial=quick, out=out)
+    rows, failures, losses, jitorch_has_precision = [], [], [], True
+    for case in gpu_cases():
+        if case.precision is not None:
+            jitorch_has_precision &= set_matmul_precision(case.precision)
+        t_jt, err_jt, loss_jt = time_gpu_case(case, jt, quick)
+        t_torch, err_torch, loss_torch = time_gpu_case(case, torch, quick)
+        failures += [f"- {who}, {case.name}: {err}" for who, err in (("jitorch", err_jt), ("PyTorch", err_torch))
+                     if err is not None]
+        if case.returns_loss:
+            jt_loss, torch_loss = ("failed" if v is None else f"{v:.6f}" for v in (loss_jt, loss_torch))
+            losses.append(f"{case.name}: loss {jt_loss} in jitorch, {torch_loss} in PyTorch (the same weights "
+                          "and batch).")
+        rows.append((case, t_jt, t_torch))
+        times = (("jitorch", t_jt), ("PyTorch", t_torch))
+        print(f"{case.name} ({case.precision or '-'}): "
+              + ", ".join(f"{who} {'failed' if t is None else f'{t * 1e6:.2f} µs'}" for who, t in times), flush=True)
+    set_matmul_precision("highest")
+
+    def us(t: float | None) -> str:
+        return "failed" if t is None else f"{t * 1e6:.2f}"
+
+    def tflops(case: GpuCase, t: float | None) -> str:
+        return "-" if case.flops is None or t is None else f"{case.flops / t / 1e12:.0f}"
+
+    command = "python bench/eager.py --device cuda" + (" --quick" if quick else "")
+    lines = [
+        f"# Eager overhead and matmuls on the GPU ({date.today()})",
+        "",
+        f"GPU: {gpu_name()}; host: {cpu_model()}. Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{gpu_versions()}, jitorch {jt.__version__}. Command: `{command}`.",
+        "Median of repeated timed loops, each starting and ending with a device synchronize "
+        "(`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`); microseconds per call.",
+        "Precision: the float32 matmul precision, set with `torch.set_float32_matmul_precision` and "
+        + ("`jitorch.set_float32_matmul_precision`." if jitorch_has_precision else
+           "(jitorch has no `set_float32_matmul_precision`: its matmuls ran at its default)."),
+        "",
+        "| case | precision | jitorch µs | torch eager µs | jitorch / torch | jitorch TFLOP/s | torch TFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, t_jt, t_torch in rows:
+        ratio = "-" if t_jt is None or t_torch is None else f"{t_jt / t_torch:.2f}x"
+        lines.append(f"| {case.name} | {case.precision or '-'} | {us(t_jt)} | {us(t_torch)} | {ratio} | "
+                     f"{tflops(case, t_jt)} | {tflops(case, t_torch)} |")
+    lines += ["", *losses]
+    if failures:
+        lines += ["", "Failed (the error each raised):", "", *failures]
+    publish("\n".join(lines) + "\n", path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="the file to write (default: bench/results/eager_cpu.md)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to run (default cpu; cuda writes bench/results/eager_cuda.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tenth of the calls per loop and 3 repeats: prints only, the recorded results are kept")
+    parser.add_argument("--out", default=None,
+                        help="the file to write (default: bench/results/eager_cpu.md or eager_cuda.md)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        run_gpu(args.out, args.quick)
+    else:
+        run_cpu(args.out, args.quick)
+
+
+def run_cpu(out: str | None, quick: bool) -> None:
+    """The CPU table: jitorch, numpy and PyTorch eager."""
+    scale, repeats = (10, 3) if quick else (1, None)
+
+    def timed(fn: Callable[[], object], number: int, default_repeats: int = 7) -> float:
+        return median_time(fn, max(1, number // scale), repeats or default_repeats)
 
     blas_threads = max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
     torch.set_num_threads(blas_threads)
     rows = []
     for name, impls in small_op_cases().items():
-        t = {k: median_time(f, 20000 if "add" in name else 5000) for k, f in impls.items()}
+        t = {k: timed(f, 20000 if "add" in name else 5000) for k, f in impls.items()}
         rows.append((name, t["jitorch"], t["numpy"], t["torch"], 2.0))
-    t = {k: median_time(f, 20, repeats=9) for k, f in mlp_cases().items()}
+    t = {k: timed(f, 20, 9) for k, f in mlp_cases().items()}
     rows.append(("MLP fwd+bwd, batch 256, 784-512-512-10", t["jitorch"], t["numpy"], t["torch"], 1.3))
-    gemm = {k: median_time(f, 20, repeats=9) for k, f in gemm_cases().items()}
-    reductions = [(name, *(median_time(impls[k], 200) for k in ("jitorch", "numpy", "torch")))
+    gemm = {k: timed(f, 20, 9) for k, f in gemm_cases().items()}
+    reductions = [(name, *(timed(impls[k], 200) for k in ("jitorch", "numpy", "torch")))
                   for name, impls in reduction_cases().items()]
 
     cpu = cpu_model()
@@ -173,7 +335,8 @@ def main() -> None:
         f"# Eager overhead on the CPU ({date.today()})",
         "",
         f"Machine: {cpu}; BLAS and torch threads: {blas_threads}. numpy {np.__version__}, "
-        f"torch {torch.__version__}, jitorch {jt.__version__}. Command: `python bench/eager.py`.",
+        f"torch {torch.__version__}, jitorch {jt.__version__}. "
+        f"Command: `python bench/eager.py{' --quick' if quick else ''}`.",
         "Median of repeated timed loops, microseconds per call.",
         "",
         "| case | jitorch µs | numpy µs | torch eager µs | jitorch / torch | target |",
@@ -198,7 +361,7 @@ def main() -> None:
     ]
     for name, j, n, tt in reductions:
         lines.append(f"| {name} | {j * 1e6:.2f} | {n * 1e6:.2f} | {tt * 1e6:.2f} | {j / tt:.2f}x |")
-    publish("\n".join(lines) + "\n", results_path("eager_cpu", partial=False, out=args.out))
+    publish("\n".join(lines) + "\n", results_path("eager_cpu", partial=quick, out=out))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,31 @@
 """Training speed of the examples' models: jitorch (compiled, as the examples train, and eager) beside
-PyTorch eager on the CPU, in one run.
+PyTorch eager on the CPU or on one GPU, in one run.
 
     python bench/train.py                 # writes bench/results/train_cpu.md
     python bench/train.py --repeats 1     # a quick look: prints only, the recorded results are kept
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
     python bench/train.py --prims         # also prints jitorch's kernel time per primitive
+    python bench/train.py --device cuda   # on the GPU: writes bench/results/train_cuda.md
 
 Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
 sizes, optimizers and data are the same):
 
 - one training epoch of `examples/digits.py`'s CNN (DataLoader, batch 64, Adam);
-- 50 training steps of `examples/char_lm.py`'s transformer (batch 32 x 64 characters, AdamW).
+- 50 training steps of `examples/char_lm.py`'s transformer (batch 32 x 64 characters, AdamW);
+- on the GPU only, 20 steps of char_lm instead of 50, and 10 steps of a GPT-sized model from
+  char_lm's `build_model` (6 layers, d_model 768, 12 heads, 1,024 characters of context, batch 8,
+  AdamW), each at float32 matmul precision "highest" (full float32) and "high" (TF32 allowed).
 
 PyTorch gets as many threads as numpy's BLAS uses (jitorch's matmuls run there), read with
 threadpoolctl; `--threads N` sets both to N. Runs of the two frameworks alternate, so background load
 hits both alike, and each figure is the median over the repeats. The load average is recorded: on a
 2-core machine with other work running, a multi-threaded BLAS or OpenMP call can wait a scheduler
 time slice (several ms) for its second thread, so `--threads 1` gives steadier numbers there.
-This is a benchmark, not a test: nothing here asserts a time. A partial run (fewer repeats or
-char_lm steps than the defaults) never replaces the recorded results: it prints its table and writes
+On the GPU (`--device cuda`), the models and batches live on the GPU, the clock is read only after a
+device synchronize, and a runner that fails (jitorch's GPU backend is young) reads "failed" with its
+error below the table instead of stopping the run.
+This is a benchmark, not a test: nothing here asserts a time. A partial run (fewer repeats, char_lm
+or GPT steps than the defaults) never replaces the recorded results: it prints its table and writes
 nothing, or writes to `--out` outside bench/results/.
 """
 
@@ -28,6 +35,8 @@ import argparse
 import collections
 import cProfile
 import datetime
+import functools
+import gc
 import os
 import platform
 import pstats
@@ -44,15 +53,32 @@ sys.path.insert(0, os.path.join(REPO, "examples"))
 import char_lm  # noqa: E402 - needs the path above
 import digits  # noqa: E402
 import torch  # noqa: E402
-from common import cpu_model, publish, results_path  # noqa: E402 - bench/ is on the path when this script runs
+from common import (  # noqa: E402 - bench/ is on the path when this script runs
+    cpu_model,
+    describe_failure,
+    gpu_name,
+    gpu_versions,
+    publish,
+    results_path,
+    set_matmul_precision,
+    synchronize,
+)
 
 import jitorch  # noqa: E402
+from jitorch.backends import backend_for  # noqa: E402
 from jitorch.backends.cpu import memory  # noqa: E402
 
 LIBS = {"jitorch": jitorch, "PyTorch": torch}
 TARGET_RATIO = 1.5
 REPEATS = 5  # the defaults of a full run; fewer make a partial one
 LM_STEPS = 50
+# the GPU run: fewer char_lm steps (each is launch-bound and short), and a GPT-sized step
+LM_STEPS_CUDA = 20
+GPT_STEPS = 10
+GPT_SIZES = {"d_model": 768, "n_head": 12, "n_layer": 6, "block_size": 1024, "batch_size": 8}
+PRECISIONS = ("highest", "high")
+# the three runners of every workload: label -> (framework, compiled)
+RUNNERS = {"jitorch": (jitorch, False), "jitorch compiled": (jitorch, True), "PyTorch": (torch, False)}
 NOTES_MARKER = "<!-- notes: hand-written below this line; bench/train.py keeps it when it rewrites the page -->"
 
 
@@ -83,11 +109,12 @@ def set_threads(threads: int | None) -> int:
 # workloads: each returns a function that runs the timed unit once (after its own warm-up)
 
 
-def digits_epoch(lib, compiled: bool = False) -> Callable[[], None]:
-    """One epoch over the digits training split with the CNN, as `examples/digits.py` trains it."""
+def digits_epoch(lib, compiled: bool = False, device: str = "cpu") -> Callable[[], None]:
+    """One epoch over the digits training split with the CNN on `device`, as `examples/digits.py`
+    trains it."""
     lib.manual_seed(0)
     train_set, _ = digits.make_datasets(lib)
-    model = digits.build_cnn(lib)
+    model = digits.build_cnn(lib, device)
     optimizer = digits.make_optimizer(model, lib)
     loader = digits.make_loader(train_set, lib)
     train_step = digits.make_train_step(model, optimizer, lib, compiled)
@@ -100,14 +127,21 @@ def digits_epoch(lib, compiled: bool = False) -> Callable[[], None]:
     return epoch
 
 
-def char_lm_steps(lib, steps: int, compiled: bool = False) -> Callable[[], None]:
-    """`steps` training steps of the char_lm transformer on pre-drawn batches (the same for both)."""
-    corpus = char_lm.CharCorpus()
-    config = char_lm.Config(vocab_size=len(corpus.chars))
+@functools.cache
+def corpus() -> char_lm.CharCorpus:
+    """char_lm's text, read and encoded once per run."""
+    return char_lm.CharCorpus()
+
+
+def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",
+                  sizes: dict[str, int] | None = None) -> Callable[[], None]:
+    """`steps` training steps of the char_lm transformer on `device` on pre-drawn batches (the same
+    for both frameworks); `sizes` overrides fields of `char_lm.Config` (a GPT-sized model)."""
+    config = char_lm.Config(vocab_size=len(corpus().chars), **(sizes or {}))
     rng = np.random.default_rng(0)
-    batches = [corpus.batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
+    batches = [corpus().batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
     lib.manual_seed(0)
-    model = char_lm.build_model(config, lib)
+    model = char_lm.build_model(config, lib, device)
     optimizer, scheduler = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
     train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled)
 
@@ -120,25 +154,43 @@ def char_lm_steps(lib, steps: int, compiled: bool = False) -> Callable[[], None]
     return run
 
 
-def time_alternating(makers: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each framework's runner, alternating frameworks within each repeat."""
+def time_alternating(makers: dict[str, Callable[[], None]], repeats: int,
+                     sync: Callable[[str], None] | None = None,
+                     failures: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each framework's runner, alternating frameworks within each repeat.
+
+    `sync(name)` (on the GPU) waits for runner `name`'s queued work before the clock starts and
+    before it is read. With a `failures` dict, a runner that raises is recorded there and dropped
+    (no times) instead of stopping the others."""
     times = {name: [] for name in makers}
+    live = dict(makers)
     for _ in range(repeats):
-        for name, run in makers.items():
-            start = time.perf_counter()
-            run()
+        for name, run in list(live.items()):
+            try:
+                if sync is not None:
+                    sync(name)
+                start = time.perf_counter()
+                run()
+                if sync is not None:
+                    sync(name)
+            except Exception as err:
+                if failures is None:
+                    raise
+                failures[name], times[name] = describe_failure(err), []
+                del live[name]
+                continue
             times[name].append(time.perf_counter() - start)
-    return times
+    return {name: t for name, t in times.items() if t}
 
 
-def primitive_times(run: Callable[[], None], title: str, top: int = 14) -> None:
-    """Print the time spent inside each primitive's kernel during one jitorch run, most first, and
-    what is left over for Python (dispatch, autograd, op wrappers)."""
-    from jitorch.primitives import PRIMS
-
+def primitive_times(run: Callable[[], None], title: str, device: str = "cpu", top: int = 14) -> None:
+    """Print the time spent inside each primitive's eager kernel (of `device`'s backend) during one
+    jitorch run, most first, and what is left over for Python (dispatch, autograd, op wrappers). On the
+    GPU a kernel returns once it is queued, so there this is launch time, not GPU time."""
+    kernels = backend_for(device).kernels
     spent: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
-    originals = {name: prim.impl for name, prim in PRIMS.items()}
+    originals = dict(kernels)
 
     def timed(name, impl):
         def kernel(*args, **kwargs):
@@ -150,15 +202,14 @@ def primitive_times(run: Callable[[], None], title: str, top: int = 14) -> None:
                 calls[name] += 1
         return kernel
 
-    for name, prim in PRIMS.items():
-        prim.impl = timed(name, prim.impl)
+    for name, impl in originals.items():
+        kernels[name] = timed(name, impl)
     try:
         t0 = time.perf_counter()
         run()
         total = time.perf_counter() - t0
     finally:
-        for name, prim in PRIMS.items():
-            prim.impl = originals[name]
+        kernels.update(originals)
     print(f"\n--- jitorch kernel time per primitive, {title}: {total * 1e3:.1f} ms in all, "
           f"{sum(spent.values()) * 1e3:.1f} ms in kernels, {sum(calls.values())} calls ---")
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:top]:
@@ -250,6 +301,102 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, pri
     return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
 
 
+# ---------------------------------------------------------------------------------------------
+# the GPU
+
+
+def cuda_workloads(lm_steps: int, gpt_steps: int) -> dict[str, tuple[Callable, int]]:
+    """name -> (make(lib, compiled) -> a runner on the GPU, training steps per run)."""
+    gpt = GPT_SIZES
+    return {
+        f"digits CNN: one epoch ({len(digits.make_loader(digits.make_datasets(jitorch)[0]))} steps of batch "
+        f"{digits.BATCH_SIZE})": (lambda lib, compiled: digits_epoch(lib, compiled, "cuda"), 1),
+        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
+        f"characters)": (lambda lib, compiled: char_lm_steps(lib, lm_steps, compiled, "cuda"), lm_steps),
+        f"GPT-sized char_lm: one step ({gpt['n_layer']} layers, d_model {gpt['d_model']}, {gpt['n_head']} "
+        f"heads, batch {gpt['batch_size']} x {gpt['block_size']} characters, vocabulary {len(corpus().chars)})":
+            (lambda lib, compiled: char_lm_steps(lib, gpt_steps, compiled, "cuda", gpt), gpt_steps),
+    }
+
+
+def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, profile: bool,
+                 prims: bool) -> tuple[str, bool]:
+    """Time every GPU workload in both frameworks at one float32 matmul precision; returns its
+    results section and whether jitorch has the precision setting."""
+    jitorch_has_precision = set_matmul_precision(precision)
+    lines = [
+        f"## float32 matmul precision \"{precision}\"",
+        "",
+        "| workload | jitorch eager ms | jitorch compiled ms | PyTorch eager ms | eager / PyTorch | "
+        "compiled / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    failed_lines = []
+    for name, (make, units) in cuda_workloads(lm_steps, gpt_steps).items():
+        runners, failures = {}, {}
+        for label, (lib, compiled) in RUNNERS.items():
+            try:
+                runners[label] = make(lib, compiled)  # builds, and warms up
+            except Exception as err:
+                failures[label] = describe_failure(err)
+        times = time_alternating(runners, repeats, lambda label: synchronize("cuda", RUNNERS[label][0]), failures)
+        ms = {label: 1000 * statistics.median(t) / units for label, t in times.items()}
+        cells = [f"{ms[label]:.1f}" if label in ms else "failed" for label in RUNNERS]
+        theirs = ms.get("PyTorch")
+        ratios = [f"{ms[label] / theirs:.2f}x" if label in ms and theirs else "-"
+                  for label in ("jitorch", "jitorch compiled")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {' | '.join(ratios)} |")
+        failed_lines += [f"- {label}, {name}: {error}" for label, error in failures.items()]
+        print(f"[cuda, {precision}] {name}: " + ", ".join(f"{label} {cell}" for label, cell in zip(RUNNERS, cells)),
+              flush=True)
+        for label, error in failures.items():
+            print(f"  {label} failed: {error}", flush=True)
+        if profile and "jitorch" in runners:
+            profile_jitorch(runners["jitorch"], name, top=30)
+        if prims and "jitorch" in runners:
+            primitive_times(runners["jitorch"], name, "cuda")
+        del runners
+        gc.collect()  # the models and their optimizer state leave the GPU before the next workload
+    if failed_lines:
+        lines += ["", "Failed (the error each raised):", "", *failed_lines]
+    return "\n".join(lines) + "\n", jitorch_has_precision
+
+
+def cuda_page(sections: list[str], jitorch_has_precision: bool, repeats: int, lm_steps: int,
+              gpt_steps: int) -> str:
+    """The GPU results page: what was run where, the sections, then how it was measured."""
+    return "\n".join([
+        "# Training speed on the GPU: jitorch (eager and compiled) vs PyTorch eager",
+        "",
+        "The workloads are the examples' own model, optimizer and batch code, run on one GPU with",
+        "`lib=jitorch` (eager, and compiled) and with `lib=torch`.",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- GPU: {gpu_name()}; host: {cpu_model()}, {os.cpu_count()} logical CPUs",
+        f"- versions: Python {platform.python_version()}, numpy {np.__version__}, {gpu_versions()}, "
+        f"jitorch {jitorch.__version__}",
+        "- command: `python bench/train.py --device cuda`",
+        "- matmul precision: `torch.set_float32_matmul_precision` and "
+        + ("`jitorch.set_float32_matmul_precision`" if jitorch_has_precision else
+           "(jitorch has no `set_float32_matmul_precision`: its matmuls ran at its default in both sections)")
+        + "; PyTorch's cuDNN convolutions (the digits CNN) keep their default, TF32 allowed",
+        "",
+        *sections,
+        "How it was measured:",
+        "",
+        f"- median of {repeats} repeats, the three runners alternating; char_lm over {lm_steps} steps and the "
+        f"GPT-sized model over {gpt_steps} steps per run, after 3 warm-up steps (a compiled step traces on its "
+        "first two calls); the digits epoch after one warm-up epoch",
+        "- the data is drawn on the host and each batch is copied to the GPU inside the step, as the examples "
+        "do; each step ends with `loss.item()`, which waits for the GPU; the clock starts and stops after a "
+        "device synchronize (`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`)",
+        "- \"compiled\" is `jitorch.compile` of the whole step (forward, backward and optimizer update) as the "
+        "examples train by default; on the GPU the compiled program runs what jitorch's cuda backend gives it "
+        "(when this benchmark was written: its eager GPU kernels, no fused ones)",
+        "",
+    ])
+
+
 def kept_notes(path: str | os.PathLike) -> str:
     """The hand-written part of an existing results page (from NOTES_MARKER on), kept across reruns."""
     try:
@@ -263,20 +410,32 @@ def kept_notes(path: str | os.PathLike) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to train (default cpu; cuda writes bench/results/train_cuda.md)")
     parser.add_argument("--threads", type=int, nargs="*", default=[None],
-                        help="thread counts to measure at (default: what numpy's BLAS uses)")
+                        help="CPU only: thread counts to measure at (default: what numpy's BLAS uses)")
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help=f"timed runs per workload (default {REPEATS}; fewer: a partial run, printed only)")
-    parser.add_argument("--lm-steps", type=int, default=LM_STEPS,
-                        help=f"char_lm steps per timed run (default {LM_STEPS}; fewer: a partial run, printed only)")
+    parser.add_argument("--lm-steps", type=int, default=None,
+                        help=f"char_lm steps per timed run (default {LM_STEPS} on the CPU, {LM_STEPS_CUDA} on cuda; "
+                             "fewer: a partial run, printed only)")
+    parser.add_argument("--gpt-steps", type=int, default=GPT_STEPS,
+                        help=f"cuda only: GPT-sized steps per timed run (default {GPT_STEPS}; fewer: a partial run, "
+                             "printed only)")
     parser.add_argument("--out", default=None,
-                        help="the file to write (default: bench/results/train_cpu.md; nothing for a partial run)")
+                        help="the file to write (default: bench/results/train_cpu.md or train_cuda.md; nothing for "
+                             "a partial run)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
     parser.add_argument("--prims", action="store_true", help="print jitorch's kernel time per primitive")
     parser.add_argument("--malloc-tuning", action="store_true",
-                        help="turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; writes "
-                             "bench/results/train_cpu_malloc_tuning.md)")
+                        help="CPU only: turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; "
+                             "writes bench/results/train_cpu_malloc_tuning.md)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        main_cuda(args, parser)
+        return
+    if args.lm_steps is None:
+        args.lm_steps = LM_STEPS
     name = "train_cpu_malloc_tuning" if args.malloc_tuning else "train_cpu"
     out = results_path(name, args.repeats < REPEATS or args.lm_steps < LM_STEPS, args.out)
     if args.malloc_tuning and not memory.tune_malloc():
@@ -284,6 +443,24 @@ def main() -> None:
 
     sections = [measure(t, args.repeats, args.lm_steps, args.profile, args.prims) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)
+    notes = kept_notes(out) if out is not None else ""
+    publish(page + ("\n" + notes if notes else ""), out)
+
+
+def main_cuda(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`--device cuda`: both precisions, every workload, one page."""
+    if args.threads != [None] or args.malloc_tuning:
+        parser.error("--threads and --malloc-tuning are for the CPU; leave them out with --device cuda")
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no GPU here (a CUDA build of torch and a GPU are needed)")
+    lm_steps = LM_STEPS_CUDA if args.lm_steps is None else args.lm_steps
+    partial = args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS
+    out = results_path("train_cuda", partial, args.out)
+    measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims)
+                for p in PRECISIONS]
+    set_matmul_precision("highest")
+    page = cuda_page([text for text, _ in measured], all(has for _, has in measured), args.repeats, lm_steps,
+                     args.gpt_steps)
     notes = kept_notes(out) if out is not None else ""
     publish(page + ("\n" + notes if notes else ""), out)
 

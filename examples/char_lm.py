@@ -3,10 +3,12 @@
     python examples/char_lm.py              # 51 s measured on a 2-core AMD EPYC shared with other work
     python examples/char_lm.py --steps 20   # a smoke run (also: JITORCH_EXAMPLE_STEPS=20)
     python examples/char_lm.py --eager      # each training step op by op, for debugging (slower)
+    python examples/char_lm.py --device cuda  # on the GPU (the default where jitorch.cuda.is_available())
 
 Each training step (forward, backward, AdamW update) runs as one `jitorch.compile`d program with
-fused CPU kernels; evaluation and sampling run eagerly. `--eager` trains the same model op by op,
-to the same losses: the mode to step through with pdb or print from.
+fused CPU kernels; evaluation and sampling run eagerly. The model, its causal mask and every batch
+live on `--device`. `--eager` trains the same model op by op, to the same losses: the mode to step
+through with pdb or print from.
 
 The text is `pydoc_data.topics` from the standard library (about 465K characters of English about
 Python), so nothing is downloaded. The last 10% is held out. The script prints the train and
@@ -26,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from example_utils import add_budget_args, progress, say
+from example_utils import add_budget_args, add_device_arg, model_device, progress, say
 
 import jitorch
 import jitorch.nn
@@ -94,9 +96,9 @@ def causal_mask(size: int, lib=jitorch):
     return lib.triu(lib.full((size, size), float("-inf")), diagonal=1)
 
 
-def build_model(config: Config, lib=jitorch):
-    """A GPT-style character model: token + position embeddings, pre-norm encoder layers with a
-    causal mask, a final LayerNorm and a linear head to next-character logits."""
+def build_model(config: Config, lib=jitorch, device="cpu"):
+    """A GPT-style character model on `device`: token + position embeddings, pre-norm encoder layers
+    with a causal mask, a final LayerNorm and a linear head to next-character logits."""
     nn = lib.nn
 
     class CharTransformer(nn.Module):
@@ -113,17 +115,19 @@ def build_model(config: Config, lib=jitorch):
             ])
             self.norm = nn.LayerNorm(config.d_model)
             self.head = nn.Linear(config.d_model, config.vocab_size)
-            self.mask = causal_mask(config.block_size, lib)  # a constant, not a parameter or state
+            # a buffer, so it moves with the model; not persistent: a constant, not state to save
+            self.register_buffer("mask", causal_mask(config.block_size, lib), persistent=False)
 
         def forward(self, codes):
             length = codes.shape[1]
-            x = self.token_embedding(codes) + self.position_embedding(lib.arange(length))
+            positions = lib.arange(length, device=codes.device)
+            x = self.token_embedding(codes) + self.position_embedding(positions)
             mask = self.mask[:length, :length]
             for layer in self.layers:
                 x = layer(x, src_mask=mask, is_causal=True)
             return self.head(self.norm(x))
 
-    return CharTransformer()
+    return CharTransformer().to(device)
 
 
 def make_optimizer(model, config: Config, total_steps: int, lib=jitorch):
@@ -148,9 +152,11 @@ def lm_loss(model, inputs, targets, lib=jitorch):
 
 
 def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False):
-    """A function doing one optimizer step on numpy (inputs, targets) and returning the batch loss.
-    With `compiled=True` (jitorch only), the forward pass, backward pass and AdamW update run as one
-    `jitorch.compile`d program; the scheduler's new learning rate reaches it as data."""
+    """A function doing one optimizer step on numpy (inputs, targets), copied to the model's device,
+    and returning the batch loss. With `compiled=True` (jitorch only), the forward pass, backward pass
+    and AdamW update run as one `jitorch.compile`d program; the scheduler's new learning rate reaches
+    it as data."""
+    device = model_device(model)
 
     def update(inputs, targets):
         optimizer.zero_grad()
@@ -162,7 +168,7 @@ def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = F
     update = lib.compile(update) if compiled else update
 
     def step(inputs, targets) -> float:
-        loss = update(lib.from_numpy(inputs), lib.from_numpy(targets))
+        loss = update(lib.from_numpy(inputs).to(device), lib.from_numpy(targets).to(device))
         scheduler.step()
         return loss.item()
 
@@ -187,9 +193,11 @@ def fixed_batches(corpus: CharCorpus, config: Config, seed: int) -> dict[str, li
 
 def evaluate(model, batches: dict[str, list]) -> dict[str, float]:
     """Mean loss on each split's fixed batches, in eval mode and without autograd."""
+    device = model_device(model)
     model.eval()
     with jitorch.no_grad():
-        losses = {split: float(np.mean([lm_loss(model, jitorch.from_numpy(x), jitorch.from_numpy(y)).item()
+        losses = {split: float(np.mean([lm_loss(model, jitorch.from_numpy(x).to(device),
+                                                jitorch.from_numpy(y).to(device)).item()
                                         for x, y in pairs])) for split, pairs in batches.items()}
     model.train()
     return losses
@@ -197,13 +205,15 @@ def evaluate(model, batches: dict[str, list]) -> dict[str, float]:
 
 def sample(model, corpus: CharCorpus, prompt: str, length: int, temperature: float = 0.8) -> str:
     """Continue `prompt` by `length` characters, drawing each from softmax(logits / temperature)."""
+    device = model_device(model)
     model.eval()
-    codes = jitorch.from_numpy(corpus.encode(prompt)[None, :])
+    codes = jitorch.from_numpy(corpus.encode(prompt)[None, :]).to(device)
     with jitorch.no_grad():
         for _ in range(length):
             logits = model(codes[:, -model.config.block_size:])[:, -1, :]
             probs = jitorch.softmax(logits / temperature, dim=-1)
-            codes = jitorch.cat([codes, jitorch.multinomial(probs, num_samples=1)], dim=1)
+            drawn = jitorch.multinomial(probs, num_samples=1).to(device)  # drawn on the host
+            codes = jitorch.cat([codes, drawn], dim=1)
     model.train()
     return corpus.decode(codes[0].tolist())
 
@@ -234,10 +244,12 @@ def save_loss_plot(history: list[tuple[int, float, float]], path: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(config: Config, corpus: CharCorpus, steps: int, seed: int, compiled: bool = False):
-    """Train for `steps` steps, evaluating every `config.eval_every`; returns (model, loss history)."""
+def train(config: Config, corpus: CharCorpus, steps: int, seed: int, compiled: bool = False,
+          device: str = "cpu"):
+    """Train on `device` for `steps` steps, evaluating every `config.eval_every`; returns (model, loss
+    history). The initial weights are drawn on the host, so they are the same on every device."""
     jitorch.manual_seed(seed)
-    model = build_model(config)
+    model = build_model(config, device=device)
     optimizer, scheduler = make_optimizer(model, config, steps)
     rng = np.random.default_rng(seed)
     eval_set = fixed_batches(corpus, config, seed)
@@ -273,6 +285,7 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true",
                         help="run each training step op by op instead of as one jitorch.compile'd program "
                              "(for debugging; slower)")
+    add_device_arg(parser, jitorch)
     args = parser.parse_args()
     if args.eager:  # op by op, every op allocates a fresh buffer: keep freed ones in this process
         tune_malloc()
@@ -282,7 +295,8 @@ def main() -> None:
     config = Config(vocab_size=len(corpus.chars))
     say(f"corpus: {len(corpus.splits['train']):,} training and {len(corpus.splits['val']):,} held-out "
         f"characters, vocabulary {config.vocab_size}")
-    model, history = train(config, corpus, args.steps, args.seed, compiled=not args.eager)
+    say(f"device: {args.device}")
+    model, history = train(config, corpus, args.steps, args.seed, compiled=not args.eager, device=args.device)
     n_params = sum(p.numel() for p in model.parameters())
     train_seconds = time.perf_counter() - start
     text = sample(model, corpus, prompt="The ", length=args.sample_length)

@@ -1,4 +1,4 @@
-"""Helpers shared by the examples: the step budget, a progress bar that degrades without tqdm.
+"""Helpers shared by the examples: the step budget, the device, a progress bar that degrades without tqdm.
 
 The examples import this module by name, which works because Python puts a script's own folder on
 `sys.path` (`python examples/char_lm.py`); `bench/train.py` puts `examples/` there itself.
@@ -7,6 +7,7 @@ The examples import this module by name, which works because Python puts a scrip
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,33 @@ def add_budget_args(parser: argparse.ArgumentParser, default_steps: int | None, 
     parser.add_argument("--steps", type=int, default=default,
                         help=f"{what} (default {default_steps}; ${STEPS_ENV} overrides it)")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches")
+
+
+def cuda_module(lib):
+    """`lib.cuda` of jitorch or torch, or None where the framework has no such module."""
+    try:
+        return importlib.import_module(f"{lib.__name__}.cuda")
+    except ImportError:
+        return None
+
+
+def default_device(lib) -> str:
+    """"cuda" when `lib` (jitorch or torch) has a usable GPU (`lib.cuda.is_available()`), else "cpu"."""
+    cuda = cuda_module(lib)
+    return "cuda" if cuda is not None and cuda.is_available() else "cpu"
+
+
+def add_device_arg(parser: argparse.ArgumentParser, lib) -> None:
+    """Add `--device`, defaulting to "cuda" where `lib` has a GPU and to "cpu" elsewhere."""
+    default = default_device(lib)
+    parser.add_argument("--device", default=default,
+                        help=f"where to train: cpu or cuda (default: cuda when {lib.__name__}.cuda.is_available(), "
+                             f"else cpu; here {default})")
+
+
+def model_device(model):
+    """The device of `model`'s parameters (a jitorch or torch device): where its inputs must go."""
+    return next(iter(model.parameters())).device
 
 
 class _PlainProgress:

@@ -1,23 +1,36 @@
 """The examples run end to end on a tiny step budget, and their final reports make sense.
 
 Each example runs as a subprocess, as a user would start it, so a broken import, a crash at the end
-(checkpoint, sampling, plotting) or a NaN loss fails here. Each takes a few seconds.
+(checkpoint, sampling, plotting) or a NaN loss fails here. Each takes a few seconds. They run on the
+CPU (`--device cpu`, or the default where jitorch has no GPU); the GPU runs are bench/'s.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import jitorch
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 120  # generous: a loaded CI machine; the runs themselves take seconds
+
+
+def _example_utils():
+    """examples/example_utils.py, loaded by path (examples/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("example_utils", EXAMPLES / "example_utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_example(script: str, *args: str, cwd: Path, steps_env: str | None = None) -> str:
@@ -42,8 +55,10 @@ def report_floats(pattern: str, text: str) -> list[float]:
 def test_digits_trains_and_round_trips_a_checkpoint(tmp_path):
     pytest.importorskip("sklearn")
     checkpoint = tmp_path / "cnn.ckpt"
-    out = run_example("digits.py", "--steps", "12", "--checkpoint", str(checkpoint), cwd=tmp_path)
+    out = run_example("digits.py", "--steps", "12", "--checkpoint", str(checkpoint), "--device", "cpu",
+                      cwd=tmp_path)
 
+    assert re.search(r"^device: cpu$", out, re.MULTILINE), out
     assert "checkpoint round trip: ok" in out
     assert checkpoint.stat().st_size > 0
     for model in ("mlp", "cnn"):
@@ -58,6 +73,8 @@ def test_char_lm_loss_falls_and_it_samples(tmp_path):
     out = run_example("char_lm.py", "--plot", str(plot), "--sample-length", "30", cwd=tmp_path,
                       steps_env="8")  # the budget through the environment, as CI sets it
 
+    default = _example_utils().default_device(jitorch)  # "cpu" where jitorch has no GPU
+    assert re.search(rf"^device: {default}$", out, re.MULTILINE), out
     assert re.search(r"^steps: 8 \(compiled\) \|", out, re.MULTILINE), out
     first_train, first_val = report_floats(r"^initial loss: train (\S+) \| held-out (\S+)$", out)
     final_train, final_val = report_floats(r"^final loss: train (\S+) \| held-out (\S+)$", out)
@@ -75,10 +92,30 @@ def test_char_lm_loss_falls_and_it_samples(tmp_path):
 
 def test_char_lm_compiled_matches_its_eager_run(tmp_path):
     # the same seed and batches: a compiled step must train the model as the eager one does
-    eager = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--eager",
+    eager = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--eager", "--device", "cpu",
                         "--plot", str(tmp_path / "a.png"), cwd=tmp_path)
-    compiled = run_example("char_lm.py", "--steps", "6", "--sample-length", "5",
+    compiled = run_example("char_lm.py", "--steps", "6", "--sample-length", "5", "--device", "cpu",
                            "--plot", str(tmp_path / "b.png"), cwd=tmp_path)
     assert re.search(r"^steps: 6 \(eager\) \|", eager, re.MULTILINE), eager
+    assert all(re.search(r"^device: cpu$", out, re.MULTILINE) for out in (eager, compiled))
     pattern = r"^final loss: train (\S+) \| held-out (\S+)$"
     np.testing.assert_allclose(report_floats(pattern, compiled), report_floats(pattern, eager), rtol=1e-3)
+
+
+def test_the_device_defaults_to_cuda_only_where_the_framework_has_a_gpu(monkeypatch):
+    utils = _example_utils()
+
+    def framework(name: str, gpu: bool | None) -> types.ModuleType:
+        """A stand-in for jitorch or torch: `gpu` None has no `.cuda` module at all (a jitorch
+        without one), else its `cuda.is_available()` says `gpu`."""
+        lib = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, lib)
+        if gpu is not None:
+            cuda = types.ModuleType(f"{name}.cuda")
+            cuda.is_available = lambda: gpu
+            monkeypatch.setitem(sys.modules, f"{name}.cuda", cuda)
+        return lib
+
+    assert utils.default_device(framework("lib_without_cuda", None)) == "cpu"
+    assert utils.default_device(framework("lib_without_a_gpu", False)) == "cpu"
+    assert utils.default_device(framework("lib_with_a_gpu", True)) == "cuda"
