@@ -27,6 +27,10 @@ Floats are computed in float32, as Triton computes them; a float64 request gets 
 values cast, so float64 draws are the same numbers as float32 ones on every backend (with float32's
 24 bits of resolution).
 
+The functions take numpy or CuPy arrays and answer in the same kind (`array_namespace`), so the CUDA
+backend's eager draws are this very code run on the GPU: the same integers and uniforms bit for bit,
+normals up to the rounding of CUDA's float32 log and cos.
+
 Example:
     >>> from jitorch import philox
     >>> philox.uniform(seed=0, offsets=np.arange(3))
@@ -34,6 +38,9 @@ Example:
 """
 
 from __future__ import annotations
+
+import math
+import sys
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -56,6 +63,16 @@ _SHIFT32 = np.uint64(32)
 # elements per pass through the rounds: small enough that the eight working arrays stay in the L2
 # cache (one pass over a million elements spills to memory and runs about 3x slower)
 _CHUNK = 1 << 15
+# on a GPU each pass is some 50 kernel launches: passes as large as memory comfortably allows
+# (eight uint64 working arrays: 1 GiB for 2**24 elements)
+_GPU_CHUNK = 1 << 24
+
+
+def array_namespace(*arrays):
+    """numpy, or cupy when any of `arrays` is a CuPy array. CuPy is never imported here: an array
+    of it can exist only once something else has imported it."""
+    cupy = sys.modules.get("cupy")
+    return np if cupy is None else cupy.get_array_module(*arrays)
 
 
 def philox4x32(seed: int, c0: np.ndarray | int, c1: np.ndarray | int = 0, c2: np.ndarray | int = 0,
@@ -63,44 +80,46 @@ def philox4x32(seed: int, c0: np.ndarray | int, c1: np.ndarray | int = 0, c2: np
     """Philox 4x32 with 10 rounds of the counters (c0, c1, c2, c3), keyed by the 64-bit `seed`:
     four uint32 arrays of the counters' broadcast shape. Triton's `philox(seed, c0, c1, c2, c3)`.
 
-    Counters are uint32 values (arrays or scalars); a seed is taken modulo 2**64.
+    Counters are uint32 values (arrays or scalars, numpy or CuPy); a seed is taken modulo 2**64.
     """
-    counters = [np.asarray(c) for c in (c0, c1, c2, c3)]
+    xp = array_namespace(c0, c1, c2, c3)
+    counters = [xp.asarray(c) for c in (c0, c1, c2, c3)]
     for c in counters:
         if c.dtype != np.uint32 and (c.dtype.kind not in "iu" or (c.size and (c.min() < 0 or c.max() > 0xFFFFFFFF))):
             raise ValueError(f"philox counters are uint32 values, got an array of {c.dtype} outside 0..2**32-1")
     shape = np.broadcast_shapes(*(c.shape for c in counters))
-    n = int(np.prod(shape))
-    flat = [np.broadcast_to(c, shape).ravel() if c.ndim else int(c) for c in counters]
+    n = math.prod(shape)
+    flat = [xp.broadcast_to(c, shape).ravel() if c.ndim else int(c) for c in counters]
     seed = int(seed) % 2**64
-    outs = tuple(np.empty(n, np.uint32) for _ in range(4))
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        chunk = [c[start:stop].astype(np.uint64) if isinstance(c, np.ndarray) else np.full(stop - start, c, np.uint64)
+    outs = tuple(xp.empty(n, np.uint32) for _ in range(4))
+    step = _CHUNK if xp is np else _GPU_CHUNK
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        chunk = [c[start:stop].astype(np.uint64) if isinstance(c, xp.ndarray) else xp.full(stop - start, c, np.uint64)
                  for c in flat]
-        for out, word in zip(outs, _rounds(seed & 0xFFFFFFFF, seed >> 32, *chunk)):
+        for out, word in zip(outs, _rounds(xp, seed & 0xFFFFFFFF, seed >> 32, *chunk)):
             out[start:stop] = word
     return tuple(out.reshape(shape) for out in outs)
 
 
-def _rounds(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray) -> tuple:
+def _rounds(xp, k0: int, k1: int, c0, c1, c2, c3) -> tuple:
     """The 10 rounds on uint64 arrays that hold 32-bit words (overwritten). A 32x32-bit product
     fits a uint64, whose high and low halves are Philox's mulhi and mullo."""
-    prod_a, prod_b = np.empty_like(c0), np.empty_like(c0)
-    spare0, spare2 = np.empty_like(c0), np.empty_like(c0)
+    prod_a, prod_b = xp.empty_like(c0), xp.empty_like(c0)
+    spare0, spare2 = xp.empty_like(c0), xp.empty_like(c0)
     for _ in range(N_ROUNDS):
-        np.multiply(c0, np.uint64(PHILOX_ROUND_A), out=prod_a)
-        np.multiply(c2, np.uint64(PHILOX_ROUND_B), out=prod_b)
+        xp.multiply(c0, np.uint64(PHILOX_ROUND_A), out=prod_a)
+        xp.multiply(c2, np.uint64(PHILOX_ROUND_B), out=prod_b)
         # c0' = mulhi(B, c2) ^ c1 ^ k0 and c2' = mulhi(A, c0) ^ c3 ^ k1, built in the spare arrays
-        np.right_shift(prod_b, _SHIFT32, out=spare0)
+        xp.right_shift(prod_b, _SHIFT32, out=spare0)
         spare0 ^= c1
         spare0 ^= np.uint64(k0)
-        np.right_shift(prod_a, _SHIFT32, out=spare2)
+        xp.right_shift(prod_a, _SHIFT32, out=spare2)
         spare2 ^= c3
         spare2 ^= np.uint64(k1)
         # c1' = mullo(B, c2), c3' = mullo(A, c0)
-        np.bitwise_and(prod_b, _MASK32, out=c1)
-        np.bitwise_and(prod_a, _MASK32, out=c3)
+        xp.bitwise_and(prod_b, _MASK32, out=c1)
+        xp.bitwise_and(prod_a, _MASK32, out=c3)
         c0, spare0 = spare0, c0
         c2, spare2 = spare2, c2
         k0 = (k0 + PHILOX_KEY_A) & 0xFFFFFFFF
@@ -123,9 +142,10 @@ def randint(seed: int, offsets: np.ndarray | int) -> np.ndarray:
 def uint_to_uniform_float(x: np.ndarray) -> np.ndarray:
     """uint32 words to float32 in [0, 1), as Triton's `uint_to_uniform_float`: the word as int32,
     `~x` where negative (so 2**31 values, each twice), times UNIFORM_SCALE in float32."""
-    x = np.asarray(x, dtype=np.uint32).view(np.int32)
+    xp = array_namespace(x)
+    x = xp.asarray(x, dtype=np.uint32).view(np.int32)
     folded = x ^ (x >> 31)  # ~x where x < 0: the arithmetic shift gives all ones there
-    return np.multiply(folded.astype(np.float32), UNIFORM_SCALE, dtype=np.float32)
+    return xp.multiply(folded.astype(np.float32), UNIFORM_SCALE, dtype=np.float32)
 
 
 def uniform(seed: int, offsets: np.ndarray | int, dtype: DTypeLike = np.float32) -> np.ndarray:
@@ -152,17 +172,18 @@ def normal(seed: int, offsets: np.ndarray | int, dtype: DTypeLike = np.float32) 
 def pair_uniform_to_normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     """Box-Muller's cosine branch in float32, the first of Triton's `pair_uniform_to_normal`:
     `sqrt(-2 log(max(u1, 1e-7))) * cos(2 pi u2)`."""
-    u1 = np.maximum(np.asarray(u1, dtype=np.float32), NORMAL_U1_MIN)
-    np.log(u1, out=u1)
+    xp = array_namespace(u1, u2)
+    u1 = xp.maximum(xp.asarray(u1, dtype=np.float32), NORMAL_U1_MIN)
+    xp.log(u1, out=u1)
     u1 *= np.float32(-2.0)
-    radius = np.sqrt(u1, out=u1)
-    angle_cos = np.cos(np.multiply(TWO_PI, u2, dtype=np.float32))
-    return np.multiply(radius, angle_cos, out=radius)
+    radius = xp.sqrt(u1, out=u1)
+    angle_cos = xp.cos(xp.multiply(TWO_PI, u2, dtype=np.float32))
+    return xp.multiply(radius, angle_cos, out=radius)
 
 
 def _offset_bits(offsets: np.ndarray | int) -> np.ndarray:
     """Offsets as the uint64 bit patterns of int64 values."""
-    offsets = np.asarray(offsets)
+    offsets = array_namespace(offsets).asarray(offsets)
     if offsets.dtype.kind not in "iu":
         raise TypeError(f"random offsets must be integers (int64 element offsets), got {offsets.dtype}")
     return offsets.astype(np.int64, copy=False).view(np.uint64)

@@ -12,10 +12,19 @@ A backend is one package that registers itself for a device type (`register`) an
 
 Everything above this layer (dispatch, autograd, the tracer, the executor of compiled programs)
 asks `backend_for(device)` and knows no backend by name; `jitorch/ir` knows none at all.
+
+A backend whose import is costly or may fail (the GPU's needs CuPy, a driver and a GPU) registers
+lazily: `register_lazy("cuda", "jitorch.backends.cuda.backend")` names the module, which
+`has_backend` and `backend_for` import on first use. If that import fails, the device type has no
+backend and `unavailable_reason(device_type)` says why. `import jitorch` imports no such module.
+
+Settings that every backend reads live here too: `set_float32_matmul_precision`.
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -85,6 +94,9 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+_LAZY: dict[str, str] = {}  # device type -> the module that registers its backend when imported
+_UNAVAILABLE: dict[str, str] = {}  # device type -> why its backend could not be loaded
+_LOADING = threading.RLock()  # one thread imports a lazy backend; the others wait for its outcome
 
 
 def register(backend: Backend) -> None:
@@ -92,14 +104,86 @@ def register(backend: Backend) -> None:
     _BACKENDS[backend.device_type] = backend
 
 
+def register_lazy(device_type: str, module: str) -> None:
+    """Let `module` serve `device_type`: it is imported (and calls `register`) the first time
+    anyone asks for that device type's backend, not before."""
+    _LAZY[device_type] = module
+    _UNAVAILABLE.pop(device_type, None)
+
+
+def _load(device_type: str) -> Backend | None:
+    """The backend of `device_type`, importing its module first if it registered lazily."""
+    backend = _BACKENDS.get(device_type)
+    if backend is None and device_type in _LAZY:
+        with _LOADING:
+            module = _LAZY.pop(device_type, None)
+            if module is not None:
+                try:
+                    importlib.import_module(module)
+                except Exception as err:  # no CuPy, no driver, no GPU: the backend is unavailable, not broken
+                    _UNAVAILABLE[device_type] = str(err) or f"importing {module} failed ({type(err).__name__})"
+                if device_type not in _BACKENDS and device_type not in _UNAVAILABLE:
+                    _UNAVAILABLE[device_type] = f"{module} registered no backend for {device_type!r}"
+        backend = _BACKENDS.get(device_type)
+    return backend
+
+
 def has_backend(device_type: str) -> bool:
-    return device_type in _BACKENDS
+    """Whether a backend serves `device_type` (loading a lazily registered one to find out)."""
+    return _load(device_type) is not None
+
+
+def unavailable_reason(device_type: str) -> str | None:
+    """Why `device_type` has no backend, in words for an error message (None when it has one).
+
+        >>> unavailable_reason("cuda")  # on a machine without CuPy
+        "CuPy is not installed: pip install 'jitorch[cuda]'"
+    """
+    if _load(device_type) is not None:
+        return None
+    return _UNAVAILABLE.get(device_type, f"this jitorch has no backend for device type {device_type!r}")
 
 
 def backend_for(device_type: str) -> Backend:
-    """The backend of a device type ("cpu", "meta", ...)."""
-    backend = _BACKENDS.get(device_type)
+    """The backend of a device type ("cpu", "meta", "cuda", ...)."""
+    backend = _load(device_type)
     if backend is None:
         known = ", ".join(sorted(_BACKENDS)) or "none"
-        raise BackendError(f"no backend for device type {device_type!r} in this jitorch (backends: {known})")
+        raise BackendError(f"no backend for device type {device_type!r} in this jitorch (backends: {known}): "
+                           f"{unavailable_reason(device_type)}")
     return backend
+
+
+register_lazy("cuda", "jitorch.backends.cuda.backend")
+
+
+# ---------------------------------------------------------------------------------------------
+# settings the backends read
+
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
+_float32_matmul_precision = "highest"
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """How float32 matrix products may trade precision for speed, as PyTorch's setting of that name.
+
+    "highest" (the default): float32 products computed in float32. "high" and "medium": a GPU may
+    use TF32 tensor cores, faster, with each input rounded to 10 mantissa bits (a relative error
+    up to 2**-11 instead of 2**-24) and sums kept in float32. The CPU computes in float32 whatever
+    the setting. `jitorch.backends.cuda.matmul.allow_tf32 = True` is "high".
+
+        >>> set_float32_matmul_precision("high")
+    """
+    global _float32_matmul_precision
+    if precision not in FLOAT32_MATMUL_PRECISIONS:
+        raise ValueError(f"float32 matmul precision must be one of {', '.join(map(repr, FLOAT32_MATMUL_PRECISIONS))}"
+                         f", got {precision!r}")
+    _float32_matmul_precision = precision
+
+
+def get_float32_matmul_precision() -> str:
+    """The current float32 matmul precision: "highest", "high" or "medium"."""
+    return _float32_matmul_precision
+
+
+from . import cuda as cuda  # noqa: E402  (PyTorch's jitorch.backends.cuda.matmul.allow_tf32; imports no CuPy)

@@ -1,0 +1,329 @@
+"""The eager kernels, defined once over an array namespace: `make_kernels(numpy)` for the CPU,
+`make_kernels(cupy)` for the GPU.
+
+Each kernel takes the backend's arrays and the node's params (as keywords, named as in the
+primitive table) and returns one array. Everything here is written against `xp`, where numpy and
+CuPy agree: ufuncs, reductions, reshape/transpose/broadcast_to, pad, concatenate,
+take_along_axis, einsum, cumsum, stable argsort, matmul and the Philox random numbers. numpy has
+no erf, so each backend brings its own (the CPU an LLVM loop, the GPU CuPy's); what else a backend
+does better or differently it overrides in its own `kernels.py` (the CPU its LLVM helper loops; the
+GPU the float32 matmul precision, and wider types where CuPy has no bfloat16 kernel), starting from
+these.
+
+    >>> import numpy as np
+    >>> make_kernels(np)["add"](np.ones(2), np.ones(2))
+    array([2., 2.])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+
+from .. import dtypes as _dt
+from .. import philox
+from ..primitives import conv_out_size, numpy_key, sum_dtype
+
+_BFLOAT16 = _dt.bfloat16.np
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16: types PyTorch accumulates and multiplies in float32."""
+    return dtype.kind == "f" and dtype.itemsize < 4 or dtype == _BFLOAT16
+
+
+def ignoring_fp_errors(xp, fn: Callable) -> Callable:
+    """`fn` with numpy's floating-point warnings off (log(0) is -inf, as in PyTorch, without a
+    RuntimeWarning). A namespace without `errstate` (CuPy: GPU kernels raise no such warnings)
+    gets `fn` itself."""
+    errstate = getattr(xp, "errstate", None)
+    if errstate is None:
+        return fn
+
+    def run(*arrays):
+        with errstate(all="ignore"):
+            return fn(*arrays)
+
+    return run
+
+
+def in_float32_for_half(xp, reduce: Callable) -> Callable:
+    """A reduction kernel `(x, dims, keepdim)` from `reduce(x, axis, keepdims)`: half types are
+    reduced in float32 and rounded once at the end, as PyTorch accumulates them."""
+
+    def run(x, dims, keepdim):
+        if is_half(x.dtype):
+            return reduce(x.astype(np.float32), axis=dims, keepdims=keepdim).astype(x.dtype)
+        return xp.asarray(reduce(x, axis=dims, keepdims=keepdim))
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels that are more than one function of the namespace (those that use it take `xp` first)
+
+
+def _sigmoid(xp, x):
+    return 1 / (1 + xp.exp(-x))
+
+
+def _rsqrt(xp, x):
+    return 1 / xp.sqrt(x)
+
+
+def _relu(xp, x):
+    return xp.maximum(x, 0)  # NaN stays NaN, as in PyTorch
+
+
+def _relu_backward(xp, g, out):
+    """`g` where relu's output is not <= 0, else 0 (PyTorch's test: a NaN output passes `g`)."""
+    return xp.where(out <= 0, xp.zeros((), g.dtype), g)
+
+
+def _cast(x, dtype):
+    return x.astype(dtype.np, copy=False)
+
+
+def sum_(xp, x, axis, keepdims):
+    return xp.sum(x, axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
+
+
+def _prod(xp, x, axis, keepdims):
+    return xp.prod(x, axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
+
+
+def amax(xp, x, axis, keepdims):
+    if x.dtype == np.bool_:  # any(): an empty reduction is False (amax has no identity)
+        return xp.any(x, axis=axis, keepdims=keepdims)
+    return xp.amax(x, axis=axis, keepdims=keepdims)
+
+
+def _amin(xp, x, axis, keepdims):
+    if x.dtype == np.bool_:  # all(): an empty reduction is True
+        return xp.all(x, axis=axis, keepdims=keepdims)
+    return xp.amin(x, axis=axis, keepdims=keepdims)
+
+
+def _arg_reduce(xp, reduce, x, dim, keepdim):
+    if dim is None:
+        out = reduce(x.reshape(-1))
+        return xp.asarray(out, dtype=np.int64).reshape((1,) * x.ndim if keepdim else ())
+    return reduce(x, axis=dim, keepdims=keepdim).astype(np.int64, copy=False)
+
+
+def cumsum(xp, x, dim):
+    # a 0-d input scans as one element and stays 0-d, as in PyTorch
+    return xp.cumsum(x.reshape(x.shape or (1,)), axis=dim, dtype=sum_dtype(x.dtype)).reshape(x.shape)
+
+
+def _reshape(xp, x, shape):
+    return xp.reshape(x, shape)
+
+
+def _permute(xp, x, dims):
+    return xp.transpose(x, dims)
+
+
+def _copy(xp, x):
+    return xp.array(x, copy=True, order="C")
+
+
+def _flip(xp, x, dims):
+    return xp.flip(x, dims).copy()
+
+
+def _pad(xp, x, pads, value):
+    return xp.pad(x, pads, mode="constant", constant_values=value)
+
+
+def _getitem(x, *tensors, key):
+    index = numpy_key(key, tensors)
+    if not tensors and Ellipsis not in key:
+        index += (Ellipsis,)  # all ints would give numpy a scalar copy; PyTorch's x[1, 2] is a 0-d view
+    return x[index]
+
+
+def index_put(xp, add_at: Callable, x, v, *tensors, key, accumulate):
+    """x with x[key] = v (or += v, where repeated indices all add up, through `add_at`, numpy's
+    `np.add.at`)."""
+    out = xp.array(x, copy=True)
+    idx = numpy_key(key, tensors)
+    if accumulate and any(type(i) is xp.ndarray for i in idx):
+        add_at(out, idx, v)
+    elif accumulate:
+        out[idx] += v
+    else:
+        out[idx] = v
+    return out
+
+
+def _cat(xp, *xs, dim):
+    return xp.concatenate(xs, axis=dim)
+
+
+def _matmul(xp, a, b):
+    if is_half(a.dtype):  # PyTorch multiplies half types with float32 accumulation
+        return xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    return xp.matmul(a, b)
+
+
+def _einsum(xp, *xs, equation):
+    return xp.einsum(equation, *xs, optimize=len(xs) > 2)
+
+
+def _gather(xp, x, index, dim):
+    return xp.take_along_axis(x, index, axis=dim)
+
+
+def _grid(xp, index, dim: int) -> tuple:
+    """Full index arrays for a scatter along `dim` (the advanced-indexing form): `index` itself
+    along `dim`, a broadcastable arange along every other dim."""
+    ndim = index.ndim
+    return tuple(index if d == dim else xp.arange(n).reshape((1,) * d + (n,) + (1,) * (ndim - d - 1))
+                 for d, n in enumerate(index.shape))
+
+
+def scatter_add(xp, add_at: Callable, x, index, src, dim):
+    """x with src added at index along dim (repeated indices all add up, through `add_at`)."""
+    out = xp.array(x, copy=True)
+    src = src[tuple(slice(0, s) for s in index.shape)]
+    add_at(out, _grid(xp, index, dim), src)
+    return out
+
+
+def _scatter(xp, x, index, src, dim):
+    out = xp.array(x, copy=True)
+    src = src[tuple(slice(0, s) for s in index.shape)]
+    out[_grid(xp, index, dim)] = src
+    return out
+
+
+def _argsort(xp, x, dim, descending):
+    if x.dtype.kind == "b":
+        x = x.astype(np.float64 if descending else np.uint8)  # bools sort as numbers (CuPy sorts no bools)
+    keys = -x if descending else x  # a stable descending order: sort the negated keys
+    return xp.argsort(keys, axis=dim, kind="stable").astype(np.int64, copy=False)
+
+
+def unfold(xp, x, kernel, dilation, padding, stride):
+    """im2col: x (N, C, H, W) -> (N, C*kh*kw, oh*ow), through a strided view of the padded image
+    copied once (a fresh array, never a view of `x`)."""
+    n, c, h, w = x.shape
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
+    padded = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else xp.ascontiguousarray(x)
+    sn, sc, sy, sx = padded.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        padded, (n, c, kh, kw, oh, ow), (sn, sc, sy * dh, sx * dw, sy * sh, sx * sw))
+    return windows.copy().reshape(n, c * kh * kw, oh * ow)
+
+
+def fold(xp, cols, output_size, kernel, dilation, padding, stride):
+    """col2im, the adjoint of `unfold`: each window's columns added into the (padded) image, one
+    strided add per kernel offset."""
+    (h, w), (kh, kw), (dh, dw), (ph, pw), (sh, sw) = output_size, kernel, dilation, padding, stride
+    n = cols.shape[0]
+    c = cols.shape[1] // (kh * kw)
+    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
+    out = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    cols = cols.reshape(n, c, kh, kw, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw] += (
+                cols[:, :, i, j]
+            )
+    return out[:, :, ph: ph + h, pw: pw + w]
+
+
+def _random(xp, seed, counter, *, shape, dtype, dist, offset):
+    """Philox draws for counters counter + offset onwards (one per element), keyed by the seed:
+    the same numbers on every backend (`jitorch.philox`)."""
+    first = int(counter) + offset
+    counters = xp.arange(first, first + math.prod(shape), dtype=np.int64)
+    return philox.draw(dist, int(seed), counters, dtype.np).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_kernels(xp) -> dict[str, Callable]:
+    """The eager kernel of every primitive but `erf`, over the array namespace `xp` (numpy or cupy)."""
+    quiet = partial(ignoring_fp_errors, xp)
+    kernels: dict[str, Callable] = {
+        "neg": xp.negative,
+        "exp": quiet(xp.exp),
+        "log": quiet(xp.log),
+        "log1p": quiet(xp.log1p),
+        "expm1": quiet(xp.expm1),
+        "sqrt": quiet(xp.sqrt),
+        "rsqrt": quiet(partial(_rsqrt, xp)),
+        "sin": xp.sin,
+        "cos": xp.cos,
+        "tanh": xp.tanh,
+        "sigmoid": quiet(partial(_sigmoid, xp)),
+        "abs": xp.abs,
+        "sign": xp.sign,
+        "floor": xp.floor,
+        "ceil": xp.ceil,
+        "round": xp.round,
+        "trunc": xp.trunc,
+        "reciprocal": quiet(xp.reciprocal),
+        "logical_not": xp.logical_not,
+        "isnan": xp.isnan,
+        "isinf": xp.isinf,
+        "relu": partial(_relu, xp),
+        "relu_backward": partial(_relu_backward, xp),
+        "cast": _cast,
+        "add": xp.add,
+        "sub": xp.subtract,
+        "mul": xp.multiply,
+        "div": quiet(xp.true_divide),
+        "pow": quiet(xp.power),
+        "maximum": xp.maximum,
+        "minimum": xp.minimum,
+        "remainder": quiet(xp.remainder),
+        "floor_divide": quiet(xp.floor_divide),
+        "eq": xp.equal,
+        "ne": xp.not_equal,
+        "lt": xp.less,
+        "le": xp.less_equal,
+        "gt": xp.greater,
+        "ge": xp.greater_equal,
+        "logical_and": xp.logical_and,
+        "logical_or": xp.logical_or,
+        "logical_xor": xp.logical_xor,
+        "bitwise_and": xp.bitwise_and,
+        "bitwise_or": xp.bitwise_or,
+        "bitwise_xor": xp.bitwise_xor,
+        "bitwise_not": xp.invert,
+        "where": xp.where,
+        "sum": in_float32_for_half(xp, partial(sum_, xp)),
+        "prod": in_float32_for_half(xp, partial(_prod, xp)),
+        "amax": in_float32_for_half(xp, partial(amax, xp)),
+        "amin": in_float32_for_half(xp, partial(_amin, xp)),
+        "argmax": partial(_arg_reduce, xp, xp.argmax),
+        "argmin": partial(_arg_reduce, xp, xp.argmin),
+        "cumsum": partial(cumsum, xp),
+        "reshape": partial(_reshape, xp),
+        "permute": partial(_permute, xp),
+        "expand": xp.broadcast_to,
+        "flip": partial(_flip, xp),
+        "copy": partial(_copy, xp),
+        "pad": partial(_pad, xp),
+        "getitem": _getitem,
+        "index_put": partial(index_put, xp, xp.add.at),
+        "cat": partial(_cat, xp),
+        "matmul": partial(_matmul, xp),
+        "einsum": partial(_einsum, xp),
+        "gather": partial(_gather, xp),
+        "scatter_add": partial(scatter_add, xp, xp.add.at),
+        "scatter": partial(_scatter, xp),
+        "argsort": partial(_argsort, xp),
+        "unfold": partial(unfold, xp),
+        "fold": partial(fold, xp),
+        "random": partial(_random, xp),
+    }
+    return kernels

@@ -1,0 +1,106 @@
+"""The CUDA backend's eager kernels: the shared kernels of `jitorch.backends.array_kernels` over
+CuPy, with CuPy's own where it differs from numpy: erf from cupyx; matmul and einsum at the float32
+precision `set_float32_matmul_precision` asks for; adds at repeated indices and cumulative sums in
+a wider type where CuPy has no kernel for the dtype (bfloat16, bool).
+
+Every kernel takes a numpy input (a CPU scalar joining a GPU op, a compiled program's constant) as
+a device array, and answers in the dtype the primitive's rule gives: CuPy computes most bfloat16
+ufuncs in float32 and answers in float32, so those results are rounded to bfloat16 once, as
+ml_dtypes does on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import cupyx.scipy.special
+import numpy as np
+from cupy._core import _routines_linalg
+from cupy_backends.cuda.libs import cublas
+
+from ... import dtypes as _dt
+from ...primitives import PRIMS
+from .. import array_kernels as shared
+from .. import get_float32_matmul_precision
+from .gpu_check import cupy
+
+_BFLOAT16 = _dt.bfloat16.np
+# cuBLAS's cublasMath_t (cublas_api.h), which CuPy does not name: TF32 tensor cores for float32
+CUBLAS_TF32_TENSOR_OP_MATH = 3
+# the dtypes cupy.add.at has atomic adds for
+_ADD_AT_DTYPES = frozenset(map(np.dtype, (np.int32, np.int64, np.uint32, np.uint64, np.float16, np.float32,
+                                          np.float64)))
+
+
+def _erf(x):
+    """Elementwise error function (other than float32/float64 computed in float32, as on the CPU)."""
+    if x.dtype not in (np.float32, np.float64):
+        return cupyx.scipy.special.erf(x.astype(np.float32)).astype(x.dtype)
+    return cupyx.scipy.special.erf(x)
+
+
+def use_tf32(allow: bool) -> None:
+    """Let cuBLAS round float32 inputs to TF32 or not, for the products that follow on this thread:
+    CuPy's compute type for float32 decides its 2-D products (cublasGemmEx), the cuBLAS handle's
+    math mode its batched ones."""
+    _routines_linalg.set_compute_type(
+        np.float32, _routines_linalg.COMPUTE_TYPE_TF32 if allow else _routines_linalg.COMPUTE_TYPE_DEFAULT)
+    cublas.setMathMode(cupy.cuda.device.get_cublas_handle(),
+                       CUBLAS_TF32_TENSOR_OP_MATH if allow else cublas.CUBLAS_DEFAULT_MATH)
+
+
+def _at_float32_matmul_precision(kernel: Callable) -> Callable:
+    """`kernel` (a product through cuBLAS) at the current float32 matmul precision. Set on every call:
+    the setting is CuPy's and the handle's, shared with anything else that calls cuBLAS."""
+
+    def run(*arrays, **params):
+        use_tf32(get_float32_matmul_precision() != "highest")
+        return kernel(*arrays, **params)
+
+    return run
+
+
+def _add_at(out, idx, values) -> None:
+    """cupy.add.at, through a wider copy for the dtypes it has no atomic add for (bfloat16 adds in
+    float32, bool in int64: True wherever anything was added to it, as numpy's add.at)."""
+    if out.dtype in _ADD_AT_DTYPES:
+        cupy.add.at(out, idx, values)
+        return
+    wide = np.int64 if out.dtype.kind in "biu" else np.float32  # ml_dtypes' bfloat16 is of kind "V"
+    acc = out.astype(wide)
+    cupy.add.at(acc, idx, cupy.asarray(values).astype(wide, copy=False))
+    cupy.copyto(out, acc, casting="unsafe")
+
+
+def _cumsum(x, dim):
+    if x.dtype == _BFLOAT16:  # CuPy's scan has no bfloat16 addition
+        return shared.cumsum(cupy, x.astype(np.float32), dim).astype(_BFLOAT16)
+    return shared.cumsum(cupy, x, dim)
+
+
+def _on_device(name: str, kernel: Callable) -> Callable:
+    """`kernel` with its numpy inputs copied to the GPU first (CuPy refuses numpy arrays), and a
+    float32 answer to bfloat16 inputs rounded to the dtype primitive `name` makes."""
+    infer = PRIMS[name].infer
+
+    def run(*arrays, **params):
+        arrays = [cupy.asarray(a) if type(a) is np.ndarray else a for a in arrays]
+        out = kernel(*arrays, **params)
+        if out.dtype == np.float32 and any(getattr(a, "dtype", None) == _BFLOAT16 for a in arrays):
+            out = out.astype(infer(*arrays, **params)[1], copy=False)
+        return out
+
+    return run
+
+
+SHARED: dict[str, Callable] = shared.make_kernels(cupy)
+OVERRIDES: dict[str, Callable] = {
+    "erf": _erf,
+    "matmul": _at_float32_matmul_precision(SHARED["matmul"]),
+    "einsum": _at_float32_matmul_precision(SHARED["einsum"]),
+    "index_put": partial(shared.index_put, cupy, _add_at),
+    "scatter_add": partial(shared.scatter_add, cupy, _add_at),
+    "cumsum": _cumsum,
+}
+KERNELS: dict[str, Callable] = {name: _on_device(name, kernel) for name, kernel in (SHARED | OVERRIDES).items()}
