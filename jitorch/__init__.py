@@ -200,7 +200,7 @@ from .compiler import compile  # noqa: E402,A001
 from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
-from . import nn, optim, utils  # noqa: E402 - as `import torch` gives torch.nn, torch.optim
+from . import cuda, nn, optim, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point
 

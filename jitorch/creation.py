@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from . import cuda
 from . import dtypes as _dt
 from ._trace_state import trace_state
-from .device import Device, cpu
+from .backends import backend_for
+from .device import Device, placement
+from .errors import BackendError
 from .random import normal, rng, uniform
 from .tensor import Tensor
 
 
 def _finish(data: np.ndarray, device, requires_grad: bool) -> Tensor:
+    """A tensor of host array `data`, moved to `device` (None: the CPU)."""
     t = Tensor._make(data)
-    if device is not None and Device(device) is not cpu:
-        t = t.to(device)
+    if device is not None:
+        t = t.to(placement(device))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -91,8 +97,9 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     Python floats become the default float dtype (float32), ints int64, bools bool; numpy arrays
     keep their dtype. Example: `jitorch.tensor([[1., 2.], [3., 4.]], requires_grad=True)`.
     """
-    if isinstance(data, Tensor):
-        data = data.detach()._data
+    if isinstance(data, Tensor):  # a copy, on data's device unless told otherwise (as PyTorch)
+        device = data.device if device is None else device
+        data = data.detach()._concrete("jitorch.tensor()")
     dtype = None if dtype is None else _dt.get_dtype(dtype)
     arr = np.array(_infer_np(data, dtype), copy=True)
     return _finish(arr, device, requires_grad)
@@ -101,7 +108,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 def as_tensor(data, dtype=None, device=None) -> Tensor:
     """Like `tensor`, but shares memory with a numpy array or tensor when no conversion is needed."""
     if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
+        return data.to(device=device, dtype=dtype)
     if isinstance(data, np.ndarray) and (dtype is None or _dt.get_dtype(dtype).np == data.dtype):
         return _finish(np.asarray(data, dtype=_dt.from_numpy_dtype(data.dtype).np), device, False)
     return tensor(data, dtype=dtype, device=device)
@@ -115,8 +122,16 @@ def from_numpy(array: np.ndarray) -> Tensor:
     return Tensor._make(array)
 
 
+# DLPack device types (dlpack.h): memory a CUDA device reads (numpy reads kDLCPU's)
+_KDL_CUDA, _KDL_CUDA_MANAGED = 2, 13
+
+
 def from_dlpack(ext) -> Tensor:
-    """A tensor sharing memory with any DLPack-capable array (numpy, PyTorch CPU, ...)."""
+    """A tensor sharing memory with any DLPack-capable array, without a copy: numpy or PyTorch CPU
+    arrays give a CPU tensor; CuPy arrays or PyTorch/JAX CUDA arrays a tensor on that CUDA device."""
+    kind, index = ext.__dlpack_device__() if hasattr(ext, "__dlpack_device__") else (1, 0)
+    if kind in (_KDL_CUDA, _KDL_CUDA_MANAGED):
+        return _from_device_dlpack(ext, placement(Device("cuda", int(index))))
     try:
         arr = np.from_dlpack(ext)
     except (RuntimeError, BufferError, TypeError) as err:
@@ -130,6 +145,25 @@ def from_dlpack(ext) -> Tensor:
             raise err from None
     _dt.from_numpy_dtype(arr.dtype)
     return Tensor._make(arr)
+
+
+def _from_device_dlpack(ext, device: Device) -> Tensor:
+    backend = backend_for(device.type)
+    importer = getattr(backend, "from_dlpack", None) or _library_from_dlpack(backend)
+    if importer is None:
+        raise BackendError(f"the {device.type} backend cannot take DLPack arrays (it has no from_dlpack)")
+    with cuda.placing(device.index):
+        data = importer(ext)
+    _dt.from_numpy_dtype(data.dtype)
+    t = Tensor._make(data)
+    t._device = device
+    return t
+
+
+def _library_from_dlpack(backend):
+    """The `from_dlpack` of the array library whose arrays the backend's buffers are (CuPy's), if any."""
+    library = sys.modules.get(getattr(backend.buffer_type, "__module__", "").partition(".")[0])
+    return getattr(library, "from_dlpack", None)
 
 
 def _not_traceable(name: str) -> None:
@@ -212,6 +246,7 @@ def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bo
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
+    device = None if device is None else placement(device)
     t = uniform(_shape(size), 0.0, 1.0, dtype, generator, device)
     if t._value is not None:  # traced inside jitorch.compile
         return t
@@ -220,6 +255,7 @@ def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = F
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
+    device = None if device is None else placement(device)
     t = normal(_shape(size), 0.0, 1.0, dtype, generator, device)
     if t._value is not None:  # traced inside jitorch.compile
         return t
@@ -234,6 +270,7 @@ def randint(low, high=None, size=None, generator=None, dtype=None, device=None,
     if high is None:
         low, high = 0, low
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.int64
+    device = None if device is None else placement(device)
     if high - low > 2**24 and trace_state.tracer is None:  # beyond what a float32 uniform resolves
         return _finish(rng(generator).integers(low, high, size=tuple(size)).astype(dtype.np), device, requires_grad)
     # from uniforms, eagerly as in a compiled function: the same integers for the same seed
@@ -277,4 +314,4 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, gene
     rows = probs.reshape(-1, probs.shape[-1])
     out = np.stack([g.choice(rows.shape[1], size=num_samples, replace=replacement, p=r / r.sum())
                     for r in rows])
-    return Tensor._make(out.reshape(probs.shape[:-1] + (num_samples,)).astype(np.int64))
+    return _finish(out.reshape(probs.shape[:-1] + (num_samples,)).astype(np.int64), input.device, False)

@@ -22,11 +22,10 @@ _FLOAT_NP = frozenset(d.np for d in FLOAT_DTYPES)
 _new = object.__new__
 
 
-def _device_error(prim: Prim, inputs) -> RuntimeError:
-    devices = ", ".join(sorted({str(t._device) for t in inputs}))
+def _device_error(prim: Prim, inputs, first, second) -> RuntimeError:
     shapes = ", ".join(f"{tuple(t.shape)} on {t._device}" for t in inputs)
     return RuntimeError(
-        f"Expected all tensors to be on the same device, but found at least two devices: {devices} "
+        f"Expected all tensors to be on the same device, but found at least two devices, {first} and {second}! "
         f"(in `{prim.name}` with inputs {shapes}). Move them with .to(device) first."
     )
 
@@ -43,7 +42,7 @@ def common_device(prim: Prim, inputs):
         if device is None:
             device = t._device
         elif t._device is not device:
-            raise _device_error(prim, inputs)
+            raise _device_error(prim, inputs, device, t._device)
     return device if device is not None else cpu
 
 

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import cuda
 from . import dtypes as _dt
-from ._trace_state import trace_state
+from ._trace_state import grad_mode, trace_state
+from .autograd import Node
 from .backends import backend_for
-from .device import Device, cpu
+from .device import Device, cpu, placement
 from .dispatch import dispatch
-from .primitives import PRIMS, numpy_key
+from .primitives import PRIMS, Prim, PrimKind, numpy_key
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
@@ -45,9 +47,18 @@ def _on_device_of(like: Tensor, host: np.ndarray) -> Tensor:
     device = like._device
     if device is cpu:
         return Tensor._make(host)
-    t = Tensor._make(backend_for(device.type).from_numpy(host))
+    t = Tensor._make(_buffer_on(device, host))
     t._device = device
     return t
+
+
+def _buffer_on(device: Device, host: np.ndarray):
+    """`host` copied into a buffer of `device`'s backend (on a CUDA device, made with it current)."""
+    backend = backend_for(device.type)
+    if device.type != "cuda":
+        return backend.from_numpy(host)
+    with cuda.placing(device.index):
+        return backend.from_numpy(host)
 
 
 def _cast(t: Tensor, dtype: _dt.DType) -> Tensor:
@@ -407,41 +418,87 @@ def cast(input: Tensor, dtype) -> Tensor:
 
 
 def to(self: Tensor, *args, **kwargs) -> Tensor:
-    """Convert dtype and/or device: `x.to(jitorch.float64)`, `x.to("cpu")`, `x.to(other)`."""
+    """Convert dtype and/or device, as PyTorch's `Tensor.to`: `x.to(jitorch.float64)`, `x.to("cuda")`,
+    `x.to("cuda", jitorch.float16)`, `x.to(other)` (other's device and dtype), `x.to(device=..., copy=True)`.
+
+    Returns `self` when nothing changes (unless `copy=True`). A move between devices is differentiable:
+    the gradient goes back to the source device (`ToCopyBackward0`, as in PyTorch)."""
     dtype = kwargs.pop("dtype", None)
     device = kwargs.pop("device", None)
-    kwargs.pop("non_blocking", None)
+    kwargs.pop("non_blocking", None)  # every copy here is synchronous with the host
     copy = kwargs.pop("copy", False)
+    kwargs.pop("memory_format", None)
     if kwargs:
         raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    flags = []
     for a in args:
         if isinstance(a, Tensor):
             dtype, device = a.dtype, a.device
         elif isinstance(a, _dt.DType):
             dtype = a
-        elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "meta"):
+        elif isinstance(a, bool):
+            flags.append(a)  # PyTorch's positional non_blocking, copy
+        elif isinstance(a, (Device, int)) or (isinstance(a, str) and a.partition(":")[0] in ("cpu", "cuda", "meta")):
             device = a
         elif a is not None:
-
-            if isinstance(a, Device):
-                device = a
-            else:
-                dtype = _dt.get_dtype(a)
+            dtype = _dt.get_dtype(a)
+    if len(flags) > 1:
+        copy = flags[1]
     out = self
     if device is not None:
-
-        device = Device(device)
+        device = placement(device)
         if device is not self._device:
-            if self._device.type == "meta":
-                raise NotImplementedError("Cannot copy out of meta tensor; it has no data")
-            host = self._backend().to_numpy(self._data)
-            out = Tensor._make(backend_for(device.type).from_numpy(host))
-            out._device = device
+            out = _move(self, device)
     if dtype is not None:
         out = _cast(out, _dt.get_dtype(dtype))
     if copy and out is self:
         out = out.clone()
     return out
+
+
+# a move between devices as one autograd step of its own: the gradient goes back to the source device
+_TO_COPY = Prim("to_copy", PrimKind.EXTERN, None)
+
+
+def _move(t: Tensor, device: Device) -> Tensor:
+    """A copy of `t` on another device: through host memory (each backend's to_numpy/from_numpy)."""
+    tracer = trace_state.tracer
+    if tracer is not None and (t._value is not None or t._born is not tracer.born_mark):
+        from ._trace_state import user_source
+        from .errors import TraceError
+
+        raise TraceError(
+            f"moving a tensor (shape {tuple(t.shape)}) from {t._device} to {device} inside jitorch.compile "
+            f"(at {user_source()}): a compiled program runs on one device. Move the arguments, the model "
+            "and the optimizer before calling the compiled function.")
+    if t._device.type == "meta":
+        raise NotImplementedError("Cannot copy out of meta tensor; no data!")
+    out = Tensor._make(_buffer_on(device, t._backend().to_numpy(t._data)))
+    out._device = device
+    if t.requires_grad and grad_mode.enabled:
+        out.grad_fn = Node(_TO_COPY, (t,), {"device": t._device}, out, vjp=_to_copy_vjp)
+        out.requires_grad = True
+    return out
+
+
+def _to_copy_vjp(g: Tensor, node) -> tuple[Tensor]:
+    return (to(g, node.params["device"]),)
+
+
+def _tensor_cuda(self: Tensor, device=None, non_blocking: bool = False, memory_format=None) -> Tensor:
+    """This tensor on a CUDA device (the current one by default); `self` when it is there already."""
+    if device is None or isinstance(device, int):
+        target = Device("cuda", device)
+    else:
+        target = Device(device)
+    if target.type != "cuda":
+        raise RuntimeError("Invalid device, must be cuda device")
+    return to(self, target)
+
+
+def _tensor_cpu(self: Tensor, memory_format=None) -> Tensor:
+    """This tensor in host memory; `self` when it is there already."""
+    return to(self, cpu)
 
 
 def _converter(dtype):
@@ -1506,8 +1563,11 @@ def fill_(self: Tensor, value) -> Tensor:
 
 
 def copy_(self: Tensor, src: Tensor, non_blocking: bool = False) -> Tensor:
-    """Copy `src` (broadcast, converted to this dtype) into this tensor."""
+    """Copy `src` (broadcast, converted to this dtype, moved from its device) into this tensor."""
     src = as_operand(src, self)
+    # from another device: a move (a CPU scalar joins a traced op as it is, as in any other op)
+    if src._device is not self._device and self._device.type != "meta" and (trace_state.tracer is None or src.ndim):
+        src = to(src, self._device)
     dst, graph = self._inplace_source(src)
     value = src.to(self.dtype).expand(self.shape)
     if graph:
@@ -1583,6 +1643,8 @@ def install_methods() -> None:
     for fn in plain:
         setattr(T, fn.__name__, fn)
     T.where = _tensor_where
+    T.cuda = _tensor_cuda
+    T.cpu = _tensor_cpu
     T.__getitem__ = getitem
     T.__setitem__ = setitem
     for name in _INPLACE:

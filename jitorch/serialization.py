@@ -11,6 +11,10 @@ Tensors are named by their path in the object (`"layer.weight"`, `"state.0.exp_a
 state dict saved here loads in any safetensors reader, and a file written by another safetensors
 writer (`safetensors.torch.save_file`) loads here as a flat dict of tensors.
 
+Tensors are saved from any device as host copies; each one's device is kept in `__metadata__` under
+"jitorch_devices" (only those not on the CPU), and `load` puts it back there, or where `map_location`
+says, as `torch.load` does.
+
 Saving to a path is atomic: the bytes go to a temporary file in the same directory, are flushed and
 fsynced, and only then renamed over the target, so a crash mid-save leaves the old checkpoint intact.
 """
@@ -32,9 +36,10 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
+from . import cuda
 from . import dtypes as _dt
 from .creation import from_numpy
-from .device import Device
+from .device import Device, cpu
 from .tensor import Tensor
 
 __all__ = ["save", "load", "CheckpointError"]
@@ -45,6 +50,7 @@ MapLocation = str | Device | dict | Callable | None
 _HEADER_LEN = struct.Struct("<Q")
 _MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors reference implementation enforces
 _META_KEY = "jitorch"
+_DEVICES_KEY = "jitorch_devices"  # tensor name -> the device it was saved from, for those not on the CPU
 _TAG = "__jt_"
 
 # safetensors dtype code <-> jitorch dtype, and the little-endian numpy dtype of the bytes on disk.
@@ -78,6 +84,8 @@ def save(obj: Any, f: FileLike) -> None:
     table = _TensorTable()
     structure = _encode(obj, (), table)
     metadata = {"format": "pt", _META_KEY: json.dumps(structure, allow_nan=False, separators=(",", ":"))}
+    if table.devices:
+        metadata[_DEVICES_KEY] = json.dumps(table.devices, separators=(",", ":"))
     header = _header_bytes(table, metadata)
     if isinstance(f, (str, os.PathLike)):
         _atomic_write(Path(f), header, table.arrays)
@@ -92,6 +100,7 @@ class _TensorTable:
         self.names: list[str] = []
         self.arrays: list[np.ndarray] = []
         self.codes: list[str] = []
+        self.devices: dict[str, str] = {}  # name -> device, for tensors saved from another device than the CPU
         self._name_of_id: dict[int, str] = {}
         self._keep_alive: list[Any] = []  # ids must stay unique while we encode
 
@@ -100,9 +109,11 @@ class _TensorTable:
         known = self._name_of_id.get(id(value))
         if known is not None:
             return known
-        array = value.detach().numpy() if isinstance(value, Tensor) else value
+        array = value.detach()._concrete("jitorch.save") if isinstance(value, Tensor) else value
         dtype = _dt.from_numpy_dtype(array.dtype)
         name = self._unique_name(".".join(str(p) for p in path) or "tensor")
+        if isinstance(value, Tensor) and value.device is not cpu:
+            self.devices[name] = str(value.device)
         self._name_of_id[id(value)] = name
         self._keep_alive.append(value)
         self.names.append(name)
@@ -241,9 +252,15 @@ def _fsync_directory(directory: Path) -> None:
 def load(f: FileLike, map_location: MapLocation = None, *, weights_only: bool = True) -> Any:
     """Read an object written by `jitorch.save` (or any safetensors file) from a path or file object.
 
-    `map_location` moves the tensors: a device or its name ("cpu"), a dict from saved to wanted
-    device names, or a callable `(tensor, "cpu") -> tensor`. Loading never runs code, so
-    `weights_only` is accepted for PyTorch compatibility and has no effect.
+    Tensors go back to the device they were saved from, as with `torch.load` (an error says what to
+    do when that device is missing here), unless `map_location` says where: a device or its name
+    ("cpu", "cuda", "cuda:1"), a dict from saved to wanted device names (`{"cuda:1": "cuda:0"}`;
+    other devices stay), or a callable `(tensor, saved_device_name) -> tensor or None` (None: the
+    saved device), which gets a CPU tensor. numpy arrays load as numpy arrays wherever `map_location`
+    points. Loading never runs code, so `weights_only` is accepted for PyTorch compatibility and has
+    no effect.
+
+        state = jitorch.load("ckpt.st", map_location="cpu")  # a GPU checkpoint on a CPU-only machine
     """
     name = _file_name(f)
     data = _read_bytes(f)
@@ -254,11 +271,11 @@ def load(f: FileLike, map_location: MapLocation = None, *, weights_only: bool = 
     try:
         header, data_start = _parse_header(data)
         metadata = header.pop("__metadata__", None) or {}
-        tensors = _read_tensors(header, memoryview(data)[data_start:])
-        moved = {k: _apply_map_location(t, map_location) for k, t in tensors.items()}
+        tensors = _Loaded(_read_tensors(header, memoryview(data)[data_start:]), _saved_devices(metadata),
+                          map_location)
         if _META_KEY not in metadata:
-            return moved  # a plain safetensors file: its tensors, by name
-        return _decode(_parse_structure(metadata[_META_KEY]), moved)
+            return {name: tensors.placed(name) for name in tensors.host}  # a plain safetensors file
+        return _decode(_parse_structure(metadata[_META_KEY]), tensors)
     except CheckpointError as err:
         raise CheckpointError(f"{name}: {err}") from None
     except RecursionError:
@@ -397,18 +414,74 @@ def _tensor_from_bytes(code: str, shape: tuple[int, ...], raw: memoryview) -> Te
     return from_numpy(array.astype(dtype.np, copy=True))  # a copy: writable, native byte order
 
 
-def _apply_map_location(t: Tensor, map_location: MapLocation) -> Tensor:
-    if map_location is None:
+def _saved_devices(metadata: dict[str, str]) -> dict[str, str]:
+    text = metadata.get(_DEVICES_KEY)
+    if text is None:
+        return {}
+    try:
+        devices = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt metadata: {_DEVICES_KEY} is not valid JSON ({err})") from None
+    if not isinstance(devices, dict) or not all(isinstance(v, str) for v in devices.values()):
+        raise CheckpointError(f"corrupt metadata: {_DEVICES_KEY} must map tensor names to device names")
+    for name, location in devices.items():
+        try:
+            Device(location)
+        except (RuntimeError, TypeError) as err:
+            raise CheckpointError(f"corrupt metadata: tensor {name!r} was saved from device {location!r} "
+                                  f"({err})") from None
+    return devices
+
+
+class _Loaded:
+    """The tensors read from a file (in host memory), each placed on its device when first asked for
+    (`placed`), once, so tensors shared in the save stay shared."""
+
+    def __init__(self, host: dict[str, Tensor], devices: dict[str, str], map_location: MapLocation) -> None:
+        self.host = host
+        self.devices = devices
+        self.map_location = map_location
+        self._placed: dict[str, Tensor] = {}
+
+    def placed(self, name: str) -> Tensor:
+        t = self._placed.get(name)
+        if t is None:
+            t = self._placed[name] = _restore(self.host[name], self.devices.get(name, "cpu"), self.map_location)
         return t
-    if callable(map_location) and not isinstance(map_location, (str, Device)):
-        moved = map_location(t, "cpu")
+
+
+def _restore(t: Tensor, saved: str, map_location: MapLocation) -> Tensor:
+    """Host tensor `t`, saved from device `saved`, where `map_location` puts it (torch.load's rules)."""
+    if map_location is None:
+        return _to_location(t, saved)
+    if isinstance(map_location, (str, Device)):
+        return _to_location(t, str(map_location))
+    if isinstance(map_location, dict):
+        return _to_location(t, str(map_location.get(saved, saved)))
+    if callable(map_location):
+        moved = map_location(t, saved)
         if moved is not None and not isinstance(moved, Tensor):
             raise TypeError(f"map_location returned a {type(moved).__name__}, expected a Tensor or None")
-        return t if moved is None else moved
-    if isinstance(map_location, dict):
-        target = map_location.get("cpu")
-        return t if target is None else t.to(Device(target))
-    return t.to(Device(map_location))
+        return _to_location(t, saved) if moved is None else moved
+    raise TypeError(f"map_location should be a device, a device name, a dict or a callable, got "
+                    f"{type(map_location).__name__}")
+
+
+def _to_location(t: Tensor, location: str) -> Tensor:
+    """`t` on device `location`, with PyTorch's errors where this machine lacks that device."""
+    device = Device(location)
+    if device.type == "cuda":
+        if not cuda.is_available():
+            raise RuntimeError(
+                "Attempting to deserialize object on a CUDA device but jitorch.cuda.is_available() is False. "
+                "If you are running on a CPU-only machine, please use jitorch.load with "
+                "map_location=jitorch.device('cpu') to map your storages to the CPU.")
+        index, count = device.index or 0, cuda.device_count()
+        if index >= count:
+            raise RuntimeError(
+                f"Attempting to deserialize object on CUDA device {index} but jitorch.cuda.device_count() is "
+                f"{count}. Please use jitorch.load with map_location to map your storages to an existing device.")
+    return t.to(device)
 
 
 def _parse_structure(text: str) -> Any:
@@ -418,7 +491,7 @@ def _parse_structure(text: str) -> Any:
         raise CheckpointError(f"corrupt metadata: the jitorch structure is not valid JSON ({err})") from None
 
 
-def _decode(node: Any, tensors: dict[str, Tensor]) -> Any:
+def _decode(node: Any, tensors: _Loaded) -> Any:
     """Rebuild the saved object from its JSON form; tensors shared in the save are shared again."""
     if isinstance(node, list):
         return [_decode(v, tensors) for v in node]
@@ -432,10 +505,14 @@ def _decode(node: Any, tensors: dict[str, Tensor]) -> Any:
     return _DECODERS[tag](node[tag], tensors)
 
 
-def _decode_tensor(name: Any, tensors: dict[str, Tensor]) -> Tensor:
-    if not isinstance(name, str) or name not in tensors:
+def _decode_tensor(name: Any, tensors: _Loaded) -> Tensor:
+    return tensors.placed(_tensor_name(name, tensors))
+
+
+def _tensor_name(name: Any, tensors: _Loaded) -> str:
+    if not isinstance(name, str) or name not in tensors.host:
         raise CheckpointError(f"corrupt metadata: the structure names a tensor {name!r} the file lacks")
-    return tensors[name]
+    return name
 
 
 def _decode_float(text: Any, tensors) -> float:
@@ -444,7 +521,7 @@ def _decode_float(text: Any, tensors) -> float:
     return float(text)
 
 
-def _decode_pairs(pairs: Any, tensors: dict[str, Tensor]) -> dict:
+def _decode_pairs(pairs: Any, tensors: _Loaded) -> dict:
     if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
         raise CheckpointError("corrupt metadata: a dict's items are not [key, value] pairs")
     return {_hashable(_decode(k, tensors)): _decode(v, tensors) for k, v in pairs}
@@ -468,14 +545,14 @@ def _decode_named(kind: str, make: Callable[[str], Any]) -> Callable[[Any, dict]
     return decode
 
 
-def _decode_sequence(items: Any, tensors: dict[str, Tensor]) -> tuple:
+def _decode_sequence(items: Any, tensors: _Loaded) -> tuple:
     if not isinstance(items, list):
         raise CheckpointError("corrupt metadata: a tuple's items are not a list")
     return tuple(_decode(v, tensors) for v in items)
 
 
-def _decode_ndarray(name: Any, tensors: dict[str, Tensor]) -> np.ndarray:
-    return _decode_tensor(name, tensors).numpy()
+def _decode_ndarray(name: Any, tensors: _Loaded) -> np.ndarray:
+    return tensors.host[_tensor_name(name, tensors)].numpy()  # a numpy array stays in host memory
 
 
 _DECODERS: dict[str, Callable[[Any, dict], Any]] = {

@@ -286,42 +286,71 @@ class Tensor:
         return self._assign(fn(src, *args), graph)
 
     # --- conversion -----------------------------------------------------------------------
-    def _concrete(self, what: str) -> np.ndarray:
+    def _buffer(self, what: str):
+        """This tensor's buffer, for `what`: an error for a traced tensor or a meta tensor (no data)."""
         if self._value is not None:
             raise concrete_value_error(self, what)
         if self._device.type == "meta":
             raise RuntimeError(f"{what} needs data, but this tensor is on the meta device (no data)")
-        return self._backend().to_numpy(self._data)
+        return self._data
+
+    def _concrete(self, what: str) -> np.ndarray:
+        """The values in host memory: the array itself on the CPU, a copy from another device (which
+        waits for the device's queued work)."""
+        return self._backend().to_numpy(self._buffer(what))
+
+    def _host_only(self) -> None:
+        if self._device is not cpu:
+            raise TypeError(f"can't convert {self._device} device type tensor to numpy. Use Tensor.cpu() to "
+                            "copy the tensor to host memory first.")
 
     def numpy(self, force: bool = False) -> np.ndarray:
-        """The data as a numpy array sharing memory (fails on a tensor that requires grad)."""
-        data = self._concrete(".numpy()")
-        if self.requires_grad and not force:
-            raise RuntimeError(
-                "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
-            )
-        return data
+        """The data as a numpy array sharing memory. As in PyTorch it refuses a tensor that requires
+        grad or lives on another device, unless `force=True` (then it may be a copy)."""
+        self._buffer(".numpy()")
+        if not force:
+            self._host_only()
+            if self.requires_grad:
+                raise RuntimeError(
+                    "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
+                )
+        return self._concrete(".numpy()")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        self._buffer("converting to a numpy array")
+        self._host_only()
         data = self._concrete("converting to a numpy array")
         return data if dtype is None else data.astype(dtype)
 
     def item(self):
-        """The value of a one-element tensor as a Python number."""
-        data = self._concrete(".item()")
+        """The value of a one-element tensor as a Python number (from any device: it waits for it)."""
+        data = self._buffer(".item()")
         if data.size != 1:
             raise RuntimeError(
                 f"a Tensor with {data.size} elements cannot be converted to a Python scalar "
                 f"(shape {tuple(data.shape)}); index or reduce it first"
             )
+        data = self._backend().to_numpy(data)
         return data.reshape(()).item() if data.dtype != _dt.bfloat16.np else float(data.reshape(()))
 
     def tolist(self):
-        """The data as (nested) Python lists."""
+        """The data as (nested) Python lists (from any device: it waits for it)."""
         data = self._concrete(".tolist()")
         if data.dtype == _dt.bfloat16.np:
             data = data.astype(np.float32)
         return data.tolist()
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._device.type == "cuda"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self._device.type == "cpu"
+
+    def get_device(self) -> int:
+        """The index of this tensor's CUDA device, or -1 on the CPU (as PyTorch)."""
+        return -1 if self._device.index is None else self._device.index
 
     def __bool__(self) -> bool:
         data = self._concrete("bool(tensor) (an `if` or `while` on a tensor)")
@@ -356,7 +385,10 @@ class Tensor:
         return id(self)
 
     def __dlpack__(self, stream=None, **kwargs):
-        data = self._concrete("__dlpack__")
+        """A DLPack capsule of this tensor's buffer, shared without a copy (a device array on a GPU)."""
+        data = self._buffer("__dlpack__")
+        if self._device is not cpu:
+            return data.__dlpack__(stream=stream, **kwargs)
         if data.dtype == _dt.bfloat16.np:  # numpy cannot export bfloat16 itself
             from ._dlpack import export_bfloat16
 
@@ -364,7 +396,7 @@ class Tensor:
         return data.__dlpack__(**kwargs)
 
     def __dlpack_device__(self):
-        return self._concrete("__dlpack_device__").__dlpack_device__()
+        return self._buffer("__dlpack_device__").__dlpack_device__()
 
     def __repr__(self) -> str:
         from .printing import tensor_repr

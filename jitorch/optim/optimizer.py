@@ -338,11 +338,12 @@ def _check_param(p) -> None:
 
 
 def _restore_state_value(key: str, value: Any, param: Tensor, old: Any) -> Any:
-    """A loaded state entry, cast like PyTorch (floats to the param's dtype, `step` kept as is)."""
+    """A loaded state entry, placed like PyTorch: on the param's device, floats in the param's dtype;
+    `step` kept as is (a CPU scalar)."""
     if not isinstance(value, Tensor):
         return copy.deepcopy(value)
-    if key != "step" and value.dtype.is_floating_point:
-        value = value.to(param.dtype)
+    if key != "step":
+        value = value.to(param.device, param.dtype if value.dtype.is_floating_point else None)
     if isinstance(old, Tensor) and old.shape == value.shape and old.dtype == value.dtype:
         with no_grad():
             return old.copy_(value)
