@@ -37,6 +37,9 @@ class Backend:
 
     device_type: str = ""
     kernels: dict[str, Callable] = {}
+    # optional: kernels that write into a buffer given first, `into(out, *arrays, **params) -> out`
+    # (or their own result where they cannot), so a compiled program's memory plan can place them
+    kernels_into: dict[str, Callable] = {}
     buffer_type: type = np.ndarray  # what the eager kernels return (anything else goes through as_buffer)
 
     def kernel(self, name: str) -> Callable:

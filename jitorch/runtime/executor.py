@@ -7,8 +7,9 @@ compiles them). The unfused steps are the reference: `mode="check"` compares aga
 run given `kernels` (primitive name -> kernel) runs them with those kernels in place of the
 backend's (tests plant a wrong one and see check mode name it).
 
-Memory: a fused kernel's outputs that the program uses only inside itself live in an arena planned
-when the program is built (`plan_memory`): values whose lifetimes do not overlap share a buffer,
+Memory: fused kernels' outputs, and those of eager kernels that can write into a given buffer
+(matmul, im2col on the CPU), that the program uses only inside itself live in an arena planned
+when the program is built (`_plan_memory`): values whose lifetimes do not overlap share a buffer,
 so replays do not allocate them again. Graph outputs are always fresh arrays (the caller keeps
 them). `JITORCH_CPU_FUSION=0` (read when a program is built) turns fusion off.
 """
@@ -36,13 +37,15 @@ def fusion_enabled() -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PrimStep:
-    """One node on the backend's eager kernel: env[out] = kernel(*env[ins], **node.params)."""
+    """One node on the backend's eager kernel: env[out] = kernel(*env[ins], **node.params); or, when
+    the plan gave its output an arena buffer, the backend's kernel that writes into one (`into`)."""
 
     node: Node
     kernel: Callable
     ins: tuple[int, ...]
     out: int
     frees: tuple[int, ...]  # slots whose last reader this step is
+    into: Callable | None = None  # into(buffer, *inputs, **params) -> the output (the buffer, or its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,8 @@ class Plan:
             self.slot_of[node.out.id] = len(self.slot_of)
         self.n_slots = len(self.slot_of)
         self.output_slots = [self.slot_of[v.id] for v in graph.outputs]
-        self.constants = [(self.slot_of[n.out.id], n.params["value"].array) for n in graph.nodes if n.op == "const"]
+        self.constants = [(self.slot_of[n.out.id], self.backend.from_numpy(n.params["value"].array))
+                          for n in graph.nodes if n.op == "const"]
         self.reference_steps = self._steps([n for n in graph.nodes if n.op != "const"], {})
         self.kernels: list = []
         self.steps = self.reference_steps
@@ -116,16 +120,19 @@ class Plan:
             frees = tuple(slot_of[v.id] for v in set(values) if last_use.get(v.id) == step and v.id not in keep)
             ins = tuple(slot_of[v.id] for v in values)
             if isinstance(item, Node):
-                steps.append(PrimStep(item, kernels[item.op], ins, slot_of[item.out.id], frees))
+                into = self.backend.kernels_into.get(item.op) if item.out.id in arena_of else None
+                steps.append(PrimStep(item, kernels[item.op], ins, slot_of[item.out.id], frees, into))
             else:
                 outs = tuple(slot_of[v.id] for v in item.kernel.outputs)
                 steps.append(KernelStep(item, ins, outs, frees, tuple(arena_of.get(v.id) for v in item.kernel.outputs)))
         return steps
 
     def _plan_memory(self, items: list) -> dict[int, int]:
-        """Arena buffers for kernel outputs read only inside the program: value id -> buffer index.
-        A value's buffer is busy from the step that writes it to the last step that reads it or any
-        value an eager step made from it (an eager kernel may return a view of its input)."""
+        """Arena buffers for values read only inside the program that fused kernels, or eager
+        kernels able to write into a given buffer (`Backend.kernels_into`), make: value id -> buffer
+        index. A value's buffer is busy from the step that writes it to the last step that reads it
+        or any value another eager step made from it (an eager kernel may return a view of its input)."""
+        writes_into = self.backend.kernels_into
         step_of: dict[int, int] = {}
         readers: dict[int, list[int]] = {}
         derived: dict[int, list[Value]] = {}  # value id -> values eager steps made from it
@@ -136,14 +143,14 @@ class Plan:
                 step_of[v.id] = step
             for v in reads:
                 readers.setdefault(v.id, []).append(step)
-                if isinstance(item, Node):
+                if isinstance(item, Node) and item.op not in writes_into:
                     derived.setdefault(v.id, []).append(item.out)
         outputs = {v.id for v in self.graph.outputs}
         candidates = []
         for item in items:
-            if isinstance(item, Node):
+            if isinstance(item, Node) and item.op not in writes_into:
                 continue
-            for v in item.kernel.outputs:
+            for v in [item.out] if isinstance(item, Node) else item.kernel.outputs:
                 end, escapes = step_of[v.id], False
                 stack, seen = [v], set()
                 while stack:
@@ -195,8 +202,11 @@ class Plan:
                     args = [env[i] for i in step.ins]
                     try:
                         if type(step) is PrimStep:
-                            kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
-                            result = kernel(*args, **step.node.params)
+                            if step.into is not None and arena is not None:
+                                result = step.into(arena[step.out], *args, **step.node.params)
+                            else:
+                                kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
+                                result = kernel(*args, **step.node.params)
                             env[step.out] = result if type(result) is buffer_type else as_buffer(result)
                         else:
                             outs = None if arena is None else [arena.get(slot) for slot in step.outs]
@@ -220,8 +230,8 @@ def _typed(buffer, shape: tuple[int, ...], dtype: np.dtype):
 
 
 def _record(step, env: list, record: dict, backend: Backend) -> None:
-    if type(step) is PrimStep:
-        record[step.node.out.id] = env[step.out]
+    if type(step) is PrimStep:  # (an arena buffer is reused later in the run: keep a copy)
+        record[step.node.out.id] = backend.copy(env[step.out]) if step.into is not None else env[step.out]
     else:  # arena buffers are reused later in the run: keep copies
         for v, slot in zip(step.kernel.kernel.outputs, step.outs):
             record[v.id] = backend.copy(env[slot])

@@ -14,13 +14,14 @@ from ...ir import passes
 from ...ir.fusion import Kernel, KernelDesc
 from .. import Backend, register
 from . import jit, threads
-from .kernels import KERNELS
+from .kernels import KERNELS, KERNELS_INTO
 from .launch import CompiledKernel
 
 
 class CPUBackend(Backend):
     device_type = "cpu"
     kernels = KERNELS
+    kernels_into = KERNELS_INTO
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)

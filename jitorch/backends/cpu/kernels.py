@@ -38,15 +38,28 @@ def _add_at(out, idx, v):
 
 def _unfold(x, kernel, dilation, padding, stride):
     n, c, h, w = x.shape
-    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
     if n * c * (h + 2 * ph) * (w + 2 * pw) < 4096:  # the padded image is small: a strided copy is fine
         return shared.unfold(np, x, kernel, dilation, padding, stride)
-    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
+    oh, ow = conv_out_size(h, kh, sh, ph, dilation[0]), conv_out_size(w, kw, sw, pw, dilation[1])
+    return _unfold_into(np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype), x, kernel, dilation, padding, stride)
+
+
+def _unfold_into(out, x, kernel, dilation, padding, stride):
+    """unfold written into `out` (C-contiguous, unfold's output shape and dtype), by the im2col loop."""
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    oh, ow = conv_out_size(x.shape[2], kh, sh, ph, dh), conv_out_size(x.shape[3], kw, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else np.ascontiguousarray(x)
     u = UINT_OF_SIZE[xp.dtype.itemsize]  # pure data movement: one kernel for every dtype
-    out = np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
     im2col(xp.view(u), kh, kw, dh, dw, sh, sw, oh, ow, out.view(u))
     return out
+
+
+def _matmul_into(out, a, b):
+    """a @ b written into `out` by BLAS; half types go the way of the shared kernel (float32 math)."""
+    if a.dtype != out.dtype or b.dtype != out.dtype or out.dtype not in (np.float32, np.float64):
+        return SHARED["matmul"](a, b)
+    return np.matmul(a, b, out=out)
 
 
 def _fold(cols, output_size, kernel, dilation, padding, stride):
@@ -73,3 +86,5 @@ OVERRIDES: dict[str, Callable] = {
     "fold": _fold,
 }
 KERNELS: dict[str, Callable] = SHARED | OVERRIDES
+# kernels that write their result into a buffer the caller gives (a compiled program's memory plan)
+KERNELS_INTO: dict[str, Callable] = {"matmul": _matmul_into, "unfold": _unfold_into}
