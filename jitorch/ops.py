@@ -1141,14 +1141,20 @@ def _mask_fill_value(x: Tensor, mask: Tensor, value: Tensor) -> Tensor | None:
     return value if value._data.dtype == x._data.dtype else value.to(x.dtype)
 
 
+def _on_device(tensors, like: Tensor) -> tuple:
+    """Index tensors on the indexed tensor's device: PyTorch lets a CPU index list index a GPU tensor."""
+    device = like._device
+    return tuple(t if t._device is device else t.to(device) for t in tensors)
+
+
 def _index(self: Tensor, key: tuple, tensors) -> Tensor:
-    return dispatch(P["getitem"], (self, *tensors), {"key": key})
+    return dispatch(P["getitem"], (self, *_on_device(tensors, self)), {"key": key})
 
 
 def _index_put(self: Tensor, value: Tensor, key: tuple, tensors, accumulate: bool) -> Tensor:
     if value._data.dtype != self._data.dtype:
         value = _cast(value, self.dtype)
-    return dispatch(P["index_put"], (self, value, *tensors), {"key": key, "accumulate": accumulate})
+    return dispatch(P["index_put"], (self, value, *_on_device(tensors, self)), {"key": key, "accumulate": accumulate})
 
 
 def index_put(input: Tensor, indices: tuple, values: Tensor, accumulate: bool = False) -> Tensor:

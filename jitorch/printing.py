@@ -109,9 +109,11 @@ def tensor_repr(t) -> str:
         extras.append(f"size={tuple(t.shape)}")
         extras.append("device='meta'")
     else:
-        body = _format_data(t._data)
+        body = _format_data(t._backend().to_numpy(t._data))
     if t.numel() == 0 and t.ndim > 1:
         extras.append(f"size={tuple(t.shape)}")
+    if t.device.type not in ("cpu", "meta"):
+        extras.append(f"device='{t.device}'")
     if t.dtype.name not in _DEFAULT_DTYPES or (t.numel() == 0 and t.dtype.name != "float32"):
         extras.append(f"dtype=jitorch.{t.dtype.name}")
     if t.grad_fn is not None:

@@ -258,14 +258,14 @@ class CompiledFunction:
                 tracer.graph.add_output(value, label)
         graph = optimize(tracer.graph)
         prune_inputs(graph)
-        device = program_device(graph)
+        device = program_device(graph, leaves)
         backend = backend_for(device.type if device is not None else "cpu")
         backward = None
         if joint is not None:
             graph, bwd_graph, n_saved = split_joint(graph, n_fwd)
             backward = CompiledBackward(plan=Plan(bwd_graph, backend), n_saved=n_saved, out_slots=joint.out_slots,
                                         diff_refs=joint.diff_refs, used=joint.used)
-        program = Program(graph, info, out_treedef, out_consts, backend, backward)
+        program = Program(graph, info, out_treedef, out_consts, backend, device, backward)
         program.trace_world = world
         if info.python_writes:
             program.one_shot = ("the function writes Python state that a replay would not repeat ("

@@ -49,12 +49,17 @@ class _LiftedGuard(NamedTuple):
     shape: tuple
     dtype: np.dtype
     requires_grad: bool
+    device: object  # a jitorch.device: a model moved in place after tracing needs another program
 
 
-def program_device(graph: Graph):
+def program_device(graph: Graph, leaves: list):
     """The device a program runs on: its tensor inputs' (all on one, as eager ops require, but for
     CPU scalars such as an optimizer's hyperparameters), or None when it reads no tensor."""
-    devices = [i.ref._device for i in graph.inputs if isinstance(i.ref, Tensor)]
+    devices = []
+    for inp in graph.inputs:
+        t = leaves[inp.ref] if inp.kind == "arg" else inp.ref
+        if isinstance(t, Tensor):
+            devices.append(t._device)
     return next((d for d in devices if d.type != "cpu"), devices[0] if devices else None)
 
 
@@ -62,10 +67,10 @@ class Program:
     """A traced, optimized graph plus what the runtime reads, writes back and checks."""
 
     def __init__(self, graph: Graph, info: TraceInfo, out_treedef, out_consts: list, backend: Backend,
-                 backward: CompiledBackward | None = None) -> None:
+                 device, backward: CompiledBackward | None = None) -> None:
         self.graph = graph
         self.backend = backend
-        self.device = program_device(graph)
+        self.device = device
         self.plan = Plan(graph, backend)
         self.info = info
         self.out_treedef = out_treedef
@@ -74,8 +79,8 @@ class Program:
         self.one_shot: str | None = None  # why this program serves one call only (it is then traced again)
         self.trace_world: PythonState | None = None  # the Python state before its trace, until its first run
         self.fetch = [(i.kind, i.ref) for i in graph.inputs]
-        self.lifted_guards = [_LiftedGuard(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad)
-                              for i in graph.inputs if i.kind == "lifted"]
+        self.lifted_guards = [_LiftedGuard(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad,
+                                           i.ref._device) for i in graph.inputs if i.kind == "lifted"]
         self.grad_guards = info.grad_had
         self.python_guards = info.python_guards
         self.module_guards = info.module_guards
@@ -90,10 +95,10 @@ class Program:
     # --- guards -------------------------------------------------------------------------
     def guard_failure(self) -> str | None:
         """Why this entry does not apply to the current state (None when it does)."""
-        for t, shape, dtype, rg in self.lifted_guards:
-            if t._data.shape != shape or t._data.dtype != dtype or t.requires_grad != rg:
-                return (f"lifted tensor {self.label(t)}: shape {tuple(shape)} {dtype.name} "
-                        f"requires_grad={rg} -> {tuple(t._data.shape)} {t._data.dtype.name} "
+        for t, shape, dtype, rg, device in self.lifted_guards:
+            if t._data.shape != shape or t._data.dtype != dtype or t.requires_grad != rg or t._device is not device:
+                return (f"lifted tensor {self.label(t)}: shape {tuple(shape)} {dtype.name} on {device} "
+                        f"requires_grad={rg} -> {tuple(t._data.shape)} {t._data.dtype.name} on {t._device} "
                         f"requires_grad={t.requires_grad}")
         for p, had in self.grad_guards:
             if (p._grad is not None) != had:
@@ -124,8 +129,9 @@ class Program:
         _, arg_guards, grad_mode = key
         lines = [f"grad mode is {'on' if grad_mode else 'off'}"]
         lines += [f"arg {p}: {describe_guard(g)}" for p, g in zip(arg_paths, arg_guards)]
-        lines += [f"lifted {self.label(g.tensor)}: shape {tuple(g.shape)} {g.dtype.name} "
-                  f"requires_grad={g.requires_grad}" for g in self.lifted_guards]
+        lines += [f"lifted {self.label(g.tensor)}: shape {tuple(g.shape)} {g.dtype.name}"
+                  + ("" if g.device.type == "cpu" else f" on {g.device}")
+                  + f" requires_grad={g.requires_grad}" for g in self.lifted_guards]
         lines += [f"{self.label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
         lines += [f"{g.label}: {g.show(g.expected)}" for g in self.python_guards]
         lines += [guard.show() for guard in self.module_guards]

@@ -257,7 +257,8 @@ class Tracer:
             return entry[1]
         dtype = _dt.from_numpy_dtype(t._data.dtype)
         if t._born is self.born_mark:
-            v = self.graph.add_node("const", (), {"value": Const(t._data)}, t._data.shape, dtype, "")
+            host = t._backend().to_numpy(t._data)  # constants are host arrays; the executor places them
+            v = self.graph.add_node("const", (), {"value": Const(host)}, t._data.shape, dtype, "")
         else:
             v = self.graph.add_input(t._data.shape, dtype, "lifted", self.label(t), ref=t)
             self.lifted.append(t)

@@ -36,7 +36,7 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
     def __deepcopy__(self, memo) -> Parameter:
-        out = Parameter(Tensor._make(np.array(self._data, copy=True)), self.requires_grad)
+        out = Parameter(Tensor._make(self._backend().copy(self._data)), self.requires_grad)
         out._device = self._device
         if self.grad is not None:
             out.grad = self.grad.__deepcopy__(memo)
