@@ -3,12 +3,13 @@
 # Made for a GPU machine without a network (the wheels jitorch needs and the machine lacks travel in
 # .whl/), run from the repository root:
 #
-#     OUT=/tmp/gpu-results bash bench/gpu_session.sh            # or with OUT set by the runner
+#     OUT=/tmp/gpu-results bash bench/gpu_session.sh [all|tests|bench]   # OUT may come from the runner
 #
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PHASE=${1:-all}
 OUT=${OUT:-/tmp/jitorch-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
@@ -32,10 +33,12 @@ EOF
 } 2>&1 | tee "$OUT/environment.txt"
 
 status=0
-python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if [ "$PHASE" != bench ]; then
+    python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
-for bench in "eager.py --device cuda --out $OUT/eager_cuda.md" "train.py --device cuda --out $OUT/train_cuda.md"; do
+[ "$PHASE" = tests ] || for bench in "eager.py --device cuda --out $OUT/eager_cuda.md" "train.py --device cuda --out $OUT/train_cuda.md"; do
     echo "== bench/$bench"
     # shellcheck disable=SC2086
     timeout 240 python3 bench/$bench > "$OUT/$(echo "$bench" | cut -d. -f1)_cuda.log" 2>&1 || status=1
@@ -43,5 +46,5 @@ for bench in "eager.py --device cuda --out $OUT/eager_cuda.md" "train.py --devic
 done
 
 echo "== summary"
-grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -1
+[ "$PHASE" = bench ] || grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -1
 exit $status
