@@ -19,7 +19,7 @@ import numpy as np
 from .. import autograd as _ag
 from .._trace_state import ModuleChanges
 from ..autograd import Node as AutogradNode
-from ..backends import Backend
+from ..backends import Backend, backend_for
 from ..ir.graph import Graph
 from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
@@ -194,15 +194,22 @@ class Program:
         # results may be views of inputs that are about to be overwritten: copy those first
         staged = [(t, self._owned(results[slot], input_ids)) for t, slot in targets]
         for t, value in staged:
-            self.backend.copy_into(t._data, value)
+            t._backend().copy_into(t._data, self._placed(value, t._device))
             t._bump_version()
         for p, slot in info.grad_writes:
             p._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
         for ref, slot in info.escaped:
             t = ref()
-            if t is not None:  # a traced value the function stored away becomes a real tensor
-                t._data, t._value, t._base, t.grad_fn = self._owned(results[slot], input_ids), None, None, None
-                t._device = self.device or t._device
+            if t is not None:  # a traced value the function stored away becomes a real tensor, where it was made
+                value = self._placed(self._owned(results[slot], input_ids), t._device)
+                t._data, t._value, t._base, t.grad_fn = value, None, None, None
+
+    def _placed(self, data, device):
+        """A result as a buffer of `device`: a program on the GPU also updates CPU scalars (a step
+        count, as PyTorch keeps it on the CPU), which get host copies."""
+        if device is None or self.device is None or device is self.device:
+            return data
+        return backend_for(device.type).from_numpy(self.backend.to_numpy(data))
 
     def _tensor(self, data) -> Tensor:
         """A result as a tensor of the program's device, owning its buffer."""
