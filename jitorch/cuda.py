@@ -244,28 +244,27 @@ def stream(stream: Stream | None) -> Iterator[None]:
 # memory
 
 
-def memory_allocated(device: int | str | Device | None = None) -> int:
-    """Bytes of device memory that tensors hold now (0 where CUDA is not available, as in PyTorch)."""
+def _memory_stat(name: str, device) -> int:
+    """One of the runtime's memory counters for `device` (0 where CUDA is not available, as in PyTorch)."""
     if not is_available():
         return 0
     runtime = _runtime()
-    return runtime.memory_allocated(_checked(runtime, _index(device)))
+    return getattr(runtime, name)(_checked(runtime, _index(device)))
+
+
+def memory_allocated(device: int | str | Device | None = None) -> int:
+    """Bytes of device memory that tensors hold now (0 where CUDA is not available, as in PyTorch)."""
+    return _memory_stat("memory_allocated", device)
 
 
 def max_memory_allocated(device: int | str | Device | None = None) -> int:
     """The most bytes tensors held at once since the start, or since `reset_peak_memory_stats()`."""
-    if not is_available():
-        return 0
-    runtime = _runtime()
-    return runtime.max_memory_allocated(_checked(runtime, _index(device)))
+    return _memory_stat("max_memory_allocated", device)
 
 
 def memory_reserved(device: int | str | Device | None = None) -> int:
     """Bytes of device memory the caching allocator holds: in use, or kept for reuse."""
-    if not is_available():
-        return 0
-    runtime = _runtime()
-    return runtime.memory_reserved(_checked(runtime, _index(device)))
+    return _memory_stat("memory_reserved", device)
 
 
 def reset_peak_memory_stats(device: int | str | Device | None = None) -> None:
