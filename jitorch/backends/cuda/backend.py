@@ -2,10 +2,14 @@
 Importing this module registers it for the `cuda` device type, or raises an ImportError that says
 what is missing (`gpu_check.py`).
 
-Compiled programs on cuda run their eager kernels step by step (`can_fuse` is False) until a
-Triton renderer exists."""
+Compiled programs on cuda fuse what the Triton renderer (`jitorch.codegen.triton`) can render into
+Triton kernels, launched through jitorch's own Triton driver (`launch.py`, `triton_driver.py`); the
+rest runs on the eager kernels. Where this jitorch has no Triton renderer, nothing fuses."""
 
 from __future__ import annotations
+
+import functools
+import importlib.util
 
 import numpy as np
 
@@ -50,6 +54,41 @@ class CUDABackend(Backend):
 
     def is_view_of(self, out, src) -> bool:
         return out.base is not None and isinstance(src, cupy.ndarray) and cupy.may_share_memory(out, src)
+
+    def can_fuse(self, node) -> bool:
+        renderer = _renderer()
+        return renderer is not None and renderer.fusible(node)
+
+    def worth_a_kernel(self, kernel) -> bool:
+        """Always: a kernel of one node beats that node's CuPy kernel on launch cost alone. A CuPy
+        op costs about 15 us of host time per launch (more for ops that are several CuPy kernels),
+        as much as Triton's own `kernel[grid](...)`; ours goes through the compiled kernel's C
+        launcher with its arguments prepared once, a few microseconds (tests/test_triton_driver.py's
+        gpu test prints both). On the device both read and write the same bytes. The price is one
+        more compile per distinct kernel, cached on disk."""
+        return True
+
+    def compile_kernels(self, descs: list) -> list:
+        """Render each kernel to Triton, and compile it for the current device (the usual
+        specialization: contiguous inputs, aligned addresses), so that a kernel that fails to
+        compile fails while its program is built and the program runs on eager kernels instead."""
+        from .launch import TritonKernel
+
+        renderer = _renderer()
+        kernels = [TritonKernel(desc, renderer.render(desc)) for desc in descs]
+        for kernel in kernels:
+            kernel.prepare()
+        return kernels
+
+
+@functools.cache
+def _renderer():
+    """`jitorch.codegen.triton`, or None where this jitorch has no Triton renderer."""
+    if importlib.util.find_spec("jitorch.codegen.triton") is None:
+        return None
+    from ...codegen import triton as renderer
+
+    return renderer
 
 
 register(CUDABackend())
