@@ -655,5 +655,5 @@ def test_compiled_functions_on_cuda_run_fused_triton_kernels_that_match_eager():
         (program,) = [p for entries in compiled.cache.values() for p in entries]
         kernels = program.plan.kernels
         assert kernels and all(isinstance(k, TritonKernel) for k in kernels), name
-        np.testing.assert_allclose(got, fn(x, b).to("cpu").numpy(), rtol=2e-5, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(got, fn(x, b).to("cpu").numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
         print(f"{name}: {len(kernels)} Triton kernel(s): {', '.join(k.name for k in kernels)}")
