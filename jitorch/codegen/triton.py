@@ -1,0 +1,746 @@
+"""The Triton renderer: a kernel description (`jitorch.ir.fusion.KernelDesc`) as the Python source of
+one `@triton.jit` function, for NVIDIA GPUs (and Triton's CPU interpreter, which runs it in tests).
+
+It computes what `jitorch.codegen.llvm` computes, node for node: the same primitives, dtypes,
+broadcasts and NaN rules (maximum and the max/min reductions return NaN when they see one, as numpy
+does; relu passes NaN; comparisons are false for NaN except !=), and the same random numbers
+(`tl.rand`/`tl.randn` are jitorch's Philox, numbered by each element's row-major index).
+
+Two templates, read top to bottom as a person would write them (offsets, masks, loads, math,
+stores), each node under its IR line and the user's source line as a comment:
+
+- a pointwise kernel is one flat loop over the collapsed loop shape: program `p` computes elements
+  `p * BLOCK ... p * BLOCK + BLOCK - 1` of it, recovering each loop dim's index from the flat one
+  where some input needs it;
+- a row kernel (reductions over the last dim, keepdim: softmax, layer_norm, cross_entropy and their
+  gradients) runs `ROWS` rows per program. With `ROW_IN_REGISTERS` (a compile-time constant) the
+  whole row is one block (`BLOCK` >= the row length): read once, every value computed once. Without
+  it, rows are longer than a block: as in the LLVM kernels, one pass over the row per chain of
+  reductions (`Kernel.levels()`), `BLOCK` columns at a time, recomputing the full-shape values a pass
+  needs from the inputs (a pass never reads back what the kernel wrote). Row-shaped values
+  (`[ROWS, 1]`) are computed once per row either way.
+
+Memory layout, as the CPU launcher (`jitorch.backends.cpu.launch`) arranges it: each input is viewed
+in the loop shape and passes its strides in elements, except along the innermost loop dim, whose
+stride is compiled in as 1 (the launcher copies an input that is strided there) or 0 where the input
+is broadcast; broadcast dims pass no stride. Outputs are C-contiguous arrays of their own shapes.
+bool lives in memory as one byte (numpy's and CuPy's bool): its pointers are `*i8`, loads compare
+with 0 and stores write 0 or 1.
+
+Only the standard `tl` functions that Triton 3.6 and 3.9 both have, on the GPU and in the
+interpreter, are used (the interpreter cannot call libdevice): tanh, round, trunc, pow and sigmoid
+are written out below with them. Where the GPU's own arithmetic differs from the CPU's, the
+generated code says so: float-to-integer conversions give the CPU's (x86's) answer for NaN and out
+of range values; pow is float32 only (computed in float64); tl.exp and tl.log are the GPU's fast
+approximations (a few ulps; tens for exp of large arguments), as in torch.compile's kernels.
+
+This module only renders text and answers which nodes it renders (`fusible`); it never imports
+Triton except in `TritonSource.define`. Compiling and launching is the cuda backend's.
+
+Example:
+    >>> desc = describe(kernel)                   # jitorch.ir.fusion
+    >>> source = render(desc)
+    >>> fn = source.define()                      # the @triton.jit function
+    >>> config = source.configs(desc.loop_shape)[0]
+    >>> args = source.runtime_args(desc.loop_shape, input_strides)
+    >>> fn[source.launch_grid(desc.loop_shape, config)](*inputs, *outputs, *args, **config.constexprs,
+    ...                                                 **config.options())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
+from ..ir.graph import Node, Value, format_node
+from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial, shared with the CPU kernels
+
+# ---------------------------------------------------------------------------------------------
+# types
+
+_TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
+             "bool": "tl.int1"}
+# a pointer argument's type in a Triton signature; bool is stored as one byte
+_POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8"}
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+
+
+def _is_float(v: Value) -> bool:
+    return v.dtype.name in ("float32", "float64")
+
+
+def _float(x: float) -> str:
+    """A float literal as Triton source (inf and NaN are `float("inf")`, as Triton's tutorials write them)."""
+    if math.isnan(x):
+        return 'float("nan")'
+    if math.isinf(x):
+        return 'float("inf")' if x > 0 else 'float("-inf")'
+    return repr(x)
+
+
+def _horner(z: str, coefficients: tuple[float, ...]) -> str:
+    """c0 + z * (c1 + z * (c2 + ...)) as source."""
+    text = repr(coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        text = f"{c!r} + {z} * ({text})"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# the expression of each primitive: render(code, node, args) -> Triton source of the value
+# (`args` are names of values already computed; `code.let` adds a line for a temporary)
+
+
+def _truth(v: Value, x: str) -> str:
+    """numpy's truth value of an element (NaN is true: != is unordered)."""
+    return x if v.dtype.name == "bool" else f"({x} != 0)"
+
+
+def _binary(op: str) -> Callable:
+    return lambda code, n, a: f"{a[0]} {op} {a[1]}"
+
+
+def _logical(op: str) -> Callable:
+    # between a scalar and a block, as selects: Triton's interpreter broadcasts a scalar i1 made by a
+    # float comparison as a float (3.6 and 3.9); tl.where broadcasts it right
+    as_select = {"&": "tl.where({s}, {b}, False)", "|": "tl.where({s}, True, {b})", "^": "tl.where({s}, {b} == 0, {b})"}
+
+    def render(code, n, a):
+        x, y = _truth(n.inputs[0], a[0]), _truth(n.inputs[1], a[1])
+        x_scalar, y_scalar = (v.id in code.scalars for v in n.inputs)
+        if x_scalar != y_scalar:
+            return as_select[op].format(s=x if x_scalar else y, b=y if x_scalar else x)
+        return f"{x} {op} {y}"
+    return render
+
+
+def _extreme(name: str) -> Callable:
+    """maximum/minimum: NaN in either operand gives NaN, as in numpy and PyTorch."""
+    def render(code, n, a):
+        if _is_float(n.out):
+            return f"tl.{name}({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
+        return f"tl.{name}({a[0]}, {a[1]})"
+    return render
+
+
+def _cast(code, n, a):
+    src, dst = n.inputs[0], n.out
+    if dst.dtype.name == "bool":
+        return _truth(src, a[0])
+    if src.dtype == dst.dtype:
+        return a[0]
+    to = _TL_DTYPE[dst.dtype.name]
+    if _is_float(src) and not _is_float(dst):
+        # NaN and values out of range become the type's minimum, as on the CPU (x86's conversion);
+        # the GPU's saturates
+        low = -(2 ** (31 if dst.dtype.name == "int32" else 63))
+        return f"tl.where(({a[0]} >= {float(low)!r}) & ({a[0]} < {float(-low)!r}), {a[0]}.to({to}), {low})"
+    return f"{a[0]}.to({to})"  # (Triton converts i1 as unsigned)
+
+
+def _negative(v: Value, x: str) -> str:
+    """-x; for floats as -1.0 * x, which flips a zero's sign (Triton 3.6 computes -x as 0 - x)."""
+    return f"-1.0 * {x}" if _is_float(v) else f"-{x}"
+
+
+def _sqrt(n: Node, x: str) -> str:
+    """Correctly rounded, as numpy's: tl.sqrt is approximate in float32 (and tl.sqrt_rn float32 only)."""
+    return f"tl.sqrt_rn({x})" if n.out.dtype.name == "float32" else f"tl.sqrt({x})"
+
+
+def _tanh(code, n, a):
+    # x + x^3 P(x^2) near 0 (the polynomial of the CPU kernels), 1 - 2 / (exp(2|x|) + 1) with x's sign
+    # beyond: no cancellation in either, and exp overflowing gives exactly 1
+    x, t = a[0], "float" if n.out.dtype.name == "float32" else "double"
+    name = _var(n.out)
+    ax = code.let(f"{name}_abs", f"tl.abs({x})")
+    z = code.let(f"{name}_sq", f"{x} * {x}")
+    poly = code.let(f"{name}_poly", _horner(z, _TANH_P[t]))
+    large = code.let(f"{name}_large", f"1.0 - 2.0 / (tl.exp({ax} + {ax}) + 1.0)")
+    small = code.let(f"{name}_small", f"tl.where({x} == 0, {x}, {x} + {x} * ({z} * {poly}))")  # (-0 stays -0)
+    return f"tl.where({ax} < {_TANH_SMALL!r}, {small}, tl.where({x} < 0, {_negative(n.out, large)}, {large}))"
+
+
+def _sigmoid(code, n, a):
+    # through e = exp(-|x|) <= 1, which never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) below
+    e = code.let(f"{_var(n.out)}_exp", f"tl.exp(-tl.abs({a[0]}))")
+    return f"tl.where({a[0]} >= 0, 1.0, {e}) / (1.0 + {e})"
+
+
+def _round(code, n, a):
+    # halves to even, as numpy; x - floor(x) is exact, and a result of zero keeps x's sign
+    x, name = a[0], _var(n.out)
+    down = code.let(f"{name}_floor", f"tl.floor({x})")
+    frac = code.let(f"{name}_frac", f"{x} - {down}")
+    odd = f"({down} * 0.5 != tl.floor({down} * 0.5))"
+    up = code.let(f"{name}_up", f"({frac} > 0.5) | (({frac} == 0.5) & {odd})")
+    rounded = code.let(f"{name}_near", f"tl.where({up}, {down} + 1.0, {down})")
+    return f"tl.where({rounded} == 0, {x} * 0.0, {rounded})"
+
+
+def _pow(code, n, a):
+    # |x|^y = exp(y log|x|) in float64, rounded to float32 (float32 only: a float64 power would be off
+    # by about |y log x| ulps, so `fusible` leaves it to the eager kernel), then C's and numpy's special
+    # cases: odd integer powers of a negative x (-0 and -inf too) are negative, a finite negative x to a
+    # non-integer power is NaN, and x^0, 1^y and (-1)^inf are 1 (even with a NaN). Each test of y
+    # selects on its own: y is often a scalar, x rarely
+    x, y, name = a[0], a[1], _var(n.out)
+    x = code.let(f"{name}_x", f"{x}.to(tl.float64)")
+    y = code.let(f"{name}_y", f"{y}.to(tl.float64)")
+    power = code.let(f"{name}_abs", f"tl.exp({y} * tl.log(tl.abs({x})))")
+    odd = f"(tl.floor({y}) == {y}) & (tl.floor({y} * 0.5) != {y} * 0.5)"
+    negative = f"({x} < 0) | (({x} == 0) & (1.0 / {x} < 0))"
+    power = code.let(f"{name}_signed", f"tl.where({odd}, tl.where({negative}, -1.0 * {power}, {power}), {power})")
+    finite_negative = f'({x} < 0) & ({x} != float("-inf"))'
+    power = code.let(f"{name}_real", f'tl.where(tl.floor({y}) != {y}, tl.where({finite_negative}, float("nan"), '
+                                     f"{power}), {power})")
+    power = code.let(f"{name}_ones", f'tl.where(tl.abs({y}) == float("inf"), tl.where({x} == -1, 1.0, {power}), '
+                                     f"{power})")
+    return f"tl.where({y} == 0, 1.0, tl.where({x} == 1, 1.0, {power})).to(tl.float32)"
+
+
+# float-only ops: float inputs and output
+_FLOAT_ONLY: dict[str, Callable] = {
+    "exp": lambda code, n, a: f"tl.exp({a[0]})",
+    "log": lambda code, n, a: f"tl.log({a[0]})",
+    "sqrt": lambda code, n, a: _sqrt(n, a[0]),
+    "rsqrt": lambda code, n, a: f"1.0 / {_sqrt(n, a[0])}",
+    "reciprocal": lambda code, n, a: f"1.0 / {a[0]}",
+    "tanh": _tanh,
+    "sigmoid": _sigmoid,
+    "erf": lambda code, n, a: f"tl.math.erf({a[0]})",
+    "floor": lambda code, n, a: f"tl.floor({a[0]})",
+    "ceil": lambda code, n, a: f"tl.ceil({a[0]})",
+    "trunc": lambda code, n, a: f"tl.where({a[0]} < 0, tl.ceil({a[0]}), tl.floor({a[0]}))",
+    "round": _round,
+    "relu": lambda code, n, a: f"tl.where({a[0]} <= 0, 0.0, {a[0]})",  # NaN passes; -0 gives 0, as numpy's maximum
+    "relu_backward": lambda code, n, a: f"tl.where({a[1]} <= 0, 0.0, {a[0]})",
+    "div": _binary("/"),  # IEEE division (tl.math.fdiv would be the approximate one)
+    "pow": _pow,
+}
+
+# ops on float or integer operands (not bool)
+_NUMERIC: dict[str, Callable] = {
+    "neg": lambda code, n, a: _negative(n.out, a[0]),
+    "abs": lambda code, n, a: f"tl.abs({a[0]})",
+    "add": _binary("+"),
+    "sub": _binary("-"),
+    "mul": _binary("*"),
+    "maximum": _extreme("maximum"),
+    "minimum": _extreme("minimum"),
+}
+
+# ops that take any supported dtype
+_ANY: dict[str, Callable] = {
+    # (floats: ordered comparisons but !=, true for NaN, as numpy's; bools: Triton's i1 is unsigned)
+    "eq": _binary("=="),
+    "ne": _binary("!="),
+    "lt": _binary("<"),
+    "le": _binary("<="),
+    "gt": _binary(">"),
+    "ge": _binary(">="),
+    "logical_and": _logical("&"),
+    "logical_or": _logical("|"),
+    "logical_xor": _logical("^"),
+    "logical_not": lambda code, n, a: f"{a[0]} == 0",  # (NaN == 0 is false: not NaN is false, as numpy's)
+    "where": lambda code, n, a: f"tl.where({_truth(n.inputs[0], a[0])}, {a[1]}, {a[2]})",
+    "cast": _cast,
+    "copy": lambda code, n, a: a[0],
+    "expand": lambda code, n, a: a[0],  # the kernel loads its input broadcast; arithmetic broadcasts the rest
+}
+
+_FLOAT_TESTS: dict[str, Callable] = {
+    "isnan": lambda code, n, a: f"{a[0]} != {a[0]}",
+    "isinf": lambda code, n, a: f'tl.abs({a[0]}) == float("inf")',
+}
+
+# row reductions: identity, combine two tiles elementwise (looped rows), reduce a tile over its columns
+_REDUCTIONS: dict[str, tuple[float, str, str]] = {
+    # -0.0: a row of -0.0 sums to -0.0, as in numpy
+    "sum": (-0.0, "{acc} + {x}", "tl.sum({tile}, axis=1)[:, None]"),
+    "amax": (-math.inf, "tl.maximum({acc}, {x}, propagate_nan=tl.PropagateNan.ALL)", "tl.max({tile}, axis=1)[:, None]"),
+    "amin": (math.inf, "tl.minimum({acc}, {x}, propagate_nan=tl.PropagateNan.ALL)", "tl.min({tile}, axis=1)[:, None]"),
+}
+
+
+def _random(code, n, a):
+    """Philox for each element: counter = the call's first counter + the node's offset + the
+    element's row-major index in the node's shape (as the eager kernel numbers them)."""
+    seed, counter = a
+    draw = "tl.rand" if n.params["dist"] == "uniform" else "tl.randn"
+    index = code.row_index if n.out.shape != code.kernel.shape else code.element_index
+    offset = f" + {n.params['offset']}" if n.params["offset"] else ""
+    value = f"{draw}({seed}, {counter}{offset} + {index})"
+    return f"{value}.to(tl.float64)" if n.out.dtype.name == "float64" else value  # drawn in float32
+
+
+def fusible(node: Node) -> bool:
+    """Whether this renderer can compute `node` inside a fused kernel (the cuda backend's
+    `can_fuse`): the nodes and dtypes `jitorch.codegen.llvm.fusible` takes but float64 pow."""
+    values = (*node.inputs, node.out)
+    if any(v.dtype.name not in _TL_DTYPE for v in values):
+        return False
+    if node.op == "random":
+        return _is_float(node.out)
+    if node.op in _REDUCTIONS:
+        return is_row_reduction(node) and _is_float(node.out) and node.out.dtype == node.inputs[0].dtype
+    if node.op == "pow":
+        return all(v.dtype.name == "float32" for v in values)
+    if node.op in _FLOAT_ONLY:
+        return all(_is_float(v) for v in values)
+    if node.op in _NUMERIC:
+        return all(v.dtype.name != "bool" for v in values)
+    if node.op in _FLOAT_TESTS:
+        return _is_float(node.inputs[0])
+    return node.op in _ANY
+
+
+def _expression(code: _Code, node: Node, args: list[str]) -> str:
+    op = node.op
+    if op == "random":
+        return _random(code, node, args)
+    for table in (_FLOAT_ONLY, _NUMERIC, _FLOAT_TESTS, _ANY):
+        if op in table:
+            return table[op](code, node, args)
+    raise NotImplementedError(f"the Triton renderer has no rule for `{format_node(node)}`; fusible() should "
+                              "have kept it out of the kernel")
+
+
+# ---------------------------------------------------------------------------------------------
+# what a rendered kernel is: its source, its arguments and how to launch it
+
+
+@dataclass(frozen=True)
+class Param:
+    """One runtime argument of a kernel, in order: `kind` is "input" or "output" (a pointer to operand
+    `operand` of that kind), "n_elements" (pointwise: the loop's element count), "n_rows" (row
+    kernels: the product of all loop dims but the last), "size" (loop dim `dim`), "stride" (input
+    `operand` along loop dim `dim`, in elements) or "row_len" (row kernels: the last loop dim).
+    `type` is its type in a Triton signature ("*fp32", "*i8" for bool, "i64")."""
+
+    name: str
+    kind: str
+    type: str
+    operand: int = -1
+    dim: int = -1
+
+
+@dataclass
+class Config:
+    """Compile-time constants for one launch (`BLOCK`; row kernels also `ROWS` and `ROW_IN_REGISTERS`)
+    and the warps per program."""
+
+    constexprs: dict[str, int | bool]
+    num_warps: int = 4
+
+    def options(self) -> dict:
+        """Options for `triton.compile`: no fused multiply-adds, so that every operation rounds as
+        the CPU kernels and numpy round it (and Triton 3.9 stops warning that its default changes)."""
+        return {"num_warps": self.num_warps, "enable_fp_fusion": False}
+
+
+# a row of up to this many elements (per element size) is kept in registers: 8192 float32 with 16
+# warps is 16 registers per thread for each full-row value; longer rows loop
+_ROW_IN_REGISTERS_BYTES = 32768
+_ROW_TILE = 2048  # elements per program for short rows: several rows per program
+_LOOP_BLOCK_BYTES = 8192  # columns per step of a looped row
+_POINTWISE_BLOCK = 1024
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class TritonSource:
+    """One rendered kernel: `text` defines one `@triton.jit` function named `name`, whose arguments
+    are `params` (the input pointers, the output pointers, then the sizes and strides it needs, and a
+    row kernel's row length last) followed by the compile-time constants `constexprs`."""
+
+    name: str
+    text: str
+    params: list[Param]
+    constexprs: tuple[str, ...]
+    rows: bool  # a row kernel
+    itemsize: int  # the widest element of its full shape, in bytes
+
+    def signature(self) -> dict[str, str]:
+        """Argument name -> type, as `triton.compiler.ASTSource` takes it (constants: "constexpr")."""
+        return {**{p.name: p.type for p in self.params}, **{c: "constexpr" for c in self.constexprs}}
+
+    def runtime_args(self, loop_shape: tuple[int, ...], input_strides: list[tuple[int, ...]]) -> list[int]:
+        """The values of the non-pointer params, in order, for a launch over `loop_shape` (the
+        `KernelDesc`'s) where input k has strides `input_strides[k]` (in elements, along the loop dims)."""
+        values = {"n_elements": math.prod(loop_shape), "n_rows": math.prod(loop_shape[:-1]),
+                  "row_len": loop_shape[-1] if loop_shape else 1}
+        args = []
+        for p in self.params:
+            if p.kind == "size":
+                args.append(loop_shape[p.dim])
+            elif p.kind == "stride":
+                args.append(input_strides[p.operand][p.dim])
+            elif p.kind in values:
+                args.append(values[p.kind])
+        return args
+
+    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
+        """Launch configurations worth trying for this loop shape, the default first."""
+        if not self.rows:
+            n = math.prod(loop_shape)
+            block = min(_POINTWISE_BLOCK, max(32, _next_power_of_2(n)))
+            first = Config({"BLOCK": block}, num_warps=max(1, min(4, block // 256)))
+            more = [Config({"BLOCK": 2048}, 8), Config({"BLOCK": 512}, 4)] if n > _POINTWISE_BLOCK else []
+            return [first, *more]
+        row_len, n_rows = loop_shape[-1], math.prod(loop_shape[:-1])
+        block = _next_power_of_2(row_len)
+        if block * self.itemsize <= _ROW_IN_REGISTERS_BYTES:
+            rows = max(1, min(_next_power_of_2(n_rows), _ROW_TILE // block))
+            warps = max(1, min(16, rows * block // 256))
+            return [Config({"ROWS": rows, "BLOCK": block, "ROW_IN_REGISTERS": True}, warps)]
+        block = _LOOP_BLOCK_BYTES // self.itemsize
+        return [Config({"ROWS": 1, "BLOCK": block, "ROW_IN_REGISTERS": False}, 8),
+                Config({"ROWS": 1, "BLOCK": 2 * block, "ROW_IN_REGISTERS": False}, 16)]
+
+    def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
+        """Programs to launch: one per BLOCK elements (pointwise) or per ROWS rows (row kernels); at
+        least one, so that an empty kernel is still a valid launch."""
+        if self.rows:
+            return (max(1, _cdiv(math.prod(loop_shape[:-1]), config.constexprs["ROWS"])),)
+        return (max(1, _cdiv(math.prod(loop_shape), config.constexprs["BLOCK"])),)
+
+    def define(self):
+        """The kernel as a `@triton.jit` function, defined in a namespace of its own from `text`
+        (registered with `linecache`, where Triton reads a function's source). Under
+        TRITON_INTERPRET=1 (read here, when the function is decorated) it runs in the interpreter."""
+        import triton
+        import triton.language as tl
+
+        digest = hashlib.sha1(self.text.encode()).hexdigest()[:16]
+        filename = f"<jitorch triton kernel {self.name} {digest}>"
+        linecache.cache[filename] = (len(self.text), None, self.text.splitlines(True), filename)
+        namespace = {"triton": triton, "tl": tl}
+        exec(compile(self.text, filename, "exec"), namespace)
+        return namespace[self.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# codegen
+
+
+def _var(v: Value) -> str:
+    return f"v{v.id}"
+
+
+class _Code:
+    """Lines of Python source at an indent, and where a random node finds its elements' indices."""
+
+    def __init__(self, kernel: Kernel, depth: int = 1) -> None:
+        self.kernel = kernel
+        self.lines: list[str] = []
+        self.depth = depth
+        self.element_index = "index"  # the row-major index of each element of the kernel's shape
+        self.row_index = "row"  # ... and of each row (row kernels)
+        self.scalars: set[int] = set()  # ids of the values that are one number for the whole kernel
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def comment(self, text: str) -> None:
+        for line in text.splitlines():
+            self.line(f"# {line}".rstrip())
+
+    def let(self, name: str, expr: str) -> str:
+        self.line(f"{name} = {expr}")
+        return name
+
+    @contextmanager
+    def block(self, header: str):
+        self.line(header)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+def _emit_node(code: _Code, node: Node, env: dict[int, str]) -> None:
+    code.comment(format_node(node))
+    if node.op != "random" and all(v.id in code.scalars for v in node.inputs):
+        code.scalars.add(node.out.id)
+    env[node.out.id] = code.let(_var(node.out), _expression(code, node, [env[v.id] for v in node.inputs]))
+
+
+def _load(ptr: str, v: Value, address: str | None, mask: str | None) -> str:
+    """A load of input `v` (None address: its only element, a scalar); bool bytes become i1."""
+    where = ptr if address is None else f"{ptr} + {address}"
+    text = f"tl.load({where}, mask={mask})" if mask else f"tl.load({where})"
+    return f"{text} != 0" if v.dtype.name == "bool" else text
+
+
+def _store(code: _Code, ptr: str, v: Value, value: str, address: str, mask: str) -> None:
+    if v.dtype.name == "bool":
+        value = f"{value}.to(tl.int8)"
+    code.line(f"tl.store({ptr} + {address}, {value}, mask={mask})")
+
+
+def _describe_input(v: Value, bcast: tuple[bool, ...]) -> str:
+    where = [str(d) for d, b in enumerate(bcast) if b]
+    if all(bcast):
+        how = "a scalar, read once"
+    elif where:
+        how = f"broadcast along loop dim{'s' if len(where) > 1 else ''} {', '.join(where)}"
+    else:
+        how = "full"
+    return f"{v.name}:{v.type_str()}, {how}"
+
+
+def _dim_indices(code: _Code, flat: str, sizes: list[int], wanted: set[int]) -> dict[int, str]:
+    """Lines computing the index along each loop dim in `wanted` from the row-major index `flat`
+    over dims `sizes` (the size params `size{d}` for d >= 1); returns dim -> name."""
+    names = {}
+    if len(sizes) == 1:
+        return {0: flat} if 0 in wanted else {}
+    for d in sorted(wanted, reverse=True):
+        quotient = flat + "".join(f" // size{e}" for e in range(len(sizes) - 1, d, -1))
+        names[d] = code.let(f"i{d}", quotient if d == 0 else f"{quotient} % size{d}")
+    return names
+
+
+class _Renderer:
+    """The source of one kernel: its signature, then its body."""
+
+    def __init__(self, desc: KernelDesc) -> None:
+        self.desc = desc
+        self.kernel = desc.kernel
+        self.ndim = len(desc.loop_shape)
+        self.ptr = {v.id: f"{_var(v)}_ptr" for v in (*self.kernel.inputs, *self.kernel.outputs)}
+        self.code = _Code(self.kernel)
+
+    def params(self, outer_dims: int) -> list[Param]:
+        """Pointers, the element or row count, the sizes that index decomposition divides by (loop
+        dims 1 .. outer_dims - 1), each input's strides along its non-broadcast dims but the
+        innermost, then the row length."""
+        kernel, ndim = self.kernel, self.ndim
+        params = [Param(self.ptr[v.id], "input", _POINTER_TYPE[v.dtype.name], k) for k, v in enumerate(kernel.inputs)]
+        params += [Param(self.ptr[v.id], "output", _POINTER_TYPE[v.dtype.name], j)
+                   for j, v in enumerate(kernel.outputs)]
+        params.append(Param("n_rows", "n_rows", "i64") if kernel.rows else Param("n_elements", "n_elements", "i64"))
+        params += [Param(f"size{d}", "size", "i64", dim=d) for d in range(1, outer_dims)]
+        for k, v in enumerate(kernel.inputs):
+            params += [Param(f"{_var(v)}_stride{d}", "stride", "i64", k, d)
+                       for d in range(ndim - 1) if not self.desc.broadcast[k][d]]
+        if kernel.rows:
+            params.append(Param("row_len", "row_len", "i64"))
+        return params
+
+    def header(self) -> None:
+        self.code.comment(self.kernel.format().splitlines()[0])  # (each node's line comes with its code)
+        if self.ndim:
+            self.code.comment(f"loop shape {list(self.desc.loop_shape)}: the kernel's dims, merged where every "
+                              "input is full along both or broadcast along both")
+
+    def source(self) -> TritonSource:
+        kernel = self.kernel
+        if kernel.rows:
+            constexprs = ("ROWS", "BLOCK", "ROW_IN_REGISTERS")
+            params = self.params(self.ndim - 1)
+            self.header()
+            self.row_body()
+        else:
+            constexprs = ("BLOCK",)
+            params = self.params(self.ndim)
+            self.header()
+            self.pointwise_body()
+        name = self.desc.name
+        text = "\n".join(["@triton.jit", *_signature_lines(name, [p.name for p in params], constexprs),
+                          *self.code.lines]) + "\n"
+        # the widest element of a full row (what a row in registers costs), or of any operand
+        values = [*kernel.inputs, *kernel.outputs, *(n.out for n in kernel.nodes)]
+        full = [v for v in values if v.shape == kernel.shape] or values
+        itemsize = max(_ITEMSIZE[v.dtype.name] for v in full)
+        return TritonSource(name, text, params, constexprs, kernel.rows, itemsize)
+
+    # --- pointwise -------------------------------------------------------------------------
+    def pointwise_body(self) -> None:
+        code, kernel, desc, ndim = self.code, self.kernel, self.desc, self.ndim
+        code.line("index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # row-major in the loop")
+        code.line("mask = index < n_elements")
+        wanted = {d for bcast in desc.broadcast for d in range(ndim) if not bcast[d]}
+        dims = _dim_indices(code, "index", list(desc.loop_shape), wanted)
+        env: dict[int, str] = {}
+        for k, v in enumerate(kernel.inputs):
+            bcast = desc.broadcast[k]
+            if all(bcast):
+                code.scalars.add(v.id)
+                load = _load(self.ptr[v.id], v, None, None)
+            else:
+                terms = [f"{dims[d]} * {_var(v)}_stride{d}" for d in range(ndim - 1) if not bcast[d]]
+                terms += [dims[ndim - 1]] if not bcast[-1] else []
+                load = _load(self.ptr[v.id], v, " + ".join(terms), "mask")
+            env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
+        for node in kernel.nodes:
+            _emit_node(code, node, env)
+        for v in kernel.outputs:
+            _store(code, self.ptr[v.id], v, env[v.id], "index", "mask")
+
+    # --- rows ------------------------------------------------------------------------------
+    def row_body(self) -> None:
+        code, kernel, desc = self.code, self.kernel, self.desc
+        outer = self.ndim - 1  # loop dims before the row's
+        code.line("row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]")
+        code.line("row_mask = row < n_rows")
+        wanted = {d for bcast in desc.broadcast for d in range(outer) if not bcast[d]}
+        dims = _dim_indices(code, "row", list(desc.loop_shape[:-1]), wanted)
+        code.element_index = "row * row_len + col"
+        self.row_base = {}  # input id -> its offset at the row's start ("" when broadcast along every row)
+        env: dict[int, str] = {}
+        for k, v in enumerate(kernel.inputs):
+            bcast = desc.broadcast[k]
+            self.row_base[v.id] = " + ".join(f"{dims[d]} * {_var(v)}_stride{d}" for d in range(outer) if not bcast[d])
+            if all(bcast):
+                code.scalars.add(v.id)
+                env[v.id] = code.let(_var(v), f"{_load(self.ptr[v.id], v, None, None)}  # {_describe_input(v, bcast)}")
+            elif bcast[-1]:  # one value per row
+                load = _load(self.ptr[v.id], v, self.row_base[v.id], "row_mask")
+                env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
+        row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
+        with code.block("if ROW_IN_REGISTERS:"):
+            code.comment("the whole row in one block: read once, every value computed once")
+            self.persistent(dict(env))
+        with code.block("else:"):
+            code.comment("rows longer than a block: one pass over the row per level of reductions, BLOCK "
+                         "columns at a time")
+            env = self.looped(env, row_ids)
+        for v in kernel.outputs:  # row values are computed by now in either form
+            if v.id in row_ids:
+                _store(code, self.ptr[v.id], v, env[v.id], "row", "row_mask")
+
+    def columns(self, start: str | None) -> None:
+        code = self.code
+        code.line(f"col = {start + ' + ' if start else ''}tl.arange(0, BLOCK)[None, :]  # [1, BLOCK]")
+        code.line("col_mask = col < row_len")
+        code.line("mask = row_mask & col_mask")
+
+    def load_columns(self, env: dict[int, str], ids: set[int] | None = None) -> None:
+        """Loads of the inputs that vary along the row (those in `ids`, when given)."""
+        code, desc = self.code, self.desc
+        for k, v in enumerate(self.kernel.inputs):
+            bcast = desc.broadcast[k]
+            if bcast[-1] or ids is not None and v.id not in ids:
+                continue
+            base = self.row_base[v.id]
+            address = f"{base} + col" if base else "col"
+            load = _load(self.ptr[v.id], v, address, "mask" if base else "col_mask")
+            env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
+
+    def reduce(self, node: Node, tile: str) -> str:
+        """The row's reduction from a tile whose masked-off elements hold the identity."""
+        code, name = self.code, _var(node.out)
+        value = code.let(name, _REDUCTIONS[node.op][2].format(tile=tile))
+        if node.op != "sum":  # tl.max / tl.min skip NaN; numpy's return it
+            seen = f"tl.max(({tile} != {tile}).to(tl.int32), axis=1)[:, None]"
+            code.let(name, f'tl.where({seen} > 0, float("nan"), {value})')
+        return name
+
+    def persistent(self, env: dict[int, str]) -> None:
+        code, kernel = self.code, self.kernel
+        self.columns(None)
+        self.load_columns(env)
+        for node in kernel.nodes:
+            if not is_row_reduction(node):
+                _emit_node(code, node, env)
+                continue
+            code.comment(format_node(node))
+            identity = _float(_REDUCTIONS[node.op][0])
+            x = env[node.inputs[0].id]
+            if node.op == "sum":
+                env[node.out.id] = self.reduce(node, f"tl.where(mask, {x}, {identity})")
+            else:
+                env[node.out.id] = self.reduce(node, code.let(f"{_var(node.out)}_tile",
+                                                              f"tl.where(mask, {x}, {identity})"))
+        for v in kernel.outputs:
+            if v.shape == kernel.shape:
+                _store(code, self.ptr[v.id], v, env[v.id], "row * row_len + col", "mask")
+
+    def looped(self, env: dict[int, str], row_ids: set[int]) -> dict[int, str]:
+        """Pass L accumulates the reductions of level L + 1 and stores the full-shape outputs of level
+        L; before it come the row values of level L, whose reductions are done."""
+        code, kernel = self.code, self.kernel
+        level = kernel.levels()
+        made = {n.out.id: n for n in kernel.nodes}
+        for pass_ in range(max(level.values(), default=0) + 1):
+            for node in kernel.nodes:
+                if node.out.id in row_ids and not is_row_reduction(node) and level[node.out.id] == pass_:
+                    _emit_node(code, node, env)
+            reductions = [n for n in kernel.nodes if is_row_reduction(n) and level[n.out.id] == pass_ + 1]
+            stores = [v for v in kernel.outputs if v.id not in row_ids and level[v.id] == pass_]
+            if not reductions and not stores:
+                continue
+            targets = [r.inputs[0] for r in reductions] + stores
+            nodes = _needed(kernel, targets, row_ids, made)
+            wanted = {v.id for n in nodes for v in n.inputs} | {v.id for v in targets}
+            what = [f"{r.op} {r.inputs[0].name}" for r in reductions] + [f"store {v.name}" for v in stores]
+            code.comment(f"pass {pass_}: {', '.join(what)}")
+            accumulators = {}
+            for r in reductions:
+                identity = _float(_REDUCTIONS[r.op][0])
+                accumulators[r.out.id] = code.let(f"acc{r.out.id}",
+                                                  f"tl.full([ROWS, BLOCK], {identity}, {_TL_DTYPE[r.out.dtype.name]})")
+            pass_env = dict(env)
+            with code.block("for start in range(0, row_len, BLOCK):"):
+                self.columns("start")
+                self.load_columns(pass_env, wanted)
+                for node in nodes:
+                    _emit_node(code, node, pass_env)
+                for r in reductions:
+                    acc, identity = accumulators[r.out.id], _float(_REDUCTIONS[r.op][0])
+                    x = f"tl.where(mask, {pass_env[r.inputs[0].id]}, {identity})"
+                    code.let(acc, _REDUCTIONS[r.op][1].format(acc=acc, x=x))
+                for v in stores:
+                    _store(code, self.ptr[v.id], v, pass_env[v.id], "row * row_len + col", "mask")
+            for r in reductions:
+                code.comment(format_node(r))
+                env[r.out.id] = self.reduce(r, accumulators[r.out.id])
+        return env
+
+
+def _signature_lines(name: str, args: list[str], constexprs: tuple[str, ...]) -> list[str]:
+    """`def name(args, C: tl.constexpr, ...):`, wrapped at 110 columns."""
+    words = [f"{a}," for a in args] + [f"{c}: tl.constexpr," for c in constexprs]
+    words[-1] = words[-1][:-1] + "):"
+    lines, line = [], f"def {name}("
+    for word in words:
+        if len(line) + len(word) > 110 and not line.endswith("("):
+            lines.append(line.rstrip())
+            line = " " * 8
+        line += word + " "
+    return lines + [line.rstrip()]
+
+
+def _needed(kernel: Kernel, targets: list[Value], row_ids: set[int], made: dict[int, Node]) -> list[Node]:
+    """The kernel's full-shape nodes that `targets` depend on, in kernel order (row values and
+    inputs are at hand)."""
+    seen: set[int] = set()
+    stack = [v.id for v in targets]
+    while stack:
+        vid = stack.pop()
+        if vid in seen or vid in row_ids or vid not in made:
+            continue
+        seen.add(vid)
+        stack.extend(v.id for v in made[vid].inputs)
+    return [n for n in kernel.nodes if n.out.id in seen]
+
+
+def render(desc: KernelDesc) -> TritonSource:
+    """The Triton source of one kernel: a `@triton.jit` function named `desc.name`, its parameters,
+    compile-time constants, configurations and launch grid (see `TritonSource`)."""
+    return _Renderer(desc).source()
