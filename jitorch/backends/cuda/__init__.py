@@ -6,9 +6,12 @@ backend (`register_lazy`); on a machine without CuPy, a driver or a GPU that imp
 `jitorch.backends.unavailable_reason("cuda")` says why. What this module holds needs no GPU:
 PyTorch's switch `jitorch.backends.cuda.matmul.allow_tf32`.
 
-Layout: `backend.py` (`CUDABackend`: buffers, host <-> device copies, registration),
-`gpu_check.py` (CuPy, once it is known to reach a GPU), `kernels.py` (the shared eager kernels of
-`jitorch.backends.array_kernels` over CuPy, and CuPy's own where it differs from numpy).
+Layout: `backend.py` (`CUDABackend`: buffers, host <-> device copies, fusion capabilities,
+registration), `gpu_check.py` (CuPy, once it is known to reach a GPU), `kernels.py` (the shared
+eager kernels of `jitorch.backends.array_kernels` over CuPy, and CuPy's own where it differs from
+numpy), `triton_driver.py` (jitorch's Triton driver: device, stream and capability from CuPy,
+never torch) and `launch.py` (fused kernels rendered by `jitorch.codegen.triton`, compiled and
+launched through Triton's low-level launcher with arguments prepared once).
 """
 
 from __future__ import annotations
