@@ -94,10 +94,22 @@ def _on_device(name: str, kernel: Callable) -> Callable:
     return run
 
 
+def _matmul(a, b):
+    """Products on cuBLAS; half types in their own type (cuBLAS accumulates them in float32, as
+    PyTorch does) where CuPy takes them, which keeps bfloat16 on the tensor cores instead of the
+    shared kernel's float32 copies."""
+    if a.dtype == b.dtype and shared.is_half(a.dtype):
+        try:
+            return cupy.matmul(a, b)
+        except (TypeError, NotImplementedError, ValueError):  # a CuPy without that dtype's GEMM
+            pass
+    return SHARED["matmul"](a, b)
+
+
 SHARED: dict[str, Callable] = shared.make_kernels(cupy)
 OVERRIDES: dict[str, Callable] = {
     "erf": _erf,
-    "matmul": _at_float32_matmul_precision(SHARED["matmul"]),
+    "matmul": _at_float32_matmul_precision(_matmul),
     "einsum": _at_float32_matmul_precision(SHARED["einsum"]),
     "index_put": partial(shared.index_put, cupy, _add_at),
     "scatter_add": partial(shared.scatter_add, cupy, _add_at),
