@@ -254,3 +254,12 @@ def test_an_unusable_cache_directory_only_costs_compiling_again(tmp_path):
         entry.write_bytes(entry.read_bytes()[:100])  # damaged entries are compiled and written again
     assert _startup_run(tmp_path / "ok") == (False, figures)
     assert all(size > 100 for size, _ in _cached(tmp_path / "ok").values())
+
+
+@pytest.mark.parametrize("n", [4, 5000], ids=["shared-kernel", "helper-loop"])
+def test_relu_keeps_negative_zero_and_nan_as_pytorch_eager_and_compiled(n):
+    values = np.array([-0.0, -1.0, 2.0, np.nan, 0.0], dtype=np.float32).repeat(n)
+    want = torch.relu(torch.from_numpy(values)).numpy()
+    for got in (jt.tensor(values).relu(), jt.compile(lambda x: x.relu())(jt.tensor(values))):
+        np.testing.assert_array_equal(np.signbit(got.numpy()), np.signbit(want))
+        np.testing.assert_array_equal(got.numpy(), want)

@@ -35,7 +35,8 @@ from jitorch.primitives import PRIMS
 
 def test_the_cpu_backend_runs_the_shared_kernels_but_for_its_helper_loops():
     assert set(cpu_kernels.KERNELS) == set(PRIMS)
-    assert set(cpu_kernels.OVERRIDES) == {"erf", "where", "relu_backward", "sum", "amax", "index_put", "unfold", "fold"}
+    assert set(cpu_kernels.OVERRIDES) == {"erf", "where", "relu", "relu_backward", "sum", "amax", "index_put", "unfold",
+                                          "fold"}
     assert set(cpu_kernels.SHARED) == set(PRIMS) - {"erf"}  # numpy has no erf: each backend brings one
     for name, kernel in cpu_kernels.KERNELS.items():
         assert kernel is cpu_kernels.OVERRIDES.get(name, cpu_kernels.SHARED.get(name)), name
@@ -54,6 +55,8 @@ def _override_cases(rng):
         ("where", (big > 0, big, np.float32(2) * big), {}),
         ("where", (big > 0, big, np.zeros((), np.float32)), {}),
         ("where", (small > 0, small, small.T[:1].T), {}),
+        ("relu", (big,), {}),
+        ("relu", (small,), {}),
         ("relu_backward", (big, np.maximum(big, 0)), {}),
         ("relu_backward", (small, np.maximum(small, 0)), {}),
         ("sum", (big,), {"dims": (1,), "keepdim": True}),

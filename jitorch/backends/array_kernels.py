@@ -75,7 +75,8 @@ def _rsqrt(xp, x):
 
 
 def _relu(xp, x):
-    return xp.maximum(x, 0)  # NaN stays NaN, as in PyTorch
+    """0 where x < 0, else x: NaN and -0.0 stay what they are, as PyTorch's relu keeps them."""
+    return xp.where(x < 0, xp.zeros((), x.dtype), x)
 
 
 def _relu_backward(xp, g, out):

@@ -218,7 +218,7 @@ _FLOAT_ONLY: dict[str, Callable] = {
     "ceil": lambda code, n, a: f"tl.ceil({a[0]})",
     "trunc": lambda code, n, a: f"tl.where({a[0]} < 0, tl.ceil({a[0]}), tl.floor({a[0]}))",
     "round": _round,
-    "relu": lambda code, n, a: f"tl.where({a[0]} <= 0, 0.0, {a[0]})",  # NaN passes; -0 gives 0, as numpy's maximum
+    "relu": lambda code, n, a: f"tl.where({a[0]} < 0, 0.0, {a[0]})",  # NaN and -0.0 pass, as PyTorch's relu
     "relu_backward": lambda code, n, a: f"tl.where({a[1]} <= 0, 0.0, {a[0]})",
     "div": _binary("/"),  # IEEE division (tl.math.fdiv would be the approximate one)
     "pow": _pow,

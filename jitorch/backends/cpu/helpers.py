@@ -322,6 +322,27 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
+def _relu_kernel(t: str) -> Callable:
+    return _compile("ptr noalias %x, ptr noalias %result, i64 %n", [_Loop("i", "%n")], f"""
+  %px = getelementptr inbounds {t}, ptr %x, i64 %i
+  %xv = load {t}, ptr %px
+  %neg = fcmp olt {t} %xv, 0.0
+  %v = select i1 %neg, {t} 0.0, {t} %xv
+  %pr = getelementptr inbounds {t}, ptr %result, i64 %i
+  store {t} %v, ptr %pr""", (_PTR, _PTR, _I64))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """0 where x < 0, else x (NaN and -0.0 kept, as PyTorch's relu and jitorch's fused kernels do)."""
+    if x.dtype in _FLOAT_TYPE and x.size >= 4096:
+        x = np.ascontiguousarray(x)
+        result = np.empty(x.shape, dtype=x.dtype)
+        _relu_kernel(_FLOAT_TYPE[x.dtype])(_address(x), _address(result), x.size)
+        return result
+    return where(x < 0, np.zeros((), x.dtype), x)
+
+
+@functools.cache
 def _relu_grad_kernel(t: str) -> Callable:
     return _compile("ptr noalias %g, ptr noalias %out, ptr noalias %result, i64 %n", [_Loop("i", "%n")], f"""
   %pg = getelementptr inbounds {t}, ptr %g, i64 %i

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...primitives import conv_out_size, reduced_shape
 from .. import array_kernels as shared
-from .helpers import UINT_OF_SIZE, add_rows_at, amax_rows, col2im, erf, im2col, relu_backward, sum_by_blas, where
+from .helpers import UINT_OF_SIZE, add_rows_at, amax_rows, col2im, erf, im2col, relu, relu_backward, sum_by_blas, where
 
 
 def _sum(x, axis, keepdims):
@@ -77,6 +77,7 @@ def _fold(cols, output_size, kernel, dilation, padding, stride):
 SHARED: dict[str, Callable] = shared.make_kernels(np)
 OVERRIDES: dict[str, Callable] = {
     "erf": erf,
+    "relu": relu,
     "relu_backward": relu_backward,
     "where": where,
     "sum": shared.in_float32_for_half(np, _sum),
