@@ -45,7 +45,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cell, cpu_model, describe_failure, median_time, publish, results_path  # noqa: E402
+from common import (  # noqa: E402 - bench/ is on the path above
+    cell,
+    cpu_model,
+    describe_failure,
+    gpu_name,
+    gpu_versions,
+    median_time,
+    publish,
+    results_path,
+)
 
 CONTENDERS = ["numpy", "PyTorch eager", "torch.compile", "jitorch eager", "jitorch compiled"]
 COMPILED = {"torch.compile", "jitorch compiled"}
@@ -372,8 +381,7 @@ def versions(device: str) -> str:
 def machine(device: str) -> str:
     if device == "cpu":
         return f"{cpu_model()}, {os.cpu_count()} cores"
-    proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-    return f"{proc.stdout.strip().splitlines()[0] if proc.returncode == 0 else 'GPU'}; host {cpu_model()}"
+    return f"{gpu_name()} ({gpu_versions()}); host {cpu_model()}"  # imports torch: only the workers time
 
 
 def collect(args, contenders: list[str]) -> tuple[dict, float, dict]:
@@ -405,22 +413,23 @@ def report(args, best: dict, copy_bps: float, copies: dict, skipped: dict, sizes
     cmd = "python bench/fusion.py" + "".join(f" {a}" for a in sys.argv[1:])
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     copy_text = ", ".join(f"{name} {bps / 1e9:.1f} GB/s" for name, bps in copies.items()) or "did not run"
-    lines = [f"# Kernel fusion on the {args.device.upper()} ({now})", "",
+    write_allocate = ("A copy's destination is read into the cache before it is written (write-allocate), so "
+                      "memory moves about 3 bytes for the 2 counted; an in-place update (AdamW's) writes back lines "
+                      "it has already read and moves only what is counted, so it can pass 100%.")
+    lines = [f"# Kernel fusion on the {'CPU' if args.device == 'cpu' else 'GPU'} ({now})", "",
              f"Machine: {machine(args.device)}. Versions: {versions(args.device)}.", "",
              f"Command: `{cmd}`. Sizes: x is {sizes.rows}x{sizes.cols} float32 (w, b: {sizes.cols}; y: "
              f"{sizes.rows} int64 targets); AdamW over {sizes.adam_params:,} float32 parameters in "
              f"{ADAM_TENSORS} tensors of {adam_shape(sizes)[0]}x{adam_shape(sizes)[1]} (lr 1e-3, weight "
-             f"decay 1e-2; each framework's default implementation). {args.rounds} rounds, each contender "
+             f"decay 1e-2; each framework's default implementation). {args.rounds} round(s), each contender "
              f"in its own process, alternating; each figure is the best round's median.", "",
              "Bytes rule: GB/s counts the fewest bytes a case must move, every input read once and every "
              "output written once (x's gradient counts as an output of forward+backward; AdamW reads the "
              "parameter, its gradient and both moments, and writes the parameter and both moments). "
              f"Copy bandwidth (bytes read + written, a {'x'.join(map(str, copy_shape(sizes)))} float32 copy): "
              f"{copy_text}; "
-             "\"% copy\" is a contender's GB/s over the best of these. A copy's destination is read into the "
-             "cache before it is written (write-allocate), so memory moves about 3 bytes for the 2 counted; an "
-             "in-place update (AdamW's) writes back lines it has already read and moves only what is counted, so "
-             "it can pass 100%.", "",
+             "\"% copy\" is a contender's GB/s over the best of these."
+             + (f" {write_allocate}" if args.device == "cpu" else ""), "",
              "numpy: the same math in plain numpy (GELU's erf as a float32-accurate polynomial: numpy has "
              "no erf). Compile s: the first three calls' wall time less three steady calls (a step may trace "
              "again once its optimizer state exists), in the first round, with empty kernel caches.",
