@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
 from ..ir.graph import Node, Value
-from . import llvm_math, llvm_philox
+from . import is_float, llvm_math, llvm_philox, renders
 
 # ---------------------------------------------------------------------------------------------
 # types
@@ -29,10 +29,6 @@ I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
 _LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int32": I32, "int64": I64}
 _MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int32": I32, "int64": I64}
-
-
-def _is_float(v: Value) -> bool:
-    return v.dtype.name in ("float32", "float64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +42,7 @@ def _float_binary(name: str) -> Callable:
 
 def _arith(float_op: str, int_op: str) -> Callable:
     def render(b, n, a):
-        return getattr(b.ir, float_op if _is_float(n.out) else int_op)(a[0], a[1])
+        return getattr(b.ir, float_op if is_float(n.out) else int_op)(a[0], a[1])
     return render
 
 
@@ -54,7 +50,7 @@ def _extreme(float_pred: str, int_pred: str) -> Callable:
     """maximum/minimum: NaN in either operand gives NaN, as in numpy and PyTorch."""
     def render(b, n, a):
         x, y = a
-        if not _is_float(n.out):
+        if not is_float(n.out):
             return b.ir.select(b.ir.icmp_signed(int_pred, x, y), x, y)
         pick = b.ir.select(b.ir.fcmp_ordered(float_pred, x, y), x, y)
         return b.ir.select(b.ir.fcmp_unordered("uno", x, y), b.ir.fadd(x, y), pick)
@@ -64,7 +60,7 @@ def _extreme(float_pred: str, int_pred: str) -> Callable:
 def _compare(ordered: str, signed: str) -> Callable:
     def render(b, n, a):
         x, y = a
-        if _is_float(n.inputs[0]):
+        if is_float(n.inputs[0]):
             # != is true for NaN (unordered); the other comparisons are false for NaN
             return b.ir.fcmp_unordered(ordered, x, y) if ordered == "!=" else b.ir.fcmp_ordered(ordered, x, y)
         if n.inputs[0].dtype.name == "bool":
@@ -77,7 +73,7 @@ def _truth(b, v: Value, x):
     """numpy's truth value of an element (NaN is true)."""
     if v.dtype.name == "bool":
         return x
-    if _is_float(v):
+    if is_float(v):
         return b.ir.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
     return b.ir.icmp_signed("!=", x, ir.Constant(x.type, 0))
 
@@ -93,14 +89,14 @@ def _cast(b, n, a):
     if dst.dtype.name == "bool":
         return _truth(b, src, x)
     if src.dtype.name == "bool":
-        return b.ir.uitofp(x, to) if _is_float(dst) else b.ir.zext(x, to)
-    if _is_float(src) and _is_float(dst):
+        return b.ir.uitofp(x, to) if is_float(dst) else b.ir.zext(x, to)
+    if is_float(src) and is_float(dst):
         if src.dtype == dst.dtype:
             return x
         return b.ir.fpext(x, to) if dst.dtype.name == "float64" else b.ir.fptrunc(x, to)
-    if _is_float(src):
+    if is_float(src):
         return b.ir.fptosi(x, to)
-    if _is_float(dst):
+    if is_float(dst):
         return b.ir.sitofp(x, to)
     if src.dtype == dst.dtype:
         return x
@@ -122,12 +118,12 @@ def _relu_backward(b, n, a):
 
 
 def _neg(b, n, a):
-    return b.ir.fneg(a[0]) if _is_float(n.out) else b.ir.neg(a[0])
+    return b.ir.fneg(a[0]) if is_float(n.out) else b.ir.neg(a[0])
 
 
 def _abs(b, n, a):
     x = a[0]
-    if _is_float(n.out):
+    if is_float(n.out):
         return b.call("fabs", x)
     return b.ir.select(b.ir.icmp_signed("<", x, ir.Constant(x.type, 0)), b.ir.neg(x), x)
 
@@ -215,20 +211,8 @@ def _random(b, n, a):
 
 def fusible(node: Node) -> bool:
     """Whether this backend can compute `node` inside a fused kernel."""
-    values = (*node.inputs, node.out)
-    if any(v.dtype.name not in _LLVM_TYPE for v in values):
-        return False
-    if node.op == "random":
-        return _is_float(node.out)
-    if node.op in _REDUCTIONS:
-        return is_row_reduction(node) and _is_float(node.out) and node.out.dtype == node.inputs[0].dtype
-    if node.op in _FLOAT_ONLY:
-        return all(_is_float(v) for v in values)
-    if node.op in _NUMERIC:
-        return all(v.dtype.name != "bool" for v in values)
-    if node.op in _FLOAT_TESTS:
-        return _is_float(node.inputs[0])
-    return node.op in _ANY
+    return renders(node, _LLVM_TYPE, float_only=_FLOAT_ONLY, numeric=_NUMERIC, float_tests=_FLOAT_TESTS,
+                   any_dtype=_ANY, reductions=_REDUCTIONS)
 
 
 def _render(b, node: Node, args: list):

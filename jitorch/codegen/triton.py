@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
 from ..ir.graph import Node, Value, format_node
+from . import is_float, renders
 from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial, shared with the CPU kernels
 
 # ---------------------------------------------------------------------------------------------
@@ -68,10 +69,6 @@ _TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int3
 # a pointer argument's type in a Triton signature; bool is stored as one byte
 _POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8"}
 _ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
-
-
-def _is_float(v: Value) -> bool:
-    return v.dtype.name in ("float32", "float64")
 
 
 def _float(x: float) -> str:
@@ -122,7 +119,7 @@ def _logical(op: str) -> Callable:
 def _extreme(name: str) -> Callable:
     """maximum/minimum: NaN in either operand gives NaN, as in numpy and PyTorch."""
     def render(code, n, a):
-        if _is_float(n.out):
+        if is_float(n.out):
             return f"tl.{name}({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
         return f"tl.{name}({a[0]}, {a[1]})"
     return render
@@ -135,7 +132,7 @@ def _cast(code, n, a):
     if src.dtype == dst.dtype:
         return a[0]
     to = _TL_DTYPE[dst.dtype.name]
-    if _is_float(src) and not _is_float(dst):
+    if is_float(src) and not is_float(dst):
         # NaN and values out of range become the type's minimum, as on the CPU (x86's conversion);
         # the GPU's saturates
         low = -(2 ** (31 if dst.dtype.name == "int32" else 63))
@@ -145,7 +142,7 @@ def _cast(code, n, a):
 
 def _negative(v: Value, x: str) -> str:
     """-x; for floats as -1.0 * x, which flips a zero's sign (Triton 3.6 computes -x as 0 - x)."""
-    return f"-1.0 * {x}" if _is_float(v) else f"-{x}"
+    return f"-1.0 * {x}" if is_float(v) else f"-{x}"
 
 
 def _sqrt(n: Node, x: str) -> str:
@@ -282,22 +279,10 @@ def _random(code, n, a):
 def fusible(node: Node) -> bool:
     """Whether this renderer can compute `node` inside a fused kernel (the cuda backend's
     `can_fuse`): the nodes and dtypes `jitorch.codegen.llvm.fusible` takes but float64 pow."""
-    values = (*node.inputs, node.out)
-    if any(v.dtype.name not in _TL_DTYPE for v in values):
-        return False
-    if node.op == "random":
-        return _is_float(node.out)
-    if node.op in _REDUCTIONS:
-        return is_row_reduction(node) and _is_float(node.out) and node.out.dtype == node.inputs[0].dtype
-    if node.op == "pow":
-        return all(v.dtype.name == "float32" for v in values)
-    if node.op in _FLOAT_ONLY:
-        return all(_is_float(v) for v in values)
-    if node.op in _NUMERIC:
-        return all(v.dtype.name != "bool" for v in values)
-    if node.op in _FLOAT_TESTS:
-        return _is_float(node.inputs[0])
-    return node.op in _ANY
+    if node.op == "pow" and any(v.dtype.name != "float32" for v in (*node.inputs, node.out)):
+        return False  # exp(y * log x) in float64 would be off by about |y * log x| ulps
+    return renders(node, _TL_DTYPE, float_only=_FLOAT_ONLY, numeric=_NUMERIC, float_tests=_FLOAT_TESTS,
+                   any_dtype=_ANY, reductions=_REDUCTIONS)
 
 
 def _expression(code: _Code, node: Node, args: list[str]) -> str:
