@@ -30,6 +30,7 @@ import pytest
 
 import jitorch as jt
 from jitorch.backends.cuda import launch, triton_driver
+from jitorch.codegen.triton import Config, Param
 from jitorch.ir.fusion import describe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,24 +54,6 @@ def run_python(code: str, tmp_path, prelude: str = "", timeout: int = 300) -> st
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-@dataclass
-class Param:
-    name: str
-    kind: str
-    type: str
-    operand: int = -1
-    dim: int = -1
-
-
-@dataclass
-class Config:
-    constexprs: dict
-    num_warps: int = 4
-
-    def options(self) -> dict:
-        return {"num_warps": self.num_warps, "enable_fp_fusion": False}
 
 
 @dataclass
