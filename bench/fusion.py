@@ -505,6 +505,8 @@ def main() -> None:
                         help=f"comma-separated subset of {', '.join(CASES)}; a subset prints only")
     parser.add_argument("--rounds", type=int, default=None, help="rounds over all contenders (default 3)")
     parser.add_argument("--repeats", type=int, default=None, help="timed loops per case in each round")
+    parser.add_argument("--out", default=None,
+                        help="the page to write (default bench/results/fusion-<device>.md; nothing for a partial run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.cases = [c for c in args.cases.split(",") if c]
@@ -524,7 +526,7 @@ def main() -> None:
                or (args.repeats or default_repeats) < default_repeats)
     args.rounds = args.rounds or default_rounds
     args.repeats = args.repeats or default_repeats
-    out = results_path(f"fusion-{args.device}", partial)
+    out = results_path(f"fusion-{args.device}", partial, args.out)
     skipped = skipped_contenders(args.device, args.quick)
     contenders = [c for c in CONTENDERS if c not in skipped]
     best, copy_bps, copies = collect(args, contenders)

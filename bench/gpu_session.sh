@@ -3,13 +3,18 @@
 # Made for a GPU machine without a network (the wheels jitorch needs and the machine lacks travel in
 # .whl/), run from the repository root:
 #
-#     OUT=/tmp/gpu-results bash bench/gpu_session.sh [all|tests|bench]   # OUT may come from the runner
+#     OUT=/tmp/gpu-results bash bench/gpu_session.sh [PHASE ...]   # OUT may come from the runner
 #
+# Phases, in the order given (default: all of them but profile): tests (the tests marked gpu),
+# eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
+# one float32 matmul precision each: a full run takes both), profile (where one eager and compiled
+# char_lm step spend their time). Each fits one 10-minute call of a GPU machine.
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PHASE=${1:-all}
+PHASES=("$@")
+[ ${#PHASES[@]} -gt 0 ] || PHASES=(tests eager fusion train-highest train-high)
 OUT=${OUT:-/tmp/jitorch-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
@@ -33,18 +38,30 @@ EOF
 } 2>&1 | tee "$OUT/environment.txt"
 
 status=0
-if [ "$PHASE" != bench ]; then
-    python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
-
-[ "$PHASE" = tests ] || for bench in "eager.py --device cuda --out $OUT/eager_cuda.md" "train.py --device cuda --out $OUT/train_cuda.md"; do
-    echo "== bench/$bench"
-    # shellcheck disable=SC2086
-    timeout 240 python3 bench/$bench > "$OUT/$(echo "$bench" | cut -d. -f1)_cuda.log" 2>&1 || status=1
-    tail -25 "$OUT/$(echo "$bench" | cut -d. -f1)_cuda.log"
+run_bench() {  # name, timeout in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name failed or timed out"; status=1; }
+    tail -30 "$OUT/$name.log"
+}
+for phase in "${PHASES[@]}"; do
+    case $phase in
+        tests)
+            python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        eager) run_bench eager_cuda 120 python3 bench/eager.py --device cuda --out "$OUT/eager_cuda.md" ;;
+        fusion) run_bench fusion_cuda 420 python3 bench/fusion.py --device cuda --out "$OUT/fusion-cuda.md" ;;
+        train-highest|train-high)
+            run_bench "${phase/-/_cuda_}" 540 python3 bench/train.py --device cuda --precisions "${phase#train-}" \
+                --out "$OUT/${phase/-/_cuda_}.md" ;;
+        profile)
+            run_bench profile_cuda 300 python3 bench/train.py --device cuda --precisions highest --workloads char_lm \
+                --repeats 1 --lm-steps 5 --profile --prims ;;
+        *) echo "unknown phase $phase"; status=1 ;;
+    esac
 done
 
 echo "== summary"
-[ "$PHASE" = bench ] || grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -1
+[ -f "$OUT/gpu_tests.log" ] && grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -1
 exit $status

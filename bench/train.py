@@ -109,15 +109,16 @@ def set_threads(threads: int | None) -> int:
 # workloads: each returns a function that runs the timed unit once (after its own warm-up)
 
 
-def digits_epoch(lib, compiled: bool = False, device: str = "cpu") -> Callable[[], None]:
+def digits_epoch(lib, compiled: bool | str | None = False, device: str = "cpu") -> Callable[[], None]:
     """One epoch over the digits training split with the CNN on `device`, as `examples/digits.py`
-    trains it."""
+    trains it; `compiled` is True or a compile mode for a compiled step."""
     lib.manual_seed(0)
     train_set, _ = digits.make_datasets(lib)
     model = digits.build_cnn(lib, device)
     optimizer = digits.make_optimizer(model, lib)
     loader = digits.make_loader(train_set, lib)
-    train_step = digits.make_train_step(model, optimizer, lib, compiled)
+    mode = compiled if isinstance(compiled, str) else "default"
+    train_step = digits.make_train_step(model, optimizer, lib, bool(compiled), mode)
 
     def epoch() -> None:
         for images, labels in loader:
@@ -304,78 +305,195 @@ def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, pri
 # ---------------------------------------------------------------------------------------------
 # the GPU
 
+# label -> (framework, compile mode or None for eager)
+CUDA_RUNNERS = {
+    "jitorch eager": (jitorch, None),
+    "jitorch compiled": (jitorch, "default"),
+    "jitorch reduce-overhead": (jitorch, "reduce-overhead"),
+    "PyTorch eager": (torch, None),
+    "torch.compile": (torch, "default"),
+    "torch.compile reduce-overhead": (torch, "reduce-overhead"),
+}
+MLP_STEPS, SMALL_MLP_STEPS = 20, 100
 
-def cuda_workloads(lm_steps: int, gpt_steps: int) -> dict[str, tuple[Callable, int]]:
-    """name -> (make(lib, compiled) -> a runner on the GPU, training steps per run)."""
+
+class ConstantRate:
+    """A stand-in for char_lm's scheduler on the GPU: the learning rate stays as the optimizer was made.
+    torch.compile specializes on Python floats, so a rate changing every step would recompile its step
+    every call; jitorch reads the rate as data either way."""
+
+    def step(self) -> None:
+        pass
+
+
+def gpu_char_lm_steps(lib, steps: int, mode: str | None, sizes: dict[str, int] | None = None,
+                      device: str = "cuda") -> Callable[[], None]:
+    """`steps` training steps of the char_lm transformer on the GPU (see `char_lm_steps`), at a constant
+    learning rate, eager (`mode` None) or compiled in `mode`."""
+    config = char_lm.Config(vocab_size=len(corpus().chars), **(sizes or {}))
+    rng = np.random.default_rng(0)
+    batches = [corpus().batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
+    lib.manual_seed(0)
+    model = char_lm.build_model(config, lib, device)
+    optimizer, _ = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
+    train_step = char_lm.make_train_step(model, optimizer, ConstantRate(), lib, mode is not None, mode or "default")
+
+    def run() -> None:
+        for inputs, targets in batches:
+            train_step(inputs, targets)
+
+    for inputs, targets in batches[:3]:  # warm-up (a compiled step traces on its first two calls)
+        train_step(inputs, targets)
+    return run
+
+
+def mlp(nn, widths: tuple[int, ...], layer_norm: bool):
+    """Linear layers between `widths` with a ReLU after each but the last; with `layer_norm`, the last
+    hidden width is layer-normed (instead of a ReLU) before the last Linear."""
+    layers = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if k == len(widths) - 3:
+            layers.append(nn.LayerNorm(b) if layer_norm else nn.ReLU())
+        elif k < len(widths) - 3:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def mlp_steps(lib, steps: int, mode: str | None, widths: tuple[int, ...], batch: int,
+              layer_norm: bool, device: str = "cuda") -> Callable[[], None]:
+    """`steps` AdamW steps of `mlp(widths, layer_norm)` on one fixed batch of random data on the GPU,
+    with cross-entropy over the last width's classes. No `.item()` per step: the steps queue back to
+    back, as in a training loop that logs now and then."""
+    lib.manual_seed(0)
+    model = mlp(lib.nn, widths, layer_norm).to(device)
+    optimizer = lib.optim.AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = lib.from_numpy(rng.standard_normal((batch, widths[0]), dtype=np.float32)).to(device)
+    y = lib.from_numpy(rng.integers(0, widths[-1], batch)).to(device)
+
+    def step(inputs, labels):
+        optimizer.zero_grad()
+        loss = lib.nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    step = lib.compile(step, mode=mode) if mode is not None else step
+
+    def run() -> None:
+        for _ in range(steps):
+            step(x, y)
+
+    for _ in range(3):  # warm-up: traces, optimizer state, a reduce-overhead capture
+        step(x, y)
+    return run
+
+
+def cuda_workloads(lm_steps: int, gpt_steps: int, only: set[str] | None = None) -> dict[str, tuple[Callable, int]]:
+    """name -> (make(lib, mode) -> a runner on the GPU, training steps per run), for the workloads whose
+    short name (digits, char_lm, mlp, small_mlp, gpt) is in `only` (all when None)."""
     gpt = GPT_SIZES
-    return {
-        f"digits CNN: one epoch ({len(digits.make_loader(digits.make_datasets(jitorch)[0]))} steps of batch "
-        f"{digits.BATCH_SIZE})": (lambda lib, compiled: digits_epoch(lib, compiled, "cuda"), 1),
-        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
-        f"characters)": (lambda lib, compiled: char_lm_steps(lib, lm_steps, compiled, "cuda"), lm_steps),
-        f"GPT-sized char_lm: one step ({gpt['n_layer']} layers, d_model {gpt['d_model']}, {gpt['n_head']} "
-        f"heads, batch {gpt['batch_size']} x {gpt['block_size']} characters, vocabulary {len(corpus().chars)})":
-            (lambda lib, compiled: char_lm_steps(lib, gpt_steps, compiled, "cuda", gpt), gpt_steps),
+    found = {
+        "mlp": ("MLP: one step (1024-4096 ReLU -1024 LayerNorm -10, batch 4096, AdamW)",
+                (lambda lib, mode: mlp_steps(lib, MLP_STEPS, mode, (1024, 4096, 1024, 10), 4096, True), MLP_STEPS)),
+        "small_mlp": ("small MLP: one step (784-256 ReLU -10, batch 64, AdamW)",
+                      (lambda lib, mode: mlp_steps(lib, SMALL_MLP_STEPS, mode, (784, 256, 10), 64, False),
+                       SMALL_MLP_STEPS)),
+        "digits": (f"digits CNN: one epoch ({len(digits.make_loader(digits.make_datasets(jitorch)[0]))} steps of "
+                   f"batch {digits.BATCH_SIZE})", (lambda lib, mode: digits_epoch(lib, mode, "cuda"), 1)),
+        "char_lm": (f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x "
+                    f"{char_lm.Config.block_size} characters)",
+                    (lambda lib, mode: gpu_char_lm_steps(lib, lm_steps, mode), lm_steps)),
+        "gpt": (f"GPT-sized char_lm: one step ({gpt['n_layer']} layers, d_model {gpt['d_model']}, {gpt['n_head']} "
+                f"heads, batch {gpt['batch_size']} x {gpt['block_size']} characters, vocabulary "
+                f"{len(corpus().chars)})", (lambda lib, mode: gpu_char_lm_steps(lib, gpt_steps, mode, gpt), gpt_steps)),
     }
+    return {name: entry for key, (name, entry) in found.items() if only is None or key in only}
+
+
+def first_call_seconds(make: Callable, lib, mode: str | None) -> tuple[Callable[[], None], float]:
+    """A runner and the wall time its making took: building the model and the warm-up steps, which
+    include tracing and compiling for a compiled runner."""
+    synchronize("cuda", lib)
+    start = time.perf_counter()
+    run = make(lib, mode)
+    synchronize("cuda", lib)
+    return run, time.perf_counter() - start
 
 
 def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, profile: bool,
-                 prims: bool) -> tuple[str, bool]:
-    """Time every GPU workload in both frameworks at one float32 matmul precision; returns its
-    results section and whether jitorch has the precision setting."""
+                 prims: bool, only: set[str] | None) -> tuple[str, bool]:
+    """Time every GPU workload with every runner at one float32 matmul precision; returns its results
+    section and whether jitorch has the precision setting."""
     jitorch_has_precision = set_matmul_precision(precision)
+    labels = list(CUDA_RUNNERS)
     lines = [
         f"## float32 matmul precision \"{precision}\"",
         "",
-        "| workload | jitorch eager ms | jitorch compiled ms | PyTorch eager ms | eager / PyTorch | "
-        "compiled / PyTorch |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Milliseconds per training step; in brackets, each jitorch runner's time over PyTorch eager's.",
+        "",
+        "| workload | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
     ]
+    build_lines = ["", "Seconds to build each compiled runner (the model, 3 warm-up steps that trace and compile):", "",
+                   "| workload | " + " | ".join(label for label in labels if CUDA_RUNNERS[label][1]) + " |",
+                   "|---|" + "---:|" * sum(1 for label in labels if CUDA_RUNNERS[label][1])]
     failed_lines = []
-    for name, (make, units) in cuda_workloads(lm_steps, gpt_steps).items():
-        runners, failures = {}, {}
-        for label, (lib, compiled) in RUNNERS.items():
+    for name, (make, units) in cuda_workloads(lm_steps, gpt_steps, only).items():
+        runners, failures, built = {}, {}, {}
+        for label, (lib, mode) in CUDA_RUNNERS.items():
             try:
-                runners[label] = make(lib, compiled)  # builds, and warms up
+                runners[label], built[label] = first_call_seconds(make, lib, mode)
             except Exception as err:
                 failures[label] = describe_failure(err)
-        times = time_alternating(runners, repeats, lambda label: synchronize("cuda", RUNNERS[label][0]), failures)
+        times = time_alternating(runners, repeats, lambda label: synchronize("cuda", CUDA_RUNNERS[label][0]),
+                                 failures)
         ms = {label: 1000 * statistics.median(t) / units for label, t in times.items()}
-        cells = [f"{ms[label]:.1f}" if label in ms else "failed" for label in RUNNERS]
-        theirs = ms.get("PyTorch")
-        ratios = [f"{ms[label] / theirs:.2f}x" if label in ms and theirs else "-"
-                  for label in ("jitorch", "jitorch compiled")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {' | '.join(ratios)} |")
+        theirs = ms.get("PyTorch eager")
+        cells = []
+        for label in labels:
+            text = f"{ms[label]:.2f}" if label in ms else "failed"
+            if label in ms and theirs and CUDA_RUNNERS[label][0] is jitorch:
+                text += f" ({ms[label] / theirs:.2f}x)"
+            cells.append(text)
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+        build_lines.append(f"| {name} | " + " | ".join(f"{built[label]:.1f}" if label in built and label in ms
+                                                       else "-" for label in labels if CUDA_RUNNERS[label][1]) + " |")
         failed_lines += [f"- {label}, {name}: {error}" for label, error in failures.items()]
-        print(f"[cuda, {precision}] {name}: " + ", ".join(f"{label} {cell}" for label, cell in zip(RUNNERS, cells)),
+        print(f"[cuda, {precision}] {name}: " + ", ".join(f"{label} {cell}" for label, cell in zip(labels, cells)),
               flush=True)
         for label, error in failures.items():
             print(f"  {label} failed: {error}", flush=True)
-        if profile and "jitorch" in runners:
-            profile_jitorch(runners["jitorch"], name, top=30)
-        if prims and "jitorch" in runners:
-            primitive_times(runners["jitorch"], name, "cuda")
+        if profile:
+            for label in ("jitorch eager", "jitorch compiled"):
+                if label in runners and label in ms:
+                    profile_jitorch(runners[label], f"{label}, {name}", top=30)
+        if prims and "jitorch eager" in runners and "jitorch eager" in ms:
+            primitive_times(runners["jitorch eager"], name, "cuda")
         del runners
         gc.collect()  # the models and their optimizer state leave the GPU before the next workload
+        torch.cuda.empty_cache()
+    lines += build_lines
     if failed_lines:
         lines += ["", "Failed (the error each raised):", "", *failed_lines]
     return "\n".join(lines) + "\n", jitorch_has_precision
 
 
 def cuda_page(sections: list[str], jitorch_has_precision: bool, repeats: int, lm_steps: int,
-              gpt_steps: int) -> str:
+              gpt_steps: int, command: str) -> str:
     """The GPU results page: what was run where, the sections, then how it was measured."""
     return "\n".join([
-        "# Training speed on the GPU: jitorch (eager and compiled) vs PyTorch eager",
+        "# Training speed on the GPU: jitorch (eager, compiled, CUDA graphs) vs PyTorch (eager, torch.compile)",
         "",
-        "The workloads are the examples' own model, optimizer and batch code, run on one GPU with",
-        "`lib=jitorch` (eager, and compiled) and with `lib=torch`.",
+        "The char_lm and digits workloads are the examples' own model, optimizer and batch code, run on one GPU",
+        "with `lib=jitorch` and with `lib=torch`; the MLPs are written once in bench/train.py for both.",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- GPU: {gpu_name()}; host: {cpu_model()}, {os.cpu_count()} logical CPUs",
         f"- versions: Python {platform.python_version()}, numpy {np.__version__}, {gpu_versions()}, "
         f"jitorch {jitorch.__version__}",
-        "- command: `python bench/train.py --device cuda`",
+        f"- command: `{command}`",
         "- matmul precision: `torch.set_float32_matmul_precision` and "
         + ("`jitorch.set_float32_matmul_precision`" if jitorch_has_precision else
            "(jitorch has no `set_float32_matmul_precision`: its matmuls ran at its default in both sections)")
@@ -384,15 +502,20 @@ def cuda_page(sections: list[str], jitorch_has_precision: bool, repeats: int, lm
         *sections,
         "How it was measured:",
         "",
-        f"- median of {repeats} repeats, the three runners alternating; char_lm over {lm_steps} steps and the "
-        f"GPT-sized model over {gpt_steps} steps per run, after 3 warm-up steps (a compiled step traces on its "
-        "first two calls); the digits epoch after one warm-up epoch",
-        "- the data is drawn on the host and each batch is copied to the GPU inside the step, as the examples "
-        "do; each step ends with `loss.item()`, which waits for the GPU; the clock starts and stops after a "
-        "device synchronize (`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`)",
-        "- \"compiled\" is `jitorch.compile` of the whole step (forward, backward and optimizer update) as the "
-        "examples train by default; on the GPU the compiled program runs what jitorch's cuda backend gives it "
-        "(when this benchmark was written: its eager GPU kernels, no fused ones)",
+        f"- median of {repeats} repeats, the runners alternating; char_lm over {lm_steps} steps, the GPT-sized "
+        f"model over {gpt_steps}, the MLP over {MLP_STEPS} and the small MLP over {SMALL_MLP_STEPS} steps per run, "
+        "after 3 warm-up steps (a compiled step traces on its first two calls; reduce-overhead captures after "
+        "them); the digits epoch after one warm-up epoch",
+        "- char_lm and digits draw their data on the host and copy each batch to the GPU inside the step, and end "
+        "each step with `loss.item()`, as the examples do; the MLPs train on one batch already on the GPU and "
+        "never wait for it inside a run; the clock starts and stops after a device synchronize "
+        "(`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`)",
+        "- the learning rate is constant (char_lm's scheduler is left out): torch.compile specializes on Python "
+        "floats and would recompile a step whose rate changes every call",
+        "- \"compiled\" is `lib.compile` of the whole step (forward, backward and optimizer update), in the mode "
+        "named; reduce-overhead is PyTorch's name for replaying the step as a CUDA graph",
+        "- build seconds: making the runner (the model, 3 warm-up steps), in this process, with the on-disk "
+        "kernel caches as they were (a workload's first precision section finds them colder than its second)",
         "",
     ])
 
@@ -422,6 +545,10 @@ def main() -> None:
     parser.add_argument("--gpt-steps", type=int, default=GPT_STEPS,
                         help=f"cuda only: GPT-sized steps per timed run (default {GPT_STEPS}; fewer: a partial run, "
                              "printed only)")
+    parser.add_argument("--workloads", default=None,
+                        help="cuda only: a comma-separated subset of mlp,small_mlp,digits,char_lm,gpt (a partial run)")
+    parser.add_argument("--precisions", default=None,
+                        help="cuda only: a comma-separated subset of highest,high (a partial run)")
     parser.add_argument("--out", default=None,
                         help="the file to write (default: bench/results/train_cpu.md or train_cuda.md; nothing for "
                              "a partial run)")
@@ -448,19 +575,24 @@ def main() -> None:
 
 
 def main_cuda(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """`--device cuda`: both precisions, every workload, one page."""
+    """`--device cuda`: the precisions and workloads asked for (all by default), one page."""
     if args.threads != [None] or args.malloc_tuning:
         parser.error("--threads and --malloc-tuning are for the CPU; leave them out with --device cuda")
     if not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no GPU here (a CUDA build of torch and a GPU are needed)")
     lm_steps = LM_STEPS_CUDA if args.lm_steps is None else args.lm_steps
-    partial = args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS
+    only = set(args.workloads.split(",")) if args.workloads else None
+    precisions = args.precisions.split(",") if args.precisions else list(PRECISIONS)
+    partial = (args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS or only is not None
+               or precisions != list(PRECISIONS))
     out = results_path("train_cuda", partial, args.out)
-    measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims)
-                for p in PRECISIONS]
+    measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims, only)
+                for p in precisions]
     set_matmul_precision("highest")
+    command = "python bench/train.py --device cuda" + (f" --workloads {args.workloads}" if only else "") + (
+        f" --precisions {args.precisions}" if args.precisions else "")
     page = cuda_page([text for text, _ in measured], all(has for _, has in measured), args.repeats, lm_steps,
-                     args.gpt_steps)
+                     args.gpt_steps, command)
     notes = kept_notes(out) if out is not None else ""
     publish(page + ("\n" + notes if notes else ""), out)
 

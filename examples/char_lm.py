@@ -151,10 +151,10 @@ def lm_loss(model, inputs, targets, lib=jitorch):
     return lib.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False):
+def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False, mode: str = "default"):
     """A function doing one optimizer step on numpy (inputs, targets), copied to the model's device,
-    and returning the batch loss. With `compiled=True` (jitorch only), the forward pass, backward pass
-    and AdamW update run as one `jitorch.compile`d program; the scheduler's new learning rate reaches
+    and returning the batch loss. With `compiled=True`, the forward pass, backward pass and AdamW
+    update run as one `lib.compile`d program (in `mode`); the scheduler's new learning rate reaches
     it as data."""
     device = model_device(model)
 
@@ -165,7 +165,7 @@ def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = F
         optimizer.step()
         return loss
 
-    update = lib.compile(update) if compiled else update
+    update = lib.compile(update, mode=mode) if compiled else update
 
     def step(inputs, targets) -> float:
         loss = update(lib.from_numpy(inputs).to(device), lib.from_numpy(targets).to(device))

@@ -86,9 +86,9 @@ def make_optimizer(model, lib=jitorch):
     return lib.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
 
-def make_train_step(model, optimizer, lib=jitorch, compiled: bool = False):
+def make_train_step(model, optimizer, lib=jitorch, compiled: bool = False, mode: str = "default"):
     """A function doing one optimizer step on one batch (copied to the model's device) and returning
-    the batch loss; with `compiled=True` (jitorch only) the step runs as one `jitorch.compile`d program."""
+    the batch loss; with `compiled=True` the step runs as one `lib.compile`d program, in `mode`."""
     device = model_device(model)
 
     def update(images, labels):
@@ -98,7 +98,7 @@ def make_train_step(model, optimizer, lib=jitorch, compiled: bool = False):
         optimizer.step()
         return loss
 
-    update = lib.compile(update) if compiled else update
+    update = lib.compile(update, mode=mode) if compiled else update
     return lambda images, labels: update(images.to(device), labels.to(device)).item()
 
 
