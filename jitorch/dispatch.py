@@ -97,6 +97,22 @@ def dispatch(prim: Prim, inputs: tuple, params: dict):
 _backends: dict = {}  # device -> its backend, looked up once
 
 
+def fuses_composites(*tensors) -> bool:
+    """Whether an eager composite over `tensors` (None entries: absent optional tensors) runs as a
+    cached compiled function (`jitorch.compiler.composites`): no tracer is active, the tensors share
+    one device and its backend says `fuses_eager_composites` (the GPU's does, the CPU's does not).
+    Anything else (mixed devices, a tensor leaked from a trace) takes the plain path, which raises
+    the usual error. Called on every such op: it costs about as much as one attribute lookup per tensor."""
+    if trace_state.tracer is not None:
+        return False
+    device = tensors[0]._device
+    for t in tensors:
+        if t is not None and (t._device is not device or t._value is not None):
+            return False
+    backend = _backends.get(device) or _backend_of(device)
+    return backend.fuses_eager_composites
+
+
 def _backend_of(device):
     backend = _backends[device] = backend_for(device.type)
     return backend

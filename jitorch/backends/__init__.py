@@ -41,6 +41,11 @@ class Backend:
     # (or their own result where they cannot), so a compiled program's memory plan can place them
     kernels_into: dict[str, Callable] = {}
     buffer_type: type = np.ndarray  # what the eager kernels return (anything else goes through as_buffer)
+    # Whether eager composites (softmax, layer_norm, cross_entropy, an optimizer's update, ...) on
+    # this device run as cached compiled functions instead of op by op: worth it where each eager
+    # kernel costs a launch (the GPU), not where a compiled call's bookkeeping costs more than the
+    # few numpy calls it saves (the CPU). `jitorch.dispatch.fuses_composites` reads it.
+    fuses_eager_composites: bool = False
 
     def kernel(self, name: str) -> Callable:
         """The eager kernel of primitive `name`, or an error naming the op and the device."""

@@ -15,7 +15,8 @@ variable JITORCH_DISABLE=1 and the context manager `jitorch.compiler.disable()` 
 
 The package, by concern: `api` (compile, CompiledFunction, CompiledModule, disable), `guards` (the
 cache key of a call and what else a program depends on), `program` (one cache entry: run, write
-back, compiled backward), `check` (mode="check"). Splitting a joint forward+backward graph is an IR
+back, compiled backward), `check` (mode="check"), `composites` (eager composites run as cached
+compiled functions on backends that fuse them: the GPU). Splitting a joint forward+backward graph is an IR
 transform: `jitorch.ir.joint`.
 """
 

@@ -16,6 +16,7 @@ import numpy as np
 from .. import dtypes as _dt
 from .. import ops as _ops
 from ..creation import rand
+from ..dispatch import fuses_composites
 from ..tensor import Tensor
 
 __all__ = [
@@ -74,6 +75,15 @@ fold = _ops.fold
 def _const(array, like: Tensor) -> Tensor:
     """A constant tensor (an index map, a mask pattern) on `like`'s device: static, never data."""
     return _ops.as_operand(np.asarray(array), like)
+
+
+def _composites():
+    """`jitorch.compiler.composites`, which runs an eager composite as a cached compiled function
+    where the backend fuses eager composites (`fuses_composites`). The compiler is a layer above
+    this module: imported when first needed."""
+    from ..compiler import composites
+
+    return composites
 
 
 def _is_concrete(t: Tensor) -> bool:
@@ -159,12 +169,18 @@ def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """x * Phi(x): exact through erf, or PyTorch's tanh approximation (`approximate="tanh"`)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+    if input.dtype.is_floating_point and fuses_composites(input):
+        return _composites().call(_gelu, input=input, approximate=approximate)
+    return _gelu(input, approximate)
+
+
+def _gelu(input: Tensor, approximate: str) -> Tensor:
     if approximate == "none":
         return input * 0.5 * (1.0 + (input * (1.0 / math.sqrt(2.0))).erf())
-    if approximate == "tanh":
-        inner = (input + 0.044715 * input * input * input) * math.sqrt(2.0 / math.pi)
-        return input * 0.5 * (1.0 + inner.tanh())
-    raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+    inner = (input + 0.044715 * input * input * input) * math.sqrt(2.0 / math.pi)
+    return input * 0.5 * (1.0 + inner.tanh())
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -268,6 +284,13 @@ def layer_norm(
     """Normalize over the trailing `normalized_shape` dims (biased variance), then scale and shift."""
     shape = _pair(normalized_shape, 1) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = _check_normalized_shape(input, shape, "layer_norm")
+    if _fused_norm(input, shape, weight, bias):
+        return _composites().call(_layer_norm, input=input, weight=weight, bias=bias, dims=dims, eps=eps)
+    return _layer_norm(input, weight, bias, dims, eps)
+
+
+def _layer_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[int, ...],
+                eps: float) -> Tensor:
     centered = input - input.mean(dims, keepdim=True)
     var = (centered * centered).mean(dims, keepdim=True)
     out = centered * (var + eps).rsqrt()
@@ -286,8 +309,22 @@ def rms_norm(
     dims = _check_normalized_shape(input, shape, "rms_norm")
     if eps is None:
         eps = _dt.finfo(input.dtype).eps
+    if _fused_norm(input, shape, weight):
+        return _composites().call(_rms_norm, input=input, weight=weight, dims=dims, eps=eps)
+    return _rms_norm(input, weight, dims, eps)
+
+
+def _rms_norm(input: Tensor, weight: Tensor | None, dims: tuple[int, ...], eps: float) -> Tensor:
     out = input * ((input * input).mean(dims, keepdim=True) + eps).rsqrt()
     return out if weight is None else out * weight
+
+
+def _fused_norm(input: Tensor, shape: tuple[int, ...], *affine: Tensor | None) -> bool:
+    """Whether a normalization runs as a compiled composite: on a backend that fuses them, for a
+    floating-point input and weight and bias of `normalized_shape` (or none). Anything else takes
+    the plain path, which broadcasts or raises its own error."""
+    return (input.dtype.is_floating_point and all(t is None or tuple(t.shape) == shape for t in affine)
+            and fuses_composites(input, *affine))
 
 
 def _channel_shape(input: Tensor) -> tuple[int, ...]:
@@ -581,6 +618,20 @@ def cross_entropy(
     probabilities = target.dtype.is_floating_point and tuple(target.shape) == tuple(input.shape)
     if not probabilities:
         _check_index_target(input, target, "cross_entropy")
+    well_formed = input.dtype.is_floating_point and input.ndim > 0 and (
+        weight is None or tuple(weight.shape) == (input.shape[1 if input.ndim > 1 else 0],))
+    if well_formed and fuses_composites(input, target, weight):
+        if not probabilities:  # what nll_loss checks on data, which a traced call cannot read
+            layout, index = _class_layout(input, target, "nll_loss")
+            _check_targets(index, layout.shape[1], ignore_index)
+        return _composites().call(_cross_entropy, input=input, target=target, weight=weight,
+                                  ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                                  probabilities=probabilities)
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, probabilities)
+
+
+def _cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
+                   label_smoothing: float, probabilities: bool) -> Tensor:
     logp = input.log_softmax(0 if input.ndim == 1 else 1)
     if probabilities:
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing)

@@ -22,6 +22,7 @@ from .. import dtypes as _dt
 from .._trace_state import trace_state
 from ..autograd import enable_grad, no_grad
 from ..creation import tensor as _tensor
+from ..dispatch import fuses_composites
 from ..tensor import Tensor
 
 Hyper = Tensor | tuple[Tensor, ...]
@@ -242,9 +243,11 @@ class Optimizer:
     @no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Update the parameters once from their `.grad`; `closure` re-evaluates the loss first.
-        With `fused=True` the update of every parameter runs as one `jitorch.compile`d program."""
+        The update of every parameter runs as one `jitorch.compile`d program with `fused=True`,
+        and by default on a device whose backend fuses eager composites (the GPU: see
+        `_compiles_update`); otherwise parameter by parameter."""
         loss = self._evaluate_closure(closure)
-        if self.defaults.get("fused") and trace_state.tracer is None:
+        if trace_state.tracer is None and self._compiles_update():
             if self._fused_update is None:
                 from ..compiler import compile
 
@@ -253,6 +256,22 @@ class Optimizer:
         else:
             self._update_all()
         return loss
+
+    def _compiles_update(self) -> bool:
+        """Whether `step` runs the compiled update, as PyTorch picks its implementation: `fused=True`
+        always; `fused=False` or `foreach=False` never (the per-parameter loop); otherwise (both None,
+        PyTorch's default, or `foreach=True`) when the parameters share a device whose backend fuses
+        eager composites. That is where PyTorch's default is its multi-tensor "foreach" update (CUDA)
+        and where one op per parameter costs a kernel launch each; on the CPU PyTorch's default is
+        the for-loop, and so is jitorch's. The learning rate and the other hyperparameters reach the
+        compiled update as data (`ParamGroup.hyper`), so a scheduler does not retrace it."""
+        fused = self.defaults.get("fused")
+        if fused is not None:
+            return bool(fused)
+        if self.defaults.get("foreach") is False:
+            return False
+        params = [p for group in self.param_groups for p in group["params"]]
+        return bool(params) and fuses_composites(*params)
 
     def _update_all(self) -> None:
         if trace_state.tracer is not None:  # a compiled step updates the groups it saw
@@ -353,8 +372,9 @@ def _restore_state_value(key: str, value: Any, param: Tensor, old: Any) -> Any:
 def implementation_flags(name: str, **flags: bool | None) -> dict[str, bool | None]:
     """PyTorch's implementation switches of one optimizer (`foreach`, `fused`, `capturable`,
     `differentiable`, as far as it has them), checked, for its defaults as PyTorch keeps them.
-    `foreach` changes nothing here (the per-parameter loop computes the same numbers);
-    `fused=True` runs the whole update as one `jitorch.compile`d program (fused CPU kernels)."""
+    `fused=True` runs the whole update as one `jitorch.compile`d program (fused kernels), as do the
+    defaults (and `foreach=True`) on the GPU; `foreach=False` keeps the per-parameter loop (see
+    `Optimizer._compiles_update`). Both compute the same numbers."""
     if flags.get("foreach") and flags.get("fused"):
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if flags.get("capturable"):
