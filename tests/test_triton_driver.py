@@ -279,6 +279,7 @@ def stub_kernel(monkeypatch):
     function = StubFunction()
     launches = []
     monkeypatch.setattr(launch, "cupy", FAKE_CUPY)
+    monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
     monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
     monkeypatch.setattr(triton_driver, "activate", lambda: None)
     monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)

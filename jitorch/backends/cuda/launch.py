@@ -34,6 +34,7 @@ from . import triton_driver
 from .triton_driver import Pointer
 
 cupy = None  # imported by the first TritonKernel: this module imports on a machine without a GPU
+device_array = None  # scalars.device_array, imported with it
 
 # ---------------------------------------------------------------------------------------------
 # kernel sources on disk
@@ -206,9 +207,11 @@ class TritonKernel:
     in the first configuration offered (the renderer's default; none is timed against the others)."""
 
     def __init__(self, desc: KernelDesc, source) -> None:
-        global cupy
+        global cupy, device_array
         if cupy is None:
             import cupy
+
+            from .scalars import device_array
         kernel = desc.kernel
         self.kernel = kernel
         self.name = kernel.name()
@@ -291,7 +294,7 @@ class TritonKernel:
         pointers, strides, keep = [], [], []
         for k, array in enumerate(arrays):
             if type(array) is not cupy.ndarray:  # a CPU scalar joins a GPU kernel, as in PyTorch
-                array = cupy.asarray(array, dtype=self.in_dtypes[k])
+                array = device_array(np.asarray(array), self.in_dtypes[k])
             found = view_strides(array.shape, array.strides, array.itemsize, self.dim_groups, self.kernel_ndim)
             if found is None or found and not self.broadcast[k][-1] and found[-1] != 1:
                 array = cupy.ascontiguousarray(array)
