@@ -428,6 +428,10 @@ def test_on_cuda_adamw_with_the_default_flags_is_the_compiled_update_and_equals_
     programs = [p for entries in opt._fused_update.cache.values() for p in entries]
     assert programs and all(p.backend.device_type == "cuda" and p.plan.kernels for p in programs)
     assert opt._fused_update.compiles == 2, opt._fused_update.recompile_reasons  # lr changes are data
+    # step counts where PyTorch keeps them: on the GPU for the compiled (fused) update, so that it never
+    # waits to copy them back; on the CPU for the loop
+    assert {s["step"].device.type for s in opt.state.values()} == {"cuda"}
+    assert {s["step"].device.type for s in loop_opt.state.values()} == {"cpu"}
     for a, b in zip(default, loop):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # and both agree with PyTorch's own AdamW on the GPU (its default there: foreach)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from ..creation import zeros, zeros_like
+from ..creation import zeros_like
 from ..ops import maximum
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
@@ -41,7 +41,7 @@ class Adam(Optimizer):
     def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
         state = self.state[p]
         if not state:
-            state["step"] = zeros(())  # a tensor, as in PyTorch, so a compiled step counts in data
+            state["step"] = self._step_count(p)
             state["exp_avg"] = zeros_like(p)
             state["exp_avg_sq"] = zeros_like(p)
             if group["amsgrad"]:

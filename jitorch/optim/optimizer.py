@@ -22,6 +22,7 @@ from .. import dtypes as _dt
 from .._trace_state import trace_state
 from ..autograd import enable_grad, no_grad
 from ..creation import tensor as _tensor
+from ..creation import zeros
 from ..dispatch import fuses_composites
 from ..tensor import Tensor
 
@@ -272,6 +273,13 @@ class Optimizer:
             return False
         params = [p for group in self.param_groups for p in group["params"]]
         return bool(params) and fuses_composites(*params)
+
+    def _step_count(self, p: Tensor) -> Tensor:
+        """A parameter's step count: a 0-d tensor, as in PyTorch, so that a compiled step counts in
+        data. On the CPU, as PyTorch's for-loop and foreach updates keep it, except where the update
+        is compiled: then on the parameter's device, as PyTorch's fused update keeps it, so that the
+        compiled update never waits for the GPU to copy counts back to the host."""
+        return zeros((), device=p.device if self._compiles_update() else None)
 
     def _update_all(self) -> None:
         if trace_state.tracer is not None:  # a compiled step updates the groups it saw

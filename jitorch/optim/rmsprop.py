@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-from ..creation import zeros, zeros_like
+from ..creation import zeros_like
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
@@ -32,7 +32,7 @@ class RMSprop(Optimizer):
     def _init_state(self, p: Tensor, group: ParamGroup) -> dict:
         state = self.state[p]
         if not state:
-            state["step"] = zeros(())
+            state["step"] = self._step_count(p)
             state["square_avg"] = zeros_like(p)
             if group.nonzero("momentum"):
                 state["momentum_buffer"] = zeros_like(p)
