@@ -482,3 +482,31 @@ def test_on_cuda_an_eager_char_lm_step_matches_the_unfused_one_and_is_timed():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     print(f"eager char_lm step on cuda (median of the last 5): fused composites "
           f"{np.median(fused_times[3:]) * 1e3:.1f} ms, op by op {np.median(plain_times[3:]) * 1e3:.1f} ms")
+
+
+@gpu
+@needs_cuda
+def test_on_cuda_a_compiled_training_step_keeps_adams_step_counts_on_the_gpu():
+    """Inside a traced step the counts are made on the parameters' device too, so the compiled step's
+    write-backs stay on the GPU; and the step still matches the eager loop."""
+    results = []
+    for compiled in (True, False):
+        jt.manual_seed(0)
+        model = jt.nn.Linear(8, 3).to("cuda")
+        opt = AdamW(model.parameters(), lr=0.01, foreach=None if compiled else False)
+        x = jt.randn(16, 8, device="cuda")
+
+        def step(model=model, opt=opt, x=x):
+            opt.zero_grad()
+            loss = (model(x) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = jt.compile(step) if compiled else step
+        losses = [run().item() for _ in range(4)]
+        devices = {s["step"].device.type for s in opt.state.values()}
+        assert devices == ({"cuda"} if compiled else {"cpu"})
+        results.append((losses, model.weight.detach().cpu().numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)

@@ -21,6 +21,7 @@ import numpy as np
 from .. import dtypes as _dt
 from .._trace_state import trace_state
 from ..autograd import enable_grad, no_grad
+from ..backends import backend_for
 from ..creation import tensor as _tensor
 from ..creation import zeros
 from ..dispatch import fuses_composites
@@ -277,9 +278,14 @@ class Optimizer:
     def _step_count(self, p: Tensor) -> Tensor:
         """A parameter's step count: a 0-d tensor, as in PyTorch, so that a compiled step counts in
         data. On the CPU, as PyTorch's for-loop and foreach updates keep it, except where the update
-        is compiled: then on the parameter's device, as PyTorch's fused update keeps it, so that the
-        compiled update never waits for the GPU to copy counts back to the host."""
-        return zeros((), device=p.device if self._compiles_update() else None)
+        is compiled (by `_compiles_update`, or with the whole training step by `jitorch.compile`): then
+        on the parameter's device, as PyTorch's fused update keeps it, so that the compiled update
+        never waits for the GPU to copy counts back to the host."""
+        fused, foreach = self.defaults.get("fused"), self.defaults.get("foreach")
+        # (not `_compiles_update`: inside a traced training step there is no eager update to choose)
+        compiled = fused if fused is not None else (
+            foreach is not False and backend_for(p.device.type).fuses_eager_composites)
+        return zeros((), device=p.device if compiled else None)
 
     def _update_all(self) -> None:
         if trace_state.tracer is not None:  # a compiled step updates the groups it saw
