@@ -1,7 +1,8 @@
 """Compiler logs: `JITORCH_LOGS=graph,recompiles,guards` or `jitorch.set_logs("graph,recompiles")`.
 
 Kinds: `graph` (the IR after the passes), `recompiles` (why a cache miss happened), `guards` (the
-guards of each new cache entry), `perf` (trace and lowering times).
+guards of each new cache entry), `perf` (trace and lowering times), `cudagraphs` (mode="reduce-overhead":
+each capture, and why a program is not captured).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-KINDS = ("graph", "recompiles", "guards", "perf", "fusion", "kernels")
+KINDS = ("graph", "recompiles", "guards", "perf", "fusion", "kernels", "cudagraphs")
 _enabled: set[str] = set()
 
 

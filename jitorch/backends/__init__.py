@@ -100,6 +100,34 @@ class Backend:
     def compile_kernels(self, descs: list) -> list:
         raise BackendError(f"the {self.device_type} backend compiles no fused kernels")
 
+    # --- device graphs (optional): `jitorch.compile(fn, mode="reduce-overhead")` ------------
+    captures_graphs: bool = False  # whether `capture` records device work for replay
+
+    def capture(self, work: Callable[[], object]) -> tuple[DeviceGraph, object]:
+        """Record the device work that `work()` queues, without running it, into a graph that
+        replays it: returns (the graph, what `work` returned). Memory that `work` allocates is the
+        graph's for as long as the graph lives (each replay writes the same buffers). Raises
+        `CaptureError` when the work cannot be recorded; the device is then usable as before."""
+        raise CaptureError(f"the {self.device_type} backend captures no device graphs")
+
+    def capture_refusal(self, node) -> str | None:
+        """Why the eager kernel of `node` (an IR node) must not run inside a captured graph, in words
+        (None where it may): a kernel that reads device values on the host, or that a replay would
+        repeat with values baked in at capture. Fused kernels of a backend that captures graphs
+        are capturable."""
+        return None
+
+
+class DeviceGraph:
+    """What `Backend.capture` returns: `launch()` queues one replay of the recorded work."""
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+
+class CaptureError(BackendError):
+    """Device work could not be captured into a graph (the reason is the message)."""
+
 
 _BACKENDS: dict[str, Backend] = {}
 _LAZY: dict[str, str] = {}  # device type -> the module that registers its backend when imported

@@ -9,15 +9,17 @@ the result under guards, and replay it.
         opt.step()
         return loss
 
-Modes: "default" (trace, optimize, run the program), "eager" (run the Python as written: pdb and
-print work), "check" (run both, compare, and name the first IR node that diverges). The environment
-variable JITORCH_DISABLE=1 and the context manager `jitorch.compiler.disable()` force eager mode.
+Modes: "default" (trace, optimize, run the program), "reduce-overhead" (as "default", then a
+program on the GPU is captured into a CUDA graph and replayed), "eager" (run the Python as written:
+pdb and print work), "check" (run both, compare, and name the first IR node that diverges). The
+environment variable JITORCH_DISABLE=1 and the context manager `jitorch.compiler.disable()` force
+eager mode.
 
 The package, by concern: `api` (compile, CompiledFunction, CompiledModule, disable), `guards` (the
 cache key of a call and what else a program depends on), `program` (one cache entry: run, write
-back, compiled backward), `check` (mode="check"), `composites` (eager composites run as cached
-compiled functions on backends that fuse them: the GPU). Splitting a joint forward+backward graph is an IR
-transform: `jitorch.ir.joint`.
+back, compiled backward), `check` (mode="check"), `cudagraphs` (mode="reduce-overhead"),
+`composites` (eager composites run as cached compiled functions on backends that fuse them: the
+GPU). Splitting a joint forward+backward graph is an IR transform: `jitorch.ir.joint`.
 """
 
 from .api import RECOMPILE_LIMIT, CompiledFunction, CompiledModule, compile, disable

@@ -29,10 +29,12 @@ from ..ir.trace import TraceError, TraceInfo, Tracer
 from ..runtime.executor import Plan
 from ..tensor import Tensor
 from .check import run_checked
+from .cudagraphs import GraphedProgram
 from .guards import call_key, diff_keys, free_python_values, module_labels, named_objects
 from .program import CompiledBackward, Program, program_device
 
 RECOMPILE_LIMIT = 8
+MODES = ("default", "reduce-overhead", "eager", "check")
 
 
 class _DisableState(threading.local):
@@ -100,8 +102,8 @@ class CompiledFunction:
 
     def __init__(self, fn: Callable, mode: str = "default", fallback: str | None = None,
                  name: str | None = None) -> None:
-        if mode not in ("default", "eager", "check"):
-            raise ValueError(f"jitorch.compile: mode must be 'default', 'eager' or 'check', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"jitorch.compile: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if fallback not in (None, "eager"):
             raise ValueError(f"jitorch.compile: fallback must be None or 'eager', got {fallback!r}")
         self.fn = fn
@@ -158,11 +160,19 @@ class CompiledFunction:
         world, program.trace_world = program.trace_world, None
         if self.mode == "check":
             out = run_checked(program, self.fn, self.name, args, kwargs, leaves, world, self._planted_kernels)
+        elif self.mode == "reduce-overhead":
+            out = self._graphed(program).run(leaves, rerun=lambda: self._rerun(args, kwargs))
         else:
             out = program.run(leaves, rerun=lambda: self._rerun(args, kwargs))
         if program.one_shot:
             self._drop(key, program)
         return out
+
+    def _graphed(self, program: Program) -> GraphedProgram:
+        """The program's device-graph state under mode="reduce-overhead" (made on its first call)."""
+        if program.graphed is None:
+            program.graphed = GraphedProgram(program, self.name)
+        return program.graphed
 
     def _rerun(self, args: tuple, kwargs: dict):
         """The function called again, eagerly all the way down (double backward differentiates it)."""
@@ -359,6 +369,8 @@ class CompiledFunction:
         lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} fused CPU kernels (LLVM), the rest "
                      "eager CPU kernels")
         lines += ["  " + line for k in plan.kernels for line in k.kernel.format().splitlines()]
+        if self.mode == "reduce-overhead":
+            lines.append(self._graphed(program).describe())
         return "\n".join(lines)
 
 
@@ -368,6 +380,13 @@ def compile(fn: Callable | None = None, *, mode: str = "default", fallback: str 
 
     `@jitorch.compile`, `jitorch.compile(fn, mode="eager")`, `jitorch.compile(model)`. The first
     call with new argument shapes traces; later calls replay. See `CompiledFunction.explain`.
+
+    Modes: "default"; "reduce-overhead", as PyTorch's: a program on the GPU runs once as in
+    "default", is then captured into a CUDA graph, and later calls replay the graph (one launch
+    instead of one per kernel, for steps bound by launch costs; see `jitorch.compiler.cudagraphs`
+    for what is captured and when it is not). On the CPU it is "default", as PyTorch runs CPU code.
+    Outputs are tensors of their own, never overwritten by a later replay; "eager" runs the Python
+    as written (pdb and print work); "check" runs both and names the first IR node that differs.
     """
     if fn is None:
         return lambda f: compile(f, mode=mode, fallback=fallback, name=name)

@@ -78,6 +78,7 @@ class Program:
         self.backward = backward
         self.one_shot: str | None = None  # why this program serves one call only (it is then traced again)
         self.trace_world: PythonState | None = None  # the Python state before its trace, until its first run
+        self.graphed = None  # mode="reduce-overhead": its device graph and why or why not (compiler/cudagraphs.py)
         self.fetch = [(i.kind, i.ref) for i in graph.inputs]
         self.lifted_guards = [_LiftedGuard(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad,
                                            i.ref._device) for i in graph.inputs if i.kind == "lifted"]
@@ -148,13 +149,17 @@ class Program:
                 arrays.append(ref._data)
             elif kind == "grad":
                 arrays.append(ref._grad._data)
-            elif ref == "seed":  # this call's random numbers: the seed's 64 bits as an int64
-                seed = (default_generator.initial_seed() + 2**63) % 2**64 - 2**63
-                arrays.append(self.backend.from_numpy(np.array(seed, dtype=np.int64)))
-            else:  # ... and the first of the counters its draws take, as eager draws would
-                first = default_generator.take(self.info.random_count)
-                arrays.append(self.backend.from_numpy(np.array(first, dtype=np.int64)))
+            else:
+                arrays.append(self.backend.from_numpy(self.random_input(ref)))
         return arrays
+
+    def random_input(self, ref: str) -> np.ndarray:
+        """This call's value of a random-number input: "seed" (the generator's seed, its 64 bits as
+        an int64) or "counter" (the first of the counters this call's draws take, as eager draws
+        would: it advances the generator)."""
+        if ref == "seed":
+            return np.array((default_generator.initial_seed() + 2**63) % 2**64 - 2**63, dtype=np.int64)
+        return np.array(default_generator.take(self.info.random_count), dtype=np.int64)
 
     @property
     def draws_random(self) -> bool:
@@ -169,6 +174,12 @@ class Program:
             inputs = self.inputs(leaves)
         results = self.plan.run(inputs, record, kernels)
         self._write_back(leaves, results, inputs)
+        return self.outputs(leaves, results, rerun)
+
+    def outputs(self, leaves: list, results: list, rerun: Callable[[], object] | None = None,
+                fresh: Callable | None = None):
+        """The user's outputs of a run that computed `results`, each a tensor of its own (`fresh`
+        copies a result that must not stay where the run left it), with the compiled backward attached."""
         outs = []
         it = iter(self.out_consts)
         for slot in self.info.user_out:
@@ -178,19 +189,25 @@ class Program:
                 inp = self.passthrough[slot]
                 outs.append(leaves[inp.ref] if inp.kind == "arg" else inp.ref)
             else:
-                outs.append(self._tensor(results[slot]))
+                outs.append(self._tensor(results[slot] if fresh is None else fresh(results[slot])))
         if self.backward is not None and _ag._grad_mode.enabled:
             self._attach_backward(leaves, outs, results, rerun)
         return unflatten(self.out_treedef, outs)
+
+    def write_targets(self, leaves: list) -> list[tuple[Tensor, int]]:
+        """(tensor, output slot) of every in-place write this call makes, but `.grad` and escaped state."""
+        info = self.info
+        targets = list(info.writes)
+        targets += [(ref(), slot) for ref, slot in info.born_writes if ref() is not None]
+        targets += [(leaves[i], slot) for i, slot in info.arg_writes]
+        return targets
 
     def _write_back(self, leaves: list, results: list, inputs: list) -> None:
         if not self.writes_anything:
             return
         info = self.info
         input_ids = {id(a) for a in inputs}
-        targets = list(info.writes)
-        targets += [(ref(), slot) for ref, slot in info.born_writes if ref() is not None]
-        targets += [(leaves[i], slot) for i, slot in info.arg_writes]
+        targets = self.write_targets(leaves)
         # results may be views of inputs that are about to be overwritten: copy those first
         staged = [(t, self._owned(results[slot], input_ids)) for t, slot in targets]
         for t, value in staged:

@@ -185,16 +185,26 @@ class Plan:
         buffers = [self.backend.empty((size,), np.dtype(np.uint8)) for size in self.arena_sizes]
         return {slot: _typed(buffers[b], shape, dtype) for slot, b, shape, dtype in self._arena_views}
 
-    def run(self, inputs: list, record: dict | None = None, kernels: dict[str, Callable] | None = None) -> list:
+    def reserve_arena(self) -> dict[int, object] | None:
+        """A set of the memory plan's buffers that the caller keeps and passes to every `run` (a
+        captured device graph writes the same buffers on each replay, so no other run may take
+        them); None where the plan has no arena."""
+        return self._take_arena() if self._arena_views else None
+
+    def run(self, inputs: list, record: dict | None = None, kernels: dict[str, Callable] | None = None,
+            arena: dict[int, object] | None = None) -> list:
         """Evaluate the graph. With `record`, store every value it materializes there by value id.
         With `kernels` (even empty), run the unfused reference steps, taking a primitive's kernel
-        from `kernels` where it has one."""
+        from `kernels` where it has one. `arena`: buffers from `reserve_arena` (else the run takes
+        a free set and gives it back)."""
         env: list = [None] * self.n_slots
         env[: self.n_inputs] = inputs
         for slot, array in self.constants:
             env[slot] = array
         steps = self.reference_steps if kernels is not None else self.steps
-        arena = self._take_arena() if self._arena_views and kernels is None else None
+        reserved = arena is not None
+        if not reserved:
+            arena = self._take_arena() if self._arena_views and kernels is None else None
         buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
         try:
             with np.errstate(all="ignore"):
@@ -220,7 +230,7 @@ class Plan:
                     for i in step.frees:
                         env[i] = None
         finally:
-            if arena is not None:
+            if arena is not None and not reserved:
                 self._arenas.append(arena)
         return [env[i] for i in self.output_slots]
 

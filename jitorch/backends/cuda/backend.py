@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 
 import numpy as np
 
 from .. import Backend, register
 from .gpu_check import cupy
+from .graphs import CUDAGraph, node_refusal, record
 from .kernels import KERNELS
 
 
@@ -36,6 +38,16 @@ class CUDABackend(Backend):
         return cupy.array(array, copy=True, order="C")
 
     def copy_into(self, dst, src) -> None:
+        if (type(src) is np.ndarray and src.dtype == dst.dtype and src.shape == dst.shape and src.flags.c_contiguous
+                and dst.flags.c_contiguous):
+            # one copy queued on the current stream: from pageable memory it returns once the bytes
+            # are staged, without waiting for the device, and `src` may change at once (cupy.asarray
+            # copies with cudaMemcpy, which first waits for all the device's work; see scalars.py)
+            if src.nbytes:
+                runtime = cupy.cuda.runtime
+                runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes, runtime.memcpyHostToDevice,
+                                    cupy.cuda.get_current_stream().ptr)
+            return
         cupy.copyto(dst, _device_array(src), casting="unsafe")
 
     def add_into(self, dst, src) -> None:
@@ -81,6 +93,15 @@ class CUDABackend(Backend):
         for kernel in kernels:
             kernel.prepare()
         return kernels
+
+    captures_graphs = True
+
+    def capture(self, work: Callable[[], object]) -> tuple[CUDAGraph, object]:
+        """Record the kernels `work()` queues into a CUDA graph (`graphs.py`)."""
+        return record(work)
+
+    def capture_refusal(self, node) -> str | None:
+        return node_refusal(node)
 
 
 @functools.cache

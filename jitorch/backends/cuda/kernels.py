@@ -23,7 +23,9 @@ from ... import dtypes as _dt
 from ...primitives import PRIMS
 from .. import array_kernels as shared
 from .. import get_float32_matmul_precision
+from .blas import matmul as nvmath_matmul
 from .gpu_check import cupy
+from .graphs import capturing
 
 _BFLOAT16 = _dt.bfloat16.np
 # cuBLAS's cublasMath_t (cublas_api.h), which CuPy does not name: TF32 tensor cores for float32
@@ -97,7 +99,13 @@ def _on_device(name: str, kernel: Callable) -> Callable:
 def _matmul(a, b):
     """Products on cuBLAS; half types in their own type (cuBLAS accumulates them in float32, as
     PyTorch does) where CuPy takes them, which keeps bfloat16 on the tensor cores instead of the
-    shared kernel's float32 copies."""
+    shared kernel's float32 copies. While a CUDA graph is captured, through nvmath-python's cuBLAS
+    bindings (`blas.py`): CuPy refuses to call cuBLAS then."""
+    if capturing():
+        found = nvmath_matmul(a, b, get_float32_matmul_precision() != "highest")
+        if found is not None:
+            return found
+    use_tf32(get_float32_matmul_precision() != "highest")
     if a.dtype == b.dtype and shared.is_half(a.dtype):
         try:
             return cupy.matmul(a, b)
@@ -109,7 +117,7 @@ def _matmul(a, b):
 SHARED: dict[str, Callable] = shared.make_kernels(cupy)
 OVERRIDES: dict[str, Callable] = {
     "erf": _erf,
-    "matmul": _at_float32_matmul_precision(_matmul),
+    "matmul": _matmul,
     "einsum": _at_float32_matmul_precision(SHARED["einsum"]),
     "index_put": partial(shared.index_put, cupy, _add_at),
     "scatter_add": partial(shared.scatter_add, cupy, _add_at),
