@@ -91,8 +91,8 @@ class GraphedProgram:
         if self.captured is None:
             return (f"CUDA graph: warming up ({self.runs} of {WARMUP_RUNS} ordinary runs); captured on the run after"
                     if self.runs <= WARMUP_RUNS else "CUDA graph: captured again on the next run")
-        return (f"CUDA graph: captured ({self.captures} capture{'s' * (self.captures > 1)}, {self.replays} replays "
-                f"since); {self.captured.summary()}")
+        return (f"CUDA graph: captured ({self.captures} capture{'s' * (self.captures > 1)}, {self.replays} "
+                f"replays); {self.captured.summary()}")
 
     def _refuse(self, why: str) -> None:
         self.refused = why
