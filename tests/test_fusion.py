@@ -105,6 +105,20 @@ def test_cross_entropy_and_its_gradient_use_row_kernels():
     np.testing.assert_allclose(grad, reference.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_cross_entropy_forward_reads_the_logits_in_one_row_kernel():
+    """The log-softmax, the mask of each row's target and the picked log-probability's sum are one
+    row kernel that writes only a row's worth: the logits never go back to memory in any form."""
+    logits, y = jt.randn(48, 10), jt.randint(0, 10, (48,))
+    compiled = jt.compile(lambda x, y: F.cross_entropy(x * 2, y))
+    loss = compiled(logits, y)
+    full = [k.kernel for k in plan_of(compiled).kernels if k.kernel.shape == (48, 10)]
+    assert len(full) == 1 and full[0].rows
+    assert {"amax", "exp", "log", "eq", "where", "sum"} <= {n.op for n in full[0].nodes}
+    assert all(v.shape[-1] == 1 for v in full[0].outputs)  # row values only
+    reference = torch.nn.functional.cross_entropy(torch.tensor(logits.numpy()) * 2, torch.tensor(y.numpy()))
+    np.testing.assert_allclose(loss.item(), reference.item(), rtol=1e-6)
+
+
 ROW_CASES = {
     "plain": lambda rng, dt: rng.standard_normal((6, 5, 33)).astype(dt),
     "one row": lambda rng, dt: rng.standard_normal((1000,)).astype(dt),

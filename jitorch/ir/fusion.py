@@ -167,7 +167,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
         # shape, which for a row shape may be a row kernel (registered under both shapes)
         shape = node.inputs[0].shape if reduction else node.out.shape
         candidates = open_kernels.setdefault(shape, [])
-        kernel = _merge_for(node, candidates, position, kernel_of, order)
+        kernel = _merge_for(node, candidates, position, kernel_of, order, open_kernels)
         if kernel is None:
             kernel = next((k for k in reversed(candidates) if _can_join(node, k, position, kernel_of)), None)
         if kernel is None:
@@ -190,14 +190,16 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
 
 
 def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], kernel_of: dict[int, Kernel],
-               order: list) -> Kernel | None:
+               order: list, open_kernels: dict[tuple[int, ...], list[Kernel]]) -> Kernel | None:
     """Where chains of one shape meet (an optimizer's update reads its moment chains and its decayed
-    parameter): merge the open kernels that make `node`'s inputs into the oldest of them, when
-    every input of the newer ones exists before the oldest starts, so that `node` can join it.
-    Returns that kernel, or None (nothing merged)."""
+    parameter; cross-entropy picks each row's target log-probability with a mask made from the
+    targets): merge the open kernels that make `node`'s inputs into the oldest of them, when every
+    input of the newer ones exists before the oldest starts, so that `node` can join it. A row
+    kernel merges with kernels of its full shape (its pointwise nodes over the whole row join its
+    passes over the row). Returns that kernel, or None (nothing merged)."""
     makers = sorted({id(k): k for v in node.inputs if (k := kernel_of.get(v.id)) in candidates}.values(),
                     key=lambda k: k.start)
-    if len(makers) < 2 or any(k.rows for k in makers):
+    if len(makers) < 2 or any(k.rows and k.shape != node.out.shape for k in makers):
         return None
     oldest, newer = makers[0], makers[1:]
     made = {n.out.id for k in makers for n in k.nodes}
@@ -214,6 +216,13 @@ def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], k
         oldest.reads |= k.reads
         candidates.remove(k)
         order.remove(k)
+        if k.rows:  # the merged kernel holds its reductions: it takes its place among the row-shape kernels
+            rows = open_kernels.setdefault(k.row_shape, [])
+            if k in rows:
+                rows.remove(k)
+            if not oldest.rows:
+                oldest.rows = True
+                rows.append(oldest)
     return oldest if _can_join(node, oldest, position, kernel_of) else None
 
 
@@ -225,16 +234,20 @@ def _is_reduce(node: Node) -> bool:
     return node.op != "const" and PRIMS[node.op].kind is PrimKind.REDUCE
 
 
+_MOVABLE_VIEWS = frozenset({"reshape", "permute", "expand"})
+
+
 def _scalars_first(graph: Graph) -> list[Node]:
-    """The graph's nodes with the single-element ones that need nothing bigger moved to the front.
-    An optimizer computes its bias corrections from 0-d step counters in the middle of each
-    parameter's update; left there, each would cut that update's kernel in pieces (a kernel can
-    only read values that exist before it starts)."""
+    """The graph's nodes with those that need only the graph's inputs moved to the front: the
+    single-element ones, and views (a reshape, permute or expand costs no pass over memory). An
+    optimizer computes its bias corrections from 0-d step counters in the middle of each parameter's
+    update, and cross-entropy reshapes its targets after the log-softmax starts; left there, each
+    would cut a kernel in pieces (a kernel can only read values that exist before it starts)."""
     early: set[int] = {inp.value.id for inp in graph.inputs}
     first, rest = [], []
     for node in graph.nodes:
-        if math.prod(node.out.shape) <= 1 and all(v.id in early or v.node is not None and v.node.op == "const"
-                                               for v in node.inputs):
+        if ((math.prod(node.out.shape) <= 1 or node.op in _MOVABLE_VIEWS)
+                and all(v.id in early or v.node is not None and v.node.op == "const" for v in node.inputs)):
             early.add(node.out.id)
             first.append(node)
         else:

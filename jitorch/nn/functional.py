@@ -577,15 +577,24 @@ def nll_loss(
 ) -> Tensor:
     """Negative log likelihood of class indices `target` under log-probabilities `input` (N, C, ...)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    return _nll_loss(input, target, weight, ignore_index, reduction)
+
+
+def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
+              mask: Tensor | None = None) -> Tensor:
+    """`nll_loss`; `mask`: `_target_mask` of the inputs in their class layout, where made already."""
     _check_index_target(input, target, "nll_loss")
     squeeze = input.ndim == 1
     input, target = _class_layout(input, target, "nll_loss")
     _check_targets(target, input.shape[1], ignore_index)
-    mask = _target_mask(input, target)
+    if mask is None:
+        mask = _target_mask(input, target)
     picked = _ops.where(mask, input, 0.0)
     if weight is not None:
         picked = picked * weight.reshape(_channel_shape(input))
-    losses = -picked.sum(1)
+    # summed keeping the class dim: for (N, C) inputs a sum over the last dim that keeps it is a row
+    # reduction, which the compiler fuses into the log-softmax's kernel
+    losses = -picked.sum(1, keepdim=True).squeeze(1)
     valid = target != ignore_index
     losses = _ops.where(valid, losses, 0.0)
     if reduction == "none":
@@ -632,10 +641,13 @@ def cross_entropy(
 
 def _cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
                    label_smoothing: float, probabilities: bool) -> Tensor:
+    # the target mask first: made before the log-softmax, the compiler fuses picking each row's target
+    # log-probability into the log-softmax's kernel (a kernel reads only values that exist when it starts)
+    mask = None if probabilities else _target_mask(*_class_layout(input, target, "cross_entropy"))
     logp = input.log_softmax(0 if input.ndim == 1 else 1)
     if probabilities:
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing)
-    nll = nll_loss(logp, target, weight, None, ignore_index, None, reduction)
+    nll = _nll_loss(logp, target, weight, ignore_index, reduction, mask)
     if label_smoothing == 0.0:
         return nll
     return _smoothed(logp, target, weight, ignore_index, reduction, label_smoothing, nll)
