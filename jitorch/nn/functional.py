@@ -643,7 +643,7 @@ def _cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
                    label_smoothing: float, probabilities: bool) -> Tensor:
     # the target mask first: made before the log-softmax, the compiler fuses picking each row's target
     # log-probability into the log-softmax's kernel (a kernel reads only values that exist when it starts)
-    mask = None if probabilities else _target_mask(*_class_layout(input, target, "cross_entropy"))
+    mask = None if probabilities else _target_mask(*_class_layout(input, target, "nll_loss"))
     logp = input.log_softmax(0 if input.ndim == 1 else 1)
     if probabilities:
         return _cross_entropy_probs(logp, target, weight, reduction, label_smoothing)

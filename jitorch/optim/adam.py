@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from .. import dtypes as _dt
 from ..creation import zeros_like
 from ..ops import maximum
 from ..tensor import Tensor
@@ -66,8 +67,13 @@ class Adam(Optimizer):
         exp_avg.lerp_(grad, const("1 - beta1", compute=lambda: 1 - beta1))
         exp_avg_sq.mul_(const("beta2", compute=lambda: beta2)).add_(
             grad * grad * const("1 - beta2", compute=lambda: 1 - beta2))
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        # beta ** step as exp(step * log(beta)), in float64: the same value to within a few ulps, from
+        # ops that every fusing backend renders (the GPU's kernels take no float64 pow), so a compiled
+        # update's bias corrections are one small kernel beside its parameters' own
+        log_beta1 = group.per_step("log beta1", _dt.float64, compute=lambda: beta1.log())
+        log_beta2 = group.per_step("log beta2", _dt.float64, compute=lambda: beta2.log())
+        step_size = lr / (1 - (step * log_beta1).exp())
+        bias_correction2_sqrt = (1 - (step * log_beta2).exp()).sqrt()
         second_moment = exp_avg_sq
         if group["amsgrad"]:
             second_moment = state["max_exp_avg_sq"]
