@@ -1,0 +1,160 @@
+"""Eager elementwise ops on the GPU as one-node Triton kernels (`jitorch/backends/cuda/eager_pointwise.py`).
+
+Without a GPU: the choice between a flat Triton kernel and CuPy's kernel, and the argument list a
+launch passes, on a numpy stand-in for CuPy whose compile and launch steps are recorded instead of
+run (the kernels themselves are the Triton renderer's, run in Triton's interpreter by
+tests/test_triton_codegen.py). On a GPU (marked `gpu`): results equal to CuPy's, bit for bit, and
+the Triton path is the one taken.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("triton")
+
+import jitorch as jt  # noqa: E402
+
+
+class HostArray(np.ndarray):
+    """A numpy array that tells its address as a CuPy array does (`.data.ptr`)."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+def host(a) -> HostArray:
+    return np.asarray(a).view(HostArray)
+
+
+FAKE_CUPY = types.SimpleNamespace(
+    ndarray=HostArray,
+    empty=lambda shape, dtype: np.empty(shape, dtype).view(HostArray),
+    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                               get_current_stream=lambda: types.SimpleNamespace(ptr=0x5EED)),
+)
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """eager_pointwise imported over the stand-in (its gpu_check would refuse a machine without a GPU),
+    with compiling and launching recorded: `module.launches` lists (key, stream, args)."""
+    monkeypatch.setitem(sys.modules, "jitorch.backends.cuda.gpu_check", types.SimpleNamespace(cupy=FAKE_CUPY))
+    monkeypatch.delitem(sys.modules, "jitorch.backends.cuda.eager_pointwise", raising=False)
+    module = importlib.import_module("jitorch.backends.cuda.eager_pointwise")
+    monkeypatch.setattr(module, "device_array", lambda a, dtype=None: host(np.asarray(a, dtype)))
+    module.launches = []
+
+    def prepare(self, key, n, config):
+        launch = self._launches[key] = lambda stream, args: module.launches.append((key, stream, args))
+        return launch
+
+    monkeypatch.setattr(module.FlatKernel, "_prepare", prepare)
+    yield module
+    sys.modules.pop("jitorch.backends.cuda.eager_pointwise", None)
+
+
+def _fallback(*arrays, **params):
+    return "cupy"
+
+
+def test_same_shaped_contiguous_operands_launch_the_flat_kernel_with_the_length_at_run_time(module):
+    add = module.eager_pointwise("add", _fallback)
+    x, y = host(np.ones((4, 8), np.float32)), host(np.arange(32, dtype=np.float32).reshape(4, 8))
+    out = add(x, y)
+    assert isinstance(out, HostArray) and out.shape == (4, 8) and out.dtype == np.float32
+    (key, stream, args), = module.launches
+    assert stream == 0x5EED
+    # inputs, output, the length, then BLOCK (the renderer's first configuration for 32 elements)
+    assert args == (x.data.ptr, y.data.ptr, out.data.ptr, 32, 32)
+    assert key[1:] == (x.data.ptr % 16 == y.data.ptr % 16 == out.data.ptr % 16 == 0, True, False, False, 32, 1)
+    add(host(np.ones(3000, np.float32)), host(np.ones(3000, np.float32)))
+    assert module.launches[-1][2][3:] == (3000, 1024) and module.launches[-1][0][-1] == 3  # a grid of 3 programs
+    assert len(module._kernels) == 1  # one kernel for every length
+
+
+def test_a_cpu_scalar_joins_as_a_device_scalar_and_0d_operands_keep_the_kernel(module):
+    mul = module.eager_pointwise("mul", _fallback)
+    x = host(np.ones(16, np.float32))
+    out = mul(x, np.array(2.0, np.float32))
+    assert isinstance(out, HostArray)
+    assert module.launches[-1][2][3] == 16
+    mul(x, host(np.float32(3)))  # a 0-d device operand: the same kernel (0-d in that slot)
+    assert len(module._kernels) == 1
+
+
+@pytest.mark.parametrize("case", ["broadcast", "strided", "empty", "int_div", "float_to_int", "bfloat16",
+                                  "not_exact", "python_scalar"])
+def test_what_the_flat_kernel_does_not_take_goes_to_cupy(module, case):
+    f32 = np.float32
+    ops = {
+        "broadcast": ("add", (host(np.ones((4, 8), f32)), host(np.ones(8, f32))), {}),
+        "strided": ("add", (host(np.ones((4, 8), f32))[:, ::2], host(np.ones((4, 4), f32))), {}),
+        "empty": ("add", (host(np.ones((0, 3), f32)), host(np.ones((0, 3), f32))), {}),
+        "int_div": ("div", (host(np.ones(8, np.int64)), host(np.ones(8, np.int64))), {}),
+        "float_to_int": ("cast", (host(np.ones(8, f32)),), {"dtype": jt.int32}),
+        "bfloat16": ("add", (host(np.ones(8, jt.bfloat16.np)), host(np.ones(8, jt.bfloat16.np))), {}),
+        "not_exact": ("exp", (host(np.ones(8, f32)),), {}),
+        "python_scalar": ("add", (host(np.ones(8, f32)), 2.0), {}),
+    }
+    op, arrays, params = ops[case]
+    assert module.eager_pointwise(op, _fallback)(*arrays, **params) == "cupy"
+    assert not module.launches
+
+
+# ---------------------------------------------------------------------------------------------
+# on the GPU
+
+needs_cuda = pytest.mark.skipif(not jt.cuda.is_available(), reason="needs an NVIDIA GPU with CuPy")
+
+_GPU_CASES = [
+    ("add", np.float32, 2), ("sub", np.float64, 2), ("mul", np.int64, 2), ("div", np.float32, 2),
+    ("maximum", np.float32, 2), ("minimum", np.float64, 2), ("lt", np.float32, 2), ("eq", np.int32, 2),
+    ("neg", np.float32, 1), ("abs", np.int64, 1), ("sqrt", np.float32, 1), ("reciprocal", np.float64, 1),
+    ("relu", np.float32, 1),
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("op, dtype, arity", _GPU_CASES)
+@pytest.mark.parametrize("n", [1, 17, 4096, 100_003])
+def test_gpu_flat_kernels_equal_cupys_bit_for_bit(op, dtype, arity, n):
+    import cupy
+
+    from jitorch.backends import backend_for
+    from jitorch.backends.cuda import eager_pointwise, kernels
+
+    backend_for("cuda")
+    rng = np.random.default_rng(n)
+    values = [rng.standard_normal(n) * 10 for _ in range(arity)]
+    if n > 4:
+        values[0][:4] = [np.nan, -0.0, np.inf, -np.inf] if np.dtype(dtype).kind == "f" else values[0][:4]
+    arrays = [cupy.asarray(v.astype(dtype)) for v in values]
+    fallback = kernels.SHARED[op]
+    expected = cupy.asnumpy(fallback(*arrays))
+    before = len(eager_pointwise._kernels)
+    got = eager_pointwise.eager_pointwise(op, lambda *a, **k: pytest.fail("went to CuPy"))(*arrays)
+    assert len(eager_pointwise._kernels) >= before
+    got = cupy.asnumpy(got)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))  # the same bits, NaNs and zeros too
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_eager_ops_on_cuda_tensors_take_the_flat_kernels():
+    from jitorch.backends.cuda import eager_pointwise
+
+    x, y = jt.randn(1000, device="cuda"), jt.randn(1000, device="cuda")
+    z = (x + y) * 2 - x / y
+    np.testing.assert_allclose(z.cpu().numpy(), (x.cpu().numpy() + y.cpu().numpy()) * 2
+                               - x.cpu().numpy() / y.cpu().numpy(), rtol=1e-6)
+    ops = {key[0] for key, kernel in eager_pointwise._kernels.items() if kernel is not None}
+    assert {"add", "mul", "sub", "div"} <= ops
