@@ -119,6 +119,54 @@ def test_cross_entropy_forward_reads_the_logits_in_one_row_kernel():
     np.testing.assert_allclose(loss.item(), reference.item(), rtol=1e-6)
 
 
+def test_a_backward_kernel_recomputes_the_forwards_full_size_values_instead_of_reading_them():
+    """Cross-entropy forward + backward: the forward's exp(x - max) and target mask are recomputed
+    by the backward kernel from the logits (which it reads anyway), so the forward writes only row
+    values, and the gradient is still PyTorch's."""
+    logits = jt.randn(48, 10, requires_grad=True)
+    y = jt.randint(0, 10, (48,))
+
+    def step(y):
+        logits.grad = None
+        loss = F.cross_entropy(logits * 2, y)
+        loss.backward()
+        return loss
+
+    compiled = jt.compile(step)
+    compiled(y)
+    full = [k.kernel for k in plan_of(compiled).kernels if k.kernel.shape == (48, 10)]
+    assert len(full) == 2
+    forward, backward = full
+    assert all(v.shape == (48, 1) for v in forward.outputs)  # nothing of the full size goes to memory
+    assert {"exp", "eq"} <= {n.op for n in backward.nodes}  # recomputed there
+    assert sum(v.shape == (48, 10) for v in backward.inputs) == 1  # the logits, and nothing else full-size
+    loss = compiled(y)
+    reference = torch.tensor(logits.detach().numpy(), requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(reference * 2, torch.tensor(y.numpy()))
+    expected.backward()
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-6)
+    np.testing.assert_allclose(logits.grad.numpy(), reference.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_value_is_not_recomputed_where_that_reads_more_than_it_saves():
+    """v = a * b * c of three full-size inputs, written by one kernel for another that must start
+    later (after a full reduction): recomputing it there would read three tensors to save one write
+    and one read."""
+    a, b, c = (jt.randn(32, 16) for _ in range(3))
+
+    def f(a, b, c):
+        v = a * b * c
+        m = a.sum(0)  # made after v's kernel starts: what reads it can't join that kernel
+        return (v * m).exp()
+
+    compiled = jt.compile(f)
+    out = compiled(a, b, c)
+    first, second = (k.kernel for k in plan_of(compiled).kernels)
+    (v,) = first.outputs
+    assert v.shape == (32, 16) and v.id in {u.id for u in second.inputs}  # written once, read back
+    np.testing.assert_allclose(out.numpy(), f(a, b, c).numpy(), rtol=1e-6)
+
+
 ROW_CASES = {
     "plain": lambda rng, dt: rng.standard_normal((6, 5, 33)).astype(dt),
     "one row": lambda rng, dt: rng.standard_normal((1000,)).astype(dt),

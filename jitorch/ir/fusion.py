@@ -184,6 +184,7 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
         kernel.reads.update(v.id for v in node.inputs)
         kernel_of[node.out.id] = kernel
     _wire(graph, [k for k in order if isinstance(k, Kernel)], kernel_of)
+    _rematerialize(graph, order, kernel_of)
     single_worth_it = single_worth_it or (lambda kernel: False)
     return [k.nodes[0] if isinstance(k, Kernel) and len(k.nodes) == 1 and not single_worth_it(k) else k
             for k in order]
@@ -291,3 +292,106 @@ def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> 
                     seen.add(v.id)
                     kernel.inputs.append(v)
         kernel.outputs = [n.out for n in kernel.nodes if n.out.id in read_outside]
+
+
+# ---------------------------------------------------------------------------------------------
+# rematerialization: a kernel recomputes a full-size value from what it reads instead of reading it
+
+MAX_RECOMPUTED_NODES = 12  # per value: a bound on the arithmetic a kernel repeats to save memory traffic
+
+
+def _rematerialize(graph: Graph, order: list, kernel_of: dict[int, Kernel]) -> None:
+    """Where a kernel reads a value of its full shape that an earlier kernel wrote only for it (a
+    backward pass reading the forward's exp(x - max), or cross-entropy's target mask), recompute it
+    from that value's own inputs instead, when that moves fewer bytes: the earlier kernel stops writing
+    it, this one stops reading it, and reads its inputs instead (often ones it reads anyway). Only
+    pointwise nodes of the full shape are recomputed; a row statistic (a max, a sum) stays written
+    once by the kernel that reduces it. The graph is not changed: the reading kernel gets copies of
+    the recomputed nodes under new value ids, and copies of its nodes that read them."""
+    kernels = [k for k in order if isinstance(k, Kernel)]
+    readers: dict[int, set[int]] = {}  # value id -> ids of the kernels (or nodes) outside its maker reading it
+    for item in order:
+        nodes = item.nodes if isinstance(item, Kernel) else [item]
+        for node in nodes:
+            for v in node.inputs:
+                maker = kernel_of.get(v.id)
+                if maker is not None and maker is not item:
+                    readers.setdefault(v.id, set()).add(id(item))
+    outputs = {v.id for v in graph.outputs}
+    next_id = [1 + max([v.value.id for v in graph.inputs] + [n.out.id for n in graph.nodes], default=0)]
+    for kernel in kernels:
+        for v in list(kernel.inputs):
+            maker = kernel_of.get(v.id)
+            if (maker is None or maker is kernel or v.shape != kernel.shape or v.id in outputs
+                    or readers.get(v.id) != {id(kernel)}):
+                continue
+            recomputed = _recomputation(v, maker, kernel)
+            if recomputed is not None:
+                _recompute_in(kernel, maker, v, *recomputed, next_id)
+    for k in kernels:
+        if not k.outputs:  # everything it wrote is recomputed where it is read
+            order.remove(k)
+
+
+def _recomputation(v: Value, maker: Kernel, kernel: Kernel) -> tuple[list[Node], list[Value]] | None:
+    """The nodes of `maker` that compute `v` from values `kernel` can read (in graph order) and those
+    values, or None where that is impossible, too long, or moves more bytes than reading `v`."""
+    made = {n.out.id: n for n in maker.nodes}
+    needed: dict[int, Node] = {}
+    leaves: dict[int, Value] = {}
+    stack = [v]
+    while stack:
+        u = stack.pop()
+        if u.id in needed or u.id in leaves:
+            continue
+        node = made.get(u.id)
+        if node is None or u.shape != kernel.shape:
+            if node is not None and (u.shape == kernel.shape or not _is_rowlike(u, kernel)):
+                return None
+            leaves[u.id] = u  # read from memory: an input of `maker`, or a small value it writes
+            continue
+        if is_row_reduction(node) or node.op == "random":
+            return None
+        needed[u.id] = node
+        stack.extend(node.inputs)
+    if len(needed) > MAX_RECOMPUTED_NODES:
+        return None
+    already = {u.id for u in kernel.inputs}
+    added = sum(_nbytes(u) for u in leaves.values() if u.id not in already and u.shape == kernel.shape)
+    if added >= 2 * _nbytes(v):  # (reading v, and its maker writing it, is what recomputing saves)
+        return None
+    return [n for n in maker.nodes if n.out.id in needed], list(leaves.values())
+
+
+def _is_rowlike(u: Value, kernel: Kernel) -> bool:
+    """Whether `u` is smaller than `kernel`'s shape and broadcasts to it (a row statistic, a bias)."""
+    return math.prod(u.shape) < math.prod(kernel.shape) and len(u.shape) <= len(kernel.shape) and all(
+        a in (1, b) for a, b in zip(reversed(u.shape), reversed(kernel.shape)))
+
+
+def _nbytes(v: Value) -> int:
+    return math.prod(v.shape) * v.dtype.np.itemsize
+
+
+def _recompute_in(kernel: Kernel, maker: Kernel, v: Value, nodes: list[Node], leaves: list[Value],
+                  next_id: list[int]) -> None:
+    copies: dict[int, Value] = {}
+    for node in nodes:
+        out = Value(next_id[0], node.out.shape, node.out.dtype)
+        next_id[0] += 1
+        out.node = Node(node.op, tuple(copies.get(u.id, u) for u in node.inputs), node.params, out, node.source)
+        copies[node.out.id] = out
+    body = [copy.node for copy in copies.values()]
+    for node in kernel.nodes:
+        if any(u.id == v.id for u in node.inputs):
+            node = Node(node.op, tuple(copies[v.id] if u.id == v.id else u for u in node.inputs), node.params,
+                        node.out, node.source)
+        body.append(node)
+    kernel.nodes = body
+    kernel.inputs = [u for u in kernel.inputs if u.id != v.id]
+    kernel.inputs += [u for u in leaves if all(u.id != w.id for w in kernel.inputs)]
+    kernel.reads |= {u.id for u in leaves}
+    maker.outputs = [u for u in maker.outputs if u.id != v.id]
+    for u in leaves:  # a small value of the maker's that is now read here
+        if any(n.out.id == u.id for n in maker.nodes) and all(u.id != w.id for w in maker.outputs):
+            maker.outputs.append(u)
