@@ -167,7 +167,7 @@ def test_hyperparameter_constants_are_computed_once_per_step():
         p.grad = jitorch.ones(3)
     opt.step()
     opt.step()
-    assert sorted(computed) == sorted(["1 - beta1", "beta2", "1 - beta2", "eps"] * 2)
+    assert sorted(computed) == sorted(["1 - beta1", "beta2", "1 - beta2", "log beta1", "log beta2", "eps"] * 2)
 
 
 def test_changing_lr_mid_run_takes_effect():
