@@ -1,8 +1,9 @@
 """Compiler logs: `JITORCH_LOGS=graph,recompiles,guards` or `jitorch.set_logs("graph,recompiles")`.
 
 Kinds: `graph` (the IR after the passes), `recompiles` (why a cache miss happened), `guards` (the
-guards of each new cache entry), `perf` (trace and lowering times), `cudagraphs` (mode="reduce-overhead":
-each capture, and why a program is not captured).
+guards of each new cache entry), `perf` (trace and lowering times; on the GPU each Triton kernel's
+compile time, and the configurations its first launch timed, their times and the fastest),
+`cudagraphs` (mode="reduce-overhead": each capture, and why a program is not captured).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import functools
 import importlib.metadata
 import os
 import pickle
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -344,7 +345,7 @@ CASES = [
 
 @functools.cache
 def traced_case(name: str) -> Traced:
-    case = next(c for c in CASES if c.name == name)
+    case = next(c for c in [*CASES, *TUNED_CASES] if c.name == name)
     jt.manual_seed(0)
     fn, args = case.make()
     return trace(fn, *args, compare_eager=case.compare_eager)
@@ -375,8 +376,9 @@ def _forms(source: triton_codegen.TritonSource, loop_shape: tuple[int, ...], int
     return configs
 
 
-def _run_kernels(case: Case, worker: _Worker, device: str, ulps: int) -> None:
-    """Each kernel of the case, in each form, against the eager kernels' values of its outputs."""
+def _run_kernels(case: Case, worker: _Worker, device: str, ulps: int, configs=None) -> None:
+    """Each kernel of the case, in each form (or in the configurations `configs(source, loop_shape)`
+    names), against the eager kernels' values of its outputs."""
     traced = traced_case(case.name)
     assert traced.kernels
     for kernel in traced.kernels:
@@ -384,7 +386,9 @@ def _run_kernels(case: Case, worker: _Worker, device: str, ulps: int) -> None:
         source = triton_codegen.render(desc)
         inputs = [(traced.values[v.id], desc.view_shape(v), desc.broadcast[k]) for k, v in enumerate(kernel.inputs)]
         outputs = [(v.shape, v.dtype.np) for v in kernel.outputs]
-        for config in _forms(source, desc.loop_shape, interpreted=device == "interpreter"):
+        forms = (configs(source, desc.loop_shape) if configs else
+                 _forms(source, desc.loop_shape, interpreted=device == "interpreter"))
+        for config in forms:
             results = worker.ask("launch", source, desc.loop_shape, inputs, outputs, config, True,
                                  "cpu" if device == "interpreter" else device)
             for v, ours in zip(kernel.outputs, results):
@@ -423,6 +427,69 @@ def test_kernels_on_the_gpu(case, compiler):
         pytest.skip("needs an NVIDIA GPU")
     # tl.exp and tl.log are the GPU's approximate instructions: float32 results within tens of ulps
     _run_kernels(case, compiler, "cuda", max(case.ulps, 64))
+
+
+# ---------------------------------------------------------------------------------------------
+# the configurations the cuda launcher times (`TritonSource.configs`)
+
+# kernels of 1 MiB (float32): large enough that the renderer offers configurations to time, small
+# enough for the interpreter (about 1.7 ms per program)
+TUNED_CASES = [
+    Case("pointwise_1mib", lambda: (lambda x, b: (x * 2 + b).sigmoid(), (jt.randn(512, 512), jt.randn(512)))),
+    Case("softmax_short_rows_1mib", lambda: (lambda x: (x * 2 + 1).softmax(-1), (jt.randn(4096, 64),))),
+]
+
+
+def _other_constants(source: triton_codegen.TritonSource, loop_shape: tuple[int, ...]) -> list[triton_codegen.Config]:
+    """One configuration offered per set of constants other than the default's (the interpreter
+    runs no warps: configurations that differ only in theirs compute alike there)."""
+    configs = source.configs(loop_shape)
+    distinct = {repr(configs[0].constexprs): None}
+    for config in configs[1:]:
+        distinct.setdefault(repr(config.constexprs), config)
+    return [c for c in distinct.values() if c is not None]
+
+
+@pytest.mark.parametrize("case", TUNED_CASES, ids=lambda c: c.name)
+def test_the_other_configurations_compute_the_same_in_the_interpreter(case, interpreter):
+    desc = describe(traced_case(case.name).kernels[0])
+    assert _other_constants(triton_codegen.render(desc), desc.loop_shape)
+    _run_kernels(case, interpreter, "interpreter", case.ulps, configs=_other_constants)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", TUNED_CASES, ids=lambda c: c.name)
+def test_every_configuration_on_the_gpu(case, compiler):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    _run_kernels(case, compiler, "cuda", max(case.ulps, 64), configs=lambda source, shape: source.configs(shape))
+
+
+def test_every_offered_configuration_compiles_for_sm90(compiler):
+    """Each configuration a pointwise kernel and two row kernels are offered over shapes of every
+    kind (small, pointwise up to and beyond 16 MiB, long and short rows in registers, looped rows):
+    the kernel text does not depend on the loop shape, only the constants and warps do."""
+    shapes = {
+        "pointwise_broadcasts": [(8, 16), (512, 512), (8192, 8192)],
+        "softmax": [(8192, 8192), (4096, 64), (64, 100_000)],
+        "layer_norm": [(8192, 768), (1024, 2048)],
+    }
+    compiled = 0
+    for name, loop_shapes in shapes.items():
+        source = triton_codegen.render(describe(traced_case(name).kernels[0]))
+        distinct = {}
+        for loop_shape in loop_shapes:
+            for config in source.configs(loop_shape):
+                distinct.setdefault(repr(config), config)
+        for config in distinct.values():
+            ptx = compiler.ask("compile", source, config)
+            assert f".entry {source.name}(" in ptx and ".target sm_90" in ptx, (name, config)
+            # the threads asked for: `.reqntid n` (Triton 3.9) or `.maxntid n, 1, 1` (3.6)
+            assert re.search(rf"\.(req|max)ntid {32 * config.num_warps}\b", ptx), (name, config)
+            compiled += 1
+    assert compiled >= 20
 
 
 def test_every_fused_node_of_the_cases_is_one_the_llvm_renderer_fuses():

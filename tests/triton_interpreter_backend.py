@@ -44,7 +44,7 @@ class InterpretedKernel:
         self.kernel, self.name, self.backend = kernel, kernel.name(), backend
         self.source, self.rendered = source.text, source  # as TritonKernel: the text (logged), the TritonSource
         self.loop_shape = desc.loop_shape
-        self.config = source.configs(desc.loop_shape)[0]  # the cuda launcher's choice
+        self.config = source.configs(desc.loop_shape)[0]  # the default (the cuda launcher may time others)
         self.grid = source.launch_grid(desc.loop_shape, self.config)
         self.dim_groups, self.kernel_ndim, self.broadcast = desc.dim_groups, len(kernel.shape), desc.broadcast
         self.in_dtypes = [v.dtype.np for v in kernel.inputs]

@@ -335,6 +335,12 @@ _ROW_IN_REGISTERS_BYTES = 32768
 _ROW_TILE = 2048  # elements per program for short rows: several rows per program
 _LOOP_BLOCK_BYTES = 8192  # columns per step of a looped row
 _POINTWISE_BLOCK = 1024
+# below this many bytes of the loop's widest values a kernel takes its default configuration
+# untimed: it runs in about a microsecond, less than a launch costs the host, so no block or warp
+# choice shows (and timing such kernels measures the launch, not the kernel)
+_TUNE_BYTES = 1 << 20
+_LARGE_POINTWISE_BYTES = 16 << 20  # from here a pointwise kernel has programs enough for 4096-element blocks
+_MAX_CONFIGS = 4  # each candidate is one more compile on the first call: keep the list short
 
 
 def _next_power_of_2(n: int) -> int:
@@ -378,22 +384,47 @@ class TritonSource:
         return args
 
     def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
-        """Launch configurations worth trying for this loop shape, the default first."""
+        """Launch configurations worth timing for this loop shape, the default first, at most
+        `_MAX_CONFIGS` (the cuda launcher times them on a kernel's first launch and keeps the fastest:
+        `jitorch.backends.cuda.launch`). Kernels under `_TUNE_BYTES` get the default alone.
+
+        Pointwise: `BLOCK` elements per program with `num_warps` warps, 1024/4 by default (8 elements
+        per thread: two 16-byte loads of float32); also 1024/8 and 2048/8, and 512/4 (twice the
+        programs) up to `_LARGE_POINTWISE_BYTES` or 4096/16 (fewer, larger programs) from there.
+        Rows in registers: `ROWS` rows of `BLOCK` (the row length's power of two) per program, the
+        default with about 2048 elements per program and one warp per 256 of them; also the other
+        warp counts of 4, 8 and 16 that leave each thread 2 to 64 elements of a full-row value, and
+        twice the rows per program (16 warps) where that tile fits in registers as a long row would.
+        Looped rows: 8 KiB of columns per step with 8 warps by default; also twice that with 16 or 8
+        warps, and half with 4."""
         if not self.rows:
-            n = math.prod(loop_shape)
-            block = min(_POINTWISE_BLOCK, max(32, _next_power_of_2(n)))
-            first = Config({"BLOCK": block}, num_warps=max(1, min(4, block // 256)))
-            more = [Config({"BLOCK": 2048}, 8), Config({"BLOCK": 512}, 4)] if n > _POINTWISE_BLOCK else []
-            return [first, *more]
+            return self._pointwise_configs(math.prod(loop_shape))
         row_len, n_rows = loop_shape[-1], math.prod(loop_shape[:-1])
+        small = n_rows * row_len * self.itemsize < _TUNE_BYTES
         block = _next_power_of_2(row_len)
         if block * self.itemsize <= _ROW_IN_REGISTERS_BYTES:
             rows = max(1, min(_next_power_of_2(n_rows), _ROW_TILE // block))
             warps = max(1, min(16, rows * block // 256))
-            return [Config({"ROWS": rows, "BLOCK": block, "ROW_IN_REGISTERS": True}, warps)]
-        block = _LOOP_BLOCK_BYTES // self.itemsize
-        return [Config({"ROWS": 1, "BLOCK": block, "ROW_IN_REGISTERS": False}, 8),
-                Config({"ROWS": 1, "BLOCK": 2 * block, "ROW_IN_REGISTERS": False}, 16)]
+            pairs = [(rows, warps)]
+            if not small:
+                pairs += [(rows, w) for w in (4, 8, 16) if w != warps and 2 <= rows * block // (32 * w) <= 64]
+                # twice the rows per program (half the programs, each with more loads in flight),
+                # where the doubled tile still fits the register budget of one long row
+                if 2 * rows <= _next_power_of_2(n_rows) and 2 * rows * block * self.itemsize <= _ROW_IN_REGISTERS_BYTES:
+                    pairs.append((2 * rows, min(16, 2 * warps)))
+            return [Config({"ROWS": r, "BLOCK": block, "ROW_IN_REGISTERS": True}, w) for r, w in pairs][:_MAX_CONFIGS]
+        step = _LOOP_BLOCK_BYTES // self.itemsize
+        pairs = [(step, 8)] if small else [(step, 8), (2 * step, 16), (2 * step, 8), (step // 2, 4)]
+        return [Config({"ROWS": 1, "BLOCK": b, "ROW_IN_REGISTERS": False}, w) for b, w in pairs]
+
+    def _pointwise_configs(self, n: int) -> list[Config]:
+        block = min(_POINTWISE_BLOCK, max(32, _next_power_of_2(n)))
+        default = Config({"BLOCK": block}, num_warps=max(1, min(4, block // 256)))
+        size = n * self.itemsize
+        if size < _TUNE_BYTES:
+            return [default]
+        last = (512, 4) if size < _LARGE_POINTWISE_BYTES else (4096, 16)
+        return [default, *(Config({"BLOCK": b}, w) for b, w in [(1024, 8), (2048, 8), last])]
 
     def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
         """Programs to launch: one per BLOCK elements (pointwise) or per ROWS rows (row kernels); at

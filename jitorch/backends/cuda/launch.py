@@ -11,6 +11,22 @@ and launched through the compiled kernel's C launcher with its argument list pre
 (`triton_driver.launch_function`), on CuPy's current stream: a few microseconds of Python per
 launch, against about 15 us for `kernel[grid](...)`.
 
+Choosing a configuration (as PyTorch Inductor's autotuning, but on by default, since the choice is
+kept): where the renderer offers several (`TritonSource.configs`: block sizes and warp counts; one
+for kernels of under 1 MiB), the kernel's first launch on a device compiles each (Triton's own disk
+cache serves a repeat), times each on that call's own arguments (`time_launches`: CUDA events on
+the current stream, the median of 5 after 2 warm-ups) and keeps the fastest. The choice is kept in
+this process and in `cache_dir()` as `autotune_<digest>.json`, named by the digest of what it was
+chosen for: the kernel source's digest (`source_digest`), the loop shape, the GPU's name and
+compute capability, and the Triton version, which the file repeats under "key" with the choice
+("config": constexprs and num_warps) and each time measured ("tried"). A later process reads it
+and times nothing; a file that is damaged, unreadable, made for another key or naming a
+configuration no longer offered is ignored and written again after timing. Nothing is timed while
+a CUDA graph is being captured (`graphs.capturing()`): the default runs, and the choice waits for
+a launch outside the capture. `JITORCH_AUTOTUNE=0` turns the timing off (the default always);
+`JITORCH_LOGS=perf` logs each kernel's compile time, and each tuning's time, configurations and
+their times, and the winner.
+
 Inputs are viewed in the kernel's collapsed loop shape (`KernelDesc`): dims merged as the loop's
 are, without a copy where the layout allows, else a contiguous copy first; the innermost stride is
 1 or 0 (a strided innermost dim is copied first, as on the CPU). Outputs are C-contiguous arrays
@@ -20,18 +36,27 @@ the caller gives (a compiled program's memory plan) or new ones.
 from __future__ import annotations
 
 import hashlib
+import json
 import operator
 import os
+import statistics
 import sys
 import tempfile
 import threading
+import time
 import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ... import logs
 from ...ir.fusion import KernelDesc
-from . import triton_driver
+from . import graphs, triton_driver
 from .triton_driver import Pointer
+
+if TYPE_CHECKING:  # (a jitorch without the Triton renderer still imports this module)
+    from ...codegen.triton import Config
 
 cupy = None  # imported by the first TritonKernel: this module imports on a machine without a GPU
 device_array = None  # scalars.device_array, imported with it
@@ -53,16 +78,20 @@ def source_digest(text: str) -> str:
     return hashlib.sha256(f"triton {triton_driver.triton.__version__}\n{text}".encode()).hexdigest()[:32]
 
 
+def module_text(text: str) -> str:
+    """A kernel's source as the module that defines it: with imports of triton and triton.language
+    where the text has none."""
+    return text if "import triton" in text else _HEADER + text
+
+
 _functions: dict[str, object] = {}  # "digest:name" -> that JITFunction, loaded in this process
 _load_lock = threading.Lock()
 
 
 def load_kernel_function(text: str, name: str):
-    """The `@triton.jit` function `name` defined by the module source `text` (imports of triton
-    and triton.language are added where the text has none), loaded from its file in `cache_dir()`
-    (written first where it is missing or damaged)."""
-    if "import triton" not in text:
-        text = _HEADER + text
+    """The `@triton.jit` function `name` defined by the module source `module_text(text)`, loaded
+    from its file in `cache_dir()` (written first where it is missing or damaged)."""
+    text = module_text(text)
     digest = source_digest(text)
     key = f"{digest}:{name}"
     found = _functions.get(key)
@@ -203,8 +232,10 @@ class TritonKernel:
 
     `source` is the renderer's `TritonSource`: `text` and `name` (the function), `params` (what each
     argument before the constants is), `constexprs` (the constants' names), `configs(loop_shape)`,
-    `launch_grid(loop_shape, config)` and `runtime_args(loop_shape, input_strides)`. The kernel runs
-    in the first configuration offered (the renderer's default; none is timed against the others)."""
+    `launch_grid(loop_shape, config)` and `runtime_args(loop_shape, input_strides)`. Where the
+    renderer offers more than one configuration, the kernel's first launch on a device times each
+    on the call's own arguments and keeps the fastest, remembered in this process and on disk
+    (see "choosing a configuration" below); else it runs in the one offered."""
 
     def __init__(self, desc: KernelDesc, source) -> None:
         global cupy, device_array
@@ -218,11 +249,9 @@ class TritonKernel:
         self.source = source.text
         self.rendered = source
         self.function = load_kernel_function(source.text, source.name)
+        self.digest = source_digest(module_text(source.text))
         self.loop_shape = loop_shape = desc.loop_shape
-        config = source.configs(loop_shape)[0]
-        self.options = config.options()
-        grid = tuple(source.launch_grid(loop_shape, config))
-        self.grid = grid + (1,) * (3 - len(grid))
+        self.configs = source.configs(loop_shape)
         self.dim_groups, self.kernel_ndim = desc.dim_groups, len(kernel.shape)
         self.broadcast = desc.broadcast
         self.in_dtypes = [v.dtype.np for v in kernel.inputs]
@@ -232,19 +261,44 @@ class TritonKernel:
         self.contiguous = [view_strides(v.shape, contiguous_strides(v.shape, dtype.itemsize), dtype.itemsize,
                                         self.dim_groups, self.kernel_ndim)
                            for v, dtype in zip(kernel.inputs, self.in_dtypes)]
-        self.constexprs = [config.constexprs[name] for name in source.constexprs]
-        self.static = source.runtime_args(loop_shape, self.contiguous) + self.constexprs
-        self.arguments = Arguments(source.params, len(kernel.inputs), len(kernel.outputs), len(self.constexprs))
+        self.arguments = Arguments(source.params, len(kernel.inputs), len(kernel.outputs), len(source.constexprs))
         # the element type of each pointer as the renderer declares it ("*i8" for bool): in and out
         element = {(p.kind, p.operand): p.type.removeprefix("*") for p in source.params}
         self.pointer_types = [element[("input", k)] for k in range(len(kernel.inputs))]
         self.pointer_types += [element[("output", j)] for j in range(len(kernel.outputs))]
-        self._launches: dict[tuple, tuple] = {}  # (device, aligned, input strides) -> (launch, scratch bytes)
+        # (device, aligned, input strides) -> (launch, scratch bytes, arguments after the pointers),
+        # in the configuration chosen on that device
+        self._launches: dict[tuple, tuple] = {}
+        self._chosen: dict[int, int] = {}  # device -> the index in `configs` of its configuration
+        self._tune_lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        """The configuration the kernel runs in on the current device (the default until one is chosen)."""
+        return self.configs[self._chosen.get(cupy.cuda.runtime.getDevice(), 0)]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """The programs a launch on the current device runs."""
+        return self._grid(self._chosen.get(cupy.cuda.runtime.getDevice(), 0))
 
     def prepare(self) -> None:
         """Compile for the current device and the usual arguments (contiguous, 16-byte aligned), so
-        that a kernel that fails to compile fails while its program is built."""
-        self._launch_for((cupy.cuda.runtime.getDevice(), True, None))
+        that a kernel that fails to compile fails while its program is built: in the configuration
+        already chosen (in this process or on disk), else the default, and the others only when the
+        first launch times them."""
+        device = cupy.cuda.runtime.getDevice()
+        key = (device, True, None)
+        index = self._chosen.get(device)
+        if index is None:
+            index = self._settled(device)
+        started = time.perf_counter()
+        entry = self._compile(key, 0 if index is None else index)
+        logs.log("perf", f"{self.name}: compiled in {(time.perf_counter() - started) * 1e3:.0f} ms "
+                         f"({_format(self.configs[0 if index is None else index])})")
+        if index is not None:
+            self._chosen[device] = index
+            self._launches[key] = entry
 
     def run(self, arrays: list, outs: list | None = None) -> list:
         """Compute the kernel's outputs from its inputs (CuPy arrays; a CPU scalar is copied over),
@@ -258,12 +312,11 @@ class TritonKernel:
         input strides, a variant each."""
         ndarray = cupy.ndarray
         pointers = []
-        runtime, strides_key, keep = self.static, None, None
+        strides_key, keep = None, None
         for array in arrays:
             if type(array) is not ndarray or not array.flags.c_contiguous:
                 pointers, strides, keep = self._strided_inputs(arrays)
                 strides_key = tuple(map(tuple, strides))
-                runtime = self._runtime(strides_key)
                 break
             pointers.append(array.data.ptr)
         if outs is None:
@@ -276,7 +329,7 @@ class TritonKernel:
         for p in pointers:
             every |= p
         key = (cupy.cuda.runtime.getDevice(), not every & 15, strides_key)
-        launch, scratch_bytes = self._launches.get(key) or self._launch_for(key)
+        launch, scratch_bytes, runtime = self._launches.get(key) or self._first_launch(key, pointers)
         args = self.arguments.pick(pointers + runtime)
         stream = cupy.cuda.get_current_stream().ptr
         if scratch_bytes:
@@ -304,21 +357,201 @@ class TritonKernel:
             strides.append(found)
         return pointers, strides, keep
 
-    def _runtime(self, strides: tuple | None) -> list:
-        """The values of the parameters after the pointers, for inputs of these strides (None: contiguous)."""
-        if strides is None:
-            return self.static
-        return self.rendered.runtime_args(self.loop_shape, strides) + self.constexprs
+    def _grid(self, index: int) -> tuple[int, int, int]:
+        grid = tuple(self.rendered.launch_grid(self.loop_shape, self.configs[index]))
+        return grid + (1,) * (3 - len(grid))
 
-    def _launch_for(self, key: tuple) -> tuple:
-        """Compile the variant of `key` (device, addresses aligned, input strides or None when
-        contiguous) on its device and prepare its launch."""
+    def _compile(self, key: tuple, index: int) -> tuple:
+        """Compile configuration `index` for `key` (device, addresses aligned, input strides or None
+        when contiguous) on its device (Triton's own caches answer a repeat) and prepare its launch:
+        (launch, scratch bytes, the arguments after the pointers)."""
         device, aligned, strides = key
+        config = self.configs[index]
+        runtime = self.rendered.runtime_args(self.loop_shape, self.contiguous if strides is None else strides)
+        runtime += [config.constexprs[name] for name in self.rendered.constexprs]
         triton_driver.activate()
         address = 16 if aligned else 8  # Triton reads only an address's divisibility while compiling
         pointers = [Pointer(address, element) for element in self.pointer_types]
-        args = self.arguments.pick(pointers + self._runtime(strides))
-        compiled = self.function.warmup(*args, grid=self.grid, **self.options)
-        found = self._launches[key] = (triton_driver.launch_function(compiled, self.grid),
-                                       triton_driver.scratch_bytes(compiled, self.grid))
-        return found
+        grid = self._grid(index)
+        compiled = self.function.warmup(*self.arguments.pick(pointers + runtime), grid=grid, **config.options())
+        return triton_driver.launch_function(compiled, grid), triton_driver.scratch_bytes(compiled, grid), runtime
+
+    # --- choosing a configuration ---------------------------------------------------------------
+
+    def _first_launch(self, key: tuple, pointers: list[int]) -> tuple:
+        """The launch of `key`'s variant in the configuration of its device, chosen now where none
+        is yet: settled without timing where it can be, else timed on this call's arguments
+        (`pointers`: its inputs' and outputs' addresses). While a CUDA graph is being captured
+        nothing is timed (the timed launches would be recorded, not run): the default runs, and the
+        choice waits for a launch outside the capture."""
+        device = key[0]
+        index, entry = self._chosen.get(device), None
+        if index is None:
+            with self._tune_lock:
+                index = self._chosen.get(device)
+                if index is None:
+                    index = self._settled(device)
+                    if index is None:
+                        if graphs.capturing():
+                            return self._compile(key, 0)
+                        index, entry = self._tune(key, pointers)
+                    self._chosen[device] = index
+        entry = self._launches[key] = entry or self._compile(key, index)
+        return entry
+
+    def _settled(self, device: int) -> int | None:
+        """The configuration to run on `device` where no timing is needed (one offered, tuning off
+        with JITORCH_AUTOTUNE=0, or a choice made before in this process or recorded on disk);
+        None where the configurations must be timed."""
+        if len(self.configs) == 1 or os.environ.get("JITORCH_AUTOTUNE", "1") == "0":
+            return 0
+        path, key = self._record(device)
+        config = _choices.get(path)
+        if config is None:
+            config = _read_choice(path, key)
+            if config is not None:
+                _choices[path] = config
+                logs.log("perf", f"{self.name}: {_format(config)}, chosen before ({path})")
+        offered = [_as_json(c) for c in self.configs]
+        # (a choice among configurations the renderer no longer offers is timed again)
+        return offered.index(config) if config in offered else None
+
+    def _record(self, device: int) -> tuple[str, dict]:
+        """Where the choice for `device` is recorded, and what it was chosen for."""
+        name, capability = gpu_identity(device)
+        key = {"source": self.digest, "loop_shape": list(self.loop_shape), "gpu": name, "capability": capability,
+               "triton": triton_driver.triton.__version__}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return os.path.join(cache_dir(), f"autotune_{digest}.json"), key
+
+    def _tune(self, key: tuple, pointers: list[int]) -> tuple[int, tuple]:
+        """Compile each configuration for `key` and time it on the call's arguments (`time_launches`):
+        the fastest (its index and compiled launch), remembered in this process and written to disk.
+        The timed launches write the kernel's outputs, which are never its inputs (a compiled
+        program's memory plan never gives a kernel an output buffer that one of its inputs is in):
+        what they leave is the call's result."""
+        started = time.perf_counter()
+        stream = cupy.cuda.get_current_stream().ptr
+        times, entries, compile_seconds = {}, {}, 0.0
+        for index, config in enumerate(self.configs):
+            compile_started = time.perf_counter()
+            try:
+                launch, scratch_bytes, runtime = entries[index] = self._compile(key, index)
+            except Exception as err:  # (the default compiled in prepare(): one that won't can't win)
+                if index == 0:
+                    raise
+                logs.log("perf", f"{self.name}: {_format(config)} does not compile ({type(err).__name__}: {err})")
+                continue
+            compile_seconds += time.perf_counter() - compile_started
+            args = self.arguments.pick(pointers + runtime)
+            scratch = cupy.empty(scratch_bytes, np.uint8) if scratch_bytes else None
+            if scratch is None:
+                times[index] = time_launches(lambda launch=launch, args=args: launch(stream, args))
+            else:
+                times[index] = time_launches(lambda launch=launch, args=args, at=scratch.data.ptr:
+                                             launch(stream, args, at))
+        best = min(times, key=times.get)
+        path, record = self._record(key[0])
+        _choices[path] = _as_json(self.configs[best])
+        tried = [{**_as_json(self.configs[i]), "ms": ms} for i, ms in times.items()]
+        text = json.dumps({"kernel": self.name, "key": record, "config": _as_json(self.configs[best]),
+                           "tried": tried}, indent=1) + "\n"
+        written = write_atomically(path, text)
+        if logs.enabled("perf"):
+            each = ", ".join(f"{_format(self.configs[i])} {ms * 1e3:.1f} us" for i, ms in times.items())
+            logs.log("perf", f"{self.name}: tuned in {(time.perf_counter() - started) * 1e3:.0f} ms (compiling "
+                             f"{compile_seconds * 1e3:.0f} ms): {each}; fastest {_format(self.configs[best])}"
+                             + ("" if written else f" (not recorded: {path} can't be written)"))
+        return best, entries[best]
+
+
+# ---------------------------------------------------------------------------------------------
+# timing, and the choices made
+
+
+_choices: dict[str, dict] = {}  # a choice's file -> its configuration (`_as_json`), chosen or read in this process
+_gpus: dict[int, tuple[str, str]] = {}
+
+
+def gpu_identity(device: int) -> tuple[str, str]:
+    """(name, compute capability) of GPU `device`: ("NVIDIA H200", "9.0")."""
+    found = _gpus.get(device)
+    if found is None:
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+        name = props["name"]
+        found = _gpus[device] = (name.decode() if isinstance(name, bytes) else str(name),
+                                 f"{props['major']}.{props['minor']}")
+    return found
+
+
+# a kernel that keeps the GPU busy for a while (one thread spinning on the GPU's nanosecond clock),
+# queued before the timed launches: the host then queues them faster than the GPU runs them, so the
+# events time kernels back to back, not the host's launch cost (which a kernel of a few microseconds
+# would otherwise measure)
+HOLD_SOURCE = """
+@triton.jit
+def jitorch_hold(nanoseconds):
+    start = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    now = start
+    while now - start < nanoseconds:
+        now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+"""
+_HOLD_NS = 1_000_000  # longer than the host takes to queue one configuration's launches and events
+_holds: dict[int, Callable] = {}  # device -> the hold kernel's prepared launch
+
+
+def _hold() -> Callable:
+    device = cupy.cuda.runtime.getDevice()
+    found = _holds.get(device)
+    if found is None:
+        triton_driver.activate()
+        compiled = load_kernel_function(HOLD_SOURCE, "jitorch_hold").warmup(
+            _HOLD_NS, grid=(1, 1, 1), num_warps=1, enable_fp_fusion=False)  # (set: Triton 3.9 warns where unset)
+        found = _holds[device] = triton_driver.launch_function(compiled, (1, 1, 1))
+    return found
+
+
+def time_launches(launch_once: Callable[[], None], warmup: int = 2, repeat: int = 5) -> float:
+    """Milliseconds one `launch_once()` takes on the GPU: the median of `repeat` launches timed with
+    CUDA events on CuPy's current stream, after `warmup` untimed ones, all queued behind a kernel
+    that holds the GPU for a millisecond."""
+    hold = _hold()
+    stream = cupy.cuda.get_current_stream()
+    events = [(cupy.cuda.Event(), cupy.cuda.Event()) for _ in range(repeat)]
+    hold(stream.ptr, (_HOLD_NS,))
+    for _ in range(warmup):
+        launch_once()
+    for start, end in events:
+        start.record(stream)
+        launch_once()
+        end.record(stream)
+    events[-1][1].synchronize()
+    return statistics.median(cupy.cuda.get_elapsed_time(start, end) for start, end in events)
+
+
+def _as_json(config: Config) -> dict:
+    """A renderer's `Config` as its choice is recorded: {"constexprs": {...}, "num_warps": n}."""
+    return {"constexprs": dict(config.constexprs), "num_warps": config.num_warps}
+
+
+def _format(config: Config | dict) -> str:
+    """`BLOCK=1024 num_warps=4` for a `Config` or its record, for logs (ROW_IN_REGISTERS, the same in
+    every configuration offered, left out)."""
+    record = config if isinstance(config, dict) else _as_json(config)
+    return " ".join([*(f"{k}={v}" for k, v in record["constexprs"].items() if k != "ROW_IN_REGISTERS"),
+                     f"num_warps={record['num_warps']}"])
+
+
+def _read_choice(path: str, key: dict) -> dict | None:
+    """The configuration recorded in `path` for `key` (`_as_json`'s form); None where the file is
+    missing, unreadable, damaged or made for another key (it is written again once the kernel is
+    timed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+        config = found["config"]
+        if found["key"] != key or not isinstance(config["constexprs"], dict):
+            return None
+        return {"constexprs": config["constexprs"], "num_warps": config["num_warps"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
