@@ -26,6 +26,7 @@ from .. import get_float32_matmul_precision
 from .blas import matmul as nvmath_matmul
 from .gpu_check import cupy
 from .graphs import capturing
+from .scalars import device_array
 
 _BFLOAT16 = _dt.bfloat16.np
 # cuBLAS's cublasMath_t (cublas_api.h), which CuPy does not name: TF32 tensor cores for float32
@@ -82,13 +83,18 @@ def _cumsum(x, dim):
 
 
 def _on_device(name: str, kernel: Callable) -> Callable:
-    """`kernel` with its numpy inputs copied to the GPU first (CuPy refuses numpy arrays), and a
-    float32 answer to bfloat16 inputs rounded to the dtype primitive `name` makes."""
+    """`kernel` with its numpy inputs copied to the GPU first (CuPy refuses numpy arrays; see
+    `scalars.py`), and a float32 answer to bfloat16 inputs rounded to the dtype primitive `name` makes."""
     infer = PRIMS[name].infer
 
     def run(*arrays, **params):
-        arrays = [cupy.asarray(a) if type(a) is np.ndarray else a for a in arrays]
+        moved = None
+        if any(type(a) is np.ndarray for a in arrays):
+            moved = [device_array(a) if type(a) is np.ndarray else a for a in arrays]
+            arrays = moved
         out = kernel(*arrays, **params)
+        if moved is not None and any(out is a for a in moved):
+            out = out.copy()  # never hand out the cached device copy of a CPU scalar
         if out.dtype == np.float32 and any(getattr(a, "dtype", None) == _BFLOAT16 for a in arrays):
             out = out.astype(infer(*arrays, **params)[1], copy=False)
         return out
@@ -124,3 +130,31 @@ OVERRIDES: dict[str, Callable] = {
     "cumsum": _cumsum,
 }
 KERNELS: dict[str, Callable] = {name: _on_device(name, kernel) for name, kernel in (SHARED | OVERRIDES).items()}
+
+
+def _through_triton(name: str, fallback: Callable) -> Callable:
+    """Elementwise op `name` as a one-node Triton kernel where its operands allow
+    (`eager_pointwise.py`), else `fallback`; Triton is imported on the first call, and where it is
+    missing `fallback` serves for good."""
+
+    def first_call(*arrays, **params):
+        try:
+            from .eager_pointwise import eager_pointwise
+        except ImportError:
+            run = fallback
+        else:
+            run = eager_pointwise(name, fallback)
+        KERNELS[name] = run  # (dispatch looks kernels up per call; plans made already keep this one)
+        return run(*arrays, **params)
+
+    return first_call
+
+
+def _use_triton_for_elementwise_ops() -> None:
+    from .eager_pointwise import EXACT_OPS
+
+    for name in EXACT_OPS & KERNELS.keys():
+        KERNELS[name] = _through_triton(name, KERNELS[name])
+
+
+_use_triton_for_elementwise_ops()
