@@ -31,7 +31,8 @@ Only the standard `tl` functions that Triton 3.6 and 3.9 both have, on the GPU a
 interpreter, are used (the interpreter cannot call libdevice): tanh, round, trunc, pow and sigmoid
 are written out below with them. Where the GPU's own arithmetic differs from the CPU's, the
 generated code says so: float-to-integer conversions give the CPU's (x86's) answer for NaN and out
-of range values; pow is float32 only (computed in float64); tl.exp and tl.log are the GPU's fast
+of range values; pow is float32 only (computed in float64); division is IEEE's (`tl.div_rn` in
+float32, where `/` is approximate); tl.exp and tl.log are the GPU's fast
 approximations (a few ulps; tens for exp of large arguments), as in torch.compile's kernels.
 
 This module only renders text and answers which nodes it renders (`fusible`); it never imports
@@ -145,6 +146,12 @@ def _negative(v: Value, x: str) -> str:
     return f"-1.0 * {x}" if is_float(v) else f"-{x}"
 
 
+def _divide(n: Node, x: str, y: str) -> str:
+    """x / y correctly rounded, as numpy and CuPy divide: Triton's `/` on float32 is the GPU's
+    approximate division (`div.full.f32`, 2 ulps), `tl.div_rn` the IEEE one; float64's `/` is IEEE."""
+    return f"tl.div_rn({x}, {y})" if n.out.dtype.name == "float32" else f"{x} / {y}"
+
+
 def _sqrt(n: Node, x: str) -> str:
     """Correctly rounded, as numpy's: tl.sqrt is approximate in float32 (and tl.sqrt_rn float32 only)."""
     return f"tl.sqrt_rn({x})" if n.out.dtype.name == "float32" else f"tl.sqrt({x})"
@@ -206,8 +213,8 @@ _FLOAT_ONLY: dict[str, Callable] = {
     "exp": lambda code, n, a: f"tl.exp({a[0]})",
     "log": lambda code, n, a: f"tl.log({a[0]})",
     "sqrt": lambda code, n, a: _sqrt(n, a[0]),
-    "rsqrt": lambda code, n, a: f"1.0 / {_sqrt(n, a[0])}",
-    "reciprocal": lambda code, n, a: f"1.0 / {a[0]}",
+    "rsqrt": lambda code, n, a: _divide(n, "1.0", _sqrt(n, a[0])),
+    "reciprocal": lambda code, n, a: _divide(n, "1.0", a[0]),
     "tanh": _tanh,
     "sigmoid": _sigmoid,
     "erf": lambda code, n, a: f"tl.math.erf({a[0]})",
@@ -217,7 +224,7 @@ _FLOAT_ONLY: dict[str, Callable] = {
     "round": _round,
     "relu": lambda code, n, a: f"tl.where({a[0]} < 0, 0.0, {a[0]})",  # NaN and -0.0 pass, as PyTorch's relu
     "relu_backward": lambda code, n, a: f"tl.where({a[1]} <= 0, 0.0, {a[0]})",
-    "div": _binary("/"),  # IEEE division (tl.math.fdiv would be the approximate one)
+    "div": lambda code, n, a: _divide(n, a[0], a[1]),
     "pow": _pow,
 }
 

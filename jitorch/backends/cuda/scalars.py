@@ -37,7 +37,8 @@ def device_array(array: np.ndarray, dtype: np.dtype | None = None):
 
 
 def _upload(array: np.ndarray):
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy()  # (not np.ascontiguousarray: it makes a 0-d array 1-d)
     out = cupy.empty(array.shape, array.dtype)
     if array.nbytes:
         out.data.copy_from_host_async(array.ctypes.data, array.nbytes, cupy.cuda.get_current_stream())
