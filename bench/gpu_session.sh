@@ -5,7 +5,8 @@
 #
 #     OUT=/tmp/gpu-results bash bench/gpu_session.sh [PHASE ...]   # OUT may come from the runner
 #
-# Phases, in the order given (default: all of them but profile): tests (the tests marked gpu),
+# Phases, in the order given (default: all of them but profile and tests-new): tests (the tests
+# marked gpu), tests-new (those of the newest parts and the op harness's cases near them),
 # eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
 # one float32 matmul precision each: a full run takes both), profile (where one eager and compiled
 # char_lm step spend their time). Each fits one 10-minute call of a GPU machine.
@@ -52,8 +53,19 @@ for phase in "${PHASES[@]}"; do
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         eager) run_bench eager_cuda 120 python3 bench/eager.py --device cuda --out "$OUT/eager_cuda.md" ;;
         fusion) run_bench fusion_cuda 420 python3 bench/fusion.py --device cuda --out "$OUT/fusion-cuda.md" ;;
+        tests-new)  # a short call: the GPU tests of the newest parts, and the op harness's cases near them
+            files=()
+            for f in tests/test_eager_pointwise.py tests/test_eager_fusion.py tests/test_cuda_graphs.py \
+                     tests/test_autotune.py tests/test_cuda_backend.py tests/test_attention_triton.py \
+                     tests/test_triton_driver.py tests/test_ops_cuda.py; do
+                [ -f "$f" ] && files+=("$f")
+            done
+            python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs "${files[@]}" \
+                -k "not test_op_matches or 0d or scalar or inplace or softmax or attention" 2>&1 \
+                | tee "$OUT/gpu_tests.log" | tail -40
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         train-highest|train-high)
-            run_bench "${phase/-/_cuda_}" 540 python3 bench/train.py --device cuda --precisions "${phase#train-}" \
+            run_bench "${phase/-/_cuda_}" 560 python3 bench/train.py --device cuda --precisions "${phase#train-}" \
                 --out "$OUT/${phase/-/_cuda_}.md" ;;
         profile)
             run_bench profile_cuda 300 python3 bench/train.py --device cuda --precisions highest --workloads char_lm \

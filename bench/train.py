@@ -6,6 +6,7 @@ PyTorch eager on the CPU or on one GPU, in one run.
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
     python bench/train.py --prims         # also prints jitorch's kernel time per primitive
     python bench/train.py --device cuda   # on the GPU: writes bench/results/train_cuda.md
+    python bench/train.py --device cuda --precisions highest   # one precision: train_cuda_highest.md
 
 Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
 sizes, optimizers and data are the same):
@@ -548,7 +549,8 @@ def main() -> None:
     parser.add_argument("--workloads", default=None,
                         help="cuda only: a comma-separated subset of mlp,small_mlp,digits,char_lm,gpt (a partial run)")
     parser.add_argument("--precisions", default=None,
-                        help="cuda only: a comma-separated subset of highest,high (a partial run)")
+                        help="cuda only: a comma-separated subset of highest,high (one alone writes "
+                             "train_cuda_<precision>.md)")
     parser.add_argument("--out", default=None,
                         help="the file to write (default: bench/results/train_cpu.md or train_cuda.md; nothing for "
                              "a partial run)")
@@ -583,9 +585,13 @@ def main_cuda(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     lm_steps = LM_STEPS_CUDA if args.lm_steps is None else args.lm_steps
     only = set(args.workloads.split(",")) if args.workloads else None
     precisions = args.precisions.split(",") if args.precisions else list(PRECISIONS)
-    partial = (args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS or only is not None
-               or precisions != list(PRECISIONS))
-    out = results_path("train_cuda", partial, args.out)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"--precisions: unknown {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    partial = args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS or only is not None
+    # one precision is a whole run of its own (a GPU machine's call may not fit both): its own page
+    name = "train_cuda" if sorted(precisions) == sorted(PRECISIONS) else "train_cuda_" + "_".join(precisions)
+    out = results_path(name, partial, args.out)
     measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims, only)
                 for p in precisions]
     set_matmul_precision("highest")
