@@ -17,7 +17,6 @@ float casts, relu, sqrt): the fast exp/log approximations of fused kernels stay 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -65,23 +64,33 @@ class FlatKernel:
         self.arguments = Arguments(source.params, len(inputs), 1, len(source.constexprs))
         element = {(p.kind, p.operand): p.type.removeprefix("*") for p in source.params}
         self.pointer_types = [element[("input", k)] for k in range(len(inputs))] + [element[("output", 0)]]
-        self._launches: dict[tuple, Callable] = {}
+        self._launches: dict[tuple, Callable] = {}  # (device, aligned, n's specialization, BLOCK, grid) -> launch
+        self._sized: dict[tuple, tuple[Callable, int]] = {}  # (n, aligned, device) -> (launch, BLOCK)
 
     def run(self, arrays: list, shape: tuple[int, ...]):
-        n = math.prod(shape)
         out = cupy.empty(shape, self.out_dtype)
         pointers = [a.data.ptr for a in arrays]
         pointers.append(out.data.ptr)
         every = 0
         for p in pointers:
             every |= p
+        n = out.size
+        sized = (n, not every & 15, cupy.cuda.runtime.getDevice())
+        found = self._sized.get(sized)
+        if found is None:
+            found = self._sized[sized] = self._size(n, sized[1], sized[2])
+        launch, block = found
+        pointers += (n, block)
+        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(pointers))
+        return out
+
+    def _size(self, n: int, aligned: bool, device: int) -> tuple[Callable, int]:
+        """The launch (and its BLOCK) for `n` elements: the variant Triton compiles for such a call."""
         config = self.source.configs((n,))[0]
         block = config.constexprs["BLOCK"]
         grid = (n + block - 1) // block
-        key = (cupy.cuda.runtime.getDevice(), not every & 15, n % 16 == 0, n == 1, n >= 2**31, block, grid)
-        launch = self._launches.get(key) or self._prepare(key, n, config)
-        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(pointers + [n, block]))
-        return out
+        key = (device, aligned, n % 16 == 0, n == 1, n >= 2**31, block, grid)
+        return self._launches.get(key) or self._prepare(key, n, config), block
 
     def _prepare(self, key: tuple, n: int, config) -> Callable:
         """Compile (or find compiled) the variant of `key` and prepare its launch over its grid."""
@@ -104,13 +113,13 @@ _kernels: dict[tuple, FlatKernel | None] = {}  # (op, params, dtypes, scalars) -
 
 
 def _flat_kernel(op: str, params: dict, arrays: list) -> FlatKernel | None:
-    dtypes = tuple(a.dtype for a in arrays)
-    scalars = tuple(a.ndim == 0 for a in arrays)
-    key = (op, tuple(sorted(params.items())), dtypes, scalars)
+    key = (op, tuple(sorted(params.items())) if params else (), *[(a.dtype, a.ndim == 0) for a in arrays])
     try:
         return _kernels[key]
     except KeyError:
         pass
+    dtypes = tuple(a.dtype for a in arrays)
+    scalars = tuple(a.ndim == 0 for a in arrays)
     found = None
     if all(d in _DTYPES for d in dtypes):
         out_dtype = np.dtype(PRIMS[op].infer(*arrays, **params)[1])
