@@ -67,13 +67,19 @@ class _TapedKernel:
         return getattr(self._kernel, name)
 
     def run(self, inputs: list, outs: list | None = None) -> list:
-        results = list(self._kernel.run(inputs, outs))
         if self._backend.tape is None:
-            return results
-        self._backend.tape.append(lambda: self._kernel.run(inputs, results))
-        for r in results:
-            r[...] = _garbage_like(r)
-        return results
+            return list(self._kernel.run(inputs, outs))
+        # an output given over one of its inputs' buffers (a parameter updated in place) keeps its old
+        # value while capturing, as on the GPU, where nothing runs then
+        over = [o is not None and any(o is i for i in inputs) for o in outs] if outs is not None else []
+        trial = None if outs is None else [None if a else o for o, a in zip(outs, over)]
+        results = list(self._kernel.run(inputs, trial))
+        targets = [outs[j] if over and over[j] else r for j, r in enumerate(results)]
+        self._backend.tape.append(lambda: self._kernel.run(inputs, targets))
+        for j, r in enumerate(targets):
+            if not (over and over[j]):
+                r[...] = _garbage_like(r)
+        return targets
 
 
 class TapeBackend(CPUBackend):

@@ -259,10 +259,14 @@ class _Captured:
             results = program.plan.run(self.inputs, arena=self.arena)
             input_ids = {id(a) for a in self.inputs}
             # results may be views of inputs about to be overwritten: copies first, as Program does
-            staged = [program._owned(results[slot], input_ids) for slot in slots]
+            # (a result the plan wrote into its own tensor's buffer needs no copy)
+            own = [t._data for t, _ in self.written]
+            staged = [results[slot] if k < len(own) and results[slot] is own[k]
+                      else program._owned(results[slot], input_ids) for k, slot in enumerate(slots)]
             n_written, n_host = len(self.written), len(self.host_writes)
             for (t, _), value in zip(self.written, staged):
-                backend.copy_into(t._data, value)
+                if value is not t._data:
+                    backend.copy_into(t._data, value)
             # what goes to CPU tensors is gathered into one buffer, copied back once per call
             host_values = staged[n_written: n_written + n_host]
             host_values += [v for (_, _, on_host), v in zip(self.arg_writes, staged[n_written + n_host:]) if on_host]

@@ -71,7 +71,7 @@ class Program:
         self.graph = graph
         self.backend = backend
         self.device = device
-        self.plan = Plan(graph, backend)
+        self.plan = Plan(graph, backend, overwrites=_overwrites(graph, info, backward))
         self.info = info
         self.out_treedef = out_treedef
         self.out_consts = out_consts
@@ -209,9 +209,11 @@ class Program:
         input_ids = {id(a) for a in inputs}
         targets = self.write_targets(leaves)
         # results may be views of inputs that are about to be overwritten: copy those first
-        staged = [(t, self._owned(results[slot], input_ids)) for t, slot in targets]
+        staged = [(t, None if results[slot] is t._data else self._owned(results[slot], input_ids))
+                  for t, slot in targets]
         for t, value in staged:
-            t._backend().copy_into(t._data, self._placed(value, t._device))
+            if value is not None:  # (None: the plan wrote the new value into the tensor's own buffer)
+                t._backend().copy_into(t._data, self._placed(value, t._device))
             t._bump_version()
         for p, slot in info.grad_writes:
             p._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
@@ -256,6 +258,25 @@ class Program:
                                 functools.partial(double, user_slots.index(slot)))
             out.grad_fn = AutogradNode(_COMPILED_BACKWARD, diff_inputs, {}, out, vjp=vjp)
             out.requires_grad = True
+
+
+def _overwrites(graph: Graph, info: TraceInfo, backward: CompiledBackward | None) -> dict[int, int]:
+    """Graph output index -> graph input index, for outputs read by nothing but the write-back of
+    the tensor that input is (a parameter's or a state's update, an argument written in place): the
+    plan may compute them straight into that tensor's buffer (`Plan`'s `overwrites`)."""
+    lifted = {id(inp.ref): i for i, inp in enumerate(graph.inputs) if inp.kind == "lifted"}
+    args = {inp.ref: i for i, inp in enumerate(graph.inputs) if inp.kind == "arg"}
+    wanted = {slot: lifted.get(id(t)) for t, slot in info.writes}
+    wanted.update({slot: args.get(leaf) for leaf, slot in info.arg_writes})
+    read_otherwise = [slot for slot in info.user_out if slot is not None]
+    read_otherwise += [slot for _, slot in info.grad_writes if slot is not None]
+    read_otherwise += [slot for _, slot in info.escaped] + [slot for _, slot in info.born_writes]
+    if backward is not None:
+        read_otherwise += list(range(len(graph.outputs) - backward.n_saved, len(graph.outputs)))
+        read_otherwise += list(backward.out_slots)
+    written = [slot for _, slot in info.writes] + [slot for _, slot in info.arg_writes]
+    return {slot: i for slot, i in wanted.items()
+            if i is not None and slot not in read_otherwise and written.count(slot) == 1}
 
 
 class _DoubleBackward:

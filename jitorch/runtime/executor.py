@@ -29,6 +29,7 @@ from ..backends import Backend, backend_for
 from ..errors import FusionWarning
 from ..ir.fusion import Kernel, describe, partition
 from ..ir.graph import Graph, Node, Value, format_node
+from ..primitives import VIEW_PRIMS
 
 
 def fusion_enabled() -> bool:
@@ -57,13 +58,19 @@ class KernelStep:
     outs: tuple[int, ...]
     frees: tuple[int, ...]
     arena: tuple[int | None, ...]  # per output: its buffer in the program's arena, or None (fresh)
+    overwrite: tuple[int | None, ...] = ()  # per output: the input slot whose buffer it is written into, if any
 
 
 class Plan:
     """A graph flattened into steps over numbered slots, freeing each value after its last use."""
 
-    def __init__(self, graph: Graph, backend: Backend | None = None, fuse: bool | None = None) -> None:
+    def __init__(self, graph: Graph, backend: Backend | None = None, fuse: bool | None = None,
+                 overwrites: dict[int, int] | None = None) -> None:
+        """`overwrites`: graph output index -> graph input index, for outputs that only replace that
+        input's value (a parameter's update written back into it): where it is safe, the fused kernel
+        that computes the output writes it straight into the input's buffer (see `_overwrites`)."""
         self.graph = graph
+        self.overwrites = overwrites or {}
         self.backend = backend if backend is not None else backend_for("cpu")
         self.slot_of: dict[int, int] = {inp.value.id: i for i, inp in enumerate(graph.inputs)}
         self.n_inputs = len(graph.inputs)
@@ -104,9 +111,54 @@ class Plan:
                 logs.log("kernels", kernel.source)
         compiled = dict(zip(map(id, kernels), self.kernels))
         items = [compiled.get(id(k), k) for k in order if not (isinstance(k, Node) and k.op == "const")]
-        return self._steps(items, self._plan_memory(items))
+        return self._steps(items, self._plan_memory(items), self._overwrites(items))
 
-    def _steps(self, items: list, arena_of: dict[int, int]) -> list:
+    def _overwrites(self, items: list) -> dict[int, int]:
+        """Value id -> the slot of the graph input whose buffer the fused kernel making it writes into:
+        for each output that `overwrites` allows, when a pointwise kernel (a row kernel rereads its
+        input after writing) makes it from that input read element for element (same shape and
+        dtype), and nothing reads the input, or a view of it, after that kernel. The old value is then
+        dead when the new one is written over it, and no copy is needed to write it back."""
+        graph = self.graph
+        maker: dict[int, int] = {}
+        last_read: dict[int, int] = {}
+        views: dict[int, list[int]] = {}  # value id -> ids of the views eager steps made of it
+        for step, item in enumerate(items):
+            made = [item.out] if isinstance(item, Node) else item.kernel.outputs
+            for v in made:
+                maker[v.id] = step
+            for v in item.inputs if isinstance(item, Node) else item.kernel.inputs:
+                last_read[v.id] = step
+                if isinstance(item, Node) and item.op in VIEW_PRIMS:
+                    views.setdefault(v.id, []).append(item.out.id)
+        output_ids = [v.id for v in graph.outputs]
+        found: dict[int, int] = {}
+        taken: set[int] = set()  # inputs whose buffers an output takes
+        for out_index, in_index in self.overwrites.items():
+            v, u = graph.outputs[out_index], graph.inputs[in_index].value
+            step = maker.get(v.id)
+            if (step is None or output_ids.count(v.id) != 1 or u.id in output_ids or u.id in taken
+                    or v.shape != u.shape or v.dtype != u.dtype):
+                continue
+            item = items[step]
+            if isinstance(item, Node) or item.kernel.rows or item.kernel.shape != v.shape:
+                continue
+            family, stack = set(), [u.id]  # u and every view of it
+            while stack:
+                w = stack.pop()
+                if w not in family:
+                    family.add(w)
+                    stack.extend(views.get(w, ()))
+            if any(last_read.get(w, -1) > step for w in family) or family & set(output_ids):
+                continue
+            reads = {w.id for w in item.kernel.inputs}
+            if u.id not in reads or (reads & family) != {u.id}:  # read only as itself, element for element
+                continue
+            found[v.id] = self.slot_of[u.id]
+            taken.add(u.id)
+        return found
+
+    def _steps(self, items: list, arena_of: dict[int, int], overwrite: dict[int, int] | None = None) -> list:
         slot_of = self.slot_of
         reads = [item.inputs if isinstance(item, Node) else item.kernel.inputs for item in items]
         last_use: dict[int, int] = {}
@@ -124,7 +176,9 @@ class Plan:
                 steps.append(PrimStep(item, kernels[item.op], ins, slot_of[item.out.id], frees, into))
             else:
                 outs = tuple(slot_of[v.id] for v in item.kernel.outputs)
-                steps.append(KernelStep(item, ins, outs, frees, tuple(arena_of.get(v.id) for v in item.kernel.outputs)))
+                into = tuple((overwrite or {}).get(v.id) for v in item.kernel.outputs)
+                steps.append(KernelStep(item, ins, outs, frees, tuple(arena_of.get(v.id) for v in item.kernel.outputs),
+                                        into if any(i is not None for i in into) else ()))
         return steps
 
     def _plan_memory(self, items: list) -> dict[int, int]:
@@ -220,6 +274,8 @@ class Plan:
                             env[step.out] = result if type(result) is buffer_type else as_buffer(result)
                         else:
                             outs = None if arena is None else [arena.get(slot) for slot in step.outs]
+                            if step.overwrite:
+                                outs = _overwritten(step, env, outs, buffer_type)
                             results = step.kernel.run(args, outs)
                             for slot, result in zip(step.outs, results):
                                 env[slot] = result
@@ -233,6 +289,19 @@ class Plan:
             if arena is not None and not reserved:
                 self._arenas.append(arena)
         return [env[i] for i in self.output_slots]
+
+
+def _overwritten(step: KernelStep, env: list, outs: list | None, buffer_type: type) -> list:
+    """The output buffers of a kernel step that writes some outputs over its inputs' buffers: those
+    inputs' arrays, where they are C-contiguous buffers of the backend (else a fresh array and the
+    usual copy back)."""
+    outs = list(outs) if outs is not None else [None] * len(step.outs)
+    for j, slot in enumerate(step.overwrite):
+        if slot is not None:
+            buffer = env[slot]
+            if type(buffer) is buffer_type and buffer.flags.c_contiguous:
+                outs[j] = buffer
+    return outs
 
 
 def _typed(buffer, shape: tuple[int, ...], dtype: np.dtype):
