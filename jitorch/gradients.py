@@ -17,7 +17,7 @@ from . import autograd
 from .autograd import sum_to_shape
 from .dispatch import dispatch
 from .ops import as_operand, einsum, fold, unfold
-from .primitives import PRIMS, reduced_shape
+from .primitives import PRIMS, attention_backward_sizes, reduced_shape
 
 VJP: dict[str, Callable] = {}
 
@@ -360,6 +360,35 @@ VJP["unfold"] = _unfold_vjp
 
 
 VJP["fold"] = _fold_vjp
+
+
+def _attention_vjp(g, n):
+    q, k, v = n.inputs
+    if autograd._grad_mode.enabled:  # backward with create_graph=True: a gradient that is differentiable
+        return _attention_vjp_with_ops(g, n)
+    packed = apply("attention_backward", q, k, v, n.out, g, **n.params)
+    grads, start = [], 0
+    for x, size, needed in zip(n.inputs, attention_backward_sizes(q.shape, k.shape, v.shape), n.needs):
+        grads.append(packed.narrow(0, start, size).reshape(x.shape) if needed else None)
+        start += size
+    return tuple(grads)
+
+
+def _attention_vjp_with_ops(g, n):
+    """The attention's gradients written with ops on its materialized probabilities, so that
+    autograd can differentiate them again (`attention_backward` has no vjp of its own)."""
+    q, k, v = n.inputs
+    scale = n.params["scale"]
+    scores = (q * scale) @ k.mT
+    if n.params["is_causal"]:
+        keep = as_operand(np.tril(np.ones(tuple(scores.shape[-2:]), dtype=bool)), q)
+        scores = scores.masked_fill(keep.logical_not(), float("-inf"))
+    p = scores.softmax(-1)
+    dp = g @ v.mT
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    return (ds @ k) * scale, (ds.mT @ q) * scale, p.mT @ g
+
+VJP["attention"] = _attention_vjp
 
 
 autograd.use_vjps(VJP)

@@ -16,6 +16,7 @@ Params are hashable values (ints, tuples, DTypes) so an IR node can be printed, 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -272,6 +273,52 @@ def _einsum_infer(*xs, equation):
 
 
 defprim("einsum", PrimKind.MATMUL, _einsum_infer, saves=None)
+
+
+def _check_attention_operands(name: str, q, k, v) -> None:
+    """q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev) of one float dtype, or a ShapeError/TypeError
+    naming all three."""
+    shown = f"query {tuple(q.shape)} {q.dtype}, key {tuple(k.shape)} {k.dtype}, value {tuple(v.shape)} {v.dtype}"
+    if not (len(q.shape) == len(k.shape) == len(v.shape) == 4):
+        raise ShapeError(f"{name}: query, key and value must be 4-D (batch, heads, length, embedding); got {shown}")
+    if q.shape[:2] != k.shape[:2] or q.shape[:2] != v.shape[:2]:
+        raise ShapeError(f"{name}: query, key and value must share their (batch, heads) dims; got {shown}. "
+                         "Expand or reshape them to a common batch first.")
+    if q.shape[3] != k.shape[3] or k.shape[2] != v.shape[2]:
+        raise ShapeError(f"{name}: query and key must have the same embedding size and key and value the same "
+                         f"length; got {shown}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype.kind not in "fV":  # ml_dtypes' bfloat16 is of kind "V"
+        raise TypeError(f"{name}: query, key and value must have one floating dtype; got {shown}")
+
+
+def _attention_infer(q, k, v, is_causal, scale):
+    _check_attention_operands("attention", q, k, v)
+    return q.shape[:3] + v.shape[3:], q.dtype
+
+
+def attention_backward_sizes(q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...]
+                             ) -> tuple[int, int, int]:
+    """The element counts of dq, dk and dv, which `attention_backward` packs one after the other."""
+    return math.prod(q_shape), math.prod(k_shape), math.prod(v_shape)
+
+
+def _attention_backward_infer(q, k, v, out, grad_out, is_causal, scale):
+    _check_attention_operands("attention_backward", q, k, v)
+    expected = q.shape[:3] + v.shape[3:]
+    if tuple(out.shape) != expected or tuple(grad_out.shape) != expected:
+        raise ShapeError(f"attention_backward: out {tuple(out.shape)} and grad_out {tuple(grad_out.shape)} must "
+                         f"both have the attention's output shape {expected}")
+    return (sum(attention_backward_sizes(q.shape, k.shape, v.shape)),), q.dtype
+
+
+# Attention, softmax(q k^T * scale) v with an optional causal mask (query i sees keys j <= i), over
+# (B, H, L, E) queries and (B, H, S, E), (B, H, S, Ev) keys and values: one primitive, so that a
+# backend may compute it without the (B, H, L, S) scores (a flash-attention kernel on the GPU).
+# One output per primitive: its backward returns dq, dk and dv packed flat in that order (views of
+# it are the gradients), and recomputes the softmax's row statistics from q and k instead of taking
+# them from the forward.
+defprim("attention", PrimKind.MATMUL, _attention_infer, saves=(0, 1, 2), saves_out=True)
+defprim("attention_backward", PrimKind.MATMUL, _attention_backward_infer)
 
 
 def _gather_infer(x, index, dim):

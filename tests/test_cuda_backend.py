@@ -312,6 +312,12 @@ CASES = [
     Case("unfold", lambda r: (f32(r, 2, 3, 9, 9),), CONV),
     Case("unfold", lambda r: (f32(r, 2, 8, 20, 20),), CONV, label="large"),
     Case("fold", lambda r: (f32(r, 2, 27, 5 * 9),), {"output_size": (9, 9), **CONV}, **SUMS),  # 5x9 windows
+    # flash attention (Triton) against the CPU's materialized scores; tests/test_attention_triton.py has more
+    Case("attention", lambda r: (f32(r, 2, 3, 70, 32), f32(r, 2, 3, 90, 32), f32(r, 2, 3, 90, 32)),
+         {"is_causal": True, "scale": 0.2}, rtol=1e-4, atol=1e-5),
+    Case("attention_backward", lambda r: (f32(r, 2, 3, 70, 32), f32(r, 2, 3, 90, 32), f32(r, 2, 3, 90, 32),
+                                          f32(r, 2, 3, 70, 32), f32(r, 2, 3, 70, 32)),
+         {"is_causal": False, "scale": 0.2}, rtol=1e-4, atol=1e-4),
     # CuPy computes most bfloat16 ufuncs in float32: the backend rounds their results to bfloat16
     *[Case(p, lambda r: (bf16(np.abs(f32(r, 4, 300)) + 0.5), bf16(f32(r, 300))), rtol=1e-2, atol=1e-2,
            label="bfloat16") for p in ("add", "mul", "maximum", "pow", "div")],

@@ -175,6 +175,12 @@ CASES: dict[str, list] = {
     ],
     "unfold": [lambda rng: ([_real(rng, 2, 2, 4, 5)], dict(_CONV))],
     "fold": [lambda rng: ([_real(rng, 2, 8, 10)], {"output_size": (4, 5), **_CONV})],
+    "attention": [
+        lambda rng: ([_real(rng, 2, 2, 5, 4), _real(rng, 2, 2, 6, 4), _real(rng, 2, 2, 6, 3)],
+                     {"is_causal": False, "scale": 0.7}),
+        lambda rng: ([_real(rng, 1, 2, 6, 4), _real(rng, 1, 2, 4, 4), _real(rng, 1, 2, 4, 5)],
+                     {"is_causal": True, "scale": 0.5}),
+    ],
 }
 
 

@@ -100,6 +100,12 @@ class Backend:
     def compile_kernels(self, descs: list) -> list:
         raise BackendError(f"the {self.device_type} backend compiles no fused kernels")
 
+    def fuses_attention(self, dtype: np.dtype, head_dim: int, value_head_dim: int) -> bool:
+        """Whether the `attention` primitive has a fused kernel here for queries and keys of `dtype`
+        and these head dims: `F.scaled_dot_product_attention` then uses the primitive instead of
+        its composite (every backend computes the primitive; this says it is worth it)."""
+        return False
+
     # --- device graphs (optional): `jitorch.compile(fn, mode="reduce-overhead")` ------------
     captures_graphs: bool = False  # whether `capture` records device work for replay
 

@@ -247,6 +247,48 @@ def _random(xp, seed, counter, *, shape, dtype, dist, offset):
     return philox.draw(dist, int(seed), counters, dtype.np).reshape(shape)
 
 
+def _attention_probabilities(xp, q, k, is_causal, scale):
+    """softmax(q k^T * scale) over the keys, a causal mask keeping keys j <= i for query i (the
+    scores materialized, each row shifted by its maximum). Empty key rows give empty rows."""
+    scores = xp.matmul(q, xp.swapaxes(k, -1, -2)) * scale
+    if is_causal:
+        keep = xp.asarray(np.tril(np.ones(scores.shape[-2:], dtype=bool)))
+        scores = xp.where(keep, scores, -np.inf)
+    if scores.shape[-1] == 0:
+        return scores
+    scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return scores / scores.sum(axis=-1, keepdims=True)
+
+
+def _attention_wide(q, *arrays):
+    """The arrays in the type attention computes in: float32 for half types (as the GPU's kernels
+    accumulate), else their own."""
+    wide = np.float32 if is_half(q.dtype) else q.dtype
+    return [a.astype(wide, copy=False) for a in (q, *arrays)]
+
+
+def attention(xp, q, k, v, *, is_causal, scale):
+    """The `attention` primitive with the scores materialized: the reference that the fused GPU
+    kernels (`jitorch.codegen.triton_attention`) are tested against, and what a backend without
+    one runs."""
+    wq, wk, wv = _attention_wide(q, k, v)
+    return xp.matmul(_attention_probabilities(xp, wq, wk, is_causal, scale), wv).astype(q.dtype, copy=False)
+
+
+def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
+    """dq, dk, dv of `attention` for the output gradient `grad_out`, packed flat in that order. With
+    P the probabilities and dP = grad_out v^T: dv = P^T grad_out; dS = P * (dP - delta), delta
+    being each row's sum of grad_out * out (= sum P * dP); dq = dS k * scale; dk = dS^T q * scale."""
+    wq, wk, wv, wout, wg = _attention_wide(q, k, v, out, grad_out)
+    p = _attention_probabilities(xp, wq, wk, is_causal, scale)
+    dv = xp.matmul(xp.swapaxes(p, -1, -2), wg)
+    delta = (wg * wout).sum(axis=-1, keepdims=True)
+    ds = p * (xp.matmul(wg, xp.swapaxes(wv, -1, -2)) - delta)
+    dq = xp.matmul(ds, wk) * scale
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), wq) * scale
+    return xp.concatenate([dq.ravel(), dk.ravel(), dv.ravel()]).astype(q.dtype, copy=False)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -326,5 +368,7 @@ def make_kernels(xp) -> dict[str, Callable]:
         "unfold": partial(unfold, xp),
         "fold": partial(fold, xp),
         "random": partial(_random, xp),
+        "attention": partial(attention, xp),
+        "attention_backward": partial(attention_backward, xp),
     }
     return kernels

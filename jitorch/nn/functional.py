@@ -16,7 +16,8 @@ import numpy as np
 from .. import dtypes as _dt
 from .. import ops as _ops
 from ..creation import rand
-from ..dispatch import fuses_composites
+from ..dispatch import dispatch, fuses_composites
+from ..primitives import PRIMS, broadcast_shapes
 from ..tensor import Tensor
 
 __all__ = [
@@ -1105,6 +1106,13 @@ def scaled_dot_product_attention(
     """softmax(Q K^T * scale + mask) V over (..., L, E) queries and (..., S, E) keys.
 
     A boolean `attn_mask` marks the positions that take part (True = attend); a float mask is added.
+    `is_causal` masks keys after each query (query i sees keys j <= i).
+
+    Where the tensors' backend has a fused attention kernel for their dtype and head dims (the GPU:
+    flash attention in Triton, `jitorch.backends.cuda.attention`), attention without a mask or
+    dropout is the `attention` primitive, which never materializes the (..., L, S) scores; eagerly
+    and in `jitorch.compile`d programs alike. Everywhere else, and on the CPU always, it is the
+    composite of ops below (whose softmax a compiled program fuses).
     """
     if query.shape[-1] != key.shape[-1]:
         raise RuntimeError(
@@ -1116,6 +1124,23 @@ def scaled_dot_product_attention(
         raise RuntimeError(
             "_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True"
         )
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """`scaled_dot_product_attention`, where `is_causal` together with an `attn_mask` is PyTorch's
+    hint (as nn.MultiheadAttention and nn.TransformerEncoderLayer take it) that the mask is the
+    causal mask: the fused primitive applies its causal rule instead of reading the mask; the
+    composite adds the mask as given."""
     if enable_gqa and query.ndim >= 3 and key.shape[-3] != query.shape[-3]:
         reps = query.shape[-3] // key.shape[-3]
         key = (
@@ -1129,8 +1154,10 @@ def scaled_dot_product_attention(
             .reshape(*value.shape[:-3], -1, *value.shape[-2:])
         )
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if (dropout_p == 0.0 and (attn_mask is None or is_causal)) and _has_fused_attention(query, key, value):
+        return _fused_attention(query, key, value, is_causal, scale)
     scores = (query * scale) @ key.mT
-    if is_causal:
+    if is_causal and attn_mask is None:
         attn_mask = _causal_mask(query.shape[-2], key.shape[-2], query)
     if attn_mask is not None:
         if attn_mask.dtype is _dt.bool_:
@@ -1141,3 +1168,31 @@ def scaled_dot_product_attention(
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p)
     return weights @ value
+
+
+def _has_fused_attention(query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether the tensors' backend computes the `attention` primitive fused for them: one device
+    (mixed ones take the composite, which raises the usual error), one dtype, at least one query
+    and one key (the composite's answer for empty ones stands), and the backend's say."""
+    device = query._device
+    if key._device is not device or value._device is not device or min(query.ndim, key.ndim, value.ndim) < 2:
+        return False
+    if not (query.dtype is key.dtype is value.dtype) or query.shape[-2] == 0 or key.shape[-2] == 0:
+        return False
+    return query._backend().fuses_attention(query.dtype.np, query.shape[-1], value.shape[-1])
+
+
+def _fused_attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool, scale: float) -> Tensor:
+    """The `attention` primitive over (B, H, length, E) views of the inputs: their batch dims
+    broadcast together, then fewer than two padded with ones or more merged into the first."""
+    batch = broadcast_shapes(tuple(query.shape[:-2]), tuple(key.shape[:-2]), tuple(value.shape[:-2]))
+    lead = (1,) * (2 - len(batch)) + batch if len(batch) <= 2 else (math.prod(batch[:-1]), batch[-1])
+
+    def as_4d(t: Tensor) -> Tensor:
+        if tuple(t.shape[:-2]) != batch:
+            t = t.expand(*batch, *t.shape[-2:])
+        return t if lead == batch else t.reshape(*lead, *t.shape[-2:])
+
+    out = dispatch(PRIMS["attention"], (as_4d(query), as_4d(key), as_4d(value)),
+                   {"is_causal": bool(is_causal), "scale": float(scale)})
+    return out if lead == batch else out.reshape(*batch, *out.shape[-2:])

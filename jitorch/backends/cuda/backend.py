@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import Backend, register
+from . import attention
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
 from .kernels import KERNELS
@@ -83,6 +84,11 @@ class CUDABackend(Backend):
         gpu test prints both). On the device both read and write the same bytes. The price is one
         more compile per distinct kernel, cached on disk."""
         return True
+
+    def fuses_attention(self, dtype: np.dtype, head_dim: int, value_head_dim: int) -> bool:
+        """Where Triton is installed, for float32, float16 and bfloat16 and heads up to 128 wide:
+        flash-attention kernels (`attention.py`)."""
+        return attention.fused(dtype, head_dim, value_head_dim)
 
     def compile_kernels(self, descs: list) -> list:
         """Render each kernel to Triton, and compile it for the current device (the usual

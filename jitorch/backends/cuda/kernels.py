@@ -1,6 +1,7 @@
 """The CUDA backend's eager kernels: the shared kernels of `jitorch.backends.array_kernels` over
 CuPy, with CuPy's own where it differs from numpy: erf from cupyx; matmul and einsum at the float32
-precision `set_float32_matmul_precision` asks for; adds at repeated indices and cumulative sums in
+precision `set_float32_matmul_precision` asks for; attention and its backward as flash-attention
+Triton kernels (`attention.py`); adds at repeated indices and cumulative sums in
 a wider type where CuPy has no kernel for the dtype (bfloat16, bool).
 
 Every kernel takes a numpy input (a CPU scalar joining a GPU op, a compiled program's constant) as
@@ -23,6 +24,7 @@ from ... import dtypes as _dt
 from ...primitives import PRIMS
 from .. import array_kernels as shared
 from .. import get_float32_matmul_precision
+from . import attention
 from .blas import matmul as nvmath_matmul
 from .gpu_check import cupy
 from .graphs import capturing
@@ -128,6 +130,8 @@ OVERRIDES: dict[str, Callable] = {
     "index_put": partial(shared.index_put, cupy, _add_at),
     "scatter_add": partial(shared.scatter_add, cupy, _add_at),
     "cumsum": _cumsum,
+    "attention": attention.attention,
+    "attention_backward": attention.attention_backward,
 }
 KERNELS: dict[str, Callable] = {name: _on_device(name, kernel) for name, kernel in (SHARED | OVERRIDES).items()}
 

@@ -24,7 +24,7 @@ def _as_additive(mask: Tensor | None, like: Tensor) -> Tensor | None:
     if mask is None:
         return None
     if mask.dtype is _dt.bool_:
-        zeros = creation.zeros(tuple(mask.shape), dtype=like.dtype)
+        zeros = creation.zeros(tuple(mask.shape), dtype=like.dtype, device=like.device)
         return zeros.masked_fill(mask, float("-inf"))
     return mask.to(like.dtype)
 
@@ -159,14 +159,20 @@ class MultiheadAttention(Module):
         k = k.reshape(*k.shape[:2], h, hd).permute(to_heads)
         v = v.reshape(*v.shape[:2], h, hd).permute(to_heads)
         mask = self._merged_mask(attn_mask, key_padding_mask, n, q_len, k_len, q)
-        scores = (q * (1.0 / math.sqrt(hd))) @ k.mT
-        if mask is not None:
-            scores = scores + mask
-        weights = scores.softmax(-1)
-        if self.training and self.dropout > 0.0:
-            weights = F.dropout(weights, self.dropout)
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = (q * (1.0 / math.sqrt(hd))) @ k.mT
+            if mask is not None:
+                scores = scores + mask
+            weights = scores.softmax(-1)
+            heads = (F.dropout(weights, dropout_p) if dropout_p > 0.0 else weights) @ v
+        else:
+            # scaled_dot_product_attention, as PyTorch's MultiheadAttention calls it without weights:
+            # is_causal is the hint that attn_mask is the causal mask (a fused kernel may apply its
+            # own), unless a key padding mask was merged into it
+            heads = F._attention(q, k, v, mask, dropout_p, is_causal and key_padding_mask is None, None)
         from_heads = (0, 2, 1, 3) if b == 0 else (2, 0, 1, 3)  # (N, H, L, hd) -> caller's layout
-        out = (weights @ v).permute(from_heads).reshape(-1, e)
+        out = heads.permute(from_heads).reshape(-1, e)
         out = self.out_proj(out).reshape(query.shape[0], query.shape[1], e)
         if unbatched:
             out = out.squeeze(1)
