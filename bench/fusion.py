@@ -373,7 +373,12 @@ def versions(device: str) -> str:
         try:
             parts.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            if name in ("jitorch", "numpy", "torch") or device == "cuda":
+            if name == "jitorch":  # run from a checkout on the path (the GPU machine), not installed
+                import jitorch
+
+                checkout = os.path.dirname(os.path.dirname(jitorch.__file__))
+                parts.append(f"jitorch {jitorch.__version__} (from {checkout})")
+            elif name in ("numpy", "torch") or device == "cuda":
                 parts.append(f"{name} not installed")
     return ", ".join(parts)
 
