@@ -135,17 +135,29 @@ def corpus() -> char_lm.CharCorpus:
     return char_lm.CharCorpus()
 
 
+class ConstantRate:
+    """A stand-in for char_lm's scheduler on the GPU: the learning rate stays as the optimizer was made.
+    torch.compile specializes on Python floats, so a rate changing every step would recompile its step
+    every call; jitorch reads the rate as data either way."""
+
+    def step(self) -> None:
+        pass
+
+
 def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",
-                  sizes: dict[str, int] | None = None) -> Callable[[], None]:
+                  sizes: dict[str, int] | None = None, mode: str = "default",
+                  constant_rate: bool = False) -> Callable[[], None]:
     """`steps` training steps of the char_lm transformer on `device` on pre-drawn batches (the same
-    for both frameworks); `sizes` overrides fields of `char_lm.Config` (a GPT-sized model)."""
+    for both frameworks); `sizes` overrides fields of `char_lm.Config` (a GPT-sized model); `mode`:
+    the compile mode of a compiled step; `constant_rate`: leave the scheduler out (`ConstantRate`)."""
     config = char_lm.Config(vocab_size=len(corpus().chars), **(sizes or {}))
     rng = np.random.default_rng(0)
     batches = [corpus().batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
     lib.manual_seed(0)
     model = char_lm.build_model(config, lib, device)
     optimizer, scheduler = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
-    train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled)
+    scheduler = ConstantRate() if constant_rate else scheduler
+    train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled, mode)
 
     def run() -> None:
         for inputs, targets in batches:
@@ -318,34 +330,10 @@ CUDA_RUNNERS = {
 MLP_STEPS, SMALL_MLP_STEPS = 20, 100
 
 
-class ConstantRate:
-    """A stand-in for char_lm's scheduler on the GPU: the learning rate stays as the optimizer was made.
-    torch.compile specializes on Python floats, so a rate changing every step would recompile its step
-    every call; jitorch reads the rate as data either way."""
-
-    def step(self) -> None:
-        pass
-
-
 def gpu_char_lm_steps(lib, steps: int, mode: str | None, sizes: dict[str, int] | None = None,
                       device: str = "cuda") -> Callable[[], None]:
-    """`steps` training steps of the char_lm transformer on the GPU (see `char_lm_steps`), at a constant
-    learning rate, eager (`mode` None) or compiled in `mode`."""
-    config = char_lm.Config(vocab_size=len(corpus().chars), **(sizes or {}))
-    rng = np.random.default_rng(0)
-    batches = [corpus().batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
-    lib.manual_seed(0)
-    model = char_lm.build_model(config, lib, device)
-    optimizer, _ = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
-    train_step = char_lm.make_train_step(model, optimizer, ConstantRate(), lib, mode is not None, mode or "default")
-
-    def run() -> None:
-        for inputs, targets in batches:
-            train_step(inputs, targets)
-
-    for inputs, targets in batches[:3]:  # warm-up (a compiled step traces on its first two calls)
-        train_step(inputs, targets)
-    return run
+    """`char_lm_steps` on the GPU at a constant learning rate, eager (`mode` None) or compiled in `mode`."""
+    return char_lm_steps(lib, steps, mode is not None, device, sizes, mode or "default", constant_rate=True)
 
 
 def mlp(nn, widths: tuple[int, ...], layer_norm: bool):

@@ -19,26 +19,7 @@ import pytest
 pytest.importorskip("triton")
 
 import jitorch as jt  # noqa: E402
-
-
-class HostArray(np.ndarray):
-    """A numpy array that tells its address as a CuPy array does (`.data.ptr`)."""
-
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
-
-
-def host(a) -> HostArray:
-    return np.asarray(a).view(HostArray)
-
-
-FAKE_CUPY = types.SimpleNamespace(
-    ndarray=HostArray,
-    empty=lambda shape, dtype: np.empty(shape, dtype).view(HostArray),
-    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
-                               get_current_stream=lambda: types.SimpleNamespace(ptr=0x5EED)),
-)
+from tests.test_triton_driver import FAKE_CUPY, HostArray, host  # noqa: E402 - its numpy stand-in for CuPy
 
 
 @pytest.fixture

@@ -227,17 +227,7 @@ class _Captured:
 
     def _host_values(self, leaves: list) -> list[np.ndarray]:
         """This call's host values, in the order of `host_reads` (taking its random counters)."""
-        values = []
-        for kind, ref in self.host_reads:
-            if kind == "arg":
-                values.append(leaves[ref]._data)
-            elif kind == "lifted":
-                values.append(ref._data)
-            elif kind == "grad":
-                values.append(ref._grad._data)
-            else:
-                values.append(self.program.random_input(ref))
-        return values
+        return [self.program.read_input(kind, ref, leaves) for kind, ref in self.host_reads]
 
     def refresh(self, leaves: list, values: list[np.ndarray] | None = None) -> None:
         """Copy this call's inputs into the static inputs (queued before the graph's launch)."""

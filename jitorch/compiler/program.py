@@ -143,15 +143,20 @@ class Program:
         """The arrays the graph reads on this call, in the order of its inputs."""
         arrays = []
         for kind, ref in self.fetch:
-            if kind == "arg":
-                arrays.append(leaves[ref]._data)
-            elif kind == "lifted":
-                arrays.append(ref._data)
-            elif kind == "grad":
-                arrays.append(ref._grad._data)
-            else:
-                arrays.append(self.backend.from_numpy(self.random_input(ref)))
+            value = self.read_input(kind, ref, leaves)
+            arrays.append(value if kind in ("arg", "lifted", "grad") else self.backend.from_numpy(value))
         return arrays
+
+    def read_input(self, kind: str, ref, leaves: list):
+        """This call's value of one graph input (`fetch`'s kind and ref): a tensor's buffer, or a
+        random-number input as a numpy scalar (see `random_input`)."""
+        if kind == "arg":
+            return leaves[ref]._data
+        if kind == "lifted":
+            return ref._data
+        if kind == "grad":
+            return ref._grad._data
+        return self.random_input(ref)
 
     def random_input(self, ref: str) -> np.ndarray:
         """This call's value of a random-number input: "seed" (the generator's seed, its 64 bits as
