@@ -387,3 +387,18 @@ def test_compiled_softmax_and_layer_norm_tune_once_and_reuse_the_choice(tmp_path
         (program,) = [p for entries in again.cache.values() for p in entries]
         fresh = {k.name: k.config for k in program.plan.kernels if isinstance(k, TritonKernel)}
         assert all(fresh[k.name] == k.config for k in tuned), name
+
+
+def test_an_output_written_over_an_input_is_timed_on_a_spare_array(gpu, big_add):
+    """A compiled program may give a kernel an input's buffer for its output (an update in place):
+    the timed launches, repeated, must not apply it again and again, so they write elsewhere; the
+    call's own launch then writes it once."""
+    gpu.ms.update({(2048, 8): 0.25})
+    kernel = launch.TritonKernel(big_add, renderer.render(big_add))
+    inputs = add_inputs()
+    (out,) = kernel.run(inputs, [inputs[0]])  # x's buffer for the output
+    assert out is inputs[0] and gpu.timed == ALL_FOUR
+    timed, last = gpu.launches[:-1], gpu.launches[-1]
+    assert all(args[3] != inputs[0].data.ptr and args[:3] == tuple(a.data.ptr for a in inputs)
+               for _, _, _, args in timed)
+    assert last[3][3] == inputs[0].data.ptr and last[3][-1] == 2048  # the real launch, in the fastest configuration

@@ -427,11 +427,17 @@ class TritonKernel:
     def _tune(self, key: tuple, pointers: list[int]) -> tuple[int, tuple]:
         """Compile each configuration for `key` and time it on the call's arguments (`time_launches`):
         the fastest (its index and compiled launch), remembered in this process and written to disk.
-        The timed launches write the kernel's outputs, which are never its inputs (a compiled
-        program's memory plan never gives a kernel an output buffer that one of its inputs is in):
-        what they leave is the call's result."""
+        The timed launches write the call's outputs (the call's own launch follows and writes them
+        again), except where an output is written over an input (a parameter updated in place):
+        launched over and over there it would apply the update each time, so the timing writes
+        such outputs into spare arrays instead."""
         started = time.perf_counter()
         stream = cupy.cuda.get_current_stream().ptr
+        n_in = len(pointers) - len(self.out_shapes)
+        read = set(pointers[:n_in])
+        if any(p in read for p in pointers[n_in:]):
+            spare = [cupy.empty(shape, dtype) for shape, dtype in zip(self.out_shapes, self.out_dtypes)]
+            pointers = pointers[:n_in] + [o.data.ptr for o in spare]
         times, entries, compile_seconds = {}, {}, 0.0
         for index, config in enumerate(self.configs):
             compile_started = time.perf_counter()
