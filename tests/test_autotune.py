@@ -402,3 +402,24 @@ def test_an_output_written_over_an_input_is_timed_on_a_spare_array(gpu, big_add)
     assert all(args[3] != inputs[0].data.ptr and args[:3] == tuple(a.data.ptr for a in inputs)
                for _, _, _, args in timed)
     assert last[3][3] == inputs[0].data.ptr and last[3][-1] == 2048  # the real launch, in the fastest configuration
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_a_tuned_compiled_update_in_place_equals_the_eager_loop(tmp_path, monkeypatch):
+    """An AdamW step over a 1024 x 1024 parameter (4 MiB: its update kernel is tuned on the first
+    call, and writes the parameter in place): three compiled steps equal three eager ones."""
+    monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("JITORCH_AUTOTUNE", raising=False)
+    monkeypatch.setattr(launch, "_choices", {})
+    results = []
+    for compiled in (True, False):
+        rng = np.random.default_rng(0)
+        p = jt.nn.Parameter(jt.tensor(rng.standard_normal((1024, 1024)).astype(np.float32)).to("cuda"))
+        opt = jt.optim.AdamW([p], lr=1e-2, foreach=None if compiled else False)  # (the default compiles on cuda)
+        for _ in range(3):
+            p.grad = jt.tensor(rng.standard_normal((1024, 1024)).astype(np.float32)).to("cuda")
+            opt.step()
+        assert (opt._fused_update is not None) == compiled
+        results.append(p.detach().cpu().numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
