@@ -175,6 +175,16 @@ def test_the_first_launch_times_each_configuration_and_keeps_the_fastest(gpu, bi
     assert [a[-1] for _, _, _, a in gpu.launches[-2:]] == [2048, 2048]
 
 
+def test_a_kernel_whose_default_runs_in_microseconds_keeps_it_without_compiling_the_others(gpu, big_add):
+    gpu.ms.update({(1024, 4): 0.004, (2048, 8): 0.001})  # the default: 4 us, under TUNE_MIN_MS
+    kernel = launch.TritonKernel(big_add, renderer.render(big_add))
+    kernel.run(add_inputs())
+    assert gpu.timed == [(1024, 4)] and len(gpu.function.warmups) == 1  # nothing else compiled
+    assert kernel.config.constexprs == {"BLOCK": 1024}
+    (name,) = gpu.choice_files()  # and remembered: a later process times nothing
+    assert gpu.record(name)["config"] == {"constexprs": {"BLOCK": 1024}, "num_warps": 4}
+
+
 def test_the_choice_is_written_to_disk_and_a_new_kernel_reads_it(gpu, big_add):
     gpu.ms.update({(512, 4): 0.2})
     source = renderer.render(big_add)
@@ -342,6 +352,7 @@ def test_compiled_softmax_and_layer_norm_tune_once_and_reuse_the_choice(tmp_path
     monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("JITORCH_AUTOTUNE", raising=False)
     monkeypatch.setattr(launch, "_choices", {})
+    monkeypatch.setattr(launch, "TUNE_MIN_MS", 0.0)  # (these kernels run a few microseconds: tune them anyway)
     timed = []
     time_launches = launch.time_launches
 
@@ -412,6 +423,7 @@ def test_a_tuned_compiled_update_in_place_equals_the_eager_loop(tmp_path, monkey
     monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("JITORCH_AUTOTUNE", raising=False)
     monkeypatch.setattr(launch, "_choices", {})
+    monkeypatch.setattr(launch, "TUNE_MIN_MS", 0.0)  # (a 4 MiB update runs a few microseconds: tune it anyway)
     results = []
     for compiled in (True, False):
         rng = np.random.default_rng(0)

@@ -15,7 +15,10 @@ Choosing a configuration (as PyTorch Inductor's autotuning, but on by default, s
 kept): where the renderer offers several (`TritonSource.configs`: block sizes and warp counts; one
 for kernels of under 1 MiB), the kernel's first launch on a device compiles each (Triton's own disk
 cache serves a repeat), times each on that call's own arguments (`time_launches`: CUDA events on
-the current stream, the median of 5 after 2 warm-ups) and keeps the fastest. The choice is kept in
+the current stream, the median of 5 after 2 warm-ups) and keeps the fastest. The default is timed
+first, and a kernel whose default runs under `TUNE_MIN_MS` keeps it without compiling the others:
+a few percent of a few microseconds is worth less than the compiles (a GPT-sized training step
+has some 200 kernels, over half of them above 1 MiB). The choice is kept in
 this process and in `cache_dir()` as `autotune_<digest>.json`, named by the digest of what it was
 chosen for: the kernel source's digest (`source_digest`), the loop shape, the GPU's name and
 compute capability, and the Triton version, which the file repeats under "key" with the choice
@@ -456,6 +459,8 @@ class TritonKernel:
             else:
                 times[index] = time_launches(lambda launch=launch, args=args, at=scratch.data.ptr:
                                              launch(stream, args, at))
+            if index == 0 and times[0] < TUNE_MIN_MS:
+                break  # (too short for another configuration to be worth its compile)
         best = min(times, key=times.get)
         path, record = self._record(key[0])
         _choices[path] = _as_json(self.configs[best])
@@ -476,6 +481,7 @@ class TritonKernel:
 
 
 _choices: dict[str, dict] = {}  # a choice's file -> its configuration (`_as_json`), chosen or read in this process
+TUNE_MIN_MS = 0.05  # a default faster than this is kept untried against the others
 _gpus: dict[int, tuple[str, str]] = {}
 
 
