@@ -247,6 +247,8 @@ class _Captured:
 
         def work():
             results = program.plan.run(self.inputs, arena=self.arena)
+            for slot in program.before_writes:  # (an output that is a tensor's value before this call writes it)
+                results[slot] = backend.copy(results[slot])
             input_ids = {id(a) for a in self.inputs}
             # results may be views of inputs about to be overwritten: copies first, as Program does
             # (a result the plan wrote into its own tensor's buffer needs no copy)

@@ -20,7 +20,7 @@ from .. import autograd as _ag
 from .._trace_state import ModuleChanges
 from ..autograd import Node as AutogradNode
 from ..backends import Backend, backend_for
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Input
 from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
 from ..ir.trace import TraceInfo
@@ -90,8 +90,19 @@ class Program:
                                     or info.escaped)
         # an output that is an input unchanged is returned as that very tensor, as eagerly
         by_value = {i.value.id: i for i in graph.inputs if i.kind in ("arg", "lifted")}
+        # ... unless the call also writes that tensor: then the output is its value from before the
+        # write (as `w * 1` or `w.clone()` would be eagerly; a view of it would have been traced as
+        # a view of the new value), copied before the write-back
+        written, written_args = {id(t) for t, _ in info.writes}, {i for i, _ in info.arg_writes}
+
+        def overwritten(inp: Input) -> bool:
+            return id(inp.ref) in written if inp.kind == "lifted" else inp.ref in written_args
+
+        changed = {slot for slot in info.user_out if slot is not None and graph.outputs[slot].id in by_value
+                   and overwritten(by_value[graph.outputs[slot].id])}
         self.passthrough = {slot: by_value[graph.outputs[slot].id] for slot in info.user_out
-                            if slot is not None and graph.outputs[slot].id in by_value}
+                            if slot is not None and graph.outputs[slot].id in by_value and slot not in changed}
+        self.before_writes = sorted(changed)  # output slots to copy before the write-back
 
     # --- guards -------------------------------------------------------------------------
     def guard_failure(self) -> str | None:
@@ -178,6 +189,8 @@ class Program:
         if inputs is None:
             inputs = self.inputs(leaves)
         results = self.plan.run(inputs, record, kernels)
+        for slot in self.before_writes:
+            results[slot] = self.backend.copy(results[slot])
         self._write_back(leaves, results, inputs)
         return self.outputs(leaves, results, rerun)
 
