@@ -653,3 +653,38 @@ def test_gpu_nvmath_matmul_records_into_a_graph_and_replays():
         a *= 2
         graph.launch()
         np.testing.assert_allclose(cupy.asnumpy(out), cupy.asnumpy(cupy.matmul(a, b) + 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_a_cnn_step_under_reduce_overhead_matches_default_mode():
+    """A small CNN (convolutions through im2col and cuBLAS, max pooling, Adam) trained under
+    reduce-overhead: the replays equal default-mode steps (bench/train.py times such a step)."""
+
+    def train(mode: str, steps: int = 8):
+        jt.manual_seed(0)
+        model = jt.nn.Sequential(jt.nn.Conv2d(1, 8, 3, padding=1), jt.nn.ReLU(), jt.nn.MaxPool2d(2),
+                                 jt.nn.Conv2d(8, 16, 3, padding=1), jt.nn.ReLU(), jt.nn.Flatten(),
+                                 jt.nn.Linear(16 * 4 * 4, 10)).to("cuda")
+        opt = jt.optim.Adam(model.parameters(), lr=1e-2)
+        rng = np.random.default_rng(0)
+        batches = [(jt.tensor(rng.standard_normal((16, 1, 8, 8)).astype(np.float32)).to("cuda"),
+                    jt.tensor(rng.integers(0, 10, 16)).to("cuda")) for _ in range(steps)]
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = jt.compile(step, mode=mode)
+        losses = [compiled(x, y).item() for x, y in batches]
+        return losses, [p.detach().cpu().numpy() for p in model.parameters()], compiled
+
+    losses, params, step = train("reduce-overhead")
+    default_losses, default_params, _ = train("default")
+    np.testing.assert_allclose(losses, default_losses, rtol=1e-4)
+    for a, b in zip(params, default_params):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert any(g.captured is not None for g in _graphed(step)), [g.describe() for g in _graphed(step)]
