@@ -100,3 +100,17 @@ def assert_param_grads_close(jt_module, torch_module, rtol: float = 1e-3, atol: 
             continue
         assert jp.grad is not None, f"{name}: jitorch has no grad"
         assert_close(jp.grad, tp.grad, rtol, atol, f"grad of {name}")
+
+
+def training_step(model, optimizer):
+    """`step(x, y)`: one cross-entropy training step of `model` (zero grads, forward, backward,
+    `optimizer.step()`), returning the loss; jitorch's, to compile or run eagerly."""
+
+    def step(x, y):
+        optimizer.zero_grad()
+        loss = jt.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step

@@ -10,6 +10,7 @@ import pytest
 import jitorch as jt
 import jitorch.nn as nn
 import jitorch.nn.functional as F
+from tests.nn_helpers import training_step
 
 # ---------------------------------------------------------------------------------------------
 # models
@@ -409,12 +410,7 @@ def test_check_mode_passes_and_keeps_eager_effects():
     opt = jt.optim.SGD(model.parameters(), lr=0.1)
     x, y = _data("mlp")
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     checked = jt.compile(step, mode="check")
     before = model.fc1.weight.detach().numpy().copy()

@@ -17,6 +17,7 @@ import jitorch.nn.functional as F
 from jitorch.compiler import CompileCheckError
 from jitorch.ir.trace import TraceError
 from jitorch.tensor import Tensor
+from tests.nn_helpers import training_step
 
 
 def _line_of(fn, text: str) -> int:
@@ -345,12 +346,7 @@ def _twenty_steps(mode: str, make_model, make_opt, scheduler: bool = False):
     gen = jt.Generator().manual_seed(1)
     x, y = jt.randn(32, 8, generator=gen), jt.tensor(np.arange(32) % 3)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     step = jt.compile(step, mode=mode) if mode != "python" else step
     losses = []
@@ -409,12 +405,7 @@ def test_check_mode_catches_a_wrong_kernel_in_an_optimizer_step_after_state_exis
     opt = jt.optim.Adam(model.parameters(), lr=0.01)
     x, y = jt.randn(16, 8), jt.tensor(np.arange(16) % 3)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     checked = jt.compile(step, mode="check")
     checked(x, y)

@@ -28,6 +28,7 @@ from jitorch.backends import array_kernels
 from jitorch.backends.cpu import kernels as cpu_kernels
 from jitorch.errors import BackendError
 from jitorch.primitives import PRIMS
+from tests.nn_helpers import training_step
 
 # ---------------------------------------------------------------------------------------------
 # on any machine
@@ -457,12 +458,7 @@ def _train(device, compiled):
     rng = np.random.default_rng(1)
     x, y = jt.tensor(f32(rng, 64, 12)).to(device), jt.tensor(rng.integers(0, 5, 64)).to(device)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     step = jt.compile(step) if compiled else step
     losses = [step(x, y).item() for _ in range(6)]

@@ -34,6 +34,7 @@ from jitorch.backends.cuda.graphs import node_refusal
 from jitorch.compiler.cudagraphs import GraphedProgram
 from jitorch.device import Device
 from jitorch.ir.graph import Node
+from tests.nn_helpers import training_step
 
 # ---------------------------------------------------------------------------------------------
 # a stand-in for the cuda backend whose graphs keep CUDA's rules
@@ -303,12 +304,7 @@ def test_a_new_batch_shape_captures_its_own_graph(tape):
     model = jt.nn.Linear(6, 3).to("cuda")
     opt = jt.optim.AdamW(model.parameters(), lr=0.01)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     compiled = jt.compile(step, mode="reduce-overhead")
     for n in (32, 32, 32, 32, 16, 16, 16, 32):
@@ -537,12 +533,7 @@ def test_gpu_a_new_batch_shape_captures_again_and_outputs_survive_replays():
     model = jt.nn.Sequential(jt.nn.Linear(6, 32), jt.nn.ReLU(), jt.nn.Linear(32, 3)).to("cuda")
     opt = jt.optim.AdamW(model.parameters(), lr=0.01)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = training_step(model, opt)
 
     compiled = jt.compile(step, mode="reduce-overhead")
     kept = []
@@ -671,12 +662,7 @@ def test_gpu_a_cnn_step_under_reduce_overhead_matches_default_mode():
         batches = [(jt.tensor(rng.standard_normal((16, 1, 8, 8)).astype(np.float32)).to("cuda"),
                     jt.tensor(rng.integers(0, 10, 16)).to("cuda")) for _ in range(steps)]
 
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        step = training_step(model, opt)
 
         compiled = jt.compile(step, mode=mode)
         losses = [compiled(x, y).item() for x, y in batches]

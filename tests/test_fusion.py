@@ -14,6 +14,7 @@ import jitorch as jt
 import jitorch.nn.functional as F
 from jitorch.backends import backend_for
 from jitorch.backends.cpu import jit
+from tests.nn_helpers import training_step
 
 
 def assert_close_at_scale(ours: np.ndarray, theirs: np.ndarray, ulps: int = 32) -> None:
@@ -293,12 +294,7 @@ def test_a_training_step_uses_fused_kernels_and_matches_eager():
         opt = jt.optim.AdamW(model.parameters(), lr=1e-2)
         x, y = jt.randn(16, 12), jt.randint(0, 3, (16,))
 
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        step = training_step(model, opt)
 
         fn = jt.compile(step) if compiled else step
         return [fn(x, y).item() for _ in range(5)], fn

@@ -7,6 +7,7 @@ import pytest
 import jitorch as jt
 import jitorch.nn as nn
 import jitorch.nn.functional as F
+from tests.nn_helpers import training_step
 
 
 def _eager_and_compiled(fn, *args, calls: int = 2):
@@ -65,12 +66,7 @@ def test_a_training_step_with_dropout_in_check_mode_matches_eager():
         opt = jt.optim.Adam(model.parameters(), lr=0.01)
         x, y = jt.randn(16, 8), jt.tensor(np.arange(16) % 3)
 
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        step = training_step(model, opt)
 
         step = jt.compile(step, mode=mode) if mode != "python" else step
         return [step(x, y).item() for _ in range(6)], [p.detach().numpy().copy() for p in model.parameters()]
