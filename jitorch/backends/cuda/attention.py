@@ -98,15 +98,12 @@ def _compile(key: tuple, launch: plan.Launch) -> tuple[Callable, int]:
     from . import triton_driver
     from .launch import load_kernel_function
 
-    triton_driver.activate()
     function = load_kernel_function(plan.SOURCE, launch.kernel)
     # Triton reads only an address's divisibility (and its element type) while compiling
     args = [triton_driver.Pointer(16 if a.data.ptr % 16 == 0 else 8, _element_type(a.dtype))
             for a in launch.args[:launch.n_arrays]]
-    compiled = function.warmup(*args, *launch.args[launch.n_arrays:], grid=launch.grid, **launch.constexprs,
-                               **launch.config.options())
-    found = _launches[key] = (triton_driver.launch_function(compiled, launch.grid),
-                              triton_driver.scratch_bytes(compiled, launch.grid))
+    found = _launches[key] = triton_driver.compile_launch(function, [*args, *launch.args[launch.n_arrays:]],
+                                                          launch.grid, **launch.constexprs, **launch.config.options())
     return found
 
 

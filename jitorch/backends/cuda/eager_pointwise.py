@@ -97,14 +97,12 @@ class FlatKernel:
         from . import triton_driver
 
         _, aligned, _, _, _, block, grid = key
-        triton_driver.activate()
         address = 16 if aligned else 8  # Triton reads only an address's divisibility while compiling
         pointers = [triton_driver.Pointer(address, element) for element in self.pointer_types]
-        compiled = self.function.warmup(*self.arguments.pick(pointers + [n, block]), grid=(grid, 1, 1),
-                                        **config.options())
-        if triton_driver.scratch_bytes(compiled, (grid, 1, 1)):
+        launch, scratch = triton_driver.compile_launch(self.function, self.arguments.pick(pointers + [n, block]),
+                                                       (grid, 1, 1), **config.options())
+        if scratch:
             raise NotImplementedError("a kernel that needs scratch memory")  # (never for one flat op)
-        launch = triton_driver.launch_function(compiled, (grid, 1, 1))
         self._launches[key] = launch
         return launch
 

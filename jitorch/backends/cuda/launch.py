@@ -372,12 +372,11 @@ class TritonKernel:
         config = self.configs[index]
         runtime = self.rendered.runtime_args(self.loop_shape, self.contiguous if strides is None else strides)
         runtime += [config.constexprs[name] for name in self.rendered.constexprs]
-        triton_driver.activate()
         address = 16 if aligned else 8  # Triton reads only an address's divisibility while compiling
         pointers = [Pointer(address, element) for element in self.pointer_types]
-        grid = self._grid(index)
-        compiled = self.function.warmup(*self.arguments.pick(pointers + runtime), grid=grid, **config.options())
-        return triton_driver.launch_function(compiled, grid), triton_driver.scratch_bytes(compiled, grid), runtime
+        launch, scratch = triton_driver.compile_launch(self.function, self.arguments.pick(pointers + runtime),
+                                                       self._grid(index), **config.options())
+        return launch, scratch, runtime
 
     # --- choosing a configuration ---------------------------------------------------------------
 

@@ -144,6 +144,15 @@ def activate() -> CupyCudaDriver:
 # launching
 
 
+def compile_launch(function, args: list, grid: tuple[int, int, int], **options) -> tuple[Callable, int]:
+    """Compile `@triton.jit` `function` for the current device and `args` (pointers as `Pointer`s
+    whose addresses carry only the divisibility Triton specializes on; Triton's caches answer a
+    repeat), and prepare its launch over `grid`: (`launch_function`'s launch, `scratch_bytes`)."""
+    activate()
+    compiled = function.warmup(*args, grid=grid, **options)
+    return launch_function(compiled, grid), scratch_bytes(compiled, grid)
+
+
 def launch_function(compiled, grid: tuple[int, int, int]) -> Callable[[int, tuple, object], None]:
     """`launch(stream, args, scratch=None)`: run `compiled` (a CompiledKernel, loaded on the current
     device) over `grid` on `stream`. `args` are the kernel function's arguments in order, constexprs
