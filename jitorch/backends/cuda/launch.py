@@ -17,8 +17,8 @@ for kernels of under 1 MiB), the kernel's first launch on a device compiles each
 cache serves a repeat), times each on that call's own arguments (`time_launches`: CUDA events on
 the current stream, the median of 5 after 2 warm-ups) and keeps the fastest. The default is timed
 first, and a kernel whose default runs under `TUNE_MIN_MS` keeps it without compiling the others:
-a few percent of a few microseconds is worth less than the compiles (a GPT-sized training step
-has some 200 kernels, over half of them above 1 MiB). The choice is kept in
+a few percent of a few microseconds is worth less than the compiles, and a transformer's training
+step has hundreds of kernels. The choice is kept in
 this process and in `cache_dir()` as `autotune_<digest>.json`, named by the digest of what it was
 chosen for: the kernel source's digest (`source_digest`), the loop shape, the GPU's name and
 compute capability, and the Triton version, which the file repeats under "key" with the choice
