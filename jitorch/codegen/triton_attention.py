@@ -23,8 +23,8 @@ These kernels keep a block of scores in registers and never write them:
 Numerics: scores are scaled by scale * log2(e) and exponentiated with exp2; the maxima, sums,
 log-sum-exps and all accumulators are float32. float32 inputs multiply at the precision
 `jitorch.backends.set_float32_matmul_precision` asks for: "highest" with `tl.dot(...,
-input_precision="ieee")` (full float32, no tensor cores), "high" and "medium" in TF32 (as cuBLAS
-does for PyTorch). float16 and bfloat16 inputs multiply in their type with float32 accumulation;
+input_precision="tf32x3")` (float32's accuracy from three TF32 tensor-core products, as PyTorch's
+float32 attention kernels), "high" and "medium" in TF32 (as cuBLAS does for PyTorch). float16 and bfloat16 inputs multiply in their type with float32 accumulation;
 the probabilities (and dS) are rounded to that type before their products, as in PyTorch's flash
 kernels.
 
@@ -435,13 +435,17 @@ def block_dim(head_dim: int) -> int:
 
 
 def dot_precision(dtype: str, float32_matmul_precision: str) -> str:
-    """`tl.dot`'s input precision: "ieee" (full float32) for float32 at "highest", else "tf32"
-    (which float16 and bfloat16 products ignore: they run in their type)."""
-    return "ieee" if dtype == "float32" and float32_matmul_precision == "highest" else "tf32"
+    """`tl.dot`'s input precision: "tf32x3" for float32 at "highest", else "tf32" (which float16
+    and bfloat16 products ignore: they run in their type). tf32x3 splits each float32 operand into
+    a TF32 high part and a TF32 remainder and sums three tensor-core products (the remainders'
+    product, below float32's rounding, is left out): float32's accuracy at tensor-core speed, as
+    PyTorch's own float32 attention does on sm_80 and later (its memory-efficient kernel multiplies
+    with CUTLASS's OpMultiplyAddFastF32, the same three-product split)."""
+    return "tf32x3" if dtype == "float32" and float32_matmul_precision == "highest" else "tf32"
 
 
 # (BLOCK_M, BLOCK_N, warps, pipeline stages) by the kind of product ("half": float16 and bfloat16;
-# "tf32" and "ieee": float32 at "high"/"medium" and at "highest"), the head width (up to 64, up to
+# "tf32" and "tf32x3": float32 at "high"/"medium" and at "highest"), the head width (up to 64, up to
 # 128) and the kernel ("rows": the forward and the row statistics; "dkdv", whose BLOCK_N keys are a
 # program's and BLOCK_M queries a step's; "dq"): the largest blocks whose sm_90 code spills no
 # registers, or a few dozen bytes ("ptxas -v" on Triton 3.9's PTX). Not yet timed against others.
@@ -450,9 +454,10 @@ _BLOCKS = {
     ("half", 128): {"rows": (128, 32, 8, 3), "dkdv": (32, 32, 8, 2), "dq": (64, 32, 8, 2)},
     ("tf32", 64): {"rows": (128, 32, 8, 3), "dkdv": (32, 64, 8, 2), "dq": (128, 32, 8, 2)},
     ("tf32", 128): {"rows": (128, 32, 8, 3), "dkdv": (32, 32, 8, 2), "dq": (32, 32, 4, 2)},
-    # full float32 products run on the CUDA cores, each thread a share of the tile: small blocks
-    ("ieee", 64): {"rows": (64, 32, 8, 2), "dkdv": (16, 32, 4, 2), "dq": (64, 32, 8, 2)},
-    ("ieee", 128): {"rows": (32, 16, 8, 2), "dkdv": (16, 32, 8, 2), "dq": (32, 32, 8, 2)},
+    # three products per tile hold more registers: smaller key blocks and one stage for dK, dV;
+    # at head dims over 64 every configuration tried spills some, these the least
+    ("tf32x3", 64): {"rows": (128, 32, 8, 3), "dkdv": (32, 32, 8, 1), "dq": (128, 32, 8, 2)},
+    ("tf32x3", 128): {"rows": (128, 32, 8, 3), "dkdv": (16, 16, 4, 1), "dq": (16, 32, 4, 2)},
 }
 _KERNEL_GROUP = {"attention_forward": "rows", "attention_backward_stats": "rows", "attention_backward_dkdv": "dkdv",
                  "attention_backward_dq": "dq"}
