@@ -15,9 +15,11 @@ compile in the same cache reuses them without timing, with results equal to eage
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import threading
 import types
 
 import numpy as np
@@ -112,7 +114,7 @@ def gpu(monkeypatch, tmp_path):
     fake = types.SimpleNamespace(**vars(FAKE_CUPY))
     fake.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda device: dict(props)),
-        get_current_stream=FAKE_CUPY.cuda.get_current_stream)
+        get_current_stream=FAKE_CUPY.cuda.get_current_stream, Device=lambda device: contextlib.nullcontext())
     monkeypatch.setattr(launch, "cupy", fake)
     monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
     monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
@@ -294,6 +296,79 @@ def test_small_kernels_are_not_timed(gpu):
     assert len(kernel.configs) == 1
     kernel.run([host(np.ones((8, 16), np.float32)), host(np.float32(2)), host(np.arange(16, dtype=np.float32))])
     assert gpu.timed == [] and gpu.choice_files() == [] and kernel._chosen == {0: 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# a program's kernels compile side by side
+
+
+def compiled_where(function: StubFunction) -> list[tuple]:
+    """Make `function` note the thread of each compile; returns the notes: (thread name, BLOCK,
+    num_warps)."""
+    notes, warmup = [], function.warmup
+
+    def noting(*args, grid, **options):
+        notes.append((threading.current_thread().name, args[-1], options["num_warps"]))
+        return warmup(*args, grid=grid, **options)
+
+    function.warmup = noting
+    return notes
+
+
+def test_a_programs_kernels_compile_side_by_side_each_configuration_once(gpu, big_add, monkeypatch):
+    """Every configuration a first launch will time compiles in the pool, once however many
+    kernels share it (a kernel repeated in each layer); each kernel's prepare then takes its own
+    from Triton's caches, and the first launch times all four without waiting on a compile."""
+    monkeypatch.setenv("JITORCH_COMPILE_THREADS", "3")
+    notes = compiled_where(gpu.function)
+    source = renderer.render(big_add)
+    small = mul_add_desc()
+    kernels = [launch.TritonKernel(big_add, source) for _ in range(3)]
+    kernels.append(launch.TritonKernel(small, renderer.render(small)))
+    launch.prepare_kernels(kernels)
+    pooled = [(block, warps) for thread, block, warps in notes if thread.startswith("jitorch-compile")]
+    assert sorted(pooled) == sorted([*ALL_FOUR, (128, 1)])  # each once: the three big kernels share theirs
+    assert [(block, warps) for thread, block, warps in notes if thread == "MainThread"] == [(1024, 4)] * 3 + [(128, 1)]
+    kernels[0].run(add_inputs())
+    assert gpu.timed == ALL_FOUR
+
+
+def test_a_chosen_configuration_is_the_only_one_compiled(gpu, big_add, monkeypatch):
+    monkeypatch.setenv("JITORCH_COMPILE_THREADS", "2")
+    gpu.ms.update({(2048, 8): 0.25})
+    source = renderer.render(big_add)
+    launch.TritonKernel(big_add, source).run(add_inputs())  # times the four and records (2048, 8)
+    notes = compiled_where(gpu.function)
+    launch.prepare_kernels([launch.TritonKernel(big_add, source), launch.TritonKernel(big_add, source)])
+    assert {(block, warps) for _, block, warps in notes} == {(2048, 8)}
+
+
+def test_a_configuration_that_does_not_compile_in_the_pool(gpu, big_add, monkeypatch, capsys):
+    """The default failing to compile fails the program's build (it then runs eagerly); another
+    failing is logged and left out of the timing."""
+    monkeypatch.setenv("JITORCH_COMPILE_THREADS", "2")
+    logs.set_logs(perf=True)
+    warmup, refused = gpu.function.warmup, []
+
+    def refusing(*args, grid, **options):
+        if (args[-1], options["num_warps"]) in refused:
+            raise RuntimeError("out of resources: shared memory")
+        return warmup(*args, grid=grid, **options)
+
+    gpu.function.warmup = refusing
+    source = renderer.render(big_add)
+    refused.append((2048, 8))
+    kernel = launch.TritonKernel(big_add, source)
+    launch.prepare_kernels([kernel])
+    assert "BLOCK=2048 num_warps=8 does not compile (RuntimeError: out of resources" in capsys.readouterr().err
+    kernel.run(add_inputs())
+    assert gpu.timed == [(1024, 4), (1024, 8), (512, 4)]
+    refused.append((1024, 4))
+    try:
+        with pytest.raises(RuntimeError, match="out of resources"):
+            launch.prepare_kernels([launch.TritonKernel(big_add, source)])
+    finally:
+        logs.set_logs(perf=False)
 
 
 def test_perf_logs_report_compiles_and_tuning(gpu, big_add, capsys):

@@ -24,9 +24,9 @@ Numerics: scores are scaled by scale * log2(e) and exponentiated with exp2; the 
 log-sum-exps and all accumulators are float32. float32 inputs multiply at the precision
 `jitorch.backends.set_float32_matmul_precision` asks for: "highest" with `tl.dot(...,
 input_precision="tf32x3")` (float32's accuracy from three TF32 tensor-core products, as PyTorch's
-float32 attention kernels), "high" and "medium" in TF32 (as cuBLAS does for PyTorch). float16 and bfloat16 inputs multiply in their type with float32 accumulation;
-the probabilities (and dS) are rounded to that type before their products, as in PyTorch's flash
-kernels.
+float32 attention kernels), "high" and "medium" in TF32 (as cuBLAS does for PyTorch). float16
+and bfloat16 inputs multiply in their type with float32 accumulation; the probabilities (and
+dS) are rounded to that type before their products, as in PyTorch's flash kernels.
 
 Tails and masks: a head dim that is not a power of two (48, 96) takes the next power of two (at
 least 16) as its block, the extra columns loaded as 0. Blocks inside the sequence and, causally,

@@ -92,14 +92,13 @@ class CUDABackend(Backend):
 
     def compile_kernels(self, descs: list) -> list:
         """Render each kernel to Triton, and compile it for the current device (the usual
-        specialization: contiguous inputs, aligned addresses), so that a kernel that fails to
+        specialization: contiguous inputs, aligned addresses; all of them side by side), so that a kernel that fails to
         compile fails while its program is built and the program runs on eager kernels instead."""
-        from .launch import TritonKernel
+        from .launch import TritonKernel, prepare_kernels
 
         renderer = _renderer()
         kernels = [TritonKernel(desc, renderer.render(desc)) for desc in descs]
-        for kernel in kernels:
-            kernel.prepare()
+        prepare_kernels(kernels)
         return kernels
 
     captures_graphs = True

@@ -49,6 +49,8 @@ import threading
 import time
 import types
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -303,6 +305,32 @@ class TritonKernel:
             self._chosen[device] = index
             self._launches[key] = entry
 
+    def compile_jobs(self) -> list[tuple[tuple, Callable[[], None]]]:
+        """What `prepare` and the first launch will compile, as (key, job) pairs whose job compiles
+        one configuration into Triton's caches (in memory and on disk) without loading it: the
+        configuration chosen, else every one offered (the first launch times them). Jobs of equal
+        keys compile the same thing (a kernel repeated in each layer of a model)."""
+        device = cupy.cuda.runtime.getDevice()
+        index = self._chosen.get(device)
+        if index is None:
+            index = self._settled(device)
+        wanted = range(len(self.configs)) if index is None else (index,)
+        jobs = []
+        for i in wanted:
+            args, _ = self._arguments((device, True, None), i)
+            key = (self.digest, repr(args), repr(self.configs[i].options()))
+            jobs.append((key, partial(self._warm, i, args)))
+        return jobs
+
+    def _warm(self, index: int, args: tuple) -> None:
+        config = self.configs[index]
+        try:
+            triton_driver.compile_only(self.function, args, self._grid(index), **config.options())
+        except Exception as err:
+            if index == 0:
+                raise  # (prepare() raises it again where the program is built)
+            logs.log("perf", f"{self.name}: {_format(config)} does not compile ({type(err).__name__}: {err})")
+
     def run(self, arrays: list, outs: list | None = None) -> list:
         """Compute the kernel's outputs from its inputs (CuPy arrays; a CPU scalar is copied over),
         into `outs` (C-contiguous arrays of the outputs' shapes and dtypes) where given; a None in
@@ -368,15 +396,21 @@ class TritonKernel:
         """Compile configuration `index` for `key` (device, addresses aligned, input strides or None
         when contiguous) on its device (Triton's own caches answer a repeat) and prepare its launch:
         (launch, scratch bytes, the arguments after the pointers)."""
-        device, aligned, strides = key
+        args, runtime = self._arguments(key, index)
+        launch, scratch = triton_driver.compile_launch(self.function, args, self._grid(index),
+                                                       **self.configs[index].options())
+        return launch, scratch, runtime
+
+    def _arguments(self, key: tuple, index: int) -> tuple[tuple, list]:
+        """The arguments configuration `index` compiles for with `key`'s specialization, and those
+        after the pointers (sizes, strides, constants)."""
+        _, aligned, strides = key
         config = self.configs[index]
         runtime = self.rendered.runtime_args(self.loop_shape, self.contiguous if strides is None else strides)
         runtime += [config.constexprs[name] for name in self.rendered.constexprs]
         address = 16 if aligned else 8  # Triton reads only an address's divisibility while compiling
         pointers = [Pointer(address, element) for element in self.pointer_types]
-        launch, scratch = triton_driver.compile_launch(self.function, self.arguments.pick(pointers + runtime),
-                                                       self._grid(index), **config.options())
-        return launch, scratch, runtime
+        return self.arguments.pick(pointers + runtime), runtime
 
     # --- choosing a configuration ---------------------------------------------------------------
 
@@ -473,6 +507,48 @@ class TritonKernel:
                              f"{compile_seconds * 1e3:.0f} ms): {each}; fastest {_format(self.configs[best])}"
                              + ("" if written else f" (not recorded: {path} can't be written)"))
         return best, entries[best]
+
+
+# ---------------------------------------------------------------------------------------------
+# compiling many kernels at once
+
+
+def compile_threads() -> int:
+    """How many kernels compile side by side: $JITORCH_COMPILE_THREADS, else the CPUs this process
+    may run on. Triton lets go of Python's lock while it compiles (its MLIR passes, LLVM, ptxas),
+    so threads compile in parallel."""
+    found = os.environ.get("JITORCH_COMPILE_THREADS")
+    if found:
+        return max(1, int(found))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def prepare_kernels(kernels: list[TritonKernel]) -> None:
+    """`prepare` each kernel (a program's, as it is built) on the current device, their compiles
+    first, side by side (`compile_threads()`): every configuration a kernel's first launch will
+    time, each distinct one once. A transformer's training step has a hundred kernels and some
+    four configurations for each large one; one after another they took most of a first call.
+    Then each kernel's `prepare` finds its compiled code in Triton's caches."""
+    unique = {}
+    for kernel in kernels:
+        for key, job in kernel.compile_jobs():
+            unique.setdefault(key, job)
+    threads = min(compile_threads(), len(unique))
+    if threads > 1:
+        started = time.perf_counter()
+        device = cupy.cuda.runtime.getDevice()
+
+        def on_device(job: Callable[[], None]) -> None:
+            with cupy.cuda.Device(device):  # (the current device is the thread's own)
+                job()
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="jitorch-compile") as pool:
+            for done in [pool.submit(on_device, job) for job in unique.values()]:
+                done.result()
+        logs.log("perf", f"{len(unique)} kernel configurations compiled in "
+                         f"{(time.perf_counter() - started) * 1e3:.0f} ms on {threads} threads")
+    for kernel in kernels:
+        kernel.prepare()
 
 
 # ---------------------------------------------------------------------------------------------

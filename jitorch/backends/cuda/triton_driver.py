@@ -153,6 +153,14 @@ def compile_launch(function, args: list, grid: tuple[int, int, int], **options) 
     return launch_function(compiled, grid), scratch_bytes(compiled, grid)
 
 
+def compile_only(function, args: list, grid: tuple[int, int, int], **options) -> None:
+    """Compile as `compile_launch` does, into Triton's caches, without loading the binary on the
+    device or preparing a launch (safe to call from several threads at once, each with the
+    device current)."""
+    activate()
+    function.warmup(*args, grid=grid, **options)
+
+
 def launch_function(compiled, grid: tuple[int, int, int]) -> Callable[[int, tuple, object], None]:
     """`launch(stream, args, scratch=None)`: run `compiled` (a CompiledKernel, loaded on the current
     device) over `grid` on `stream`. `args` are the kernel function's arguments in order, constexprs
