@@ -8,7 +8,8 @@
 # Phases, in the order given (default: all of them but profile and tests-new): tests (the tests
 # marked gpu), tests-new (those of the newest parts and the op harness's cases near them),
 # eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
-# one float32 matmul precision each: a full run takes both), profile (where one eager and compiled
+# one float32 matmul precision each: a full run takes both), gpt-highest and gpt-high (its GPT-sized
+# row alone), profile (where one eager and compiled
 # char_lm step spend their time). Each fits one 10-minute call of a GPU machine.
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
@@ -67,6 +68,9 @@ for phase in "${PHASES[@]}"; do
         train-highest|train-high)
             run_bench "${phase/-/_cuda_}" 560 python3 bench/train.py --device cuda --precisions "${phase#train-}" \
                 --out "$OUT/${phase/-/_cuda_}.md" ;;
+        gpt-highest|gpt-high)  # the GPT-sized row alone, at one precision
+            run_bench "train_cuda_${phase}" 400 python3 bench/train.py --device cuda --precisions "${phase#gpt-}" \
+                --workloads gpt --out "$OUT/train_cuda_${phase}.md" ;;
         profile)
             run_bench profile_cuda 300 python3 bench/train.py --device cuda --precisions highest --workloads char_lm \
                 --repeats 1 --lm-steps 5 --profile --prims ;;
