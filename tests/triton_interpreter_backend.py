@@ -33,7 +33,7 @@ import numpy as np
 from jitorch.backends.cpu import CPUBackend
 from jitorch.backends.cuda.launch import contiguous_strides, view_strides
 from jitorch.codegen import triton as triton_codegen
-from jitorch.ir.fusion import KernelDesc
+from jitorch.ir.fusion import KernelDesc, KernelGroup
 
 
 class InterpretedKernel:
@@ -90,6 +90,34 @@ class InterpretedKernel:
         return self.function
 
 
+class InterpretedGroup:
+    """A `KernelGroup` as one interpreted launch, its table holding the numpy buffers' addresses
+    (the interpreter reads memory at the addresses a kernel computes, as the GPU does)."""
+
+    def __init__(self, group: KernelGroup, source: triton_codegen.GroupSource, backend: InterpreterBackend) -> None:
+        self.kernel, self.name, self.backend = group, group.name(), backend
+        self.source, self.rendered = source.text, source
+        self.config = source.configs(())[0]
+        self.grid = source.launch_grid((), self.config)
+        self.in_dtypes = [v.dtype.np for v in group.inputs]
+        self.outputs = [(v.shape, v.dtype.np) for v in group.outputs]
+        self.function = None
+
+    def run(self, arrays: list, outs: list | None = None) -> list[np.ndarray]:
+        import torch
+
+        inputs = [np.ascontiguousarray(np.asarray(a, dtype=dt)) for a, dt in zip(arrays, self.in_dtypes)]
+        outs = [np.empty(shape, dt) if o is None else o
+                for o, (shape, dt) in zip(outs or [None] * len(self.outputs), self.outputs)]
+        table = np.array(self.rendered.table([a.ctypes.data for a in (*inputs, *outs)], self.config), np.int64)
+        self._function()[self.grid](torch.from_numpy(table), **self.config.constexprs, **self.config.options())
+        self.backend.launches += 1
+        self.backend.programs += int(np.prod(self.grid))
+        return outs
+
+    _function = InterpretedKernel._function
+
+
 def _tensor(torch, array: np.ndarray):
     return torch.from_numpy(array.view(np.int8) if array.dtype == np.bool_ else array)
 
@@ -117,8 +145,11 @@ class InterpreterBackend(CPUBackend):
     def worth_a_kernel(self, kernel) -> bool:
         return True  # as the cuda backend: every fusible node runs in a Triton kernel
 
-    def compile_kernels(self, descs: list[KernelDesc]) -> list[InterpretedKernel]:
-        kernels = [InterpretedKernel(desc, triton_codegen.render(desc), self) for desc in descs]
+    groups_kernels = True  # as the cuda backend
+
+    def compile_kernels(self, descs: list[KernelDesc | KernelGroup]) -> list[InterpretedKernel | InterpretedGroup]:
+        kernels = [InterpretedGroup(d, triton_codegen.render_group(d), self) if isinstance(d, KernelGroup)
+                   else InterpretedKernel(d, triton_codegen.render(d), self) for d in descs]
         for k in kernels:
             self.sources.setdefault(k.source, (k.rendered, k.config))
         return kernels

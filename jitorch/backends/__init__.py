@@ -6,9 +6,9 @@ A backend is one package that registers itself for a device type (`register`) an
 - eager kernels: `kernels[prim_name](*arrays, **params) -> array`, one per primitive it supports
   (an input may be a CPU scalar, a 0-d numpy array, as PyTorch lets CPU scalars join any device);
 - capability answers for fusion: `can_fuse(node)` and `worth_a_kernel(kernel)`;
-- `compile_kernels(descs)`: render each kernel description (`jitorch.ir.fusion.KernelDesc`) to
-  source, compile it (with an on-disk cache) and return launchable kernels:
-  `run(inputs, outs=None) -> outputs`.
+- `compile_kernels(descs)`: render each kernel description (`jitorch.ir.fusion.KernelDesc`, or a
+  `KernelGroup` where the backend `groups_kernels`) to source, compile it (with an on-disk cache)
+  and return launchable kernels: `run(inputs, outs=None) -> outputs`.
 
 Everything above this layer (dispatch, autograd, the tracer, the executor of compiled programs)
 asks `backend_for(device)` and knows no backend by name; `jitorch/ir` knows none at all.
@@ -46,6 +46,10 @@ class Backend:
     # kernel costs a launch (the GPU), not where a compiled call's bookkeeping costs more than the
     # few numpy calls it saves (the CPU). `jitorch.dispatch.fuses_composites` reads it.
     fuses_eager_composites: bool = False
+    # Whether `compile_kernels` takes `jitorch.ir.fusion.KernelGroup`s too: kernels of one structure
+    # over several sizes run as one launch (horizontal fusion), worth it where a launch costs more
+    # than a few microseconds of host time (the GPU)
+    groups_kernels: bool = False
 
     def kernel(self, name: str) -> Callable:
         """The eager kernel of primitive `name`, or an error naming the op and the device."""

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
+from ..ir.fusion import Kernel, KernelDesc, KernelGroup, is_row_reduction
 from ..ir.graph import Node, Value, format_node
 from . import is_float, renders
 from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial, shared with the CPU kernels
@@ -69,6 +69,8 @@ _TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int3
              "bool": "tl.int1"}
 # a pointer argument's type in a Triton signature; bool is stored as one byte
 _POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8"}
+_ELEMENT_TYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
+                 "bool": "tl.int8"}
 _ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 
 
@@ -595,8 +597,7 @@ class _Renderer:
     # --- pointwise -------------------------------------------------------------------------
     def pointwise_body(self) -> None:
         code, kernel, desc, ndim = self.code, self.kernel, self.desc, self.ndim
-        code.line("index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # row-major in the loop")
-        code.line("mask = index < n_elements")
+        self.flat_index()
         wanted = {d for bcast in desc.broadcast for d in range(ndim) if not bcast[d]}
         dims = _dim_indices(code, "index", list(desc.loop_shape), wanted)
         env: dict[int, str] = {}
@@ -614,6 +615,11 @@ class _Renderer:
             _emit_node(code, node, env)
         for v in kernel.outputs:
             _store(code, self.ptr[v.id], v, env[v.id], "index", "mask")
+
+    def flat_index(self) -> None:
+        """`index` (the elements this program computes) and `mask` (those inside the loop)."""
+        self.code.line("index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # row-major in the loop")
+        self.code.line("mask = index < n_elements")
 
     # --- rows ------------------------------------------------------------------------------
     def row_body(self) -> None:
@@ -761,6 +767,108 @@ def _needed(kernel: Kernel, targets: list[Value], row_ids: set[int], made: dict[
         seen.add(vid)
         stack.extend(v.id for v in made[vid].inputs)
     return [n for n in kernel.nodes if n.out.id in seen]
+
+
+# ---------------------------------------------------------------------------------------------
+# a group of kernels as one launch (horizontal fusion)
+
+
+@dataclass
+class GroupSource(TritonSource):
+    """A rendered `KernelGroup`: one kernel over all its members, whose only runtime argument is
+    `table`, an int64 array laid out by `table(addresses, config)`: for each operand of the code
+    (a member's inputs, then its outputs) a row of every member's address of it; then each member's
+    element count; then the first program of each member and, last, the program count (that
+    `launch_grid` launches). Program p works on the member m with first[m] <= p < first[m + 1]."""
+
+    sizes: tuple[int, ...] = ()  # each member's element count
+    n_inputs: int = 0  # operands per member that are inputs
+    n_outputs: int = 0  # ... and outputs
+
+    def runtime_args(self, loop_shape: tuple[int, ...], input_strides: list[tuple[int, ...]]) -> list[int]:
+        return []  # (the table, made per launch)
+
+    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
+        return self._pointwise_configs(sum(self.sizes))
+
+    def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
+        return (max(1, self._first_programs(config)[-1]),)
+
+    def _first_programs(self, config: Config) -> list[int]:
+        first, block = [0], config.constexprs["BLOCK"]
+        for n in self.sizes:
+            first.append(first[-1] + _cdiv(n, block))
+        return first
+
+    def table(self, addresses: list[int], config: Config) -> list[int]:
+        """The launch's table in `config`, from the operands' addresses in the group's order (every
+        member's inputs, member by member, then every member's outputs: `KernelGroup.inputs`, `.outputs`)."""
+        n_in, n_out = self.n_inputs, self.n_outputs
+        m = len(self.sizes)
+        inputs, outputs = addresses[: n_in * m], addresses[n_in * m:]
+        rows = [inputs[k::n_in] for k in range(n_in)] + [outputs[j::n_out] for j in range(n_out)]
+        return [a for row in rows for a in row] + list(self.sizes) + self._first_programs(config)
+
+
+class _GroupRenderer(_Renderer):
+    """The first member's code, with each operand's address and the element count read from the
+    launch's table for the member the program works on."""
+
+    def __init__(self, group: KernelGroup) -> None:
+        super().__init__(group.descs[0])
+        self.group = group
+        self.operands = [*self.kernel.inputs, *self.kernel.outputs]
+
+    def params(self, outer_dims: int) -> list[Param]:
+        return [Param("table", "table", "*i64")]
+
+    def header(self) -> None:
+        m = len(self.group.members)
+        self.code.comment(f"{m} kernels of one structure as one launch, each over its own elements (horizontal "
+                          "fusion);\nthe table holds each operand's address per member, then the members' "
+                          "element counts and first programs")
+        self.code.comment("the code of the first: " + self.kernel.format().splitlines()[0])
+
+    def flat_index(self) -> None:
+        code, m = self.code, len(self.group.members)
+        counts, first = len(self.operands) * m, (len(self.operands) + 1) * m
+        code.line("program = tl.program_id(0)")
+        code.comment(f"the member this program works on: first[member] <= program < first[member + 1] "
+                     f"(first at table + {first})")
+        code.line("lo = 0")
+        code.line(f"hi = {m}")
+        with code.block(f"for _ in tl.static_range({max(1, (m - 1).bit_length())}):"):
+            code.line("mid = (lo + hi) // 2")
+            code.line(f"right = tl.load(table + {first} + mid) <= program")
+            code.line("lo = tl.where(right, mid, lo)")
+            code.line("hi = tl.where(right, hi, mid)")
+        code.line("member = lo")
+        code.line(f"start = (program - tl.load(table + {first} + member)) * BLOCK")
+        code.line("index = start + tl.arange(0, BLOCK)  # within the member's elements")
+        # what the loads may assume of values read from the table, which Triton cannot see: every
+        # count a multiple of `step` (the sizes' common power of two, at most 16) and every address
+        # of 16 bytes (the launcher copies an operand that is not) let it load 16 bytes at a time
+        step = math.gcd(16, *(math.prod(k.shape) for k in self.group.members))
+        count = f"tl.load(table + {counts} + member)"
+        code.line(f"mask = index < {count if step == 1 else f'tl.multiple_of({count}, {step})'}")
+        for k, v in enumerate(self.operands):
+            code.line(f"{self.ptr[v.id]} = tl.multiple_of(tl.load(table + {k * m} + member).to("
+                      f"tl.pointer_type({_ELEMENT_TYPE[v.dtype.name]})), 16)  # {v.name}'s address in this member")
+
+
+def render_group(group: KernelGroup) -> GroupSource:
+    """The Triton source of a `KernelGroup` (see `GroupSource`): named after its members' code and
+    how many they are."""
+    renderer = _GroupRenderer(group)
+    renderer.header()
+    renderer.pointwise_body()
+    name = group.name()
+    text = "\n".join(["@triton.jit", *_signature_lines(name, ["table"], ("BLOCK",)), *renderer.code.lines]) + "\n"
+    kernel = renderer.kernel
+    itemsize = max(_ITEMSIZE[v.dtype.name] for v in renderer.operands)
+    return GroupSource(name, text, [Param("table", "table", "*i64")], ("BLOCK",), False, itemsize,
+                       sizes=tuple(math.prod(k.shape) for k in group.members),
+                       n_inputs=len(kernel.inputs), n_outputs=len(kernel.outputs))
 
 
 def render(desc: KernelDesc) -> TritonSource:

@@ -139,6 +139,96 @@ def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
             tuple(broadcast), kernel.rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# horizontal fusion: kernels of one structure over different sizes, run as one launch
+
+
+@dataclass(eq=False)
+class KernelGroup:
+    """Pointwise kernels with the same code but for their sizes, none reading another's output,
+    run as one launch where the last of them ran: an optimizer's update of every parameter. Each
+    member reads its inputs whole or as one number (its loop is flat), so a launch needs no more
+    than each member's size and addresses. `inputs` and `outputs` are the members', in order."""
+
+    members: list[Kernel]
+    descs: list[KernelDesc]
+
+    @property
+    def inputs(self) -> list[Value]:
+        return [v for k in self.members for v in k.inputs]
+
+    @property
+    def outputs(self) -> list[Value]:
+        return [v for k in self.members for v in k.outputs]
+
+    rows = False
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for k in self.members for n in k.nodes]
+
+    def member_making(self, v: Value) -> Kernel:
+        """The member whose output `v` is."""
+        return next(k for k in self.members if any(o.id == v.id for o in k.outputs))
+
+    def name(self) -> str:
+        core = self.members[0].name().rsplit("_", 1)[0]
+        return f"{core}_{len(self.members)}_tensors"
+
+    def format(self) -> str:
+        first = self.members[0].format().splitlines()
+        sizes = ", ".join("x".join(map(str, k.shape)) or "scalar" for k in self.members)
+        return "\n".join([f"group {self.name()}: {len(self.members)} kernels as one launch, over {sizes}; "
+                          "the first:", *("    " + line for line in first)])
+
+
+def groupable(desc: KernelDesc) -> bool:
+    """Whether a kernel may join a group: pointwise, a flat loop (each input whole or one number),
+    no random numbers (they are numbered by element within a kernel's own shape)."""
+    kernel = desc.kernel
+    return (not kernel.rows and len(desc.loop_shape) <= 1 and bool(kernel.outputs)
+            and all(n.op != "random" for n in kernel.nodes))
+
+
+def group_horizontally(order: list, descs: dict[int, KernelDesc]) -> list:
+    """`order` (a `partition`'s) with kernels of one structure (`KernelDesc.key`) that `groupable`
+    admits gathered into `KernelGroup`s, each run where its last member ran. A kernel joins the
+    open group of its structure (or opens one); a group closes before anything reads one of its
+    outputs (moved later, a member must still run before its readers), so no member reads another
+    and every reader of a member's output runs after the group. A group of one stays a kernel.
+    `descs`: id(kernel) -> its description."""
+    open_groups: dict[tuple, list[Kernel]] = {}
+    making: dict[int, tuple] = {}  # value id -> the structure key of the open group making it
+    placed: dict[int, list[Kernel]] = {}  # id(last member) -> its closed group
+    members_of: dict[int, list[Kernel]] = {}
+
+    def close(key: tuple) -> None:
+        group = open_groups.pop(key)
+        placed[id(group[-1])] = group
+        for k in group:
+            members_of[id(k)] = group
+            for v in k.outputs:
+                making.pop(v.id, None)
+
+    for item in order:
+        for key in {making[v.id] for v in item.inputs if v.id in making}:
+            close(key)
+        desc = descs.get(id(item)) if isinstance(item, Kernel) else None
+        if desc is not None and groupable(desc):
+            open_groups.setdefault(desc.key, []).append(item)
+            making.update((v.id, desc.key) for v in item.outputs)
+    for key in list(open_groups):
+        close(key)
+    result = []
+    for item in order:
+        group = members_of.get(id(item)) if isinstance(item, Kernel) else None
+        if group is None or len(group) == 1:
+            result.append(item)
+        elif id(item) in placed:
+            result.append(KernelGroup(group, [descs[id(k)] for k in group]))
+    return result
+
+
 def is_row_reduction(node: Node) -> bool:
     """A reduction a row kernel can hold: over the last dim (longer than 1), keeping it."""
     if not _is_reduce(node) or not node.inputs:

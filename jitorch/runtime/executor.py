@@ -27,7 +27,7 @@ import numpy as np
 from .. import logs
 from ..backends import Backend, backend_for
 from ..errors import FusionWarning
-from ..ir.fusion import Kernel, describe, partition
+from ..ir.fusion import Kernel, KernelGroup, describe, group_horizontally, partition
 from ..ir.graph import Graph, Node, Value, format_node
 from ..primitives import VIEW_PRIMS
 
@@ -92,11 +92,14 @@ class Plan:
     def _fused_steps(self) -> list:
         backend = self.backend
         order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel)
-        kernels = [k for k in order if isinstance(k, Kernel)]
+        descs = {id(k): describe(k) for k in order if isinstance(k, Kernel)}
+        if backend.groups_kernels:
+            order = group_horizontally(order, descs)
+        kernels = [k for k in order if isinstance(k, (Kernel, KernelGroup))]
         if not kernels:
             return self.reference_steps
         try:
-            self.kernels = backend.compile_kernels([describe(k) for k in kernels])
+            self.kernels = backend.compile_kernels([descs[id(k)] if isinstance(k, Kernel) else k for k in kernels])
         except Exception as err:  # a code generator bug must not take the user's program down with it
             warnings.warn(FusionWarning(
                 f"{self.graph.name}: the fused {backend.device_type} kernels failed to compile "
@@ -141,7 +144,15 @@ class Plan:
                     or v.shape != u.shape or v.dtype != u.dtype):
                 continue
             item = items[step]
-            if isinstance(item, Node) or item.kernel.rows or item.kernel.shape != v.shape:
+            if isinstance(item, Node) or item.kernel.rows:
+                continue
+            kernel = item.kernel
+            if isinstance(kernel, KernelGroup):  # (its other members run at once: none may read u)
+                kernel = kernel.member_making(v)
+                others = {w.id for k in item.kernel.members if k is not kernel for w in k.inputs}
+            else:
+                others = set()
+            if kernel.shape != v.shape:
                 continue
             family, stack = set(), [u.id]  # u and every view of it
             while stack:
@@ -149,9 +160,9 @@ class Plan:
                 if w not in family:
                     family.add(w)
                     stack.extend(views.get(w, ()))
-            if any(last_read.get(w, -1) > step for w in family) or family & set(output_ids):
+            if any(last_read.get(w, -1) > step for w in family) or family & (set(output_ids) | others):
                 continue
-            reads = {w.id for w in item.kernel.inputs}
+            reads = {w.id for w in kernel.inputs}
             if u.id not in reads or (reads & family) != {u.id}:  # read only as itself, element for element
                 continue
             found[v.id] = self.slot_of[u.id]

@@ -31,6 +31,7 @@ class CUDABackend(Backend):
     buffer_type = cupy.ndarray
     # each CuPy kernel costs ~15 us of host time; a composite's fused Triton kernels a few us each
     fuses_eager_composites = True
+    groups_kernels = True  # an optimizer's update of every parameter in one launch
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype):
         return cupy.empty(shape, dtype)
@@ -94,10 +95,12 @@ class CUDABackend(Backend):
         """Render each kernel to Triton, and compile it for the current device (the usual
         specialization: contiguous inputs, aligned addresses; all of them side by side), so that a kernel that fails to
         compile fails while its program is built and the program runs on eager kernels instead."""
-        from .launch import TritonKernel, prepare_kernels
+        from ...ir.fusion import KernelGroup
+        from .launch import GroupedTritonKernel, TritonKernel, prepare_kernels
 
         renderer = _renderer()
-        kernels = [TritonKernel(desc, renderer.render(desc)) for desc in descs]
+        kernels = [GroupedTritonKernel(d, renderer.render_group(d)) if isinstance(d, KernelGroup)
+                   else TritonKernel(d, renderer.render(d)) for d in descs]
         prepare_kernels(kernels)
         return kernels
 

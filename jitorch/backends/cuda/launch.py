@@ -412,6 +412,11 @@ class TritonKernel:
         pointers = [Pointer(address, element) for element in self.pointer_types]
         return self.arguments.pick(pointers + runtime), runtime
 
+    def _launch_args(self, pointers: list[int], runtime: list, index: int) -> tuple[tuple, object]:
+        """A launch's arguments in configuration `index` (`runtime`: its arguments after the
+        pointers), and what must live until the launch is queued."""
+        return self.arguments.pick(pointers + runtime), None
+
     # --- choosing a configuration ---------------------------------------------------------------
 
     def _first_launch(self, key: tuple, pointers: list[int]) -> tuple:
@@ -485,7 +490,7 @@ class TritonKernel:
                 logs.log("perf", f"{self.name}: {_format(config)} does not compile ({type(err).__name__}: {err})")
                 continue
             compile_seconds += time.perf_counter() - compile_started
-            args = self.arguments.pick(pointers + runtime)
+            args, _keep = self._launch_args(pointers, runtime, index)
             scratch = cupy.empty(scratch_bytes, np.uint8) if scratch_bytes else None
             if scratch is None:
                 times[index] = time_launches(lambda launch=launch, args=args: launch(stream, args))
@@ -507,6 +512,91 @@ class TritonKernel:
                              f"{compile_seconds * 1e3:.0f} ms): {each}; fastest {_format(self.configs[best])}"
                              + ("" if written else f" (not recorded: {path} can't be written)"))
         return best, entries[best]
+
+
+# ---------------------------------------------------------------------------------------------
+# a group of kernels as one launch
+
+
+class GroupedTritonKernel(TritonKernel):
+    """A `KernelGroup` rendered by `jitorch.codegen.triton.render_group` (a `GroupSource`): one launch
+    computing every member, `run(inputs, outs)` over the members' inputs and outputs in the group's
+    order. Its one runtime argument is a table of the operands' addresses, the members' sizes and
+    first programs, uploaded with each launch on the current stream (no wait for the device).
+    While a CUDA graph is captured the table is copied from pinned host memory that the kernel
+    keeps: the graph's copy reads it on every replay (a captured graph's addresses never change).
+    Configurations are chosen as for any kernel, over the members' total size."""
+
+    def __init__(self, group, source) -> None:
+        global cupy, device_array
+        if cupy is None:
+            import cupy
+
+            from .scalars import device_array
+        self.kernel = group
+        self.name = group.name()
+        self.source, self.rendered = source.text, source
+        self.function = load_kernel_function(source.text, source.name)
+        self.digest = source_digest(module_text(source.text))
+        self.loop_shape = source.sizes  # (what a recorded choice is keyed by)
+        self.configs = source.configs(self.loop_shape)
+        self.in_dtypes = [v.dtype.np for v in group.inputs]
+        self.out_dtypes = [v.dtype.np for v in group.outputs]
+        self.out_shapes = [v.shape for v in group.outputs]
+        self.pointer_types = ["i64"]
+        self._launches: dict[tuple, tuple] = {}
+        self._chosen: dict[int, int] = {}
+        self._tune_lock = threading.Lock()
+        self._pinned: list = []  # host tables that captured graphs copy from on each replay
+
+    def _arguments(self, key: tuple, index: int) -> tuple[tuple, list]:
+        runtime = [self.configs[index].constexprs["BLOCK"]]
+        return (Pointer(16, "i64"), *runtime), runtime
+
+    def _launch_args(self, pointers: list[int], runtime: list, index: int) -> tuple[tuple, object]:
+        table = np.array(self.rendered.table(pointers, self.configs[index]), np.int64)
+        if graphs.capturing():
+            pinned = cupy.cuda.alloc_pinned_memory(table.nbytes)
+            np.frombuffer(pinned, np.int64, table.size)[:] = table
+            self._pinned.append(pinned)
+            on_device = cupy.empty(table.shape, np.int64)
+            on_device.data.copy_from_host_async(pinned.ptr, table.nbytes, cupy.cuda.get_current_stream())
+        else:
+            on_device = device_array(table)
+        return (on_device.data.ptr, *runtime), on_device
+
+    def run(self, arrays: list, outs: list | None = None) -> list:
+        """The members' outputs from their inputs (CuPy arrays; a CPU scalar is copied over), into
+        `outs` where given (None: new arrays). An operand that is not a C-contiguous array at a
+        16-byte address (the kernel loads 16 bytes at a time) goes through a copy."""
+        ndarray = cupy.ndarray
+        keep, pointers = [], []
+        for k, array in enumerate(arrays):
+            if type(array) is not ndarray:
+                array = device_array(np.asarray(array), self.in_dtypes[k])
+            if not array.flags.c_contiguous or array.data.ptr & 15:
+                array = array.copy()  # (C-contiguous, at an address of CuPy's pool)
+            keep.append(array)
+            pointers.append(array.data.ptr)
+        outs = list(outs) if outs is not None else [None] * len(self.out_shapes)
+        given = list(outs)
+        for j, (out, shape, dtype) in enumerate(zip(outs, self.out_shapes, self.out_dtypes)):
+            if out is None or out.data.ptr & 15:
+                outs[j] = cupy.empty(shape, dtype)
+        pointers += [o.data.ptr for o in outs]
+        key = (cupy.cuda.runtime.getDevice(), True, None)
+        launch, scratch_bytes, runtime = self._launches.get(key) or self._first_launch(key, pointers)
+        args, table = self._launch_args(pointers, runtime, self._chosen[key[0]])
+        stream = cupy.cuda.get_current_stream().ptr
+        if scratch_bytes:
+            launch(stream, args, cupy.empty(scratch_bytes, np.uint8).data.ptr)
+        else:
+            launch(stream, args)
+        for j, out in enumerate(given):
+            if out is not None and out is not outs[j]:  # (a given output at an odd address)
+                out[...] = outs[j]
+                outs[j] = out
+        return outs
 
 
 # ---------------------------------------------------------------------------------------------
