@@ -58,7 +58,8 @@ for phase in "${PHASES[@]}"; do
             files=()
             for f in tests/test_eager_pointwise.py tests/test_eager_fusion.py tests/test_cuda_graphs.py \
                      tests/test_autotune.py tests/test_cuda_backend.py tests/test_attention_triton.py \
-                     tests/test_triton_driver.py tests/test_triton_codegen.py tests/test_ops_cuda.py; do
+                     tests/test_triton_driver.py tests/test_triton_codegen.py tests/test_ops_cuda.py \
+                     tests/test_horizontal_fusion.py; do
                 [ -f "$f" ] && files+=("$f")
             done
             python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs "${files[@]}" \
