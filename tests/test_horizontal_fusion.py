@@ -11,10 +11,12 @@ update in one launch, whose kernel also compiles for sm_90 with 16-byte loads.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -278,3 +280,37 @@ def test_grouped_updates_on_cuda_equal_eager_cpu_steps(optimizer, mode):
     assert any(len(g.kernel.members) == 6 for g in groups)
     if mode == "reduce-overhead":
         assert any(p.graphed is not None and p.graphed.replays >= 2 for p in programs)
+
+
+class PinnedStandIn(bytearray):
+    """Host memory with an address, as `cupy.cuda.alloc_pinned_memory` returns."""
+
+    @property
+    def ptr(self) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(self))
+
+
+def test_while_capturing_the_table_is_copied_from_pinned_memory_the_kernel_keeps(stand_in, monkeypatch):
+    """A CUDA graph replays the table's copy: its source must be pinned (CUDA records a copy from
+    pinned memory as a graph node) and live as long as the kernel; CuPy's own copy refuses to run
+    while capturing, so the runtime's is called."""
+    _, launches, tables = stand_in
+    copies = []
+
+    def memcpy_async(dst, src, size, kind, stream):
+        copies.append((kind, stream))
+        ctypes.memmove(dst, src, size)
+
+    fake = types.SimpleNamespace(**vars(FAKE_CUPY))
+    fake.cuda = types.SimpleNamespace(**vars(FAKE_CUPY.cuda), alloc_pinned_memory=lambda n: PinnedStandIn(n))
+    fake.cuda.runtime = types.SimpleNamespace(getDevice=lambda: 0, memcpyAsync=memcpy_async, memcpyHostToDevice=1)
+    monkeypatch.setattr(launch, "cupy", fake)
+    group = two_member_group()
+    kernel = launch.GroupedTritonKernel(group, renderer.render_group(group))
+    ins = operands(group.inputs)
+    monkeypatch.setattr(launch.graphs, "capturing", lambda: True)
+    outs = kernel.run(ins)
+    assert not tables and copies == [(1, 0x5EED)]  # nothing went through device_array
+    (pinned,) = kernel._pinned
+    held = np.frombuffer(pinned, np.int64)
+    assert held.tolist()[-5:] == [40, 24, 0, 1, 2] and outs[1].data.ptr in held.tolist()

@@ -560,7 +560,10 @@ class GroupedTritonKernel(TritonKernel):
             np.frombuffer(pinned, np.int64, table.size)[:] = table
             self._pinned.append(pinned)
             on_device = cupy.empty(table.shape, np.int64)
-            on_device.data.copy_from_host_async(pinned.ptr, table.nbytes, cupy.cuda.get_current_stream())
+            # (the runtime's own call: CuPy's copy_from_host_async refuses any copy from the host
+            # while capturing, where CUDA records one from pinned memory as a graph node)
+            cupy.cuda.runtime.memcpyAsync(on_device.data.ptr, pinned.ptr, table.nbytes,
+                                          cupy.cuda.runtime.memcpyHostToDevice, cupy.cuda.get_current_stream().ptr)
         else:
             on_device = device_array(table)
         return (on_device.data.ptr, *runtime), on_device
@@ -586,7 +589,7 @@ class GroupedTritonKernel(TritonKernel):
         pointers += [o.data.ptr for o in outs]
         key = (cupy.cuda.runtime.getDevice(), True, None)
         launch, scratch_bytes, runtime = self._launches.get(key) or self._first_launch(key, pointers)
-        args, table = self._launch_args(pointers, runtime, self._chosen[key[0]])
+        args, table = self._launch_args(pointers, runtime, self._chosen.get(key[0], 0))
         stream = cupy.cuda.get_current_stream().ptr
         if scratch_bytes:
             launch(stream, args, cupy.empty(scratch_bytes, np.uint8).data.ptr)
