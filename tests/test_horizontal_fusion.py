@@ -126,16 +126,32 @@ def test_the_cpu_backend_runs_kernels_one_by_one():
 # the cuda launcher, on the numpy stand-in for CuPy
 
 
+class PinnedStandIn(bytearray):
+    """Host memory with an address, as `cupy.cuda.alloc_pinned_memory` returns."""
+
+    @property
+    def ptr(self) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(self))
+
+
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path):
+    """The numpy stand-in for CuPy, with pinned memory and the runtime's copy (which records each
+    table it copies, and the stream)."""
     function, launches, tables = StubFunction(), [], []
 
-    def upload(array, dtype=None):
-        tables.append(np.array(array))
-        return FAKE_CUPY.asarray(array, dtype)
+    def memcpy_async(dst, src, size, kind, stream):
+        assert kind == 1 and stream == 0x5EED
+        ctypes.memmove(dst, src, size)
+        tables.append(np.frombuffer(ctypes.string_at(dst, size), np.int64))
 
-    monkeypatch.setattr(launch, "cupy", FAKE_CUPY)
-    monkeypatch.setattr(launch, "device_array", upload)
+    stream = types.SimpleNamespace(ptr=0x5EED, record=lambda: types.SimpleNamespace(done=True))
+    fake = types.SimpleNamespace(**vars(FAKE_CUPY))
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0, memcpyAsync=memcpy_async, memcpyHostToDevice=1),
+        get_current_stream=lambda: stream, alloc_pinned_memory=lambda n: PinnedStandIn(n))
+    monkeypatch.setattr(launch, "cupy", fake)
+    monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
     monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
     monkeypatch.setattr(triton_driver, "activate", lambda: None)
     monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
@@ -282,35 +298,33 @@ def test_grouped_updates_on_cuda_equal_eager_cpu_steps(optimizer, mode):
         assert any(p.graphed is not None and p.graphed.replays >= 2 for p in programs)
 
 
-class PinnedStandIn(bytearray):
-    """Host memory with an address, as `cupy.cuda.alloc_pinned_memory` returns."""
-
-    @property
-    def ptr(self) -> int:
-        return ctypes.addressof(ctypes.c_char.from_buffer(self))
-
 
 def test_while_capturing_the_table_is_copied_from_pinned_memory_the_kernel_keeps(stand_in, monkeypatch):
-    """A CUDA graph replays the table's copy: its source must be pinned (CUDA records a copy from
-    pinned memory as a graph node) and live as long as the kernel; CuPy's own copy refuses to run
-    while capturing, so the runtime's is called."""
+    """A CUDA graph replays the table's copy: its source is pinned memory that lives as long as the
+    kernel, and a table made while capturing is never handed to a later launch."""
     _, launches, tables = stand_in
-    copies = []
-
-    def memcpy_async(dst, src, size, kind, stream):
-        copies.append((kind, stream))
-        ctypes.memmove(dst, src, size)
-
-    fake = types.SimpleNamespace(**vars(FAKE_CUPY))
-    fake.cuda = types.SimpleNamespace(**vars(FAKE_CUPY.cuda), alloc_pinned_memory=lambda n: PinnedStandIn(n))
-    fake.cuda.runtime = types.SimpleNamespace(getDevice=lambda: 0, memcpyAsync=memcpy_async, memcpyHostToDevice=1)
-    monkeypatch.setattr(launch, "cupy", fake)
     group = two_member_group()
     kernel = launch.GroupedTritonKernel(group, renderer.render_group(group))
     ins = operands(group.inputs)
     monkeypatch.setattr(launch.graphs, "capturing", lambda: True)
     outs = kernel.run(ins)
-    assert not tables and copies == [(1, 0x5EED)]  # nothing went through device_array
-    (pinned,) = kernel._pinned
-    held = np.frombuffer(pinned, np.int64)
-    assert held.tolist()[-5:] == [40, 24, 0, 1, 2] and outs[1].data.ptr in held.tolist()
+    kernel.run(ins, outs)
+    assert len(tables) == 2 and not kernel._tables  # each capture copies its own
+    pinned = kernel._pinned
+    assert len(pinned) == 2 and np.frombuffer(pinned[0], np.int64).tolist() == tables[0].tolist()
+    assert tables[0].tolist()[-5:] == [40, 24, 0, 1, 2]
+
+
+def test_a_table_of_the_same_addresses_is_copied_once(stand_in):
+    _, launches, tables = stand_in
+    group = two_member_group()
+    kernel = launch.GroupedTritonKernel(group, renderer.render_group(group))
+    ins = operands(group.inputs)
+    outs = kernel.run(ins)
+    for _ in range(3):
+        kernel.run(ins, outs)
+    assert len(tables) == 1 and len(launches) == 4  # the same addresses: the same table on the device
+    assert launches[0][1] == launches[3][1]
+    for _ in range(launch._TABLES_KEPT + 1):  # new addresses each time: a table each, the oldest dropped
+        kernel.run(operands(group.inputs))
+    assert len(kernel._tables) == launch._TABLES_KEPT

@@ -38,6 +38,7 @@ the caller gives (a compiled program's memory plan) or new ones.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import operator
@@ -522,9 +523,11 @@ class GroupedTritonKernel(TritonKernel):
     """A `KernelGroup` rendered by `jitorch.codegen.triton.render_group` (a `GroupSource`): one launch
     computing every member, `run(inputs, outs)` over the members' inputs and outputs in the group's
     order. Its one runtime argument is a table of the operands' addresses, the members' sizes and
-    first programs, uploaded with each launch on the current stream (no wait for the device).
-    While a CUDA graph is captured the table is copied from pinned host memory that the kernel
-    keeps: the graph's copy reads it on every replay (a captured graph's addresses never change).
+    first programs, copied to the device on the current stream where it is not one of the last few
+    the kernel made (a training step's parameters and moments stay put; its gradients come back to
+    a few addresses). While a CUDA graph is captured the table is copied from pinned host memory
+    that the kernel keeps: the graph's copy reads it on every replay (a captured graph's addresses
+    never change).
     Configurations are chosen as for any kernel, over the members' total size."""
 
     def __init__(self, group, source) -> None:
@@ -548,25 +551,43 @@ class GroupedTritonKernel(TritonKernel):
         self._chosen: dict[int, int] = {}
         self._tune_lock = threading.Lock()
         self._pinned: list = []  # host tables that captured graphs copy from on each replay
+        self._tables: dict[tuple, object] = {}  # (configuration, addresses) -> its table on the device
 
     def _arguments(self, key: tuple, index: int) -> tuple[tuple, list]:
         runtime = [self.configs[index].constexprs["BLOCK"]]
         return (Pointer(16, "i64"), *runtime), runtime
 
     def _launch_args(self, pointers: list[int], runtime: list, index: int) -> tuple[tuple, object]:
-        table = np.array(self.rendered.table(pointers, self.configs[index]), np.int64)
-        if graphs.capturing():
-            pinned = cupy.cuda.alloc_pinned_memory(table.nbytes)
-            np.frombuffer(pinned, np.int64, table.size)[:] = table
+        capturing = graphs.capturing()
+        key = (index, *pointers)
+        table = None if capturing else self._tables.get(key)
+        if table is None:
+            table = self._upload(np.array(self.rendered.table(pointers, self.configs[index]), np.int64), capturing)
+            if not capturing:  # (one made while capturing is the graph's: never handed to a later launch)
+                self._tables[key] = table
+                if len(self._tables) > _TABLES_KEPT:
+                    del self._tables[next(iter(self._tables))]
+        return (table.data.ptr, *runtime), table
+
+    def _upload(self, table: np.ndarray, capturing: bool):
+        """`table` on the device, copied on the current stream from pinned host memory: no wait for
+        the device (a copy from pageable memory goes through the driver's staging buffers, which
+        wait for the device once they are all in use). The pinned buffer lives until the copy has
+        run, or, while capturing, as long as the kernel: the graph copies from it on every replay.
+        (The runtime's own call: CuPy's copy_from_host_async refuses any copy while capturing.)"""
+        pinned = cupy.cuda.alloc_pinned_memory(table.nbytes)
+        np.frombuffer(pinned, np.int64, table.size)[:] = table
+        on_device = cupy.empty(table.shape, np.int64)
+        stream = cupy.cuda.get_current_stream()
+        cupy.cuda.runtime.memcpyAsync(on_device.data.ptr, pinned.ptr, table.nbytes,
+                                      cupy.cuda.runtime.memcpyHostToDevice, stream.ptr)
+        if capturing:
             self._pinned.append(pinned)
-            on_device = cupy.empty(table.shape, np.int64)
-            # (the runtime's own call: CuPy's copy_from_host_async refuses any copy from the host
-            # while capturing, where CUDA records one from pinned memory as a graph node)
-            cupy.cuda.runtime.memcpyAsync(on_device.data.ptr, pinned.ptr, table.nbytes,
-                                          cupy.cuda.runtime.memcpyHostToDevice, cupy.cuda.get_current_stream().ptr)
         else:
-            on_device = device_array(table)
-        return (on_device.data.ptr, *runtime), on_device
+            while _uploading and _uploading[0][0].done:
+                _uploading.popleft()
+            _uploading.append((stream.record(), pinned))
+        return on_device
 
     def run(self, arrays: list, outs: list | None = None) -> list:
         """The members' outputs from their inputs (CuPy arrays; a CPU scalar is copied over), into
@@ -600,6 +621,10 @@ class GroupedTritonKernel(TritonKernel):
                 out[...] = outs[j]
                 outs[j] = out
         return outs
+
+
+_TABLES_KEPT = 4  # device tables kept per grouped kernel: a training step's addresses change little
+_uploading: collections.deque = collections.deque()  # (event, pinned buffer) of copies maybe not run yet
 
 
 # ---------------------------------------------------------------------------------------------
