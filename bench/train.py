@@ -4,7 +4,8 @@ PyTorch eager on the CPU or on one GPU, in one run.
     python bench/train.py                 # writes bench/results/train_cpu.md
     python bench/train.py --repeats 1     # a quick look: prints only, the recorded results are kept
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
-    python bench/train.py --prims         # also prints jitorch's kernel time per primitive
+    python bench/train.py --prims         # also prints jitorch's kernel time per primitive (on the
+                                          # GPU: every runner's device time per kernel)
     python bench/train.py --device cuda   # on the GPU: writes bench/results/train_cuda.md
     python bench/train.py --device cuda --precisions highest   # one precision: train_cuda_highest.md
 
@@ -228,6 +229,30 @@ def primitive_times(run: Callable[[], None], title: str, device: str = "cpu", to
           f"{sum(spent.values()) * 1e3:.1f} ms in kernels, {sum(calls.values())} calls ---")
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:top]:
         print(f"{name:14s} {calls[name]:6d} calls {seconds * 1e3:8.2f} ms")
+
+
+def device_time_tables(runners: dict[str, Callable[[], None]], title: str, top: int = 15) -> None:
+    """Print where each runner's GPU time goes: its kernels by device time over one run, from
+    `jitorch.profiler` (jitorch's runners: eager kernels by primitive, compiled steps by kernel) and
+    `torch.profiler` (PyTorch's), each after a device synchronize."""
+    for label, run in runners.items():
+        if CUDA_RUNNERS[label][0] is jitorch:
+            jitorch.cuda.synchronize()
+            with jitorch.profiler.profile() as prof:
+                run()
+            table = prof.key_averages().table(sort_by="device_time_total", row_limit=top)
+        else:
+            torch.cuda.synchronize()
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as prof:
+                run()
+                torch.cuda.synchronize()
+            averages = prof.key_averages()
+            try:
+                table = averages.table(sort_by="device_time_total", row_limit=top)
+            except (AttributeError, KeyError, ValueError):  # (older PyTorch: the CUDA name)
+                table = averages.table(sort_by="cuda_time_total", row_limit=top)
+        print(f"\n--- device time per kernel, {label}, {title} ---\n{table}", flush=True)
 
 
 def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
@@ -458,8 +483,9 @@ def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, pr
             for label in ("jitorch eager", "jitorch compiled"):
                 if label in runners and label in ms:
                     profile_jitorch(runners[label], f"{label}, {name}", top=30)
-        if prims and "jitorch eager" in runners and "jitorch eager" in ms:
-            primitive_times(runners["jitorch eager"], name, "cuda")
+        if prims:
+            device_time_tables({label: run for label, run in runners.items()  # (a graph's replay is one launch)
+                                if label in ms and "reduce-overhead" not in label}, name)
         del runners
         gc.collect()  # the models and their optimizer state leave the GPU before the next workload
         torch.cuda.empty_cache()
@@ -543,7 +569,8 @@ def main() -> None:
                         help="the file to write (default: bench/results/train_cpu.md or train_cuda.md; nothing for "
                              "a partial run)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
-    parser.add_argument("--prims", action="store_true", help="print jitorch's kernel time per primitive")
+    parser.add_argument("--prims", action="store_true",
+                        help="print jitorch's kernel time per primitive (on cuda: each runner's device time by kernel)")
     parser.add_argument("--malloc-tuning", action="store_true",
                         help="CPU only: turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; "
                              "writes bench/results/train_cpu_malloc_tuning.md)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -109,6 +110,19 @@ class Backend:
         and these head dims: `F.scaled_dot_product_attention` then uses the primitive instead of
         its composite (every backend computes the primitive; this says it is worth it)."""
         return False
+
+    # --- timing, for `jitorch.profiler` --------------------------------------------------
+    def time_mark(self) -> object:
+        """A mark of now in the device's own order of work: `elapsed_ms(a, b)` between two marks,
+        read once the work before the later one has finished (`finish_work`). Here, where kernels
+        run on the host as they are called: the host clock."""
+        return time.perf_counter()
+
+    def elapsed_ms(self, start: object, end: object) -> float:
+        return (end - start) * 1e3
+
+    def finish_work(self) -> None:
+        """Wait for all work queued on the device (nothing to wait for where kernels run on the host)."""
 
     # --- device graphs (optional): `jitorch.compile(fn, mode="reduce-overhead")` ------------
     captures_graphs: bool = False  # whether `capture` records device work for replay

@@ -31,6 +31,8 @@ from ..ir.fusion import Kernel, KernelGroup, describe, group_horizontally, parti
 from ..ir.graph import Graph, Node, Value, format_node
 from ..primitives import VIEW_PRIMS
 
+step_observer = None  # while `jitorch.profiler.profile` records: told of each step a plan runs
+
 
 def fusion_enabled() -> bool:
     return os.environ.get("JITORCH_CPU_FUSION", "1") != "0"
@@ -271,10 +273,13 @@ class Plan:
         if not reserved:
             arena = self._take_arena() if self._arena_views and kernels is None else None
         buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
+        observer = step_observer  # (None but while `jitorch.profiler` records)
         try:
             with np.errstate(all="ignore"):
                 for step in steps:
                     args = [env[i] for i in step.ins]
+                    if observer is not None:
+                        began = observer.begin(self.backend)
                     try:
                         if type(step) is PrimStep:
                             if step.into is not None and arena is not None:
@@ -292,6 +297,8 @@ class Plan:
                                 env[slot] = result
                     except Exception as err:
                         raise _step_error(step, args, err) from err
+                    if observer is not None:
+                        observer.end(began, step.node.op if type(step) is PrimStep else step.kernel.name)
                     if record is not None:
                         _record(step, env, record, self.backend)
                     for i in step.frees:

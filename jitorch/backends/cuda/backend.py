@@ -104,6 +104,18 @@ class CUDABackend(Backend):
         prepare_kernels(kernels)
         return kernels
 
+    def time_mark(self) -> object:
+        """A CUDA event recorded on the current stream."""
+        event = cupy.cuda.Event()
+        event.record()
+        return event
+
+    def elapsed_ms(self, start: object, end: object) -> float:
+        return cupy.cuda.get_elapsed_time(start, end)
+
+    def finish_work(self) -> None:
+        cupy.cuda.Device().synchronize()
+
     captures_graphs = True
 
     def capture(self, work: Callable[[], object]) -> tuple[CUDAGraph, object]:
