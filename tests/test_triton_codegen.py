@@ -190,7 +190,8 @@ def trace(fn, *args, compare_eager: bool = False) -> Traced:
         outs = outs if isinstance(outs, tuple) else (outs,)
         for slot, out in zip(program.info.user_out, outs):
             eager_outputs[graph.outputs[slot].id] = out.numpy()
-    order = partition(graph, lambda n: n.op != "const" and triton_codegen.fusible(n), lambda kernel: True)
+    order = partition(graph, lambda n: n.op != "const" and triton_codegen.fusible(n), lambda kernel: True,
+                      column_sums=True)  # (as the cuda backend fuses)
     kernels = [k for k in order if isinstance(k, Kernel)]
     return Traced(graph, values, kernels, eager_outputs)
 
@@ -340,7 +341,31 @@ CASES = [
         lambda x: x + jt.randn(6, 50, dtype=jt.float64), (jt.randn(6, 50, dtype=jt.float64),)), compare_eager=True,
          eps=float(np.finfo(np.float32).eps)),  # normals are drawn in float32, with the device's log and cos
     Case("random_in_rows", lambda: (_random_rows, (jt.randn(4, 64),)), compare_eager=True),
+    # sums over the leading dims (bias gradients) in the kernel that computes what they sum: rows
+    # and columns that are not multiples of the tiles, a full-shape output beside the sum, a 3-d
+    # loop whose two leading dims are summed (keepdim) with a broadcast input, float64
+    Case("bias_gradient", lambda: (
+        lambda g, h: ((g * (h > 0)), (g * (h > 0)).sum(0)), (jt.randn(37, 50), jt.randn(37, 50))), ulps=64),
+    Case("column_sums_3d", lambda: (
+        lambda x, b: ((x * 2 + b).tanh().sum((0, 1), keepdim=True), (x * b).sum((0, 1))),
+        (jt.randn(5, 7, 24), jt.randn(24))), ulps=64),
+    Case("column_sums_float64", lambda: (
+        lambda x, y: (x * y - 1).sum(0), (jt.randn(70, 33, dtype=jt.float64), jt.randn(70, 33, dtype=jt.float64))),
+         ulps=64),
+    Case("mlp_training_step", lambda: _mlp_step()),
 ]
+
+
+def _mlp_step():
+    model = jt.nn.Sequential(jt.nn.Linear(20, 48), jt.nn.GELU(), jt.nn.Linear(48, 6))
+    opt = jt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step, (jt.randn(70, 20), jt.randint(0, 6, (70,)))
 
 
 @functools.cache
@@ -437,6 +462,8 @@ def test_kernels_on_the_gpu(case, compiler):
 TUNED_CASES = [
     Case("pointwise_1mib", lambda: (lambda x, b: (x * 2 + b).sigmoid(), (jt.randn(512, 512), jt.randn(512)))),
     Case("softmax_short_rows_1mib", lambda: (lambda x: (x * 2 + 1).softmax(-1), (jt.randn(4096, 64),))),
+    Case("bias_gradient_1mib", lambda: (lambda g, h: (g * (h > 0)).sum(0), (jt.randn(1000, 300), jt.randn(1000, 300))),
+         ulps=256),
 ]
 
 
@@ -475,6 +502,7 @@ def test_every_offered_configuration_compiles_for_sm90(compiler):
         "pointwise_broadcasts": [(8, 16), (512, 512), (8192, 8192)],
         "softmax": [(8192, 8192), (4096, 64), (64, 100_000)],
         "layer_norm": [(8192, 768), (1024, 2048)],
+        "bias_gradient": [(37, 50), (4096, 4096), (8192, 768)],
     }
     compiled = 0
     for name, loop_shapes in shapes.items():
@@ -490,6 +518,18 @@ def test_every_offered_configuration_compiles_for_sm90(compiler):
             assert re.search(rf"\.(req|max)ntid {32 * config.num_warps}\b", ptx), (name, config)
             compiled += 1
     assert compiled >= 20
+
+
+def test_sums_over_leading_dims_join_the_kernel_that_computes_what_they_sum():
+    (kernel,) = traced_case("bias_gradient").kernels
+    assert kernel.columns == 1 and [v.shape for v in kernel.outputs] == [(37, 50), (50,)]
+    (kernel,) = traced_case("column_sums_3d").kernels
+    assert kernel.columns == 2 and describe(kernel).loop_shape == (35, 24)  # the two summed dims as one
+    assert any(k.columns for k in traced_case("mlp_training_step").kernels)  # the first layer's bias gradient
+    # what reads a sum waits for the kernel that makes it: the centred values are another kernel's
+    traced = trace(lambda x: (x * 2 - (x * 2).sum(0)).exp(), jt.randn(9, 12))
+    (summing,) = [k for k in traced.kernels if k.columns]
+    assert {n.op for n in summing.nodes} == {"mul", "sum"}
 
 
 def test_every_fused_node_of_the_cases_is_one_the_llvm_renderer_fuses():

@@ -146,6 +146,7 @@ class InterpreterBackend(CPUBackend):
         return True  # as the cuda backend: every fusible node runs in a Triton kernel
 
     groups_kernels = True  # as the cuda backend
+    fuses_column_sums = True
 
     def compile_kernels(self, descs: list[KernelDesc | KernelGroup]) -> list[InterpretedKernel | InterpretedGroup]:
         kernels = [InterpretedGroup(d, triton_codegen.render_group(d), self) if isinstance(d, KernelGroup)

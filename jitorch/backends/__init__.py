@@ -51,6 +51,9 @@ class Backend:
     # over several sizes run as one launch (horizontal fusion), worth it where a launch costs more
     # than a few microseconds of host time (the GPU)
     groups_kernels: bool = False
+    # Whether `compile_kernels` takes column kernels (`Kernel.columns`: sums over the leading dims,
+    # a bias gradient, in the pass that computes what they sum)
+    fuses_column_sums: bool = False
 
     def kernel(self, name: str) -> Callable:
         """The eager kernel of primitive `name`, or an error naming the op and the device."""

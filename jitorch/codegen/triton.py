@@ -372,6 +372,7 @@ class TritonSource:
     constexprs: tuple[str, ...]
     rows: bool  # a row kernel
     itemsize: int  # the widest element of its full shape, in bytes
+    reduced: int | None = None  # a column kernel: how many leading loop dims its sums run over
 
     def signature(self) -> dict[str, str]:
         """Argument name -> type, as `triton.compiler.ASTSource` takes it (constants: "constexpr")."""
@@ -382,6 +383,8 @@ class TritonSource:
         `KernelDesc`'s) where input k has strides `input_strides[k]` (in elements, along the loop dims)."""
         values = {"n_elements": math.prod(loop_shape), "n_rows": math.prod(loop_shape[:-1]),
                   "row_len": loop_shape[-1] if loop_shape else 1}
+        if self.reduced is not None:
+            values.update(n_reduced=math.prod(loop_shape[:self.reduced]), n_kept=math.prod(loop_shape[self.reduced:]))
         args = []
         for p in self.params:
             if p.kind == "size":
@@ -406,6 +409,8 @@ class TritonSource:
         twice the rows per program (16 warps) where that tile fits in registers as a long row would.
         Looped rows: 8 KiB of columns per step with 8 warps by default; also twice that with 16 or 8
         warps, and half with 4."""
+        if self.reduced is not None:
+            return self._column_configs(math.prod(loop_shape[self.reduced:]), math.prod(loop_shape))
         if not self.rows:
             return self._pointwise_configs(math.prod(loop_shape))
         row_len, n_rows = loop_shape[-1], math.prod(loop_shape[:-1])
@@ -435,9 +440,21 @@ class TritonSource:
         last = (512, 4) if size < _LARGE_POINTWISE_BYTES else (4096, 16)
         return [default, *(Config({"BLOCK": b}, w) for b, w in [(1024, 8), (2048, 8), last])]
 
+    def _column_configs(self, n_kept: int, n: int) -> list[Config]:
+        """Column kernels: tiles of BLOCK_R rows by BLOCK_C columns, 32 columns (128 bytes of float32
+        per row) by 64 rows with 4 warps by default, 16 columns where there are few (more programs);
+        from `_TUNE_BYTES`, also wider and taller tiles."""
+        block_c = 16 if n_kept <= 2048 else 32
+        pairs = [(64, block_c, 4)]
+        if n * self.itemsize >= _TUNE_BYTES:
+            pairs += [(32, 2 * block_c, 4), (128, block_c, 8), (16, 4 * block_c, 4)]
+        return [Config({"BLOCK_R": r, "BLOCK_C": c}, w) for r, c, w in pairs]
+
     def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
-        """Programs to launch: one per BLOCK elements (pointwise) or per ROWS rows (row kernels); at
-        least one, so that an empty kernel is still a valid launch."""
+        """Programs to launch: one per BLOCK elements (pointwise), per ROWS rows (row kernels) or per
+        BLOCK_C columns (column kernels); at least one, so that an empty kernel is still a valid launch."""
+        if self.reduced is not None:
+            return (max(1, _cdiv(math.prod(loop_shape[self.reduced:]), config.constexprs["BLOCK_C"])),)
         if self.rows:
             return (max(1, _cdiv(math.prod(loop_shape[:-1]), config.constexprs["ROWS"])),)
         return (max(1, _cdiv(math.prod(loop_shape), config.constexprs["BLOCK"])),)
@@ -528,15 +545,17 @@ def _describe_input(v: Value, bcast: tuple[bool, ...]) -> str:
     return f"{v.name}:{v.type_str()}, {how}"
 
 
-def _dim_indices(code: _Code, flat: str, sizes: list[int], wanted: set[int]) -> dict[int, str]:
+def _dim_indices(code: _Code, flat: str, sizes: list[int], wanted: set[int], first: int = 0) -> dict[int, str]:
     """Lines computing the index along each loop dim in `wanted` from the row-major index `flat`
-    over dims `sizes` (the size params `size{d}` for d >= 1); returns dim -> name."""
+    over loop dims first .. first + len(sizes) - 1 (the size params `size{d}` of all but the first);
+    returns dim -> name."""
     names = {}
-    if len(sizes) == 1:
-        return {0: flat} if 0 in wanted else {}
+    last = first + len(sizes) - 1
+    if first == last:
+        return {first: flat} if first in wanted else {}
     for d in sorted(wanted, reverse=True):
-        quotient = flat + "".join(f" // size{e}" for e in range(len(sizes) - 1, d, -1))
-        names[d] = code.let(f"i{d}", quotient if d == 0 else f"{quotient} % size{d}")
+        quotient = flat + "".join(f" // size{e}" for e in range(last, d, -1))
+        names[d] = code.let(f"i{d}", quotient if d == first else f"{quotient} % size{d}")
     return names
 
 
@@ -575,7 +594,14 @@ class _Renderer:
 
     def source(self) -> TritonSource:
         kernel = self.kernel
-        if kernel.rows:
+        reduced = None
+        if kernel.columns:
+            constexprs = ("BLOCK_R", "BLOCK_C")
+            reduced = self.desc.reduced_loop_dims
+            params = self.column_params(reduced)
+            self.header()
+            self.column_body(reduced)
+        elif kernel.rows:
             constexprs = ("ROWS", "BLOCK", "ROW_IN_REGISTERS")
             params = self.params(self.ndim - 1)
             self.header()
@@ -592,7 +618,7 @@ class _Renderer:
         values = [*kernel.inputs, *kernel.outputs, *(n.out for n in kernel.nodes)]
         full = [v for v in values if v.shape == kernel.shape] or values
         itemsize = max(_ITEMSIZE[v.dtype.name] for v in full)
-        return TritonSource(name, text, params, constexprs, kernel.rows, itemsize)
+        return TritonSource(name, text, params, constexprs, kernel.rows, itemsize, reduced)
 
     # --- pointwise -------------------------------------------------------------------------
     def pointwise_body(self) -> None:
@@ -620,6 +646,66 @@ class _Renderer:
         """`index` (the elements this program computes) and `mask` (those inside the loop)."""
         self.code.line("index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # row-major in the loop")
         self.code.line("mask = index < n_elements")
+
+    # --- columns: sums over the leading dims ----------------------------------------------
+    def column_params(self, reduced: int) -> list[Param]:
+        """Pointers, the reduced and kept element counts, the sizes that index decomposition
+        divides by (each loop dim's but the first of the reduced and of the kept ones), then each
+        input's strides along its non-broadcast dims but the innermost."""
+        kernel, ndim = self.kernel, self.ndim
+        params = [Param(self.ptr[v.id], "input", _POINTER_TYPE[v.dtype.name], k) for k, v in enumerate(kernel.inputs)]
+        params += [Param(self.ptr[v.id], "output", _POINTER_TYPE[v.dtype.name], j)
+                   for j, v in enumerate(kernel.outputs)]
+        params += [Param("n_reduced", "n_reduced", "i64"), Param("n_kept", "n_kept", "i64")]
+        params += [Param(f"size{d}", "size", "i64", dim=d) for d in range(ndim) if d not in (0, reduced)]
+        for k, v in enumerate(kernel.inputs):
+            params += [Param(f"{_var(v)}_stride{d}", "stride", "i64", k, d)
+                       for d in range(ndim - 1) if not self.desc.broadcast[k][d]]
+        return params
+
+    def column_body(self, reduced: int) -> None:
+        """BLOCK_C columns (the kept dims, flattened) per program, walking all the rows (the reduced
+        dims, flattened) BLOCK_R at a time: the full-shape values as a pointwise kernel computes them,
+        each sum accumulated per column in a [BLOCK_R, BLOCK_C] tile, reduced over its rows at the end."""
+        code, kernel, desc, ndim = self.code, self.kernel, self.desc, self.ndim
+        sums = [n for n in kernel.nodes if _is_sum(n)]
+        wanted = {d for bcast in desc.broadcast for d in range(ndim) if not bcast[d]}
+        code.line("col = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]  # [1, BLOCK_C]")
+        code.line("col_mask = col < n_kept")
+        dims = _dim_indices(code, "col", list(desc.loop_shape[reduced:]), {d for d in wanted if d >= reduced}, reduced)
+        for node in sums:
+            code.line(f"{_var(node.out)}_acc = tl.zeros([BLOCK_R, BLOCK_C], {_ACCUMULATOR[node.out.dtype.name]})"
+                      f"  # {node.out.name} per column, one row of partial sums per row of the tile")
+        code.element_index = "index"
+        with code.block("for row0 in range(0, n_reduced, BLOCK_R):"):
+            code.line("row = row0 + tl.arange(0, BLOCK_R)[:, None]  # [BLOCK_R, 1]")
+            code.line("mask = (row < n_reduced) & col_mask")
+            code.line("index = row * n_kept + col  # row-major in the kernel's shape")
+            dims.update(_dim_indices(code, "row", list(desc.loop_shape[:reduced]), {d for d in wanted if d < reduced}))
+            env: dict[int, str] = {}
+            for k, v in enumerate(kernel.inputs):
+                bcast = desc.broadcast[k]
+                if all(bcast):
+                    code.scalars.add(v.id)
+                    load = _load(self.ptr[v.id], v, None, None)
+                else:
+                    terms = [f"{dims[d]} * {_var(v)}_stride{d}" for d in range(ndim - 1) if not bcast[d]]
+                    terms += [dims[ndim - 1]] if not bcast[-1] else []
+                    load = _load(self.ptr[v.id], v, " + ".join(terms), "mask")
+                env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
+            for node in kernel.nodes:
+                if _is_sum(node):
+                    code.comment(format_node(node))
+                    code.line(f"{_var(node.out)}_acc += tl.where(mask, {env[node.inputs[0].id]}, 0)")
+                else:
+                    _emit_node(code, node, env)
+            for v in kernel.outputs:
+                if v.shape == kernel.shape:
+                    _store(code, self.ptr[v.id], v, env[v.id], "index", "mask")
+        for node in sums:
+            total = code.let(_var(node.out), f"tl.sum({_var(node.out)}_acc, 0)[None, :]")
+            if any(v.id == node.out.id for v in kernel.outputs):
+                _store(code, self.ptr[node.out.id], node.out, total, "col", "col_mask")
 
     # --- rows ------------------------------------------------------------------------------
     def row_body(self) -> None:
@@ -740,6 +826,14 @@ class _Renderer:
                 code.comment(format_node(r))
                 env[r.out.id] = self.reduce(r, accumulators[r.out.id])
         return env
+
+
+_ACCUMULATOR = {"float32": "tl.float32", "float64": "tl.float64"}
+
+
+def _is_sum(node: Node) -> bool:
+    """A column kernel's sum over its leading dims (every reduction such a kernel holds is one)."""
+    return node.op == "sum"
 
 
 def _signature_lines(name: str, args: list[str], constexprs: tuple[str, ...]) -> list[str]:

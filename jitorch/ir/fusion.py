@@ -49,6 +49,7 @@ class Kernel:
     outputs: list[Value] = field(default_factory=list)  # written to memory
     reads: set[int] = field(default_factory=set)  # ids of the values its nodes read
     rows: bool = False  # holds reductions over the last dim: a row kernel
+    columns: int = 0  # holds sums over its first `columns` dims (a bias gradient): a column kernel
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -92,6 +93,11 @@ class KernelDesc:
     def name(self) -> str:
         return self.kernel.name()
 
+    @property
+    def reduced_loop_dims(self) -> int:
+        """A column kernel's loop dims that its sums run over (the leading ones)."""
+        return sum(1 for group in self.dim_groups if group[0] < self.kernel.columns)
+
     def view_shape(self, v: Value) -> tuple[int, ...]:
         """The shape in which input `v` is read: its dims merged as the loop's are."""
         padded = _padded(v, len(self.kernel.shape))
@@ -120,7 +126,8 @@ def _collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], 
 
     groups: list[list[int]] = []
     for d in (d for d in range(ndim) if shape[d] != 1):
-        if groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1):
+        if (groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1)
+                and not (kernel.columns and d == kernel.columns and groups[-1][-1] < d)):
             groups[-1].append(d)
         else:
             groups.append([d])
@@ -136,7 +143,7 @@ def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
         nodes.append((node.op, node.params_key(), tuple(local[v.id] for v in node.inputs), node.out.dtype.name))
         local[node.out.id] = len(local)
     return (tuple(v.dtype.name for v in kernel.inputs), tuple(nodes), tuple(local[v.id] for v in kernel.outputs),
-            tuple(broadcast), kernel.rows)
+            tuple(broadcast), kernel.rows, kernel.columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class KernelGroup:
         return [v for k in self.members for v in k.outputs]
 
     rows = False
+    columns = 0
 
     @property
     def nodes(self) -> list[Node]:
@@ -186,7 +194,7 @@ def groupable(desc: KernelDesc) -> bool:
     """Whether a kernel may join a group: pointwise, a flat loop (each input whole or one number),
     no random numbers (they are numbered by element within a kernel's own shape)."""
     kernel = desc.kernel
-    return (not kernel.rows and len(desc.loop_shape) <= 1 and bool(kernel.outputs)
+    return (not kernel.rows and not kernel.columns and len(desc.loop_shape) <= 1 and bool(kernel.outputs)
             and all(n.op != "random" for n in kernel.nodes))
 
 
@@ -238,11 +246,23 @@ def is_row_reduction(node: Node) -> bool:
             and tuple(node.params.get("dims", ())) == (len(shape) - 1,))
 
 
-def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None
-              ) -> list[Node | Kernel]:
+def column_sum_dims(node: Node) -> int:
+    """How many leading dims `node` sums over where it is a sum a column kernel can hold (over the
+    first k dims of a float value, 0 < k < its ndim, keepdim either way: a bias gradient), else 0."""
+    if node.op != "sum" or not node.inputs or node.inputs[0].dtype.name not in ("float32", "float64"):
+        return 0
+    shape, dims = node.inputs[0].shape, tuple(node.params.get("dims", ()))
+    k = len(dims)
+    return k if 0 < k < len(shape) and dims == tuple(range(k)) and node.out.dtype == node.inputs[0].dtype else 0
+
+
+def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None,
+              column_sums: bool = False) -> list[Node | Kernel]:
     """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
     A kernel of one node is returned as the plain node unless `single_worth_it` says otherwise (a
-    backend may still run one large op faster than numpy, e.g. on several threads)."""
+    backend may still run one large op faster than numpy, e.g. on several threads). With
+    `column_sums`, a sum over leading dims (`column_sum_dims`) joins the open kernel that makes
+    what it sums, which then writes the sums (a column kernel: nothing in it reads them)."""
     nodes = _scalars_first(graph)
     position = {node.out.id: i for i, node in enumerate(nodes)}
     open_kernels: dict[tuple[int, ...], list[Kernel]] = {}  # per shape, the newest last
@@ -250,6 +270,8 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     order: list[Node | Kernel] = []
     for i, node in enumerate(nodes):
         reduction = is_row_reduction(node)
+        if column_sums and not reduction and _join_columns(node, open_kernels, kernel_of):
+            continue
         if not fusible(node) or not reduction and _is_reduce(node):
             order.append(node)
             continue
@@ -280,6 +302,23 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
             for k in order]
 
 
+def _join_columns(node: Node, open_kernels: dict[tuple[int, ...], list[Kernel]], kernel_of: dict[int, Kernel]) -> bool:
+    """Add column sum `node` to the open pointwise kernel that makes what it sums, where there is
+    one (and the kernel sums over the same dims, if it sums already); whether it did."""
+    k = column_sum_dims(node)
+    if not k:
+        return False
+    kernel = kernel_of.get(node.inputs[0].id)
+    if (kernel is None or kernel.rows or kernel.columns not in (0, k) or kernel.shape != node.inputs[0].shape
+            or kernel not in open_kernels.get(kernel.shape, ()) or len(kernel.nodes) >= MAX_NODES_PER_KERNEL):
+        return False
+    kernel.columns = k
+    kernel.nodes.append(node)
+    kernel.reads.add(node.inputs[0].id)
+    kernel_of[node.out.id] = kernel
+    return True
+
+
 def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], kernel_of: dict[int, Kernel],
                order: list, open_kernels: dict[tuple[int, ...], list[Kernel]]) -> Kernel | None:
     """Where chains of one shape meet (an optimizer's update reads its moment chains and its decayed
@@ -290,7 +329,7 @@ def _merge_for(node: Node, candidates: list[Kernel], position: dict[int, int], k
     passes over the row). Returns that kernel, or None (nothing merged)."""
     makers = sorted({id(k): k for v in node.inputs if (k := kernel_of.get(v.id)) in candidates}.values(),
                     key=lambda k: k.start)
-    if len(makers) < 2 or any(k.rows and k.shape != node.out.shape for k in makers):
+    if len(makers) < 2 or any(k.rows and k.shape != node.out.shape or k.columns for k in makers):
         return None
     oldest, newer = makers[0], makers[1:]
     made = {n.out.id for k in makers for n in k.nodes}
@@ -349,6 +388,9 @@ def _scalars_first(graph: Graph) -> list[Node]:
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
     if not _related(node, kernel, kernel_of):
         return False
+    if kernel.columns and (_is_reduce(node) or any(kernel_of.get(v.id) is kernel and v.shape != kernel.shape
+                                                   for v in node.inputs)):
+        return False  # (a column kernel's sums are complete only when it ends)
     for v in node.inputs:
         if kernel_of.get(v.id) is kernel or v.node is not None and v.node.op == "const":
             continue  # (constants exist before anything runs)

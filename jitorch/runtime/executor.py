@@ -93,7 +93,8 @@ class Plan:
 
     def _fused_steps(self) -> list:
         backend = self.backend
-        order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel)
+        order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel,
+                          column_sums=backend.fuses_column_sums)
         descs = {id(k): describe(k) for k in order if isinstance(k, Kernel)}
         if backend.groups_kernels:
             order = group_horizontally(order, descs)
@@ -146,7 +147,7 @@ class Plan:
                     or v.shape != u.shape or v.dtype != u.dtype):
                 continue
             item = items[step]
-            if isinstance(item, Node) or item.kernel.rows:
+            if isinstance(item, Node) or item.kernel.rows or item.kernel.columns:
                 continue
             kernel = item.kernel
             if isinstance(kernel, KernelGroup):  # (its other members run at once: none may read u)

@@ -32,6 +32,7 @@ class CUDABackend(Backend):
     # each CuPy kernel costs ~15 us of host time; a composite's fused Triton kernels a few us each
     fuses_eager_composites = True
     groups_kernels = True  # an optimizer's update of every parameter in one launch
+    fuses_column_sums = True  # a bias gradient summed in the pass that computes what it sums
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype):
         return cupy.empty(shape, dtype)
