@@ -30,10 +30,11 @@ import tokenize
 
 import numpy as np
 
+from jitorch.backends import get_float32_matmul_precision
 from jitorch.backends.cpu import CPUBackend
 from jitorch.backends.cuda.launch import contiguous_strides, view_strides
 from jitorch.codegen import triton as triton_codegen
-from jitorch.ir.fusion import KernelDesc, KernelGroup
+from jitorch.ir.fusion import KernelDesc, KernelGroup, MatmulEpilogue
 
 
 class InterpretedKernel:
@@ -118,6 +119,38 @@ class InterpretedGroup:
     _function = InterpretedKernel._function
 
 
+class InterpretedMatmul:
+    """A `MatmulEpilogue` as the Triton template, interpreted, in its default configuration (the
+    cuda launcher may choose cuBLAS and the epilogue kernel instead, by timing)."""
+
+    def __init__(self, item: MatmulEpilogue, source: triton_codegen.MatmulSource, backend: InterpreterBackend):
+        self.kernel, self.name, self.backend = item, item.name(), backend
+        self.source, self.rendered = source.text, source
+        self.shape = item.product.shape
+        self.config = source.configs(self.shape)[0]
+        self.grid = source.launch_grid(self.shape, self.config)
+        self.in_dtypes = [v.dtype.np for v in item.inputs]
+        self.outputs = [(v.shape, v.dtype.np) for v in item.outputs]
+        self.function = None
+
+    def run(self, arrays: list, outs: list | None = None) -> list[np.ndarray]:
+        import torch
+
+        inputs = [np.ascontiguousarray(np.asarray(a, dtype=dt)) for a, dt in zip(arrays, self.in_dtypes)]
+        outs = [np.empty(shape, dt) if o is None else o
+                for o, (shape, dt) in zip(outs or [None] * len(self.outputs), self.outputs)]
+        strides = [tuple(s // a.itemsize for s in a.reshape((1,) * (2 - a.ndim) + a.shape).strides) for a in inputs]
+        m, n = self.shape
+        args = self.rendered.matmul_args(m, n, inputs[0].shape[1], strides)
+        self._function()[self.grid](*(_tensor(torch, a) for a in (*inputs, *outs)), *args, **self.config.constexprs,
+                                    **self.config.options())
+        self.backend.launches += 1
+        self.backend.programs += int(np.prod(self.grid))
+        return outs
+
+    _function = InterpretedKernel._function
+
+
 def _tensor(torch, array: np.ndarray):
     return torch.from_numpy(array.view(np.int8) if array.dtype == np.bool_ else array)
 
@@ -147,9 +180,13 @@ class InterpreterBackend(CPUBackend):
 
     groups_kernels = True  # as the cuda backend
     fuses_column_sums = True
+    fuses_matmul_epilogues = True
 
-    def compile_kernels(self, descs: list[KernelDesc | KernelGroup]) -> list[InterpretedKernel | InterpretedGroup]:
+    def compile_kernels(self, descs: list) -> list:
+        precision = get_float32_matmul_precision()
         kernels = [InterpretedGroup(d, triton_codegen.render_group(d), self) if isinstance(d, KernelGroup)
+                   else InterpretedMatmul(d, triton_codegen.render_matmul(d, precision), self)
+                   if isinstance(d, MatmulEpilogue)
                    else InterpretedKernel(d, triton_codegen.render(d), self) for d in descs]
         for k in kernels:
             self.sources.setdefault(k.source, (k.rendered, k.config))

@@ -7,8 +7,9 @@ A backend is one package that registers itself for a device type (`register`) an
   (an input may be a CPU scalar, a 0-d numpy array, as PyTorch lets CPU scalars join any device);
 - capability answers for fusion: `can_fuse(node)` and `worth_a_kernel(kernel)`;
 - `compile_kernels(descs)`: render each kernel description (`jitorch.ir.fusion.KernelDesc`, or a
-  `KernelGroup` where the backend `groups_kernels`) to source, compile it (with an on-disk cache)
-  and return launchable kernels: `run(inputs, outs=None) -> outputs`.
+  `KernelGroup` where the backend `groups_kernels`, a `MatmulEpilogue` where it
+  `fuses_matmul_epilogues`) to source, compile it (with an on-disk cache) and return launchable
+  kernels: `run(inputs, outs=None) -> outputs`.
 
 Everything above this layer (dispatch, autograd, the tracer, the executor of compiled programs)
 asks `backend_for(device)` and knows no backend by name; `jitorch/ir` knows none at all.
@@ -54,6 +55,9 @@ class Backend:
     # Whether `compile_kernels` takes column kernels (`Kernel.columns`: sums over the leading dims,
     # a bias gradient, in the pass that computes what they sum)
     fuses_column_sums: bool = False
+    # Whether `compile_kernels` takes `MatmulEpilogue`s: a 2-d float32 product and the pointwise
+    # kernel that alone reads it, computed together
+    fuses_matmul_epilogues: bool = False
 
     def kernel(self, name: str) -> Callable:
         """The eager kernel of primitive `name`, or an error naming the op and the device."""

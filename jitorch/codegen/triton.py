@@ -57,7 +57,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..ir.fusion import Kernel, KernelDesc, KernelGroup, is_row_reduction
+from ..ir.fusion import Kernel, KernelDesc, KernelGroup, MatmulEpilogue, is_row_reduction
 from ..ir.graph import Node, Value, format_node
 from . import is_float, renders
 from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial, shared with the CPU kernels
@@ -963,6 +963,129 @@ def render_group(group: KernelGroup) -> GroupSource:
     return GroupSource(name, text, [Param("table", "table", "*i64")], ("BLOCK",), False, itemsize,
                        sizes=tuple(math.prod(k.shape) for k in group.members),
                        n_inputs=len(kernel.inputs), n_outputs=len(kernel.outputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# a matrix product with its epilogue (`MatmulEpilogue`)
+
+
+@dataclass
+class MatmulSource(TritonSource):
+    """A rendered `MatmulEpilogue`: C = A @ B tile by tile, then the epilogue kernel's nodes on each
+    tile of C, in registers. Its runtime arguments after the pointers are the sizes M, N, K, then
+    the strides (in elements) of A, of B, and of each epilogue input along the dims it is not
+    broadcast on (`matmul_args`); its outputs are C-contiguous (M, N) arrays."""
+
+    broadcasts: tuple[tuple[bool, bool], ...] = ()  # per epilogue input: broadcast along M, along N
+    precision: str = "tf32"  # `tl.dot`'s input precision (`matmul_precision`)
+
+    def matmul_args(self, m: int, n: int, k: int, strides: list[tuple[int, int]]) -> list[int]:
+        """The arguments after the pointers for an (m, k) @ (k, n) product whose inputs (A, B, then
+        the epilogue's, each as a 2-d view) have these element strides."""
+        args = [m, n, k, *strides[0], *strides[1]]
+        for (bm, bn), (sm, sn) in zip(self.broadcasts, strides[2:]):
+            args += ([] if bm else [sm]) + ([] if bn else [sn])
+        return args
+
+    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
+        """(BLOCK_M, BLOCK_N, BLOCK_K, warps, pipeline stages), GROUP_M 8: the default first, then
+        tiles of the sizes Triton's matmul tutorial uses for float32 inputs multiplied in TF32 (in
+        full float32 the products run on the CUDA cores: smaller tiles); a product under 1 MiB of
+        output takes the last alone. The launcher times them against cuBLAS and the epilogue."""
+        m, n = loop_shape
+        if self.precision == "ieee":
+            tiles = [(64, 64, 16, 4, 2), (128, 64, 16, 8, 2), (64, 128, 16, 8, 2), (32, 64, 16, 4, 2)]
+        else:
+            tiles = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)]
+        if m * n * 4 < _TUNE_BYTES:
+            tiles = tiles[3:]
+        return [MatmulConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                              "DOT_PRECISION": self.precision}, w, stages) for bm, bn, bk, w, stages in tiles]
+
+    def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
+        m, n = loop_shape
+        return (_cdiv(m, config.constexprs["BLOCK_M"]) * _cdiv(n, config.constexprs["BLOCK_N"]) or 1,)
+
+
+@dataclass
+class MatmulConfig(Config):
+    """A matmul tile: its constants, warps and software-pipeline stages."""
+
+    num_stages: int = 3
+
+    def options(self) -> dict:
+        return {**super().options(), "num_stages": self.num_stages}
+
+
+def render_matmul(item: MatmulEpilogue, float32_matmul_precision: str = "highest") -> MatmulSource:
+    """The Triton source of a product and its epilogue (see `MatmulSource`), its factors multiplied
+    at `float32_matmul_precision` (`matmul_precision`)."""
+    kernel = item.kernel
+    product = item.product
+    a, b = item.matmul.inputs
+    others = [v for v in kernel.inputs if v.id != product.id]
+    code = _Code(kernel)
+    ptr = {v.id: f"{_var(v)}_ptr" for v in (*others, *kernel.outputs)}
+    broadcasts = tuple(tuple(size == 1 for size in (1,) * (2 - len(v.shape)) + v.shape) for v in others)
+    params = [Param("a_ptr", "input", "*fp32", 0), Param("b_ptr", "input", "*fp32", 1)]
+    params += [Param(ptr[v.id], "input", _POINTER_TYPE[v.dtype.name], 2 + k) for k, v in enumerate(others)]
+    params += [Param(ptr[v.id], "output", _POINTER_TYPE[v.dtype.name], j) for j, v in enumerate(kernel.outputs)]
+    params += [Param(name, "size", "i64") for name in ("M", "N", "K")]
+    params += [Param(name, "stride", "i64") for name in ("a_stride0", "a_stride1", "b_stride0", "b_stride1")]
+    for v, bcast in zip(others, broadcasts):
+        params += [Param(f"{_var(v)}_stride{d}", "stride", "i64") for d in range(2) if not bcast[d]]
+    code.comment(f"{format_node(item.matmul)}\nthen, on each tile of the product in registers: "
+                 + kernel.format().splitlines()[0])
+    code.line("program = tl.program_id(0)")
+    code.line("tiles_m = tl.cdiv(M, BLOCK_M)")
+    code.line("tiles_n = tl.cdiv(N, BLOCK_N)")
+    code.comment("programs walk GROUP_M rows of tiles a column at a time: neighbours share B's tiles in L2")
+    code.line("group = program // (GROUP_M * tiles_n)")
+    code.line("group_rows = tl.minimum(tiles_m - group * GROUP_M, GROUP_M)")
+    code.line("tile_m = group * GROUP_M + (program % (GROUP_M * tiles_n)) % group_rows")
+    code.line("tile_n = (program % (GROUP_M * tiles_n)) // group_rows")
+    code.line("rm = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    code.line("rn = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    code.line("rk = tl.arange(0, BLOCK_K)")
+    code.line("acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)")
+    with code.block("for k0 in range(0, K, BLOCK_K):"):
+        code.line("ks = k0 + rk")
+        code.line("a = tl.load(a_ptr + rm[:, None] * a_stride0 + ks[None, :] * a_stride1, "
+                  "mask=(rm[:, None] < M) & (ks[None, :] < K), other=0.0)")
+        code.line("b = tl.load(b_ptr + ks[:, None] * b_stride0 + rn[None, :] * b_stride1, "
+                  "mask=(ks[:, None] < K) & (rn[None, :] < N), other=0.0)")
+        code.line("acc += tl.dot(a, b, input_precision=DOT_PRECISION)")
+    code.line("row = rm[:, None]")
+    code.line("col = rn[None, :]")
+    code.line("mask = (row < M) & (col < N)")
+    code.line("index = row * N + col  # row-major in the product")
+    env = {product.id: code.let(_var(product), f"acc  # {product.name}, never written to memory")}
+    for v, bcast in zip(others, broadcasts):
+        if all(bcast):
+            code.scalars.add(v.id)
+            load = _load(ptr[v.id], v, None, None)
+        else:
+            terms = [f"{axis} * {_var(v)}_stride{d}" for d, axis in enumerate(("row", "col")) if not bcast[d]]
+            where = " & ".join(f"({axis} < {size})" for axis, size, b in (("row", "M", bcast[0]),
+                                                                           ("col", "N", bcast[1])) if not b)
+            load = _load(ptr[v.id], v, " + ".join(terms), where)
+        env[v.id] = code.let(_var(v), f"{load}  # {v.name}:{v.type_str()}")
+    for node in kernel.nodes:
+        _emit_node(code, node, env)
+    for v in kernel.outputs:
+        _store(code, ptr[v.id], v, env[v.id], "index", "mask")
+    name = item.name()
+    constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "DOT_PRECISION")
+    text = "\n".join(["@triton.jit", *_signature_lines(name, [p.name for p in params], constexprs),
+                      *code.lines]) + "\n"
+    return MatmulSource(name, text, params, constexprs, False, 4, broadcasts=broadcasts,
+                        precision=matmul_precision(float32_matmul_precision))
+
+
+def matmul_precision(float32_matmul_precision: str) -> str:
+    """`tl.dot`'s input precision for float32 factors: "ieee" at "highest" (float32 arithmetic, as
+    cuBLAS's SGEMM: PyTorch's meaning of "highest"), else "tf32" (as cuBLAS at "high")."""
+    return "ieee" if float32_matmul_precision == "highest" else "tf32"
 
 
 def render(desc: KernelDesc) -> TritonSource:

@@ -237,6 +237,79 @@ def group_horizontally(order: list, descs: dict[int, KernelDesc]) -> list:
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# a matrix product and the pointwise kernel that alone reads it, as one kernel (an epilogue)
+
+
+@dataclass(eq=False)
+class MatmulEpilogue:
+    """A 2-d `matmul` node whose product only `kernel` (pointwise, over the product's shape) reads:
+    a backend may compute both in one kernel, the product tile by tile in registers, never written
+    (a bias, an activation, a residual add, a cast). Runs where `kernel` ran. `inputs`: the product's
+    two factors, then the kernel's other inputs; `outputs`: the kernel's."""
+
+    matmul: Node
+    kernel: Kernel
+    desc: KernelDesc  # the kernel's, with the product among its inputs
+
+    rows = False
+    columns = 0
+
+    @property
+    def product(self) -> Value:
+        return self.matmul.out
+
+    @property
+    def inputs(self) -> list[Value]:
+        return [*self.matmul.inputs, *(v for v in self.kernel.inputs if v.id != self.product.id)]
+
+    @property
+    def outputs(self) -> list[Value]:
+        return self.kernel.outputs
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.matmul, *self.kernel.nodes]
+
+    def name(self) -> str:
+        return "matmul_" + self.kernel.name().removeprefix("fused_")
+
+    def format(self) -> str:
+        return "\n".join([f"matmul with epilogue {self.name()}: " + format_node(self.matmul),
+                          *self.kernel.format().splitlines()])
+
+
+def epilogue_matmul(node: Node) -> bool:
+    """A product a kernel may take in: of two 2-d float32 factors."""
+    return (node.op == "matmul" and len(node.inputs) == 2 and all(len(v.shape) == 2 for v in node.inputs)
+            and node.out.dtype.name == "float32" and all(v.dtype == node.out.dtype for v in node.inputs))
+
+
+def absorb_matmul_epilogues(graph: Graph, order: list, descs: dict[int, KernelDesc]) -> list:
+    """`order` with each product that `epilogue_matmul` admits and only one pointwise kernel of its
+    shape reads (nothing else, not the graph's outputs: a product saved for the backward stays a
+    node) replaced, with that kernel, by a `MatmulEpilogue` where the kernel ran."""
+    readers: dict[int, list] = {}
+    for item in order:
+        for v in item.inputs:
+            readers.setdefault(v.id, []).append(item)
+    outputs = {v.id for v in graph.outputs}
+    taken: dict[int, Node] = {}  # id(kernel) -> the product it takes in
+    for item in order:
+        if not (isinstance(item, Node) and epilogue_matmul(item)) or item.out.id in outputs:
+            continue
+        found = {id(r): r for r in readers.get(item.out.id, [])}
+        if len(found) != 1:
+            continue
+        (kernel,) = found.values()
+        if (isinstance(kernel, Kernel) and not kernel.rows and not kernel.columns and kernel.shape == item.out.shape
+                and id(kernel) not in taken and all(v.id != item.out.id for v in kernel.outputs)):
+            taken[id(kernel)] = item
+    absorbed = {id(n) for n in taken.values()}
+    return [MatmulEpilogue(taken[id(item)], item, descs[id(item)]) if id(item) in taken else item
+            for item in order if id(item) not in absorbed]
+
+
 def is_row_reduction(node: Node) -> bool:
     """A reduction a row kernel can hold: over the last dim (longer than 1), keeping it."""
     if not _is_reduce(node) or not node.inputs:

@@ -27,7 +27,15 @@ import numpy as np
 from .. import logs
 from ..backends import Backend, backend_for
 from ..errors import FusionWarning
-from ..ir.fusion import Kernel, KernelGroup, describe, group_horizontally, partition
+from ..ir.fusion import (
+    Kernel,
+    KernelGroup,
+    MatmulEpilogue,
+    absorb_matmul_epilogues,
+    describe,
+    group_horizontally,
+    partition,
+)
 from ..ir.graph import Graph, Node, Value, format_node
 from ..primitives import VIEW_PRIMS
 
@@ -96,9 +104,11 @@ class Plan:
         order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel,
                           column_sums=backend.fuses_column_sums)
         descs = {id(k): describe(k) for k in order if isinstance(k, Kernel)}
+        if backend.fuses_matmul_epilogues:
+            order = absorb_matmul_epilogues(self.graph, order, descs)
         if backend.groups_kernels:
             order = group_horizontally(order, descs)
-        kernels = [k for k in order if isinstance(k, (Kernel, KernelGroup))]
+        kernels = [k for k in order if isinstance(k, (Kernel, KernelGroup, MatmulEpilogue))]
         if not kernels:
             return self.reference_steps
         try:
@@ -147,8 +157,9 @@ class Plan:
                     or v.shape != u.shape or v.dtype != u.dtype):
                 continue
             item = items[step]
-            if isinstance(item, Node) or item.kernel.rows or item.kernel.columns:
-                continue
+            if isinstance(item, Node) or item.kernel.rows or item.kernel.columns or isinstance(item.kernel,
+                                                                                               MatmulEpilogue):
+                continue  # (a product's tiles read whole rows and columns of its factors)
             kernel = item.kernel
             if isinstance(kernel, KernelGroup):  # (its other members run at once: none may read u)
                 kernel = kernel.member_making(v)

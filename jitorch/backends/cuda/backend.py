@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import Backend, register
+from .. import Backend, get_float32_matmul_precision, register
 from . import attention
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
@@ -33,6 +33,7 @@ class CUDABackend(Backend):
     fuses_eager_composites = True
     groups_kernels = True  # an optimizer's update of every parameter in one launch
     fuses_column_sums = True  # a bias gradient summed in the pass that computes what it sums
+    fuses_matmul_epilogues = True  # cuBLAS then the epilogue, or one Triton kernel: timed on first launch
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype):
         return cupy.empty(shape, dtype)
@@ -96,12 +97,22 @@ class CUDABackend(Backend):
         """Render each kernel to Triton, and compile it for the current device (the usual
         specialization: contiguous inputs, aligned addresses; all of them side by side), so that a kernel that fails to
         compile fails while its program is built and the program runs on eager kernels instead."""
-        from ...ir.fusion import KernelGroup
+        from ...ir.fusion import KernelGroup, MatmulEpilogue
         from .launch import GroupedTritonKernel, TritonKernel, prepare_kernels
+        from .matmul_epilogue import MatmulEpilogueKernel
 
         renderer = _renderer()
-        kernels = [GroupedTritonKernel(d, renderer.render_group(d)) if isinstance(d, KernelGroup)
-                   else TritonKernel(d, renderer.render(d)) for d in descs]
+        precision = get_float32_matmul_precision()
+
+        def compiled(d):
+            if isinstance(d, KernelGroup):
+                return GroupedTritonKernel(d, renderer.render_group(d))
+            if isinstance(d, MatmulEpilogue):
+                return MatmulEpilogueKernel(d, renderer.render_matmul(d, precision),
+                                            TritonKernel(d.desc, renderer.render(d.desc)), KERNELS["matmul"], precision)
+            return TritonKernel(d, renderer.render(d))
+
+        kernels = [compiled(d) for d in descs]
         prepare_kernels(kernels)
         return kernels
 
