@@ -366,8 +366,9 @@ class CompiledFunction:
             lines.append("backward IR:")
             lines.append(program.backward.plan.graph.format())
         plan = program.plan
-        lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} fused CPU kernels (LLVM), the rest "
-                     "eager CPU kernels")
+        device = plan.backend.device_type
+        made = {"cpu": "fused CPU kernels (LLVM)", "cuda": "fused GPU kernels (Triton)"}.get(device, "fused kernels")
+        lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} {made}, the rest eager {device} kernels")
         lines += ["  " + line for k in plan.kernels for line in k.kernel.format().splitlines()]
         if self.mode == "reduce-overhead":
             lines.append(self._graphed(program).describe())
