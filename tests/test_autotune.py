@@ -31,7 +31,15 @@ from jitorch import logs
 from jitorch.backends.cuda import launch, triton_driver
 from jitorch.codegen import triton as renderer
 from jitorch.ir.fusion import describe
-from tests.test_triton_driver import FAKE_CUPY, FAKE_GPU, StubFunction, host, mul_add_desc, run_python
+from tests.test_triton_driver import (
+    FAKE_CUPY,
+    FAKE_GPU,
+    StubFunction,
+    host,
+    mul_add_desc,
+    run_python,
+    stub_launching,
+)
 
 H200 = {"name": b"NVIDIA H200", "major": 9, "minor": 0}
 
@@ -115,13 +123,7 @@ def gpu(monkeypatch, tmp_path):
     fake.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda device: dict(props)),
         get_current_stream=FAKE_CUPY.cuda.get_current_stream, Device=lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(launch, "cupy", fake)
-    monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
-    monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
-    monkeypatch.setattr(triton_driver, "activate", lambda: None)
-    monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
-    monkeypatch.setattr(triton_driver, "launch_function", lambda compiled, grid: (
-        lambda stream, args, scratch=None: launches.append((compiled, grid, stream, args))))
+    stub_launching(monkeypatch, fake, function, launches)
     monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("JITORCH_AUTOTUNE", raising=False)
     monkeypatch.setattr(launch, "_choices", {})

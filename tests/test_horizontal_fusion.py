@@ -14,8 +14,6 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -23,10 +21,11 @@ import pytest
 
 import jitorch as jt
 import jitorch.nn as nn
-from jitorch.backends.cuda import launch, triton_driver
+from jitorch.backends.cuda import launch
 from jitorch.codegen import triton as renderer
 from jitorch.ir.fusion import Kernel, KernelGroup, describe, group_horizontally, partition
-from tests.test_triton_driver import FAKE_CUPY, StubFunction, host
+from tests.nn_helpers import training_step
+from tests.test_triton_driver import FAKE_CUPY, StubFunction, host, stub_launching
 
 _IN_INTERPRETER = "JITORCH_HORIZONTAL_INTERPRETER_RUN"
 
@@ -50,16 +49,7 @@ def mlp_step(optimizer: str):
     make = {"sgd": lambda p: jt.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
             "adam": lambda p: jt.optim.Adam(p, lr=1e-2),
             "adamw": lambda p: jt.optim.AdamW(p, lr=1e-2, weight_decay=0.1)}
-    opt = make[optimizer](model.parameters())
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, step
+    return model, training_step(model, make[optimizer](model.parameters()))
 
 
 def batch(seed: int = 0):
@@ -150,13 +140,7 @@ def stand_in(monkeypatch, tmp_path):
     fake.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDevice=lambda: 0, memcpyAsync=memcpy_async, memcpyHostToDevice=1),
         get_current_stream=lambda: stream, alloc_pinned_memory=lambda n: PinnedStandIn(n))
-    monkeypatch.setattr(launch, "cupy", fake)
-    monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
-    monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
-    monkeypatch.setattr(triton_driver, "activate", lambda: None)
-    monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
-    monkeypatch.setattr(triton_driver, "launch_function", lambda compiled, grid: (
-        lambda stream, args, scratch=None: launches.append((grid, args))))
+    stub_launching(monkeypatch, fake, function, launches)
     monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
     return function, launches, tables
 
@@ -180,7 +164,7 @@ def test_the_launch_table_holds_each_operands_address_the_sizes_and_first_progra
     assert len(kernel.configs) == 1 and kernel.configs[0].constexprs == {"BLOCK": 64}
     ins = operands(group.inputs)
     outs = kernel.run(ins)
-    (grid, args), table = launches[-1], tables[-1]
+    (_, grid, _, args), table = launches[-1], tables[-1]
     n_in = len(group.members[0].inputs)  # x, 2, 1
     addresses = [a.data.ptr for a in ins]
     expected = [addresses[m * n_in + k] for k in range(n_in) for m in range(2)]
@@ -211,17 +195,11 @@ def test_an_operand_at_an_odd_address_goes_through_a_copy(stand_in):
 # in Triton's interpreter (a process of its own), and compiled for sm_90
 
 if os.environ.get(_IN_INTERPRETER):
-    from jitorch import backends, dispatch
-    from jitorch.device import Device
-    from tests.triton_interpreter_backend import InterpretedGroup, InterpreterBackend
+    from tests.triton_interpreter_backend import InterpretedGroup, serving_cuda
 
     @pytest.fixture(scope="module")
     def interpreted_cuda():
-        backend = InterpreterBackend()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(backends._BACKENDS, "cuda", backend)
-            patch.setattr(Device, "_interned", dict(Device._interned))
-            patch.setattr(dispatch, "_backends", {})
+        with serving_cuda() as backend:
             yield backend
         with open(os.environ[_IN_INTERPRETER], "wb") as f:
             pickle.dump([s for s in backend.sources.values() if isinstance(s[0], renderer.GroupSource)], f)
@@ -250,15 +228,11 @@ def test_grouped_updates_in_the_interpreter_and_for_sm90(tmp_path):
     """The interpreted steps above, in a process with TRITON_INTERPRET=1; then the group kernels
     they ran, compiled for sm_90: each loads 16 bytes at a time."""
     pytest.importorskip("triton")
-    from tests.triton_interpreter_backend import compile_for_sm90
+    from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
 
     report = tmp_path / "groups.pkl"
-    env = {**os.environ, "TRITON_INTERPRET": "1", _IN_INTERPRETER: str(report)}
-    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                           "-k", "test_interpreted_grouped_updates", "-rfEX", "--tb=short"],
-                          capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
-                          check=False)
-    assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-8000:] + done.stderr[-3000:]
+    assert "3 passed" in run_interpreted_tests(__file__, "test_interpreted_grouped_updates", _IN_INTERPRETER,
+                                               str(report))
     with open(report, "rb") as f:
         pairs = pickle.load(f)
     assert any(len(source.sizes) == 6 for source, _ in pairs)
@@ -324,7 +298,7 @@ def test_a_table_of_the_same_addresses_is_copied_once(stand_in):
     for _ in range(3):
         kernel.run(ins, outs)
     assert len(tables) == 1 and len(launches) == 4  # the same addresses: the same table on the device
-    assert launches[0][1] == launches[3][1]
+    assert launches[0][3] == launches[3][3]
     for _ in range(launch._TABLES_KEPT + 1):  # new addresses each time: a table each, the oldest dropped
         kernel.run(operands(group.inputs))
     assert len(kernel._tables) == launch._TABLES_KEPT

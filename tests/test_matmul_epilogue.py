@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -24,10 +22,11 @@ import pytest
 
 import jitorch as jt
 import jitorch.nn as nn
-from jitorch.backends.cuda import launch, triton_driver
+from jitorch.backends.cuda import launch
 from jitorch.codegen import triton as renderer
 from jitorch.ir.fusion import Kernel, MatmulEpilogue, absorb_matmul_epilogues, describe, partition
-from tests.test_triton_driver import FAKE_CUPY, StubFunction, host
+from tests.nn_helpers import training_step
+from tests.test_triton_driver import FAKE_CUPY, StubFunction, host, stub_launching
 
 _IN_INTERPRETER = "JITORCH_MATMUL_EPILOGUE_INTERPRETER_RUN"
 
@@ -70,9 +69,7 @@ def test_a_product_read_only_by_its_pointwise_kernel_is_taken_in():
 if os.environ.get(_IN_INTERPRETER):
     import torch
 
-    from jitorch import backends, dispatch
-    from jitorch.device import Device
-    from tests.triton_interpreter_backend import InterpretedMatmul, InterpreterBackend
+    from tests.triton_interpreter_backend import InterpretedMatmul, serving_cuda
 
     def run_template(item, precision, arrays, config=None):
         source = renderer.render_matmul(item, precision)
@@ -109,11 +106,7 @@ if os.environ.get(_IN_INTERPRETER):
 
     @pytest.fixture(scope="module")
     def interpreted_cuda():
-        backend = InterpreterBackend()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(backends._BACKENDS, "cuda", backend)
-            patch.setattr(Device, "_interned", dict(Device._interned))
-            patch.setattr(dispatch, "_backends", {})
+        with serving_cuda() as backend:
             yield backend
         with open(os.environ[_IN_INTERPRETER], "wb") as f:
             pickle.dump([s for s in backend.sources.values() if isinstance(s[0], renderer.MatmulSource)], f)
@@ -123,16 +116,7 @@ if os.environ.get(_IN_INTERPRETER):
             jt.manual_seed(0)
             model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 5))
             model.to(device)
-            opt = jt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-            def step(x, y):
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
-            return model, step
+            return model, training_step(model, jt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
 
         cpu_model, cpu_step = make("cpu")
         gpu_model, gpu_step = make("cuda")
@@ -150,14 +134,10 @@ if os.environ.get(_IN_INTERPRETER):
 def test_the_template_in_the_interpreter_and_for_sm90(tmp_path):
     pytest.importorskip("triton")
     pytest.importorskip("torch")
-    from tests.triton_interpreter_backend import compile_for_sm90
+    from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
 
     report = tmp_path / "matmuls.pkl"
-    env = {**os.environ, "TRITON_INTERPRET": "1", _IN_INTERPRETER: str(report)}
-    done = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                           "-k", "interpreted", "-rfEX", "--tb=short"], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
-    assert done.returncode == 0 and "7 passed" in done.stdout, done.stdout[-8000:] + done.stderr[-3000:]
+    assert "7 passed" in run_interpreted_tests(__file__, "interpreted", _IN_INTERPRETER, str(report))
     with open(report, "rb") as f:
         pairs = pickle.load(f)
     assert pairs
@@ -184,14 +164,8 @@ def stand_in(monkeypatch, tmp_path):
         runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda d: {
             "name": b"NVIDIA H200", "major": 9, "minor": 0}),
         get_current_stream=FAKE_CUPY.cuda.get_current_stream)
-    monkeypatch.setattr(launch, "cupy", fake)
-    monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
-    monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
+    stub_launching(monkeypatch, fake, function, launches)
     monkeypatch.setattr(launch, "_gpus", {})
-    monkeypatch.setattr(triton_driver, "activate", lambda: None)
-    monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
-    monkeypatch.setattr(triton_driver, "launch_function", lambda compiled, grid: (
-        lambda stream, args, scratch=None: launches.append((compiled, grid, args))))
     monkeypatch.setenv("JITORCH_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("JITORCH_AUTOTUNE", raising=False)
     ms = {}
@@ -199,7 +173,7 @@ def stand_in(monkeypatch, tmp_path):
     def timer(launch_once, warmup=2, repeat=5):
         before = len(launches)
         launch_once()
-        which = "cublas" if products and products[-1] == len(launches) - 1 else launches[-1][2][-5]
+        which = "cublas" if products and products[-1] == len(launches) - 1 else launches[-1][3][-5]
         timed.append(which if len(launches) > before else "?")
         return ms.get(which, 1.0)
 

@@ -28,12 +28,10 @@ pytest.importorskip("triton")
 pytest.importorskip("torch")
 
 import jitorch  # noqa: E402
-from jitorch import backends, dispatch  # noqa: E402
-from jitorch.device import Device  # noqa: E402
 from tests.harness import run_case  # noqa: E402
 from tests.op_cases import CASES  # noqa: E402
 from tests.test_ops_compiled import DATA_DEPENDENT_SHAPES  # noqa: E402
-from tests.triton_interpreter_backend import InterpreterBackend, compile_for_sm90, without_comments  # noqa: E402
+from tests.triton_interpreter_backend import compile_for_sm90, serving_cuda, without_comments  # noqa: E402
 
 _INTERPRETER_RUN = "JITORCH_TRITON_INTERPRETER_RUN"  # "sample" or "all" in the interpreter's process
 _REPORT = "JITORCH_TRITON_INTERPRETER_REPORT"  # where that process writes what ran
@@ -61,11 +59,7 @@ if os.environ.get(_INTERPRETER_RUN):
 
     @pytest.fixture(scope="module")
     def interpreter_backend():
-        backend = InterpreterBackend()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(backends._BACKENDS, "cuda", backend)
-            patch.setattr(Device, "_interned", dict(Device._interned))  # forget any earlier cuda device
-            patch.setattr(dispatch, "_backends", {})  # and the backend dispatch found for it
+        with serving_cuda() as backend:
             yield backend
         with open(os.environ[_REPORT], "wb") as f:
             pickle.dump({"launches": backend.launches, "programs": backend.programs,

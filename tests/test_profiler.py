@@ -13,21 +13,13 @@ import jitorch.nn as nn
 from jitorch.backends import backend_for
 from jitorch.runtime import executor
 from jitorch.runtime.executor import KernelStep, PrimStep
+from tests.nn_helpers import training_step
 
 
 def mlp_step():
     jt.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    opt = jt.optim.Adam(model.parameters(), lr=1e-2)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, step
+    return model, training_step(model, jt.optim.Adam(model.parameters(), lr=1e-2))
 
 
 def test_eager_kernels_are_recorded_by_primitive():

@@ -274,18 +274,24 @@ class StubFunction:
         return len(self.warmups)  # "the compiled kernel"
 
 
-@pytest.fixture
-def stub_kernel(monkeypatch):
-    """A TritonKernel for x * 2 + b on the numpy stand-in, recording its compiles and launches."""
-    function = StubFunction()
-    launches = []
-    monkeypatch.setattr(launch, "cupy", FAKE_CUPY)
+def stub_launching(monkeypatch, cupy, function: StubFunction, launches: list) -> None:
+    """The launcher on a stand-in for CuPy (`cupy`): every kernel function is `function` (which
+    records its compiles), and each launch appends (compiled, grid, stream, args) to `launches`."""
+    monkeypatch.setattr(launch, "cupy", cupy)
     monkeypatch.setattr(launch, "device_array", lambda a, dtype=None: FAKE_CUPY.asarray(a, dtype))
     monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
     monkeypatch.setattr(triton_driver, "activate", lambda: None)
     monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
     monkeypatch.setattr(triton_driver, "launch_function", lambda compiled, grid: (
         lambda stream, args, scratch=None: launches.append((compiled, grid, stream, args))))
+
+
+@pytest.fixture
+def stub_kernel(monkeypatch):
+    """A TritonKernel for x * 2 + b on the numpy stand-in, recording its compiles and launches."""
+    function = StubFunction()
+    launches = []
+    stub_launching(monkeypatch, FAKE_CUPY, function, launches)
     kernel = launch.TritonKernel(mul_add_desc(), add_source())
     return kernel, function, launches
 

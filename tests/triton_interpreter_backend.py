@@ -21,6 +21,7 @@ compiles rendered sources for sm_90 in a process of its own (`python -m tests.tr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -191,6 +192,32 @@ class InterpreterBackend(CPUBackend):
         for k in kernels:
             self.sources.setdefault(k.source, (k.rendered, k.config))
         return kernels
+
+
+@contextlib.contextmanager
+def serving_cuda():
+    """While the block runs, a new `InterpreterBackend` (yielded) serves the `cuda` device type."""
+    import pytest
+
+    from jitorch import backends, dispatch
+    from jitorch.device import Device
+
+    backend = InterpreterBackend()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(backends._BACKENDS, "cuda", backend)
+        patch.setattr(Device, "_interned", dict(Device._interned))  # forget any earlier cuda device
+        patch.setattr(dispatch, "_backends", {})  # and the backend dispatch found for it
+        yield backend
+
+
+def run_interpreted_tests(test_file: str, select: str, report_variable: str, report_path: str) -> str:
+    """Run the tests of `test_file` that `-k select` picks in a pytest process with the interpreter
+    on (TRITON_INTERPRET=1) and `report_variable` naming `report_path`; its output (it must pass)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", report_variable: report_path}
+    done = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", select,
+                           "-rfEX", "--tb=short"], capture_output=True, text=True, env=env, cwd=_REPO, check=False)
+    assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 # ---------------------------------------------------------------------------------------------

@@ -625,7 +625,17 @@ class _Renderer:
         code, kernel, desc, ndim = self.code, self.kernel, self.desc, self.ndim
         self.flat_index()
         wanted = {d for bcast in desc.broadcast for d in range(ndim) if not bcast[d]}
-        dims = _dim_indices(code, "index", list(desc.loop_shape), wanted)
+        env = self.load_inputs(_dim_indices(code, "index", list(desc.loop_shape), wanted))
+        for node in kernel.nodes:
+            _emit_node(code, node, env)
+        for v in kernel.outputs:
+            _store(code, self.ptr[v.id], v, env[v.id], "index", "mask")
+
+    def load_inputs(self, dims: dict[int, str]) -> dict[int, str]:
+        """Lines loading each input where `mask` holds, at its strides along the loop dims it is not
+        broadcast on (`dims`: each loop dim's index); one number once where it is broadcast on all.
+        Returns value id -> the variable holding it."""
+        code, kernel, desc, ndim = self.code, self.kernel, self.desc, self.ndim
         env: dict[int, str] = {}
         for k, v in enumerate(kernel.inputs):
             bcast = desc.broadcast[k]
@@ -637,10 +647,7 @@ class _Renderer:
                 terms += [dims[ndim - 1]] if not bcast[-1] else []
                 load = _load(self.ptr[v.id], v, " + ".join(terms), "mask")
             env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
-        for node in kernel.nodes:
-            _emit_node(code, node, env)
-        for v in kernel.outputs:
-            _store(code, self.ptr[v.id], v, env[v.id], "index", "mask")
+        return env
 
     def flat_index(self) -> None:
         """`index` (the elements this program computes) and `mask` (those inside the loop)."""
@@ -682,17 +689,7 @@ class _Renderer:
             code.line("mask = (row < n_reduced) & col_mask")
             code.line("index = row * n_kept + col  # row-major in the kernel's shape")
             dims.update(_dim_indices(code, "row", list(desc.loop_shape[:reduced]), {d for d in wanted if d < reduced}))
-            env: dict[int, str] = {}
-            for k, v in enumerate(kernel.inputs):
-                bcast = desc.broadcast[k]
-                if all(bcast):
-                    code.scalars.add(v.id)
-                    load = _load(self.ptr[v.id], v, None, None)
-                else:
-                    terms = [f"{dims[d]} * {_var(v)}_stride{d}" for d in range(ndim - 1) if not bcast[d]]
-                    terms += [dims[ndim - 1]] if not bcast[-1] else []
-                    load = _load(self.ptr[v.id], v, " + ".join(terms), "mask")
-                env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
+            env = self.load_inputs(dims)
             for node in kernel.nodes:
                 if _is_sum(node):
                     code.comment(format_node(node))
