@@ -201,7 +201,8 @@ from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
-from . import cuda, nn, optim, profiler, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
+from . import amp, cuda, nn, optim, profiler, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
+from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point
 

@@ -14,6 +14,7 @@ import functools
 import weakref
 from collections.abc import Callable, Sequence
 
+from . import _autocast
 from ._trace_state import grad_mode as _grad_mode
 from ._trace_state import trace_state
 from .tensor import Tensor
@@ -235,7 +236,13 @@ def _release_inputs(node: Node, deps: dict, ready: list) -> None:
 
 def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, capture=None):
     """The backward walk. Accumulates into leaves' `.grad`, or, when `capture` maps tensors to
-    slots, returns the gradients of those tensors instead (for `autograd.grad`)."""
+    slots, returns the gradients of those tensors instead (for `autograd.grad`). Outside autocast,
+    even when called inside a region: each gradient keeps its forward value's dtype."""
+    with _autocast.disabled():
+        return _walk(roots, root_grads, retain_graph, create_graph, capture)
+
+
+def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=None):
     grads: dict[Node, Tensor] = {}
     leaf_roots = []
     # arrays that someone else may hold (the caller's root gradients, retained grads, grads already

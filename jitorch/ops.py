@@ -14,6 +14,7 @@ import numpy as np
 
 from . import cuda
 from . import dtypes as _dt
+from ._autocast import autocasts
 from ._trace_state import grad_mode, trace_state
 from .autograd import Node
 from .backends import backend_for
@@ -152,6 +153,7 @@ def remainder(input, other) -> Tensor:
     return _binary("remainder", input, other)
 
 
+@autocasts("pow")
 def pow(input, exponent) -> Tensor:
     """input ** exponent."""
     return _binary("pow", input, exponent)
@@ -273,18 +275,22 @@ def neg(input: Tensor) -> Tensor:
     return _unary("neg", input)
 
 
+@autocasts("exp")
 def exp(input: Tensor) -> Tensor:
     return _float_unary("exp", input)
 
 
+@autocasts("log")
 def log(input: Tensor) -> Tensor:
     return _float_unary("log", input)
 
 
+@autocasts("log1p")
 def log1p(input: Tensor) -> Tensor:
     return _float_unary("log1p", input)
 
 
+@autocasts("expm1")
 def expm1(input: Tensor) -> Tensor:
     return _float_unary("expm1", input)
 
@@ -293,6 +299,7 @@ def sqrt(input: Tensor) -> Tensor:
     return _float_unary("sqrt", input)
 
 
+@autocasts("rsqrt")
 def rsqrt(input: Tensor) -> Tensor:
     return _float_unary("rsqrt", input)
 
@@ -317,6 +324,7 @@ def erf(input: Tensor) -> Tensor:
     return _float_unary("erf", input)
 
 
+@autocasts("reciprocal")
 def reciprocal(input: Tensor) -> Tensor:
     return _float_unary("reciprocal", input)
 
@@ -374,10 +382,12 @@ def exp2(input: Tensor) -> Tensor:
     return (input * math.log(2.0)).exp() if input.dtype.is_floating_point else exp2(input.float())
 
 
+@autocasts("log2")
 def log2(input: Tensor) -> Tensor:
     return log(input) / math.log(2.0)
 
 
+@autocasts("log10")
 def log10(input: Tensor) -> Tensor:
     return log(input) / math.log(10.0)
 
@@ -531,6 +541,7 @@ def _reduce(name: str, x: Tensor, dim, keepdim: bool) -> Tensor:
     return dispatch(P[name], (x,), {"dims": _dims(x, dim), "keepdim": bool(keepdim)})
 
 
+@autocasts("sum")
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     """Sum over `dim` (int, tuple, or all); bools and integers sum to int64."""
     if dtype is not None:
@@ -538,6 +549,7 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
     return _reduce("sum", input, dim, keepdim)
 
 
+@autocasts("prod")
 def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     if dtype is not None:
         input = _cast(input, _dt.get_dtype(dtype))
@@ -652,12 +664,14 @@ def all(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     return _reduce("amin", _cast(input, _dt.bool_), dim, keepdim)
 
 
+@autocasts("cumsum")
 def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     if dtype is not None:
         input = _cast(input, _dt.get_dtype(dtype))
     return dispatch(P["cumsum"], (input,), {"dim": _wrap_dim(dim, input.ndim) if input.ndim else 0})
 
 
+@autocasts("norm")
 def norm(input: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
     """The vector p-norm over `dim` (all elements by default)."""
     if p == 2 or p == "fro":
@@ -669,6 +683,7 @@ def norm(input: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
     return (input.abs() ** p).sum(dim, keepdim=keepdim) ** (1.0 / p)
 
 
+@autocasts("softmax")
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     """exp(x) / sum(exp(x)) along `dim`, shifted by the max for stability."""
     return _along_dim(_softmax, input, dim, dtype)
@@ -681,6 +696,7 @@ def _softmax(input: Tensor, dim: int, dtype) -> Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
+@autocasts("log_softmax")
 def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     """x - logsumexp(x) along `dim`."""
     return _along_dim(_log_softmax, input, dim, dtype)
@@ -932,6 +948,7 @@ def repeat(input: Tensor, *sizes) -> Tensor:
     return y.reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
 
 
+@autocasts("cat")
 def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     """Join tensors along an existing dimension."""
     tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or list(tensors)[:1]
@@ -956,6 +973,7 @@ concat = cat
 concatenate = cat
 
 
+@autocasts("stack")
 def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     """Join same-shaped tensors along a new dimension."""
     tensors = list(tensors)
@@ -1320,6 +1338,7 @@ def topk(input: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: boo
 # matrix products
 
 
+@autocasts("matmul")
 def matmul(input: Tensor, other: Tensor) -> Tensor:
     """Matrix product with NumPy/PyTorch semantics for 1-D operands and broadcast batch dims."""
     if input.ndim == 0 or other.ndim == 0:
@@ -1348,12 +1367,14 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
     return out
 
 
+@autocasts("mm")
 def mm(input: Tensor, mat2: Tensor) -> Tensor:
     if input.ndim != 2 or mat2.ndim != 2:
         raise RuntimeError(f"mm: expected 2D tensors, got {input.ndim}D and {mat2.ndim}D")
     return matmul(input, mat2)
 
 
+@autocasts("bmm")
 def bmm(input: Tensor, mat2: Tensor) -> Tensor:
     if input.ndim != 3 or mat2.ndim != 3:
         raise RuntimeError(f"bmm: expected 3D tensors, got {input.ndim}D and {mat2.ndim}D")
@@ -1364,6 +1385,7 @@ def bmm(input: Tensor, mat2: Tensor) -> Tensor:
     return matmul(input, mat2)
 
 
+@autocasts("dot")
 def dot(input: Tensor, other: Tensor) -> Tensor:
     return (input * other).sum()
 
@@ -1372,6 +1394,7 @@ def outer(input: Tensor, vec2: Tensor) -> Tensor:
     return input.unsqueeze(-1) * vec2
 
 
+@autocasts("einsum")
 def einsum(equation: str, *operands) -> Tensor:
     """Einstein summation, e.g. `einsum("bij,bjk->bik", a, b)`."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -1480,6 +1503,7 @@ def vstack(tensors: Sequence[Tensor]) -> Tensor:
     return cat([t.reshape(1, -1) if t.ndim == 1 else t for t in tensors], 0)
 
 
+@autocasts("addmm")
 def addmm(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
     """beta * input + alpha * (mat1 @ mat2)."""
     prod = mm(mat1, mat2)

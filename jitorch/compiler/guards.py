@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import _autocast
 from ..autograd import _grad_mode
 from ..ir.trace import is_plain_value
 from ..tensor import Tensor
@@ -35,8 +36,13 @@ def leaf_guard(leaf) -> tuple:
 
 
 def call_key(treedef, leaves: list) -> tuple:
-    """The cache key of a call: (argument structure, a `leaf_guard` per leaf, grad mode)."""
-    return (treedef, tuple(map(leaf_guard, leaves)), _grad_mode.enabled)
+    """The cache key of a call: (argument structure, a `leaf_guard` per leaf, grad mode and the
+    autocast state: a function traced under autocast recorded its casts)."""
+    return (treedef, tuple(map(leaf_guard, leaves)), (_grad_mode.enabled, _autocast.key()))
+
+
+def _describe_autocast(key: tuple) -> str:
+    return ", ".join(f"{device} {dtype}" for device, dtype in key) or "off"
 
 
 def describe_guard(guard: tuple) -> str:
@@ -53,9 +59,11 @@ _TENSOR_FIELDS = ((1, "shape", tuple), (2, "dtype", lambda s: np.dtype(s).name),
 
 def diff_keys(old: tuple, new: tuple, paths: list[str]) -> list[tuple[str, str]]:
     """Which guard changed between two cache keys: [(argument path, 'what -> what')]."""
-    (t_old, leaves_old, grad_old), (t_new, leaves_new, grad_new) = old, new
+    (t_old, leaves_old, (grad_old, cast_old)), (t_new, leaves_new, (grad_new, cast_new)) = old, new
     if grad_old != grad_new:
         return [("grad mode", f"{grad_old} -> {grad_new}")]
+    if cast_old != cast_new:
+        return [("autocast", f"{_describe_autocast(cast_old)} -> {_describe_autocast(cast_new)}")]
     if t_old != t_new or len(leaves_old) != len(leaves_new):
         return [("argument structure", "changed")]
     out = []

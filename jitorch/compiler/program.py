@@ -138,8 +138,10 @@ class Program:
 
     def guard_text(self, arg_paths: list[str], key: tuple) -> str:
         """Every guard of this program, one per line, for `explain` and the guards log."""
-        _, arg_guards, grad_mode = key
+        _, arg_guards, (grad_mode, autocast) = key
         lines = [f"grad mode is {'on' if grad_mode else 'off'}"]
+        if autocast:
+            lines.append("autocast: " + ", ".join(f"{device} {dtype}" for device, dtype in autocast))
         lines += [f"arg {p}: {describe_guard(g)}" for p, g in zip(arg_paths, arg_guards)]
         lines += [f"lifted {self.label(g.tensor)}: shape {tuple(g.shape)} {g.dtype.name}"
                   + ("" if g.device.type == "cpu" else f" on {g.device}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from .. import ops as _ops
+from .._autocast import autocasts
 from ..creation import rand
 from ..dispatch import dispatch, fuses_composites
 from ..primitives import PRIMS, broadcast_shapes
@@ -122,6 +123,7 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
 # linear
 
 
+@autocasts("linear")
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b for x of shape (*, in_features), W of shape (out_features, in_features)."""
     if weight.ndim == 2 and input.ndim > 2:
@@ -135,6 +137,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out if bias is None else out + bias
 
 
+@autocasts("bilinear")
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y_k = x1^T W_k x2 + b_k, W of shape (out, in1, in2)."""
     lead = input1.shape[:-1]
@@ -207,6 +210,7 @@ def logsigmoid(input: Tensor) -> Tensor:
     return input.clamp(max=0.0) - (-input.abs()).exp().log1p()
 
 
+@autocasts("softplus")
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """log(1 + exp(beta x)) / beta, linear where beta x > threshold (as PyTorch)."""
     scaled = input * beta if beta != 1 else input
@@ -235,11 +239,13 @@ def _softmax_dim(ndim: int) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
+@autocasts("softmax")
 def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Tensor:
     """exp(x) / sum(exp(x)) along `dim`."""
     return input.softmax(_softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
 
 
+@autocasts("log_softmax")
 def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Tensor:
     """x - logsumexp(x) along `dim`."""
     return input.log_softmax(_softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
@@ -275,6 +281,7 @@ def _check_normalized_shape(input: Tensor, shape: tuple[int, ...], op: str) -> t
     return tuple(range(input.ndim - len(shape), input.ndim))
 
 
+@autocasts("layer_norm")
 def layer_norm(
     input: Tensor,
     normalized_shape,
@@ -386,6 +393,7 @@ def _update_running_stats(
         running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype) * momentum)
 
 
+@autocasts("group_norm")
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -414,6 +422,7 @@ def group_norm(
     return out
 
 
+@autocasts("normalize")
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_p, eps) along `dim`."""
     if p == 2:
@@ -567,6 +576,7 @@ def _target_mask(input: Tensor, target: Tensor) -> Tensor:
     return target.unsqueeze(1) == classes
 
 
+@autocasts("nll_loss")
 def nll_loss(
     input: Tensor,
     target: Tensor,
@@ -610,6 +620,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     return losses.sum() / _ops.where(valid, denom, 0.0).sum()
 
 
+@autocasts("cross_entropy")
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -699,6 +710,7 @@ def _check_same_size(input: Tensor, target: Tensor) -> None:
         )
 
 
+@autocasts("mse_loss")
 def mse_loss(
     input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean"
 ) -> Tensor:
@@ -707,11 +719,13 @@ def mse_loss(
     return _reduce(diff * diff, _legacy_reduction(size_average, reduce, reduction))
 
 
+@autocasts("l1_loss")
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
     """Mean absolute error."""
     return _reduce((input - target).abs(), _legacy_reduction(size_average, reduce, reduction))
 
 
+@autocasts("smooth_l1_loss")
 def smooth_l1_loss(
     input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0
 ) -> Tensor:
@@ -723,12 +737,14 @@ def smooth_l1_loss(
     return _reduce(_ops.where(d < beta, (0.5 / beta) * d * d, d - 0.5 * beta), reduction)
 
 
+@autocasts("huber_loss")
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0) -> Tensor:
     """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta)."""
     d = (input - target).abs()
     return _reduce(_ops.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)), reduction)
 
 
+@autocasts("binary_cross_entropy")
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -750,6 +766,7 @@ def binary_cross_entropy(
     return _reduce(loss, reduction)
 
 
+@autocasts("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
@@ -868,6 +885,7 @@ def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
     return out.squeeze(0) if unbatched else out
 
 
+@autocasts("conv2d")
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -881,6 +899,7 @@ def conv2d(
     return _convolve(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
+@autocasts("conv1d")
 def conv1d(
     input: Tensor,
     weight: Tensor,
@@ -1093,6 +1112,7 @@ def _causal_mask(q_len: int, k_len: int, like: Tensor) -> Tensor:
     return _const(np.tril(np.ones((q_len, k_len), dtype=bool)), like)
 
 
+@autocasts("scaled_dot_product_attention")
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,

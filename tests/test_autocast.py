@@ -1,0 +1,178 @@
+"""`jitorch.autocast`: PyTorch's op policy per device type, checked against `torch.autocast` on the
+same inputs (output dtypes equal, values within the low precision's tolerance of each output's
+scale, gradients too); regions nest, turn off, decorate; float64 and other devices are left alone;
+backward runs outside autocast; compiled equals eager, and the autocast state is a guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import jitorch as jt
+import jitorch.nn.functional as F
+
+TORCH_DTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+EPS = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
+
+
+def rng_arrays(*shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+# (name, fn(lib, functional, *tensors), shapes): each runs under autocast in jitorch and in PyTorch
+CASES = [
+    ("matmul", lambda lib, F_, a, b: a @ b, [(8, 16), (16, 12)]),
+    ("bmm", lambda lib, F_, a, b: lib.bmm(a, b), [(3, 8, 16), (3, 16, 4)]),
+    ("linear", lambda lib, F_, x, w, b: F_.linear(x, w, b), [(8, 16), (12, 16), (12,)]),
+    ("conv2d", lambda lib, F_, x, w: F_.conv2d(x, w, padding=1), [(2, 3, 8, 8), (4, 3, 3, 3)]),
+    ("sdpa", lambda lib, F_, q, k, v: F_.scaled_dot_product_attention(q, k, v, is_causal=True),
+     [(2, 2, 8, 16)] * 3),
+    ("cross_entropy_of_a_product", lambda lib, F_, x, w: F_.cross_entropy(x @ w, lib.arange(8) % 5),
+     [(8, 16), (16, 5)]),
+    ("mse_loss", lambda lib, F_, a, b: F_.mse_loss(a @ b, a @ b * 0.5), [(8, 16), (16, 12)]),
+    ("softmax_of_a_product", lambda lib, F_, a, b: F_.softmax(a @ b, -1), [(8, 16), (16, 12)]),
+    ("layer_norm_of_a_product", lambda lib, F_, a, b: F_.layer_norm(a @ b, (12,)), [(8, 16), (16, 12)]),
+    ("sum_exp_of_a_product", lambda lib, F_, a, b: ((a @ b * 0.1).exp().sum(), (a @ b).sum(-1)),
+     [(8, 16), (16, 12)]),
+    ("float32_elementwise", lambda lib, F_, a, b: (a * b + 1).tanh(), [(8, 16), (8, 16)]),
+    ("mixed_add", lambda lib, F_, a, b, c: a @ b + c, [(8, 16), (16, 12), (12,)]),
+    ("bce_with_logits", lambda lib, F_, a, b: F_.binary_cross_entropy_with_logits(a @ b, (a @ b).sigmoid()),
+     [(8, 16), (16, 12)]),
+]
+
+
+def run_both(fn, shapes, device_type="cpu", dtype="bfloat16", backward=True):
+    arrays = rng_arrays(*shapes)
+    ours_in = [jt.tensor(a, requires_grad=backward) for a in arrays]
+    theirs_in = [torch.tensor(a, requires_grad=backward) for a in arrays]
+    with jt.autocast(device_type, dtype=getattr(jt, dtype)):
+        ours = fn(jt, F, *ours_in)
+    with torch.autocast(device_type, dtype=TORCH_DTYPE[dtype]):
+        theirs = fn(torch, torch.nn.functional, *theirs_in)
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+    if backward:  # (random weights: a softmax's or a norm's plain sum has a gradient of 0, blurred by rounding)
+        weights = [np.random.default_rng(9).standard_normal(tuple(o.shape)).astype(np.float32) for o in ours]
+        sum((o.float() * jt.tensor(w)).sum() for o, w in zip(ours, weights)).backward()
+        sum((t.float() * torch.tensor(w)).sum() for t, w in zip(theirs, weights)).backward()
+    return ours_in, theirs_in, ours, theirs
+
+
+def assert_close_in(dtype_name: str, ours: np.ndarray, theirs: np.ndarray, what: str, ulps: float = 8) -> None:
+    """Within `ulps` steps of the low precision, relative to each value and the output's scale."""
+    eps = EPS[dtype_name]
+    scale = np.abs(theirs).max() if theirs.size else 0.0
+    np.testing.assert_allclose(ours, theirs, rtol=ulps * eps, atol=ulps * eps * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name, fn, shapes", CASES, ids=[c[0] for c in CASES])
+def test_outputs_and_gradients_match_torch_autocast_on_the_cpu(name, fn, shapes, dtype):
+    ours_in, theirs_in, ours, theirs = run_both(fn, shapes, dtype=dtype)
+    for k, (o, t) in enumerate(zip(ours, theirs)):
+        assert o.dtype.name == str(t.dtype).removeprefix("torch."), f"{name} output {k}: {o.dtype} vs {t.dtype}"
+        assert_close_in(dtype, o.float().detach().numpy().astype(np.float64),
+                        t.float().detach().numpy().astype(np.float64), f"{name} output {k}", ulps=16)
+    for k, (a, b) in enumerate(zip(ours_in, theirs_in)):
+        assert a.grad.dtype == jt.float32 and b.grad.dtype == torch.float32  # parameters keep their dtype
+        assert_close_in(dtype, a.grad.numpy().astype(np.float64), b.grad.numpy().astype(np.float64),
+                        f"{name} grad {k}", ulps=32)
+
+
+def test_regions_nest_turn_off_and_decorate():
+    assert not jt.is_autocast_enabled("cpu") and jt.get_autocast_dtype("cpu") == jt.bfloat16
+    assert jt.get_autocast_dtype("cuda") == jt.float16
+    a, b = jt.randn(4, 4), jt.randn(4, 4)
+    with jt.autocast("cpu"):
+        assert jt.is_autocast_enabled("cpu") and not jt.is_autocast_enabled("cuda")
+        assert (a @ b).dtype == jt.bfloat16
+        with jt.autocast("cpu", dtype=jt.float16):
+            assert (a @ b).dtype == jt.float16 and jt.get_autocast_dtype("cpu") == jt.float16
+            with jt.autocast("cpu", enabled=False):
+                assert (a @ b).dtype == jt.float32 and not jt.is_autocast_enabled("cpu")
+            assert (a @ b).dtype == jt.float16
+        assert (a @ b).dtype == jt.bfloat16
+    assert (a @ b).dtype == jt.float32
+
+    @jt.autocast("cpu")
+    def product(x, y):
+        return x @ y
+
+    assert product(a, b).dtype == jt.bfloat16 and (a @ b).dtype == jt.float32
+    with jt.amp.autocast("cpu"):  # (the same class)
+        assert (a @ b).dtype == jt.bfloat16
+
+
+def test_what_autocast_leaves_alone():
+    a64, b64 = jt.randn(4, 4, dtype=jt.float64), jt.randn(4, 4, dtype=jt.float64)
+    with jt.autocast("cpu"):
+        assert (a64 @ b64).dtype == jt.float64  # float64 is never cast
+        with jt.autocast("cuda"):  # another device type's region: CPU tensors keep the CPU's policy
+            assert (jt.randn(2, 2) @ jt.randn(2, 2)).dtype == jt.bfloat16
+    with jt.autocast("cuda"):
+        assert (jt.randn(2, 2) @ jt.randn(2, 2)).dtype == jt.float32
+    with pytest.warns(UserWarning, match="float32 is not supported.*Disabling autocast"):
+        region = jt.autocast("cpu", dtype=jt.float32)
+    with region:
+        assert (jt.randn(2, 2) @ jt.randn(2, 2)).dtype == jt.float32
+    with pytest.raises(RuntimeError, match="device_type must be 'cuda' or 'cpu', got 'tpu'"):
+        jt.autocast("tpu")
+
+
+def test_backward_inside_a_region_keeps_each_gradients_dtype():
+    x = jt.randn(8, 16, requires_grad=True)
+    w = jt.randn(16, 4).to(jt.bfloat16).requires_grad_()
+    with jt.autocast("cpu"):
+        loss = F.cross_entropy(x @ w, jt.arange(8) % 4)
+        loss.backward()  # (inside the region: its ops must not cast the gradients)
+    assert x.grad.dtype == jt.float32 and w.grad.dtype == jt.bfloat16
+
+
+def test_compiled_equals_eager_and_the_autocast_state_is_a_guard():
+    model = jt.nn.Sequential(jt.nn.Linear(16, 32), jt.nn.GELU(), jt.nn.Linear(32, 5))
+    x, y = jt.randn(8, 16), jt.arange(8) % 5
+
+    def loss_of(x, y):
+        with jt.autocast("cpu"):
+            return F.cross_entropy(model(x), y)
+
+    compiled = jt.compile(loss_of)
+    eager = loss_of(x, y)
+    got = compiled(x, y)
+    assert got.dtype == eager.dtype == jt.float32
+    np.testing.assert_allclose(got.item(), eager.item(), rtol=1e-2)
+
+    def logits(x):
+        return model(x)
+
+    f = jt.compile(logits)
+    assert f(x).dtype == jt.float32
+    with jt.autocast("cpu"):
+        assert f(x).dtype == jt.bfloat16  # traced again: the state changed
+        with jt.autocast("cpu", enabled=False):
+            assert f(x).dtype == jt.float32
+    assert any("autocast: off -> cpu bfloat16" in r for r in f.recompile_reasons), f.recompile_reasons
+
+
+# ---------------------------------------------------------------------------------------------
+# on an NVIDIA GPU: the CUDA policy against PyTorch's
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (jt.cuda.is_available() and torch.cuda.is_available()), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name, fn, shapes", CASES, ids=[c[0] for c in CASES])
+def test_outputs_match_torch_autocast_on_cuda(name, fn, shapes, dtype):
+    arrays = rng_arrays(*shapes)
+    with jt.autocast("cuda", dtype=getattr(jt, dtype)):
+        ours = fn(jt, F, *[jt.tensor(a, device="cuda") for a in arrays])
+    with torch.autocast("cuda", dtype=TORCH_DTYPE[dtype]):
+        theirs = fn(torch, torch.nn.functional, *[torch.tensor(a, device="cuda") for a in arrays])
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+    for k, (o, t) in enumerate(zip(ours, theirs)):
+        assert o.dtype.name == str(t.dtype).removeprefix("torch."), f"{name} output {k}: {o.dtype} vs {t.dtype}"
+        assert_close_in(dtype, o.float().cpu().numpy().astype(np.float64),
+                        t.float().cpu().numpy().astype(np.float64), f"{name} output {k}", ulps=16)
