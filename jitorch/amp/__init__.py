@@ -1,4 +1,5 @@
-"""Mixed precision: `jitorch.amp.autocast` (also `jitorch.autocast`), as PyTorch's.
+"""Mixed precision: `jitorch.amp.autocast` (also `jitorch.autocast`) and `jitorch.amp.GradScaler`
+(`grad_scaler.py`), as PyTorch's.
 
     with jitorch.autocast("cuda", dtype=jitorch.bfloat16):
         loss = loss_fn(model(x), y)   # products in bfloat16, softmax/norms/losses in float32
@@ -18,8 +19,9 @@ from collections.abc import Callable
 
 from .. import _autocast
 from .. import dtypes as _dt
+from .grad_scaler import GradScaler
 
-__all__ = ["autocast", "get_autocast_dtype", "is_autocast_enabled"]
+__all__ = ["GradScaler", "autocast", "get_autocast_dtype", "is_autocast_enabled"]
 
 _DEVICE_TYPES = ("cuda", "cpu")
 _DTYPES = ("float16", "bfloat16")

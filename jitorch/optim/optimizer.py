@@ -23,8 +23,9 @@ from .._trace_state import trace_state
 from ..autograd import enable_grad, no_grad
 from ..backends import backend_for
 from ..creation import tensor as _tensor
-from ..creation import zeros
+from ..creation import zeros, zeros_like
 from ..dispatch import fuses_composites
+from ..ops import where
 from ..tensor import Tensor
 
 Hyper = Tensor | tuple[Tensor, ...]
@@ -249,15 +250,25 @@ class Optimizer:
         and by default on a device whose backend fuses eager composites (the GPU: see
         `_compiles_update`); otherwise parameter by parameter."""
         loss = self._evaluate_closure(closure)
+        self._run_update(None)
+        return loss
+
+    @no_grad()
+    def _step_unless(self, skip: Tensor) -> None:
+        """`step()`, except that where `skip` (a 0-d tensor on the parameters' device, nonzero: an
+        inf or NaN among the gradients, `jitorch.amp.GradScaler`) the parameters and their state
+        keep their values: decided on the device, without reading `skip` on the host."""
+        self._run_update(skip)
+
+    def _run_update(self, skip: Tensor | None) -> None:
         if trace_state.tracer is None and self._compiles_update():
             if self._fused_update is None:
                 from ..compiler import compile
 
                 self._fused_update = compile(self._update_all, name=f"{type(self).__name__}.step (fused)")
-            self._fused_update()
+            self._fused_update(skip)
         else:
-            self._update_all()
-        return loss
+            self._update_all(skip)
 
     def _compiles_update(self) -> bool:
         """Whether `step` runs the compiled update, as PyTorch picks its implementation: `fused=True`
@@ -287,15 +298,29 @@ class Optimizer:
             foreach is not False and backend_for(p.device.type).fuses_eager_composites)
         return zeros((), device=p.device if compiled else None)
 
-    def _update_all(self) -> None:
+    def _update_all(self, skip: Tensor | None = None) -> None:
         if trace_state.tracer is not None:  # a compiled step updates the groups it saw
             trace_state.tracer.note_python_value((id(self), "param_groups"), f"{type(self).__name__}.param_groups",
                                                  lambda: tuple(map(id, self.param_groups)), _count("groups"))
         for group in self.param_groups:
             group._per_step.clear()  # the hyperparameters may have changed since the last step
             for p in self._params_with_grad(group):
-                self._update(p, group)
+                if skip is None:
+                    self._update(p, group)
+                else:
+                    self._update_unless(skip, p, group)
             group._per_step.clear()  # (and a traced step's values must not outlive its trace)
+
+    def _update_unless(self, skip: Tensor, p: Tensor, group: ParamGroup) -> None:
+        """`_update`, then each value it wrote back to its old one where `skip` (a state made by this
+        update back to zeros, as if it had never run). Compiled, the old values are the kernel's
+        inputs and the choice one select in it: no copies."""
+        before = {"": p.clone(), **{k: v.clone() for k, v in self.state[p].items() if isinstance(v, Tensor)}}
+        self._update(p, group)
+        keep = skip != 0
+        for name, t in [("", p), *((k, v) for k, v in self.state[p].items() if isinstance(v, Tensor))]:
+            old = before.get(name)
+            t.copy_(where(keep, old if old is not None else zeros_like(t), t))
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         """One parameter's update (each optimizer defines its own)."""
