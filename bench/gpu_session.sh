@@ -9,7 +9,8 @@
 # marked gpu), tests-new (those of the newest parts and the op harness's cases near them),
 # eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
 # one float32 matmul precision each: a full run takes both), gpt-highest and gpt-high (its GPT-sized
-# row alone), where (each runner's device time per kernel, by the profilers), profile (where one eager and compiled
+# row alone), amp-bf16 (char_lm and GPT-sized steps under bfloat16 autocast), where (each runner's
+# device time per kernel, by the profilers), profile (where one eager and compiled
 # char_lm step spend their time). Each fits one 10-minute call of a GPU machine.
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
@@ -72,6 +73,9 @@ for phase in "${PHASES[@]}"; do
         gpt-highest|gpt-high)  # the GPT-sized row alone, at one precision
             run_bench "train_cuda_${phase}" 400 python3 bench/train.py --device cuda --precisions "${phase#gpt-}" \
                 --workloads gpt --out "$OUT/train_cuda_${phase}.md" ;;
+        amp-bf16)  # the char_lm and GPT-sized steps under autocast in bfloat16 (TF32 for what stays float32)
+            run_bench train_cuda_amp_bf16 560 python3 bench/train.py --device cuda --precisions high --amp bf16 \
+                --out "$OUT/train_cuda_high_amp_bf16.md" ;;
         where)  # where each runner's GPU time goes, kernel by kernel: the MLP and the GPT-sized step
             run_bench where_cuda 560 python3 bench/train.py --device cuda --precisions highest --workloads mlp,gpt \
                 --repeats 1 --gpt-steps 2 --prims --out "$OUT/where_cuda.md" ;;

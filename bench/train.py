@@ -8,6 +8,7 @@ PyTorch eager on the CPU or on one GPU, in one run.
                                           # GPU: every runner's device time per kernel)
     python bench/train.py --device cuda   # on the GPU: writes bench/results/train_cuda.md
     python bench/train.py --device cuda --precisions highest   # one precision: train_cuda_highest.md
+    python bench/train.py --device cuda --amp bf16   # char_lm and GPT-sized steps under autocast
 
 Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
 sizes, optimizers and data are the same):
@@ -147,10 +148,11 @@ class ConstantRate:
 
 def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",
                   sizes: dict[str, int] | None = None, mode: str = "default",
-                  constant_rate: bool = False) -> Callable[[], None]:
+                  constant_rate: bool = False, amp: str | None = None) -> Callable[[], None]:
     """`steps` training steps of the char_lm transformer on `device` on pre-drawn batches (the same
     for both frameworks); `sizes` overrides fields of `char_lm.Config` (a GPT-sized model); `mode`:
-    the compile mode of a compiled step; `constant_rate`: leave the scheduler out (`ConstantRate`)."""
+    the compile mode of a compiled step; `constant_rate`: leave the scheduler out (`ConstantRate`);
+    `amp`: the example's mixed precision ("bf16", "fp16": its forward pass under autocast)."""
     config = char_lm.Config(vocab_size=len(corpus().chars), **(sizes or {}))
     rng = np.random.default_rng(0)
     batches = [corpus().batch("train", config.batch_size, config.block_size, rng) for _ in range(steps)]
@@ -158,7 +160,7 @@ def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",
     model = char_lm.build_model(config, lib, device)
     optimizer, scheduler = char_lm.make_optimizer(model, config, total_steps=10 * steps, lib=lib)
     scheduler = ConstantRate() if constant_rate else scheduler
-    train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled, mode)
+    train_step = char_lm.make_train_step(model, optimizer, scheduler, lib, compiled, mode, amp)
 
     def run() -> None:
         for inputs, targets in batches:
@@ -356,9 +358,9 @@ MLP_STEPS, SMALL_MLP_STEPS = 20, 100
 
 
 def gpu_char_lm_steps(lib, steps: int, mode: str | None, sizes: dict[str, int] | None = None,
-                      device: str = "cuda") -> Callable[[], None]:
+                      device: str = "cuda", amp: str | None = None) -> Callable[[], None]:
     """`char_lm_steps` on the GPU at a constant learning rate, eager (`mode` None) or compiled in `mode`."""
-    return char_lm_steps(lib, steps, mode is not None, device, sizes, mode or "default", constant_rate=True)
+    return char_lm_steps(lib, steps, mode is not None, device, sizes, mode or "default", constant_rate=True, amp=amp)
 
 
 def mlp(nn, widths: tuple[int, ...], layer_norm: bool):
@@ -404,9 +406,14 @@ def mlp_steps(lib, steps: int, mode: str | None, widths: tuple[int, ...], batch:
     return run
 
 
-def cuda_workloads(lm_steps: int, gpt_steps: int, only: set[str] | None = None) -> dict[str, tuple[Callable, int]]:
+AMP_WORKLOADS = ("char_lm", "gpt")  # the workloads that train under autocast with `--amp`
+
+
+def cuda_workloads(lm_steps: int, gpt_steps: int, only: set[str] | None = None,
+                   amp: str | None = None) -> dict[str, tuple[Callable, int]]:
     """name -> (make(lib, mode) -> a runner on the GPU, training steps per run), for the workloads whose
-    short name (digits, char_lm, mlp, small_mlp, gpt) is in `only` (all when None)."""
+    short name (digits, char_lm, mlp, small_mlp, gpt) is in `only` (all when None); with `amp`, the
+    char_lm-based ones (`AMP_WORKLOADS`) in that mixed precision."""
     gpt = GPT_SIZES
     found = {
         "mlp": ("MLP: one step (1024-4096 ReLU -1024 LayerNorm -10, batch 4096, AdamW)",
@@ -418,12 +425,14 @@ def cuda_workloads(lm_steps: int, gpt_steps: int, only: set[str] | None = None) 
                    f"batch {digits.BATCH_SIZE})", (lambda lib, mode: digits_epoch(lib, mode, "cuda"), 1)),
         "char_lm": (f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x "
                     f"{char_lm.Config.block_size} characters)",
-                    (lambda lib, mode: gpu_char_lm_steps(lib, lm_steps, mode), lm_steps)),
+                    (lambda lib, mode: gpu_char_lm_steps(lib, lm_steps, mode, amp=amp), lm_steps)),
         "gpt": (f"GPT-sized char_lm: one step ({gpt['n_layer']} layers, d_model {gpt['d_model']}, {gpt['n_head']} "
                 f"heads, batch {gpt['batch_size']} x {gpt['block_size']} characters, vocabulary "
-                f"{len(corpus().chars)})", (lambda lib, mode: gpu_char_lm_steps(lib, gpt_steps, mode, gpt), gpt_steps)),
+                f"{len(corpus().chars)})",
+                (lambda lib, mode: gpu_char_lm_steps(lib, gpt_steps, mode, gpt, amp=amp), gpt_steps)),
     }
-    return {name: entry for key, (name, entry) in found.items() if only is None or key in only}
+    return {name: entry for key, (name, entry) in found.items()
+            if (only is None or key in only) and (amp is None or key in AMP_WORKLOADS)}
 
 
 def first_call_seconds(make: Callable, lib, mode: str | None) -> tuple[Callable[[], None], float]:
@@ -437,13 +446,15 @@ def first_call_seconds(make: Callable, lib, mode: str | None) -> tuple[Callable[
 
 
 def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, profile: bool,
-                 prims: bool, only: set[str] | None) -> tuple[str, bool]:
-    """Time every GPU workload with every runner at one float32 matmul precision; returns its results
-    section and whether jitorch has the precision setting."""
+                 prims: bool, only: set[str] | None, amp: str | None = None) -> tuple[str, bool]:
+    """Time every GPU workload with every runner at one float32 matmul precision (and `amp`'s mixed
+    precision); returns its results section and whether jitorch has the precision setting."""
     jitorch_has_precision = set_matmul_precision(precision)
     labels = list(CUDA_RUNNERS)
     lines = [
-        f"## float32 matmul precision \"{precision}\"",
+        f"## float32 matmul precision \"{precision}\""
+        + (f", mixed precision {char_lm.AMP_DTYPES[amp]} (autocast{' and GradScaler' if amp == 'fp16' else ''})"
+           if amp else ""),
         "",
         "Milliseconds per training step; in brackets, each jitorch runner's time over PyTorch eager's.",
         "",
@@ -454,7 +465,7 @@ def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, pr
                    "| workload | " + " | ".join(label for label in labels if CUDA_RUNNERS[label][1]) + " |",
                    "|---|" + "---:|" * sum(1 for label in labels if CUDA_RUNNERS[label][1])]
     failed_lines = []
-    for name, (make, units) in cuda_workloads(lm_steps, gpt_steps, only).items():
+    for name, (make, units) in cuda_workloads(lm_steps, gpt_steps, only, amp).items():
         runners, failures, built = {}, {}, {}
         for label, (lib, mode) in CUDA_RUNNERS.items():
             try:
@@ -562,6 +573,9 @@ def main() -> None:
                              "printed only)")
     parser.add_argument("--workloads", default=None,
                         help="cuda only: a comma-separated subset of mlp,small_mlp,digits,char_lm,gpt (a partial run)")
+    parser.add_argument("--amp", choices=sorted(char_lm.AMP_DTYPES), default=None,
+                        help="cuda: the char_lm and GPT-sized steps under autocast in bfloat16 or float16 (with a "
+                             "GradScaler), every runner alike; writes train_cuda_<precisions>_amp_<amp>.md")
     parser.add_argument("--precisions", default=None,
                         help="cuda only: a comma-separated subset of highest,high (one alone writes "
                              "train_cuda_<precision>.md)")
@@ -575,6 +589,8 @@ def main() -> None:
                         help="CPU only: turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; "
                              "writes bench/results/train_cpu_malloc_tuning.md)")
     args = parser.parse_args()
+    if args.amp and args.device != "cuda":
+        parser.error("--amp: mixed precision is measured on the GPU (--device cuda)")
     if args.device == "cuda":
         main_cuda(args, parser)
         return
@@ -603,15 +619,18 @@ def main_cuda(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         parser.error(f"--precisions: unknown {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    if args.amp and only is not None and only - set(AMP_WORKLOADS):
+        parser.error(f"--amp: only {', '.join(AMP_WORKLOADS)} train in mixed precision here")
     partial = args.repeats < REPEATS or lm_steps < LM_STEPS_CUDA or args.gpt_steps < GPT_STEPS or only is not None
     # one precision is a whole run of its own (a GPU machine's call may not fit both): its own page
     name = "train_cuda" if sorted(precisions) == sorted(PRECISIONS) else "train_cuda_" + "_".join(precisions)
+    name += f"_amp_{args.amp}" if args.amp else ""
     out = results_path(name, partial, args.out)
-    measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims, only)
+    measured = [measure_cuda(p, args.repeats, lm_steps, args.gpt_steps, args.profile, args.prims, only, args.amp)
                 for p in precisions]
     set_matmul_precision("highest")
     command = "python bench/train.py --device cuda" + (f" --workloads {args.workloads}" if only else "") + (
-        f" --precisions {args.precisions}" if args.precisions else "")
+        f" --precisions {args.precisions}" if args.precisions else "") + (f" --amp {args.amp}" if args.amp else "")
     page = cuda_page([text for text, _ in measured], all(has for _, has in measured), args.repeats, lm_steps,
                      args.gpt_steps, command)
     notes = kept_notes(out) if out is not None else ""

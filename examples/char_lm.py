@@ -151,18 +151,35 @@ def lm_loss(model, inputs, targets, lib=jitorch):
     return lib.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False, mode: str = "default"):
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def make_train_step(model, optimizer, scheduler, lib=jitorch, compiled: bool = False, mode: str = "default",
+                    amp: str | None = None):
     """A function doing one optimizer step on numpy (inputs, targets), copied to the model's device,
     and returning the batch loss. With `compiled=True`, the forward pass, backward pass and AdamW
     update run as one `lib.compile`d program (in `mode`); the scheduler's new learning rate reaches
-    it as data."""
+    it as data. `amp` ("bf16" or "fp16") runs the forward pass under `lib.autocast` in that dtype
+    (the parameters stay float32); "fp16" also scales the loss with a `lib.amp.GradScaler`."""
     device = model_device(model)
+    device_type = str(device).split(":")[0]
+    dtype = getattr(lib, AMP_DTYPES[amp]) if amp else None
+    scaler = lib.amp.GradScaler(device_type) if amp == "fp16" else None
 
     def update(inputs, targets):
         optimizer.zero_grad()
-        loss = lm_loss(model, inputs, targets, lib)
-        loss.backward()
-        optimizer.step()
+        if dtype is None:
+            loss = lm_loss(model, inputs, targets, lib)
+        else:
+            with lib.autocast(device_type, dtype=dtype):
+                loss = lm_loss(model, inputs, targets, lib)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return loss
 
     update = lib.compile(update, mode=mode) if compiled else update
@@ -245,15 +262,16 @@ def save_loss_plot(history: list[tuple[int, float, float]], path: str) -> bool:
 
 
 def train(config: Config, corpus: CharCorpus, steps: int, seed: int, compiled: bool = False,
-          device: str = "cpu"):
-    """Train on `device` for `steps` steps, evaluating every `config.eval_every`; returns (model, loss
-    history). The initial weights are drawn on the host, so they are the same on every device."""
+          device: str = "cpu", amp: str | None = None):
+    """Train on `device` for `steps` steps (under autocast in `amp`'s dtype, see `make_train_step`),
+    evaluating every `config.eval_every`; returns (model, loss history). The initial weights are
+    drawn on the host, so they are the same on every device."""
     jitorch.manual_seed(seed)
     model = build_model(config, device=device)
     optimizer, scheduler = make_optimizer(model, config, steps)
     rng = np.random.default_rng(seed)
     eval_set = fixed_batches(corpus, config, seed)
-    train_step_ = make_train_step(model, optimizer, scheduler, compiled=compiled)
+    train_step_ = make_train_step(model, optimizer, scheduler, compiled=compiled, amp=amp)
     history = []
 
     def record(step: int) -> None:
@@ -286,6 +304,9 @@ def main() -> None:
                         help="run each training step op by op instead of as one jitorch.compile'd program "
                              "(for debugging; slower)")
     add_device_arg(parser, jitorch)
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+                        help="mixed precision: the forward pass under jitorch.autocast in bfloat16 or float16 "
+                             "(float16 with a GradScaler); parameters stay float32")
     args = parser.parse_args()
     if args.eager:  # op by op, every op allocates a fresh buffer: keep freed ones in this process
         tune_malloc()
@@ -295,8 +316,9 @@ def main() -> None:
     config = Config(vocab_size=len(corpus.chars))
     say(f"corpus: {len(corpus.splits['train']):,} training and {len(corpus.splits['val']):,} held-out "
         f"characters, vocabulary {config.vocab_size}")
-    say(f"device: {args.device}")
-    model, history = train(config, corpus, args.steps, args.seed, compiled=not args.eager, device=args.device)
+    say(f"device: {args.device}" + (f" | mixed precision: {AMP_DTYPES[args.amp]}" if args.amp else ""))
+    model, history = train(config, corpus, args.steps, args.seed, compiled=not args.eager, device=args.device,
+                           amp=args.amp)
     n_params = sum(p.numel() for p in model.parameters())
     train_seconds = time.perf_counter() - start
     text = sample(model, corpus, prompt="The ", length=args.sample_length)

@@ -102,6 +102,23 @@ def test_char_lm_compiled_matches_its_eager_run(tmp_path):
     np.testing.assert_allclose(report_floats(pattern, compiled), report_floats(pattern, eager), rtol=1e-3)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_char_lm_trains_under_autocast_compiled_as_eagerly(tmp_path, amp):
+    runs = {}
+    for how in ("--eager", None):
+        args = ["--steps", "8", "--sample-length", "5", "--device", "cpu", "--amp", amp,
+                "--plot", str(tmp_path / f"{how}.png")] + ([how] if how else [])
+        runs[how] = out = run_example("char_lm.py", *args, cwd=tmp_path)
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}[amp]
+        assert re.search(rf"^device: cpu \| mixed precision: {dtype}$", out, re.MULTILINE), out
+        first, _ = report_floats(r"^initial loss: train (\S+) \| held-out (\S+)$", out)
+        final, _ = report_floats(r"^final loss: train (\S+) \| held-out (\S+)$", out)
+        assert math.isfinite(final) and final < first
+    pattern = r"^final loss: train (\S+) \| held-out (\S+)$"
+    # (16-bit products: the compiled and eager runs round differently, a few steps of it add up)
+    np.testing.assert_allclose(report_floats(pattern, runs[None]), report_floats(pattern, runs["--eager"]), rtol=3e-2)
+
+
 def test_the_device_defaults_to_cuda_only_where_the_framework_has_a_gpu(monkeypatch):
     utils = _example_utils()
 
