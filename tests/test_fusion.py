@@ -435,3 +435,61 @@ def test_an_adamw_update_is_one_kernel_per_parameter_shape():
         assert len(update.kernel.outputs) == 6  # each of the two parameters, and both its moments
     eager = training_step()
     np.testing.assert_allclose(losses, [eager(x).item() for _ in range(3)], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# float16 and bfloat16: storage types, computed in float32 and rounded after every node
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    return array.view(np.uint16)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_chains_are_one_kernel_equal_to_eager_bit_for_bit(dtype):
+    rng = np.random.default_rng(0)
+    x = jt.tensor(rng.standard_normal((64, 96)).astype(np.float32) * 4).to(dtype)
+    b = jt.tensor(rng.standard_normal(96).astype(np.float32)).to(dtype)
+
+    def fn(x, b):
+        return ((x * 2 + b).relu() - x.exp()).sigmoid() * (x > 0) + (x * x + 1).rsqrt()
+
+    (kernel,) = kernels_of(fn, x, b)
+    assert {v.dtype.name for v in kernel.kernel.outputs} == {dtype}
+    got = jt.compile(fn)(x, b).numpy()
+    np.testing.assert_array_equal(_bits(got), _bits(fn(x, b).numpy()))
+
+
+def test_rounding_to_bfloat16_and_float16_in_a_kernel_is_numpys():
+    """Ties to even, NaN and infinities, overflow to infinity, the smallest normals and subnormals:
+    float32 values cast to each half type inside a fused kernel (between two exact multiplies, so
+    that the cast is one of its nodes), bit for bit as ml_dtypes and numpy round them eagerly."""
+    ties = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0x3F80C000, 0x7F7FFFFF, 0x00008000, 0x00018000],
+                    np.uint32).view(np.float32)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 65504.0, 65520.0, 1e-8, 6.1e-5, 3e38],
+                        np.float32)
+    x = jt.tensor(np.concatenate([ties, specials, np.random.default_rng(1).standard_normal(200).astype(np.float32)]))
+    for dtype in ("bfloat16", "float16"):
+        def fn(x, dtype=dtype):
+            return (x * 0.5).to(dtype) * 2
+
+        got, eager = jt.compile(fn)(x).numpy(), fn(x).numpy()
+        assert len(kernels_of(fn, x)) == 1
+        np.testing.assert_array_equal(_bits(got), _bits(eager), err_msg=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_row_kernels_match_eager(dtype):
+    """Rows reduced in float32 and rounded once (the sums add in another order than numpy's)."""
+    x = jt.tensor(np.random.default_rng(2).standard_normal((32, 300)).astype(np.float32)).to(dtype)
+    w = jt.tensor(np.random.default_rng(3).standard_normal(300).astype(np.float32)).to(dtype)
+
+    def fn(x, w):
+        return F.softmax(x * 2, -1), F.layer_norm(x, (300,), w), F.log_softmax(x, -1)
+
+    compiled = jt.compile(fn)
+    assert any(k.kernel.rows for k in kernels_of(fn, x, w))
+    eps = float(jt.finfo(getattr(jt, dtype)).eps)
+    for got, eager in zip(compiled(x, w), fn(x, w)):
+        ours, theirs = got.float().numpy(), eager.float().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=2 * eps, atol=2 * eps * np.abs(theirs).max())

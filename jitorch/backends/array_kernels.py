@@ -62,6 +62,18 @@ def in_float32_for_half(xp, reduce: Callable) -> Callable:
     return run
 
 
+def once_for_half(fn: Callable) -> Callable:
+    """A pointwise kernel of several steps, `fn(x)`, computed in float32 for a half type and rounded
+    once at the end, as PyTorch computes them (and as fused kernels compute every half value)."""
+
+    def run(x):
+        if is_half(x.dtype):
+            return fn(x.astype(np.float32)).astype(x.dtype)
+        return fn(x)
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 # the kernels that are more than one function of the namespace (those that use it take `xp` first)
 
@@ -302,11 +314,11 @@ def make_kernels(xp) -> dict[str, Callable]:
         "log1p": quiet(xp.log1p),
         "expm1": quiet(xp.expm1),
         "sqrt": quiet(xp.sqrt),
-        "rsqrt": quiet(partial(_rsqrt, xp)),
+        "rsqrt": quiet(once_for_half(partial(_rsqrt, xp))),
         "sin": xp.sin,
         "cos": xp.cos,
         "tanh": xp.tanh,
-        "sigmoid": quiet(partial(_sigmoid, xp)),
+        "sigmoid": quiet(once_for_half(partial(_sigmoid, xp))),
         "abs": xp.abs,
         "sign": xp.sign,
         "floor": xp.floor,

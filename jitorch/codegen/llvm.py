@@ -24,11 +24,15 @@ from . import is_float, llvm_math, llvm_philox, renders
 # ---------------------------------------------------------------------------------------------
 # types
 
-F32, F64 = ir.FloatType(), ir.DoubleType()
-I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
+I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
-_LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int32": I32, "int64": I64}
-_MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int32": I32, "int64": I64}
+# a value's type in registers: float16 and bfloat16 are storage types, computed in float32 and
+# rounded back to their precision after every node (`_rounded`), as the eager kernels round each op
+_LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int32": I32, "int64": I64, "float16": F32,
+              "bfloat16": F32}
+_MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int32": I32, "int64": I64, "float16": F16,
+                "bfloat16": I16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,9 +95,9 @@ def _cast(b, n, a):
     if src.dtype.name == "bool":
         return b.ir.uitofp(x, to) if is_float(dst) else b.ir.zext(x, to)
     if is_float(src) and is_float(dst):
-        if src.dtype == dst.dtype:
-            return x
-        return b.ir.fpext(x, to) if dst.dtype.name == "float64" else b.ir.fptrunc(x, to)
+        if x.type == to:
+            return x  # (to or from a half type in float32 registers: `_render` rounds the result)
+        return b.ir.fpext(x, to) if to == F64 else b.ir.fptrunc(x, to)
     if is_float(src):
         return b.ir.fptosi(x, to)
     if is_float(dst):
@@ -221,7 +225,27 @@ def _render(b, node: Node, args: list):
         return _random(b, node, args)
     table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \
         else _ANY
-    return table[op](b, node, args)
+    return _rounded(b.ir, table[op](b, node, args), node.out)
+
+
+def _rounded(b: ir.IRBuilder, x, v: Value):
+    """A float32 register value `x` of `v` rounded to `v`'s precision where that is a half type."""
+    name = v.dtype.name
+    if name == "float16":
+        return b.fpext(b.fptrunc(x, F16), F32)  # (F16C's conversions on x86: round to nearest even)
+    if name == "bfloat16":
+        return b.bitcast(b.shl(b.zext(_bfloat16_bits(b, x), I32), ir.Constant(I32, 16)), F32)
+    return x
+
+
+def _bfloat16_bits(b: ir.IRBuilder, x):
+    """The bfloat16 nearest float32 `x` (ties to even; NaN stays a quiet NaN of its sign), as i16."""
+    bits = b.bitcast(x, I32)
+    lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
+    rounded = b.add(b.add(bits, ir.Constant(I32, 0x7FFF)), lsb)
+    quiet = b.or_(bits, ir.Constant(I32, 0x00400000))
+    chosen = b.select(b.fcmp_unordered("uno", x, x), quiet, rounded)
+    return b.trunc(b.lshr(chosen, ir.Constant(I32, 16)), I16)
 
 
 class _Emitter:
@@ -446,7 +470,7 @@ class _RowEmitter:
             acc.add_incoming(new, b.block)
         b.cbranch(b.icmp_signed("<", nxt, self.length), loop, done)
         b.position_at_end(done)
-        return {r.out.id: new for r, new in zip(reductions, updated)}
+        return {r.out.id: _rounded(b, new, r.out) for r, new in zip(reductions, updated)}
 
 
 class _Operands:
@@ -478,12 +502,24 @@ class _Operands:
     def load(self, k: int, v: Value, offset):
         b, ty = self.b, _MEMORY_TYPE[v.dtype.name]
         x = self._tag(b.load(b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty), typ=ty), k)
-        return b.icmp_unsigned("!=", x, ir.Constant(I8, 0)) if v.dtype.name == "bool" else x
+        name = v.dtype.name
+        if name == "bool":
+            return b.icmp_unsigned("!=", x, ir.Constant(I8, 0))
+        if name == "float16":
+            return b.fpext(x, F32)
+        if name == "bfloat16":  # its bits are a float32's top half
+            return b.bitcast(b.shl(b.zext(x, I32), ir.Constant(I32, 16)), F32)
+        return x
 
     def store(self, k: int, v: Value, x, offset) -> None:
         b, ty = self.b, _MEMORY_TYPE[v.dtype.name]
-        if v.dtype.name == "bool":
+        name = v.dtype.name
+        if name == "bool":
             x = b.zext(x, I8)
+        elif name == "float16":
+            x = b.fptrunc(x, F16)
+        elif name == "bfloat16":
+            x = _bfloat16_bits(b, x)
         self._tag(b.store(x, b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty)), k)
 
 
