@@ -62,7 +62,7 @@ def launch(source, loop_shape, inputs, outputs, config, pad, device):
     tensors, strides = [], []
     for array, view_shape, bcast in inputs:
         view = array.reshape(view_shape)
-        tensor = torch.from_numpy(view.view(np.int8) if view.dtype == np.bool_ else view).to(device)
+        tensor = to_torch(torch, view).to(device)
         if tensor.ndim and not bcast[-1] and tensor.stride(-1) != 1:
             tensor = tensor.contiguous()
         if pad and tensor.ndim >= 2:
@@ -78,9 +78,21 @@ def launch(source, loop_shape, inputs, outputs, config, pad, device):
     kernel_of(source)[grid](*tensors, *outs, *args, **config.constexprs, **config.options())
     results = []
     for out, (shape, dt) in zip(outs, outputs):
+        if out.dtype == torch.bfloat16:  # (numpy has no bfloat16 of its own: ml_dtypes' is read from the bits)
+            results.append(out.cpu().view(torch.int16).numpy().view(dt))
+            continue
         host = out.cpu().numpy()
         results.append(host.view(np.bool_) if np.dtype(dt) == np.bool_ else host)
     return results
+
+
+def to_torch(torch, array):
+    """A numpy array as a torch tensor sharing its memory (bool as int8; ml_dtypes' bfloat16 by its bits)."""
+    if array.dtype == np.bool_:
+        return torch.from_numpy(array.view(np.int8))
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def compile_for_sm90(source, config):
@@ -202,6 +214,9 @@ def assert_close(ours: np.ndarray, theirs: np.ndarray, ulps: int, what: str, eps
     relative to each value and to the largest finite magnitude (row sums are added in another order),
     NaN and inf in place, and with `signed_zeros` zeros of the same sign."""
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, what
+    if theirs.dtype.name == "bfloat16":  # (ml_dtypes' type: numpy calls its kind "V")
+        eps = 2.0**-7 if eps is None else eps  # (bfloat16's machine epsilon)
+        ours, theirs = ours.astype(np.float32), theirs.astype(np.float32)
     if theirs.dtype.kind != "f":
         np.testing.assert_array_equal(ours, theirs, err_msg=what)
         return
@@ -353,6 +368,13 @@ CASES = [
         lambda x, y: (x * y - 1).sum(0), (jt.randn(70, 33, dtype=jt.float64), jt.randn(70, 33, dtype=jt.float64))),
          ulps=64),
     Case("mlp_training_step", lambda: _mlp_step()),
+    # float16 and bfloat16: loaded into float32, every node rounded back, as the eager kernels do
+    Case("float16_chain", lambda: (
+        lambda x, b: ((x * 2 + b).relu() - x.exp()).sigmoid() + (x * x + 1).rsqrt(),
+        (jt.randn(8, 96).to(jt.float16), jt.randn(96).to(jt.float16))), ulps=2),
+    Case("bfloat16_chain_and_rows", lambda: (
+        lambda x, b: ((x * 2 + b).tanh() * x, F.softmax(x * 2, -1), (x - b).to(jt.float32) * 3),
+        (jt.randn(8, 96).to(jt.bfloat16), jt.randn(96).to(jt.bfloat16))), ulps=2),
 ]
 
 

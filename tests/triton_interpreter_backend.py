@@ -153,6 +153,10 @@ class InterpretedMatmul:
 
 
 def _tensor(torch, array: np.ndarray):
+    """A torch CPU tensor on the array's memory: bool as int8 (the renderer's `*i8`), ml_dtypes'
+    bfloat16 by its bits."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array.view(np.int8) if array.dtype == np.bool_ else array)
 
 

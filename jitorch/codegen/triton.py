@@ -65,13 +65,17 @@ from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial,
 # ---------------------------------------------------------------------------------------------
 # types
 
+# a value's type in registers: float16 and bfloat16 are storage types, computed in float32 and
+# rounded back to their precision after every node (`_rounded`), as the eager kernels round each op
 _TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
-             "bool": "tl.int1"}
+             "bool": "tl.int1", "float16": "tl.float32", "bfloat16": "tl.float32"}
 # a pointer argument's type in a Triton signature; bool is stored as one byte
-_POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8"}
+_POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8",
+                 "float16": "*fp16", "bfloat16": "*bf16"}
 _ELEMENT_TYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
-                 "bool": "tl.int8"}
-_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+                 "bool": "tl.int8", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
+_HALF_TYPE = {"float16": "tl.float16", "bfloat16": "tl.bfloat16"}
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1, "float16": 2, "bfloat16": 2}
 
 
 def _float(x: float) -> str:
@@ -518,19 +522,38 @@ def _emit_node(code: _Code, node: Node, env: dict[int, str]) -> None:
     code.comment(format_node(node))
     if node.op != "random" and all(v.id in code.scalars for v in node.inputs):
         code.scalars.add(node.out.id)
-    env[node.out.id] = code.let(_var(node.out), _expression(code, node, [env[v.id] for v in node.inputs]))
+    expression = _expression(code, node, [env[v.id] for v in node.inputs])
+    if node.out.dtype.name in _HALF_TYPE:
+        expression = _rounded(code.let(f"{_var(node.out)}_f32", expression), node.out)
+    env[node.out.id] = code.let(_var(node.out), expression)
+
+
+def _rounded(name: str, v: Value) -> str:
+    """The float32 register value `name` of `v` rounded to `v`'s half type, to nearest even. bfloat16
+    in integer ops (a float32's top half; NaN stays NaN): Triton's interpreter truncates where the
+    GPU's conversion rounds, and this is the same on both."""
+    if v.dtype.name == "float16":
+        return f"{name}.to(tl.float16).to(tl.float32)"
+    bits = f"{name}.to(tl.int32, bitcast=True)"
+    rounded = f"(({bits} + 0x7FFF + (({bits} >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)"
+    return f"tl.where({name} != {name}, {name}, {rounded})"
 
 
 def _load(ptr: str, v: Value, address: str | None, mask: str | None) -> str:
-    """A load of input `v` (None address: its only element, a scalar); bool bytes become i1."""
+    """A load of input `v` (None address: its only element, a scalar); bool bytes become i1, half
+    types float32."""
     where = ptr if address is None else f"{ptr} + {address}"
     text = f"tl.load({where}, mask={mask})" if mask else f"tl.load({where})"
-    return f"{text} != 0" if v.dtype.name == "bool" else text
+    if v.dtype.name == "bool":
+        return f"{text} != 0"
+    return f"{text}.to(tl.float32)" if v.dtype.name in _HALF_TYPE else text
 
 
 def _store(code: _Code, ptr: str, v: Value, value: str, address: str, mask: str) -> None:
     if v.dtype.name == "bool":
         value = f"{value}.to(tl.int8)"
+    elif v.dtype.name in _HALF_TYPE:
+        value = f"{value}.to({_HALF_TYPE[v.dtype.name]})"
     code.line(f"tl.store({ptr} + {address}, {value}, mask={mask})")
 
 
@@ -755,12 +778,15 @@ class _Renderer:
             env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
 
     def reduce(self, node: Node, tile: str) -> str:
-        """The row's reduction from a tile whose masked-off elements hold the identity."""
+        """The row's reduction from a tile whose masked-off elements hold the identity (a half type's
+        in float32, rounded once at the end)."""
         code, name = self.code, _var(node.out)
         value = code.let(name, _REDUCTIONS[node.op][2].format(tile=tile))
         if node.op != "sum":  # tl.max / tl.min skip NaN; numpy's return it
             seen = f"tl.max(({tile} != {tile}).to(tl.int32), axis=1)[:, None]"
-            code.let(name, f'tl.where({seen} > 0, float("nan"), {value})')
+            value = code.let(name, f'tl.where({seen} > 0, float("nan"), {value})')
+        if node.out.dtype.name in _HALF_TYPE:
+            code.let(name, _rounded(value, node.out))
         return name
 
     def persistent(self, env: dict[int, str]) -> None:
