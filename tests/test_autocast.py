@@ -176,3 +176,38 @@ def test_outputs_match_torch_autocast_on_cuda(name, fn, shapes, dtype):
         assert o.dtype.name == str(t.dtype).removeprefix("torch."), f"{name} output {k}: {o.dtype} vs {t.dtype}"
         assert_close_in(dtype, o.float().cpu().numpy().astype(np.float64),
                         t.float().cpu().numpy().astype(np.float64), f"{name} output {k}", ulps=16)
+
+
+@pytest.mark.parametrize("convert", ["bfloat16", "half"])
+def test_a_model_kept_in_low_precision_trains_as_torchs(convert):
+    """`model.bfloat16()` / `.half()`: parameters, gradients and AdamW's moments in that dtype, as
+    PyTorch keeps them; eager and compiled steps against PyTorch's."""
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(s).astype(np.float32) * 0.3 for s in [(16, 8), (16,), (4, 16), (4,)]]
+    x, y = rng.standard_normal((32, 8)).astype(np.float32), rng.integers(0, 4, 32)
+    losses = {}
+    for name, lib in (("jitorch", jt), ("torch", torch)):
+        for compiled in ((False, True) if lib is jt else (False,)):
+            model = lib.nn.Sequential(lib.nn.Linear(8, 16), lib.nn.ReLU(), lib.nn.Linear(16, 4))
+            with lib.no_grad():
+                for p, a in zip(model.parameters(), arrays):
+                    p.copy_(lib.tensor(a))
+            model = getattr(model, convert)()
+            opt = lib.optim.AdamW(model.parameters(), lr=1e-2)
+            dtype = next(model.parameters()).dtype
+
+            def step(xb, yb, model=model, opt=opt, lib=lib):
+                opt.zero_grad()
+                loss = lib.nn.functional.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+                return loss
+
+            run = jt.compile(step) if compiled else step
+            losses[name, compiled] = [float(run(lib.tensor(x).to(dtype), lib.tensor(y)).float()) for _ in range(5)]
+            assert all(str(p.dtype).endswith(("bfloat16", "float16")) for p in model.parameters())
+            moments = [v for s in opt.state.values() for k, v in s.items() if k == "exp_avg"]
+            assert moments and all(m.dtype == dtype for m in moments)
+    eps = 2.0**-7 if convert == "bfloat16" else 2.0**-10
+    for key in (("jitorch", False), ("jitorch", True)):
+        np.testing.assert_allclose(losses[key], losses["torch", False], rtol=16 * eps, err_msg=str(key))

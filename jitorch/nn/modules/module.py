@@ -493,6 +493,11 @@ class Module:
 
         return self.to(float16)
 
+    def bfloat16(self) -> Module:
+        from ... import bfloat16
+
+        return self.to(bfloat16)
+
     def cpu(self) -> Module:
         return self.to("cpu")
 
