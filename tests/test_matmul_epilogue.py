@@ -104,6 +104,19 @@ if os.environ.get(_IN_INTERPRETER):
         rtol = 1e-5 if precision == "highest" else 5e-3  # TF32 keeps 10 bits of each factor
         np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
+    def test_interpreted_float16_template_matches_numpy():
+        """float16 factors multiplied with float32 accumulation, the product rounded to float16 and
+        the epilogue on it, each value rounded as the eager kernels round them."""
+        rng = np.random.default_rng(5)
+        x, w, b = (rng.standard_normal(s).astype(np.float16) for s in ((70, 48), (48, 40), (40,)))
+        values = {}
+        (item,) = epilogues(absorbed(lambda x, w, b: (x @ w + b).relu(), *map(jt.tensor, (x, w, b)), values=values))
+        assert item.product.dtype == jt.float16
+        (out,) = run_template(item, "highest", [values[v.id] for v in item.inputs])
+        product = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
+        expected = np.maximum(product + b, 0).astype(np.float32)
+        np.testing.assert_allclose(out.astype(np.float32), expected, rtol=2**-10, atol=2**-10 * np.abs(expected).max())
+
     @pytest.fixture(scope="module")
     def interpreted_cuda():
         with serving_cuda() as backend:
@@ -137,14 +150,18 @@ def test_the_template_in_the_interpreter_and_for_sm90(tmp_path):
     from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
 
     report = tmp_path / "matmuls.pkl"
-    assert "7 passed" in run_interpreted_tests(__file__, "interpreted", _IN_INTERPRETER, str(report))
+    assert "8 passed" in run_interpreted_tests(__file__, "interpreted", _IN_INTERPRETER, str(report))
     with open(report, "rb") as f:
         pairs = pickle.load(f)
     assert pairs
     source = pairs[0][0]
     every = [(s, c) for s in (source, renderer.MatmulSource(**{**vars(source), "precision": "tf32"}))
              for c in s.configs((4096, 4096))]
-    assert len(every) == 8
+    x, w = jt.randn(64, 32).to(jt.bfloat16), jt.randn(32, 16).to(jt.bfloat16)
+    (half,) = epilogues(absorbed(lambda x, w: (x @ w).relu() * 2, x, w))
+    half_source = renderer.render_matmul(half, "highest")
+    every += [(half_source, c) for c in half_source.configs((4096, 4096))]
+    assert len(every) == 12
     for (s, _), ptx in zip(every, compile_for_sm90(every)):
         assert f".entry {s.name}(" in ptx and ".target sm_90" in ptx
 

@@ -1018,6 +1018,8 @@ class MatmulSource(TritonSource):
         m, n = loop_shape
         if self.precision == "ieee":
             tiles = [(64, 64, 16, 4, 2), (128, 64, 16, 8, 2), (64, 128, 16, 8, 2), (32, 64, 16, 4, 2)]
+        elif self.itemsize == 2:  # float16 and bfloat16 factors: twice the depth per stage in the same memory
+            tiles = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
         else:
             tiles = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)]
         if m * n * 4 < _TUNE_BYTES:
@@ -1050,7 +1052,8 @@ def render_matmul(item: MatmulEpilogue, float32_matmul_precision: str = "highest
     code = _Code(kernel)
     ptr = {v.id: f"{_var(v)}_ptr" for v in (*others, *kernel.outputs)}
     broadcasts = tuple(tuple(size == 1 for size in (1,) * (2 - len(v.shape)) + v.shape) for v in others)
-    params = [Param("a_ptr", "input", "*fp32", 0), Param("b_ptr", "input", "*fp32", 1)]
+    factor_type = _POINTER_TYPE[a.dtype.name]
+    params = [Param("a_ptr", "input", factor_type, 0), Param("b_ptr", "input", factor_type, 1)]
     params += [Param(ptr[v.id], "input", _POINTER_TYPE[v.dtype.name], 2 + k) for k, v in enumerate(others)]
     params += [Param(ptr[v.id], "output", _POINTER_TYPE[v.dtype.name], j) for j, v in enumerate(kernel.outputs)]
     params += [Param(name, "size", "i64") for name in ("M", "N", "K")]
@@ -1082,7 +1085,10 @@ def render_matmul(item: MatmulEpilogue, float32_matmul_precision: str = "highest
     code.line("col = rn[None, :]")
     code.line("mask = (row < M) & (col < N)")
     code.line("index = row * N + col  # row-major in the product")
-    env = {product.id: code.let(_var(product), f"acc  # {product.name}, never written to memory")}
+    if product.dtype.name in _HALF_TYPE:  # (accumulated in float32, rounded to the product's type as cuBLAS does)
+        env = {product.id: code.let(_var(product), _rounded("acc", product))}
+    else:
+        env = {product.id: code.let(_var(product), f"acc  # {product.name}, never written to memory")}
     for v, bcast in zip(others, broadcasts):
         if all(bcast):
             code.scalars.add(v.id)
@@ -1101,7 +1107,7 @@ def render_matmul(item: MatmulEpilogue, float32_matmul_precision: str = "highest
     constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "DOT_PRECISION")
     text = "\n".join(["@triton.jit", *_signature_lines(name, [p.name for p in params], constexprs),
                       *code.lines]) + "\n"
-    return MatmulSource(name, text, params, constexprs, False, 4, broadcasts=broadcasts,
+    return MatmulSource(name, text, params, constexprs, False, _ITEMSIZE[a.dtype.name], broadcasts=broadcasts,
                         precision=matmul_precision(float32_matmul_precision))
 
 

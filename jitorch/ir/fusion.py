@@ -280,9 +280,11 @@ class MatmulEpilogue:
 
 
 def epilogue_matmul(node: Node) -> bool:
-    """A product a kernel may take in: of two 2-d float32 factors."""
+    """A product a kernel may take in: of two 2-d factors of one dtype, float32, float16 or bfloat16
+    (accumulated in float32)."""
     return (node.op == "matmul" and len(node.inputs) == 2 and all(len(v.shape) == 2 for v in node.inputs)
-            and node.out.dtype.name == "float32" and all(v.dtype == node.out.dtype for v in node.inputs))
+            and node.out.dtype.name in ("float32", "float16", "bfloat16")
+            and all(v.dtype == node.out.dtype for v in node.inputs))
 
 
 def absorb_matmul_epilogues(graph: Graph, order: list, descs: dict[int, KernelDesc]) -> list:
