@@ -133,3 +133,40 @@ def test_a_cuda_scaler_without_a_gpu_warns_and_disables_itself():
     with pytest.warns(UserWarning, match="CUDA is not available.  Disabling"):
         scaler = jt.amp.GradScaler("cuda")
     assert not scaler.is_enabled()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (jt.cuda.is_available() and torch.cuda.is_available()), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_on_cuda_float16_steps_skip_as_torchs(compiled):
+    """Under float16 autocast on cuda with a scale that overflows at first: the same skipped steps
+    and scales as PyTorch's GradScaler on the same GPU, eager or compiled (traced once)."""
+    model, torch_model = models(8)
+    model.to("cuda")
+    torch_model.to("cuda")
+    ours_scaler, theirs_scaler = jt.amp.GradScaler("cuda", init_scale=2.0**24, growth_interval=2), \
+        torch.amp.GradScaler("cuda", init_scale=2.0**24, growth_interval=2)
+    opt = jt.optim.Adam(model.parameters(), lr=1e-2)
+    torch_opt = torch.optim.Adam(torch_model.parameters(), lr=1e-2)
+
+    def step(lib, model, opt, scaler, x, y):
+        opt.zero_grad()
+        with lib.autocast("cuda", dtype=lib.float16):
+            loss = lib.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss * 64).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    ours_step = jt.compile(lambda x, y: step(jt, model, opt, ours_scaler, x, y)) if compiled else \
+        (lambda x, y: step(jt, model, opt, ours_scaler, x, y))
+    ours, theirs = [], []
+    for x, y in batches(8, seed=9):
+        ours_step(jt.tensor(x).to("cuda"), jt.tensor(y).to("cuda"))
+        ours.append(ours_scaler.get_scale())
+        step(torch, torch_model, torch_opt, theirs_scaler, torch.tensor(x, device="cuda"),
+             torch.tensor(y, device="cuda"))
+        theirs.append(theirs_scaler.get_scale())
+    assert ours == theirs and min(theirs) < 2.0**24
+    for p, q in zip(model.parameters(), torch_model.parameters()):
+        np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().cpu().numpy(), rtol=1e-2, atol=1e-3)
