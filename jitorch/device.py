@@ -18,7 +18,7 @@ class Device:
     `jitorch.device("cuda", 0)`. Instances are interned: compare with `is` or `==`. As in PyTorch,
     `device("cuda")` (no index, "the current one") is not equal to `device("cuda:0")`."""
 
-    __slots__ = ("type", "index")
+    __slots__ = ("type", "index", "_hash")
     _interned: dict[str, Device] = {}
 
     def __new__(cls, spec: str | int | Device = "cpu", index: int | None = None) -> Device:
@@ -32,6 +32,7 @@ class Device:
         dev = object.__new__(cls)
         dev.type = kind
         dev.index = int(idx) if idx else None
+        dev._hash = hash(name)  # (as a string's: a device equals its name; every eager op hashes one)
         cls._interned[name] = dev
         return dev
 
@@ -49,7 +50,7 @@ class Device:
         return self is other
 
     def __hash__(self) -> int:
-        return hash(str(self))
+        return self._hash
 
     # interned: a copy is the device itself (copy.deepcopy of a param group or an optimizer state)
     def __reduce__(self):
