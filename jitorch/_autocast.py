@@ -31,8 +31,11 @@ _HALF_AND_SINGLE = ("float16", "bfloat16", "float32")
 # PyTorch's autocast lists (torch/csrc/autograd/autocast_mode.cpp and its docs), per device type,
 # for the ops jitorch has: op name -> policy
 _CUDA_POLICY = {
-    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d",
+    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d",
                      "scaled_dot_product_attention"), "lower"),
+    # einsum is on neither list, but PyTorch runs a product of operands that sums an index two of
+    # them share as bmm, which is: then its result is the low type, else float32
+    "einsum": "contraction",
     **dict.fromkeys(("pow", "exp", "expm1", "log", "log1p", "log2", "log10", "reciprocal", "rsqrt", "sum", "prod",
                      "cumsum", "norm", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "softplus",
                      "nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
@@ -42,6 +45,7 @@ _CUDA_POLICY = {
 _CPU_POLICY = {
     **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d",
                      "scaled_dot_product_attention"), "lower"),
+    "einsum": "contraction",
     **dict.fromkeys(("prod", "binary_cross_entropy", "nll_loss", "cross_entropy", "mse_loss", "l1_loss",
                      "smooth_l1_loss", "huber_loss", "kl_div", "binary_cross_entropy_with_logits"), "float32"),
     **dict.fromkeys(("cat", "stack"), "promote"),
@@ -112,6 +116,15 @@ def autocasts(name: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
+def _contracts(equation: str) -> bool:
+    """Whether einsum `equation` multiplies operands summing an index two of them have ("ij,jk->ik")."""
+    inputs, arrow, output = equation.replace(" ", "").partition("->")
+    operands = [set(op) - {"."} for op in inputs.split(",")]
+    shared = {c for k, op in enumerate(operands) for other in operands[k + 1:] for c in op & other}
+    kept = set(output) if arrow else {c for c in set(inputs) if inputs.count(c) == 1}
+    return len(operands) >= 2 and bool(shared - kept)
+
+
 def _cast_arguments(name: str, active: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     from .tensor import Tensor
 
@@ -125,6 +138,10 @@ def _cast_arguments(name: str, active: dict, args: tuple, kwargs: dict) -> tuple
         return args, kwargs
     device_type = found[0]._device.type
     kind = POLICY[device_type][name]
+    if kind == "contraction":
+        if not _contracts(args[0] if args and isinstance(args[0], str) else kwargs.get("equation", "")):
+            return args, kwargs
+        kind = "lower"
     if kind == "lower":
         target = active[device_type]
     elif kind == "float32":

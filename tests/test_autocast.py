@@ -211,3 +211,36 @@ def test_a_model_kept_in_low_precision_trains_as_torchs(convert):
     eps = 2.0**-7 if convert == "bfloat16" else 2.0**-10
     for key in (("jitorch", False), ("jitorch", True)):
         np.testing.assert_allclose(losses[key], losses["torch", False], rtol=16 * eps, err_msg=str(key))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_op_harness_under_cpu_autocast_gives_torchs_dtypes_and_values(dtype):
+    """Every float32 case of the op harness (tests/op_cases.py) that PyTorch runs under its CPU
+    autocast: the same output dtypes, and values within 8 steps of the low precision of each
+    output's scale."""
+    from tests.harness import dtype_name, flatten_outputs, make_arrays, to_jitorch, to_numpy, to_torch
+    from tests.op_cases import CASES as OP_CASES
+
+    compared = 0
+    for case in OP_CASES:
+        if any(getattr(s, "dtype", "float32") != "float32" for s in case.inputs):
+            continue
+        arrays = make_arrays(case, 0)
+        try:
+            with torch.autocast("cpu", dtype=TORCH_DTYPE[dtype]):
+                theirs = flatten_outputs(case.fn(torch, *[to_torch(a, s.dtype, False) for a, s in zip(arrays,
+                                                                                                      case.inputs)]))
+        except (RuntimeError, TypeError, NotImplementedError):
+            continue  # (PyTorch's autocast refuses it)
+        with jt.autocast("cpu", dtype=getattr(jt, dtype)):
+            ours = flatten_outputs(case.fn(jt, *[to_jitorch(a, False) for a in arrays]))
+        compared += 1
+        for k, (o, t) in enumerate(zip(ours, theirs)):
+            assert dtype_name(o) == dtype_name(t), f"{case.name} output {k}: {o.dtype} vs torch {t.dtype}"
+            a, b = to_numpy(o).astype(np.float64), to_numpy(t).astype(np.float64)
+            if a.dtype.kind == "f" and b.size:
+                scale = np.abs(b[np.isfinite(b)]).max(initial=0.0)
+                tol = 8 * EPS[dtype]
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, equal_nan=True,
+                                           err_msg=f"{case.name} output {k}")
+    assert compared > 300

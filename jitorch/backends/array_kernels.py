@@ -184,6 +184,9 @@ def _matmul(xp, a, b):
 
 
 def _einsum(xp, *xs, equation):
+    if xs and is_half(xs[0].dtype):  # (numpy's einsum takes no bfloat16; half types accumulate in float32)
+        wide = [x.astype(np.float32) for x in xs]
+        return xp.einsum(equation, *wide, optimize=len(xs) > 2).astype(xs[0].dtype)
     return xp.einsum(equation, *xs, optimize=len(xs) > 2)
 
 
