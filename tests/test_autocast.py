@@ -213,11 +213,16 @@ def test_a_model_kept_in_low_precision_trains_as_torchs(convert):
         np.testing.assert_allclose(losses[key], losses["torch", False], rtol=16 * eps, err_msg=str(key))
 
 
+_ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not (jt.cuda.is_available() and torch.cuda.is_available()), reason="needs an NVIDIA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", _ON_CUDA])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_the_op_harness_under_cpu_autocast_gives_torchs_dtypes_and_values(dtype):
-    """Every float32 case of the op harness (tests/op_cases.py) that PyTorch runs under its CPU
-    autocast: the same output dtypes, and values within 8 steps of the low precision of each
-    output's scale."""
+def test_the_op_harness_under_autocast_gives_torchs_dtypes_and_values(dtype, device):
+    """Every float32 case of the op harness (tests/op_cases.py) that PyTorch runs under its
+    autocast for the device: the same output dtypes, and values within 8 steps of the low
+    precision of each output's scale."""
     from tests.harness import dtype_name, flatten_outputs, make_arrays, to_jitorch, to_numpy, to_torch
     from tests.op_cases import CASES as OP_CASES
 
@@ -227,13 +232,13 @@ def test_the_op_harness_under_cpu_autocast_gives_torchs_dtypes_and_values(dtype)
             continue
         arrays = make_arrays(case, 0)
         try:
-            with torch.autocast("cpu", dtype=TORCH_DTYPE[dtype]):
-                theirs = flatten_outputs(case.fn(torch, *[to_torch(a, s.dtype, False) for a, s in zip(arrays,
-                                                                                                      case.inputs)]))
+            with torch.autocast(device, dtype=TORCH_DTYPE[dtype]):
+                theirs = flatten_outputs(case.fn(torch, *[to_torch(a, s.dtype, False, device)
+                                                          for a, s in zip(arrays, case.inputs)]))
         except (RuntimeError, TypeError, NotImplementedError):
             continue  # (PyTorch's autocast refuses it)
-        with jt.autocast("cpu", dtype=getattr(jt, dtype)):
-            ours = flatten_outputs(case.fn(jt, *[to_jitorch(a, False) for a in arrays]))
+        with jt.autocast(device, dtype=getattr(jt, dtype)):
+            ours = flatten_outputs(case.fn(jt, *[to_jitorch(a, False, device) for a in arrays]))
         compared += 1
         for k, (o, t) in enumerate(zip(ours, theirs)):
             assert dtype_name(o) == dtype_name(t), f"{case.name} output {k}: {o.dtype} vs torch {t.dtype}"
