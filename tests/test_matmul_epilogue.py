@@ -55,10 +55,21 @@ def test_a_product_read_only_by_its_pointwise_kernel_is_taken_in():
     (item,) = epilogues(absorbed(lambda x, w, b: (x @ w + b).relu(), x, w, b))
     assert item.name() == "matmul_add_relu_32x24" and [v.shape for v in item.inputs[:2]] == [(32, 16), (16, 24)]
     assert item.product.id not in {v.id for v in item.inputs}  # never read from memory
-    # the product is read elsewhere too, returned, batched, or float64: it stays a node
+    # a batch of rows times a matrix (a Linear layer on (batch, time, features)): rows flattened
+    x3, r3 = jt.randn(3, 32, 16), jt.randn(3, 32, 24)
+    (item,) = epilogues(absorbed(lambda x, w, b, r: (x @ w + b).relu() + r, x3, w, b, r3))
+    assert item.rows_and_columns == (96, 24) and item.reshape is None
+    # F.linear on them: one 2-d product, reshaped back to (batch, time, features), then the epilogue
+    weight = jt.randn(24, 16)
+    (item,) = epilogues(absorbed(lambda x, w, b: jt.nn.functional.gelu(jt.nn.functional.linear(x, w, b)),
+                                 x3, weight, b))
+    assert item.reshape is not None and item.product.shape == (3, 32, 24) and item.rows_and_columns == (96, 24)
+    # the product is read elsewhere too, returned, a batch of matrices on both sides, an epilogue
+    # input broadcast along some leading dims only, or float64: it stays a node
     assert not epilogues(absorbed(lambda x, w, b: ((x @ w + b).relu(), (x @ w).sum()), x, w, b))
     assert not epilogues(absorbed(lambda x, w, b: (x @ w, (x @ w + b).relu()), x, w, b))
-    assert not epilogues(absorbed(lambda x, w: (x @ w).relu(), jt.randn(3, 32, 16), w))
+    assert not epilogues(absorbed(lambda x, w: (x @ w).relu(), x3, jt.randn(3, 16, 24)))
+    assert not epilogues(absorbed(lambda x, w, r: (x @ w) + r, x3, w, jt.randn(3, 1, 24)))
     x64, w64 = jt.randn(8, 4, dtype=jt.float64), jt.randn(4, 5, dtype=jt.float64)
     assert not epilogues(absorbed(lambda x, w: (x @ w).relu(), x64, w64))
 
@@ -73,12 +84,12 @@ if os.environ.get(_IN_INTERPRETER):
 
     def run_template(item, precision, arrays, config=None):
         source = renderer.render_matmul(item, precision)
-        config = config or source.configs(item.product.shape)[0]
+        config = config or source.configs(item.rows_and_columns)[0]
         outs = [np.empty(v.shape, v.dtype.np) for v in item.outputs]
         views = [a.reshape((1,) * (2 - a.ndim) + a.shape) for a in arrays]
         strides = [tuple(0 if n == 1 else s // a.itemsize for n, s in zip(v.shape, v.strides))
                    for a, v in zip(arrays, views)]
-        m, n = item.product.shape
+        m, n = item.rows_and_columns
         args = source.matmul_args(m, n, arrays[0].shape[1], strides)
         tensors = [torch.from_numpy(np.ascontiguousarray(a) if min(a.strides, default=0) < 0 else a) for a in arrays]
         source.define()[source.launch_grid((m, n), config)](*tensors, *(torch.from_numpy(o) for o in outs), *args,
@@ -103,6 +114,20 @@ if os.environ.get(_IN_INTERPRETER):
         expected = np.exp(np.maximum(x.astype(np.float64) @ weight + b, 0) * 2 + r)
         rtol = 1e-5 if precision == "highest" else 5e-3  # TF32 keeps 10 bits of each factor
         np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+    def test_interpreted_template_on_a_batch_of_rows():
+        """(2, 35, 48) @ (48, 40) + a bias + a per-row value + a residual: the rows flattened."""
+        rng = np.random.default_rng(6)
+        x, w, b, s, r = (rng.standard_normal(sh).astype(np.float32)
+                         for sh in ((2, 35, 48), (48, 40), (40,), (2, 35, 1), (2, 35, 40)))
+        values = {}
+        (item,) = epilogues(absorbed(lambda x, w, b, s, r: (x @ w + b) * s + r, *map(jt.tensor, (x, w, b, s, r)),
+                                     values=values))
+        arrays = [values[v.id] for v in item.inputs]
+        arrays = [a.reshape(-1, a.shape[-1]) if a.ndim > 2 else a for a in arrays]
+        (out,) = run_template(item, "highest", arrays)
+        expected = (x.astype(np.float64) @ w + b) * s + r
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
     def test_interpreted_float16_template_matches_numpy():
         """float16 factors multiplied with float32 accumulation, the product rounded to float16 and
@@ -143,6 +168,34 @@ if os.environ.get(_IN_INTERPRETER):
         kernels = [k for entries in compiled.cache.values() for p in entries for k in p.plan.kernels]
         assert len([k for k in kernels if isinstance(k, InterpretedMatmul)]) >= 2  # the hidden layers' forward
 
+    def test_interpreted_sequence_steps_equal_eager_cpu_steps(interpreted_cuda):
+        """Linear layers on (batch, time, features), as a transformer's: their products flattened."""
+        def make(device):
+            jt.manual_seed(1)
+            model = nn.Sequential(nn.Linear(12, 32), nn.GELU(), nn.Linear(32, 5)).to(device)
+            opt = jt.optim.AdamW(model.parameters(), lr=1e-2)
+
+            def step(x, y):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x).reshape(-1, 5), y.reshape(-1))
+                loss.backward()
+                opt.step()
+                return loss
+
+            return model, step
+
+        cpu_model, cpu_step = make("cpu")
+        gpu_model, gpu_step = make("cuda")
+        compiled = jt.compile(gpu_step)
+        rng = np.random.default_rng(2)
+        for _ in range(3):
+            x, y = jt.tensor(rng.standard_normal((4, 6, 12)).astype(np.float32)), jt.tensor(rng.integers(0, 5, (4, 6)))
+            np.testing.assert_allclose(compiled(x.to("cuda"), y.to("cuda")).item(), cpu_step(x, y).item(), rtol=1e-5)
+        for p, q in zip(cpu_model.parameters(), gpu_model.parameters()):
+            np.testing.assert_allclose(q.detach().cpu().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-5)
+        kernels = [k for entries in compiled.cache.values() for p in entries for k in p.plan.kernels]
+        assert any(isinstance(k, InterpretedMatmul) and len(k.kernel.product.shape) == 3 for k in kernels)
+
 
 def test_the_template_in_the_interpreter_and_for_sm90(tmp_path):
     pytest.importorskip("triton")
@@ -150,7 +203,7 @@ def test_the_template_in_the_interpreter_and_for_sm90(tmp_path):
     from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
 
     report = tmp_path / "matmuls.pkl"
-    assert "8 passed" in run_interpreted_tests(__file__, "interpreted", _IN_INTERPRETER, str(report))
+    assert "10 passed" in run_interpreted_tests(__file__, "interpreted", _IN_INTERPRETER, str(report))
     with open(report, "rb") as f:
         pairs = pickle.load(f)
     assert pairs

@@ -127,7 +127,7 @@ class InterpretedMatmul:
     def __init__(self, item: MatmulEpilogue, source: triton_codegen.MatmulSource, backend: InterpreterBackend):
         self.kernel, self.name, self.backend = item, item.name(), backend
         self.source, self.rendered = source.text, source
-        self.shape = item.product.shape
+        self.shape = item.rows_and_columns
         self.config = source.configs(self.shape)[0]
         self.grid = source.launch_grid(self.shape, self.config)
         self.in_dtypes = [v.dtype.np for v in item.inputs]
@@ -138,9 +138,10 @@ class InterpretedMatmul:
         import torch
 
         inputs = [np.ascontiguousarray(np.asarray(a, dtype=dt)) for a, dt in zip(arrays, self.in_dtypes)]
+        inputs = [a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1) for a in inputs]  # (as 2-d operands)
         outs = [np.empty(shape, dt) if o is None else o
                 for o, (shape, dt) in zip(outs or [None] * len(self.outputs), self.outputs)]
-        strides = [tuple(s // a.itemsize for s in a.reshape((1,) * (2 - a.ndim) + a.shape).strides) for a in inputs]
+        strides = [tuple(0 if n == 1 else s // a.itemsize for n, s in zip(a.shape, a.strides)) for a in inputs]
         m, n = self.shape
         args = self.rendered.matmul_args(m, n, inputs[0].shape[1], strides)
         self._function()[self.grid](*(_tensor(torch, a) for a in (*inputs, *outs)), *args, **self.config.constexprs,

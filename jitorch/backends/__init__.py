@@ -112,6 +112,10 @@ class Backend:
     def compile_kernels(self, descs: list) -> list:
         raise BackendError(f"the {self.device_type} backend compiles no fused kernels")
 
+    def takes_matmul_epilogue(self, node) -> bool:
+        """Whether a product (a `matmul` node) may take in its epilogue (`fuses_matmul_epilogues`)."""
+        return self.fuses_matmul_epilogues
+
     def fuses_attention(self, dtype: np.dtype, head_dim: int, value_head_dim: int) -> bool:
         """Whether the `attention` primitive has a fused kernel here for queries and keys of `dtype`
         and these head dims: `F.scaled_dot_product_attention` then uses the primitive instead of

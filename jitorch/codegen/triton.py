@@ -1051,7 +1051,11 @@ def render_matmul(item: MatmulEpilogue, float32_matmul_precision: str = "highest
     others = [v for v in kernel.inputs if v.id != product.id]
     code = _Code(kernel)
     ptr = {v.id: f"{_var(v)}_ptr" for v in (*others, *kernel.outputs)}
-    broadcasts = tuple(tuple(size == 1 for size in (1,) * (2 - len(v.shape)) + v.shape) for v in others)
+    ndim = len(product.shape)
+    # each input as a 2-d operand of the (rows, columns) product: broadcast along the rows where its
+    # leading dims are all 1 (a bias), along the columns where its last dim is 1
+    broadcasts = tuple((all(d == 1 for d in ((1,) * (ndim - len(v.shape)) + v.shape)[:-1]),
+                        (v.shape[-1] if v.shape else 1) == 1) for v in others)
     factor_type = _POINTER_TYPE[a.dtype.name]
     params = [Param("a_ptr", "input", factor_type, 0), Param("b_ptr", "input", factor_type, 1)]
     params += [Param(ptr[v.id], "input", _POINTER_TYPE[v.dtype.name], 2 + k) for k, v in enumerate(others)]

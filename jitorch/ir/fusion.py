@@ -251,13 +251,21 @@ class MatmulEpilogue:
     matmul: Node
     kernel: Kernel
     desc: KernelDesc  # the kernel's, with the product among its inputs
+    reshape: Node | None = None  # the product's leading dims restored (F.linear's 2-d product of a batch)
 
     rows = False
     columns = 0
 
     @property
     def product(self) -> Value:
-        return self.matmul.out
+        """The product as the kernel reads it."""
+        return (self.reshape or self.matmul).out
+
+    @property
+    def rows_and_columns(self) -> tuple[int, int]:
+        """The product as a 2-d (rows, columns) matrix: its leading dims flattened into rows."""
+        shape = self.product.shape
+        return math.prod(shape[:-1]), shape[-1]
 
     @property
     def inputs(self) -> list[Value]:
@@ -269,7 +277,7 @@ class MatmulEpilogue:
 
     @property
     def nodes(self) -> list[Node]:
-        return [self.matmul, *self.kernel.nodes]
+        return [self.matmul, *([self.reshape] if self.reshape else []), *self.kernel.nodes]
 
     def name(self) -> str:
         return "matmul_" + self.kernel.name().removeprefix("fused_")
@@ -280,36 +288,54 @@ class MatmulEpilogue:
 
 
 def epilogue_matmul(node: Node) -> bool:
-    """A product a kernel may take in: of two 2-d factors of one dtype, float32, float16 or bfloat16
-    (accumulated in float32)."""
-    return (node.op == "matmul" and len(node.inputs) == 2 and all(len(v.shape) == 2 for v in node.inputs)
-            and node.out.dtype.name in ("float32", "float16", "bfloat16")
+    """A product a kernel may take in: of a factor with any leading dims (a batch of rows, as a
+    Linear layer's input) by a 2-d one, of one dtype, float32, float16 or bfloat16 (accumulated in
+    float32)."""
+    return (node.op == "matmul" and len(node.inputs) == 2 and len(node.inputs[0].shape) >= 2
+            and len(node.inputs[1].shape) == 2 and node.out.dtype.name in ("float32", "float16", "bfloat16")
             and all(v.dtype == node.out.dtype for v in node.inputs))
 
 
-def absorb_matmul_epilogues(graph: Graph, order: list, descs: dict[int, KernelDesc]) -> list:
-    """`order` with each product that `epilogue_matmul` admits and only one pointwise kernel of its
-    shape reads (nothing else, not the graph's outputs: a product saved for the backward stays a
-    node) replaced, with that kernel, by a `MatmulEpilogue` where the kernel ran."""
+def _rows_and_columns(v: Value, shape: tuple[int, ...]) -> bool:
+    """Whether `v` broadcasts to `shape` as a 2-d (rows, last dim) operand would: its leading dims
+    all full or all 1 (a bias, a per-row value, a residual, a scalar)."""
+    padded = _padded(v, len(shape))
+    leading = [a == b for a, b in zip(padded[:-1], shape[:-1]) if b != 1]
+    return (all(leading) or not any(leading)) and padded[-1] in (1, shape[-1])
+
+
+def absorb_matmul_epilogues(graph: Graph, order: list, descs: dict[int, KernelDesc],
+                            wanted: Callable[[Node], bool] = lambda node: True) -> list:
+    """`order` with each product that `epilogue_matmul` admits and `wanted` (the backend's say) and
+    only one pointwise kernel of its shape reads (nothing else, not the graph's outputs: a product
+    saved for the backward stays a node) replaced, with that kernel, by a `MatmulEpilogue` where
+    the kernel ran. The kernel's other inputs must read as 2-d operands (`_rows_and_columns`)."""
     readers: dict[int, list] = {}
     for item in order:
         for v in item.inputs:
             readers.setdefault(v.id, []).append(item)
     outputs = {v.id for v in graph.outputs}
-    taken: dict[int, Node] = {}  # id(kernel) -> the product it takes in
+
+    def only_reader(v: Value):
+        found = {id(r): r for r in readers.get(v.id, [])}
+        return None if len(found) != 1 or v.id in outputs else next(iter(found.values()))
+
+    taken: dict[int, tuple[Node, Node | None]] = {}  # id(kernel) -> the product it takes in, and its reshape
     for item in order:
-        if not (isinstance(item, Node) and epilogue_matmul(item)) or item.out.id in outputs:
+        if not (isinstance(item, Node) and epilogue_matmul(item) and wanted(item)):
             continue
-        found = {id(r): r for r in readers.get(item.out.id, [])}
-        if len(found) != 1:
-            continue
-        (kernel,) = found.values()
-        if (isinstance(kernel, Kernel) and not kernel.rows and not kernel.columns and kernel.shape == item.out.shape
-                and id(kernel) not in taken and all(v.id != item.out.id for v in kernel.outputs)):
-            taken[id(kernel)] = item
-    absorbed = {id(n) for n in taken.values()}
-    return [MatmulEpilogue(taken[id(item)], item, descs[id(item)]) if id(item) in taken else item
-            for item in order if id(item) not in absorbed]
+        kernel, reshape = only_reader(item.out), None
+        if isinstance(kernel, Node) and kernel.op == "reshape" and len(item.out.shape) == 2 \
+                and kernel.out.shape[-1:] == item.out.shape[-1:]:  # (its leading dims restored)
+            kernel, reshape = only_reader(kernel.out), kernel
+        product = (reshape or item).out
+        if (isinstance(kernel, Kernel) and not kernel.rows and not kernel.columns and kernel.shape == product.shape
+                and id(kernel) not in taken and all(v.id != product.id for v in kernel.outputs)
+                and all(_rows_and_columns(v, kernel.shape) for v in kernel.inputs)):
+            taken[id(kernel)] = (item, reshape)
+    absorbed = {id(n) for pair in taken.values() for n in pair if n is not None}
+    return [MatmulEpilogue(taken[id(item)][0], item, descs[id(item)], taken[id(item)][1]) if id(item) in taken
+            else item for item in order if id(item) not in absorbed]
 
 
 def is_row_reduction(node: Node) -> bool:

@@ -105,7 +105,7 @@ class Plan:
                           column_sums=backend.fuses_column_sums)
         descs = {id(k): describe(k) for k in order if isinstance(k, Kernel)}
         if backend.fuses_matmul_epilogues:
-            order = absorb_matmul_epilogues(self.graph, order, descs)
+            order = absorb_matmul_epilogues(self.graph, order, descs, backend.takes_matmul_epilogue)
         if backend.groups_kernels:
             order = group_horizontally(order, descs)
         kernels = [k for k in order if isinstance(k, (Kernel, KernelGroup, MatmulEpilogue))]

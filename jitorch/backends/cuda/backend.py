@@ -88,6 +88,12 @@ class CUDABackend(Backend):
         more compile per distinct kernel, cached on disk."""
         return True
 
+    def takes_matmul_epilogue(self, node) -> bool:
+        """For products on the tensor cores (float16, bfloat16, and float32 in TF32 at "high" or
+        "medium"). At "highest" cuBLAS's float32 GEMM is what a Triton template multiplying on the
+        CUDA cores would lose to: timing it would only cost compiles."""
+        return node.out.dtype.name != "float32" or get_float32_matmul_precision() != "highest"
+
     def fuses_attention(self, dtype: np.dtype, head_dim: int, value_head_dim: int) -> bool:
         """Where Triton is installed, for float32, float16 and bfloat16 and heads up to 128 wide:
         flash-attention kernels (`attention.py`)."""

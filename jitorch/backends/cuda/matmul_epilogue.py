@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -47,10 +48,11 @@ class MatmulEpilogueKernel:
         self.source, self.rendered = source.text, source
         self.function = launch.load_kernel_function(source.text, source.name)
         self.digest = launch.source_digest(launch.module_text(source.text))
-        self.shape = item.product.shape
-        self.depth = item.matmul.inputs[0].shape[1]
+        self.shape = item.rows_and_columns  # (leading dims flattened: a Linear layer's batch of rows)
+        self.depth = item.matmul.inputs[0].shape[-1]
         self.configs = source.configs(self.shape)
         self.epilogue, self.matmul, self.float32_precision = epilogue, matmul, precision
+        self.product_shape = item.product.shape
         product = item.product.id
         self.product_at = next(k for k, v in enumerate(item.kernel.inputs) if v.id == product)
         self.pointer_types = [p.type.removeprefix("*") for p in source.params if p.kind in ("input", "output")]
@@ -83,7 +85,7 @@ class MatmulEpilogueKernel:
         self.epilogue.prepare()
 
     def _contiguous_strides(self) -> list[tuple[int, int]]:
-        return [_strides_2d(v.shape, None) for v in self.kernel.inputs]
+        return [_strides_2d(_shape_2d(v.shape), None) for v in self.kernel.inputs]
 
     def _arguments(self, strides: list[tuple[int, int]], index: int, pointers: list) -> tuple:
         m, n = self.shape
@@ -113,18 +115,18 @@ class MatmulEpilogueKernel:
         return self._separately(arrays, outs) if index is None else self._template(arrays, outs, index)
 
     def _separately(self, arrays: list, outs: list | None) -> list:
-        product = self.matmul(arrays[0], arrays[1])
+        product = self.matmul(arrays[0], arrays[1]).reshape(self.product_shape)  # (F.linear's leading dims)
         others = arrays[2:]
         inputs = [*others[: self.product_at], product, *others[self.product_at:]]
         return self.epilogue.run(inputs, outs)
 
     def _template(self, arrays: list, outs: list | None, index: int) -> list:
         cupy = launch.cupy
-        keep = [a if type(a) is cupy.ndarray else launch.device_array(np.asarray(a), dt)
-                for a, dt in zip(arrays, self.in_dtypes)]
+        keep = [(a if type(a) is cupy.ndarray else launch.device_array(np.asarray(a), dt)).reshape(_shape_2d(a.shape))
+                for a, dt in zip(arrays, self.in_dtypes)]  # (a view where the layout allows, else a copy)
         outs = [cupy.empty(shape, dt) if o is None else o
                 for o, shape, dt in zip(outs or [None] * len(self.out_shapes), self.out_shapes, self.out_dtypes)]
-        pointers = [a.data.ptr for a in (*keep, *outs)]
+        pointers = [a.data.ptr for a in (*keep, *outs)]  # (outputs: C-contiguous, row-major as the product)
         strides = [_strides_2d(a.shape, a.strides, a.itemsize) for a in keep]
         aligned = not any(p & 15 for p in pointers)
         key = (cupy.cuda.runtime.getDevice(), index, tuple(strides), aligned)
@@ -199,11 +201,15 @@ def _as_json(config) -> dict:
     return {"constexprs": dict(config.constexprs), "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _strides_2d(shape: tuple[int, ...], strides: tuple[int, ...] | None, itemsize: int = 1) -> tuple[int, int]:
-    """An operand's element strides as a 2-d view (a 1-d bias is one row; a 0-d value one element);
-    C-contiguous strides where `strides` is None."""
-    shape = (1,) * (2 - len(shape)) + tuple(shape)
-    if strides is None:
-        return (shape[1], 1)
-    strides = (0,) * (2 - len(strides)) + tuple(s // itemsize for s in strides)
+def _shape_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    """An operand's shape as a 2-d one: leading dims flattened into rows (a 1-d bias is one row; a
+    0-d value one element)."""
+    if not shape:
+        return (1, 1)
+    return (math.prod(shape[:-1]), shape[-1])
+
+
+def _strides_2d(shape: tuple[int, int], strides: tuple[int, ...] | None, itemsize: int = 1) -> tuple[int, int]:
+    """The element strides of a 2-d operand (0 along a dim of 1); C-contiguous where `strides` is None."""
+    strides = (shape[1], 1) if strides is None else tuple(s // itemsize for s in strides)
     return tuple(0 if size == 1 else s for size, s in zip(shape, strides))
