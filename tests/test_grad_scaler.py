@@ -170,3 +170,28 @@ def test_on_cuda_float16_steps_skip_as_torchs(compiled):
     assert ours == theirs and min(theirs) < 2.0**24
     for p, q in zip(model.parameters(), torch_model.parameters()):
         np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().cpu().numpy(), rtol=1e-2, atol=1e-3)
+
+
+def test_where_each_op_is_a_launch_unscaling_is_one_compiled_program(monkeypatch):
+    """On the GPU (a backend that fuses eager composites) `unscale_` runs as a compiled program:
+    here, with the CPU made to say so, it unscales and checks as the op-by-op loop does."""
+    from jitorch.amp import grad_scaler
+
+    results = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(grad_scaler, "fuses_composites", lambda *tensors, c=compiled: c)
+        model, _ = models(11)
+        scaler = jt.amp.GradScaler("cpu", init_scale=2.0**127)
+        opt = jt.optim.SGD(model.parameters(), lr=0.1)
+        history = []
+        for x, y in batches(4, seed=12):
+            opt.zero_grad()
+            scaler.scale(jt.nn.functional.cross_entropy(model(jt.tensor(x)), jt.tensor(y)) * 64).backward()
+            scaler.step(opt)
+            scaler.update()
+            history.append(scaler.get_scale())
+        assert (scaler._unscale_compiled is not None) == compiled
+        results[compiled] = history, [p.detach().numpy().copy() for p in model.parameters()]
+    assert results[False][0] == results[True][0] and results[False][0][0] < 2.0**127
+    for a, b in zip(results[False][1], results[True][1]):
+        np.testing.assert_array_equal(a, b)

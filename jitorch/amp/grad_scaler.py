@@ -22,8 +22,10 @@ from collections import defaultdict
 from typing import Any
 
 from .. import dtypes as _dt
+from .._trace_state import trace_state
 from ..autograd import no_grad
 from ..creation import full, zeros
+from ..dispatch import fuses_composites
 from ..ops import where
 from ..tensor import Tensor
 
@@ -61,6 +63,7 @@ class GradScaler:
         self._scale: Tensor | None = None  # made on the device of the first outputs scaled
         self._growth_tracker: Tensor | None = None
         self._per_optimizer: defaultdict[int, dict[str, Any]] = defaultdict(_fresh_state)
+        self._unscale_compiled = None  # `_unscale_grads` compiled, where each op is a launch (the GPU)
 
     # --- scaling ----------------------------------------------------------------------------------
     def scale(self, outputs):
@@ -92,18 +95,21 @@ class GradScaler:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
         if state["stage"] is _Stage.STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if any(g.dtype == _dt.float16 for g in grads):
+            raise ValueError("Attempting to unscale FP16 gradients.")
         inv_scale = (1.0 / self._scale.to(_dt.float64)).to(_dt.float32)
-        found = zeros((), dtype=_dt.float32, device=self._scale.device)
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.dtype == _dt.float16:
-                    raise ValueError("Attempting to unscale FP16 gradients.")
-                grad = p.grad
-                found = found + (~grad.isfinite()).any().to(_dt.float32).to(found.device)
-                grad.mul_(inv_scale.to(grad.device))
-        state["found_inf"] = (found > 0).to(_dt.float32)
+        if trace_state.tracer is None and grads and fuses_composites(*grads):
+            # one compiled program (a few launches: grouped kernels), as the optimizer's update runs
+            # where each op is a launch; traced inline inside a compiled step
+            if self._unscale_compiled is None:
+                from ..compiler import compile
+
+                self._unscale_compiled = compile(_unscale_grads, name="GradScaler.unscale_")
+            found = self._unscale_compiled(grads, inv_scale)
+        else:
+            found = _unscale_grads(grads, inv_scale)
+        state["found_inf"] = found
         state["stage"] = _Stage.UNSCALED
 
     def step(self, optimizer, *args, **kwargs):
@@ -205,3 +211,13 @@ class GradScaler:
 
 def _fresh_state() -> dict[str, Any]:
     return {"stage": _Stage.READY}
+
+
+def _unscale_grads(grads: list[Tensor], inv_scale: Tensor) -> Tensor:
+    """Multiply each gradient by `inv_scale` in place; 1.0 where one of them held an inf or NaN, else
+    0.0 (a 0-d float32 tensor on the scale's device)."""
+    found = zeros((), dtype=_dt.float32, device=inv_scale.device)
+    for grad in grads:
+        found = found + (~grad.isfinite()).any().to(_dt.float32).to(found.device)
+        grad.mul_(inv_scale.to(grad.device))
+    return (found > 0).to(_dt.float32)
