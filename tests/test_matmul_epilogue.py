@@ -287,7 +287,7 @@ def test_the_first_launch_times_cublas_and_each_tile_and_keeps_the_fastest(stand
     assert chosen is not None and kernel.configs[chosen].constexprs["BLOCK_M"] == 64
     (record,) = [json.loads(p.read_text()) for p in stand_in.cache.glob("matmul_*.json")]
     assert record["key"]["mnk"] == [512, 512, 64] and record["key"]["precision"] == "tf32"
-    assert record["choice"]["constexprs"]["BLOCK_M"] == 64 and len(record["tried"]) == 5
+    assert record["config"]["constexprs"]["BLOCK_M"] == 64 and len(record["tried"]) == 5
     # a new kernel (a later process) reads the choice and times nothing
     again = make_kernel(stand_in, item)
     again.run(operands(item))
@@ -302,7 +302,7 @@ def test_cublas_when_it_is_faster_untimed_with_autotune_off_and_while_capturing(
     kernel.run(operands(item))
     assert kernel._choice[0] is None
     record = json.loads(next(stand_in.cache.glob("matmul_*.json")).read_text())
-    assert record["choice"] == stand_in.module.CUBLAS
+    assert record["config"] == stand_in.module.CUBLAS
     monkeypatch.setenv("JITORCH_AUTOTUNE", "0")
     off = make_kernel(stand_in, item)
     off.run(operands(item))
@@ -349,7 +349,7 @@ def test_on_cuda_the_chosen_kernel_equals_numpy(precision, tmp_path, monkeypatch
         kernels = [k for entries in f.cache.values() for p in entries for k in p.plan.kernels]
         (kernel,) = [k for k in kernels if isinstance(k, MatmulEpilogueKernel)]
         (record,) = [json.loads(p.read_text()) for p in (tmp_path / "triton").glob("matmul_*.json")]
-        print(precision, record["choice"], [round(t["ms"], 4) for t in record["tried"]])
+        print(precision, record["config"], [round(t["ms"], 4) for t in record["tried"]])
     finally:
         jt.backends.set_float32_matmul_precision("highest")
     z = x.astype(np.float64) @ w + b

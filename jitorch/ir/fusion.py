@@ -55,6 +55,12 @@ class Kernel:
     def row_shape(self) -> tuple[int, ...]:
         return self.shape[:-1] + (1,)
 
+    def in_place_maker(self, v: Value) -> tuple[Kernel, set[int]] | None:
+        """The kernel computing output `v` element for element from what it reads, where writing `v`
+        over one of its inputs could be safe (a pointwise kernel; a row kernel rereads its row, a
+        column kernel its rows), and the ids of values the rest of its launch reads (none here)."""
+        return None if self.rows or self.columns else (self, set())
+
     def levels(self) -> dict[int, int]:
         """Value id -> the number of the kernel's reductions on its longest path from the kernel's
         inputs: the pass over the row in which a row kernel can compute it (inputs are level 0)."""
@@ -168,16 +174,14 @@ class KernelGroup:
     def outputs(self) -> list[Value]:
         return [v for k in self.members for v in k.outputs]
 
-    rows = False
-    columns = 0
-
     @property
     def nodes(self) -> list[Node]:
         return [n for k in self.members for n in k.nodes]
 
-    def member_making(self, v: Value) -> Kernel:
-        """The member whose output `v` is."""
-        return next(k for k in self.members if any(o.id == v.id for o in k.outputs))
+    def in_place_maker(self, v: Value) -> tuple[Kernel, set[int]]:
+        """The member making `v`, and what the other members read: they run at once with it."""
+        member = next(k for k in self.members if any(o.id == v.id for o in k.outputs))
+        return member, {w.id for k in self.members if k is not member for w in k.inputs}
 
     def name(self) -> str:
         core = self.members[0].name().rsplit("_", 1)[0]
@@ -253,9 +257,6 @@ class MatmulEpilogue:
     desc: KernelDesc  # the kernel's, with the product among its inputs
     reshape: Node | None = None  # the product's leading dims restored (F.linear's 2-d product of a batch)
 
-    rows = False
-    columns = 0
-
     @property
     def product(self) -> Value:
         """The product as the kernel reads it."""
@@ -278,6 +279,10 @@ class MatmulEpilogue:
     @property
     def nodes(self) -> list[Node]:
         return [self.matmul, *([self.reshape] if self.reshape else []), *self.kernel.nodes]
+
+    def in_place_maker(self, v: Value) -> None:
+        """None: a product's tiles read whole rows and columns of its factors."""
+        return None
 
     def name(self) -> str:
         return "matmul_" + self.kernel.name().removeprefix("fused_")

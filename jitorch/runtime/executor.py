@@ -157,15 +157,10 @@ class Plan:
                     or v.shape != u.shape or v.dtype != u.dtype):
                 continue
             item = items[step]
-            if isinstance(item, Node) or item.kernel.rows or item.kernel.columns or isinstance(item.kernel,
-                                                                                               MatmulEpilogue):
-                continue  # (a product's tiles read whole rows and columns of its factors)
-            kernel = item.kernel
-            if isinstance(kernel, KernelGroup):  # (its other members run at once: none may read u)
-                kernel = kernel.member_making(v)
-                others = {w.id for k in item.kernel.members if k is not kernel for w in k.inputs}
-            else:
-                others = set()
+            making = None if isinstance(item, Node) else item.kernel.in_place_maker(v)
+            if making is None:
+                continue
+            kernel, others = making  # (others: what the rest of its launch reads, which must not be u)
             if kernel.shape != v.shape:
                 continue
             family, stack = set(), [u.id]  # u and every view of it

@@ -67,6 +67,14 @@ if TYPE_CHECKING:  # (a jitorch without the Triton renderer still imports this m
 cupy = None  # imported by the first TritonKernel: this module imports on a machine without a GPU
 device_array = None  # scalars.device_array, imported with it
 
+
+def _import_cupy() -> None:
+    global cupy, device_array
+    if cupy is None:
+        import cupy
+
+        from .scalars import device_array
+
 # ---------------------------------------------------------------------------------------------
 # kernel sources on disk
 
@@ -229,6 +237,25 @@ class Arguments:
         self.pick = operator.itemgetter(*order) if len(order) > 1 else lambda values: (values[order[0]],)
 
 
+def set_up(kernel, item, source, loop_shape: tuple[int, ...]) -> None:
+    """What every kernel object of the cuda backend keeps: `item` (a `Kernel`, `KernelGroup` or
+    `MatmulEpilogue`), its rendered `source` loaded, the configurations offered for `loop_shape`
+    (which a recorded choice is keyed by), its operands' dtypes and output shapes."""
+    _import_cupy()
+    kernel.kernel, kernel.name = item, item.name()
+    kernel.source, kernel.rendered = source.text, source
+    kernel.function = load_kernel_function(source.text, source.name)
+    kernel.digest = source_digest(module_text(source.text))
+    kernel.loop_shape = loop_shape
+    kernel.configs = source.configs(loop_shape)
+    kernel.in_dtypes = [v.dtype.np for v in item.inputs]
+    kernel.out_dtypes = [v.dtype.np for v in item.outputs]
+    kernel.out_shapes = [v.shape for v in item.outputs]
+    kernel._launches = {}  # the variants compiled and prepared, by what they were compiled for
+    kernel._chosen = {}  # device -> the index in `configs` of its configuration
+    kernel._tune_lock = threading.Lock()
+
+
 # ---------------------------------------------------------------------------------------------
 # the kernel
 
@@ -244,25 +271,10 @@ class TritonKernel:
     (see "choosing a configuration" below); else it runs in the one offered."""
 
     def __init__(self, desc: KernelDesc, source) -> None:
-        global cupy, device_array
-        if cupy is None:
-            import cupy
-
-            from .scalars import device_array
         kernel = desc.kernel
-        self.kernel = kernel
-        self.name = kernel.name()
-        self.source = source.text
-        self.rendered = source
-        self.function = load_kernel_function(source.text, source.name)
-        self.digest = source_digest(module_text(source.text))
-        self.loop_shape = loop_shape = desc.loop_shape
-        self.configs = source.configs(loop_shape)
+        set_up(self, kernel, source, desc.loop_shape)
         self.dim_groups, self.kernel_ndim = desc.dim_groups, len(kernel.shape)
         self.broadcast = desc.broadcast
-        self.in_dtypes = [v.dtype.np for v in kernel.inputs]
-        self.out_dtypes = [v.dtype.np for v in kernel.outputs]
-        self.out_shapes = [v.shape for v in kernel.outputs]
         # each input's strides when it is C-contiguous (the usual case: nothing to compute per call)
         self.contiguous = [view_strides(v.shape, contiguous_strides(v.shape, dtype.itemsize), dtype.itemsize,
                                         self.dim_groups, self.kernel_ndim)
@@ -272,11 +284,7 @@ class TritonKernel:
         element = {(p.kind, p.operand): p.type.removeprefix("*") for p in source.params}
         self.pointer_types = [element[("input", k)] for k in range(len(kernel.inputs))]
         self.pointer_types += [element[("output", j)] for j in range(len(kernel.outputs))]
-        # (device, aligned, input strides) -> (launch, scratch bytes, arguments after the pointers),
-        # in the configuration chosen on that device
-        self._launches: dict[tuple, tuple] = {}
-        self._chosen: dict[int, int] = {}  # device -> the index in `configs` of its configuration
-        self._tune_lock = threading.Lock()
+
 
     @property
     def config(self) -> Config:
@@ -463,8 +471,7 @@ class TritonKernel:
         name, capability = gpu_identity(device)
         key = {"source": self.digest, "loop_shape": list(self.loop_shape), "gpu": name, "capability": capability,
                "triton": triton_driver.triton.__version__}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-        return os.path.join(cache_dir(), f"autotune_{digest}.json"), key
+        return record_path("autotune", key), key
 
     def _tune(self, key: tuple, pointers: list[int]) -> tuple[int, tuple]:
         """Compile each configuration for `key` and time it on the call's arguments (`time_launches`):
@@ -504,9 +511,8 @@ class TritonKernel:
         path, record = self._record(key[0])
         _choices[path] = _as_json(self.configs[best])
         tried = [{**_as_json(self.configs[i]), "ms": ms} for i, ms in times.items()]
-        text = json.dumps({"kernel": self.name, "key": record, "config": _as_json(self.configs[best]),
-                           "tried": tried}, indent=1) + "\n"
-        written = write_atomically(path, text)
+        written = write_record(path, {"kernel": self.name, "key": record, "config": _as_json(self.configs[best]),
+                                      "tried": tried})
         if logs.enabled("perf"):
             each = ", ".join(f"{_format(self.configs[i])} {ms * 1e3:.1f} us" for i, ms in times.items())
             logs.log("perf", f"{self.name}: tuned in {(time.perf_counter() - started) * 1e3:.0f} ms (compiling "
@@ -531,25 +537,8 @@ class GroupedTritonKernel(TritonKernel):
     Configurations are chosen as for any kernel, over the members' total size."""
 
     def __init__(self, group, source) -> None:
-        global cupy, device_array
-        if cupy is None:
-            import cupy
-
-            from .scalars import device_array
-        self.kernel = group
-        self.name = group.name()
-        self.source, self.rendered = source.text, source
-        self.function = load_kernel_function(source.text, source.name)
-        self.digest = source_digest(module_text(source.text))
-        self.loop_shape = source.sizes  # (what a recorded choice is keyed by)
-        self.configs = source.configs(self.loop_shape)
-        self.in_dtypes = [v.dtype.np for v in group.inputs]
-        self.out_dtypes = [v.dtype.np for v in group.outputs]
-        self.out_shapes = [v.shape for v in group.outputs]
+        set_up(self, group, source, source.sizes)
         self.pointer_types = ["i64"]
-        self._launches: dict[tuple, tuple] = {}
-        self._chosen: dict[int, int] = {}
-        self._tune_lock = threading.Lock()
         self._pinned: list = []  # host tables that captured graphs copy from on each replay
         self._tables: dict[tuple, object] = {}  # (configuration, addresses) -> its table on the device
 
@@ -641,7 +630,7 @@ def compile_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def prepare_kernels(kernels: list[TritonKernel]) -> None:
+def prepare_kernels(kernels: list) -> None:
     """`prepare` each kernel (a program's, as it is built) on the current device, their compiles
     first, side by side (`compile_threads()`): every configuration a kernel's first launch will
     time, each distinct one once. A transformer's training step has a hundred kernels and some
@@ -747,16 +736,35 @@ def _format(config: Config | dict) -> str:
                      f"num_warps={record['num_warps']}"])
 
 
-def _read_choice(path: str, key: dict) -> dict | None:
-    """The configuration recorded in `path` for `key` (`_as_json`'s form); None where the file is
-    missing, unreadable, damaged or made for another key (it is written again once the kernel is
-    timed)."""
+def record_path(prefix: str, key: dict) -> str:
+    """Where a choice made for `key` is recorded: `cache_dir()`/<prefix>_<digest of key>.json."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return os.path.join(cache_dir(), f"{prefix}_{digest}.json")
+
+
+def read_record(path: str, key: dict) -> dict | None:
+    """The choice recorded in `path` for `key` (its "config"); None where the file is missing,
+    unreadable, damaged or made for another key (it is written again once the kernel is timed)."""
     try:
         with open(path, encoding="utf-8") as f:
             found = json.load(f)
-        config = found["config"]
-        if found["key"] != key or not isinstance(config["constexprs"], dict):
+        return found["config"] if found["key"] == key else None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_record(path: str, record: dict) -> bool:
+    """Write a choice's record (what it was chosen for under "key", the choice under "config", and
+    what was timed) atomically; False where it can't be written."""
+    return write_atomically(path, json.dumps(record, indent=1) + "\n")
+
+
+def _read_choice(path: str, key: dict) -> dict | None:
+    """The configuration recorded in `path` for `key` (`_as_json`'s form), or None."""
+    config = read_record(path, key)
+    try:
+        if not isinstance(config["constexprs"], dict):
             return None
         return {"constexprs": config["constexprs"], "num_warps": config["num_warps"]}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None

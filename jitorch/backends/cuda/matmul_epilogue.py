@@ -16,11 +16,8 @@ foreign file is ignored and written again. While a CUDA graph is captured nothin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -29,7 +26,7 @@ import numpy as np
 from ... import logs
 from .. import get_float32_matmul_precision
 from . import graphs, launch, triton_driver
-from .launch import TritonKernel, gpu_identity, time_launches, write_atomically
+from .launch import TritonKernel, gpu_identity, time_launches
 from .triton_driver import Pointer
 
 CUBLAS = "cuBLAS and the epilogue kernel"
@@ -43,25 +40,15 @@ class MatmulEpilogueKernel:
     and the epilogue run)."""
 
     def __init__(self, item, source, epilogue: TritonKernel, matmul: Callable, precision: str) -> None:
-        self.kernel = item
-        self.name = item.name()
-        self.source, self.rendered = source.text, source
-        self.function = launch.load_kernel_function(source.text, source.name)
-        self.digest = launch.source_digest(launch.module_text(source.text))
-        self.shape = item.rows_and_columns  # (leading dims flattened: a Linear layer's batch of rows)
+        launch.set_up(self, item, source, item.rows_and_columns)  # (the rows: leading dims flattened)
+        self.shape = self.loop_shape
         self.depth = item.matmul.inputs[0].shape[-1]
-        self.configs = source.configs(self.shape)
         self.epilogue, self.matmul, self.float32_precision = epilogue, matmul, precision
         self.product_shape = item.product.shape
         product = item.product.id
         self.product_at = next(k for k, v in enumerate(item.kernel.inputs) if v.id == product)
         self.pointer_types = [p.type.removeprefix("*") for p in source.params if p.kind in ("input", "output")]
-        self.in_dtypes = [v.dtype.np for v in item.inputs]
-        self.out_shapes = [v.shape for v in item.outputs]
-        self.out_dtypes = [v.dtype.np for v in item.outputs]
         self._choice: dict[int, int | None] = {}  # device -> a template configuration's index, or None: cuBLAS
-        self._launches: dict[tuple, tuple] = {}  # (device, configuration, strides, aligned) -> launch, scratch
-        self._lock = threading.Lock()
 
     # --- compiling ------------------------------------------------------------------------------
     def compile_jobs(self) -> list[tuple[tuple, Callable[[], None]]]:
@@ -103,7 +90,7 @@ class MatmulEpilogueKernel:
         cupy = launch.cupy
         device = cupy.cuda.runtime.getDevice()
         if device not in self._choice:
-            with self._lock:
+            with self._tune_lock:
                 if device not in self._choice:
                     chosen = self._settled(device)
                     if chosen is False:
@@ -151,28 +138,18 @@ class MatmulEpilogueKernel:
         m, n = self.shape
         key = {"source": self.digest, "mnk": [m, n, self.depth], "precision": self.rendered.precision, "gpu": name,
                "capability": capability, "triton": triton_driver.triton.__version__}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-        return os.path.join(launch.cache_dir(), f"matmul_{digest}.json"), key
+        return launch.record_path("matmul", key), key
 
     def _settled(self, device: int) -> int | None | bool:
         """The choice where no timing is needed: cuBLAS with JITORCH_AUTOTUNE=0, or one recorded on
         disk for this key and still offered; False where it must be timed."""
         if os.environ.get("JITORCH_AUTOTUNE", "1") == "0":
             return None
-        path, key = self._record(device)
-        try:
-            with open(path, encoding="utf-8") as f:
-                found = json.load(f)
-            if found["key"] == key:
-                choice = found["choice"]
-                if choice == CUBLAS:
-                    return None
-                offered = [_as_json(c) for c in self.configs]
-                if choice in offered:
-                    return offered.index(choice)
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            pass
-        return False
+        choice = launch.read_record(*self._record(device))
+        if choice == CUBLAS:
+            return None
+        offered = [_as_json(c) for c in self.configs]
+        return offered.index(choice) if choice in offered else False
 
     def _tune(self, device: int, arrays: list) -> int | None:
         cupy = launch.cupy
@@ -189,8 +166,7 @@ class MatmulEpilogueKernel:
         path, key = self._record(device)
         choice = CUBLAS if best is None else _as_json(self.configs[best])
         tried = [{"choice": CUBLAS if i is None else _as_json(self.configs[i]), "ms": ms} for i, ms in times.items()]
-        write_atomically(path, json.dumps({"kernel": self.name, "key": key, "choice": choice, "tried": tried},
-                                          indent=1) + "\n")
+        launch.write_record(path, {"kernel": self.name, "key": key, "config": choice, "tried": tried})
         logs.log("perf", f"{self.name}: " + ", ".join(f"{t['choice'] if i is None else t['choice']['constexprs']} "
                                                       f"{t['ms'] * 1e3:.1f} us" for i, t in zip(times, tried))
                  + f"; fastest {choice if best is None else choice['constexprs']}")
