@@ -143,19 +143,24 @@ def test_the_primitives_shape_rules_name_the_shapes_and_dtypes_they_refuse():
         rule((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 6), (1, 2, 3, 4), (1, 2, 3, 6), name="attention_backward")
 
 
-@pytest.fixture
-def counted_cpu_attention(monkeypatch):
-    """The CPU's attention kernels, counting their calls."""
+def count_attention_calls(monkeypatch, kernels: dict) -> dict[str, int]:
+    """Make a backend's attention kernels (`kernels`, its table) count their calls; the counts."""
     ran = {"attention": 0, "attention_backward": 0}
     for name in ran:
-        kernel = cpu_kernels.KERNELS[name]
+        kernel = kernels[name]
 
         def counting(*arrays, _name=name, _kernel=kernel, **params):
             ran[_name] += 1
             return _kernel(*arrays, **params)
 
-        monkeypatch.setitem(cpu_kernels.KERNELS, name, counting)
+        monkeypatch.setitem(kernels, name, counting)
     return ran
+
+
+@pytest.fixture
+def counted_cpu_attention(monkeypatch):
+    """The CPU's attention kernels, counting their calls."""
+    return count_attention_calls(monkeypatch, cpu_kernels.KERNELS)
 
 
 def test_on_the_cpu_attention_stays_the_composite(counted_cpu_attention):
@@ -394,15 +399,7 @@ def counted_cuda_attention(monkeypatch):
     """The cuda backend's attention kernels, counting their calls; float32 matmul precision restored."""
     from jitorch.backends.cuda import kernels as cuda_kernels
 
-    ran = {"attention": 0, "attention_backward": 0}
-    for name in ran:
-        kernel = cuda_kernels.KERNELS[name]
-
-        def counting(*arrays, _name=name, _kernel=kernel, **params):
-            ran[_name] += 1
-            return _kernel(*arrays, **params)
-
-        monkeypatch.setitem(cuda_kernels.KERNELS, name, counting)
+    ran = count_attention_calls(monkeypatch, cuda_kernels.KERNELS)
     saved = jt.backends.get_float32_matmul_precision()
     yield ran
     jt.backends.set_float32_matmul_precision(saved)
