@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
 import warnings
 from functools import partial
@@ -125,13 +124,10 @@ def compile_for_sm90(found: list[tuple]) -> list[dict]:
     """Compile each variant for sm_90 in a new process with the interpreter off: per variant, its
     kernel's name and the shared memory it takes; an AssertionError with Triton's message for the
     first that fails."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, "-m", "tests.attention_interpreter"], input=pickle.dumps(found),
-                          capture_output=True, env=env, cwd=_REPO, check=False)
-    if done.returncode:
-        raise AssertionError(done.stderr.decode(errors="replace")[-6000:])
-    return pickle.loads(done.stdout)
+    from tests.triton_interpreter_backend import without_interpreter
+
+    fusion = {"TRITON_DEFAULT_FP_FUSION": os.environ.get("TRITON_DEFAULT_FP_FUSION", "1")}
+    return without_interpreter("tests.attention_interpreter", found, fusion)
 
 
 def _compile_main() -> None:

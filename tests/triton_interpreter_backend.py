@@ -242,8 +242,14 @@ def without_comments(text: str) -> str:
 def compile_for_sm90(pairs: list[tuple[triton_codegen.TritonSource, triton_codegen.Config]]) -> list[str]:
     """The PTX of each (source, config), compiled for sm_90 in a new process with the interpreter off;
     an AssertionError with Triton's message for the first that fails."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "tests.triton_interpreter_backend"], input=pickle.dumps(pairs),
+    return without_interpreter("tests.triton_interpreter_backend", pairs)
+
+
+def without_interpreter(module: str, request, env: dict | None = None):
+    """`python -m module` in a new process with the interpreter off (and `env` added), given the
+    pickled `request` on stdin: what it pickles to stdout, or an AssertionError with its error."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **(env or {})}
+    done = subprocess.run([sys.executable, "-m", module], input=pickle.dumps(request),
                           capture_output=True, env=env, cwd=_REPO, check=False)
     if done.returncode:
         raise AssertionError(done.stderr.decode(errors="replace")[-6000:])
