@@ -253,6 +253,55 @@ def time_gpu_case(case: GpuCase, lib, quick: bool) -> tuple[float | None, str | 
     return seconds, None, loss
 
 
+def add_layers(number: int, repeats: int) -> list[tuple[str, float]]:
+    """Where the host time of a 16-element float32 add on the GPU goes: the same add timed at each
+    layer of jitorch's path (the Triton launch, the backend's kernel with its output's allocation,
+    `dispatch`, the Tensor operator), beside CuPy's and PyTorch's. (what, seconds per call)."""
+    import cupy
+
+    from jitorch.backends import backend_for
+    from jitorch.backends.cuda.eager_pointwise import _flat_kernel
+    from jitorch.dispatch import dispatch
+    from jitorch.primitives import PRIMS
+
+    rng = np.random.default_rng(0)
+    a16, b16 = rng.standard_normal(16, dtype=np.float32), rng.standard_normal(16, dtype=np.float32)
+    ja, jb = on_gpu(jt, a16, b16)
+    ta, tb = on_gpu(torch, a16, b16)
+    ca, cb = ja._data, jb._data
+    kernel_of_add = backend_for("cuda").kernels["add"]
+    flat = _flat_kernel("add", {}, [ca, cb])
+    layers: list[tuple[str, Callable[[], object]]] = [
+        ("CuPy: cupy.empty(16) (the caching pool)", lambda: cupy.empty((16,), np.float32)),
+        ("CuPy: a + b (its ufunc)", lambda: ca + cb),
+    ]
+    if flat is not None:
+        layers.append(("jitorch: the flat Triton kernel's run (allocate, launch)", lambda: flat.run([ca, cb], (16,))))
+    layers += [
+        ("jitorch: the backend's add kernel", lambda: kernel_of_add(ca, cb)),
+        ("jitorch: dispatch(add)", lambda: dispatch(PRIMS["add"], (ja, jb), {})),
+        ("jitorch: a + b (Tensors)", lambda: ja + jb),
+        ("PyTorch: torch.empty(16, device='cuda')", lambda: torch.empty(16, device="cuda")),
+        ("PyTorch: a + b", lambda: ta + tb),
+    ]
+    return [(name, median_time(fn, number, repeats, sync=lambda: synchronize("cuda", jt)))
+            for name, fn in layers]
+
+
+def profile_add(number: int = 20000) -> None:
+    """Print the functions a loop of 16-element jitorch adds on the GPU spends its host time in."""
+    import cProfile
+    import pstats
+
+    ja, jb = on_gpu(jt, *np.random.default_rng(0).standard_normal((2, 16), dtype=np.float32))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(number):
+        ja + jb
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
 def run_gpu(out: str | None, quick: bool) -> None:
     """The GPU table: every case in jitorch and in PyTorch, one after the other, on one GPU."""
     if not torch.cuda.is_available():
@@ -302,9 +351,15 @@ def run_gpu(out: str | None, quick: bool) -> None:
         lines.append(f"| {case.name} | {case.precision or '-'} | {us(t_jt)} | {us(t_torch)} | {ratio} | "
                      f"{tflops(case, t_jt)} | {tflops(case, t_torch)} |")
     lines += ["", *losses]
+    layers = add_layers(*((2000, 3) if quick else (20000, 7)))
+    lines += ["", "Where a 16-element add's host time goes: the same add at each layer of jitorch's path, beside "
+              "CuPy's and PyTorch's (timed as above; each row includes the rows of its layer below it).", "",
+              "| what | µs per call |", "|---|---|"]
+    lines += [f"| {what} | {t * 1e6:.2f} |" for what, t in layers]
     if failures:
         lines += ["", "Failed (the error each raised):", "", *failures]
     publish("\n".join(lines) + "\n", path)
+    profile_add()
 
 
 # ---------------------------------------------------------------------------------------------
