@@ -276,7 +276,14 @@ def add_layers(number: int, repeats: int) -> list[tuple[str, float]]:
         ("CuPy: a + b (its ufunc)", lambda: ca + cb),
     ]
     if flat is not None:
-        layers.append(("jitorch: the flat Triton kernel's run (allocate, launch)", lambda: flat.run([ca, cb], (16,))))
+        flat.run([ca.data.ptr, cb.data.ptr], (16,), True)
+        ((launch, block),) = flat._sized.values()
+        out = cupy.empty((16,), np.float32)
+        arguments = flat.arguments.pick([ca.data.ptr, cb.data.ptr, out.data.ptr, 16, block])
+        stream = cupy.cuda.get_current_stream().ptr
+        layers += [("jitorch: the flat Triton kernel's prepared launch alone", lambda: launch(stream, arguments)),
+                   ("jitorch: the flat Triton kernel's run (allocate, launch)",
+                    lambda: flat.run([ca.data.ptr, cb.data.ptr], (16,), True))]
     layers += [
         ("jitorch: the backend's add kernel", lambda: kernel_of_add(ca, cb)),
         ("jitorch: dispatch(add)", lambda: dispatch(PRIMS["add"], (ja, jb), {})),
@@ -288,18 +295,25 @@ def add_layers(number: int, repeats: int) -> list[tuple[str, float]]:
             for name, fn in layers]
 
 
-def profile_add(number: int = 20000) -> None:
-    """Print the functions a loop of 16-element jitorch adds on the GPU spends its host time in."""
+def profile_gpu_calls() -> None:
+    """Print the functions jitorch spends its host time in, on the GPU: a loop of 16-element adds,
+    then one of MLP forward+backward steps (the table's cases)."""
     import cProfile
     import pstats
 
-    ja, jb = on_gpu(jt, *np.random.default_rng(0).standard_normal((2, 16), dtype=np.float32))
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(number):
-        ja + jb
-    profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    cases = {case.name: case for case in gpu_cases(size=64)}
+    set_matmul_precision("highest")
+    for name, number in (("add, 16 elements", 20000), ("MLP fwd+bwd, batch 256, 784-512-512-10", 200)):
+        fn = cases[name].make(jt)
+        fn()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(number):
+            fn()
+        synchronize("cuda", jt)
+        profiler.disable()
+        print(f"== where jitorch's host time goes: {name}, {number} calls")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 def run_gpu(out: str | None, quick: bool) -> None:
@@ -359,7 +373,7 @@ def run_gpu(out: str | None, quick: bool) -> None:
     if failures:
         lines += ["", "Failed (the error each raised):", "", *failures]
     publish("\n".join(lines) + "\n", path)
-    profile_add()
+    profile_gpu_calls()
 
 
 # ---------------------------------------------------------------------------------------------

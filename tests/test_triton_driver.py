@@ -248,6 +248,10 @@ class HostArray(np.ndarray):
     def data(self):
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
+    @property
+    def _c_contiguous(self):  # (CuPy's own flag)
+        return self.flags.c_contiguous
+
 
 def host(a) -> HostArray:
     return np.asarray(a).view(HostArray)

@@ -1,8 +1,9 @@
 """Matrix products on cuBLAS through nvmath-python's bindings (`nvmath.bindings.cublas`), queued on
-CuPy's current stream: the cuda backend's matmul while a CUDA graph is being captured, where CuPy
-refuses to call cuBLAS ("calling cuBLAS API during stream capture is currently unsupported") and
+CuPy's current stream: the cuda backend's matmul. CuPy's own matmul refuses to run while a CUDA
+graph is being captured ("calling cuBLAS API during stream capture is currently unsupported"), where
 nvmath's bindings record into the graph like any kernel (measured on an H200: docs in
-../shared/facts.md). Outside a capture the backend keeps CuPy's matmul (`kernels.py`).
+../shared/facts.md); and it spends tens of microseconds of Python per call where this path, with
+its plan cached per layout, spends a few.
 
 `matmul(a, b, allow_tf32)` follows numpy's matmul rules (1-D operands, broadcast batch dims) for
 float16, bfloat16 (both accumulated in float32, as PyTorch does), float32 (TF32 tensor cores where
@@ -38,9 +39,13 @@ OP_N, OP_T = 0, 1  # cublasOperation_t
 GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS's heuristic
 WORKSPACE_BYTES = 32 * 2**20  # what cuBLAS recommends on Hopper (4 MiB suffices before it)
 
-# alpha = 1, beta = 0 in each compute type's scalar type (host pointers: cuBLAS reads them per call)
+# alpha = 1, beta = 0 in each compute type's scalar type (host pointers: cuBLAS reads them per call),
+# kept alive here and their addresses read once (numpy's `.ctypes` costs a microsecond per read)
 _ALPHA_BETA = {COMPUTE_32F: (np.ones((), np.float32), np.zeros((), np.float32)),
                COMPUTE_64F: (np.ones((), np.float64), np.zeros((), np.float64))}
+_ALPHA_BETA_ADDRESSES = {compute: (alpha.ctypes.data, beta.ctypes.data)
+                         for compute, (alpha, beta) in _ALPHA_BETA.items()}
+_PLANS_KEPT = 4096  # layouts whose plan is remembered (a training run has tens)
 
 
 def available() -> bool:
@@ -153,9 +158,14 @@ def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 # running
 
 
-class _Handle(NamedTuple):
-    handle: int
-    workspace: object  # the CuPy array cuBLAS works in (kept alive with the handle)
+class _Handle:
+    """A thread's cuBLAS handle on one device, the workspace cuBLAS works in (kept alive with it),
+    and the stream the handle was last set to."""
+
+    __slots__ = ("handle", "workspace", "stream")
+
+    def __init__(self, handle: int, workspace) -> None:
+        self.handle, self.workspace, self.stream = handle, workspace, None
 
 
 _handles = threading.local()  # per thread (a cuBLAS handle is not for two threads at once): device -> _Handle
@@ -183,33 +193,64 @@ def _handle() -> _Handle:
     return entry
 
 
+class _Plan(NamedTuple):
+    """What `matmul` does for one layout of its factors: `gemm_plan`'s answer for them (1-D
+    factors made matrices: `vector_a`, `vector_b`)."""
+
+    gemm: Gemm | None
+    out_shape: tuple[int, ...]
+    copy_a: tuple[int, ...] | None
+    copy_b: tuple[int, ...] | None
+    vector_a: bool
+    vector_b: bool
+
+
+_plans: dict[tuple, _Plan] = {}  # (shapes, strides, dtype) -> its plan
+
+
+def _plan(a, b) -> _Plan:
+    key = (a.shape, a.strides, b.shape, b.strides, a.dtype)
+    found = _plans.get(key)
+    if found is None:
+        vector_a, vector_b = a.ndim == 1, b.ndim == 1
+        if vector_a:
+            a = a[None, :]
+        if vector_b:
+            b = b[:, None]
+        size = a.dtype.itemsize
+        found = _Plan(*gemm_plan(a.shape, _elements(a.strides, size), b.shape, _elements(b.strides, size)),
+                      vector_a, vector_b)
+        if len(_plans) >= _PLANS_KEPT:
+            _plans.clear()
+        _plans[key] = found
+    return found
+
+
 def matmul(a, b, allow_tf32: bool):
     """a @ b for CuPy arrays (numpy's matmul rules) through cuBLAS on the current stream, or None
     where the dtypes are not one of float16, bfloat16, float32 and float64."""
     dtype = a.dtype
     if b.dtype != dtype or dtype not in DATA_TYPES or a.ndim == 0 or b.ndim == 0:
         return None
-    prepare()
-    vector_a, vector_b = a.ndim == 1, b.ndim == 1
-    if vector_a:
+    if cublas is None:
+        prepare()
+    plan = _plan(a, b)
+    if plan.vector_a:
         a = a[None, :]
-    if vector_b:
+    if plan.vector_b:
         b = b[:, None]
-    size = dtype.itemsize
-    gemm, out_shape, copy_a, copy_b = gemm_plan(a.shape, _elements(a.strides, size), b.shape,
-                                                _elements(b.strides, size))
-    if copy_a is not None:
-        a = cupy.ascontiguousarray(cupy.broadcast_to(a, copy_a))
-    if copy_b is not None:
-        b = cupy.ascontiguousarray(cupy.broadcast_to(b, copy_b))
-    out = cupy.empty(out_shape, dtype)
-    if gemm is None:
+    if plan.copy_a is not None:
+        a = cupy.ascontiguousarray(cupy.broadcast_to(a, plan.copy_a))
+    if plan.copy_b is not None:
+        b = cupy.ascontiguousarray(cupy.broadcast_to(b, plan.copy_b))
+    out = cupy.empty(plan.out_shape, dtype)
+    if plan.gemm is None:
         out.fill(0)
     else:
-        _run(gemm, a, b, out, dtype, allow_tf32)
-    if vector_a:
+        _run(plan.gemm, a, b, out, dtype, allow_tf32)
+    if plan.vector_a:
         out = out[..., 0, :]
-    if vector_b:
+    if plan.vector_b:
         out = out[..., 0]
     return out
 
@@ -224,19 +265,22 @@ def _run(gemm: Gemm, a, b, out, dtype: np.dtype, allow_tf32: bool) -> None:
         compute = COMPUTE_64F
     else:  # half types accumulate in float32, as PyTorch's do; float32 may use TF32 tensor cores
         compute = COMPUTE_32F_FAST_TF32 if dtype == np.float32 and allow_tf32 else COMPUTE_32F
-    alpha, beta = _ALPHA_BETA[COMPUTE_64F if compute == COMPUTE_64F else COMPUTE_32F]
+    alpha, beta = _ALPHA_BETA_ADDRESSES[COMPUTE_64F if compute == COMPUTE_64F else COMPUTE_32F]
     entry = _handle()
-    cublas.set_stream(entry.handle, cupy.cuda.get_current_stream().ptr)
-    # setting the stream puts cuBLAS back on its own workspace pool: point it at ours again
-    cublas.set_workspace(entry.handle, entry.workspace.data.ptr, WORKSPACE_BYTES)
+    stream = cupy.cuda.get_current_stream().ptr
+    if stream != entry.stream:
+        cublas.set_stream(entry.handle, stream)
+        # setting the stream puts cuBLAS back on its own workspace pool: point it at ours again
+        cublas.set_workspace(entry.handle, entry.workspace.data.ptr, WORKSPACE_BYTES)
+        entry.stream = stream
     kind = DATA_TYPES[dtype]
     left, right = gemm.left, gemm.right
     if gemm.count == 1:
-        cublas.gemm_ex(entry.handle, right.op, left.op, gemm.n, gemm.m, gemm.k, alpha.ctypes.data,
-                       b.data.ptr, kind, right.ld, a.data.ptr, kind, left.ld, beta.ctypes.data,
+        cublas.gemm_ex(entry.handle, right.op, left.op, gemm.n, gemm.m, gemm.k, alpha,
+                       b.data.ptr, kind, right.ld, a.data.ptr, kind, left.ld, beta,
                        out.data.ptr, kind, gemm.n, compute, GEMM_DEFAULT)
     else:
-        cublas.gemm_strided_batched_ex(entry.handle, right.op, left.op, gemm.n, gemm.m, gemm.k, alpha.ctypes.data,
+        cublas.gemm_strided_batched_ex(entry.handle, right.op, left.op, gemm.n, gemm.m, gemm.k, alpha,
                                        b.data.ptr, kind, right.ld, right.batch_stride, a.data.ptr, kind, left.ld,
-                                       left.batch_stride, beta.ctypes.data, out.data.ptr, kind, gemm.n,
+                                       left.batch_stride, beta, out.data.ptr, kind, gemm.n,
                                        gemm.stride_c, gemm.count, compute, GEMM_DEFAULT)

@@ -18,6 +18,7 @@ float casts, relu, sqrt): the fast exp/log approximations of fused kernels stay 
 from __future__ import annotations
 
 from collections.abc import Callable
+from math import prod
 
 import numpy as np
 
@@ -67,21 +68,19 @@ class FlatKernel:
         self._launches: dict[tuple, Callable] = {}  # (device, aligned, n's specialization, BLOCK, grid) -> launch
         self._sized: dict[tuple, tuple[Callable, int]] = {}  # (n, aligned, device) -> (launch, BLOCK)
 
-    def run(self, arrays: list, shape: tuple[int, ...]):
-        out = cupy.empty(shape, self.out_dtype)
-        pointers = [a.data.ptr for a in arrays]
-        pointers.append(out.data.ptr)
-        every = 0
-        for p in pointers:
-            every |= p
-        n = out.size
-        sized = (n, not every & 15, cupy.cuda.runtime.getDevice())
+    def run(self, values: list, shape: tuple[int, ...], aligned: bool):
+        """Launch over operands whose addresses are `values` (every one 16-byte aligned: `aligned`) on
+        the current stream; returns the output. `values` is extended, by the output's address, the
+        length and BLOCK, into the launch's arguments."""
+        n = prod(shape)
+        sized = (n, aligned, cupy.cuda.runtime.getDevice())
         found = self._sized.get(sized)
         if found is None:
-            found = self._sized[sized] = self._size(n, sized[1], sized[2])
+            found = self._sized[sized] = self._size(*sized)
         launch, block = found
-        pointers += (n, block)
-        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(pointers))
+        out = cupy.empty(shape, self.out_dtype)  # (the pool's blocks are 512-byte aligned)
+        values += (out.data.ptr, n, block)
+        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(values))
         return out
 
     def _size(self, n: int, aligned: bool, device: int) -> tuple[Callable, int]:
@@ -135,29 +134,35 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
     (see the module's docstring), else `fallback` (CuPy's). Ops outside `EXACT_OPS` keep `fallback`."""
     if op not in EXACT_OPS:
         return fallback
+    ndarray = cupy.ndarray
 
     def run(*arrays, **params):
         shape = None
         moved = None
+        every = 0  # every address or'ed: its low bits say whether all are 16-byte aligned
+        addresses = []
         for k, a in enumerate(arrays):
-            if type(a) is not cupy.ndarray:
+            if type(a) is not ndarray:
                 if type(a) is not np.ndarray or a.ndim:
                     return fallback(*arrays, **params)
                 moved = moved or list(arrays)
-                moved[k] = device_array(a)
+                a = moved[k] = device_array(a)
             elif a.ndim:
                 if shape is None:
                     shape = a.shape
                 elif a.shape != shape:
                     return fallback(*arrays, **params)
-                if not a.flags.c_contiguous:
+                if not a._c_contiguous:  # (CuPy's flag itself: `a.flags` builds an object per call)
                     return fallback(*arrays, **params)
+            address = a.data.ptr
+            every |= address
+            addresses.append(address)
         if shape is None or 0 in shape:
             return fallback(*arrays, **params)
         operands = moved or arrays
         kernel = _flat_kernel(op, params, operands)
         if kernel is None:
             return fallback(*arrays, **params)
-        return kernel.run(operands, shape)
+        return kernel.run(addresses, shape, not every & 15)
 
     return run

@@ -24,13 +24,13 @@ from ... import dtypes as _dt
 from ...primitives import PRIMS
 from .. import array_kernels as shared
 from .. import get_float32_matmul_precision
-from . import attention
+from . import attention, blas
 from .blas import matmul as nvmath_matmul
 from .gpu_check import cupy
-from .graphs import capturing
 from .scalars import device_array
 
 _BFLOAT16 = _dt.bfloat16.np
+_FLOAT32 = np.dtype(np.float32)
 # cuBLAS's cublasMath_t (cublas_api.h), which CuPy does not name: TF32 tensor cores for float32
 CUBLAS_TF32_TENSOR_OP_MATH = 3
 # the dtypes cupy.add.at has atomic adds for
@@ -89,31 +89,37 @@ def _on_device(name: str, kernel: Callable) -> Callable:
     `scalars.py`), and a float32 answer to bfloat16 inputs rounded to the dtype primitive `name` makes."""
     infer = PRIMS[name].infer
 
-    def run(*arrays, **params):
+    def run(*arrays, **params):  # (loops, not any() over generators: this runs for every op)
         moved = None
-        if any(type(a) is np.ndarray for a in arrays):
-            moved = [device_array(a) if type(a) is np.ndarray else a for a in arrays]
-            arrays = moved
+        for a in arrays:
+            if type(a) is np.ndarray:
+                moved = [device_array(a) if type(a) is np.ndarray else a for a in arrays]
+                arrays = moved
+                break
         out = kernel(*arrays, **params)
         if moved is not None and any(out is a for a in moved):
             out = out.copy()  # never hand out the cached device copy of a CPU scalar
-        if out.dtype == np.float32 and any(getattr(a, "dtype", None) == _BFLOAT16 for a in arrays):
-            out = out.astype(infer(*arrays, **params)[1], copy=False)
+        if out.dtype is _FLOAT32:
+            for a in arrays:
+                if getattr(a, "dtype", None) == _BFLOAT16:
+                    return out.astype(infer(*arrays, **params)[1], copy=False)
         return out
 
     return run
 
 
 def _matmul(a, b):
-    """Products on cuBLAS; half types in their own type (cuBLAS accumulates them in float32, as
-    PyTorch does) where CuPy takes them, which keeps bfloat16 on the tensor cores instead of the
-    shared kernel's float32 copies. While a CUDA graph is captured, through nvmath-python's cuBLAS
-    bindings (`blas.py`): CuPy refuses to call cuBLAS then."""
-    if capturing():
-        found = nvmath_matmul(a, b, get_float32_matmul_precision() != "highest")
+    """Products on cuBLAS, through nvmath-python's bindings where it is installed (`blas.py`: a few
+    microseconds of Python per call where CuPy's matmul spends tens, and the only way to cuBLAS
+    while a CUDA graph is captured), else CuPy's; half types in their own type (cuBLAS accumulates
+    them in float32, as PyTorch does), which keeps bfloat16 on the tensor cores instead of the
+    shared kernel's float32 copies."""
+    allow_tf32 = get_float32_matmul_precision() != "highest"
+    if _NVMATH:
+        found = nvmath_matmul(a, b, allow_tf32)
         if found is not None:
             return found
-    use_tf32(get_float32_matmul_precision() != "highest")
+    use_tf32(allow_tf32)
     if a.dtype == b.dtype and shared.is_half(a.dtype):
         try:
             return cupy.matmul(a, b)
@@ -122,6 +128,7 @@ def _matmul(a, b):
     return SHARED["matmul"](a, b)
 
 
+_NVMATH = blas.available()
 SHARED: dict[str, Callable] = shared.make_kernels(cupy)
 OVERRIDES: dict[str, Callable] = {
     "erf": _erf,
