@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -240,17 +241,30 @@ def gpu_cases(size: int = 4096) -> list[GpuCase]:
     ]
 
 
-def time_gpu_case(case: GpuCase, lib, quick: bool) -> tuple[float | None, str | None, float | None]:
-    """(seconds per call, None, the loss where the case returns one), or (None, the error, None) when
-    `lib` fails the case."""
+def time_gpu_case(case: GpuCase, quick: bool) -> dict[str, tuple[float | None, str | None, float | None]]:
+    """For jitorch and PyTorch: (seconds per call, None, the loss where the case returns one), or
+    (None, the error, None) where it fails the case. The two alternate, one timed loop each per
+    repeat, so that a change in the host's speed during the run falls on both."""
     number, repeats = (max(1, case.number // 10), 3) if quick else (case.number, 7)
-    try:
-        fn = case.make(lib)
-        seconds = median_time(fn, number, repeats, sync=lambda: synchronize("cuda", lib))
+    libs = {"jitorch": jt, "torch": torch}
+    fns, errors, times = {}, {}, {who: [] for who in libs}
+    for who, lib in libs.items():
+        try:
+            fns[who] = case.make(lib)
+        except Exception as err:
+            errors[who] = describe_failure(err)
+    for _ in range(repeats):
+        for who, fn in list(fns.items()):
+            try:
+                times[who].append(median_time(fn, number, 1, sync=lambda lib=libs[who]: synchronize("cuda", lib)))
+            except Exception as err:
+                errors[who] = describe_failure(err)
+                del fns[who]
+    found = {}
+    for who, fn in fns.items():
         loss = float(fn().item()) if case.returns_loss else None
-    except Exception as err:
-        return None, describe_failure(err), None
-    return seconds, None, loss
+        found[who] = (statistics.median(times[who]), None, loss)
+    return found | {who: (None, err, None) for who, err in errors.items()}
 
 
 def add_layers(number: int, repeats: int) -> list[tuple[str, float]]:
@@ -325,8 +339,8 @@ def run_gpu(out: str | None, quick: bool) -> None:
     for case in gpu_cases():
         if case.precision is not None:
             jitorch_has_precision &= set_matmul_precision(case.precision)
-        t_jt, err_jt, loss_jt = time_gpu_case(case, jt, quick)
-        t_torch, err_torch, loss_torch = time_gpu_case(case, torch, quick)
+        timed = time_gpu_case(case, quick)
+        (t_jt, err_jt, loss_jt), (t_torch, err_torch, loss_torch) = timed["jitorch"], timed["torch"]
         failures += [f"- {who}, {case.name}: {err}" for who, err in (("jitorch", err_jt), ("PyTorch", err_torch))
                      if err is not None]
         if case.returns_loss:
@@ -351,8 +365,9 @@ def run_gpu(out: str | None, quick: bool) -> None:
         "",
         f"GPU: {gpu_name()}; host: {cpu_model()}. Python {platform.python_version()}, numpy {np.__version__}, "
         f"{gpu_versions()}, jitorch {jt.__version__}. Command: `{command}`.",
-        "Median of repeated timed loops, each starting and ending with a device synchronize "
-        "(`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`); microseconds per call.",
+        f"Median of {3 if quick else 7} timed loops each, jitorch's and PyTorch's alternating, each loop starting "
+        "and ending with a device synchronize (`jitorch.cuda.synchronize()`, `torch.cuda.synchronize()`); "
+        "microseconds per call.",
         "Precision: the float32 matmul precision, set with `torch.set_float32_matmul_precision` and "
         + ("`jitorch.set_float32_matmul_precision`." if jitorch_has_precision else
            "(jitorch has no `set_float32_matmul_precision`: its matmuls ran at its default)."),

@@ -100,6 +100,20 @@ def _cast(x, dtype):
     return x.astype(dtype.np, copy=False)
 
 
+def as_rows(x, dims: tuple[int, ...]) -> tuple[object, bool] | None:
+    """A C-contiguous `x` as a 2-D (rows, cols) view, and whether `dims` are its trailing dims
+    (reduce each row) rather than its leading ones (reduce each column); None for any other
+    array or set of dims. (A backend sums such dims as one product with a vector of ones.)"""
+    if not dims or not x.flags.c_contiguous:
+        return None
+    count, dims = len(dims), tuple(sorted(dims))
+    if dims == tuple(range(x.ndim - count, x.ndim)):
+        return x.reshape(-1, math.prod(x.shape[x.ndim - count:])), True
+    if dims == tuple(range(count)):
+        return x.reshape(math.prod(x.shape[:count]), -1), False
+    return None
+
+
 def sum_(xp, x, axis, keepdims):
     return xp.sum(x, axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from ...codegen import llvm_math
+from ..array_kernels import as_rows
 from . import jit
 
 # ---------------------------------------------------------------------------------------------
@@ -136,24 +136,10 @@ def _ones_vector(dtype: np.dtype, n: int) -> np.ndarray:
     return _ones[key]
 
 
-def _as_rows(x: np.ndarray, dims: tuple[int, ...]) -> tuple[np.ndarray, bool] | None:
-    """A C-contiguous float32/float64 `x` as a 2-D (rows, cols) view, and whether `dims` are its
-    trailing dims (reduce each row) rather than its leading ones (reduce each column); None for
-    any other array or set of dims."""
-    if x.dtype not in _FLOAT_TYPE or not x.flags.c_contiguous or not dims:
-        return None
-    count, dims = len(dims), tuple(sorted(dims))
-    if dims == tuple(range(x.ndim - count, x.ndim)):
-        return x.reshape(-1, math.prod(x.shape[x.ndim - count:])), True
-    if dims == tuple(range(count)):
-        return x.reshape(math.prod(x.shape[:count]), -1), False
-    return None
-
-
 def sum_by_blas(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
     """The sums of `x` over `dims`, flat, through BLAS when `dims` are the leading or the trailing
     dims of a C-contiguous float32/float64 array of some size; None otherwise (numpy then sums)."""
-    found = _as_rows(x, dims) if x.size >= BLAS_SUM_MIN_ELEMENTS else None
+    found = as_rows(x, dims) if x.dtype in _FLOAT_TYPE and x.size >= BLAS_SUM_MIN_ELEMENTS else None
     if found is None:
         return None
     rows, trailing = found
@@ -204,7 +190,7 @@ def _row_max_kernel(t: str) -> Callable:
 def amax_rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
     """The maxima of `x` over `dims`, flat, by a row kernel when `dims` are the trailing dims of a
     contiguous float array of some size (softmax's and cross_entropy's max); None otherwise."""
-    found = _as_rows(x, dims) if x.size >= 4096 else None
+    found = as_rows(x, dims) if x.dtype in _FLOAT_TYPE and x.size >= 4096 else None
     if found is None or not found[1]:
         return None
     rows = found[0]

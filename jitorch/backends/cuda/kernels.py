@@ -21,12 +21,13 @@ from cupy._core import _routines_linalg
 from cupy_backends.cuda.libs import cublas
 
 from ... import dtypes as _dt
-from ...primitives import PRIMS
+from ...primitives import PRIMS, reduced_shape
 from .. import array_kernels as shared
 from .. import get_float32_matmul_precision
 from . import attention, blas
 from .blas import matmul as nvmath_matmul
 from .gpu_check import cupy
+from .graphs import capturing
 from .scalars import device_array
 
 _BFLOAT16 = _dt.bfloat16.np
@@ -129,10 +130,38 @@ def _matmul(a, b):
 
 
 _NVMATH = blas.available()
+_ones: dict[tuple, object] = {}  # (device, dtype, length) -> a vector of ones
+
+
+def _ones_vector(dtype: np.dtype, n: int):
+    key = (cupy.cuda.runtime.getDevice(), dtype, n)
+    found = _ones.get(key)
+    if found is None:
+        found = _ones[key] = cupy.ones(n, dtype)
+    return found
+
+
+def _sum(x, dims, keepdim):
+    """Sums over the leading or the trailing dims of a contiguous array (a bias gradient, a row's
+    total) as one cuBLAS product with a vector of ones, at full float32 precision whatever the
+    matmul precision (a few microseconds of host time, where CuPy's reduction spends tens); any
+    other sum, and any sum while a CUDA graph is captured (the ones would be made inside it), as
+    the shared kernel's. Half types accumulate in float32 and round once, as PyTorch's sum."""
+    if _NVMATH and x.dtype in blas.DATA_TYPES and not capturing():
+        found = shared.as_rows(x, dims)
+        if found is not None and min(found[0].shape) > 1:
+            rows, trailing = found
+            out = (nvmath_matmul(rows, _ones_vector(x.dtype, rows.shape[1]), False) if trailing else
+                   nvmath_matmul(_ones_vector(x.dtype, rows.shape[0]), rows, False))
+            return out.reshape(reduced_shape(x.shape, dims, keepdim))
+    return SHARED["sum"](x, dims, keepdim)
+
+
 SHARED: dict[str, Callable] = shared.make_kernels(cupy)
 OVERRIDES: dict[str, Callable] = {
     "erf": _erf,
     "matmul": _matmul,
+    "sum": _sum,
     "einsum": _at_float32_matmul_precision(SHARED["einsum"]),
     "index_put": partial(shared.index_put, cupy, _add_at),
     "scatter_add": partial(shared.scatter_add, cupy, _add_at),
