@@ -10,6 +10,8 @@ the Triton path is the one taken.
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
 import sys
 import types
 
@@ -32,7 +34,7 @@ def module(monkeypatch):
     monkeypatch.setattr(module, "device_array", lambda a, dtype=None: host(np.asarray(a, dtype)))
     module.launches = []
 
-    def prepare(self, key, n, config):
+    def prepare(self, key, runtime, config):
         launch = self._launches[key] = lambda stream, args: module.launches.append((key, stream, args))
         return launch
 
@@ -54,7 +56,8 @@ def test_same_shaped_contiguous_operands_launch_the_flat_kernel_with_the_length_
     assert stream == 0x5EED
     # inputs, output, the length, then BLOCK (the renderer's first configuration for 32 elements)
     assert args == (x.data.ptr, y.data.ptr, out.data.ptr, 32, 32)
-    assert key[1:] == (x.data.ptr % 16 == y.data.ptr % 16 == out.data.ptr % 16 == 0, True, False, False, 32, 1)
+    # (device, aligned, per int argument: a multiple of 16, 1, 2**31 or more; BLOCK, the grid)
+    assert key[1:] == (x.data.ptr % 16 == y.data.ptr % 16 == out.data.ptr % 16 == 0, (True, False, False), 32, 1)
     add(host(np.ones(3000, np.float32)), host(np.ones(3000, np.float32)))
     assert module.launches[-1][2][3:] == (3000, 1024) and module.launches[-1][0][-1] == 3  # a grid of 3 programs
     assert len(module._kernels) == 1  # one kernel for every length
@@ -70,12 +73,99 @@ def test_a_cpu_scalar_joins_as_a_device_scalar_and_0d_operands_keep_the_kernel(m
     assert len(module._kernels) == 1
 
 
+@pytest.mark.parametrize("shapes, expected", [
+    ([(6, 8), (8,)], ((6, 8), (6, 8), ["full", "row"])),  # a bias
+    ([(2, 3, 8), (3, 8)], ((2, 3, 8), (2, 24), ["full", "row"])),
+    ([(2, 3, 8), (2, 3, 1)], ((2, 3, 8), (6, 8), ["full", "column"])),  # a row's statistic
+    ([(4, 1, 5), (5,)], ((4, 1, 5), (4, 5), ["full", "row"])),  # (size-1 dims are in no one's way)
+    ([(3, 4), (1, 1)], ((3, 4), (12,), ["full", "scalar"])),
+    ([(4, 1), (4, 6)], ((4, 6), (4, 6), ["column", "full"])),
+    ([(5,), (4, 5)], ((4, 5), (4, 5), ["row", "full"])),
+    ([(2, 3, 8), (2, 1, 8)], None),  # broadcast along a middle dim: no one split
+    ([(2, 3, 8), (3, 8), (2, 1, 1)], ((2, 3, 8), (2, 24), ["full", "row", "column"])),
+    ([(2, 3, 8), (8,), (2, 3, 1)], ((2, 3, 8), (6, 8), ["full", "row", "column"])),  # one split serves both
+    ([(2, 3, 8), (3, 8), (2, 3, 1)], None),  # a row from dim 1, a column up to dim 2
+    ([(4, 1), (1, 6)], ((4, 6), (4, 6), ["column", "row"])),  # an outer product
+    ([(3, 4), (5,)], None),  # not broadcastable
+])
+def test_broadcast_layouts(module, shapes, expected):
+    found = module.broadcast_layout(shapes)
+    assert (found if found is None else (found[0], found[1], list(found[2]))) == expected
+
+
+def test_a_bias_and_a_rows_statistic_launch_the_row_and_column_kernels(module):
+    """(R, C) kernels take the sizes and a full operand's row stride at run time: one kernel per
+    layout serves every size."""
+    add, sub = module.eager_pointwise("add", _fallback), module.eager_pointwise("sub", _fallback)
+    x, b = host(np.ones((4, 8), np.float32)), host(np.arange(8, dtype=np.float32))
+    out = add(x, b)
+    assert isinstance(out, HostArray) and out.shape == (4, 8)
+    # x, b, out, then n_elements, size1 (columns), x's row stride and BLOCK
+    assert module.launches[-1][2] == (x.data.ptr, b.data.ptr, out.data.ptr, 32, 8, 8, 32)
+    add(host(np.ones((3, 2, 16), np.float32)), host(np.ones(16, np.float32)))
+    assert module.launches[-1][2][3:6] == (96, 16, 16)
+    out = sub(x, host(np.ones((4, 1), np.float32)))
+    assert out.shape == (4, 8) and module.launches[-1][2][3] == 32
+    assert len(module._kernels) == 2  # add (full, row) and sub (full, column)
+
+
+_IN_INTERPRETER = "JITORCH_EAGER_POINTWISE_INTERPRETER_RUN"
+_LAYOUT_CASES = [("add", [(6, 8), (8,)]), ("sub", [(6, 8), (6, 1)]), ("mul", [(2, 3, 8), (3, 8)]),
+                 ("div", [(2, 3, 8), (2, 3, 1)]), ("where", [(4, 1, 5), (4, 1, 5), (5,)]),
+                 ("maximum", [(3, 4), (1, 1)]), ("add", [(5,), (4, 5)]), ("lt", [(4, 1), (1, 6)]),
+                 ("where", [(2, 3, 8), (8,), (2, 3, 1)])]
+
+if os.environ.get(_IN_INTERPRETER):
+    @pytest.mark.parametrize("op, shapes", _LAYOUT_CASES)
+    def test_interpreted_layouts_equal_numpy(module, op, shapes):
+        """Each layout's kernel, run in Triton's interpreter with the sizes and strides a launch
+        passes (`FlatKernel.sizing`), equals numpy's broadcast op."""
+        import torch
+
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        if op == "where":
+            arrays[0] = arrays[0] > 0
+        shape, loop, layouts = module.broadcast_layout([a.shape for a in arrays])
+        out_dtype = np.bool_ if op == "lt" else np.float32
+        kernel = module.FlatKernel(op, {}, tuple(a.dtype for a in arrays), tuple(layouts), np.dtype(out_dtype))
+        runtime, config, programs = kernel.sizing(loop)
+        out = np.empty(shape, out_dtype)
+        tensors = [torch.from_numpy(a.view(np.int8) if a.dtype == np.bool_ else a) for a in (*arrays, out)]
+        kernel.function[(programs,)](*kernel.arguments.pick([*tensors, *runtime, config.constexprs["BLOCK"]]))
+        names = {"sub": "subtract", "mul": "multiply", "div": "divide", "lt": "less"}
+        expected = getattr(np, names.get(op, op))(*arrays)
+        np.testing.assert_array_equal(out, expected)
+        with open(os.environ[_IN_INTERPRETER], "ab") as f:
+            pickle.dump((kernel.source, config), f)
+
+
+def test_layouts_in_the_interpreter_and_for_sm90(tmp_path):
+    """The interpreted layouts above, in a process with TRITON_INTERPRET=1; then their kernels,
+    compiled for sm_90."""
+    from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
+
+    report = tmp_path / "layouts.pkl"
+    out = run_interpreted_tests(__file__, "test_interpreted_layouts", _IN_INTERPRETER, str(report))
+    assert f"{len(_LAYOUT_CASES)} passed" in out
+    pairs = []
+    with open(report, "rb") as f:
+        while True:
+            try:
+                pairs.append(pickle.load(f))
+            except EOFError:
+                break
+    assert len(pairs) == len(_LAYOUT_CASES)
+    for (source, _), ptx in zip(pairs, compile_for_sm90(pairs)):
+        assert f".entry {source.name}(" in ptx, source.text
+
+
 @pytest.mark.parametrize("case", ["broadcast", "strided", "empty", "int_div", "float_to_int", "bfloat16",
                                   "not_exact", "python_scalar"])
 def test_what_the_flat_kernel_does_not_take_goes_to_cupy(module, case):
     f32 = np.float32
     ops = {
-        "broadcast": ("add", (host(np.ones((4, 8), f32)), host(np.ones(8, f32))), {}),
+        "broadcast": ("add", (host(np.ones((2, 4, 8), f32)), host(np.ones((2, 1, 8), f32))), {}),
         "strided": ("add", (host(np.ones((4, 8), f32))[:, ::2], host(np.ones((4, 4), f32))), {}),
         "empty": ("add", (host(np.ones((0, 3), f32)), host(np.ones((0, 3), f32))), {}),
         "int_div": ("div", (host(np.ones(8, np.int64)), host(np.ones(8, np.int64))), {}),
@@ -142,3 +232,26 @@ def test_gpu_eager_ops_on_cuda_tensors_take_the_flat_kernels():
     np.testing.assert_array_equal(z.cpu().numpy(), (a + b) * np.float32(2) - a / b)  # IEEE, as numpy
     ops = {key[0] for key, kernel in eager_pointwise._kernels.items() if kernel is not None}
     assert {"add", "mul", "sub", "div"} <= ops
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("op, shapes", _LAYOUT_CASES + [
+    ("add", [(512, 768), (768,)]), ("sub", [(2, 4, 100, 100), (100, 100)]),
+    ("div", [(2, 4, 100, 100), (2, 4, 100, 1)])])
+def test_gpu_broadcast_layouts_equal_cupys_bit_for_bit(op, shapes):
+    """Rows and columns (a bias, a row's statistic, an outer product) on the GPU: CuPy's results,
+    exactly, through the flat kernels."""
+    import cupy
+
+    from jitorch.backends import backend_for
+    from jitorch.backends.cuda import eager_pointwise, kernels
+
+    backend_for("cuda")
+    rng = np.random.default_rng(1)
+    arrays = [cupy.asarray(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    if op == "where":
+        arrays[0] = arrays[0] > 0
+    expected = cupy.asnumpy(kernels.SHARED[op](*arrays))
+    got = eager_pointwise.eager_pointwise(op, lambda *a, **k: pytest.fail("went to CuPy"))(*arrays)
+    np.testing.assert_array_equal(cupy.asnumpy(got), expected)

@@ -3,13 +3,17 @@ launch theirs.
 
 A CuPy ufunc costs about 10-15 us of host time per call (argument parsing, broadcasting, its kernel
 cache, the launch), against a few for a Triton kernel launched through its compiled launcher with
-arguments prepared once (`launch.py`). Eager training is a stream of small ops, so for the common
-case, every tensor operand of one shape and C-contiguous, the rest 0-d, an op runs here instead: the
-Triton renderer's own kernel of that one node (`jitorch.codegen.triton`, the same code compiled
-programs fuse), one flat loop sized at run time. One kernel serves every length: it is rendered once
-per op, dtypes and operand pattern, over a placeholder length, and Triton compiles a variant per
-specialization of its arguments (addresses 16-byte aligned or not, the length a multiple of 16 or
-1). Anything else (broadcasts, strided views, empty tensors, other dtypes) goes to CuPy.
+arguments prepared once (`launch.py`). Eager training is a stream of small ops, so the common
+layouts run here: the Triton renderer's own kernel of that one node (`jitorch.codegen.triton`, the
+same code compiled programs fuse), sized at run time. Every tensor operand is C-contiguous and
+either of the result's shape ("full"), or one element (read as a scalar), or, with the result seen
+as a matrix of R rows and C columns split at one dim, the row vector its rows share (a bias: a
+shape like (C,)) or the column its columns share (a row's statistic: (R, 1)). One kernel serves
+every size of its layout: it is rendered once per op, dtypes and operand layout over placeholder
+sizes that launches replace (the renderer takes sizes and strides as arguments), and Triton
+compiles a variant per specialization of its arguments (addresses 16-byte aligned or not, each size
+a multiple of 16 or 1). Anything else (strided views, empty tensors, other dtypes, other
+broadcasts) goes to CuPy.
 
 Only ops whose result is bit for bit CuPy's are taken (the arithmetic, comparisons, selections,
 float casts, relu, sqrt): the fast exp/log approximations of fused kernels stay out of eager results.
@@ -44,61 +48,83 @@ def _renderer():
     return renderer
 
 
-class FlatKernel:
-    """One op over same-shaped contiguous operands (and 0-d ones): `run(arrays, shape) -> out`."""
+# how an operand is read (`layout`): the result's shape, one element, a row vector its rows share, or
+# a column its columns share; and its shape over the placeholder loop, in 1-D and in 2-D
+FULL, SCALAR, ROW, COLUMN = "full", "scalar", "row", "column"
+_SHAPES_1D = {FULL: (_PLACEHOLDER,), SCALAR: ()}
+_SHAPES_2D = {FULL: (_PLACEHOLDER, _PLACEHOLDER), SCALAR: (), ROW: (_PLACEHOLDER,), COLUMN: (_PLACEHOLDER, 1)}
+_LOOP_STRIDES = {FULL: None, SCALAR: (0, 0), ROW: (0, 1), COLUMN: (1, 0)}  # along (R, C); full: (C, 1)
 
-    def __init__(self, op: str, params: dict, in_dtypes: tuple[np.dtype, ...], scalars: tuple[bool, ...],
+
+class FlatKernel:
+    """One op over contiguous operands of one layout (each `FULL`, `SCALAR`, `ROW` or `COLUMN`):
+    `run(addresses, shape, loop, aligned) -> out`."""
+
+    def __init__(self, op: str, params: dict, in_dtypes: tuple[np.dtype, ...], layouts: tuple[str, ...],
                  out_dtype: np.dtype) -> None:
-        inputs = [Value(k, () if scalar else (_PLACEHOLDER,), _dt.from_numpy_dtype(dtype))
-                  for k, (dtype, scalar) in enumerate(zip(in_dtypes, scalars))]
-        out = Value(len(inputs), (_PLACEHOLDER,), _dt.from_numpy_dtype(out_dtype))
+        shapes = _SHAPES_2D if ROW in layouts or COLUMN in layouts else _SHAPES_1D
+        inputs = [Value(k, shapes[layout], _dt.from_numpy_dtype(dtype))
+                  for k, (dtype, layout) in enumerate(zip(in_dtypes, layouts))]
+        out = Value(len(inputs), shapes[FULL], _dt.from_numpy_dtype(out_dtype))
         node = out.node = Node(op, tuple(inputs), dict(params), out, "eager")
         renderer = _renderer()
         if renderer is None or not renderer.fusible(node):
             raise NotImplementedError(op)
         from .launch import Arguments, load_kernel_function  # (imports Triton)
 
-        kernel = Kernel((_PLACEHOLDER,), 0, [node], inputs, [out], {v.id for v in inputs})
+        kernel = Kernel(shapes[FULL], 0, [node], inputs, [out], {v.id for v in inputs})
         self.source = source = renderer.render(describe(kernel))
         self.function = load_kernel_function(source.text, source.name)
+        self.layouts = layouts
         self.out_dtype = out_dtype
         self.arguments = Arguments(source.params, len(inputs), 1, len(source.constexprs))
         element = {(p.kind, p.operand): p.type.removeprefix("*") for p in source.params}
         self.pointer_types = [element[("input", k)] for k in range(len(inputs))] + [element[("output", 0)]]
-        self._launches: dict[tuple, Callable] = {}  # (device, aligned, n's specialization, BLOCK, grid) -> launch
-        self._sized: dict[tuple, tuple[Callable, int]] = {}  # (n, aligned, device) -> (launch, BLOCK)
+        # (device, aligned, the sizes' specialization, BLOCK, grid) -> launch
+        self._launches: dict[tuple, Callable] = {}
+        self._sized: dict[tuple, tuple[Callable, tuple]] = {}  # (loop, aligned, device) -> (launch, the other args)
 
-    def run(self, values: list, shape: tuple[int, ...], aligned: bool):
-        """Launch over operands whose addresses are `values` (every one 16-byte aligned: `aligned`) on
-        the current stream; returns the output. `values` is extended, by the output's address, the
-        length and BLOCK, into the launch's arguments."""
-        n = prod(shape)
-        sized = (n, aligned, cupy.cuda.runtime.getDevice())
+    def run(self, addresses: list, shape: tuple[int, ...], loop: tuple[int, ...], aligned: bool):
+        """Launch over operands at `addresses` (every one 16-byte aligned: `aligned`) on the current
+        stream, over `loop` (the result's element count, or its (rows, columns) where an operand is a
+        row or a column); returns the result, of `shape`. `addresses` is extended, by the result's
+        address, the sizes and strides the kernel takes and its BLOCK, into the launch's arguments."""
+        sized = (loop, aligned, cupy.cuda.runtime.getDevice())
         found = self._sized.get(sized)
         if found is None:
             found = self._sized[sized] = self._size(*sized)
-        launch, block = found
+        launch, rest = found
         out = cupy.empty(shape, self.out_dtype)  # (the pool's blocks are 512-byte aligned)
-        values += (out.data.ptr, n, block)
-        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(values))
+        addresses.append(out.data.ptr)
+        addresses += rest
+        launch(cupy.cuda.get_current_stream().ptr, self.arguments.pick(addresses))
         return out
 
-    def _size(self, n: int, aligned: bool, device: int) -> tuple[Callable, int]:
-        """The launch (and its BLOCK) for `n` elements: the variant Triton compiles for such a call."""
-        config = self.source.configs((n,))[0]
-        block = config.constexprs["BLOCK"]
-        grid = (n + block - 1) // block
-        key = (device, aligned, n % 16 == 0, n == 1, n >= 2**31, block, grid)
-        return self._launches.get(key) or self._prepare(key, n, config), block
+    def sizing(self, loop: tuple[int, ...]) -> tuple[list[int], object, int]:
+        """For a launch over `loop`: the int arguments after the addresses (BLOCK not included),
+        the configuration and the number of programs."""
+        config = self.source.configs(loop)[0]
+        strides = [(loop[-1], 1) if layout == FULL else _LOOP_STRIDES[layout] for layout in self.layouts]
+        runtime = self.source.runtime_args(loop, strides)
+        return runtime, config, -(-prod(loop) // config.constexprs["BLOCK"])
 
-    def _prepare(self, key: tuple, n: int, config) -> Callable:
+    def _size(self, loop: tuple[int, ...], aligned: bool, device: int) -> tuple[Callable, tuple]:
+        """The launch over `loop` and the arguments after the addresses: the variant Triton compiles
+        for such a call (its int arguments' specialization), on a grid sized for `loop`."""
+        runtime, config, grid = self.sizing(loop)
+        block = config.constexprs["BLOCK"]
+        key = (device, aligned, *[(v % 16 == 0, v == 1, v >= 2**31) for v in runtime], block, grid)
+        launch = self._launches.get(key) or self._prepare(key, runtime, config)
+        return launch, (*runtime, block)
+
+    def _prepare(self, key: tuple, runtime: list, config) -> Callable:
         """Compile (or find compiled) the variant of `key` and prepare its launch over its grid."""
         from . import triton_driver
 
-        _, aligned, _, _, _, block, grid = key
+        aligned, block, grid = key[1], key[-2], key[-1]
         address = 16 if aligned else 8  # Triton reads only an address's divisibility while compiling
         pointers = [triton_driver.Pointer(address, element) for element in self.pointer_types]
-        launch, scratch = triton_driver.compile_launch(self.function, self.arguments.pick(pointers + [n, block]),
+        launch, scratch = triton_driver.compile_launch(self.function, self.arguments.pick([*pointers, *runtime, block]),
                                                        (grid, 1, 1), **config.options())
         if scratch:
             raise NotImplementedError("a kernel that needs scratch memory")  # (never for one flat op)
@@ -106,23 +132,60 @@ class FlatKernel:
         return launch
 
 
+def broadcast_layout(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], tuple[int, int], list[str]] | None:
+    """For operands of `shapes` (not all one shape): the result's shape, its loop ((rows, columns),
+    or the element count where every operand is full or one element) and each operand's layout,
+    where every operand is full, one element, a row vector or a column of one split of the
+    result's dims into rows and columns; None where no split serves them all."""
+    try:
+        result = np.broadcast_shapes(*shapes)
+    except ValueError:
+        return None
+    kept = [d for d, n in enumerate(result) if n != 1]  # (size-1 dims are in no operand's way)
+    dims = tuple(result[d] for d in kept)
+    layouts, split = [], None
+    for shape in shapes:
+        padded = (1,) * (len(result) - len(shape)) + tuple(shape)
+        own = tuple(padded[d] for d in kept)
+        if own == dims:
+            layouts.append(FULL)
+            continue
+        if prod(own) == 1:
+            layouts.append(SCALAR)
+            continue
+        ones_before = next(k for k, n in enumerate(own) if n != 1)
+        ones_after = len(own) - next(k for k, n in enumerate(reversed(own)) if n != 1)
+        if own[ones_before:] == dims[ones_before:] and all(n == 1 for n in own[:ones_before]):
+            layout, at = ROW, ones_before
+        elif own[:ones_after] == dims[:ones_after] and all(n == 1 for n in own[ones_after:]):
+            layout, at = COLUMN, ones_after
+        else:
+            return None
+        if split not in (None, at):
+            return None
+        split = at
+        layouts.append(layout)
+    if split is None:  # (full operands and scalars: one flat loop)
+        return result, (prod(dims),), layouts
+    return result, (prod(dims[:split]), prod(dims[split:])), layouts
+
+
 _kernels: dict[tuple, FlatKernel | None] = {}  # (op, params, dtypes, scalars) -> its kernel, or None: CuPy's
 
 
-def _flat_kernel(op: str, params: dict, arrays: list) -> FlatKernel | None:
-    key = (op, tuple(sorted(params.items())) if params else (), *[(a.dtype, a.ndim == 0) for a in arrays])
+def _flat_kernel(op: str, params: dict, arrays: list, layouts: tuple[str, ...]) -> FlatKernel | None:
+    key = (op, tuple(sorted(params.items())) if params else (), layouts, *[a.dtype for a in arrays])
     try:
         return _kernels[key]
     except KeyError:
         pass
     dtypes = tuple(a.dtype for a in arrays)
-    scalars = tuple(a.ndim == 0 for a in arrays)
     found = None
     if all(d in _DTYPES for d in dtypes):
         out_dtype = np.dtype(PRIMS[op].infer(*arrays, **params)[1])
         if out_dtype in _DTYPES and not (op == "cast" and out_dtype.kind in "iub" and dtypes[0].kind == "f"):
             try:  # (a float-to-integer cast: the renderer gives the CPU's answer out of range, CuPy the GPU's)
-                found = FlatKernel(op, params, dtypes, scalars, out_dtype)
+                found = FlatKernel(op, params, dtypes, layouts, out_dtype)
             except (NotImplementedError, ImportError):  # (ImportError: no Triton)
                 found = None
     _kernels[key] = found
@@ -139,6 +202,7 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
     def run(*arrays, **params):
         shape = None
         moved = None
+        same = True  # every operand with dims of one shape
         every = 0  # every address or'ed: its low bits say whether all are 16-byte aligned
         addresses = []
         for k, a in enumerate(arrays):
@@ -148,21 +212,32 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
                 moved = moved or list(arrays)
                 a = moved[k] = device_array(a)
             elif a.ndim:
+                if not a._c_contiguous:  # (CuPy's flag itself: `a.flags` builds an object per call)
+                    return fallback(*arrays, **params)
                 if shape is None:
                     shape = a.shape
                 elif a.shape != shape:
-                    return fallback(*arrays, **params)
-                if not a._c_contiguous:  # (CuPy's flag itself: `a.flags` builds an object per call)
-                    return fallback(*arrays, **params)
+                    same = False
             address = a.data.ptr
             every |= address
             addresses.append(address)
-        if shape is None or 0 in shape:
+        if shape is None:
             return fallback(*arrays, **params)
         operands = moved or arrays
-        kernel = _flat_kernel(op, params, operands)
+        if same:
+            layouts = tuple(FULL if a.ndim else SCALAR for a in operands)
+            loop = (prod(shape),)
+        else:
+            found = broadcast_layout([a.shape for a in operands])
+            if found is None:
+                return fallback(*arrays, **params)
+            shape, loop, layouts = found
+            layouts = tuple(layouts)
+        if 0 in shape:
+            return fallback(*arrays, **params)
+        kernel = _flat_kernel(op, params, operands, layouts)
         if kernel is None:
             return fallback(*arrays, **params)
-        return kernel.run(addresses, shape, not every & 15)
+        return kernel.run(addresses, shape, loop, not every & 15)
 
     return run
