@@ -284,20 +284,20 @@ def add_layers(number: int, repeats: int) -> list[tuple[str, float]]:
     ta, tb = on_gpu(torch, a16, b16)
     ca, cb = ja._data, jb._data
     kernel_of_add = backend_for("cuda").kernels["add"]
-    flat = _flat_kernel("add", {}, [ca, cb])
+    flat = _flat_kernel("add", {}, [ca, cb], ("full", "full"))
     layers: list[tuple[str, Callable[[], object]]] = [
         ("CuPy: cupy.empty(16) (the caching pool)", lambda: cupy.empty((16,), np.float32)),
         ("CuPy: a + b (its ufunc)", lambda: ca + cb),
     ]
     if flat is not None:
-        flat.run([ca.data.ptr, cb.data.ptr], (16,), True)
+        flat.run([ca.data.ptr, cb.data.ptr], (16,), (16,), True)
         ((launch, block),) = flat._sized.values()
         out = cupy.empty((16,), np.float32)
         arguments = flat.arguments.pick([ca.data.ptr, cb.data.ptr, out.data.ptr, 16, block])
         stream = cupy.cuda.get_current_stream().ptr
         layers += [("jitorch: the flat Triton kernel's prepared launch alone", lambda: launch(stream, arguments)),
                    ("jitorch: the flat Triton kernel's run (allocate, launch)",
-                    lambda: flat.run([ca.data.ptr, cb.data.ptr], (16,), True))]
+                    lambda: flat.run([ca.data.ptr, cb.data.ptr], (16,), (16,), True))]
     layers += [
         ("jitorch: the backend's add kernel", lambda: kernel_of_add(ca, cb)),
         ("jitorch: dispatch(add)", lambda: dispatch(PRIMS["add"], (ja, jb), {})),

@@ -108,10 +108,13 @@ def as_rows(x, dims: tuple[int, ...]) -> tuple[object, bool] | None:
         return None
     count, dims = len(dims), tuple(sorted(dims))
     if dims == tuple(range(x.ndim - count, x.ndim)):
-        return x.reshape(-1, math.prod(x.shape[x.ndim - count:])), True
-    if dims == tuple(range(count)):
-        return x.reshape(math.prod(x.shape[:count]), -1), False
-    return None
+        split, trailing = x.ndim - count, True
+    elif dims == tuple(range(count)):
+        split, trailing = count, False
+    else:
+        return None
+    # (sizes, not -1: x may be empty)
+    return x.reshape(math.prod(x.shape[:split]), math.prod(x.shape[split:])), trailing
 
 
 def sum_(xp, x, axis, keepdims):

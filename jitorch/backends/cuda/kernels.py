@@ -147,7 +147,7 @@ def _sum(x, dims, keepdim):
     matmul precision (a few microseconds of host time, where CuPy's reduction spends tens); any
     other sum, and any sum while a CUDA graph is captured (the ones would be made inside it), as
     the shared kernel's. Half types accumulate in float32 and round once, as PyTorch's sum."""
-    if _NVMATH and x.dtype in blas.DATA_TYPES and not capturing():
+    if _NVMATH and x.size and x.dtype in blas.DATA_TYPES and not capturing():
         found = shared.as_rows(x, dims)
         if found is not None and min(found[0].shape) > 1:
             rows, trailing = found
