@@ -98,6 +98,7 @@ def synchronize(device: int | str | Device | None = None) -> None:
     """Wait until all work queued on a CUDA device (the current one by default) has finished."""
     runtime = _runtime()
     runtime.synchronize(_checked(runtime, _index(device)))
+    backends.backend_for("cuda").finish_checks()  # (index checks queued on the GPU raise now)
 
 
 def placing(index: int):

@@ -1223,13 +1223,14 @@ def _check_index_range(input: Tensor, dim: int, index: Tensor, op: str) -> None:
     if index._value is not None or index._device.type == "meta" or index.numel() == 0:
         return
     size = input.shape[dim]
-    lo, hi = int(index._data.min()), int(index._data.max())
-    if lo < -size or hi >= size:
-        bad = hi if hi >= size else lo
-        raise IndexError(
-            f"{op}(): index {bad} is out of bounds for dimension {dim} with size {size} "
+
+    def error(bad: int | None) -> IndexError:
+        return IndexError(
+            f"{op}(): index {'' if bad is None else f'{bad} '}is out of bounds for dimension {dim} with size {size} "
             f"(input shape {tuple(input.shape)}, index shape {tuple(index.shape)})"
         )
+
+    index._backend().check_indices(index._data, -size, size, error)
 
 
 def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:

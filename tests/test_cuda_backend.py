@@ -499,3 +499,30 @@ def test_tf32_is_visibly_less_precise_than_highest(cuda, shapes):
         backends.set_float32_matmul_precision("highest")
     assert highest < 1e-5 and again < 1e-5  # float32: about 1e-6 of the largest entry
     assert tf32 > 30 * highest and tf32 < 1e-2  # TF32's 10-bit mantissa: about 1e-4
+
+
+@pytest.mark.gpu
+def test_out_of_range_indices_on_cuda_raise_at_the_next_wait(cuda):
+    """A class target or a gather index out of range: no wait for the device at the op (the check
+    is a kernel whose flag is read later); the IndexError, naming the value, comes at the next
+    `.item()` or `jitorch.cuda.synchronize()`, as PyTorch's device-side asserts do. Valid indices
+    in a loop that never waits keep fewer than MAX_PENDING checks alive; after an error, work goes on."""
+    from jitorch.backends.cuda import checks
+
+    x = jt.randn(8, 5, device="cuda")
+    bad_target = jt.tensor([0, 1, 7, 2, 3, 4, 0, 1], device="cuda")
+    loss = F.cross_entropy(x, bad_target)  # (queued)
+    with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+        loss.item()
+    assert checks.pending == []
+    ignored = jt.tensor([0, 1, -100, 2, 3, 4, 0, 1], device="cuda")
+    assert np.isfinite(F.cross_entropy(x, ignored).item())  # (ignore_index is no error)
+    picked = x.gather(1, jt.tensor([[5]] * 8, device="cuda"))
+    with pytest.raises(IndexError, match="gather\\(\\): index 5 is out of bounds for dimension 1 with size 5"):
+        jt.cuda.synchronize()
+    del picked
+    good = jt.tensor([0, 1, 2, 3, 4, 0, 1, 2], device="cuda")
+    for _ in range(3 * checks.MAX_PENDING):
+        F.cross_entropy(x, good)
+        assert len(checks.pending) < checks.MAX_PENDING
+    assert F.cross_entropy(x, good).item() > 0

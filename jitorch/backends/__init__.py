@@ -100,6 +100,24 @@ class Backend:
     def from_numpy(self, array: np.ndarray):
         raise NotImplementedError
 
+    # --- checks on data ------------------------------------------------------------------
+    def check_indices(self, index, lo: int, hi: int, error: Callable[[int | None], Exception],
+                      skip: int | None = None) -> None:
+        """Raise `error(value)` for the first element of `index` (an integer array) outside [lo, hi)
+        that is not `skip` (the value None: it was written over before a later check read it).
+        Here at once; a backend whose work is queued (the GPU) checks on the device and raises at
+        its next wait for it (`finish_checks`), as PyTorch's device-side asserts surface, instead
+        of stalling the queue on every indexed op."""
+        host = self.to_numpy(index)
+        values = host if skip is None else host[host != skip]
+        bad = values[(values < lo) | (values >= hi)]
+        if bad.size:
+            raise error(int(bad.flat[0]))
+
+    def finish_checks(self) -> None:
+        """Raise the error of any check `check_indices` left for later that failed (after a wait
+        for the device); nothing where checks run at once."""
+
     # --- compiled programs -------------------------------------------------------------
     def can_fuse(self, node) -> bool:
         """Whether a fused kernel of this backend can compute `node`."""

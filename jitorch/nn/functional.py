@@ -523,12 +523,16 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float 
 
 
 def _check_targets(target: Tensor, n_classes: int, ignore_index: int) -> None:
+    """Class targets in [0, n_classes) or `ignore_index`, as PyTorch's error says (on the GPU the
+    error comes at the next wait for the device, as PyTorch's device-side assert does)."""
     if not _is_concrete(target) or target.numel() == 0:
         return
-    t = target._data
-    bad = t[(t != ignore_index) & ((t < 0) | (t >= n_classes))]
-    if bad.size:
-        raise IndexError(f"Target {int(bad.flat[0])} is out of bounds.")
+
+    def error(value: int | None) -> IndexError:
+        return IndexError(f"Target {'' if value is None else f'{value} '}is out of bounds "
+                          f"(class targets must be in [0, {n_classes}) or ignore_index {ignore_index}).")
+
+    target._backend().check_indices(target._data, 0, n_classes, error, skip=ignore_index)
 
 
 def _class_layout(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import Backend, get_float32_matmul_precision, register
-from . import attention
+from . import attention, checks
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
 from .kernels import KERNELS
@@ -63,8 +63,19 @@ class CUDABackend(Backend):
         return array.base is None
 
     def to_numpy(self, array) -> np.ndarray:
-        """A host copy (waits for the GPU's work on `array`)."""
-        return cupy.asnumpy(array)
+        """A host copy (waits for the GPU's work on `array`; then raises any failed check queued
+        before it: `check_indices`)."""
+        host = cupy.asnumpy(array)
+        if checks.pending:
+            checks.finish()
+        return host
+
+    def check_indices(self, index, lo: int, hi: int, error, skip: int | None = None) -> None:
+        checks.check_indices(index, lo, hi, error, skip)
+
+    def finish_checks(self) -> None:
+        if checks.pending:
+            checks.finish()
 
     def from_numpy(self, array: np.ndarray):
         return cupy.asarray(array)
