@@ -483,7 +483,7 @@ def _move(t: Tensor, device: Device) -> Tensor:
             "and the optimizer before calling the compiled function.")
     if t._device.type == "meta":
         raise NotImplementedError("Cannot copy out of meta tensor; no data!")
-    out = Tensor._make(_buffer_on(device, t._backend().to_numpy(t._data)))
+    out = Tensor._make(_buffer_on(device, t._concrete(f".to({device})")))
     out._device = device
     if t.requires_grad and grad_mode.enabled:
         out.grad_fn = Node(_TO_COPY, (t,), {"device": t._device}, out, vjp=_to_copy_vjp)

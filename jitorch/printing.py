@@ -109,7 +109,7 @@ def tensor_repr(t) -> str:
         extras.append(f"size={tuple(t.shape)}")
         extras.append("device='meta'")
     else:
-        body = _format_data(t._backend().to_numpy(t._data))
+        body = _format_data(t._concrete("printing a tensor's values"))
     if t.numel() == 0 and t.ndim > 1:
         extras.append(f"size={tuple(t.shape)}")
     if t.device.type not in ("cpu", "meta"):

@@ -296,8 +296,11 @@ class Tensor:
 
     def _concrete(self, what: str) -> np.ndarray:
         """The values in host memory: the array itself on the CPU, a copy from another device (which
-        waits for the device's queued work)."""
-        return self._backend().to_numpy(self._buffer(what))
+        waits for the device's queued work, then raises any index check queued on it that failed)."""
+        backend = self._backend()
+        host = backend.to_numpy(self._buffer(what))
+        backend.finish_checks()
+        return host
 
     def _host_only(self) -> None:
         if self._device is not cpu:
@@ -330,7 +333,7 @@ class Tensor:
                 f"a Tensor with {data.size} elements cannot be converted to a Python scalar "
                 f"(shape {tuple(data.shape)}); index or reduce it first"
             )
-        data = self._backend().to_numpy(data)
+        data = self._concrete(".item()")
         return data.reshape(()).item() if data.dtype != _dt.bfloat16.np else float(data.reshape(()))
 
     def tolist(self):

@@ -510,8 +510,11 @@ def test_out_of_range_indices_on_cuda_raise_at_the_next_wait(cuda):
     from jitorch.backends.cuda import checks
 
     x = jt.randn(8, 5, device="cuda")
+    good = jt.tensor([0, 1, 2, 3, 4, 0, 1, 2], device="cuda")
+    F.cross_entropy(x, good).item()  # (the first call traces and compiles the composite)
     bad_target = jt.tensor([0, 1, 7, 2, 3, 4, 0, 1], device="cuda")
-    loss = F.cross_entropy(x, bad_target)  # (queued)
+    loss = F.cross_entropy(x, bad_target)  # (queued, and its check)
+    assert len(checks.pending) == 1
     with pytest.raises(IndexError, match="Target 7 is out of bounds"):
         loss.item()
     assert checks.pending == []
@@ -521,7 +524,6 @@ def test_out_of_range_indices_on_cuda_raise_at_the_next_wait(cuda):
     with pytest.raises(IndexError, match="gather\\(\\): index 5 is out of bounds for dimension 1 with size 5"):
         jt.cuda.synchronize()
     del picked
-    good = jt.tensor([0, 1, 2, 3, 4, 0, 1, 2], device="cuda")
     for _ in range(3 * checks.MAX_PENDING):
         F.cross_entropy(x, good)
         assert len(checks.pending) < checks.MAX_PENDING

@@ -5,10 +5,11 @@ read them on the host: every such op would stall the queue (about 0.3 ms per ste
 model, measured with `python bench/train.py --device cuda --profile`). PyTorch checks them in its
 kernels instead (device-side asserts) and the error surfaces at the next synchronization. Here one
 reduction kernel per check writes whether any index is out of range to a device flag; the flags wait
-in `pending` and are read at the next wait for the device (`CUDABackend.to_numpy`: `.item()`,
-`.cpu()`, printing; `jitorch.cuda.synchronize()`), which raises the first failed check's error, with
-the offending value read from its indices then. Every `MAX_PENDING` checks the flags are read at once,
-so a loop that never waits keeps no more than that many alive.
+in `pending` and are read at the next wait for the device that hands values to the user (`.item()`,
+`.cpu()`, `.tolist()`, printing: `Backend.finish_checks` after the copy; `jitorch.cuda.synchronize()`),
+which raises the first failed check's error, with the offending value read from its indices then.
+(Internal copies to the host, as a trace makes of its constants, raise nothing.) Every `MAX_PENDING`
+checks the flags are read at once, so a loop that never waits keeps no more than that many alive.
 
 While a CUDA graph is captured nothing is checked: the kernel would only be recorded, its flag
 never written (compiled programs, the only ones captured, check their inputs when traced).
