@@ -89,6 +89,33 @@ def test_the_configurations_offered_per_kernel_kind_and_size():
             assert len(in_registers) == 1  # one form per shape: what is timed is blocks and warps
 
 
+def test_a_wide_search_offers_more_at_every_size_with_the_default_first():
+    """`wide_autotuning()` (mode="max-autotune"): small kernels get candidates too, every kind
+    more of them, each list starting with the default search's first."""
+    pointwise = renderer.render(desc_of(lambda x, b: x * 2 + b, jt.randn(8, 16), jt.randn(16)))
+    softmax = renderer.render(desc_of(lambda x: F.softmax(x, -1), jt.randn(4, 64)))
+    for source in (pointwise, softmax):
+        for shape in [(8, 16), (512, 512), (8192, 8192), (2, 100_000)]:
+            default, wide = source.configs(shape), source.configs(shape, wide=True)
+            assert wide[0] == default[0] and len(wide) > len(default) >= 1, (shape, wide)
+            assert len({repr(c) for c in wide}) == len(wide)
+    assert len(pointwise.configs((8, 16), wide=True)) >= 8
+
+
+def test_a_wide_search_times_even_a_fast_default_and_is_recorded_apart(gpu, big_add):
+    """Under mode="max-autotune" a kernel's default that runs in microseconds is still timed against
+    the others, and the choice is recorded under its own key (a default search's choice does not
+    stand in for it)."""
+    gpu.ms.update({(1024, 4): 0.004, (2048, 8): 0.001})
+    with jt.backends.wide_autotuning():
+        kernel = launch.TritonKernel(big_add, renderer.render(big_add))
+    kernel.run(add_inputs())
+    assert len(gpu.timed) == len(kernel.configs) > 4
+    assert kernel.config.constexprs == {"BLOCK": 2048} and kernel.config.num_warps == 8
+    (name,) = gpu.choice_files()
+    assert gpu.record(name)["key"]["search"] == "wide"
+
+
 def test_the_default_is_what_the_kernel_ran_before_tuning():
     """The first configuration is the one kernels ran in before they were timed (eager pointwise
     kernels, the interpreter stand-in and graphs captured before a choice still take it)."""
@@ -196,7 +223,8 @@ def test_the_choice_is_written_to_disk_and_a_new_kernel_reads_it(gpu, big_add):
     (name,) = gpu.choice_files()
     record = gpu.record(name)
     assert record["key"] == {"source": launch.source_digest(launch.module_text(source.text)), "loop_shape": [512, 512],
-                             "gpu": "NVIDIA H200", "capability": "9.0", "triton": triton_driver.triton.__version__}
+                             "gpu": "NVIDIA H200", "capability": "9.0", "triton": triton_driver.triton.__version__,
+                             "search": "default"}
     assert record["config"] == {"constexprs": {"BLOCK": 512}, "num_warps": 4}
     assert [(t["constexprs"]["BLOCK"], t["num_warps"]) for t in record["tried"]] == ALL_FOUR
     assert [t["ms"] for t in record["tried"]] == [1.0, 1.0, 1.0, 0.2] and record["kernel"] == "fused_mul_add_512x512"

@@ -195,7 +195,8 @@ def _graphed(compiled) -> list[GraphedProgram]:
 
 
 def test_a_bad_mode_names_the_valid_ones():
-    with pytest.raises(ValueError, match="'default', 'reduce-overhead', 'eager', 'check'.*'max-speed'"):
+    with pytest.raises(ValueError, match="'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs', "
+                                         "'eager', 'check'.*'max-speed'"):
         jt.compile(lambda x: x, mode="max-speed")
 
 

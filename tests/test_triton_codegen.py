@@ -492,7 +492,7 @@ TUNED_CASES = [
 def _other_constants(source: triton_codegen.TritonSource, loop_shape: tuple[int, ...]) -> list[triton_codegen.Config]:
     """One configuration offered per set of constants other than the default's (the interpreter
     runs no warps: configurations that differ only in theirs compute alike there)."""
-    configs = source.configs(loop_shape)
+    configs = source.configs(loop_shape, wide=True)  # (the wide search's: every kind the default offers, and more)
     distinct = {repr(configs[0].constexprs): None}
     for config in configs[1:]:
         distinct.setdefault(repr(config.constexprs), config)
@@ -533,6 +533,8 @@ def test_every_offered_configuration_compiles_for_sm90(compiler):
         for loop_shape in loop_shapes:
             for config in source.configs(loop_shape):
                 distinct.setdefault(repr(config), config)
+        for config in source.configs(loop_shapes[-1], wide=True):  # (mode="max-autotune")
+            distinct.setdefault(repr(config), config)
         for config in distinct.values():
             ptx = compiler.ask("compile", source, config)
             assert f".entry {source.name}(" in ptx and ".target sm_90" in ptx, (name, config)

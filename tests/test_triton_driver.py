@@ -68,7 +68,7 @@ class Source:
     constexprs: tuple = ("BLOCK",)
     blocks: tuple = (128,)
 
-    def configs(self, loop_shape):
+    def configs(self, loop_shape, wide=False):
         return [Config({"BLOCK": block}, 4) for block in self.blocks]
 
     def launch_grid(self, loop_shape, config):

@@ -24,10 +24,11 @@ Settings that every backend reads live here too: `set_float32_matmul_precision`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -273,6 +274,30 @@ def set_float32_matmul_precision(precision: str) -> None:
 def get_float32_matmul_precision() -> str:
     """The current float32 matmul precision: "highest", "high" or "medium"."""
     return _float32_matmul_precision
+
+
+class _Search(threading.local):
+    wide = False
+
+
+_search = _Search()
+
+
+@contextlib.contextmanager
+def wide_autotuning(wide: bool = True) -> Iterator[None]:
+    """Inside: kernels compiled for a backend that times launch configurations offer it a wider set
+    (`jitorch.compile(mode="max-autotune")`: small kernels tuned too, more candidates each; a longer
+    first call). Per thread."""
+    saved, _search.wide = _search.wide, wide
+    try:
+        yield
+    finally:
+        _search.wide = saved
+
+
+def autotuning_wide() -> bool:
+    """Whether kernels compiled now offer the wider set of launch configurations."""
+    return _search.wide
 
 
 from . import cuda as cuda  # noqa: E402  (PyTorch's jitorch.backends.cuda.matmul.allow_tf32; imports no CuPy)

@@ -399,10 +399,11 @@ class TritonSource:
                 args.append(values[p.kind])
         return args
 
-    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
+    def configs(self, loop_shape: tuple[int, ...], wide: bool = False) -> list[Config]:
         """Launch configurations worth timing for this loop shape, the default first, at most
         `_MAX_CONFIGS` (the cuda launcher times them on a kernel's first launch and keeps the fastest:
-        `jitorch.backends.cuda.launch`). Kernels under `_TUNE_BYTES` get the default alone.
+        `jitorch.backends.cuda.launch`). Kernels under `_TUNE_BYTES` get the default alone. A `wide`
+        search (`jitorch.compile(mode="max-autotune")`) offers every candidate below, at any size.
 
         Pointwise: `BLOCK` elements per program with `num_warps` warps, 1024/4 by default (8 elements
         per thread: two 16-byte loads of float32); also 1024/8 and 2048/8, and 512/4 (twice the
@@ -414,44 +415,57 @@ class TritonSource:
         Looped rows: 8 KiB of columns per step with 8 warps by default; also twice that with 16 or 8
         warps, and half with 4."""
         if self.reduced is not None:
-            return self._column_configs(math.prod(loop_shape[self.reduced:]), math.prod(loop_shape))
+            return self._column_configs(math.prod(loop_shape[self.reduced:]), math.prod(loop_shape), wide)
         if not self.rows:
-            return self._pointwise_configs(math.prod(loop_shape))
+            return self._pointwise_configs(math.prod(loop_shape), wide)
         row_len, n_rows = loop_shape[-1], math.prod(loop_shape[:-1])
-        small = n_rows * row_len * self.itemsize < _TUNE_BYTES
+        small = n_rows * row_len * self.itemsize < _TUNE_BYTES and not wide
         block = _next_power_of_2(row_len)
         if block * self.itemsize <= _ROW_IN_REGISTERS_BYTES:
             rows = max(1, min(_next_power_of_2(n_rows), _ROW_TILE // block))
             warps = max(1, min(16, rows * block // 256))
             pairs = [(rows, warps)]
             if not small:
-                pairs += [(rows, w) for w in (4, 8, 16) if w != warps and 2 <= rows * block // (32 * w) <= 64]
+                pairs += [(rows, w) for w in ((1, 2, 4, 8, 16) if wide else (4, 8, 16))
+                          if w != warps and 2 <= rows * block // (32 * w) <= 64]
                 # twice the rows per program (half the programs, each with more loads in flight),
                 # where the doubled tile still fits the register budget of one long row
                 if 2 * rows <= _next_power_of_2(n_rows) and 2 * rows * block * self.itemsize <= _ROW_IN_REGISTERS_BYTES:
                     pairs.append((2 * rows, min(16, 2 * warps)))
-            return [Config({"ROWS": r, "BLOCK": block, "ROW_IN_REGISTERS": True}, w) for r, w in pairs][:_MAX_CONFIGS]
+            in_registers = [Config({"ROWS": r, "BLOCK": block, "ROW_IN_REGISTERS": True}, w) for r, w in pairs]
+            if not wide:
+                return in_registers[:_MAX_CONFIGS]
+            step = _LOOP_BLOCK_BYTES // self.itemsize  # (a wide search also tries looping over a long row)
+            looped = [(b, w) for b, w in ((step // 2, 4), (step, 8)) if b < block]
+            return in_registers + [Config({"ROWS": 1, "BLOCK": b, "ROW_IN_REGISTERS": False}, w) for b, w in looped]
         step = _LOOP_BLOCK_BYTES // self.itemsize
         pairs = [(step, 8)] if small else [(step, 8), (2 * step, 16), (2 * step, 8), (step // 2, 4)]
+        if wide:
+            pairs += [(step, 4), (step // 2, 8)]
         return [Config({"ROWS": 1, "BLOCK": b, "ROW_IN_REGISTERS": False}, w) for b, w in pairs]
 
-    def _pointwise_configs(self, n: int) -> list[Config]:
+    def _pointwise_configs(self, n: int, wide: bool = False) -> list[Config]:
         block = min(_POINTWISE_BLOCK, max(32, _next_power_of_2(n)))
         default = Config({"BLOCK": block}, num_warps=max(1, min(4, block // 256)))
         size = n * self.itemsize
+        if wide:  # block sizes from 256 to 4096, each at the warp counts that give a thread 2 to 16 elements
+            others = [(b, w) for b in (256, 512, 1024, 2048, 4096) for w in (2, 4, 8, 16) if 2 <= b // (32 * w) <= 16]
+            return [default, *(Config({"BLOCK": b}, w) for b, w in others if (b, w) != (block, default.num_warps))]
         if size < _TUNE_BYTES:
             return [default]
         last = (512, 4) if size < _LARGE_POINTWISE_BYTES else (4096, 16)
         return [default, *(Config({"BLOCK": b}, w) for b, w in [(1024, 8), (2048, 8), last])]
 
-    def _column_configs(self, n_kept: int, n: int) -> list[Config]:
+    def _column_configs(self, n_kept: int, n: int, wide: bool = False) -> list[Config]:
         """Column kernels: tiles of BLOCK_R rows by BLOCK_C columns, 32 columns (128 bytes of float32
         per row) by 64 rows with 4 warps by default, 16 columns where there are few (more programs);
-        from `_TUNE_BYTES`, also wider and taller tiles."""
+        from `_TUNE_BYTES` (or in a wide search), also wider and taller tiles."""
         block_c = 16 if n_kept <= 2048 else 32
         pairs = [(64, block_c, 4)]
-        if n * self.itemsize >= _TUNE_BYTES:
+        if n * self.itemsize >= _TUNE_BYTES or wide:
             pairs += [(32, 2 * block_c, 4), (128, block_c, 8), (16, 4 * block_c, 4)]
+        if wide:
+            pairs += [(64, 2 * block_c, 8), (256, block_c, 8)]
         return [Config({"BLOCK_R": r, "BLOCK_C": c}, w) for r, c, w in pairs]
 
     def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
@@ -905,8 +919,8 @@ class GroupSource(TritonSource):
     def runtime_args(self, loop_shape: tuple[int, ...], input_strides: list[tuple[int, ...]]) -> list[int]:
         return []  # (the table, made per launch)
 
-    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
-        return self._pointwise_configs(sum(self.sizes))
+    def configs(self, loop_shape: tuple[int, ...], wide: bool = False) -> list[Config]:
+        return self._pointwise_configs(sum(self.sizes), wide)
 
     def launch_grid(self, loop_shape: tuple[int, ...], config: Config) -> tuple[int]:
         return (max(1, self._first_programs(config)[-1]),)
@@ -1010,11 +1024,12 @@ class MatmulSource(TritonSource):
             args += ([] if bm else [sm]) + ([] if bn else [sn])
         return args
 
-    def configs(self, loop_shape: tuple[int, ...]) -> list[Config]:
+    def configs(self, loop_shape: tuple[int, ...], wide: bool = False) -> list[Config]:
         """(BLOCK_M, BLOCK_N, BLOCK_K, warps, pipeline stages), GROUP_M 8: the default first, then
         tiles of the sizes Triton's matmul tutorial uses for float32 inputs multiplied in TF32 (in
         full float32 the products run on the CUDA cores: smaller tiles); a product under 1 MiB of
-        output takes the last alone. The launcher times them against cuBLAS and the epilogue."""
+        output takes the last alone, except in a `wide` search, which also tries each tile with one
+        pipeline stage more. The launcher times them against cuBLAS and the epilogue."""
         m, n = loop_shape
         if self.precision == "ieee":
             tiles = [(64, 64, 16, 4, 2), (128, 64, 16, 8, 2), (64, 128, 16, 8, 2), (32, 64, 16, 4, 2)]
@@ -1022,7 +1037,9 @@ class MatmulSource(TritonSource):
             tiles = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
         else:
             tiles = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)]
-        if m * n * 4 < _TUNE_BYTES:
+        if wide:
+            tiles += [(bm, bn, bk, w, stages + 1) for bm, bn, bk, w, stages in tiles]
+        elif m * n * 4 < _TUNE_BYTES:
             tiles = tiles[3:]
         return [MatmulConfig({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
                               "DOT_PRECISION": self.precision}, w, stages) for bm, bn, bk, w, stages in tiles]

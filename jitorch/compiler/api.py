@@ -1,5 +1,7 @@
-"""The user-facing side of `jitorch.compile`: `compile`, `CompiledFunction` (call, cache lookup,
-tracing a call into a `Program`, `explain`), `CompiledModule` and `disable`."""
+"""The user-facing side of `jitorch.compile`: `compile` (torch.compile's interface), `CompiledFunction`
+(call, cache lookup, tracing a call into a `Program`, `explain`), `disable`, `is_compiling`
+and `forget_programs` (for `jitorch.compiler.reset`). A compiled Module is wrapped by nn's
+`OptimizedModule` (`Module._wrapped_by_compile`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from .. import autograd as _ag
 from .. import logs
 from .._trace_state import trace_state
-from ..backends import backend_for
+from ..backends import backend_for, wide_autotuning
 from ..ir.graph import Value
 from ..ir.joint import prune_inputs, split_joint
 from ..ir.passes import optimize
@@ -34,7 +36,16 @@ from .guards import call_key, diff_keys, free_python_values, module_labels, name
 from .program import CompiledBackward, Program, program_device
 
 RECOMPILE_LIMIT = 8
-MODES = ("default", "reduce-overhead", "eager", "check")
+# mode -> (replay a device graph, search launch configurations wide): PyTorch's four, and jitorch's
+# "eager" and "check" (neither graphs nor tuning: they run the Python)
+MODES = {"default": (False, False), "reduce-overhead": (True, False), "max-autotune": (True, True),
+         "max-autotune-no-cudagraphs": (False, True), "eager": (False, False), "check": (False, False)}
+# torch.compile's `backend`: jitorch's own name, PyTorch's default's (the compiler a script asks for
+# without naming it) and "eager" (trace nothing: the Python as written, as mode="eager")
+BACKENDS = ("jitorch", "inductor", "eager")
+# torch.compile's `options` that mean something here: Inductor's names for what the modes set
+OPTIONS = {"triton.cudagraphs": "replay the program as a CUDA graph (what mode='reduce-overhead' turns on)",
+           "max_autotune": "time a wider set of launch configurations per kernel (mode='max-autotune')"}
 
 
 class _DisableState(threading.local):
@@ -97,17 +108,25 @@ class _JointBackward:
     grads: list[tuple[Value, str]]
 
 
+_every_compiled: weakref.WeakSet = weakref.WeakSet()  # (for `forget_programs`)
+
+
 class CompiledFunction:
     """What `jitorch.compile(fn)` returns: call it like `fn`; see `explain()` for what it did."""
 
     def __init__(self, fn: Callable, mode: str = "default", fallback: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, options: dict | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"jitorch.compile: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if fallback not in (None, "eager"):
             raise ValueError(f"jitorch.compile: fallback must be None or 'eager', got {fallback!r}")
         self.fn = fn
         self.mode = mode
+        _every_compiled.add(self)
+        self.graphs, self.wide_autotuning = MODES[mode]
+        if options:  # (compile() has checked the keys)
+            self.graphs = bool(options.get("triton.cudagraphs", self.graphs))
+            self.wide_autotuning = bool(options.get("max_autotune", self.wide_autotuning))
         self.fallback = fallback
         self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", type(fn).__name__))
         self.cache: dict[tuple, list[Program]] = {}
@@ -160,7 +179,7 @@ class CompiledFunction:
         world, program.trace_world = program.trace_world, None
         if self.mode == "check":
             out = run_checked(program, self.fn, self.name, args, kwargs, leaves, world, self._planted_kernels)
-        elif self.mode == "reduce-overhead":
+        elif self.graphs:
             out = self._graphed(program).run(leaves, rerun=lambda: self._rerun(args, kwargs))
         else:
             out = program.run(leaves, rerun=lambda: self._rerun(args, kwargs))
@@ -169,7 +188,8 @@ class CompiledFunction:
         return out
 
     def _graphed(self, program: Program) -> GraphedProgram:
-        """The program's device-graph state under mode="reduce-overhead" (made on its first call)."""
+        """The program's device-graph state under mode="reduce-overhead" or "max-autotune" (made on its
+        first call)."""
         if program.graphed is None:
             program.graphed = GraphedProgram(program, self.name)
         return program.graphed
@@ -228,7 +248,7 @@ class CompiledFunction:
             logs.log("recompiles", f"{self.name}: recompiling because {reason}")
             self._maybe_warn_limit()
         t0 = time.perf_counter()
-        with _gc_paused():
+        with _gc_paused(), wide_autotuning(self.wide_autotuning):
             program = self._trace(call, leaves, paths, key[0])
         self.trace_seconds.append(time.perf_counter() - t0)
         self.compiles += 1
@@ -370,50 +390,97 @@ class CompiledFunction:
         made = {"cpu": "fused CPU kernels (LLVM)", "cuda": "fused GPU kernels (Triton)"}.get(device, "fused kernels")
         lines.append(f"plan: {len(plan.steps)} steps: {len(plan.kernels)} {made}, the rest eager {device} kernels")
         lines += ["  " + line for k in plan.kernels for line in k.kernel.format().splitlines()]
-        if self.mode == "reduce-overhead":
+        if self.graphs:
             lines.append(self._graphed(program).describe())
         return "\n".join(lines)
 
 
-def compile(fn: Callable | None = None, *, mode: str = "default", fallback: str | None = None,
-            name: str | None = None):
-    """Compile a function (or a Module) with jitorch's tracer.
+def is_compiling() -> bool:
+    """Whether the calling code is being traced by `jitorch.compile` (PyTorch's
+    `torch.compiler.is_compiling()`): True inside a function while it is traced, False when it runs
+    eagerly or as a compiled program's replay."""
+    return trace_state.tracer is not None
 
-    `@jitorch.compile`, `jitorch.compile(fn, mode="eager")`, `jitorch.compile(model)`. The first
-    call with new argument shapes traces; later calls replay. See `CompiledFunction.explain`.
 
-    Modes: "default"; "reduce-overhead", as PyTorch's: a program on the GPU runs once as in
-    "default", is then captured into a CUDA graph, and later calls replay the graph (one launch
-    instead of one per kernel, for steps bound by launch costs; see `jitorch.compiler.cudagraphs`
-    for what is captured and when it is not). On the CPU it is "default", as PyTorch runs CPU code.
-    Outputs are tensors of their own, never overwritten by a later replay; "eager" runs the Python
-    as written (pdb and print work); "check" runs both and names the first IR node that differs.
+def forget_programs() -> None:
+    """Drop every compiled function's programs: each traces again on its next call."""
+    for compiled in list(_every_compiled):
+        compiled.cache.clear()
+        compiled._last_key = None
+
+
+def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: bool | None = None,
+            backend: str = "jitorch", mode: str | None = None, options: dict | None = None, disable: bool = False,
+            fallback: str | None = None, name: str | None = None):
+    """Compile a function (or a Module) with jitorch's tracer: torch.compile's interface.
+
+    `@jitorch.compile`, `jitorch.compile(step, mode="reduce-overhead")`, `jitorch.compile(model)`
+    (an `OptimizedModule`, as PyTorch returns). The first call with new argument shapes traces;
+    later calls replay. See `CompiledFunction.explain`.
+
+    - `mode`: "default"; "reduce-overhead", as PyTorch's: a program on the GPU runs once as in
+      "default", is then captured into a CUDA graph, and later calls replay the graph (one launch
+      instead of one per kernel; see `jitorch.compiler.cudagraphs` for what is captured and when it
+      is not; on the CPU it is "default", as PyTorch runs CPU code); "max-autotune": as
+      "reduce-overhead", and each GPU kernel's first launch times a wider set of launch
+      configurations, small kernels too (a longer first call); "max-autotune-no-cudagraphs": the
+      wider search alone. jitorch's own: "eager" runs the Python as written (pdb and print work);
+      "check" runs both and names the first IR node that differs. Outputs are tensors of their own,
+      never overwritten by a later replay.
+    - `options`: instead of `mode` (not both, as in PyTorch), a dict of the settings modes make:
+      `{"triton.cudagraphs": bool, "max_autotune": bool}`.
+    - `backend`: "jitorch" (the default), "inductor" (PyTorch's default's name: jitorch's compiler)
+      or "eager" (trace nothing: as mode="eager").
+    - `fullgraph`: jitorch always compiles the whole function, as `fullgraph=True` asks: it never
+      splits one at a graph break. `False` (PyTorch's default) changes nothing; code that cannot be
+      traced raises a `TraceError` naming the line, or, with `fallback="eager"`, the function runs
+      as written from then on.
+    - `dynamic`: None or False: each new combination of argument shapes traces its own program (as
+      `dynamic=False`); `True` (symbolic shapes) is not supported yet and raises.
+    - `disable=True`: returns `model` itself, uncompiled, as PyTorch does.
+    - `fallback` and `name` are jitorch's: the eager fallback above, and the name logs and
+      `explain()` give the compiled function.
     """
-    if fn is None:
-        return lambda f: compile(f, mode=mode, fallback=fallback, name=name)
-    if hasattr(fn, "forward") and hasattr(fn, "named_parameters"):
-        return CompiledModule(fn, mode=mode, fallback=fallback, name=name)
-    return CompiledFunction(fn, mode=mode, fallback=fallback, name=name)
+    if model is None:
+        return lambda f: compile(f, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode,
+                                 options=options, disable=disable, fallback=fallback, name=name)
+    mode = _mode_of(backend, mode, options, dynamic, fullgraph)
+    if disable:
+        return model
+    if hasattr(model, "forward") and hasattr(model, "named_parameters"):  # a Module (nn sits above the compiler)
+        compiled = CompiledFunction(model.__call__, mode=mode, fallback=fallback, name=name or type(model).__name__,
+                                    options=options)
+        return model._wrapped_by_compile(compiled)  # PyTorch's OptimizedModule: `jitorch.nn.Module`
+    return CompiledFunction(model, mode=mode, fallback=fallback, name=name, options=options)
 
 
-class CompiledModule:
-    """`jitorch.compile(model)`: calls run the compiled forward; everything else is the module's."""
+def _mode_of(backend, mode: str | None, options: dict | None, dynamic, fullgraph) -> str:
+    """The CompiledFunction mode torch.compile's arguments ask for; a clear error where they ask for
+    something jitorch does not do."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        what = (f"a callable ({getattr(backend, '__name__', type(backend).__name__)})" if callable(backend)
+                else repr(backend))
+        raise ValueError(f"jitorch.compile: backend must be one of {', '.join(map(repr, BACKENDS))}, got {what}. "
+                         "jitorch compiles with its own tracer and code generators; a torch.fx backend has no "
+                         "meaning here.")
+    if mode is not None and options is not None:
+        raise RuntimeError("Either mode or options can be specified, but both can't be specified at the same time.")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise TypeError(f"jitorch.compile: options must be a dict, got {type(options).__name__}")
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"jitorch.compile: unknown options {unknown}; jitorch reads "
+                             + "; ".join(f"{k!r}: {what}" for k, what in OPTIONS.items()))
+    if dynamic not in (None, False, True):
+        raise TypeError(f"jitorch.compile: dynamic must be None, True or False, got {dynamic!r}")
+    if dynamic:
+        raise NotImplementedError(
+            "jitorch.compile(dynamic=True): symbolic shapes are not supported yet. Each new combination of "
+            "argument shapes compiles a program of its own (dynamic=None or False); pad or bucket a varying "
+            "size to a few values to keep that number small.")
+    if not isinstance(fullgraph, bool):
+        raise TypeError(f"jitorch.compile: fullgraph must be True or False, got {fullgraph!r}")
+    return "eager" if backend == "eager" else mode or "default"
 
-    def __init__(self, module, mode: str, fallback: str | None, name: str | None) -> None:
-        self._module = module
-        self._compiled = CompiledFunction(module.__call__, mode=mode, fallback=fallback,
-                                          name=name or type(module).__name__)
-
-    def __call__(self, *args, **kwargs):
-        return self._compiled(*args, **kwargs)
-
-    def explain(self, *args, **kwargs) -> str:
-        """The IR, the guards and the cache state of the compiled forward (see `CompiledFunction.explain`)."""
-        return self._compiled.explain(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-    def __repr__(self) -> str:
-        return f"Compiled({self._module!r})"
 

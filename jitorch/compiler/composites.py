@@ -74,6 +74,11 @@ def call(composite: Callable, **arguments: Any) -> Any:
     return compiled(*tensors)
 
 
+def forget() -> None:
+    """Drop every composite's compiled function (`jitorch.compiler.reset`)."""
+    _compiled.clear()
+
+
 def _compile(composite: Callable, arguments: dict[str, Any]) -> CompiledFunction:
     names = tuple(name for name, value in arguments.items() if isinstance(value, Tensor))
     static = {name: value for name, value in arguments.items() if not isinstance(value, Tensor)}

@@ -154,12 +154,14 @@ class _ModuleGuard:
             return f"{self.name} attributes: " + ", ".join(f"{k}={a!r} -> {k}={b!r}" for k, a, b in changed)
         for kind, old, new in zip(_REGISTRIES.values(), registries, now_registries):
             for key in [*old, *new]:
+                # (a hook is named by its place among the module's hooks: its handle's id is global)
+                label = repr(key) if isinstance(key, str) else str(list(new if key in new else old).index(key))
                 if key not in new:
-                    return f"{self.name}: {kind} {key!r} removed"
+                    return f"{self.name}: {kind} {label} removed"
                 if key not in old:
-                    return f"{self.name}: {kind} {key!r} added"
+                    return f"{self.name}: {kind} {label} added"
                 if old[key] != new[key]:
-                    return f"{self.name}: {kind} {key!r} replaced by another object"
+                    return f"{self.name}: {kind} {label} replaced by another object"
             if list(old) != list(new):
                 return f"{self.name}: {kind} order changed"
         return None

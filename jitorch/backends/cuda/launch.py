@@ -58,6 +58,7 @@ import numpy as np
 
 from ... import logs
 from ...ir.fusion import KernelDesc
+from .. import autotuning_wide
 from . import graphs, triton_driver
 from .triton_driver import Pointer
 
@@ -247,7 +248,8 @@ def set_up(kernel, item, source, loop_shape: tuple[int, ...]) -> None:
     kernel.function = load_kernel_function(source.text, source.name)
     kernel.digest = source_digest(module_text(source.text))
     kernel.loop_shape = loop_shape
-    kernel.configs = source.configs(loop_shape)
+    kernel.search = "wide" if autotuning_wide() else "default"  # (mode="max-autotune": more candidates)
+    kernel.configs = source.configs(loop_shape, wide=kernel.search == "wide")
     kernel.in_dtypes = [v.dtype.np for v in item.inputs]
     kernel.out_dtypes = [v.dtype.np for v in item.outputs]
     kernel.out_shapes = [v.shape for v in item.outputs]
@@ -470,7 +472,7 @@ class TritonKernel:
         """Where the choice for `device` is recorded, and what it was chosen for."""
         name, capability = gpu_identity(device)
         key = {"source": self.digest, "loop_shape": list(self.loop_shape), "gpu": name, "capability": capability,
-               "triton": triton_driver.triton.__version__}
+               "triton": triton_driver.triton.__version__, "search": self.search}
         return record_path("autotune", key), key
 
     def _tune(self, key: tuple, pointers: list[int]) -> tuple[int, tuple]:
@@ -505,8 +507,8 @@ class TritonKernel:
             else:
                 times[index] = time_launches(lambda launch=launch, args=args, at=scratch.data.ptr:
                                              launch(stream, args, at))
-            if index == 0 and times[0] < TUNE_MIN_MS:
-                break  # (too short for another configuration to be worth its compile)
+            if index == 0 and times[0] < TUNE_MIN_MS and self.search != "wide":
+                break  # (too short for another configuration to be worth its compile; max-autotune tries them)
         best = min(times, key=times.get)
         path, record = self._record(key[0])
         _choices[path] = _as_json(self.configs[best])

@@ -120,6 +120,13 @@ class Module:
 
     # --- calling --------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        compiled = self.__dict__.get("_compiled_call")  # (`compile()` in place)
+        if compiled is not None:
+            return compiled(*args, **kwargs)
+        return self._call_impl(*args, **kwargs)
+
+    def _call_impl(self, *args, **kwargs):
+        """A call as written: the pre-hooks, forward, the hooks."""
         if trace_state.tracer is not None:
             trace_state.tracer.note_module(self)  # jitorch.compile guards on what the forward reads
         if not self._forward_pre_hooks and not self._forward_hooks:
@@ -134,6 +141,19 @@ class Module:
             if result is not None:
                 out = result
         return out
+
+    def compile(self, *args, **kwargs) -> None:
+        """Compile this module's calls in place, as PyTorch's `Module.compile`: `model(x)` runs the
+        compiled forward from now on; the module, its attributes and `state_dict()` keys stay as
+        they are (unlike `jitorch.compile(model)`, which wraps it). Arguments: `jitorch.compile`'s."""
+        from ...compiler import compile as compile_function  # (the compiler sits above nn)
+
+        kwargs.setdefault("name", type(self).__name__)
+        self.__dict__["_compiled_call"] = compile_function(self._call_impl, *args, **kwargs)
+
+    def _wrapped_by_compile(self, compiled: Callable) -> OptimizedModule:
+        """What `jitorch.compile(self)` returns: this module wrapped, its calls running `compiled`."""
+        return OptimizedModule(self, compiled)
 
     def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
         """`hook(module, args)` runs before forward; it may return replacement args."""
@@ -523,3 +543,32 @@ class Module:
         elif lines:
             body = "\n  " + "\n  ".join(lines) + "\n"
         return f"{self._get_name()}({body})"
+
+
+class OptimizedModule(Module):
+    """What `jitorch.compile(model)` returns, as PyTorch's class of that name: a Module holding the
+    original as `_orig_mod` (its parameters and buffers, shared, so an optimizer made on either
+    updates both; `state_dict()` keys prefixed `_orig_mod.`, as PyTorch's, so checkpoints move
+    between a compiled model and a plain one with the prefix added or stripped), whose calls run
+    the compiled forward. Other attributes read through to the original."""
+
+    def __init__(self, mod: Module, compiled: Callable) -> None:
+        super().__init__()
+        self._orig_mod = mod
+        self.__dict__["_compiled"] = compiled
+
+    def forward(self, *args, **kwargs):
+        return self._compiled(*args, **kwargs)
+
+    def explain(self, *args, **kwargs) -> str:
+        """The IR, the guards and the cache state of the compiled forward (`CompiledFunction.explain`)."""
+        return self._compiled.explain(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["_orig_mod"], name)
+
+    def __repr__(self) -> str:
+        return f"OptimizedModule(\n  (_orig_mod): {self._orig_mod!r}\n)"
