@@ -9,6 +9,7 @@ import threading
 
 class _GradMode(threading.local):
     enabled = True  # whether ops record autograd nodes (jitorch.no_grad turns it off)
+    collecting = None  # a list that every autograd node made now joins (a checkpointed region's), or None
 
 
 grad_mode = _GradMode()

@@ -101,6 +101,8 @@ class Node:
         self.saved_versions = tuple((i, inputs[i]._counter(), inputs[i]._version_value())
                                     for i in saves)
         self.out_version = (out._counter(), 0) if prim.saves_out else None
+        if _grad_mode.collecting is not None:  # (a checkpointed region: `jitorch.utils.checkpoint`)
+            _grad_mode.collecting.append(self)
 
     @property
     def out(self):

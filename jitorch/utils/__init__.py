@@ -1,5 +1,6 @@
-"""Utilities: `jitorch.utils.data` (datasets, samplers and the DataLoader)."""
+"""Utilities: `jitorch.utils.data` (datasets, samplers and the DataLoader) and
+`jitorch.utils.checkpoint` (activation checkpointing)."""
 
-from . import data
+from . import checkpoint, data
 
-__all__ = ["data"]
+__all__ = ["checkpoint", "data"]
