@@ -18,6 +18,7 @@ grad_mode = _GradMode()
 class _TraceState(threading.local):
     tracer = None  # the active jitorch.ir.trace.Tracer, or None
     vjp_source = None  # while tracing a backward pass: "backward of file:line" of the forward op
+    recompute = None  # while tracing a checkpointed region's recompute: the region's number (`Node.region`)
 
 
 trace_state = _TraceState()

@@ -156,3 +156,38 @@ def test_a_compiled_training_step_that_checkpoints_equals_its_eager_run():
         np.testing.assert_allclose(compiled(x).item(), eager(x).item(), rtol=1e-5)
     for p, q in zip(params, eager_params):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_the_recompute_is_a_region_of_its_own_and_dropout_draws_alike():
+    """Traced, the recompute's nodes carry a region number, so no pass merges them with the forward's
+    (the program computes the block's ops twice: forward, and again in the backward); a dropout in
+    the region draws the same mask again, so the compiled step equals the eager one."""
+    def make(use_checkpoint: bool):
+        first = block(jt, p=0.5)
+        opt = jt.optim.SGD(first.parameters(), lr=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            h = x + (checkpoint(first, x, use_reentrant=False) if use_checkpoint else first(x))
+            loss = h.square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step, first
+
+    x = jt.tensor(np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32))
+    eager, eager_model = make(False)
+    compiled_step, model = make(True)
+    compiled = jt.compile(compiled_step)
+    for seed in range(3):
+        jt.manual_seed(10 + seed)
+        expected = eager(x).item()
+        jt.manual_seed(10 + seed)
+        assert compiled(x).item() == pytest.approx(expected, rel=1e-5)
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+    (program,) = [p for entries in compiled.cache.values() for p in entries]
+    ops = [(n.op, n.region is not None) for n in program.graph.nodes]
+    assert ops.count(("random", False)) == 1 and ops.count(("random", True)) == 1
+    assert ops.count(("erf", True)) == ops.count(("erf", False)) >= 1  # GELU's, in both

@@ -76,14 +76,18 @@ class Const:
 class Node:
     """One primitive application: `out = op(*inputs, **params)`, from the user's `source` line."""
 
-    __slots__ = ("op", "inputs", "params", "out", "source")
+    __slots__ = ("op", "inputs", "params", "out", "source", "region")
 
-    def __init__(self, op: str, inputs: tuple[Value, ...], params: dict, out: Value, source: str) -> None:
+    def __init__(self, op: str, inputs: tuple[Value, ...], params: dict, out: Value, source: str,
+                 region: int | None = None) -> None:
         self.op = op
         self.inputs = inputs
         self.params = params
         self.out = out
         self.source = source
+        # a checkpointed region's recompute in the backward (`jitorch.utils.checkpoint`): its number,
+        # so that no pass merges it with the forward values it recomputes (they are freed instead)
+        self.region = region
 
     def params_key(self) -> tuple:
         return tuple(sorted(self.params.items()))
@@ -145,9 +149,9 @@ class Graph:
         return v
 
     def add_node(self, op: str, inputs: tuple[Value, ...], params: dict, shape, dtype: _dt.DType,
-                 source: str = "") -> Value:
+                 source: str = "", region: int | None = None) -> Value:
         out = self.new_value(shape, dtype)
-        node = Node(op, tuple(inputs), params, out, source)
+        node = Node(op, tuple(inputs), params, out, source, region)
         out.node = node
         self.nodes.append(node)
         return out

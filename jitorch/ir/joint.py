@@ -25,14 +25,16 @@ class JointSplit(NamedTuple):
 
 def split_joint(graph: Graph, n_forward_outputs: int) -> JointSplit:
     """Cut `graph` (whose first `n_forward_outputs` outputs are the forward's, the rest gradients)
-    in two. Forward nodes are those not reached from a cotangent input; every forward value a
+    in two. Forward nodes are those not reached from a cotangent input (nor a checkpointed region's
+    recompute); every forward value a
     backward node reads becomes a saved output of the forward and an input of the backward, except
     constants, which are cheaper to repeat in the backward than to save."""
     cot = {i.value.id for i in graph.inputs if i.kind == "cotangent"}
     bwd_ids = set(cot)
     fwd_nodes, bwd_nodes = [], []
     for node in graph.nodes:
-        if any(v.id in bwd_ids for v in node.inputs):
+        # (a checkpointed region's recompute runs in the backward, from the values the forward saves)
+        if node.region is not None or any(v.id in bwd_ids for v in node.inputs):
             bwd_ids.add(node.out.id)
             bwd_nodes.append(node)
         else:

@@ -54,7 +54,8 @@ def cse(graph: Graph) -> bool:
     keep = []
     for node in graph.nodes:
         node.inputs = tuple(repl.get(v.id, v) for v in node.inputs)
-        key = (node.op, tuple(v.id for v in node.inputs), node.params_key(), node.out.dtype, node.out.shape)
+        key = (node.op, tuple(v.id for v in node.inputs), node.params_key(), node.out.dtype, node.out.shape,
+               node.region)
         prev = seen.get(key)
         if prev is not None and node.op != "random":
             repl[node.out.id] = prev

@@ -297,7 +297,7 @@ class Tracer:
         except (ValueError, IndexError, TypeError) as err:
             raise type(err)(f"{prim.name}: {err} (at {user_source()})") from None
         dtype = _dt.from_numpy_dtype(np.dtype(np_dtype))
-        value = self.graph.add_node(prim.name, values, params, shape, dtype, user_source())
+        value = self.graph.add_node(prim.name, values, params, shape, dtype, user_source(), trace_state.recompute)
         view = _view_of(prim, inputs[0], params) if prim.name in VIEW_PRIMS else None
         if view is None:
             # numpy keeps C order when every full-size operand has it (broadcast operands don't count)
@@ -319,7 +319,8 @@ class Tracer:
                         self.graph.add_input((), _dt.int64, "rng", "counter", ref="counter"))
         params = {"shape": tuple(shape), "dtype": dtype, "dist": dist, "offset": self.n_random}
         self.n_random += math.prod(shape)  # counters taken: one per element, in the order eager takes them
-        return _traced(self.graph.add_node("random", self.rng, params, tuple(shape), dtype, user_source()), device)
+        return _traced(self.graph.add_node("random", self.rng, params, tuple(shape), dtype, user_source(),
+                                           trace_state.recompute), device)
 
     def assign(self, target: Tensor, result: Tensor) -> None:
         """An in-place write: from now on `target` reads as `result`; a view's base reads as the

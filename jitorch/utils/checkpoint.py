@@ -8,12 +8,16 @@ values that require grad: the region's boundary) is found from them. Each differ
 gets one node of its own over that boundary in place of the region's graph, which is dropped, so
 the intermediate values it held are freed. That node's backward restores the random number
 generator as it was before the forward (a dropout draws the same mask), runs `fn` again with grad
-on, and differentiates the recomputed output with respect to the boundary (`_recompute_vjp`). Under `jitorch.compile`
-the recompute is traced into the backward graph.
+on, and differentiates the recomputed output with respect to the boundary (`_recompute_vjp`). Under
+`jitorch.compile` the recompute is traced into the backward graph, its nodes marked with a region
+number (`Node.region`) so that no pass merges them with the forward values they recompute: those die
+at the end of the forward region, and the backward computes them again (fused into its kernels),
+drawing its random numbers from the same place in the call's stream as the forward did.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 
 from .. import autograd as _ag
@@ -22,6 +26,7 @@ from ..primitives import Prim, PrimKind
 from ..random import get_rng_state, set_rng_state
 from ..tensor import Tensor
 
+_regions = itertools.count(1)  # numbers for traced recomputes (`Node.region`)
 _CHECKPOINT = Prim("checkpoint", PrimKind.EXTERN, None, saves=None)  # (the recompute reads every input)
 
 
@@ -40,7 +45,10 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None, con
         raise ValueError(f"checkpoint: determinism_check must be 'default' or 'none', got {determinism_check!r}")
     if not _ag.is_grad_enabled():
         return function(*args, **kwargs)
-    rng = get_rng_state() if preserve_rng_state and trace_state.tracer is None else None
+    tracer = trace_state.tracer
+    # where the region's random numbers start: the generator's state eagerly; while traced, the
+    # trace's count of random numbers drawn (a traced draw's place in the call's stream)
+    rng = (get_rng_state() if tracer is None else ("traced", tracer, tracer.n_random)) if preserve_rng_state else None
     made: list = []
     saved, grad_mode.collecting = grad_mode.collecting, made
     try:
@@ -80,20 +88,30 @@ def _recompute_vjp(function: Callable, args: tuple, kwargs: dict, k: int, bounda
 
     def vjp(g: Tensor, node) -> tuple:
         cut = [(t, t.grad_fn) for t in boundary if t.grad_fn is not None]
-        after = get_rng_state() if rng is not None else None
+        tracer = trace_state.tracer
+        traced = isinstance(rng, tuple) and rng[1] is tracer
+        after = (tracer.n_random if traced else get_rng_state()) if rng is not None else None
+        region = trace_state.recompute
         try:
             for t, _ in cut:
                 t.grad_fn = None
-            if rng is not None:
+            if traced:
+                tracer.n_random = rng[2]
+            elif rng is not None and not isinstance(rng, tuple):
                 set_rng_state(rng)
+            if tracer is not None:  # (the recompute's nodes are marked: no pass merges them with the forward's)
+                trace_state.recompute = next(_regions)
             with _ag.enable_grad():
                 out = function(*args, **kwargs)
             recomputed = out if isinstance(out, Tensor) else list(out)[k]
             return tuple(_ag.grad([recomputed], boundary, [g], allow_unused=True))
         finally:
+            trace_state.recompute = region
             for t, fn in cut:
                 t.grad_fn = fn
-            if after is not None:
+            if traced:
+                tracer.n_random = after
+            elif after is not None and not isinstance(rng, tuple):
                 set_rng_state(after)
 
     return vjp
