@@ -149,7 +149,7 @@ def _sum(x, dims, keepdim):
     the shared kernel's. Half types accumulate in float32 and round once, as PyTorch's sum."""
     if _NVMATH and x.size and x.dtype in blas.DATA_TYPES and not capturing():
         found = shared.as_rows(x, dims)
-        if found is not None and min(found[0].shape) > 1:
+        if found is not None and min(found[0].shape) > 1 and max(found[0].shape) < 2**31:  # (cuBLAS's int sizes)
             rows, trailing = found
             out = (nvmath_matmul(rows, _ones_vector(x.dtype, rows.shape[1]), False) if trailing else
                    nvmath_matmul(_ones_vector(x.dtype, rows.shape[0]), rows, False))
