@@ -131,55 +131,41 @@ def test_checkpoint_sequential_equals_the_plain_model():
         np.testing.assert_allclose(g, p, rtol=1e-6, atol=1e-7)
 
 
+def sgd_step(blocks: list, use_checkpoint: bool):
+    """An SGD step on the mean square of residual `blocks` applied in turn, each checkpointed or not."""
+    opt = jt.optim.SGD([p for b in blocks for p in b.parameters()], lr=0.1)
+
+    def step(x):
+        opt.zero_grad()
+        h = x
+        for b in blocks:
+            h = h + (checkpoint(b, h, use_reentrant=False) if use_checkpoint else b(h))
+        loss = h.square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def test_a_compiled_training_step_that_checkpoints_equals_its_eager_run():
-    def make():
-        first, second = block(jt), block(jt)
-        params = [*first.parameters(), *second.parameters()]
-        opt = jt.optim.SGD(params, lr=0.1)
-
-        def step(x):
-            opt.zero_grad()
-            h = x + checkpoint(first, x, use_reentrant=False)
-            h = h + checkpoint(second, h, use_reentrant=False)
-            loss = h.square().mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step, params
-
     x = jt.tensor(np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32))
-    eager, eager_params = make()
-    compiled_step, params = make()
-    compiled = jt.compile(compiled_step)
+    eager_blocks, blocks = [block(jt), block(jt)], [block(jt), block(jt)]
+    eager, compiled = sgd_step(eager_blocks, True), jt.compile(sgd_step(blocks, True))
     for _ in range(3):
         np.testing.assert_allclose(compiled(x).item(), eager(x).item(), rtol=1e-5)
-    for p, q in zip(params, eager_params):
-        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for b, e in zip(blocks, eager_blocks):
+        for p, q in zip(b.parameters(), e.parameters()):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_the_recompute_is_a_region_of_its_own_and_dropout_draws_alike():
     """Traced, the recompute's nodes carry a region number, so no pass merges them with the forward's
     (the program computes the block's ops twice: forward, and again in the backward); a dropout in
-    the region draws the same mask again, so the compiled step equals the eager one."""
-    def make(use_checkpoint: bool):
-        first = block(jt, p=0.5)
-        opt = jt.optim.SGD(first.parameters(), lr=0.1)
-
-        def step(x):
-            opt.zero_grad()
-            h = x + (checkpoint(first, x, use_reentrant=False) if use_checkpoint else first(x))
-            loss = h.square().mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step, first
-
+    the region draws the same mask again, so the compiled step equals the eager, plain one."""
     x = jt.tensor(np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32))
-    eager, eager_model = make(False)
-    compiled_step, model = make(True)
-    compiled = jt.compile(compiled_step)
+    eager_model, model = block(jt, p=0.5), block(jt, p=0.5)
+    eager, compiled = sgd_step([eager_model], False), jt.compile(sgd_step([model], True))
     for seed in range(3):
         jt.manual_seed(10 + seed)
         expected = eager(x).item()
