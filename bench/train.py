@@ -470,6 +470,8 @@ def measure_cuda(precision: str, repeats: int, lm_steps: int, gpt_steps: int, pr
         for label, (lib, mode) in CUDA_RUNNERS.items():
             try:
                 runners[label], built[label] = first_call_seconds(make, lib, mode)
+                # (as it happens: a run stopped by a time limit still says how far it got)
+                print(f"[cuda, {precision}] {name}: {label} built in {built[label]:.1f} s", flush=True)
             except Exception as err:
                 failures[label] = describe_failure(err)
         times = time_alternating(runners, repeats, lambda label: synchronize("cuda", CUDA_RUNNERS[label][0]),
