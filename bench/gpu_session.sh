@@ -10,8 +10,9 @@
 # eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
 # one float32 matmul precision each: a full run takes both), gpt-highest and gpt-high (its GPT-sized
 # row alone), amp-bf16 (char_lm and GPT-sized steps under bfloat16 autocast), where (each runner's
-# device time per kernel, by the profilers), profile (where one eager and compiled
-# char_lm step spend their time). Each fits one 10-minute call of a GPU machine.
+# device time per kernel, by the profilers), memory (peak device memory: bench/memory.py), profile
+# (where one eager and compiled char_lm step spend their time). Each fits one 10-minute call of a
+# GPU machine.
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
 set -uo pipefail
@@ -79,6 +80,8 @@ for phase in "${PHASES[@]}"; do
         where)  # where each runner's GPU time goes, kernel by kernel: the MLP and the GPT-sized step
             run_bench where_cuda 560 python3 bench/train.py --device cuda --precisions highest --workloads mlp,gpt \
                 --repeats 1 --gpt-steps 2 --prims --out "$OUT/where_cuda.md" ;;
+        memory)  # peak device memory of char_lm and GPT-sized steps, eager/compiled, with and without checkpointing
+            run_bench memory_cuda 560 python3 bench/memory.py --device cuda --out "$OUT/memory_cuda.md" ;;
         profile)
             run_bench profile_cuda 300 python3 bench/train.py --device cuda --precisions highest --workloads char_lm \
                 --repeats 1 --lm-steps 5 --profile --prims ;;
