@@ -89,7 +89,7 @@ def test_a_cpu_scalar_joins_as_a_device_scalar_and_0d_operands_keep_the_kernel(m
     ([(3, 4), (5,)], None),  # not broadcastable
 ])
 def test_broadcast_layouts(module, shapes, expected):
-    found = module.broadcast_layout(shapes)
+    found = module.broadcast_layout(tuple(shapes))
     assert (found if found is None else (found[0], found[1], list(found[2]))) == expected
 
 
@@ -126,7 +126,7 @@ if os.environ.get(_IN_INTERPRETER):
         arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         if op == "where":
             arrays[0] = arrays[0] > 0
-        shape, loop, layouts = module.broadcast_layout([a.shape for a in arrays])
+        shape, loop, layouts = module.broadcast_layout(tuple(a.shape for a in arrays))
         out_dtype = np.bool_ if op == "lt" else np.float32
         kernel = module.FlatKernel(op, {}, tuple(a.dtype for a in arrays), tuple(layouts), np.dtype(out_dtype))
         runtime, config, programs = kernel.sizing(loop)

@@ -21,6 +21,7 @@ float casts, relu, sqrt): the fast exp/log approximations of fused kernels stay 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from math import prod
 
@@ -132,7 +133,9 @@ class FlatKernel:
         return launch
 
 
-def broadcast_layout(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], tuple[int, int], list[str]] | None:
+@functools.lru_cache(maxsize=4096)  # (a training step broadcasts a few shapes over and over)
+def broadcast_layout(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                                   tuple[str, ...]] | None:
     """For operands of `shapes` (not all one shape): the result's shape, its loop ((rows, columns),
     or the element count where every operand is full or one element) and each operand's layout,
     where every operand is full, one element, a row vector or a column of one split of the
@@ -166,8 +169,8 @@ def broadcast_layout(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], tu
         split = at
         layouts.append(layout)
     if split is None:  # (full operands and scalars: one flat loop)
-        return result, (prod(dims),), layouts
-    return result, (prod(dims[:split]), prod(dims[split:])), layouts
+        return result, (prod(dims),), tuple(layouts)
+    return result, (prod(dims[:split]), prod(dims[split:])), tuple(layouts)
 
 
 _kernels: dict[tuple, FlatKernel | None] = {}  # (op, params, dtypes, scalars) -> its kernel, or None: CuPy's
@@ -205,12 +208,14 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
         same = True  # every operand with dims of one shape
         every = 0  # every address or'ed: its low bits say whether all are 16-byte aligned
         addresses = []
+        kinds = []  # each operand's layout where every operand with dims has one shape
         for k, a in enumerate(arrays):
             if type(a) is not ndarray:
                 if type(a) is not np.ndarray or a.ndim:
                     return fallback(*arrays, **params)
                 moved = moved or list(arrays)
                 a = moved[k] = device_array(a)
+                kinds.append(SCALAR)
             elif a.ndim:
                 if not a._c_contiguous:  # (CuPy's flag itself: `a.flags` builds an object per call)
                     return fallback(*arrays, **params)
@@ -218,6 +223,9 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
                     shape = a.shape
                 elif a.shape != shape:
                     same = False
+                kinds.append(FULL)
+            else:
+                kinds.append(SCALAR)
             address = a.data.ptr
             every |= address
             addresses.append(address)
@@ -225,14 +233,13 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
             return fallback(*arrays, **params)
         operands = moved or arrays
         if same:
-            layouts = tuple(FULL if a.ndim else SCALAR for a in operands)
+            layouts = tuple(kinds)
             loop = (prod(shape),)
         else:
-            found = broadcast_layout([a.shape for a in operands])
+            found = broadcast_layout(tuple([a.shape for a in operands]))
             if found is None:
                 return fallback(*arrays, **params)
             shape, loop, layouts = found
-            layouts = tuple(layouts)
         if 0 in shape:
             return fallback(*arrays, **params)
         kernel = _flat_kernel(op, params, operands, layouts)
