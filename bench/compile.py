@@ -188,6 +188,31 @@ def results_name(kernel_threads: int | None) -> str:
     return f"compile_cpu_{kernel_threads}thread{'s' if kernel_threads > 1 else ''}"
 
 
+NEW_LENGTHS = (48, 32)  # sequence lengths after the first (char_lm's block size, 64)
+
+
+def new_length_seconds(lib) -> list[float] | None:
+    """Wall seconds of a compiled char-LM step's first call at each of `NEW_LENGTHS`, after it was
+    compiled and run at the model's block size: what a new sequence length costs (jitorch traces
+    and lowers again, reusing compiled kernels from its caches; torch.compile recompiles once with
+    the changed dim made symbolic, automatic dynamic shapes, then serves further lengths)."""
+    if lib is None:
+        return None
+    if lib is torch:
+        torch._dynamo.reset()
+    step, (x, y) = char_lm_step_factory(lib)
+    compiled = lib.compile(step)
+    compiled(x, y)
+    compiled(x, y)
+    seconds = []
+    for length in NEW_LENGTHS:
+        xs, ys = lib.tensor(x.numpy()[:, :length].copy()), lib.tensor(y.numpy()[:, :length].copy())
+        t0 = time.perf_counter()
+        compiled(xs, ys)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -229,6 +254,18 @@ def main() -> None:
         tc_s = torch_compile_first_call(factory) if "torch.compile" in contenders else None
         lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {warm_s:.3f} "
                      f"({'met' if warm_s < 0.3 else 'missed'}) | {cell(tc_s, '.1f')} |")
+
+    lengths = ", ".join(map(str, NEW_LENGTHS))
+    lines += ["", f"## A new sequence length: the char-LM step's first call at lengths {lengths} after 64", "",
+              "Seconds per first call at each new length, in this process (kernel caches as the runs above "
+              "left them). jitorch traces and lowers each new shape again; torch.compile recompiles once, "
+              "with the changed dim symbolic, and then runs other lengths without compiling.", "",
+              "| contender | " + " | ".join(f"length {n} s" for n in NEW_LENGTHS) + " |",
+              "|---" * (len(NEW_LENGTHS) + 1) + "|"]
+    for who, lib in (("jitorch compiled", jt), ("torch.compile", torch if "torch.compile" in contenders else None)):
+        found = new_length_seconds(lib)
+        lines.append(f"| {who} | " + " | ".join(cell(v, ".2f") for v in (found or [None] * len(NEW_LENGTHS)))
+                     + " |")
 
     lines += ["", "## Steady-state time per call, ms (median)", ""]
     lines += ["| case | " + " | ".join(CONTENDERS) + " | compiled / jitorch eager |",
