@@ -336,8 +336,11 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
             in_grads = _node_vjp(node, g)
             for t, gi in zip(node.inputs, in_grads):
                 fn = t.grad_fn
-                if gi is not None and gi._data.shape != t._data.shape:
-                    gi = sum_to_shape(gi, t._data.shape)
+                if gi is not None:
+                    if not t.requires_grad:  # (a constant or the data: its gradient goes nowhere)
+                        gi = None
+                    elif gi._data.shape != t._data.shape:
+                        gi = sum_to_shape(gi, t._data.shape)
                 if fn is not None:
                     deps[fn] -= 1
                     if gi is not None:

@@ -100,7 +100,7 @@ VJP["cast"] = _cast_vjp
 
 def _pow_vjp(g, n):
     x, y = n.inputs
-    gx = g * y * x ** (y - 1)
+    gx = g * y * x ** (y - 1) if n.needs[0] else None
     # d/dy x**y = x**y log x; PyTorch defines it as 0 where x == 0 and y >= 0.
     gy = None
     if n.needs[1]:
@@ -113,26 +113,27 @@ def _maximum_vjp(g, n):
     x, y = n.inputs
     # ties split the gradient evenly, as PyTorch does
     wx = (x > y).to(g.dtype) + (x == y).to(g.dtype) * 0.5
-    return g * wx, g * (1 - wx)
+    return (g * wx if n.needs[0] else None), (g * (1 - wx) if n.needs[1] else None)
 
 
 def _minimum_vjp(g, n):
     x, y = n.inputs
     wx = (x < y).to(g.dtype) + (x == y).to(g.dtype) * 0.5
-    return g * wx, g * (1 - wx)
+    return (g * wx if n.needs[0] else None), (g * (1 - wx) if n.needs[1] else None)
 
 
 def _div_vjp(g, n):
     x, y = n.inputs
-    return g / y, (-g * n.out / y if n.needs[1] else None)
+    return (g / y if n.needs[0] else None), (-g * n.out / y if n.needs[1] else None)
 
 VJP["add"] = lambda g, n: (g, g)
 
 
-VJP["sub"] = lambda g, n: (g, -g)
+VJP["sub"] = lambda g, n: (g, -g if n.needs[1] else None)
 
 
-VJP["mul"] = lambda g, n: (g * n.inputs[1], g * n.inputs[0])
+# (an input that needs no gradient, a constant or the data, gets no product: `Node.needs`)
+VJP["mul"] = lambda g, n: (g * n.inputs[1] if n.needs[0] else None, g * n.inputs[0] if n.needs[1] else None)
 
 
 VJP["div"] = _div_vjp

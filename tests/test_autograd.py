@@ -259,3 +259,19 @@ def test_integer_ops_do_not_require_grad():
     x = jt.tensor([1.5, 2.5], requires_grad=True)
     assert not x.argmax().requires_grad and not (x > 2).requires_grad
     assert x.max(0).values.requires_grad and not x.max(0).indices.requires_grad
+
+
+def test_backward_computes_no_gradient_for_inputs_that_need_none():
+    """A product with a constant or with data that needs no gradient: backward multiplies once per
+    node (the gradient that flows back), and reduces nothing to a constant's shape."""
+    x = jt.ones(4, requires_grad=True)
+    data = jt.full((4,), 2.0)
+    y = x
+    for _ in range(10):
+        y = (y * 1.5) * data - 0.25
+    loss = y.sum()
+    with jt.profiler.profile() as prof:
+        loss.backward()
+    counts = {r.key: r.count for r in prof.key_averages()}
+    assert counts.get("mul", 0) == 20 and "sum" not in counts and counts.get("neg", 0) == 0
+    np.testing.assert_allclose(x.grad.numpy(), np.full(4, 3.0**10), rtol=1e-5)
