@@ -14,6 +14,15 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+class ConstantRate:
+    """A stand-in for char_lm's scheduler: the learning rate stays as the optimizer was made.
+    torch.compile specializes on Python floats, so a rate changing every step would recompile its step
+    every call; jitorch reads the rate as data either way."""
+
+    def step(self) -> None:
+        pass
+
+
 def median_time(fn: Callable[[], object], number: int, repeats: int = 7,
                 sync: Callable[[], None] | None = None) -> float:
     """Median over `repeats` of the mean seconds per call across `number` calls (after one warm call).

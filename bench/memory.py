@@ -36,7 +36,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "examples"))
 
-from common import cpu_model, gpu_name, gpu_versions, publish, results_path  # noqa: E402 - bench/ on the path
+from common import (  # noqa: E402 - bench/ is on the path
+    ConstantRate,
+    cpu_model,
+    gpu_name,
+    gpu_versions,
+    publish,
+    results_path,
+)
 
 WORKLOADS = {
     "char_lm": {},
@@ -84,7 +91,7 @@ def measure(workload: str, label: str, device: str = "cpu") -> float:
             layer.forward = _checkpointed(layer.forward, checkpoint)
     optimizer, _ = char_lm.make_optimizer(model, config, total_steps=100, lib=lib)
     # (a constant learning rate: torch.compile would recompile a step whose Python float rate changes)
-    step = char_lm.make_train_step(model, optimizer, _ConstantRate(), lib, compiled)
+    step = char_lm.make_train_step(model, optimizer, ConstantRate(), lib, compiled)
     if device == "cpu":
         base = tracemalloc.get_traced_memory()[0]
     else:
@@ -101,11 +108,6 @@ def measure(workload: str, label: str, device: str = "cpu") -> float:
     step(*batches[3])
     lib.cuda.synchronize()
     return lib.cuda.max_memory_allocated() - base
-
-
-class _ConstantRate:
-    def step(self) -> None:
-        pass
 
 
 def _checkpointed(forward, checkpoint):

@@ -57,6 +57,7 @@ import char_lm  # noqa: E402 - needs the path above
 import digits  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402 - bench/ is on the path when this script runs
+    ConstantRate,
     cpu_model,
     describe_failure,
     gpu_name,
@@ -135,15 +136,6 @@ def digits_epoch(lib, compiled: bool | str | None = False, device: str = "cpu") 
 def corpus() -> char_lm.CharCorpus:
     """char_lm's text, read and encoded once per run."""
     return char_lm.CharCorpus()
-
-
-class ConstantRate:
-    """A stand-in for char_lm's scheduler on the GPU: the learning rate stays as the optimizer was made.
-    torch.compile specializes on Python floats, so a rate changing every step would recompile its step
-    every call; jitorch reads the rate as data either way."""
-
-    def step(self) -> None:
-        pass
 
 
 def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",

@@ -102,13 +102,13 @@ def assert_param_grads_close(jt_module, torch_module, rtol: float = 1e-3, atol: 
         assert_close(jp.grad, tp.grad, rtol, atol, f"grad of {name}")
 
 
-def training_step(model, optimizer):
+def training_step(model, optimizer, lib=jt):
     """`step(x, y)`: one cross-entropy training step of `model` (zero grads, forward, backward,
-    `optimizer.step()`), returning the loss; jitorch's, to compile or run eagerly."""
+    `optimizer.step()`), returning the loss; in `lib` (jitorch, to compile or run eagerly, or torch)."""
 
     def step(x, y):
         optimizer.zero_grad()
-        loss = jt.nn.functional.cross_entropy(model(x), y)
+        loss = lib.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
         return loss

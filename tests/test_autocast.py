@@ -11,6 +11,7 @@ import torch
 
 import jitorch as jt
 import jitorch.nn.functional as F
+from tests.nn_helpers import training_step
 
 TORCH_DTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 EPS = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
@@ -196,13 +197,7 @@ def test_a_model_kept_in_low_precision_trains_as_torchs(convert):
             opt = lib.optim.AdamW(model.parameters(), lr=1e-2)
             dtype = next(model.parameters()).dtype
 
-            def step(xb, yb, model=model, opt=opt, lib=lib):
-                opt.zero_grad()
-                loss = lib.nn.functional.cross_entropy(model(xb), yb)
-                loss.backward()
-                opt.step()
-                return loss
-
+            step = training_step(model, opt, lib)
             run = jt.compile(step) if compiled else step
             losses[name, compiled] = [float(run(lib.tensor(x).to(dtype), lib.tensor(y)).float()) for _ in range(5)]
             assert all(str(p.dtype).endswith(("bfloat16", "float16")) for p in model.parameters())

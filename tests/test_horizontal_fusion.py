@@ -195,14 +195,13 @@ def test_an_operand_at_an_odd_address_goes_through_a_copy(stand_in):
 # in Triton's interpreter (a process of its own), and compiled for sm_90
 
 if os.environ.get(_IN_INTERPRETER):
-    from tests.triton_interpreter_backend import InterpretedGroup, serving_cuda
+    from tests.triton_interpreter_backend import InterpretedGroup, serving_cuda_reporting
 
     @pytest.fixture(scope="module")
     def interpreted_cuda():
-        with serving_cuda() as backend:
+        with serving_cuda_reporting(os.environ[_IN_INTERPRETER], lambda backend: [
+                s for s in backend.sources.values() if isinstance(s[0], renderer.GroupSource)]) as backend:
             yield backend
-        with open(os.environ[_IN_INTERPRETER], "wb") as f:
-            pickle.dump([s for s in backend.sources.values() if isinstance(s[0], renderer.GroupSource)], f)
 
     @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
     def test_interpreted_grouped_updates_equal_eager_cpu_steps(optimizer, interpreted_cuda):

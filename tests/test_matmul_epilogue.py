@@ -80,7 +80,7 @@ def test_a_product_read_only_by_its_pointwise_kernel_is_taken_in():
 if os.environ.get(_IN_INTERPRETER):
     import torch
 
-    from tests.triton_interpreter_backend import InterpretedMatmul, serving_cuda
+    from tests.triton_interpreter_backend import InterpretedMatmul, serving_cuda_reporting
 
     def run_template(item, precision, arrays, config=None):
         source = renderer.render_matmul(item, precision)
@@ -144,10 +144,9 @@ if os.environ.get(_IN_INTERPRETER):
 
     @pytest.fixture(scope="module")
     def interpreted_cuda():
-        with serving_cuda() as backend:
+        with serving_cuda_reporting(os.environ[_IN_INTERPRETER], lambda backend: [
+                s for s in backend.sources.values() if isinstance(s[0], renderer.MatmulSource)]) as backend:
             yield backend
-        with open(os.environ[_IN_INTERPRETER], "wb") as f:
-            pickle.dump([s for s in backend.sources.values() if isinstance(s[0], renderer.MatmulSource)], f)
 
     def test_interpreted_training_steps_equal_eager_cpu_steps(interpreted_cuda):
         def make(device):

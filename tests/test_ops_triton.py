@@ -31,7 +31,7 @@ import jitorch  # noqa: E402
 from tests.harness import run_case  # noqa: E402
 from tests.op_cases import CASES  # noqa: E402
 from tests.test_ops_compiled import DATA_DEPENDENT_SHAPES  # noqa: E402
-from tests.triton_interpreter_backend import compile_for_sm90, serving_cuda, without_comments  # noqa: E402
+from tests.triton_interpreter_backend import compile_for_sm90, serving_cuda_reporting, without_comments  # noqa: E402
 
 _INTERPRETER_RUN = "JITORCH_TRITON_INTERPRETER_RUN"  # "sample" or "all" in the interpreter's process
 _REPORT = "JITORCH_TRITON_INTERPRETER_REPORT"  # where that process writes what ran
@@ -59,11 +59,10 @@ if os.environ.get(_INTERPRETER_RUN):
 
     @pytest.fixture(scope="module")
     def interpreter_backend():
-        with serving_cuda() as backend:
+        with serving_cuda_reporting(os.environ[_REPORT], lambda backend: {
+                "launches": backend.launches, "programs": backend.programs,
+                "sources": list(backend.sources.values())}) as backend:
             yield backend
-        with open(os.environ[_REPORT], "wb") as f:
-            pickle.dump({"launches": backend.launches, "programs": backend.programs,
-                         "sources": list(backend.sources.values())}, f)
 
     @pytest.mark.parametrize("case", COMPILED_CASES if os.environ[_INTERPRETER_RUN] == "all"
                              else COMPILED_CASES[::_SAMPLE], ids=lambda c: c.name)

@@ -215,6 +215,16 @@ def serving_cuda():
         yield backend
 
 
+@contextlib.contextmanager
+def serving_cuda_reporting(path: str, report):
+    """`serving_cuda()`, and when the block ends, `report(backend)` pickled to `path` (what an
+    interpreter process's tests rendered, for the test that started it to compile for sm_90)."""
+    with serving_cuda() as backend:
+        yield backend
+    with open(path, "wb") as f:
+        pickle.dump(report(backend), f)
+
+
 def run_interpreted_tests(test_file: str, select: str, report_variable: str, report_path: str) -> str:
     """Run the tests of `test_file` that `-k select` picks in a pytest process with the interpreter
     on (TRITON_INTERPRET=1) and `report_variable` naming `report_path`; its output (it must pass)."""

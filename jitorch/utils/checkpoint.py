@@ -17,8 +17,9 @@ drawing its random numbers from the same place in the call's stream as the forwa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .. import autograd as _ag
 from .._trace_state import grad_mode, trace_state
@@ -45,10 +46,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None, con
         raise ValueError(f"checkpoint: determinism_check must be 'default' or 'none', got {determinism_check!r}")
     if not _ag.is_grad_enabled():
         return function(*args, **kwargs)
-    tracer = trace_state.tracer
-    # where the region's random numbers start: the generator's state eagerly; while traced, the
-    # trace's count of random numbers drawn (a traced draw's place in the call's stream)
-    rng = (get_rng_state() if tracer is None else ("traced", tracer, tracer.n_random)) if preserve_rng_state else None
+    start = _RandomStart() if preserve_rng_state else None
     made: list = []
     saved, grad_mode.collecting = grad_mode.collecting, made
     try:
@@ -64,7 +62,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None, con
         return out
     for k, t in enumerate(outputs):
         if isinstance(t, Tensor) and t.grad_fn is not None and id(t.grad_fn) in region:
-            vjp = _recompute_vjp(function, args, kwargs, k, boundary, rng)
+            vjp = _recompute_vjp(function, args, kwargs, k, boundary, start)
             t.grad_fn = _ag.Node(_CHECKPOINT, tuple(boundary), {}, t, vjp=vjp)
     return out
 
@@ -79,7 +77,36 @@ def _boundary(made: list, region: set[int]) -> list[Tensor]:
     return list(found.values())
 
 
-def _recompute_vjp(function: Callable, args: tuple, kwargs: dict, k: int, boundary: list[Tensor], rng):
+class _RandomStart:
+    """Where a region's random numbers start: the generator's state eagerly; while traced, the
+    trace's count of numbers drawn (a traced draw's place in the call's stream)."""
+
+    def __init__(self) -> None:
+        self.tracer = trace_state.tracer
+        self.at = self._now()
+
+    def _now(self):
+        return get_rng_state() if self.tracer is None else self.tracer.n_random
+
+    def _set(self, at) -> None:
+        if self.tracer is None:
+            set_rng_state(at)
+        else:
+            self.tracer.n_random = at
+
+    @contextlib.contextmanager
+    def replayed(self) -> Iterator[None]:
+        """Inside: random numbers drawn from where the region's were; after, from where they were."""
+        after = self._now()
+        self._set(self.at)
+        try:
+            yield
+        finally:
+            self._set(after)
+
+
+def _recompute_vjp(function: Callable, args: tuple, kwargs: dict, k: int, boundary: list[Tensor],
+                   start: _RandomStart | None):
     """The backward of output `k`: run `function` again and differentiate that output with respect
     to the boundary. While it runs, each boundary tensor computed by earlier ops stands as a leaf
     (its `grad_fn` set aside and put back after), so that differentiating the recomputed output stops
@@ -88,20 +115,13 @@ def _recompute_vjp(function: Callable, args: tuple, kwargs: dict, k: int, bounda
 
     def vjp(g: Tensor, node) -> tuple:
         cut = [(t, t.grad_fn) for t in boundary if t.grad_fn is not None]
-        tracer = trace_state.tracer
-        traced = isinstance(rng, tuple) and rng[1] is tracer
-        after = (tracer.n_random if traced else get_rng_state()) if rng is not None else None
         region = trace_state.recompute
         try:
             for t, _ in cut:
                 t.grad_fn = None
-            if traced:
-                tracer.n_random = rng[2]
-            elif rng is not None and not isinstance(rng, tuple):
-                set_rng_state(rng)
-            if tracer is not None:  # (the recompute's nodes are marked: no pass merges them with the forward's)
+            if trace_state.tracer is not None:  # (its nodes marked: no pass merges them with the forward's)
                 trace_state.recompute = next(_regions)
-            with _ag.enable_grad():
+            with start.replayed() if start is not None else contextlib.nullcontext(), _ag.enable_grad():
                 out = function(*args, **kwargs)
             recomputed = out if isinstance(out, Tensor) else list(out)[k]
             return tuple(_ag.grad([recomputed], boundary, [g], allow_unused=True))
@@ -109,10 +129,6 @@ def _recompute_vjp(function: Callable, args: tuple, kwargs: dict, k: int, bounda
             trace_state.recompute = region
             for t, fn in cut:
                 t.grad_fn = fn
-            if traced:
-                tracer.n_random = after
-            elif after is not None and not isinstance(rng, tuple):
-                set_rng_state(after)
 
     return vjp
 
