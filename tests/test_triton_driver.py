@@ -286,6 +286,7 @@ def stub_launching(monkeypatch, cupy, function: StubFunction, launches: list) ->
     monkeypatch.setattr(launch, "load_kernel_function", lambda text, name: function)
     monkeypatch.setattr(triton_driver, "activate", lambda: None)
     monkeypatch.setattr(triton_driver, "scratch_bytes", lambda compiled, grid: 0)
+    monkeypatch.setattr(triton_driver, "build_launcher", lambda compiled: None)
     monkeypatch.setattr(triton_driver, "launch_function", lambda compiled, grid: (
         lambda stream, args, scratch=None: launches.append((compiled, grid, stream, args))))
 

@@ -154,11 +154,21 @@ def compile_launch(function, args: list, grid: tuple[int, int, int], **options) 
 
 
 def compile_only(function, args: list, grid: tuple[int, int, int], **options) -> None:
-    """Compile as `compile_launch` does, into Triton's caches, without loading the binary on the
-    device or preparing a launch (safe to call from several threads at once, each with the
-    device current)."""
+    """Compile as `compile_launch` does, into Triton's caches, and build the kernel's launcher,
+    without loading the binary on the device or preparing a launch (safe to call from several
+    threads at once, each with the device current)."""
     activate()
-    function.warmup(*args, grid=grid, **options)
+    build_launcher(function.warmup(*args, grid=grid, **options))
+
+
+def build_launcher(compiled) -> None:
+    """Build, into Triton's disk cache, the launcher `compiled`'s first launch will load. Triton
+    3.6 compiles a C launcher for each kernel signature (a C compiler run of about 0.3 s on the GPU
+    machine; fifty of them in a transformer's training step); built beside the kernel's compile,
+    in the compile threads, the first launch only loads it. Later versions have one generic
+    launcher: nothing to build."""
+    if TRITON_VERSION < (3, 8):
+        _driver.launcher_cls(compiled.src, compiled.metadata)
 
 
 def launch_function(compiled, grid: tuple[int, int, int]) -> Callable[[int, tuple, object], None]:
