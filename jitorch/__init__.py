@@ -196,7 +196,7 @@ _cpu_memory.tune_malloc_if_requested()
 from . import gradients  # noqa: E402 - the gradient rules, written with the ops just installed
 
 from . import compiler  # noqa: E402 - needs the Tensor methods installed
-from .compiler import compile  # noqa: E402,A001
+from .compiler import compile, mark_dynamic  # noqa: E402,A001
 from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from . import _autocast
 from ._trace_state import grad_mode as _grad_mode
 from ._trace_state import trace_state
+from .symbolic import same_sizes
 from .tensor import Tensor
 
 # primitive name -> its vector-Jacobian product: `jitorch.gradients.VJP`, the one table of them,
@@ -195,8 +196,8 @@ def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
 
 def sum_to_shape(g: Tensor, shape: tuple) -> Tensor:
     """Reduce a broadcast gradient back to an input's shape."""
-    g_shape = g._data.shape
-    if g_shape == shape:
+    g_shape = g._sizes()
+    if same_sizes(g_shape, shape):
         return g
     lead = len(g_shape) - len(shape)
     if lead < 0:
@@ -206,7 +207,7 @@ def sum_to_shape(g: Tensor, shape: tuple) -> Tensor:
     if not kept:  # only leading dims to drop: one sum lands on the shape
         return g.sum(dims)
     g = g.sum(dims, keepdim=True)
-    return g if g._data.shape == shape else g.reshape(tuple(shape))
+    return g if same_sizes(g._sizes(), shape) else g.reshape(tuple(shape))
 
 
 def _no_gradient(g, node) -> tuple:
@@ -339,8 +340,8 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
                 if gi is not None:
                     if not t.requires_grad:  # (a constant or the data: its gradient goes nowhere)
                         gi = None
-                    elif gi._data.shape != t._data.shape:
-                        gi = sum_to_shape(gi, t._data.shape)
+                    elif not same_sizes(gi._sizes(), t._sizes()):
+                        gi = sum_to_shape(gi, t._sizes())
                 if fn is not None:
                     deps[fn] -= 1
                     if gi is not None:

@@ -13,6 +13,7 @@ from .backends import backend_for
 from .device import Device, placement
 from .errors import BackendError
 from .random import normal, rng, uniform
+from .symbolic import SymInt, is_symbolic, specialize
 from .tensor import Tensor
 
 
@@ -30,9 +31,9 @@ def _shape(size) -> tuple[int, ...]:
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = size[0]
     for s in size:
-        if not isinstance(s, (int, np.integer)) or s < 0:
+        if not isinstance(s, (int, np.integer)) or (type(s) is not SymInt and s < 0):
             raise ValueError(f"sizes must be non-negative integers, got {tuple(size)}")
-    return tuple(int(s) for s in size)
+    return tuple(s if type(s) is SymInt else int(s) for s in size)  # (a symbolic size stays one)
 
 
 def _is_sequence(x) -> bool:
@@ -177,7 +178,16 @@ def _not_traceable(name: str) -> None:
 
 def _fill(size, value, dtype, device, requires_grad, default=None) -> Tensor:
     dtype = _dt.get_dtype(dtype) if dtype is not None else (default or _dt.get_default_dtype())
-    return _finish(np.full(_shape(size), value, dtype=dtype.np), device, requires_grad)
+    shape = _shape(size)
+    if is_symbolic(shape):
+        return _symbolic_fill(shape, value, dtype, device)
+    return _finish(np.full(shape, value, dtype=dtype.np), device, requires_grad)
+
+
+def _symbolic_fill(shape: tuple, value, dtype: _dt.DType, device) -> Tensor:
+    """A filled tensor of a symbolic shape, inside a dynamic-shape trace: the value broadcast to the
+    shape and copied, so the graph makes it for every size (a constant would have this call's)."""
+    return _finish(np.array(value, dtype=dtype.np), device, False).expand(shape).clone()
 
 
 def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -190,7 +200,10 @@ def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
 
 def empty(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
-    return _finish(np.empty(_shape(size), dtype=dtype.np), device, requires_grad)
+    shape = _shape(size)
+    if is_symbolic(shape):
+        return _symbolic_fill(shape, 0, dtype, device)
+    return _finish(np.empty(shape, dtype=dtype.np), device, requires_grad)
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -228,10 +241,24 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad: bool
         is_float = any(isinstance(v, float) for v in (start, end, step))
         dtype = _dt.get_default_dtype() if is_float else _dt.int64
     dtype = _dt.get_dtype(dtype)
+    if is_symbolic((start, end, step)):
+        return _symbolic_arange(start, end, step, dtype, device)
     n = max(0, int(np.ceil((end - start) / step)))
     data = (start + step * np.arange(n, dtype=np.float64)).astype(dtype.np) if dtype.is_floating_point else (
         np.arange(start, end, step).astype(dtype.np))
     return _finish(data, device, requires_grad)
+
+
+def _symbolic_arange(start, end, step, dtype: _dt.DType, device) -> Tensor:
+    """arange with a symbolic bound, inside a dynamic-shape trace: a running count of ones (exact in
+    int64), so the graph makes it for every size."""
+    if not all(isinstance(v, int) for v in (start, end, step)) or step <= 0:
+        start, end, step = (specialize(v) for v in (start, end, step))
+        return arange(start, end, step, dtype=dtype, device=device)
+    count = (end - start + step - 1) // step
+    index = _symbolic_fill((count,), 1, _dt.int64, device).cumsum(0) - 1
+    values = index * step + start if (step, start) != (1, 0) else index
+    return values.to(dtype)
 
 
 def linspace(start, end, steps: int, dtype=None, device=None, requires_grad: bool = False) -> Tensor:

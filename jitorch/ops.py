@@ -21,6 +21,7 @@ from .backends import backend_for
 from .device import Device, cpu, placement
 from .dispatch import dispatch, fuses_composites
 from .primitives import PRIMS, Prim, PrimKind, numpy_key
+from .symbolic import SymInt
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
@@ -34,6 +35,9 @@ def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
     """A Tensor for `x`: tensors pass through; scalars and arrays become constants on `like`'s device."""
     if isinstance(x, Tensor):
         return x
+    if type(x) is SymInt and trace_state.tracer is not None and trace_state.tracer.shape_env is not None:
+        size = trace_state.tracer.size_value(x, like._device)  # (a size of this call would be a constant)
+        return size if dtype is None or dtype is _dt.int64 else size.to(dtype)
     if dtype is None:
         dtype = _dt.result_type(x) if isinstance(x, (bool, int, float)) else None
     arr = np.asarray(x, dtype=None if dtype is None else dtype.np)
@@ -727,7 +731,7 @@ def _along_dim(composite, input: Tensor, dim: int, dtype) -> Tensor:
 def _shape_arg(shape) -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(s if type(s) is SymInt else int(s) for s in shape)  # (a symbolic size stays one)
 
 
 def _infer_shape(x: Tensor, shape: tuple, op: str) -> tuple:
@@ -1111,7 +1115,7 @@ def normalize_key(x: Tensor, key) -> tuple[tuple, list[Tensor]]:
 
 
 def _int_or_none(v):
-    return None if v is None else int(v)
+    return v if v is None or type(v) is SymInt else int(v)  # (a symbolic bound stays one)
 
 
 def getitem(self: Tensor, key) -> Tensor:

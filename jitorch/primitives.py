@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import ShapeError
+from .symbolic import is_symbolic
 
 PRIMS: dict[str, Prim] = {}
 
@@ -224,10 +225,57 @@ def numpy_key(key: tuple, tensors: tuple) -> tuple:
     return tuple(out)
 
 def _getitem_infer(x, *tensors, key):
+    if is_symbolic((tuple(x.shape), key, *(tuple(t.shape) for t in tensors))):
+        return getitem_shape(tuple(x.shape), key, [tuple(t.shape) for t in tensors]), x.dtype
     # numpy as a shape calculator: index a zero-stride stand-in (basic indexing costs nothing)
     index = numpy_key(key, [np.broadcast_to(np.zeros((), t.dtype), t.shape) for t in tensors])
     out = np.broadcast_to(np.zeros((), x.dtype), x.shape)[index]
     return np.shape(out), x.dtype
+
+
+def getitem_shape(shape: tuple, key: tuple, index_shapes: list[tuple]) -> tuple:
+    """The shape `x[key]` has (numpy's rules, as `_getitem_infer` computes them with numpy), by
+    arithmetic on the sizes, so that it holds for symbolic ones: a slice of a symbolic dim has a
+    symbolic length."""
+    consumed = sum(item is not None and item is not Ellipsis for item in key)
+    out: list = []
+    advanced: list[tuple] = []  # the index tensors' shapes
+    advanced_at, adjacent, last = None, True, None
+    dim = 0
+    for k, item in enumerate(key):
+        if item is None:
+            out.append(1)
+        elif item is Ellipsis:
+            out.extend(shape[dim:dim + len(shape) - consumed])
+            dim += len(shape) - consumed
+        elif type(item) is tuple and item[0] == "slice":
+            out.append(_slice_length(shape[dim], *item[1:]))
+            dim += 1
+        elif type(item) is tuple:  # ("tensor", i)
+            if advanced_at is None:
+                advanced_at = len(out)
+            elif last != k - 1:
+                adjacent = False
+            advanced.append(index_shapes[item[1]])
+            last = k
+            dim += 1
+        else:  # an int
+            dim += 1
+    out.extend(shape[dim:])
+    if advanced:
+        index = broadcast_shapes(*advanced)
+        at = advanced_at if adjacent else 0
+        out[at:at] = index
+    return tuple(out)
+
+
+def _slice_length(size, start, stop, step) -> int:
+    """len(range(size)[start:stop:step]) as Python computes it (comparisons on symbolic sizes guard)."""
+    step = 1 if step is None else step
+    start = 0 if start is None else (start + size if start < 0 else start)
+    stop = size if stop is None else (stop + size if stop < 0 else stop)
+    start, stop = max(0, min(start, size)), max(0, min(stop, size))
+    return max(0, (stop - start + step - 1) // step)
 
 
 defprim("getitem", PrimKind.MOVEMENT, _getitem_infer)

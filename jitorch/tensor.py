@@ -43,6 +43,7 @@ class Tensor:
     _born = None  # the mark of the trace that created this tensor, if one did (jitorch.compile)
     _view = None  # a traced view: how it was made from its base (jitorch.ir.trace._View)
     _contig = True  # a traced tensor: whether eagerly its array would be C-contiguous
+    _dynamic_dims = None  # dims `jitorch.mark_dynamic` made symbolic for compiled functions (a frozenset)
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     @staticmethod
@@ -83,15 +84,21 @@ class Tensor:
         self._counter().value += 1
 
     # --- metadata -------------------------------------------------------------------------
+    def _sizes(self) -> tuple:
+        """The shape: its symbolic sizes for a traced tensor of a dynamic-shape trace (see
+        `jitorch.ir.symbolic`), else the buffer's."""
+        value = self._value
+        return value.shape if value is not None and value.symbolic else self._data.shape
+
     @property
     def shape(self) -> Size:
-        return Size(self._data.shape)
+        return Size(self._sizes())
 
     def size(self, dim: int | None = None):
         """The shape, or one dimension's size."""
         if dim is None:
-            return Size(self._data.shape)
-        return self._data.shape[_wrap_dim(dim, self._data.ndim)]
+            return Size(self._sizes())
+        return self._sizes()[_wrap_dim(dim, self._data.ndim)]
 
     @property
     def dtype(self) -> _dt.DType:
@@ -109,6 +116,8 @@ class Tensor:
         return self._data.ndim
 
     def numel(self) -> int:
+        if self._value is not None and self._value.symbolic:
+            return self.shape.numel()
         return int(self._data.size)
 
     nelement = numel
@@ -377,7 +386,7 @@ class Tensor:
     def __len__(self) -> int:
         if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self._data.shape[0]
+        return self._sizes()[0]
 
     def __iter__(self):
         if self._data.ndim == 0:

@@ -187,7 +187,7 @@ def tape(monkeypatch):
 
 
 def _graphed(compiled) -> list[GraphedProgram]:
-    return [p.graphed for entries in compiled.cache.values() for p in entries if p.graphed is not None]
+    return [p.graphed for p in compiled.programs() if p.graphed is not None]
 
 
 # ---------------------------------------------------------------------------------------------

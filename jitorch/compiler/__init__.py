@@ -28,6 +28,7 @@ Module is wrapped by nn's `OptimizedModule`: nn sits above the compiler.
 from . import composites
 from .api import RECOMPILE_LIMIT, CompiledFunction, compile, disable, forget_programs, is_compiling
 from .check import CompileCheckError
+from .dynamic import mark_dynamic
 from .program import CompiledBackward, Program
 
 
@@ -41,9 +42,9 @@ def reset() -> None:
 
 
 # shown (in tracebacks, reprs, help) where users import them from, as before the package was split
-for _public in (CompileCheckError, CompiledFunction, Program, compile, disable, is_compiling, reset):
+for _public in (CompileCheckError, CompiledFunction, Program, compile, disable, is_compiling, mark_dynamic, reset):
     _public.__module__ = __name__
 del _public
 
 __all__ = ["RECOMPILE_LIMIT", "CompileCheckError", "CompiledBackward", "CompiledFunction", "Program", "compile",
-           "disable", "is_compiling", "reset"]
+           "disable", "is_compiling", "mark_dynamic", "reset"]

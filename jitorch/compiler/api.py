@@ -6,6 +6,7 @@ and `forget_programs` (for `jitorch.compiler.reset`). A compiled Module is wrapp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import inspect
@@ -22,16 +23,18 @@ from .. import autograd as _ag
 from .. import logs
 from .._trace_state import trace_state
 from ..backends import backend_for, wide_autotuning
-from ..ir.graph import Value
+from ..ir.graph import Graph, Value
 from ..ir.joint import prune_inputs, split_joint
 from ..ir.passes import optimize
 from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
 from ..ir.trace import TraceError, TraceInfo, Tracer
 from ..runtime.executor import Plan
+from ..symbolic import ShapeEnv, concrete
 from ..tensor import Tensor
 from .check import run_checked
 from .cudagraphs import GraphedProgram
+from .dynamic import SymbolicProgram, all_dims, changed_dims, leaf_shapes, marked_dims, masked_key
 from .guards import call_key, diff_keys, free_python_values, module_labels, named_objects
 from .program import CompiledBackward, Program, program_device
 
@@ -99,6 +102,21 @@ class _Gradients:
 
 
 @dataclass
+class _Traced:
+    """One traced call, before lowering: its graph (forward outputs, then the backward's gradients
+    when traced into it), what the runtime needs, and its size symbols (None: all sizes concrete)."""
+
+    graph: Graph
+    n_fwd: int  # the forward's outputs: the graph's first ones
+    info: TraceInfo
+    out_treedef: object
+    out_consts: list
+    joint: _JointBackward | None
+    world: PythonState | None  # the Python state before the trace, for the first program's first run
+    env: ShapeEnv | None
+
+
+@dataclass
 class _JointBackward:
     """The same, as graph values: the backward traced into the call's graph, still to be split off."""
 
@@ -115,7 +133,7 @@ class CompiledFunction:
     """What `jitorch.compile(fn)` returns: call it like `fn`; see `explain()` for what it did."""
 
     def __init__(self, fn: Callable, mode: str = "default", fallback: str | None = None,
-                 name: str | None = None, options: dict | None = None) -> None:
+                 name: str | None = None, options: dict | None = None, dynamic: bool | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"jitorch.compile: mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if fallback not in (None, "eager"):
@@ -129,7 +147,11 @@ class CompiledFunction:
             self.wide_autotuning = bool(options.get("max_autotune", self.wide_autotuning))
         self.fallback = fallback
         self.name = name or getattr(fn, "__qualname__", getattr(fn, "__name__", type(fn).__name__))
-        self.cache: dict[tuple, list[Program]] = {}
+        self.dynamic = dynamic
+        self._auto_dims: dict[int, set[int]] = {}  # argument dims made symbolic after their size changed
+        self._static_only: str | None = None  # why symbolic traces are off for this function (see dynamic.py)
+        self._last_concrete: tuple[Program, list] | None = None  # see _previous_program
+        self.cache: dict[tuple, list[Program | SymbolicProgram]] = {}
         self.calls = self.hits = self.compiles = 0
         self.recompile_reasons: list[str] = []
         self._changed = Counter()
@@ -163,11 +185,12 @@ class CompiledFunction:
         self.calls += 1
         named, call = self._bind(args, kwargs)
         leaves, paths, treedef = flatten(named)
-        key = call_key(treedef, leaves)
-        program, reason = self._lookup(key)
+        key, dims = self._key(treedef, leaves)
+        program, reason = self._lookup(key, leaves)
         if program is None:
+            key, dims = self._widen(key, dims, treedef, leaves)
             try:
-                program = self._compile(call, leaves, paths, key, reason)
+                program = self._compile(call, leaves, paths, key, reason, dims)
             except TraceError as err:
                 if self.fallback != "eager":
                     raise
@@ -219,12 +242,42 @@ class CompiledFunction:
         bound = inspect.BoundArguments(signature, dict(named))
         return self.fn(*bound.args, **bound.kwargs)
 
-    def _lookup(self, key: tuple) -> tuple[Program | None, str | None]:
+    def _key(self, treedef, leaves: list) -> tuple[tuple, dict[int, set[int]]]:
+        """A call's cache key, and the argument dims its trace makes symbolic (left out of the key)."""
+        key = call_key(treedef, leaves)
+        if self._static_only is not None or self.dynamic is False:
+            return key, {}
+        dims = all_dims(leaves) if self.dynamic else {i: set(d) for i, d in self._auto_dims.items()}
+        for i, marked in marked_dims(leaves).items():
+            dims.setdefault(i, set()).update(marked)
+        return masked_key(key, dims), dims
+
+    def _widen(self, key: tuple, dims: dict[int, set[int]], treedef, leaves: list
+               ) -> tuple[tuple, dict[int, set[int]]]:
+        """Automatic dynamic shapes (dynamic=None): on a miss where only argument sizes changed since
+        the last compile, those dims become symbolic from now on."""
+        if self.dynamic is not None or self._static_only is not None or self._last_key is None:
+            return key, dims
+        changed = changed_dims(self._last_key, key)
+        if not changed:
+            return key, dims
+        for i, ds in changed.items():
+            self._auto_dims.setdefault(i, set()).update(ds)
+            dims.setdefault(i, set()).update(ds)
+        return masked_key(call_key(treedef, leaves), dims), dims
+
+    def _lookup(self, key: tuple, leaves: list) -> tuple[Program | None, str | None]:
         entries = self.cache.get(key)
         reason, self._one_shot_reason = self._one_shot_reason, None
         if entries:
-            for program in entries:
-                failure = program.guard_failure()
+            for entry in entries:
+                if isinstance(entry, SymbolicProgram):
+                    program, failure = entry.program_for(leaves)
+                    if entry.broken is not None:
+                        self._go_static(entry.broken)
+                        return None, entry.broken
+                else:
+                    program, failure = entry, entry.guard_failure()
                 if failure is None:
                     return program, None
                 reason = failure
@@ -235,6 +288,13 @@ class CompiledFunction:
             reason = "; ".join(f"{what}: {how}" for what, how in diffs) or "new arguments"
         return None, reason
 
+    def _go_static(self, reason: str) -> None:
+        """Symbolic traces off for this function from now on: a program per size, as dynamic=False."""
+        self._static_only = reason
+        self.recompile_reasons.append(reason)
+        logs.log("recompiles", f"{self.name}: {reason}")
+        self._last_key = None
+
     def _drop(self, key: tuple, program: Program) -> None:
         entries = self.cache.get(key, [])
         if program in entries:
@@ -242,22 +302,47 @@ class CompiledFunction:
         self._one_shot_reason = program.one_shot
 
     # --- compile ------------------------------------------------------------------------
-    def _compile(self, call, leaves, paths, key, reason) -> Program:
+    def _compile(self, call, leaves, paths, key, reason, dims: dict[int, set[int]] | None = None) -> Program:
         if reason is not None:
             self.recompile_reasons.append(reason)
             logs.log("recompiles", f"{self.name}: recompiling because {reason}")
             self._maybe_warn_limit()
         t0 = time.perf_counter()
+        previous = self._previous_program()
         with _gc_paused(), wide_autotuning(self.wide_autotuning):
-            program = self._trace(call, leaves, paths, key[0])
+            traced = self._record_call(call, leaves, paths, key[0], dims)
+            entry = self._entry(traced, call, leaves, paths, key[0])
+            if isinstance(entry, SymbolicProgram) and previous is not None:
+                entry.check_against(*previous)
+        if isinstance(entry, SymbolicProgram) and entry.broken is not None:
+            self._go_static(entry.broken)
+            return self._compile(call, leaves, paths, call_key(key[0], leaves), None)
         self.trace_seconds.append(time.perf_counter() - t0)
         self.compiles += 1
         logs.log("perf", f"{self.name}: traced and lowered in {self.trace_seconds[-1] * 1e3:.1f} ms")
+        if isinstance(entry, SymbolicProgram):
+            logs.log("guards", f"{self.name}:\n" + "\n".join(entry.describe()))
+            program, failure = entry.program_for(leaves)
+            if program is None:  # (the trace's own guards failing at its own sizes: a bug, said plainly)
+                raise RuntimeError(f"jitorch.compile({self.name}): a symbolic trace does not apply to the call it "
+                                   f"traced ({failure}); compile with dynamic=False")
+        else:
+            program = entry
         logs.log("graph", f"{self.name}:\n{program.graph.format()}")
         logs.log("guards", f"{self.name}:\n{program.guard_text(paths, key)}")
-        self.cache.setdefault(key, []).append(program)
+        if isinstance(entry, SymbolicProgram):
+            self.cache.setdefault(key, []).append(entry)
+        else:  # (under the call's own sizes: a program traced with symbols that serves one call only)
+            self.cache.setdefault(call_key(key[0], leaves) if dims else key, []).append(entry)
+            if not dims and program.one_shot is None:  # (a one-shot trace baked state a later one reads)
+                self._last_concrete = (program, leaf_shapes(leaves))
         self._last_key, self._last_paths = key, paths
         return program
+
+    def _previous_program(self) -> tuple[Program, list] | None:
+        """The program of the last concrete trace and its call's argument shapes: a symbolic trace
+        made now is checked against it (see dynamic.py)."""
+        return self._last_concrete if self._last_key is not None else None
 
     def _maybe_warn_limit(self) -> None:
         if self.compiles >= RECOMPILE_LIMIT and not self._warned_limit:
@@ -273,7 +358,15 @@ class CompiledFunction:
                           "or compile with mode='eager'.", stacklevel=4)
 
     def _trace(self, call, leaves: list, paths: list[str], treedef) -> Program:
-        tracer = Tracer(self.name, module_labels(self.fn))
+        """A concrete trace of a call (no symbols), lowered."""
+        return self._lower(self._record_call(call, leaves, paths, treedef), leaves)
+
+    def _record_call(self, call, leaves: list, paths: list[str], treedef,
+                     dims: dict[int, set[int]] | None = None) -> _Traced:
+        """Trace a call into a graph (its forward, and the backward traced into it), over size
+        symbols for the argument dims in `dims`."""
+        env = ShapeEnv() if dims else None
+        tracer = Tracer(self.name, module_labels(self.fn), env, dims)
         roots = named_objects(self.fn) + [(f"arg {p}", x) for x, p in zip(leaves, paths) if not isinstance(x, Tensor)]
         world = PythonState(roots, tracer.label)  # before the trace: what Python state did it write?
         with tracer:
@@ -286,17 +379,42 @@ class CompiledFunction:
         if joint is not None:
             for value, label in joint.grads:
                 tracer.graph.add_output(value, label)
-        graph = optimize(tracer.graph)
+        return _Traced(tracer.graph, n_fwd, info, out_treedef, out_consts, joint, world,
+                       env if env is not None and env.sources else None)
+
+    def _entry(self, traced: _Traced, call, leaves: list, paths: list[str], treedef) -> Program | SymbolicProgram:
+        """The cache entry of a trace: a Program, or a SymbolicProgram where the trace has size symbols
+        (and writes no Python state: such a program serves one call, traced for its sizes)."""
+        info, env = traced.info, traced.env
+        if env is None or info.python_writes or info.escaped or info.born_writes:
+            return self._lower(traced, leaves, env.hints if env is not None else None, True)
+        return SymbolicProgram(self.name, traced.graph, env,
+                               lambda values, constants: self._lower(traced, leaves, values, constants),
+                               lambda now: self._trace(call, now, paths, treedef))
+
+    def _lower(self, traced: _Traced, leaves: list, env: dict[str, int] | None = None,
+               sizes_as_constants: bool = False) -> Program:
+        """A traced graph (specialized to symbol values `env` where it has symbols: see
+        `Graph.specialized`) optimized, split into forward and backward, and planned on the
+        arguments' device."""
+        info, joint = traced.info, traced.joint
+        graph = traced.graph
+        if env is not None:
+            graph = graph.specialized(env, sizes_as_constants)
+            info = dataclasses.replace(info, random_count=concrete(info.random_count, env))
+        graph = optimize(graph)
         prune_inputs(graph)
+        computes = graph.dag_key()  # (what a symbolic trace is checked by: see dynamic.py)
         device = program_device(graph, leaves)
         backend = backend_for(device.type if device is not None else "cpu")
         backward = None
         if joint is not None:
-            graph, bwd_graph, n_saved = split_joint(graph, n_fwd)
+            graph, bwd_graph, n_saved = split_joint(graph, traced.n_fwd)
             backward = CompiledBackward(plan=Plan(bwd_graph, backend), n_saved=n_saved, out_slots=joint.out_slots,
                                         diff_refs=joint.diff_refs, used=joint.used)
-        program = Program(graph, info, out_treedef, out_consts, backend, device, backward)
-        program.trace_world = world
+        program = Program(graph, info, traced.out_treedef, traced.out_consts, backend, device, backward)
+        program.computes = computes
+        program.trace_world, traced.world = traced.world, None  # (the first program's first run reads it)
         if info.python_writes:
             program.one_shot = ("the function writes Python state that a replay would not repeat ("
                                 + ", ".join(map(str, info.python_writes[:3])) + "); it is traced on every call")
@@ -356,6 +474,15 @@ class CompiledFunction:
         return _Gradients(diff_leaves=diff_leaves, diff_refs=[ref for _, ref in diff_in], used=used, grads=kept)
 
     # --- introspection ------------------------------------------------------------------
+    def programs(self) -> list[Program]:
+        """Every program in the cache: each entry's, and each size a symbolic trace was lowered for."""
+        found: dict[int, Program] = {}  # (a program checked equal to a symbolic trace serves it too)
+        for entries in self.cache.values():
+            for entry in entries:
+                for program in entry.programs.values() if isinstance(entry, SymbolicProgram) else [entry]:
+                    found.setdefault(id(program), program)
+        return list(found.values())
+
     def explain(self, *args, **kwargs) -> str:
         """The IR, the guards and the cache state for a call with these arguments (compiling if needed).
 
@@ -363,14 +490,15 @@ class CompiledFunction:
         """
         named, call = self._bind(args, kwargs)
         leaves, paths, treedef = flatten(named)
-        key = call_key(treedef, leaves)
-        program, reason = self._lookup(key)
+        key, dims = self._key(treedef, leaves)
+        program, reason = self._lookup(key, leaves)
         lines = [f"jitorch.compile({self.name}), mode={self.mode!r}"]
         if program is None:
             lines.append(f"cache miss ({reason or 'first call'}): tracing now")
-            program = self._compile(call, leaves, paths, key, reason)
+            key, dims = self._widen(key, dims, treedef, leaves)
+            program = self._compile(call, leaves, paths, key, reason, dims)
         lines.append(
-            f"cache: {sum(len(v) for v in self.cache.values())} entries; {self.calls} calls, {self.hits} hits, "
+            f"cache: {len(self.programs())} programs; {self.calls} calls, {self.hits} hits, "
             f"{self.compiles} compiles"
         )
         if self.recompile_reasons:
@@ -380,6 +508,13 @@ class CompiledFunction:
             lines.append(f"last trace + lowering: {self.trace_seconds[-1] * 1e3:.1f} ms")
         lines.append("guards:")
         lines += ["  " + line for line in program.guard_text(paths, key).splitlines()]
+        for entry in self.cache.get(key, []):
+            if isinstance(entry, SymbolicProgram) and program in entry.programs.values():
+                lines += entry.describe()
+                lines.append("symbolic IR:")
+                lines.append(entry.graph_text())
+        if self._static_only:
+            lines.append(f"dynamic shapes off: {self._static_only}")
         lines.append("IR:")
         lines.append(program.graph.format())
         if program.backward is not None:
@@ -435,8 +570,14 @@ def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: 
       splits one at a graph break. `False` (PyTorch's default) changes nothing; code that cannot be
       traced raises a `TraceError` naming the line, or, with `fallback="eager"`, the function runs
       as written from then on.
-    - `dynamic`: None or False: each new combination of argument shapes traces its own program (as
-      `dynamic=False`); `True` (symbolic shapes) is not supported yet and raises.
+    - `dynamic`: None (the default): an argument dim whose size changes between calls is traced
+      again once with a symbolic size, and that trace serves every later size (automatic dynamic
+      shapes); True: every argument dim is symbolic from the first call; False: each new
+      combination of argument shapes traces a program of its own. `jitorch.mark_dynamic(t, dim)`
+      makes one dim symbolic from the start. Sizes 0 and 1 always get programs of their own, and
+      argument dims of equal size share one symbol while they stay equal (as in PyTorch); what a
+      trace assumed about its sizes, and why a call needed another trace, are in `explain()` and
+      the "recompiles" log. See `jitorch.compiler.dynamic`.
     - `disable=True`: returns `model` itself, uncompiled, as PyTorch does.
     - `fallback` and `name` are jitorch's: the eager fallback above, and the name logs and
       `explain()` give the compiled function.
@@ -449,9 +590,9 @@ def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: 
         return model
     if hasattr(model, "forward") and hasattr(model, "named_parameters"):  # a Module (nn sits above the compiler)
         compiled = CompiledFunction(model.__call__, mode=mode, fallback=fallback, name=name or type(model).__name__,
-                                    options=options)
+                                    options=options, dynamic=dynamic)
         return model._wrapped_by_compile(compiled)  # PyTorch's OptimizedModule: `jitorch.nn.Module`
-    return CompiledFunction(model, mode=mode, fallback=fallback, name=name, options=options)
+    return CompiledFunction(model, mode=mode, fallback=fallback, name=name, options=options, dynamic=dynamic)
 
 
 def _mode_of(backend, mode: str | None, options: dict | None, dynamic, fullgraph) -> str:
@@ -474,11 +615,6 @@ def _mode_of(backend, mode: str | None, options: dict | None, dynamic, fullgraph
                              + "; ".join(f"{k!r}: {what}" for k, what in OPTIONS.items()))
     if dynamic not in (None, False, True):
         raise TypeError(f"jitorch.compile: dynamic must be None, True or False, got {dynamic!r}")
-    if dynamic:
-        raise NotImplementedError(
-            "jitorch.compile(dynamic=True): symbolic shapes are not supported yet. Each new combination of "
-            "argument shapes compiles a program of its own (dynamic=None or False); pad or bucket a varying "
-            "size to a few values to keep that number small.")
     if not isinstance(fullgraph, bool):
         raise TypeError(f"jitorch.compile: fullgraph must be True or False, got {fullgraph!r}")
     return "eager" if backend == "eager" else mode or "default"

@@ -131,7 +131,7 @@ def _refusal(program: Program) -> str | None:
     if info.escaped or any(ref() is not None for ref, _ in info.born_writes):
         return "it keeps tensors it made (state a replay would not remake)"
     for kind, _ in program.fetch:
-        if kind not in ("arg", "lifted", "grad", "rng"):
+        if kind not in ("arg", "lifted", "grad", "rng", "size"):
             return f"it reads a {kind} input"
     for step in program.plan.steps:
         if type(step) is PrimStep:
@@ -189,7 +189,7 @@ class _Captured:
         host_slots = []
         for kind, ref in program.fetch:
             t = leaves[ref] if kind == "arg" else ref
-            if kind != "rng" and t._device is device:
+            if kind not in ("rng", "size") and t._device is device:
                 if kind == "lifted":
                     self.fixed.append((t, t._data))
                     self.inputs.append(t._data)
@@ -198,7 +198,7 @@ class _Captured:
                 buffer = backend.empty(source.shape, source.dtype)
                 self.copied.append((kind, ref, buffer))
                 self.inputs.append(buffer)
-            else:  # CPU tensors (hyperparameters, a step count, scalar arguments) and the random seed/counter
+            else:  # CPU tensors (hyperparameters, a step count, scalar arguments), the random seed/counter, sizes
                 self.host_reads.append((kind, ref))
                 host_slots.append(len(self.inputs))
                 self.inputs.append(None)

@@ -79,6 +79,7 @@ class Program:
         self.one_shot: str | None = None  # why this program serves one call only (it is then traced again)
         self.trace_world: PythonState | None = None  # the Python state before its trace, until its first run
         self.graphed = None  # mode="reduce-overhead": its device graph and why or why not (compiler/cudagraphs.py)
+        self.computes: str | None = None  # the traced graph's `dag_key` after optimization (see dynamic.py)
         self.fetch = [(i.kind, i.ref) for i in graph.inputs]
         self.lifted_guards = [_LiftedGuard(i.ref, i.ref._data.shape, i.ref._data.dtype, i.ref.requires_grad,
                                            i.ref._device) for i in graph.inputs if i.kind == "lifted"]
@@ -169,6 +170,8 @@ class Program:
             return ref._data
         if kind == "grad":
             return ref._grad._data
+        if kind == "size":  # (a symbolic size used as a number: its value for this program's sizes)
+            return np.array(ref, dtype=np.int64)
         return self.random_input(ref)
 
     def random_input(self, ref: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import dtypes as _dt
+from ..symbolic import SymInt, concrete, hints
 
 _SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16", "int32": "i32",
           "int64": "i64", "bool": "bool"}
@@ -23,25 +24,26 @@ _SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf1
 def abstract_array(shape: tuple[int, ...], dtype) -> np.ndarray:
     """A stand-in for a value of this shape and dtype with no data: zero strides, no memory (a
     traced tensor's `_data`, a meta tensor's)."""
-    return np.broadcast_to(np.zeros((), dtype), shape)
+    return np.broadcast_to(np.zeros((), dtype), hints(shape))
 
 class Value:
     """An SSA value: shape, dtype, and the node that defines it (None for graph inputs)."""
 
-    __slots__ = ("id", "shape", "dtype", "node")
+    __slots__ = ("id", "shape", "dtype", "node", "symbolic")
 
     def __init__(self, id: int, shape: tuple[int, ...], dtype: _dt.DType, node: Node | None = None) -> None:
         self.id = id
         self.shape = tuple(shape)
         self.dtype = dtype
         self.node = node
+        self.symbolic = any(type(d) is SymInt for d in self.shape)  # sizes that are expressions of symbols
 
     @property
     def name(self) -> str:
         return f"%{self.id}"
 
     def type_str(self) -> str:
-        return f"{_SHORT[self.dtype.name]}[{','.join(map(str, self.shape))}]"
+        return f"{_SHORT[self.dtype.name]}[{','.join(map(repr, self.shape))}]"  # (a SymInt shows its expression)
 
     def __repr__(self) -> str:
         return f"{self.name}:{self.type_str()}"
@@ -101,7 +103,9 @@ class Input:
     """A graph input and where its value comes from at call time."""
 
     value: Value
-    kind: str  # "arg" (a tensor argument), "lifted" (a tensor the function touched), "grad", "rng", "cotangent"
+    # "arg" (a tensor argument), "lifted" (a tensor the function touched), "grad", "rng", "cotangent",
+    # "size" (a symbolic size used as a number: its Expr in a symbolic graph, its value once specialized)
+    kind: str
     label: str
     ref: object = None  # where the runtime reads it: the arg's index, the lifted tensor, the grad's owner
 
@@ -160,6 +164,41 @@ class Graph:
         self.outputs.append(value)
         self.output_labels.append(label)
 
+    def specialized(self, env: dict[str, int], sizes_as_constants: bool = False) -> Graph:
+        """This graph of a dynamic-shape trace with its size symbols given values (`env`): every
+        symbolic shape and param evaluated, value ids kept. A "size" input (a symbolic size used as
+        a number) stays an input holding its value (so fused kernels read it at run time and serve
+        every size), or with `sizes_as_constants` becomes a constant (as a trace at those sizes has
+        it: what a symbolic trace is checked by)."""
+        out = Graph(self.name)
+        out._next_id = self._next_id
+        values: dict[int, Value] = {}
+
+        def value(v: Value) -> Value:
+            found = values.get(v.id)
+            if found is None:
+                found = values[v.id] = Value(v.id, concrete(v.shape, env) if v.symbolic else v.shape, v.dtype)
+            return found
+
+        for i in self.inputs:
+            if i.kind != "size":
+                out.inputs.append(Input(value(i.value), i.kind, i.label, i.ref))
+            elif sizes_as_constants:
+                v = value(i.value)
+                v.node = Node("const", (), {"value": Const(np.array(i.ref.evaluate(env), np.int64))}, v, "")
+                out.nodes.append(v.node)
+            else:
+                size = i.ref.evaluate(env)
+                out.inputs.append(Input(value(i.value), i.kind, f"{i.label}={size}", size))
+        for node in self.nodes:
+            new = Node(node.op, tuple(map(value, node.inputs)), {k: concrete(p, env) for k, p in node.params.items()},
+                       value(node.out), node.source, node.region)
+            new.out.node = new
+            out.nodes.append(new)
+        out.outputs = [value(v) for v in self.outputs]
+        out.output_labels = list(self.output_labels)
+        return out
+
     # --- text ---------------------------------------------------------------------------
     def format(self, with_source: bool = True) -> str:
         """The graph as text: one line per input, node and output."""
@@ -189,6 +228,18 @@ class Graph:
             parts.append(f"{local(n.out)}={n.op}({ins}){n.params_key()!r}:{n.out.type_str()}")
         parts.append("->" + ",".join(f"{lbl}={local(v)}" for v, lbl in zip(self.outputs, self.output_labels)))
         return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+    def dag_key(self) -> str:
+        """A structural hash that ignores node order: each output hashed as the expression that
+        computes it from labelled inputs (two traces that record the same computation in another
+        order hash equal)."""
+        memo: dict[int, str] = {}
+        for inp in self.inputs:
+            memo[inp.value.id] = _digest(f"in:{inp.kind}:{inp.label}:{inp.value.type_str()}")
+        for n in self.nodes:
+            ins = ",".join(memo[v.id] for v in n.inputs)
+            memo[n.out.id] = _digest(f"{n.op}({ins}){n.params_key()!r}:{n.out.type_str()}")
+        return _digest("->".join(f"{label}={memo[v.id]}" for v, label in zip(self.outputs, self.output_labels)))
 
     # --- checks -------------------------------------------------------------------------
     def verify(self) -> None:
@@ -240,6 +291,10 @@ class Graph:
         for v in self.outputs:
             counts[v.id] = counts.get(v.id, 0) + 1
         return counts
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 class IRError(Exception):

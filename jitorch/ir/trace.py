@@ -32,6 +32,7 @@ from ..autograd import _grad_mode, no_grad
 from ..dispatch import dispatch as dispatch_prim
 from ..errors import TraceError
 from ..primitives import PRIMS, VIEW_PRIMS
+from ..symbolic import ShapeEnv, hints, is_symbolic
 from ..tensor import Tensor
 from .graph import Const, Graph, Value, abstract_array
 
@@ -84,6 +85,13 @@ def _unview(prim, params: dict, source: Tensor, written: Tensor) -> Tensor:
     raise RuntimeError(
         f"unsupported in-place operation on a tensor of shape {tuple(written.shape)} at {user_source()}: it "
         "is an expanded view where several elements share one memory location. Use .clone() first.")
+
+
+class _Aval(NamedTuple):
+    """A traced input as a shape rule reads it, with its symbolic sizes."""
+
+    shape: tuple
+    dtype: np.dtype
 
 
 def _traced(value: Value, device, contiguous: bool = True) -> Tensor:
@@ -208,8 +216,13 @@ class TraceInfo:
 class Tracer:
     """Records one call of a function into a Graph (see the module docstring)."""
 
-    def __init__(self, name: str, labels: dict[int, str] | None = None) -> None:
+    def __init__(self, name: str, labels: dict[int, str] | None = None, shape_env: ShapeEnv | None = None,
+                 dynamic: dict[int, set[int]] | None = None) -> None:
         self.graph = Graph(name)
+        # a dynamic-shape trace: the symbols and guards, and which dims of which argument leaves are symbolic
+        self.shape_env = shape_env
+        self.dynamic = dynamic or {}
+        self.sizes: dict = {}  # symbolic size (its Expr) -> its "size" input (see size_value)
         self.labels = labels or {}  # id(tensor) -> a readable name such as "model.fc1.weight"
         self.env: dict[int, tuple[Tensor, Value]] = {}  # concrete tensor -> its current value
         self.lifted: list[Tensor] = []
@@ -228,10 +241,14 @@ class Tracer:
             raise TraceError("jitorch.compile: a compiled function called another while tracing; "
                              "nested compilation is not supported, call the inner function uncompiled")
         trace_state.tracer = self
+        if self.shape_env is not None:
+            self.shape_env.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         trace_state.tracer = None
+        if self.shape_env is not None:
+            self.shape_env.__exit__()
 
     # --- values -------------------------------------------------------------------------
     def _root(self, t: Tensor) -> Tensor:
@@ -269,11 +286,24 @@ class Tracer:
 
     def arg(self, t: Tensor, label: str, index: int) -> Tensor:
         """A traced stand-in for tensor argument number `index` (in the flattened arguments)."""
-        v = self.graph.add_input(t.shape, t.dtype, "arg", label, ref=index)
+        shape = tuple(t._data.shape)
+        dims = self.dynamic.get(index)
+        if dims:
+            shape = tuple(self.shape_env.size(d, index, k, f"{label}.size({k})") if k in dims else d
+                          for k, d in enumerate(shape))
+        v = self.graph.add_input(shape, t.dtype, "arg", label, ref=index)
         out = _traced(v, t._device, bool(t._data.flags.c_contiguous))
         out.requires_grad = t.requires_grad
         out._arg_input = v
         return out
+
+    def size_value(self, size, device) -> Tensor:
+        """A symbolic size (a SymInt) as a 0-d int64 tensor: a graph input of kind "size" that holds
+        its value for each call's sizes (a constant would hold this call's)."""
+        found = self.sizes.get(size.expr)
+        if found is None:
+            found = self.sizes[size.expr] = self.graph.add_input((), _dt.int64, "size", repr(size.expr), ref=size.expr)
+        return _traced(found, device)
 
     def input(self, shape, dtype: _dt.DType, kind: str, label: str, device, ref: object = None) -> Tensor:
         return _traced(self.graph.add_input(shape, dtype, kind, label, ref), device)
@@ -292,8 +322,12 @@ class Tracer:
     def record(self, prim, inputs: tuple, params: dict, device) -> Tensor:
         """Append one primitive application; return its traced output."""
         values = tuple(self.value_of(t) for t in inputs)
+        if self.shape_env is not None and (any(v.symbolic for v in values) or is_symbolic(tuple(params.values()))):
+            avals = [_Aval(v.shape, t._data.dtype) for v, t in zip(values, inputs)]  # (shape rules on symbols)
+        else:
+            avals = [t._data for t in inputs]
         try:
-            shape, np_dtype = prim.infer(*[t._data for t in inputs], **params)
+            shape, np_dtype = prim.infer(*avals, **params)
         except (ValueError, IndexError, TypeError) as err:
             raise type(err)(f"{prim.name}: {err} (at {user_source()})") from None
         dtype = _dt.from_numpy_dtype(np.dtype(np_dtype))
@@ -301,6 +335,7 @@ class Tracer:
         view = _view_of(prim, inputs[0], params) if prim.name in VIEW_PRIMS else None
         if view is None:
             # numpy keeps C order when every full-size operand has it (broadcast operands don't count)
+            shape = hints(shape)  # (bookkeeping on this call's sizes: no guard)
             out = _traced(value, device, all(_is_contiguous(t) for t in inputs if t._data.shape == shape))
         else:
             out = _traced(value, device, prim.name == "reshape" and _is_contiguous(inputs[0]))
