@@ -98,12 +98,13 @@ def tiny_factory(lib, seed: int = 0):
 # measurements
 
 
-def jitorch_trace_seconds(factory) -> float:
+def jitorch_trace_seconds(factory, dynamic: bool | None = None) -> float:
     """Trace + lowering (fusion and LLVM compilation of the kernels) of both traces of a training
     step: the first call's, which also creates the optimizer's state, and the steady-state one.
-    `main` points the kernel disk cache at an empty folder, so this is a first run's cost."""
+    `main` points the kernel disk cache at an empty folder, so this is a first run's cost.
+    `dynamic`: jitorch.compile's (True: every argument dim symbolic from the first trace)."""
     step, args = factory(jt)
-    compiled = jt.compile(step)
+    compiled = jt.compile(step, dynamic=dynamic)
     compiled(*args)
     compiled(*args)
     return sum(compiled.trace_seconds)
@@ -113,15 +114,16 @@ WARM_SCRIPT = """
 import sys
 sys.path[:0] = {paths!r}
 import compile as bench
-print(bench.jitorch_trace_seconds(bench.{factory}))
+print(bench.jitorch_trace_seconds(bench.{factory}, {dynamic!r}))
 """
 
 
-def jitorch_trace_seconds_warm(factory) -> float:
+def jitorch_trace_seconds_warm(factory, dynamic: bool | None = None) -> float:
     """The same in a new process whose kernel disk cache already holds the step's kernels (what a
     second run of a training script sees): tracing, fusion, and loading machine code."""
     here = Path(__file__).resolve().parent
-    script = WARM_SCRIPT.format(paths=[str(here), str(here.parent / "examples")], factory=factory.__name__)
+    script = WARM_SCRIPT.format(paths=[str(here), str(here.parent / "examples")], factory=factory.__name__,
+                                dynamic=dynamic)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
@@ -188,20 +190,21 @@ def results_name(kernel_threads: int | None) -> str:
     return f"compile_cpu_{kernel_threads}thread{'s' if kernel_threads > 1 else ''}"
 
 
-NEW_LENGTHS = (48, 32)  # sequence lengths after the first (char_lm's block size, 64)
+NEW_LENGTHS = (48, 32, 40, 56, 17)  # sequence lengths after the first (char_lm's block size, 64)
 
 
-def new_length_seconds(lib) -> list[float] | None:
+def new_length_seconds(lib, dynamic: bool | None = None) -> list[float] | None:
     """Wall seconds of a compiled char-LM step's first call at each of `NEW_LENGTHS`, after it was
-    compiled and run at the model's block size: what a new sequence length costs (jitorch traces
-    and lowers again, reusing compiled kernels from its caches; torch.compile recompiles once with
-    the changed dim made symbolic, automatic dynamic shapes, then serves further lengths)."""
+    compiled and run at the model's block size: what a new sequence length costs. By default both
+    libraries recompile once, with the changed dim made symbolic (automatic dynamic shapes), then
+    serve further lengths: torch.compile as it is, jitorch by lowering its symbolic trace for the
+    length (no trace; kernels from its caches). `dynamic=False`: a trace per length."""
     if lib is None:
         return None
     if lib is torch:
         torch._dynamo.reset()
     step, (x, y) = char_lm_step_factory(lib)
-    compiled = lib.compile(step)
+    compiled = lib.compile(step, dynamic=dynamic)
     compiled(x, y)
     compiled(x, y)
     seconds = []
@@ -254,16 +257,25 @@ def main() -> None:
         tc_s = torch_compile_first_call(factory) if "torch.compile" in contenders else None
         lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {warm_s:.3f} "
                      f"({'met' if warm_s < 0.3 else 'missed'}) | {cell(tc_s, '.1f')} |")
+    # dynamic shapes from the first trace: every argument dim symbolic (targets: under 1 s cold, 0.3 s warm)
+    trace_s = jitorch_trace_seconds(char_lm_step_factory, True)
+    warm_s = jitorch_trace_seconds_warm(char_lm_step_factory, True)
+    lines.append(f"| char-LM step, `dynamic=True` (batch and length symbolic) | {trace_s:.3f} "
+                 f"({'met' if trace_s < 1.0 else 'missed'}: under 1 s) | {warm_s:.3f} "
+                 f"({'met' if warm_s < 0.3 else 'missed'}) | - |")
 
     lengths = ", ".join(map(str, NEW_LENGTHS))
     lines += ["", f"## A new sequence length: the char-LM step's first call at lengths {lengths} after 64", "",
               "Seconds per first call at each new length, in this process (kernel caches as the runs above "
-              "left them). jitorch traces and lowers each new shape again; torch.compile recompiles once, "
-              "with the changed dim symbolic, and then runs other lengths without compiling.", "",
+              "left them). By default both recompile once, with the changed dim symbolic (automatic dynamic "
+              "shapes), and then serve other lengths: torch.compile runs its program as it is; jitorch lowers "
+              "its symbolic trace for each new length (no trace). With `dynamic=False` jitorch traces and "
+              "lowers each new length.", "",
               "| contender | " + " | ".join(f"length {n} s" for n in NEW_LENGTHS) + " |",
               "|---" * (len(NEW_LENGTHS) + 1) + "|"]
-    for who, lib in (("jitorch compiled", jt), ("torch.compile", torch if "torch.compile" in contenders else None)):
-        found = new_length_seconds(lib)
+    for who, lib, dynamic in (("jitorch compiled", jt, None), ("jitorch compiled, dynamic=False", jt, False),
+                              ("torch.compile", torch if "torch.compile" in contenders else None, None)):
+        found = new_length_seconds(lib, dynamic)
         lines.append(f"| {who} | " + " | ".join(cell(v, ".2f") for v in (found or [None] * len(NEW_LENGTHS)))
                      + " |")
 

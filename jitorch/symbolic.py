@@ -20,6 +20,7 @@ targets).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import threading
@@ -347,8 +348,12 @@ def _compare(a, b, op: str) -> bool:
             eb = None
         else:
             return NotImplemented
-    answer = _COMPARE[op](hint_of(a), hint_of(b))
     env = _active.env
+    if env is None and _active.strict:
+        if eb is None or op not in ("==", "!="):
+            raise SizeEscape(f"a decision on {ea} {op} {b!r}")
+        return (ea == eb) == (op == "==")
+    answer = _COMPARE[op](hint_of(a), hint_of(b))
     if env is not None and eb is not None and ea != eb:
         env.guard(ea, op, eb, answer)
     elif env is not None and eb is None:
@@ -357,12 +362,31 @@ def _compare(a, b, op: str) -> bool:
 
 
 def specialize(value):
-    """`value` as a plain number: a SymInt's value in this call, guarded to stay so."""
+    """`value` as a plain number: a SymInt's value in this call, guarded to stay so (inside
+    `strict()`, a SizeEscape instead: nothing there may turn a size into a number)."""
     if isinstance(value, SymInt):
         if _active.env is not None:
             _active.env.guard(value.expr, "==", Expr.constant(value.hint), True)
+        elif _active.strict:
+            raise SizeEscape(f"the size {value.expr} was needed as a number")
         return value.hint
     return value
+
+
+class SizeEscape(Exception):
+    """Inside `strict()`: code treated a symbolic size as a number (or decided on its magnitude)."""
+
+
+@contextlib.contextmanager
+def strict():
+    """A block that transforms a symbolic graph (the compiler's passes): in it sizes compare by
+    expression (`s0 == s0`, never `s0 == 32` because this call had 32), and any use as a number or
+    a decision on magnitude raises SizeEscape (the caller then works on specialized graphs)."""
+    before, _active.strict = _active.strict, True
+    try:
+        yield
+    finally:
+        _active.strict = before
 
 
 def concrete(value, env: dict[str, int]):
@@ -432,6 +456,7 @@ class SymbolSource:
 
 class _Active(threading.local):
     env = None  # the ShapeEnv of the trace running in this thread, or None
+    strict = False  # inside `strict()`
 
 
 _active = _Active()

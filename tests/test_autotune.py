@@ -222,7 +222,8 @@ def test_the_choice_is_written_to_disk_and_a_new_kernel_reads_it(gpu, big_add):
     launch.TritonKernel(big_add, source).run(add_inputs())
     (name,) = gpu.choice_files()
     record = gpu.record(name)
-    assert record["key"] == {"source": launch.source_digest(launch.module_text(source.text)), "loop_shape": [512, 512],
+    code, _ = launch.compiled_form(source.text, source.name)
+    assert record["key"] == {"source": launch.source_digest(launch.module_text(code)), "loop_shape": [512, 512],
                              "gpu": "NVIDIA H200", "capability": "9.0", "triton": triton_driver.triton.__version__,
                              "search": "default"}
     assert record["config"] == {"constexprs": {"BLOCK": 512}, "num_warps": 4}

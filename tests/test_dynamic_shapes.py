@@ -5,6 +5,8 @@ function run eagerly on the same inputs (and the same starting weights)."""
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from jitorch.symbolic import Expr, ShapeEnv, SymInt, concrete
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import char_lm  # noqa: E402
+
+_IN_INTERPRETER = "JITORCH_DYNAMIC_INTERPRETER_RUN"  # (set in the Triton interpreter's process below)
 
 
 def close(a, b, rtol=1e-5, atol=1e-6) -> None:
@@ -239,3 +243,104 @@ def test_dynamic_false_keeps_a_program_per_shape():
     for n in (3, 4, 5):
         f(jt.randn(n))
     assert f.compiles == 3
+
+
+def test_triton_kernels_of_two_sizes_compile_as_one_source():
+    """The GPU's kernels take their sizes at run time: what Triton compiles of a kernel lowered for
+    another size (or repeated in another layer) is the same code, so it compiles once."""
+    pytest.importorskip("triton")
+    from jitorch.backends.cuda.launch import compiled_form
+    from jitorch.codegen import triton as renderer
+    from jitorch.ir.fusion import describe
+
+    def rendered(rows: int) -> list:
+        f = jt.compile(lambda x, b: (F.softmax(x * 2 + b, -1) + x).relu(), dynamic=False)
+        f(jt.randn(rows, 96), jt.randn(96))
+        (program,) = f.programs()
+        return [renderer.render(describe(k.kernel)) for k in program.plan.kernels]
+
+    for a, b in zip(rendered(64), rendered(48), strict=True):
+        assert a.text != b.text and "64x96" in a.name  # (the text a person reads names its sizes)
+        code, name = compiled_form(a.text, a.name)
+        assert (code, name) == compiled_form(b.text, b.name) and "#" not in code and f"def {name}(" in code
+
+
+# ---------------------------------------------------------------------------------------------
+# on the GPU's code path: Triton's interpreter here, an NVIDIA GPU where there is one
+
+
+SMALL = {"n_layer": 1, "batch_size": 2, "d_model": 32, "n_head": 2}
+LENGTHS = (8, 12, 16, 21)
+
+
+def char_lm_steps_on(device: str) -> tuple:
+    """The same char-transformer step eager on the CPU and compiled on `device` (same weights)."""
+    config = char_lm.Config(**SMALL)
+    jt.manual_seed(0)
+    cpu_model = char_lm.build_model(config)
+    model = copy.deepcopy(cpu_model).to(device)
+
+    def step_of(m):
+        opt = jt.optim.AdamW(m.parameters(), lr=1e-3)
+
+        def step(inputs, targets):
+            opt.zero_grad()
+            loss = char_lm.lm_loss(m, inputs, targets)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+
+    return config, step_of(cpu_model), jt.compile(step_of(model))
+
+
+def run_lengths(device: str) -> object:
+    config, eager, compiled = char_lm_steps_on(device)
+    rng = np.random.default_rng(2)
+    for length in LENGTHS:
+        codes = rng.integers(0, config.vocab_size, (config.batch_size, length + 1))
+        x, y = jt.tensor(codes[:, :-1]), jt.tensor(codes[:, 1:])
+        close(compiled(x.to(device), y.to(device)).item(), eager(x, y).item(), rtol=1e-4)
+    assert compiled.compiles <= 2, compiled.recompile_reasons
+    return compiled
+
+
+if os.environ.get(_IN_INTERPRETER):
+    from tests.triton_interpreter_backend import serving_cuda_reporting
+
+    def test_interpreted_char_lm_over_lengths():
+        from jitorch.backends.cuda.launch import compiled_form
+        from jitorch.compiler.dynamic import SymbolicProgram
+
+        found = {}
+        with serving_cuda_reporting(os.environ[_IN_INTERPRETER], lambda backend: found):
+            compiled = run_lengths("cuda")
+            (entry,) = [e for entries in compiled.cache.values() for e in entries if isinstance(e, SymbolicProgram)]
+            for sizes, program in entry.programs.items():  # what Triton compiles of each length's kernels
+                plans = [program.plan] + ([program.backward.plan] if program.backward else [])
+                found[sizes] = {compiled_form(k.rendered.text, k.rendered.name) for plan in plans for k in plan.kernels}
+
+
+def test_a_symbolic_program_on_the_gpu_code_path_shares_its_kernels_across_lengths(tmp_path):
+    """The step above on `cuda` served by Triton's interpreter (a process of its own): every length
+    matches eager CPU steps, and the Triton code compiled for the four lengths is the code of one."""
+    pytest.importorskip("triton")
+    pytest.importorskip("torch")
+    from tests.triton_interpreter_backend import run_interpreted_tests
+
+    report = tmp_path / "sources.pkl"
+    assert "1 passed" in run_interpreted_tests(__file__, "test_interpreted_char_lm_over_lengths", _IN_INTERPRETER,
+                                               str(report))
+    with open(report, "rb") as f:
+        codes = pickle.load(f)  # sizes -> the Triton code of that length's kernels
+    assert len(codes) >= len(LENGTHS) - 1  # (the first length's call made the optimizer state: its own trace)
+    first, *others = codes.values()
+    assert len(first) > 10 and all(other == first for other in others)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not jt.cuda.is_available(), reason="needs an NVIDIA GPU and CuPy")
+def test_a_char_lm_step_over_lengths_on_cuda():
+    compiled = run_lengths("cuda")
+    assert len(compiled.programs()) >= len(LENGTHS) - 1

@@ -30,7 +30,7 @@ from ..ir.python_state import PythonState
 from ..ir.pytree import flatten, unflatten
 from ..ir.trace import TraceError, TraceInfo, Tracer
 from ..runtime.executor import Plan
-from ..symbolic import ShapeEnv, concrete
+from ..symbolic import ShapeEnv, SizeEscape, concrete, strict
 from ..tensor import Tensor
 from .check import run_checked
 from .cudagraphs import GraphedProgram
@@ -388,8 +388,18 @@ class CompiledFunction:
         info, env = traced.info, traced.env
         if env is None or info.python_writes or info.escaped or info.born_writes:
             return self._lower(traced, leaves, env.hints if env is not None else None, True)
-        return SymbolicProgram(self.name, traced.graph, env,
-                               lambda values, constants: self._lower(traced, leaves, values, constants),
+        split = self._split_symbolic(traced)
+
+        def lower(values: dict[str, int], constants: bool) -> Program:
+            with _gc_paused():
+                if constants or split is None:
+                    return self._lower(traced, leaves, values, constants)
+                forward, backward, n_saved = split
+                sized = dataclasses.replace(info, random_count=concrete(info.random_count, values))
+                return self._program(traced, sized, forward.specialized(values),
+                                     backward and backward.specialized(values), n_saved, leaves)
+
+        return SymbolicProgram(self.name, traced.graph, env, lower,
                                lambda now: self._trace(call, now, paths, treedef))
 
     def _lower(self, traced: _Traced, leaves: list, env: dict[str, int] | None = None,
@@ -405,15 +415,39 @@ class CompiledFunction:
         graph = optimize(graph)
         prune_inputs(graph)
         computes = graph.dag_key()  # (what a symbolic trace is checked by: see dynamic.py)
+        bwd_graph = n_saved = None
+        if joint is not None:
+            graph, bwd_graph, n_saved = split_joint(graph, traced.n_fwd)
+        program = self._program(traced, info, graph, bwd_graph, n_saved, leaves)
+        program.computes = computes
+        return program
+
+    def _split_symbolic(self, traced: _Traced) -> tuple[Graph, Graph | None, int | None] | None:
+        """A symbolic trace optimized and split once, over its symbols, so that each size only
+        specializes and plans the two halves; None where a pass needs a size as a number (each
+        size is then optimized on its own: `_lower`)."""
+        try:
+            with strict(), _gc_paused():
+                graph = optimize(traced.graph.copy())
+                prune_inputs(graph)
+                if traced.joint is None:
+                    return graph, None, None
+                return split_joint(graph, traced.n_fwd)
+        except SizeEscape as err:
+            logs.log("perf", f"{self.name}: the symbolic graph is optimized per size ({err})")
+            return None
+
+    def _program(self, traced: _Traced, info: TraceInfo, graph: Graph, bwd_graph: Graph | None,
+                 n_saved: int | None, leaves: list) -> Program:
+        """The Program of an optimized forward graph (and its backward), planned on the arguments' device."""
         device = program_device(graph, leaves)
         backend = backend_for(device.type if device is not None else "cpu")
         backward = None
-        if joint is not None:
-            graph, bwd_graph, n_saved = split_joint(graph, traced.n_fwd)
+        if bwd_graph is not None:
+            joint = traced.joint
             backward = CompiledBackward(plan=Plan(bwd_graph, backend), n_saved=n_saved, out_slots=joint.out_slots,
                                         diff_refs=joint.diff_refs, used=joint.used)
         program = Program(graph, info, traced.out_treedef, traced.out_consts, backend, device, backward)
-        program.computes = computes
         program.trace_world, traced.world = traced.world, None  # (the first program's first run reads it)
         if info.python_writes:
             program.one_shot = ("the function writes Python state that a replay would not repeat ("

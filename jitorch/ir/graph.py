@@ -164,6 +164,28 @@ class Graph:
         self.outputs.append(value)
         self.output_labels.append(label)
 
+    def copy(self) -> Graph:
+        """A copy to transform (passes rewrite nodes in place): new nodes and values, ids kept."""
+        out = Graph(self.name)
+        out._next_id = self._next_id
+        values: dict[int, Value] = {}
+
+        def value(v: Value) -> Value:
+            found = values.get(v.id)
+            if found is None:
+                found = values[v.id] = Value(v.id, v.shape, v.dtype)
+            return found
+
+        out.inputs = [Input(value(i.value), i.kind, i.label, i.ref) for i in self.inputs]
+        for node in self.nodes:
+            new = Node(node.op, tuple(map(value, node.inputs)), dict(node.params), value(node.out), node.source,
+                       node.region)
+            new.out.node = new
+            out.nodes.append(new)
+        out.outputs = [value(v) for v in self.outputs]
+        out.output_labels = list(self.output_labels)
+        return out
+
     def specialized(self, env: dict[str, int], sizes_as_constants: bool = False) -> Graph:
         """This graph of a dynamic-shape trace with its size symbols given values (`env`): every
         symbolic shape and param evaluated, value ids kept. A "size" input (a symbolic size used as

@@ -14,6 +14,7 @@ import math
 from typing import NamedTuple
 
 from ..primitives import PRIMS, PrimKind
+from ..symbolic import hints
 from .graph import Graph, Input, Node, Value
 
 
@@ -103,7 +104,8 @@ def _min_cut(graph: Graph, fwd_nodes: list[Node], needed: dict[int, Value]
     for vid, v in values.items():
         # bytes (scaled, so that between cuts of equal bytes the one saving what the backward reads
         # as is wins: it recomputes least); a lifted tensor outlives the call: saving it is free
-        cost = 0 if vid in lifted else max(0, math.prod(v.shape) * v.dtype.np.itemsize * _SCALE - (vid in needed))
+        size = math.prod(hints(v.shape)) * v.dtype.np.itemsize  # (a symbolic size: the traced call's)
+        cost = 0 if vid in lifted else max(0, size * _SCALE - (vid in needed))
         flow.edge(("in", vid), ("out", vid), cost)
         producer = v.node
         if producer is None or not _recomputable(producer):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..symbolic import is_symbolic
 from .graph import Const, Graph, IRError, Node, Value
 
 # A folded constant larger than this stays a computation: baking big arrays bloats the graph.
@@ -89,6 +90,8 @@ def fold_constants(graph: Graph) -> bool:
             continue
         if node.op in ("const", "random") or not node.inputs:
             continue
+        if node.out.symbolic or is_symbolic(tuple(node.params.values())):
+            continue  # (a constant has one size: this node has one for each call)
         arrays = [_const_array(v) for v in node.inputs]
         if any(a is None for a in arrays) or int(np.prod(node.out.shape)) > FOLD_LIMIT:
             continue

@@ -2,9 +2,11 @@
 
 `TritonKernel(desc, source)` wraps one kernel that `jitorch.codegen.triton.render(desc)` rendered
 (a `TritonSource`: the function's text and name, its parameters with what each one is, its
-compile-time constants, configurations and launch grid). The text becomes a module of its own on
-disk (Triton's JIT reads a kernel's source from its file): `cache_dir()`, named by the digest of the
-text and the Triton version, written atomically; a file whose text is not what its name promises
+compile-time constants, configurations and launch grid). Its code (`compiled_form`: the text
+without its comments, the function named without the sizes ending its name, so that the same
+kernel at another size or in another layer is one source) becomes a module of its own on disk
+(Triton's JIT reads a kernel's source from its file): `cache_dir()`, named by the digest of the
+code and the Triton version, written atomically; a file whose text is not what its name promises
 is written again. The kernel is compiled (`JITFunction.warmup`) for the current device the first
 time it runs there, once per specialization Triton makes of the arguments (see `TritonKernel.run`),
 and launched through the compiled kernel's C launcher with its argument list prepared once
@@ -40,14 +42,17 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import operator
 import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import tokenize
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +102,36 @@ def module_text(text: str) -> str:
     """A kernel's source as the module that defines it: with imports of triton and triton.language
     where the text has none."""
     return text if "import triton" in text else _HEADER + text
+
+
+def compiled_form(text: str, name: str) -> tuple[str, str]:
+    """What is compiled of a rendered kernel: its code without the comments (the IR nodes and user
+    lines it cites, for a person reading it) and its function named without the sizes ending its
+    name (`fused_add_relu_64x96` -> `fused_add_relu`), with that name. The code takes its sizes at
+    run time, so kernels that differ only there (the same op in each layer of a model, a program
+    lowered for another size) are one source for Triton's caches: compiled once."""
+    generic = re.sub(r"_\d+(?:x\d+)*$", "", name) or name
+    code = _without_comments(text)
+    if generic != name:
+        code = re.sub(rf"\bdef {re.escape(name)}\(", f"def {generic}(", code)
+    return code, generic
+
+
+def _without_comments(text: str) -> str:
+    """`text` with its comments cut (lines that held only a comment dropped), formatting kept."""
+    lines = text.splitlines()
+    cut: dict[int, int] = {}  # line index -> where its comment starts
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT:
+            cut[token.start[0] - 1] = token.start[1]
+    kept = []
+    for i, line in enumerate(lines):
+        if i in cut:
+            line = line[:cut[i]].rstrip()
+            if not line.strip():
+                continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 _functions: dict[str, object] = {}  # "digest:name" -> that JITFunction, loaded in this process
@@ -245,8 +280,9 @@ def set_up(kernel, item, source, loop_shape: tuple[int, ...]) -> None:
     _import_cupy()
     kernel.kernel, kernel.name = item, item.name()
     kernel.source, kernel.rendered = source.text, source
-    kernel.function = load_kernel_function(source.text, source.name)
-    kernel.digest = source_digest(module_text(source.text))
+    text, name = compiled_form(source.text, source.name)
+    kernel.function = load_kernel_function(text, name)
+    kernel.digest = source_digest(module_text(text))
     kernel.loop_shape = loop_shape
     kernel.search = "wide" if autotuning_wide() else "default"  # (mode="max-autotune": more candidates)
     kernel.configs = source.configs(loop_shape, wide=kernel.search == "wide")
