@@ -118,13 +118,16 @@ print(bench.jitorch_trace_seconds(bench.{factory}, {dynamic!r}))
 """
 
 
-def jitorch_trace_seconds_warm(factory, dynamic: bool | None = None) -> float:
+def jitorch_trace_seconds_warm(factory, dynamic: bool | None = None, cache_dir: str | None = None) -> float:
     """The same in a new process whose kernel disk cache already holds the step's kernels (what a
-    second run of a training script sees): tracing, fusion, and loading machine code."""
+    second run of a training script sees): tracing, fusion, and loading machine code. With
+    `cache_dir`, that process's kernel cache (an empty folder: a first run's cost in a process of
+    its own)."""
     here = Path(__file__).resolve().parent
     script = WARM_SCRIPT.format(paths=[str(here), str(here.parent / "examples")], factory=factory.__name__,
                                 dynamic=dynamic)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    env = dict(os.environ, **({"JITORCH_CACHE_DIR": cache_dir} if cache_dir else {}))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.split()[-1])
 
 
@@ -216,6 +219,10 @@ def new_length_seconds(lib, dynamic: bool | None = None) -> list[float] | None:
     return seconds
 
 
+def _against(seconds: float, target: float) -> str:
+    return f"{'met' if seconds < target else 'missed'} {target} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -245,7 +252,8 @@ def main() -> None:
              f"{f' --kernel-threads {args.kernel_threads}' if args.kernel_threads else ''}`; jitorch's fused "
              f"kernels on {jt.get_num_threads()} thread(s)."
              + "".join(f" Skipped: {name} ({why})." for name, why in skipped.items()), "",
-             "## Trace + lowering (target: under 0.3 s for a training step)", "",
+             "## Trace + lowering (targets: a training step under 0.3 s; the char-LM step's first run under "
+             "1 s, and under 0.3 s once the kernel cache holds its kernels)", "",
              "Both traces of the step (the first call's, which creates the optimizer state, and the "
              "steady-state one): with an empty kernel disk cache (LLVM compiles every kernel: a first run), "
              "and in a new process once the cache holds them (a later run).", "",
@@ -255,14 +263,16 @@ def main() -> None:
         trace_s = jitorch_trace_seconds(factory)
         warm_s = jitorch_trace_seconds_warm(factory)
         tc_s = torch_compile_first_call(factory) if "torch.compile" in contenders else None
-        lines.append(f"| {name} | {trace_s:.3f} ({'met' if trace_s < 0.3 else 'missed'}) | {warm_s:.3f} "
-                     f"({'met' if warm_s < 0.3 else 'missed'}) | {cell(tc_s, '.1f')} |")
-    # dynamic shapes from the first trace: every argument dim symbolic (targets: under 1 s cold, 0.3 s warm)
-    trace_s = jitorch_trace_seconds(char_lm_step_factory, True)
-    warm_s = jitorch_trace_seconds_warm(char_lm_step_factory, True)
+        cold = _against(trace_s, 0.3) + ("; " + _against(trace_s, 1.0) if factory is char_lm_step_factory else "")
+        warm = _against(warm_s, 0.3)
+        lines.append(f"| {name} | {trace_s:.3f} ({cold}) | {warm_s:.3f} ({warm}) | {cell(tc_s, '.1f')} |")
+    # dynamic shapes from the first trace: every argument dim symbolic (targets: under 1 s cold, 0.3 s
+    # warm), cold in a process of its own with an empty kernel cache, then warm in another
+    empty = tempfile.mkdtemp(prefix="jitorch-bench-cache-")
+    trace_s = jitorch_trace_seconds_warm(char_lm_step_factory, True, empty)
+    warm_s = jitorch_trace_seconds_warm(char_lm_step_factory, True, empty)
     lines.append(f"| char-LM step, `dynamic=True` (batch and length symbolic) | {trace_s:.3f} "
-                 f"({'met' if trace_s < 1.0 else 'missed'}: under 1 s) | {warm_s:.3f} "
-                 f"({'met' if warm_s < 0.3 else 'missed'}) | - |")
+                 f"({_against(trace_s, 0.3)}; {_against(trace_s, 1.0)}) | {warm_s:.3f} ({_against(warm_s, 0.3)}) | - |")
 
     lengths = ", ".join(map(str, NEW_LENGTHS))
     lines += ["", f"## A new sequence length: the char-LM step's first call at lengths {lengths} after 64", "",

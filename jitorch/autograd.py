@@ -204,6 +204,8 @@ def sum_to_shape(g: Tensor, shape: tuple) -> Tensor:
         return g.reshape(tuple(shape))
     kept = tuple(i + lead for i, s in enumerate(shape) if s == 1 and g_shape[i + lead] != 1)
     dims = tuple(range(lead)) + kept
+    if not dims:  # (equal sizes, written differently: a symbolic size and the number it was guarded to be)
+        return g.reshape(tuple(shape))
     if not kept:  # only leading dims to drop: one sum lands on the shape
         return g.sum(dims)
     g = g.sum(dims, keepdim=True)

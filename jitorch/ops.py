@@ -21,7 +21,7 @@ from .backends import backend_for
 from .device import Device, cpu, placement
 from .dispatch import dispatch, fuses_composites
 from .primitives import PRIMS, Prim, PrimKind, numpy_key
-from .symbolic import SymInt
+from .symbolic import SymInt, is_symbolic
 from .tensor import Tensor, _wrap_dim
 
 P = PRIMS
@@ -1576,7 +1576,11 @@ def new_ones(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Te
 
 def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
     np_dtype = self._data.dtype if dtype is None else _dt.get_dtype(dtype).np
-    out = _on_device_of(self, np.full(tuple(size), fill_value, dtype=np_dtype))
+    size = tuple(size)
+    if is_symbolic(size):  # (in a dynamic-shape trace: the value broadcast, so the graph fills every size)
+        out = expand(_on_device_of(self, np.array(fill_value, dtype=np_dtype)), size).clone()
+    else:
+        out = _on_device_of(self, np.full(size, fill_value, dtype=np_dtype))
     out.requires_grad = requires_grad
     return out
 

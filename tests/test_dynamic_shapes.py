@@ -21,6 +21,10 @@ from jitorch.symbolic import Expr, ShapeEnv, SymInt, concrete
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import char_lm  # noqa: E402
 
+from tests.harness import run_case  # noqa: E402
+from tests.op_cases import CASES  # noqa: E402
+from tests.test_ops_compiled import DATA_DEPENDENT_SHAPES  # noqa: E402
+
 _IN_INTERPRETER = "JITORCH_DYNAMIC_INTERPRETER_RUN"  # (set in the Triton interpreter's process below)
 
 
@@ -344,3 +348,59 @@ def test_a_symbolic_program_on_the_gpu_code_path_shares_its_kernels_across_lengt
 def test_a_char_lm_step_over_lengths_on_cuda():
     compiled = run_lengths("cuda")
     assert len(compiled.programs()) >= len(LENGTHS) - 1
+
+
+def test_a_compiled_module_differentiated_from_eager_code_over_batch_sizes():
+    """The forward compiled, its backward run by eager autograd (the joint split over symbols)."""
+    model = make_mlp(1)
+    eager = copy.deepcopy(model)
+    compiled = jt.compile(model)
+    for n in (16, 9, 23):
+        x = jt.randn(n, 8)
+        for m, net in ((model, compiled), (eager, eager)):
+            m.zero_grad()
+            (net(x) ** 2).mean().backward()
+        for p, q in zip(model.parameters(), eager.parameters()):
+            close(p.grad.numpy(), q.grad.numpy())
+    assert compiled._compiled.compiles == 2  # the first batch size, then a symbolic one
+
+
+def test_a_symbolic_trace_is_checked_only_against_a_call_that_differed_in_sizes():
+    """A concrete program traced under another grad mode is no reference for a symbolic trace (its
+    graph differs for that reason): the check waits for a call of the symbolic trace's own kind."""
+    w = jt.randn(3, requires_grad=True)
+    f = jt.compile(lambda x: (x * w).sum(-1))
+    f(jt.randn(4, 3)).sum().backward()
+    with jt.no_grad():
+        for n in (6, 8):
+            x = jt.randn(n, 3)
+            jt.mark_dynamic(x, 0)
+            close(f(x).numpy(), (x * w).sum(-1).numpy())
+    assert f.compiles == 2 and not any("do not follow" in r for r in f.recompile_reasons)
+
+
+# ---------------------------------------------------------------------------------------------
+# the op harness traced with every argument dim symbolic
+
+
+_SAMPLED_CASES = [c for c in CASES if c.name not in DATA_DEPENDENT_SHAPES][::5]
+
+
+@pytest.mark.parametrize("case", _SAMPLED_CASES, ids=lambda c: c.name)
+def test_op_matches_torch_traced_with_symbolic_sizes(case):
+    """Every fifth op case compiled with dynamic=True (the slow test takes them all): values and
+    gradients match PyTorch, and its trace over symbols is used, not dropped for a program per size."""
+    made = []
+
+    def compiled(fn):
+        made.append(jt.compile(fn, dynamic=True))
+        return made[-1]
+
+    run_case(case, transform=compiled)
+    assert all(c._static_only is None for c in made), [c._static_only for c in made]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.name not in DATA_DEPENDENT_SHAPES], ids=lambda c: c.name)
+def test_every_op_case_traced_with_symbolic_sizes(case):
+    test_op_matches_torch_traced_with_symbolic_sizes(case)

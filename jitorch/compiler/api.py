@@ -150,7 +150,7 @@ class CompiledFunction:
         self.dynamic = dynamic
         self._auto_dims: dict[int, set[int]] = {}  # argument dims made symbolic after their size changed
         self._static_only: str | None = None  # why symbolic traces are off for this function (see dynamic.py)
-        self._last_concrete: tuple[Program, list] | None = None  # see _previous_program
+        self._last_concrete: tuple[Program, list, tuple] | None = None  # see _previous_program
         self.cache: dict[tuple, list[Program | SymbolicProgram]] = {}
         self.calls = self.hits = self.compiles = 0
         self.recompile_reasons: list[str] = []
@@ -308,26 +308,32 @@ class CompiledFunction:
             logs.log("recompiles", f"{self.name}: recompiling because {reason}")
             self._maybe_warn_limit()
         t0 = time.perf_counter()
-        previous = self._previous_program()
-        with _gc_paused(), wide_autotuning(self.wide_autotuning):
-            traced = self._record_call(call, leaves, paths, key[0], dims)
-            entry = self._entry(traced, call, leaves, paths, key[0])
-            if isinstance(entry, SymbolicProgram) and previous is not None:
-                entry.check_against(*previous)
-        if isinstance(entry, SymbolicProgram) and entry.broken is not None:
-            self._go_static(entry.broken)
+        previous = self._previous_program(key, dims or {})
+        try:
+            with _gc_paused(), wide_autotuning(self.wide_autotuning):
+                traced = self._record_call(call, leaves, paths, key[0], dims)
+                entry = self._entry(traced, call, leaves, paths, key[0])
+                if isinstance(entry, SymbolicProgram) and previous is not None:
+                    entry.check_against(*previous)
+                program, failure = entry.program_for(leaves) if isinstance(entry, SymbolicProgram) else (entry, None)
+        except Exception as err:
+            if not dims:
+                raise
+            # (the same function traced with plain sizes: it works as before, or raises the user's own error)
+            entry = None
+            failure = (f"dynamic shapes: tracing with symbolic sizes failed ({type(err).__name__}: {err}); "
+                       "compiling each size on its own")
+        if entry is None or isinstance(entry, SymbolicProgram) and entry.broken is not None:
+            self._go_static(failure if entry is None else entry.broken)
             return self._compile(call, leaves, paths, call_key(key[0], leaves), None)
+        if program is None:  # (the trace's own guards failing at its own sizes: a bug, said plainly)
+            raise RuntimeError(f"jitorch.compile({self.name}): a symbolic trace does not apply to the call it "
+                               f"traced ({failure}); compile with dynamic=False")
         self.trace_seconds.append(time.perf_counter() - t0)
         self.compiles += 1
         logs.log("perf", f"{self.name}: traced and lowered in {self.trace_seconds[-1] * 1e3:.1f} ms")
         if isinstance(entry, SymbolicProgram):
             logs.log("guards", f"{self.name}:\n" + "\n".join(entry.describe()))
-            program, failure = entry.program_for(leaves)
-            if program is None:  # (the trace's own guards failing at its own sizes: a bug, said plainly)
-                raise RuntimeError(f"jitorch.compile({self.name}): a symbolic trace does not apply to the call it "
-                                   f"traced ({failure}); compile with dynamic=False")
-        else:
-            program = entry
         logs.log("graph", f"{self.name}:\n{program.graph.format()}")
         logs.log("guards", f"{self.name}:\n{program.guard_text(paths, key)}")
         if isinstance(entry, SymbolicProgram):
@@ -335,14 +341,18 @@ class CompiledFunction:
         else:  # (under the call's own sizes: a program traced with symbols that serves one call only)
             self.cache.setdefault(call_key(key[0], leaves) if dims else key, []).append(entry)
             if not dims and program.one_shot is None:  # (a one-shot trace baked state a later one reads)
-                self._last_concrete = (program, leaf_shapes(leaves))
+                self._last_concrete = (program, leaf_shapes(leaves), key)
         self._last_key, self._last_paths = key, paths
         return program
 
-    def _previous_program(self) -> tuple[Program, list] | None:
-        """The program of the last concrete trace and its call's argument shapes: a symbolic trace
+    def _previous_program(self, key: tuple, dims: dict[int, set[int]]) -> tuple[Program, list] | None:
+        """The program of the last concrete trace and its call's argument shapes, where that call
+        differed from this one (cache key `key`, symbolic `dims`) in sizes only: a symbolic trace
         made now is checked against it (see dynamic.py)."""
-        return self._last_concrete if self._last_key is not None else None
+        if self._last_key is None or self._last_concrete is None:
+            return None
+        program, shapes, concrete_key = self._last_concrete
+        return (program, shapes) if masked_key(concrete_key, dims) == key else None
 
     def _maybe_warn_limit(self) -> None:
         if self.compiles >= RECOMPILE_LIMIT and not self._warned_limit:
@@ -353,7 +363,8 @@ class CompiledFunction:
                           "jitorch.tensor(0.0), updated in place) so the compiled program can update them")
             else:
                 what = culprit[0][0] if culprit else "the guarded state"
-                advice = f"{what} keeps changing. Pad or bucket that argument to a few shapes"
+                advice = (f"{what} keeps changing. If it is a size, let it be symbolic (dynamic=True, or "
+                          "jitorch.mark_dynamic(tensor, dim)); else pad or bucket that argument to a few shapes")
             warnings.warn(f"jitorch.compile({self.name}) has recompiled {self.compiles} times; {advice}, "
                           "or compile with mode='eager'.", stacklevel=4)
 
