@@ -12,6 +12,7 @@ once, kept on disk, never timed while capturing, left alone at another matmul pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -291,6 +292,27 @@ def test_the_first_launch_times_cublas_and_each_tile_and_keeps_the_fastest(stand
     again = make_kernel(stand_in, item)
     again.run(operands(item))
     assert len(stand_in.timed) == 5 and again._choice[0] == chosen
+
+
+def test_the_templates_compile_in_the_pool_for_a_transposed_weight(stand_in, monkeypatch):
+    """F.linear multiplies by `weight.t()`, a transposed view: the pool compiles each configuration
+    for that layout, so the first launch, timing them all, compiles none of them again."""
+    monkeypatch.setattr(stand_in.module, "get_float32_matmul_precision", lambda: "high")
+    x, w, b = jt.randn(512, 64), jt.randn(512, 64), jt.randn(512)
+    (item,) = epilogues(absorbed(lambda x, w, b: (x @ w.t() + b).relu(), x, w, b))
+    kernel = make_kernel(stand_in, item)
+    strides = kernel._likely_strides()
+    assert strides[:2] == [(64, 1), (1, 64)]
+    monkeypatch.setattr(launch.cupy.cuda, "Device", lambda device: contextlib.nullcontext(), raising=False)
+    monkeypatch.setenv("JITORCH_COMPILE_THREADS", "2")
+    launch.prepare_kernels([kernel])
+    pooled = len(stand_in.function.warmups)
+    data = [np.ones((512, 64), np.float32), np.ones((512, 64), np.float32).T, np.ones(512, np.float32)]
+    kernel.run([host(a) for a in data])
+    in_pool = {repr(args) for args, _, _ in stand_in.function.warmups[:pooled]}
+    at_launch = [repr(args) for args, _, _ in stand_in.function.warmups[pooled:] if len(args) > 8]  # (templates)
+    assert len(stand_in.timed) == 1 + len(kernel.configs) and len(at_launch) == len(kernel.configs)
+    assert all(args in in_pool for args in at_launch)  # the same specializations: Triton's caches answer
 
 
 def test_cublas_when_it_is_faster_untimed_with_autotune_off_and_while_capturing(stand_in, monkeypatch):

@@ -30,6 +30,7 @@ import pytest
 
 import jitorch as jt
 from jitorch.backends.cuda import launch, triton_driver
+from jitorch.codegen import triton as renderer
 from jitorch.codegen.triton import Config, Param
 from jitorch.ir.fusion import describe
 
@@ -653,3 +654,23 @@ def test_compiled_functions_on_cuda_run_fused_triton_kernels_that_match_eager():
         assert kernels and all(isinstance(k, TritonKernel) for k in kernels), name
         np.testing.assert_allclose(got, fn(x, b).to("cpu").numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
         print(f"{name}: {len(kernels)} Triton kernel(s): {', '.join(k.name for k in kernels)}")
+
+
+def test_the_same_kernel_in_two_layers_compiles_as_one_source():
+    """Kernels are rendered with their IR values' numbers (`v351`) and cite their source lines;
+    what Triton compiles renumbers the one and drops the other, so each layer's copy of a kernel is
+    one source for Triton's caches (and one compile in the pool)."""
+    from jitorch.ir.fusion import describe
+
+    jt.manual_seed(0)
+    block = [jt.nn.Linear(16, 16), jt.nn.LayerNorm(16), jt.nn.ReLU()]
+    model = jt.nn.Sequential(*block, *[jt.nn.Linear(16, 16), jt.nn.LayerNorm(16), jt.nn.ReLU()])
+    f = jt.compile(lambda x: model(x).sum())
+    f(jt.randn(8, 16))
+    (program,) = f.programs()
+    first, second = [renderer.render(describe(k.kernel)) for k in program.plan.kernels]
+    assert first.name == second.name and first.text != second.text
+    code, name = launch.compiled_form(first.text, first.name)
+    assert (code, name) == launch.compiled_form(second.text, second.name)
+    assert name == first.name.rsplit("_", 1)[0] and "v0_ptr" in code and "#" not in code
+    compile(code, "kernel", "exec")  # (still Python)

@@ -106,31 +106,40 @@ def module_text(text: str) -> str:
 
 def compiled_form(text: str, name: str) -> tuple[str, str]:
     """What is compiled of a rendered kernel: its code without the comments (the IR nodes and user
-    lines it cites, for a person reading it) and its function named without the sizes ending its
+    lines it cites, for a person reading it), its variables numbered in order of appearance instead
+    of by IR value (`v351_ptr` -> `v0_ptr`), and its function named without the sizes ending its
     name (`fused_add_relu_64x96` -> `fused_add_relu`), with that name. The code takes its sizes at
-    run time, so kernels that differ only there (the same op in each layer of a model, a program
+    run time, so kernels that differ only in those (the same op in each layer of a model, a program
     lowered for another size) are one source for Triton's caches: compiled once."""
     generic = re.sub(r"_\d+(?:x\d+)*$", "", name) or name
-    code = _without_comments(text)
+    code = _canonical(text)
     if generic != name:
         code = re.sub(rf"\bdef {re.escape(name)}\(", f"def {generic}(", code)
     return code, generic
 
 
-def _without_comments(text: str) -> str:
-    """`text` with its comments cut (lines that held only a comment dropped), formatting kept."""
+_VARIABLE = re.compile(r"(v|acc)(\d+)(\w*)$")  # the renderer's names of IR values: v12, v12_ptr, acc12
+
+
+def _canonical(text: str) -> str:
+    """`text` with its comments cut and the IR values' variables renumbered by first appearance,
+    formatting kept."""
     lines = text.splitlines()
-    cut: dict[int, int] = {}  # line index -> where its comment starts
+    edits: dict[int, list[tuple[int, int, str]]] = collections.defaultdict(list)  # line -> (start, end, new)
+    numbers: dict[str, int] = {}
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        row, col = token.start[0] - 1, token.start[1]
         if token.type == tokenize.COMMENT:
-            cut[token.start[0] - 1] = token.start[1]
+            edits[row].append((col, len(lines[row]), ""))
+        elif token.type == tokenize.NAME and (found := _VARIABLE.match(token.string)):
+            prefix, number, suffix = found.groups()
+            edits[row].append((col, token.end[1], f"{prefix}{numbers.setdefault(number, len(numbers))}{suffix}"))
     kept = []
     for i, line in enumerate(lines):
-        if i in cut:
-            line = line[:cut[i]].rstrip()
-            if not line.strip():
-                continue
-        kept.append(line)
+        for start, end, new in sorted(edits.get(i, ()), reverse=True):
+            line = line[:start] + new + line[end:]
+        if line.strip():  # (blank lines, and lines that held only a comment, go)
+            kept.append(line.rstrip())
     return "\n".join(kept) + "\n"
 
 

@@ -52,11 +52,12 @@ class MatmulEpilogueKernel:
 
     # --- compiling ------------------------------------------------------------------------------
     def compile_jobs(self) -> list[tuple[tuple, Callable[[], None]]]:
-        """The epilogue kernel's compiles, and every template configuration (all are timed)."""
+        """The epilogue kernel's compiles, and every template configuration (all are timed), for
+        the layout its operands will most likely have (`_likely_strides`)."""
         jobs = self.epilogue.compile_jobs()
         if os.environ.get("JITORCH_AUTOTUNE", "1") != "0":
             for index in range(len(self.configs)):
-                args = self._arguments(self._contiguous_strides(), index, [Pointer(16, t) for t in self.pointer_types])
+                args = self._arguments(self._likely_strides(), index, [Pointer(16, t) for t in self.pointer_types])
                 jobs.append(((self.digest, repr(args), repr(self.configs[index].options())),
                              partial(self._warm, index, args)))
         return jobs
@@ -71,8 +72,22 @@ class MatmulEpilogueKernel:
     def prepare(self) -> None:
         self.epilogue.prepare()
 
-    def _contiguous_strides(self) -> list[tuple[int, int]]:
-        return [_strides_2d(_shape_2d(v.shape), None) for v in self.kernel.inputs]
+    def _likely_strides(self) -> list[tuple[int, int]]:
+        """Each operand's element strides as the program will most likely pass it: a factor made by
+        swapping the last two dims of another value (`F.linear`'s `weight.t()`, a gradient's
+        `x.t()`) is that value's transposed view; the rest are C-contiguous. Triton specializes on
+        strides (a stride of 1 is a constant to it): compiled for another layout, the template would
+        compile again, one configuration after another, at its first launch."""
+        found = []
+        for k, v in enumerate(self.kernel.inputs):
+            shape = _shape_2d(v.shape)
+            maker = v.node
+            if k < 2 and len(v.shape) == 2 and maker is not None and maker.op == "permute" \
+                    and tuple(maker.params["dims"]) == (1, 0):
+                found.append(tuple(0 if n == 1 else s for n, s in zip(shape, (1, shape[0]))))
+            else:
+                found.append(_strides_2d(shape, None))
+        return found
 
     def _arguments(self, strides: list[tuple[int, int]], index: int, pointers: list) -> tuple:
         m, n = self.shape
