@@ -341,6 +341,37 @@ def test_disk_cache_is_reused_and_a_corrupt_entry_is_recompiled(tmp_path):
     assert entry.stat().st_size > 0 and entry.stat().st_mtime_ns != stamp  # recompiled and rewritten
 
 
+HELPERS_SCRIPT = """
+import numpy as np, jitorch as jt
+ops = [np.exp, np.tanh, np.sqrt, lambda v: 1 / (1 + np.exp(-v)), np.negative, np.log, np.floor]
+def f(x, w):
+    h = x
+    for name in ("exp", "tanh", "sqrt", "sigmoid", "neg", "log", "floor"):  # a matmul between: seven kernels
+        h = getattr((h @ w).abs() * 0.5 + 0.1, name)()
+    return h
+x, w = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), np.eye(8, dtype=np.float32) * 0.9
+expected = x
+for op in ops:
+    expected = op(np.abs(expected @ w) * 0.5 + 0.1)
+np.testing.assert_allclose(jt.compile(f)(jt.tensor(x), jt.tensor(w)).numpy(), expected, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_a_first_runs_kernels_compile_in_helper_processes_too(tmp_path):
+    """Seven new kernels on a machine of two or more CPUs: a helper compiles a share into the disk
+    cache and this process loads them; the next process compiles nothing."""
+    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path), JITORCH_LOGS="perf")
+    first = subprocess.run([sys.executable, "-c", HELPERS_SCRIPT], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and first.stdout.strip() == "ok", first.stderr
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus > 1:
+        assert "7 new kernels: " in first.stderr and "helper process" in first.stderr
+    assert len(list(tmp_path.rglob("*.o"))) == 7
+    again = subprocess.run([sys.executable, "-c", HELPERS_SCRIPT], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "helper" not in again.stderr
+
+
 def test_fusion_can_be_switched_off():
     env = dict(os.environ, JITORCH_CPU_FUSION="0")
     script = ("import jitorch as jt\nf = jt.compile(lambda x: (x * 2).exp())\nf(jt.randn(3))\n"

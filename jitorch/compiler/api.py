@@ -398,7 +398,7 @@ class CompiledFunction:
         (and writes no Python state: such a program serves one call, traced for its sizes)."""
         info, env = traced.info, traced.env
         if env is None or info.python_writes or info.escaped or info.born_writes:
-            return self._lower(traced, leaves, env.hints if env is not None else None, True)
+            return self._lower(traced, leaves, env.hints if env is not None else None)
         split = self._split_symbolic(traced)
 
         def lower(values: dict[str, int], constants: bool) -> Program:

@@ -5,7 +5,9 @@ arguments), so the same update of differently shaped parameters, or the same lay
 function. Each distinct function is its own small module, named by the digest of its IR text:
 compiled once per process, and its machine code is kept on disk for the next process
 (`cache_dir()`: content-addressed by that digest, per llvmlite version and host CPU; written
-atomically; a damaged entry is recompiled, never fatal).
+atomically; a damaged entry is recompiled, never fatal). Many new kernels at once (a training
+step's first run) are shared with helper processes, one per spare CPU, which compile theirs into
+that cache while this process compiles the rest (`_start_helpers`).
 """
 
 from __future__ import annotations
@@ -113,8 +115,64 @@ def compile_texts(texts: dict[str, str]) -> dict[str, int]:
     only those this process has not: digest -> function address."""
     if not all(d in _addresses for d in texts):
         with _compile_lock:
-            _compile_new({d: t for d, t in texts.items() if d not in _addresses})
+            new = {d: t for d, t in texts.items() if d not in _addresses}
+            helpers = _start_helpers(new)
+            _compile_new({d: t for d, t in new.items() if d not in helpers.taken})
+            helpers.wait()
+            _compile_new({d: t for d, t in new.items() if d in helpers.taken})  # (their machine code, from disk)
     return {d: _addresses[d] for d in texts}
+
+
+# ---------------------------------------------------------------------------------------------
+# compiling side by side: llvmlite runs one compile at a time per process, so a first run's many
+# kernels are shared with helper processes (this file run as a script: llvmlite alone, no jitorch),
+# which leave their machine code in the disk cache for this process to load
+
+HELPER_MIN_KERNELS = 6  # fewer new kernels than this compile here: a helper costs a process start
+
+
+class _Helpers:
+    def __init__(self, processes: list, taken: set[str]) -> None:
+        self.processes, self.taken = processes, taken
+
+    def wait(self) -> None:
+        """Wait for the helpers (a kernel one failed to leave on disk is compiled here after)."""
+        for process in self.processes:
+            try:
+                process.wait(timeout=600)
+            except Exception:  # (a stuck helper: its kernels are compiled here)
+                process.kill()
+
+
+def _start_helpers(new: dict[str, str]) -> _Helpers:
+    """Hand a share of the kernels not yet on disk to helper processes (one per spare CPU); what
+    they took, by digest."""
+    import json
+    import subprocess
+    import sys
+
+    uncached = [d for d in new if _read_cached(d) is None]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = min(cpus - 1, len(uncached) // (HELPER_MIN_KERNELS // 2))
+    if os.environ.get("JITORCH_CACHE", "1") == "0" or len(uncached) < HELPER_MIN_KERNELS or count < 1:
+        return _Helpers([], set())
+    shares = [uncached[k + 1::count + 1] for k in range(count)]  # (this process keeps every (count+1)-th)
+    processes = []
+    for share in shares:
+        try:
+            process = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process.stdin.write(json.dumps({d: new[d] for d in share}).encode())
+            process.stdin.close()
+            processes.append(process)
+        except OSError:
+            break
+    taken = {d for share in shares[:len(processes)] for d in share}
+    if processes:
+        from ... import logs
+
+        logs.log("perf", f"{len(uncached)} new kernels: {len(taken)} compiled by {len(processes)} helper process(es)")
+    return _Helpers(processes, taken)
 
 
 def _compile_new(new: dict[str, str]) -> None:
@@ -139,3 +197,10 @@ def _compile_new(new: dict[str, str]) -> None:
 
 def _symbol(digest: str) -> str:
     return f"jitorch_kernel_{digest[:24]}"
+
+
+if __name__ == "__main__":  # a helper (see _start_helpers): compile the kernels given on stdin into the disk cache
+    import json
+    import sys
+
+    _compile_new(json.loads(sys.stdin.read()))
