@@ -108,11 +108,13 @@ def test_an_mlp_with_a_ragged_last_batch_compiles_twice_then_never_again():
     assert "batch" not in str(compiled.recompile_reasons) and len(compiled.recompile_reasons) == 1
 
 
-def test_a_char_transformer_step_over_twenty_lengths_compiles_at_most_twice():
-    config = char_lm.Config(n_layer=1, batch_size=4, d_model=32, n_head=2)
+def char_lm_steps(device: str = "cpu", **sizes) -> tuple:
+    """(config, models, steps): the same char-transformer AdamW step eager on the CPU and compiled
+    on `device`, from the same weights; `models` = (the eager one, the compiled one)."""
+    config = char_lm.Config(**sizes)
     jt.manual_seed(0)
     eager_model = char_lm.build_model(config)
-    model = copy.deepcopy(eager_model)
+    model = copy.deepcopy(eager_model).to(device)
 
     def step_of(m):
         opt = jt.optim.AdamW(m.parameters(), lr=1e-3)
@@ -126,7 +128,11 @@ def test_a_char_transformer_step_over_twenty_lengths_compiles_at_most_twice():
 
         return step
 
-    eager, compiled = step_of(eager_model), jt.compile(step_of(model))
+    return config, (eager_model, model), (step_of(eager_model), jt.compile(step_of(model)))
+
+
+def test_a_char_transformer_step_over_twenty_lengths_compiles_at_most_twice():
+    config, (eager_model, model), (eager, compiled) = char_lm_steps(n_layer=1, batch_size=4, d_model=32, n_head=2)
     rng = np.random.default_rng(1)
     lengths = rng.permutation(np.arange(5, config.block_size + 1))[:20]
     for length in lengths:
@@ -277,30 +283,8 @@ SMALL = {"n_layer": 1, "batch_size": 2, "d_model": 32, "n_head": 2}
 LENGTHS = (8, 12, 16, 21)
 
 
-def char_lm_steps_on(device: str) -> tuple:
-    """The same char-transformer step eager on the CPU and compiled on `device` (same weights)."""
-    config = char_lm.Config(**SMALL)
-    jt.manual_seed(0)
-    cpu_model = char_lm.build_model(config)
-    model = copy.deepcopy(cpu_model).to(device)
-
-    def step_of(m):
-        opt = jt.optim.AdamW(m.parameters(), lr=1e-3)
-
-        def step(inputs, targets):
-            opt.zero_grad()
-            loss = char_lm.lm_loss(m, inputs, targets)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step
-
-    return config, step_of(cpu_model), jt.compile(step_of(model))
-
-
 def run_lengths(device: str) -> object:
-    config, eager, compiled = char_lm_steps_on(device)
+    config, _, (eager, compiled) = char_lm_steps(device, **SMALL)
     rng = np.random.default_rng(2)
     for length in LENGTHS:
         codes = rng.integers(0, config.vocab_size, (config.batch_size, length + 1))

@@ -166,32 +166,15 @@ class Graph:
 
     def copy(self) -> Graph:
         """A copy to transform (passes rewrite nodes in place): new nodes and values, ids kept."""
-        out = Graph(self.name)
-        out._next_id = self._next_id
-        values: dict[int, Value] = {}
-
-        def value(v: Value) -> Value:
-            found = values.get(v.id)
-            if found is None:
-                found = values[v.id] = Value(v.id, v.shape, v.dtype)
-            return found
-
-        out.inputs = [Input(value(i.value), i.kind, i.label, i.ref) for i in self.inputs]
-        for node in self.nodes:
-            new = Node(node.op, tuple(map(value, node.inputs)), dict(node.params), value(node.out), node.source,
-                       node.region)
-            new.out.node = new
-            out.nodes.append(new)
-        out.outputs = [value(v) for v in self.outputs]
-        out.output_labels = list(self.output_labels)
-        return out
+        return self.specialized({})
 
     def specialized(self, env: dict[str, int], sizes_as_constants: bool = False) -> Graph:
         """This graph of a dynamic-shape trace with its size symbols given values (`env`): every
-        symbolic shape and param evaluated, value ids kept. A "size" input (a symbolic size used as
-        a number) stays an input holding its value (so fused kernels read it at run time and serve
-        every size), or with `sizes_as_constants` becomes a constant (as a trace at those sizes has
-        it: what a symbolic trace is checked by)."""
+        symbolic shape and param evaluated, value ids kept (with `env` empty: a plain copy, symbols
+        and all). A "size" input (a symbolic size used as a number) stays an input holding its
+        value (so fused kernels read it at run time and serve every size), or with
+        `sizes_as_constants` becomes a constant (as a trace at those sizes has it: what a symbolic
+        trace is checked by)."""
         out = Graph(self.name)
         out._next_id = self._next_id
         values: dict[int, Value] = {}
@@ -199,11 +182,14 @@ class Graph:
         def value(v: Value) -> Value:
             found = values.get(v.id)
             if found is None:
-                found = values[v.id] = Value(v.id, concrete(v.shape, env) if v.symbolic else v.shape, v.dtype)
+                found = values[v.id] = Value(v.id, concrete(v.shape, env) if v.symbolic and env else v.shape, v.dtype)
             return found
 
+        def param(p):
+            return concrete(p, env) if env else p
+
         for i in self.inputs:
-            if i.kind != "size":
+            if i.kind != "size" or not env:
                 out.inputs.append(Input(value(i.value), i.kind, i.label, i.ref))
             elif sizes_as_constants:
                 v = value(i.value)
@@ -213,7 +199,7 @@ class Graph:
                 size = i.ref.evaluate(env)
                 out.inputs.append(Input(value(i.value), i.kind, f"{i.label}={size}", size))
         for node in self.nodes:
-            new = Node(node.op, tuple(map(value, node.inputs)), {k: concrete(p, env) for k, p in node.params.items()},
+            new = Node(node.op, tuple(map(value, node.inputs)), {k: param(p) for k, p in node.params.items()},
                        value(node.out), node.source, node.region)
             new.out.node = new
             out.nodes.append(new)
