@@ -1,4 +1,4 @@
-"""Attention and transformer layers: MultiheadAttention, TransformerEncoderLayer, TransformerEncoder."""
+"""Attention and transformer layers: MultiheadAttention, the encoder and decoder layers and stacks, Transformer."""
 
 from __future__ import annotations
 
@@ -152,6 +152,12 @@ class MultiheadAttention(Module):
         k_len = key.shape[1 - b]
         if e != self.embed_dim:
             raise AssertionError(f"was expecting embedding dimension of {self.embed_dim}, but got {e}")
+        if key.shape[b] != n or tuple(key.shape) != tuple(value.shape):
+            raise RuntimeError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must have one shape, with query "
+                f"{tuple(query.shape)}'s batch size in dim {b} (batch_first={self.batch_first}); a decoder's "
+                "memory and tgt must have the same batch size"
+            )
         q, k, v = self._project(query, key, value)
         h, hd = self.num_heads, self.head_dim
         to_heads = (0, 2, 1, 3) if b == 0 else (1, 2, 0, 3)  # (B|L, L|B, H, hd) -> (N, H, L, hd)
@@ -193,7 +199,78 @@ def _activation(activation: str | Callable) -> Callable:
     return activation
 
 
-class TransformerEncoderLayer(Module):
+class _TransformerLayer(Module):
+    """What encoder and decoder layers share: PyTorch's sub-module names and order (so state_dicts
+    load both ways), the residual wiring of a sub-layer, attention without weights and the
+    feed-forward block.
+
+    A layer is a sequence of residual sub-layers: one per attention in `attentions`, then the
+    feed-forward one; sub-layer i owns `norm{i}` and `dropout{i}`, as in PyTorch.
+    """
+
+    def __init__(
+        self,
+        attentions: tuple[str, ...],
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int,
+        dropout: float,
+        activation: str | Callable,
+        layer_norm_eps: float,
+        batch_first: bool,
+        norm_first: bool,
+        bias: bool,
+        device,
+        dtype,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        for name in attentions:
+            attention = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **kw)
+            setattr(self, name, attention)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, **kw)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, **kw)
+        self.norm_first = norm_first
+        sublayers = range(1, len(attentions) + 2)
+        for i in sublayers:
+            setattr(self, f"norm{i}", LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw))
+        for i in sublayers:
+            setattr(self, f"dropout{i}", Dropout(dropout))
+        self.activation = _activation(activation)
+
+    def _residual(self, x: Tensor, norm: LayerNorm, dropout: Dropout, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """x + sublayer(x), normalized after (post-norm) or with the sub-layer's input normalized
+        (pre-norm, `norm_first=True`: better-behaved gradients in deep stacks)."""
+        if self.norm_first:
+            return x + dropout(sublayer(norm(x)))
+        return norm(x + dropout(sublayer(x)))
+
+    @staticmethod
+    def _attend(
+        attention: MultiheadAttention,
+        query: Tensor,
+        key_value: Tensor,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
+        # without weights, so attention may take scaled_dot_product_attention's fused path
+        return attention(
+            query,
+            key_value,
+            key_value,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+            is_causal=is_causal,
+        )[0]
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class TransformerEncoderLayer(_TransformerLayer):
     """Self-attention + feed-forward block (post-norm by default, `norm_first=True` for pre-norm)."""
 
     def __init__(
@@ -210,35 +287,8 @@ class TransformerEncoderLayer(Module):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
-        kw = {"device": device, "dtype": dtype}
-        self.self_attn = MultiheadAttention(
-            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **kw
-        )
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, **kw)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, **kw)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.activation = _activation(activation)
-
-    def _sa_block(self, x: Tensor, attn_mask, key_padding_mask, is_causal: bool) -> Tensor:
-        x = self.self_attn(
-            x,
-            x,
-            x,
-            attn_mask=attn_mask,
-            key_padding_mask=key_padding_mask,
-            need_weights=False,
-            is_causal=is_causal,
-        )[0]
-        return self.dropout1(x)
-
-    def _ff_block(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        layer_args = (dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias)
+        super().__init__(("self_attn",), d_model, nhead, *layer_args, device, dtype)
 
     def forward(
         self,
@@ -247,16 +297,86 @@ class TransformerEncoderLayer(Module):
         src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        x = src
-        if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
-            return x + self._ff_block(self.norm2(x))
-        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
-        return self.norm2(x + self._ff_block(x))
+        """src (S, N, E), or (N, S, E) with `batch_first=True`, or unbatched (S, E) -> same shape."""
+
+        def self_attention(x: Tensor) -> Tensor:
+            return self._attend(self.self_attn, x, x, src_mask, src_key_padding_mask, is_causal)
+
+        x = self._residual(src, self.norm1, self.dropout1, self_attention)
+        return self._residual(x, self.norm2, self.dropout2, self._feed_forward)
 
 
-class TransformerEncoder(Module):
-    """`num_layers` deep copies of `encoder_layer`, applied in turn, then an optional final norm."""
+class TransformerDecoderLayer(_TransformerLayer):
+    """Self-attention over the target, cross-attention from the target to `memory` (the encoder's
+    output), then feed-forward; post-norm by default, `norm_first=True` for pre-norm."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        layer_args = (dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias)
+        super().__init__(("self_attn", "multihead_attn"), d_model, nhead, *layer_args, device, dtype)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        """tgt (T, N, E) and memory (S, N, E) (batch first with `batch_first=True`; unbatched (T, E)
+        and (S, E)) -> the shape of tgt. tgt_mask is (T, T), memory_mask (T, S); either may also be
+        (N * nhead, ., .). Boolean masks mark positions that may NOT be attended."""
+
+        def self_attention(x: Tensor) -> Tensor:
+            return self._attend(self.self_attn, x, x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+
+        def cross_attention(x: Tensor) -> Tensor:
+            return self._attend(
+                self.multihead_attn, x, memory, memory_mask, memory_key_padding_mask, memory_is_causal
+            )
+
+        x = self._residual(tgt, self.norm1, self.dropout1, self_attention)
+        x = self._residual(x, self.norm2, self.dropout2, cross_attention)
+        return self._residual(x, self.norm3, self.dropout3, self._feed_forward)
+
+
+class _LayerStack(Module):
+    """`num_layers` deep copies of `layer` (each with its own parameters), applied in turn, then an
+    optional final norm: what TransformerEncoder and TransformerDecoder share."""
+
+    def __init__(self, layer: Module, num_layers: int, norm: Module | None) -> None:
+        super().__init__()
+        self.layers = ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def _run(self, x: Tensor, *args, **kwargs) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, *args, **kwargs)
+        return self.norm(x) if self.norm is not None else x
+
+
+class TransformerEncoder(_LayerStack):
+    """`num_layers` deep copies of `encoder_layer`, applied in turn, then an optional final norm.
+
+    `is_causal=None` means False: PyTorch would compare the mask with a causal one, which reads the
+    mask's values (a compiled program cannot); pass `is_causal=True` to give the hint.
+    """
 
     def __init__(
         self,
@@ -266,10 +386,7 @@ class TransformerEncoder(Module):
         enable_nested_tensor: bool = True,
         mask_check: bool = True,
     ) -> None:
-        super().__init__()
-        self.layers = ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
-        self.num_layers = num_layers
-        self.norm = norm
+        super().__init__(encoder_layer, num_layers, norm)
 
     def forward(
         self,
@@ -278,9 +395,137 @@ class TransformerEncoder(Module):
         src_key_padding_mask: Tensor | None = None,
         is_causal: bool | None = None,
     ) -> Tensor:
-        out = src
-        for layer in self.layers:
-            out = layer(
-                out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)
+        return self._run(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+
+
+class TransformerDecoder(_LayerStack):
+    """`num_layers` deep copies of `decoder_layer`, each attending to the same `memory`, then an
+    optional final norm. `tgt_is_causal=None` means False, as `is_causal` of TransformerEncoder."""
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: Module | None = None) -> None:
+        super().__init__(decoder_layer, num_layers, norm)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        return self._run(
+            tgt,
+            memory,
+            tgt_mask=tgt_mask,
+            memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            tgt_is_causal=bool(tgt_is_causal),
+            memory_is_causal=memory_is_causal,
+        )
+
+
+class Transformer(Module):
+    """The encoder-decoder transformer of "Attention Is All You Need": an encoder stack over src,
+    a decoder stack over tgt attending to the encoder's output, each with a final LayerNorm.
+
+    >>> model = Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1)
+    >>> tgt_mask = Transformer.generate_square_subsequent_mask(7)
+    >>> model(jitorch.randn(10, 4, 16), jitorch.randn(7, 4, 16), tgt_mask=tgt_mask).shape
+    jitorch.Size([7, 4, 16])
+    """
+
+    def __init__(
+        self,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        custom_encoder: Module | None = None,
+        custom_decoder: Module | None = None,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        layer_args = (
+            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias
+        )
+        kw = {"device": device, "dtype": dtype}
+
+        def final_norm() -> LayerNorm:
+            return LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **kw)
+
+        self.encoder = custom_encoder if custom_encoder is not None else TransformerEncoder(
+            TransformerEncoderLayer(*layer_args, **kw), num_encoder_layers, final_norm()
+        )
+        self.decoder = custom_decoder if custom_decoder is not None else TransformerDecoder(
+            TransformerDecoderLayer(*layer_args, **kw), num_decoder_layers, final_norm()
+        )
+        self._reset_parameters()
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+
+    def _reset_parameters(self) -> None:
+        # as PyTorch: Xavier-uniform for every matrix (custom encoder/decoder too), biases and norms kept
+        for p in self.parameters():
+            if p.ndim > 1:
+                init.xavier_uniform_(p)
+
+    def _check_inputs(self, src: Tensor, tgt: Tensor) -> None:
+        if src.ndim == 3:
+            b = 0 if self.batch_first else 1
+            if src.shape[b] != tgt.shape[b]:
+                raise RuntimeError(
+                    f"the batch number of src and tgt must be equal: src {tuple(src.shape)} and tgt "
+                    f"{tuple(tgt.shape)} differ in dim {b} (the batch dim with batch_first={self.batch_first}); "
+                    "pass one target sequence per source sequence"
+                )
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise RuntimeError(
+                f"the feature number of src and tgt must be equal to d_model: src {tuple(src.shape)}, tgt "
+                f"{tuple(tgt.shape)}, d_model={self.d_model}; embed both to d_model features first"
             )
-        return self.norm(out) if self.norm is not None else out
+
+    def forward(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        src_mask: Tensor | None = None,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        src_is_causal: bool | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        """src (S, N, E), tgt (T, N, E) (batch first with `batch_first=True`; unbatched (S, E) and
+        (T, E)) -> (T, N, E). Masks as in TransformerEncoder and TransformerDecoder."""
+        self._check_inputs(src, tgt)
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(
+            tgt,
+            memory,
+            tgt_mask=tgt_mask,
+            memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal,
+        )
+
+    @staticmethod
+    def generate_square_subsequent_mask(sz: int, device=None, dtype=None) -> Tensor:
+        """The (sz, sz) causal mask: -inf above the diagonal (position i may not attend to j > i),
+        0 elsewhere; an additive float mask, as PyTorch's."""
+        return creation.full((sz, sz), float("-inf"), dtype=dtype, device=device).triu(1)
