@@ -187,6 +187,8 @@ from .ops import (
     tile,
     vstack,
 )
+from .ops import BFloat16Tensor, BoolTensor, DoubleTensor, FloatTensor, HalfTensor, IntTensor, LongTensor
+from .ops import addcdiv, addcmul
 from .ops import install_methods as _install_methods
 from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 from .tensor import Size, Tensor
@@ -201,7 +203,7 @@ from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
-from . import amp, cuda, nn, optim, profiler, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
+from . import accelerator, amp, cuda, nn, optim, profiler, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point

@@ -22,7 +22,7 @@ from .device import Device, cpu, placement
 from .dispatch import dispatch, fuses_composites
 from .primitives import PRIMS, Prim, PrimKind, numpy_key
 from .symbolic import SymInt, is_symbolic
-from .tensor import Tensor, _wrap_dim
+from .tensor import Size, Tensor, _wrap_dim
 
 P = PRIMS
 values_indices = namedtuple("values_indices", ["values", "indices"])
@@ -425,6 +425,42 @@ clip = clamp
 
 def lerp(input: Tensor, end: Tensor, weight) -> Tensor:
     return input + weight * (end - input)
+
+
+@autocasts("addcmul")
+def addcmul(input: Tensor, tensor1: Tensor, tensor2: Tensor, *, value=1) -> Tensor:
+    """input + value * tensor1 * tensor2 (optimizers' moment updates), broadcast, in the three tensors'
+    promoted dtype; `value` is converted to that dtype first, as in PyTorch (0.5 is 0 for integers)."""
+    input, tensor1, tensor2, value = _addc_operands("addcmul", input, tensor1, tensor2, value)
+    return input + (tensor1 if value == 1 else tensor1 * value) * tensor2
+
+
+@autocasts("addcdiv")
+def addcdiv(input: Tensor, tensor1: Tensor, tensor2: Tensor, *, value=1) -> Tensor:
+    """input + value * tensor1 / tensor2 (Adam's step), broadcast, in the three tensors' promoted dtype.
+    As in PyTorch, tensor1 and tensor2 may not both be integers (that once meant integer division)."""
+    input, tensor1, tensor2, value = _addc_operands("addcdiv", input, tensor1, tensor2, value)
+    return input + (tensor1 if value == 1 else tensor1 * value) / tensor2
+
+
+def _addc_operands(op: str, input: Tensor, tensor1: Tensor, tensor2: Tensor, value):
+    """addcmul's and addcdiv's tensors cast to their promoted dtype, and `value` as a scalar of it, after
+    PyTorch's checks."""
+    tensors = {"input": input, "tensor1": tensor1, "tensor2": tensor2}
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    if op == "addcdiv" and not (tensor1.dtype.is_floating_point or tensor2.dtype.is_floating_point):
+        raise RuntimeError(
+            f"Integer division with addcdiv is no longer supported (tensor1 is {tensor1.dtype}, tensor2 "
+            f"{tensor2.dtype}). For a true division write input + value * tensor1 / tensor2, for the historic "
+            "behaviour (input + value * jitorch.trunc(tensor1 / tensor2)).to(input.dtype)"
+        )
+    dtype = _dt.result_type(input, tensor1, tensor2)
+    if dtype is _dt.bool_:
+        raise NotImplementedError(f"{op} is not implemented for bool tensors; convert them with .int() or .float()")
+    scalar = float(value) if dtype.is_floating_point else int(value)
+    return (*(_cast(t, dtype) for t in tensors.values()), scalar)
 
 
 def cast(input: Tensor, dtype) -> Tensor:
@@ -1592,12 +1628,136 @@ def new_tensor(self: Tensor, data, dtype=None, requires_grad: bool = False) -> T
 
 
 # ---------------------------------------------------------------------------------------------
+# PyTorch's legacy tensor types and constructors, which old scripts still use: `Tensor.type()`,
+# `torch.FloatTensor(...)`, `torch.Tensor(...)`, `isinstance(t, torch.LongTensor)`
+
+_LEGACY_NAMES = {
+    _dt.float32: "FloatTensor",
+    _dt.float64: "DoubleTensor",
+    _dt.float16: "HalfTensor",
+    _dt.bfloat16: "BFloat16Tensor",
+    _dt.int64: "LongTensor",
+    _dt.int32: "IntTensor",
+    _dt.bool_: "BoolTensor",
+}
+_LEGACY_DTYPES = {name: dtype for dtype, name in _LEGACY_NAMES.items()}
+
+
+class _LegacyTensorType(type):
+    """The type of `jitorch.FloatTensor` & co, which scripts call and test against as they do PyTorch's:
+    `LongTensor([1, 2])` makes an int64 tensor of the data, `FloatTensor(2, 3)` a float32 one of that
+    shape; `isinstance(t, FloatTensor)` holds for a float32 tensor on the CPU. As in PyTorch, these are
+    not subclasses of Tensor: a tensor's class is always Tensor."""
+
+    dtype: _dt.DType
+    is_cuda = False
+
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, Tensor) and obj._device.type == "cpu" and obj.dtype is cls.dtype
+
+    def __call__(cls, *args, device=None) -> Tensor:
+        return _legacy_new(cls.dtype, args, device)
+
+
+def _legacy_type(dtype: _dt.DType) -> _LegacyTensorType:
+    doc = f"PyTorch's legacy constructor of {dtype} CPU tensors: `{_LEGACY_NAMES[dtype]}(data)` or `(*shape)`."
+    return _LegacyTensorType(_LEGACY_NAMES[dtype], (), {"dtype": dtype, "__module__": "jitorch", "__doc__": doc})
+
+
+FloatTensor = _legacy_type(_dt.float32)
+DoubleTensor = _legacy_type(_dt.float64)
+HalfTensor = _legacy_type(_dt.float16)
+BFloat16Tensor = _legacy_type(_dt.bfloat16)
+LongTensor = _legacy_type(_dt.int64)
+IntTensor = _legacy_type(_dt.int32)
+BoolTensor = _legacy_type(_dt.bool_)
+
+
+def _tensor_new(cls, *args, device=None) -> Tensor:
+    """`Tensor(2, 3)` (a float tensor of that shape) or `Tensor([1., 2.])` (the data in the default
+    float dtype): PyTorch's legacy constructor, installed as `Tensor.__new__`."""
+    return _legacy_new(None, args, device)
+
+
+def _legacy_new(dtype: _dt.DType | None, args: tuple, device) -> Tensor:
+    """PyTorch's legacy constructors, `Tensor(...)` (dtype None: the default float dtype) and
+    `FloatTensor(...)` & co: no arguments an empty tensor; ints (or a Size) a shape (zeros, where
+    PyTorch leaves the memory uninitialized); a tensor a view of it (of the same dtype for a typed
+    constructor); anything else data to copy and convert."""
+    from .creation import tensor
+
+    kind = "cpu" if device is None else Device(device).type
+    if kind != "cpu":
+        raise RuntimeError(
+            f"legacy constructor expects device type: cpu but device type: {kind} was passed; make the "
+            "tensor with jitorch.tensor(data, device=...) or jitorch.zeros(shape, device=...)"
+        )
+    target = _dt.get_default_dtype() if dtype is None else dtype
+    if len(args) == 1 and isinstance(args[0], Tensor):
+        return _legacy_alias(args[0], dtype)
+    if len(args) == 1 and isinstance(args[0], Size):
+        args = tuple(args[0])
+    if builtins.all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in args):
+        return zeros(*(args or (0,)), dtype=target)
+    if len(args) == 1 and not isinstance(args[0], (bool, float, complex, np.generic)):
+        return tensor(args[0], dtype=target)
+    raise TypeError(
+        f"new(): expected a shape (ints), a tensor or one sequence of data, got "
+        f"({', '.join(type(a).__name__ for a in args)}); for a scalar use jitorch.tensor(value)"
+    )
+
+
+def _legacy_alias(t: Tensor, dtype: _dt.DType | None) -> Tensor:
+    """`Tensor(t)`: a view of all of t (shared storage, autograd kept), as PyTorch's alias."""
+    if dtype is not None and t.dtype is not dtype:
+        raise TypeError(
+            f"expected a {dtype} tensor for {_LEGACY_NAMES[dtype]}(tensor), got {t.dtype}; convert with "
+            f".to({dtype}) instead"
+        )
+    return view(t, t.shape)
+
+
+def _tensor_type(self: Tensor, dtype=None, non_blocking: bool = False) -> str | Tensor:
+    """PyTorch's legacy type API. With no argument, the type string (`"torch.FloatTensor"`,
+    `"torch.cuda.LongTensor"`); with a dtype (`jitorch.int64`), a legacy type (`jitorch.LongTensor`) or
+    a type string (`"torch.cuda.FloatTensor"`, `"jitorch.IntTensor"`), this tensor converted to it:
+    itself when it already is one. A legacy type or string names a device too (none: the CPU); a
+    dtype keeps this tensor's device."""
+    if dtype is None:
+        prefix = "torch." if self._device.type == "cpu" else f"torch.{self._device.type}."
+        return prefix + _LEGACY_NAMES[self.dtype]
+    if isinstance(dtype, _dt.DType):
+        return to(self, dtype, non_blocking=non_blocking)
+    target, device = _parse_legacy_type(dtype)
+    return to(self, device=device, dtype=target, non_blocking=non_blocking)
+
+
+def _parse_legacy_type(spec) -> tuple[_dt.DType, str]:
+    """The dtype and device type a legacy type (`jitorch.LongTensor`) or a type string names
+    ("torch.FloatTensor", "torch.cuda.HalfTensor", "jitorch.IntTensor")."""
+    if isinstance(spec, _LegacyTensorType):
+        return spec.dtype, "cpu"
+    if not isinstance(spec, str):
+        raise TypeError(f"dtype must be a type, str, or dtype object, got {spec!r}")
+    module, _, name = spec.rpartition(".")
+    package, _, device = module.partition(".")
+    if package in ("torch", "jitorch") and device in ("", "cuda") and name in _LEGACY_DTYPES:
+        return _LEGACY_DTYPES[name], device or "cpu"
+    raise ValueError(
+        f"invalid type: {spec!r}; expected a dtype such as jitorch.float32, a legacy type such as "
+        f"jitorch.FloatTensor, or a string 'torch.NAME' or 'torch.cuda.NAME' with NAME one of "
+        f"{sorted(_LEGACY_DTYPES)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Tensor methods
 
 _INPLACE = ["add", "sub", "mul", "div", "pow", "clamp", "clip", "exp", "log", "sqrt", "neg", "abs",
             "tanh", "sigmoid", "relu", "floor", "ceil", "round", "trunc", "reciprocal", "masked_fill",
             "lerp", "sin", "cos", "rsqrt", "sign", "scatter", "scatter_add", "index_put", "remainder",
-            "maximum", "minimum", "square", "log1p", "expm1", "erf", "tril", "triu", "logical_not"]
+            "maximum", "minimum", "square", "log1p", "expm1", "erf", "tril", "triu", "logical_not",
+            "addcmul", "addcdiv"]
 
 
 def _make_inplace(fn):
@@ -1702,7 +1862,7 @@ def install_methods() -> None:
     plain = [
         add, sub, mul, div, floor_divide, remainder, pow, maximum, minimum, eq, ne, lt, le, gt, ge,
         logical_and, logical_or, logical_xor, logical_not, bitwise_and, bitwise_or, bitwise_xor, bitwise_not,
-        neg, exp, log, log1p, expm1, sqrt, rsqrt, sin, cos,
+        neg, exp, log, log1p, expm1, sqrt, rsqrt, sin, cos, addcmul, addcdiv,
         tanh, sigmoid, erf, reciprocal, abs, sign, floor, ceil, trunc, round, isnan, isinf, isfinite, square,
         exp2, log2, log10, relu, clamp, clip, lerp, to, type_as, sum, prod, mean, amax, amin, argmax, argmin,
         max, min, var, std, logsumexp, any, all, cumsum, norm, softmax, log_softmax, reshape, view, view_as,
@@ -1717,6 +1877,8 @@ def install_methods() -> None:
     for fn in plain:
         setattr(T, fn.__name__, fn)
     T.where = _tensor_where
+    T.__new__ = staticmethod(_tensor_new)
+    T.type = _tensor_type
     T.cuda = _tensor_cuda
     T.cpu = _tensor_cpu
     T.__getitem__ = getitem

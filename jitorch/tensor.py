@@ -28,7 +28,9 @@ class _Counter:
 class Tensor:
     """An n-dimensional array that records operations for autograd.
 
-    Make one with `jitorch.tensor(data)`, `jitorch.zeros(...)`, `jitorch.randn(...)`, ...
+    Make one with `jitorch.tensor(data)`, `jitorch.zeros(...)`, `jitorch.randn(...)`, ...; old scripts'
+    `Tensor(2, 3)` and `Tensor([1., 2.])` are PyTorch's legacy constructor (`ops._tensor_new`, installed
+    as `__new__` with the methods). jitorch's own code makes tensors with `Tensor._make`, which skips it.
     """
 
     # Class-level defaults keep the constructor to one or two attribute writes.
@@ -57,9 +59,6 @@ class Tensor:
         if tracer is not None:  # made while this thread traces: a constant of that trace
             t._born = tracer.born_mark
         return t
-
-    def __init__(self, *args, **kwargs) -> None:
-        raise TypeError("create tensors with jitorch.tensor(data), jitorch.zeros(shape), ... ")
 
     def _backend(self) -> Backend:
         """The backend of this tensor's device: its buffers are that backend's arrays."""
@@ -414,6 +413,14 @@ class Tensor:
         from .printing import tensor_repr
 
         return tensor_repr(self)
+
+    def __format__(self, format_spec: str) -> str:
+        """`f"{loss:.4f}"`: a 0-d tensor formats as its Python number, as in PyTorch. Any other tensor
+        takes only an empty spec (then it prints as `str(t)`); a spec on it raises TypeError, as
+        PyTorch's does: index or `.item()` the value first."""
+        if self.ndim == 0 and self._device.type != "meta" and type(self) is Tensor:
+            return format(self.item(), format_spec)
+        return object.__format__(self, format_spec)
 
     def __reduce_ex__(self, protocol):
         raise TypeError("jitorch tensors are not pickled; use jitorch.save (safetensors) instead")

@@ -1189,3 +1189,70 @@ case("count_nonzero", lambda lib, a: lib.count_nonzero(a, 1), X(3, 4, dtype="int
      grad=False)
 case("isclose", lambda lib, a, b: lib.isclose(a, a + b * 1e-6, rtol=1e-5, atol=1e-7), X(3, 4), X(3, 4), grad=False)
 case("nan_to_num", lambda lib, a: lib.nan_to_num(lib.log(a), nan=0.5, neginf=-7.0), X(3, 4))
+
+# ---------------------------------------------------------------------------------------------
+# addcmul and addcdiv: broadcast three ways, PyTorch's promotion of the three tensors, `value`
+# converted to the result dtype, and the in-place forms
+
+for _dtype in FLOATS:
+    case(
+        f"addcmul_{_dtype}",
+        lambda lib, a, b, c: lib.addcmul(a, b, c, value=0.5),
+        X(3, 4, dtype=_dtype),
+        X(4, dtype=_dtype),
+        X(3, 1, dtype=_dtype),
+    )
+    case(
+        f"addcdiv_{_dtype}",
+        lambda lib, a, b, c: a.addcdiv(b, c, value=-2),
+        X(3, 4, dtype=_dtype),
+        X(3, 4, dtype=_dtype),
+        X(4, dtype=_dtype, domain="nonzero"),
+    )
+case("addcmul_default_value", lambda lib, a, b, c: a.addcmul(b, c), X(2, 1, 4), X(3, 1), X(4))
+case(
+    "addcmul_int64_float_value_truncates",
+    lambda lib, a, b, c: lib.addcmul(a, b, c, value=2.5),
+    X(3, 4, dtype="int64", domain=("int", -5, 5)),
+    X(3, 4, dtype="int64", domain=("int", -5, 5)),
+    X(4, dtype="int64", domain=("int", -5, 5)),
+    grad=False,
+)
+case(
+    "addcmul_promotes_int_half_and_0d_double",
+    lambda lib, a, b, c: lib.addcmul(a, b, c),
+    X(3, 4, dtype="int32", domain=("int", -5, 5)),
+    X(3, 4, dtype="float16"),
+    X(dtype="float64"),
+)
+case(
+    "addcdiv_int_by_float",  # (int / float: PyTorch's backward of float / int fails to cast its gradient)
+    lambda lib, a, b, c: lib.addcdiv(a, b, c, value=0.25),
+    X(3, 4, dtype="int64", domain=("int", -5, 5)),
+    X(3, 4, dtype="int32", domain=("int", -5, 5)),
+    X(3, 4, domain="nonzero"),
+)
+case("inplace_addcmul_", _inplace("addcmul_", value=0.5), X(3, 4), X(3, 4), X(4), tags=("inplace",))
+case("inplace_addcdiv_", _inplace("addcdiv_", value=2), X(3, 4), X(3, 1), X(3, 4, domain="nonzero"),
+     tags=("inplace",))
+
+# ---------------------------------------------------------------------------------------------
+# max pooling over ties: PyTorch's gradient goes to each window's first maximum (row-major), and to a
+# position once per window whose first maximum it is
+
+for _dtype in ("float32", "bfloat16"):
+    case(
+        f"max_pool2d_ties_k2s2_{_dtype}",
+        lambda lib, x: lib.nn.functional.max_pool2d(x, 2, 2),
+        X(2, 3, 6, 8, dtype=_dtype, domain=("int", 0, 3)),
+    )
+    case(
+        f"max_pool2d_ties_k3s1_{_dtype}",
+        lambda lib, x: lib.nn.functional.max_pool2d(x, 3, 1),
+        X(2, 3, 7, 6, dtype=_dtype, domain=("int", 0, 2)),
+    )
+case(
+    "max_pool2d_ties_k3s2_padded_ceil",
+    lambda lib, x: lib.nn.functional.max_pool2d(x, 3, 2, padding=1, ceil_mode=True),
+    X(3, 8, 7, domain=("int", 0, 2)),
+)

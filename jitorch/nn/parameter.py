@@ -30,7 +30,7 @@ class Parameter(Tensor):
         return p
 
     def __init__(self, data: Tensor | None = None, requires_grad: bool = True) -> None:
-        pass  # all set in __new__ (Tensor.__init__ refuses direct construction)
+        pass  # all set in __new__ (object's __init__ would refuse the arguments)
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
