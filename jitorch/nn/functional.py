@@ -9,6 +9,7 @@ errors on eager tensors (e.g. a class index out of range), never while tracing.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from .. import dtypes as _dt
 from .. import ops as _ops
 from .._autocast import autocasts
-from ..creation import rand
+from ..creation import full_like, rand
 from ..dispatch import dispatch, fuses_composites
 from ..primitives import PRIMS, broadcast_shapes
 from ..tensor import Tensor
@@ -64,6 +65,42 @@ __all__ = [
     "adaptive_avg_pool2d",
     "interpolate",
     "scaled_dot_product_attention",
+    "softmin",
+    "selu",
+    "celu",
+    "glu",
+    "hardsigmoid",
+    "hardswish",
+    "hardshrink",
+    "softshrink",
+    "softsign",
+    "tanhshrink",
+    "threshold",
+    "prelu",
+    "rrelu",
+    "gumbel_softmax",
+    "dropout1d",
+    "dropout2d",
+    "alpha_dropout",
+    "instance_norm",
+    "cosine_similarity",
+    "pairwise_distance",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "kl_div",
+    "cosine_embedding_loss",
+    "margin_ranking_loss",
+    "triplet_margin_loss",
+    "hinge_embedding_loss",
+    "soft_margin_loss",
+    "multilabel_soft_margin_loss",
+    "poisson_nll_loss",
+    "gaussian_nll_loss",
+    "max_pool1d",
+    "avg_pool1d",
+    "adaptive_avg_pool1d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
 ]
 
 unfold = _ops.unfold
@@ -86,6 +123,12 @@ def _composites():
     from ..compiler import composites
 
     return composites
+
+
+def _positions_along(t: Tensor, dim: int) -> Tensor:
+    """0, 1, ..., t.shape[dim] - 1 along `dim`, shaped to broadcast against `t` (a static constant)."""
+    size, trailing = t.shape[dim], t.ndim - 1 - dim % t.ndim
+    return _const(np.arange(size, dtype=np.int64).reshape((size,) + (1,) * trailing), t)
 
 
 def _is_concrete(t: Tensor) -> bool:
@@ -117,6 +160,11 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce
     return "none" if not reduce else "mean" if size_average else "sum"
+
+
+def _in_place_if(inplace: bool, input: Tensor, out: Tensor) -> Tensor:
+    """`out`, written into `input` for the `inplace=True` forms of the activations and dropouts."""
+    return input.copy_(out) if inplace else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,14 +272,14 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x where x > 0, else negative_slope * x."""
     out = _ops.where(input > 0, input, input * negative_slope)
-    return input.copy_(out) if inplace else out
+    return _in_place_if(inplace, input, out)
 
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x where x > 0, else alpha * (exp(x) - 1)."""
     neg = input.clamp(max=0.0).expm1()  # clamped: the discarded branch must not overflow
     out = _ops.where(input > 0, input, neg * alpha if alpha != 1 else neg)
-    return input.copy_(out) if inplace else out
+    return _in_place_if(inplace, input, out)
 
 
 def _softmax_dim(ndim: int) -> int:
@@ -251,13 +299,136 @@ def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dty
     return input.log_softmax(_softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
 
 
+def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Tensor:
+    """softmax(-x) along `dim`: weights that favour the smallest entries."""
+    return softmax(-input, dim, dtype=dtype)
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    """scale * elu(x, alpha) with the self-normalizing constants of Klambauer et al."""
+    out = elu(input, _SELU_ALPHA) * _SELU_SCALE
+    return _in_place_if(inplace, input, out)
+
+
+def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x where x > 0, else alpha * (exp(x / alpha) - 1): elu made continuously differentiable."""
+    if alpha == 0:
+        raise RuntimeError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    neg = (input.clamp(max=0.0) / alpha).expm1() * alpha  # clamped: the discarded branch must not overflow
+    out = _ops.where(input > 0, input, neg)
+    return _in_place_if(inplace, input, out)
+
+
+def glu(input: Tensor, dim: int = -1) -> Tensor:
+    """a * sigmoid(b), where a and b are the two halves of `input` along `dim`."""
+    if input.ndim == 0:
+        raise RuntimeError("glu does not support scalars because halving size must be even")
+    if input.shape[dim] % 2:
+        raise RuntimeError(
+            f"Halving dimension must be even, but dimension {dim % input.ndim} is size {input.shape[dim]} "
+            f"(input shape {list(input.shape)})"
+        )
+    a, b = input.chunk(2, dim)
+    return a * b.sigmoid()
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    """relu6(x + 3) / 6: a piecewise-linear sigmoid."""
+    out = (input + 3.0).clamp(0.0, 6.0) / 6.0
+    return _in_place_if(inplace, input, out)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """x * relu6(x + 3) / 6 (MobileNetV3)."""
+    out = input * (input + 3.0).clamp(0.0, 6.0) / 6.0
+    return _in_place_if(inplace, input, out)
+
+
+def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    """x where |x| > lambd, else 0."""
+    return _ops.where(input.abs() > lambd, input, 0.0)
+
+
+def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    """x - lambd above lambd, x + lambd below -lambd, else 0 (the proximal operator of the L1 norm)."""
+    if lambd < 0:
+        raise RuntimeError(
+            f"lambda must be in range [0, {_dt.finfo(input.dtype).max:g}] for input dtype {input.dtype}, but found "
+            f"{lambd:g}"
+        )
+    return _ops.where(input > lambd, input - lambd, _ops.where(input < -lambd, input + lambd, 0.0))
+
+
+def softsign(input: Tensor) -> Tensor:
+    """x / (1 + |x|)."""
+    return input / (input.abs() + 1.0)
+
+
+def tanhshrink(input: Tensor) -> Tensor:
+    """x - tanh(x)."""
+    return input - input.tanh()
+
+
+def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    """x where x > threshold, else value."""
+    out = _ops.where(input > threshold, input, value)
+    return _in_place_if(inplace, input, out)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """x where x > 0, else weight * x, with one learned slope per channel (dim 1) or one for all."""
+    if weight.ndim > 1:
+        raise RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {weight.ndim}")
+    if weight.numel() != 1:
+        channels = input.shape[1] if input.ndim >= 2 else 1
+        if weight.numel() != channels:
+            raise RuntimeError(
+                f"Mismatch of parameter numbers and input channel size. Found parameter numbers = "
+                f"{weight.numel()} and channel size = {channels}. (input shape {list(input.shape)}: give PReLU "
+                "num_parameters equal to the channels, dim 1, or 1)"
+            )
+    weight = weight.reshape(()) if weight.numel() == 1 else weight.reshape(_channel_shape(input))
+    return _ops.where(input > 0, input, input * weight)
+
+
+def rrelu(
+    input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False, inplace: bool = False
+) -> Tensor:
+    """Leaky ReLU whose negative slope is drawn from U(lower, upper) per element in training (from
+    jitorch's generator) and is (lower + upper) / 2 in eval."""
+    if not training:
+        return leaky_relu(input, (lower + upper) / 2, inplace)
+    slopes = rand(*input.shape, dtype=input.dtype, device=input.device) * (upper - lower) + lower
+    out = _ops.where(input > 0, input, input * slopes)
+    return _in_place_if(inplace, input, out)
+
+
+def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1) -> Tensor:
+    """softmax((logits + g) / tau) with Gumbel(0, 1) noise g from jitorch's generator.
+
+    `hard=True` returns the one-hot of the argmax, whose gradient is the soft sample's
+    (the straight-through estimator). `eps` is unused, as in PyTorch (kept for its signature).
+    """
+    uniform = rand(*logits.shape, dtype=logits.dtype, device=logits.device)
+    # -log(Exp(1)) as PyTorch draws it; the clamp keeps log(0) out of a rare u == 0
+    gumbels = -(-uniform.clamp(min=_dt.finfo(logits.dtype).tiny).log()).log()
+    soft = ((logits + gumbels) / tau).softmax(dim)
+    if not hard:
+        return soft
+    one_hot_max = (_positions_along(soft, dim) == soft.argmax(dim, keepdim=True)).to(soft.dtype)
+    return one_hot_max - soft.detach() + soft
+
+
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p) (identity in eval).
 
     The mask comes from `jitorch.rand`, so a compiled step can turn it into a seeded random op.
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    _check_dropout_p(p)
     if not training or p == 0.0:
         return input
     if p == 1.0:
@@ -265,7 +436,73 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     else:
         keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
         out = _ops.where(keep, input * (1.0 / (1.0 - p)), 0.0)
-    return input.copy_(out) if inplace else out
+    return _in_place_if(inplace, input, out)
+
+
+def _check_dropout_p(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _feature_dropout(input: Tensor, p: float, training: bool, inplace: bool, batched: bool) -> Tensor:
+    """Zero whole channels: one keep/drop draw per (sample, channel), broadcast over the rest."""
+    _check_dropout_p(p)
+    if not training or p == 0.0:
+        return input
+    lead = 2 if batched else 1
+    mask_shape = tuple(input.shape[:lead]) + (1,) * (input.ndim - lead)
+    keep = rand(*mask_shape, dtype=input.dtype, device=input.device) >= p
+    out = _ops.where(keep, input * (1.0 / (1.0 - p)), 0.0) if p < 1.0 else input * 0.0
+    return _in_place_if(inplace, input, out)
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of an (N, C, L) or (C, L) input with probability p (scale the rest by 1/(1-p))."""
+    if input.ndim not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {input.ndim}D input of shape "
+            f"{list(input.shape)}. Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension (i.e. 2D or 3D inputs)."
+        )
+    return _feature_dropout(input, p, training, inplace, batched=input.ndim == 3)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of an (N, C, H, W) input with probability p. Other ranks are taken as
+    (N, C, ...) with PyTorch's warnings: a 3-D input as (N, C, L), not as an unbatched (C, H, W)."""
+    if input.ndim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout behavior is "
+            "desired - input is interpreted as shape (N, C, L), where C is the channel dim. To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2,
+        )
+    elif input.ndim != 4:
+        warnings.warn(
+            f"dropout2d: Received a {input.ndim}-D input to dropout2d (shape {list(input.shape)}), which is "
+            "deprecated. Use dropout instead; dropout2d exists for (N, C, H, W) or (C, H, W) inputs.",
+            stacklevel=2,
+        )
+    return _feature_dropout(input, p, training, inplace, batched=True)
+
+
+_ALPHA_DROPOUT_ALPHA = 1.7580993408473766  # -SELU's negative saturation value, scale * alpha
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
+    """Dropout for SELU networks: dropped elements take SELU's saturation value and an affine map
+    restores zero mean and unit variance."""
+    _check_dropout_p(p)
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        out = input * 0.0
+    else:
+        a = 1.0 / math.sqrt((_ALPHA_DROPOUT_ALPHA**2 * p + 1.0) * (1.0 - p))
+        keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
+        dropped = _ALPHA_DROPOUT_ALPHA * a * (p - 1.0)
+        out = _ops.where(keep, input * a + _ALPHA_DROPOUT_ALPHA * a * p, dropped)
+    return _in_place_if(inplace, input, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +577,16 @@ def _channel_shape(input: Tensor) -> tuple[int, ...]:
     return (1, input.shape[1]) + (1,) * (input.ndim - 2)
 
 
+def _per_channel_affine(out: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """out * weight + bias with (C,) weight and bias broadcast along dim 1 (the norms' affine step)."""
+    cshape = _channel_shape(out)
+    if weight is not None:
+        out = out * weight.reshape(cshape)
+    if bias is not None:
+        out = out + bias.reshape(cshape)
+    return out
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -375,11 +622,7 @@ def batch_norm(
         if running_mean is None or running_var is None:
             raise RuntimeError("batch_norm in eval mode needs running_mean and running_var")
         out = (input - running_mean.reshape(cshape)) * (running_var.reshape(cshape) + eps).rsqrt()
-    if weight is not None:
-        out = out * weight.reshape(cshape)
-    if bias is not None:
-        out = out + bias.reshape(cshape)
-    return out
+    return _per_channel_affine(out, weight, bias)
 
 
 def _update_running_stats(
@@ -414,12 +657,46 @@ def group_norm(
     centered = grouped - grouped.mean(-1, keepdim=True)
     var = (centered * centered).mean(-1, keepdim=True)
     out = (centered * (var + eps).rsqrt()).reshape(input.shape)
+    return _per_channel_affine(out, weight, bias)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalize each (sample, channel) over its spatial dims, as style transfer does.
+
+    With `use_input_stats` the statistics are each instance's own, and given running statistics are
+    updated in place with their batch mean (unbiased variance, as PyTorch); without, the running
+    statistics normalize.
+    """
+    if input.ndim < 3:
+        raise ValueError(f"instance_norm expects an (N, C, *spatial) input, got shape {list(input.shape)}")
+    dims = tuple(range(2, input.ndim))
+    count = math.prod(input.shape[2:])
     cshape = _channel_shape(input)
-    if weight is not None:
-        out = out * weight.reshape(cshape)
-    if bias is not None:
-        out = out + bias.reshape(cshape)
-    return out
+    if use_input_stats:
+        if count <= 1:
+            raise ValueError(
+                f"Expected more than 1 spatial element when training, got input size {list(input.shape)}"
+            )
+        mean = input.mean(dims, keepdim=True)
+        centered = input - mean
+        var = (centered * centered).mean(dims, keepdim=True)
+        if running_mean is not None and running_var is not None:
+            _update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), count, momentum)
+        out = centered * (var + eps).rsqrt()
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("instance_norm with use_input_stats=False needs running_mean and running_var")
+        out = (input - running_mean.reshape(cshape)) * (running_var.reshape(cshape) + eps).rsqrt()
+    return _per_channel_affine(out, weight, bias)
 
 
 @autocasts("normalize")
@@ -431,6 +708,71 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
     else:
         norm = input.norm(p, dim, keepdim=True).clamp(min=eps)
     return input / norm
+
+
+def _clamped_forward(x: Tensor, eps: float) -> Tensor:
+    """max(x, eps) in value with x's gradient unchanged: PyTorch clamps norms and variances in
+    place under no_grad, so its backward ignores the clamp."""
+    return x + (x.clamp(min=eps) - x).detach()
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """sum(x1/|x1| * x2/|x2|) along `dim` (broadcast), each norm clamped below at eps."""
+    shape = broadcast_shapes(tuple(x1.shape), tuple(x2.shape))
+    x1, x2 = x1.expand(*shape), x2.expand(*shape)
+    n1 = _clamped_forward(_euclidean_norm(x1, dim), eps)
+    n2 = _clamped_forward(_euclidean_norm(x2, dim), eps)
+    return ((x1 / n1) * (x2 / n2)).sum(dim)
+
+
+def _euclidean_norm(x: Tensor, dim: int) -> Tensor:
+    """||x||_2 along `dim` (kept), with PyTorch's zero gradient where the norm is 0 (sqrt's is inf there)."""
+    squares = (x * x).sum(dim, keepdim=True)
+    positive = squares > 0
+    return _ops.where(positive, _ops.where(positive, squares, 1.0).sqrt(), 0.0)
+
+
+def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:
+    """The p-norm of x1 - x2 + eps over the last dim (eps keeps the norm's gradient finite at 0)."""
+    return (x1 - x2 + eps).norm(p, max(x1.ndim, x2.ndim) - 1, keepdim=keepdim)
+
+
+def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
+    """(*, C r^2, H, W) -> (*, C, H r, W r): channels become r x r spatial blocks (sub-pixel conv)."""
+    r = upscale_factor
+    if input.ndim < 3:
+        raise RuntimeError(
+            f"pixel_shuffle expects input to have at least 3 dimensions, but got input with {input.ndim} dimension(s)"
+        )
+    *lead, c, h, w = input.shape
+    if c % (r * r):
+        raise RuntimeError(
+            f"pixel_shuffle expects its input's 'channel' dimension to be divisible by the square of "
+            f"upscale_factor, but input.size(-3)={c} is not divisible by {r * r}"
+        )
+    n = len(lead)
+    blocks = input.reshape(*lead, c // (r * r), r, r, h, w)
+    return blocks.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2).reshape(*lead, c // (r * r), h * r, w * r)
+
+
+def pixel_unshuffle(input: Tensor, downscale_factor: int) -> Tensor:
+    """(*, C, H r, W r) -> (*, C r^2, H, W): the inverse of `pixel_shuffle`."""
+    r = downscale_factor
+    if input.ndim < 3:
+        raise RuntimeError(
+            f"pixel_unshuffle expects input to have at least 3 dimensions, but got input with {input.ndim} "
+            "dimension(s)"
+        )
+    *lead, c, h, w = input.shape
+    for name, size in (("height", h), ("width", w)):
+        if size % r:
+            raise RuntimeError(
+                f"pixel_unshuffle expects {name} to be divisible by downscale_factor, but input.size("
+                f"{-2 if name == 'height' else -1})={size} is not divisible by {r}"
+            )
+    n = len(lead)
+    blocks = input.reshape(*lead, c, h // r, r, w // r, r)
+    return blocks.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3).reshape(*lead, c * r * r, h // r, w // r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -792,6 +1134,222 @@ def binary_cross_entropy_with_logits(
     return _reduce(loss, reduction)
 
 
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    """x * log(y), 0 where x == 0 (so a zero target contributes nothing, gradient included)."""
+    nonzero = x != 0
+    return _ops.where(nonzero, x * _ops.where(nonzero, y, 1.0).log(), 0.0)
+
+
+@autocasts("kl_div")
+def kl_div(
+    input: Tensor,
+    target: Tensor,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """KL(target || exp(input)) pointwise: target * (log target - input), `input` being log-probabilities.
+
+    reduction="batchmean" divides the sum by the batch size (dim 0): the true KL divergence per
+    sample; "mean" divides by the element count, as PyTorch (which warns about it).
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if log_target:
+        loss = target.exp() * (target - input)
+    else:
+        loss = _xlogy(target, target) - target * input
+    if reduction == "batchmean":
+        return loss.sum() / input.shape[0] if input.ndim else loss.sum()
+    if reduction == "mean":
+        warnings.warn(
+            "reduction: 'mean' divides the total loss by both the batch size and the support size.'batchmean' "
+            "divides only by the batch size, and aligns with the KL div math definition.'mean' will be changed "
+            "to behave the same as 'batchmean' in the next major release.",
+            stacklevel=2,
+        )
+    return _reduce(loss, reduction)
+
+
+def _check_same_ndim(op: str, **tensors: Tensor) -> None:
+    """PyTorch's check that the inputs of a pairwise loss have the same number of dims."""
+    ranks = {t.ndim for t in tensors.values()}
+    if len(ranks) > 1:
+        shapes = ", ".join(f"{name}: {list(t.shape)}" for name, t in tensors.items())
+        raise RuntimeError(f"{op} : All input tensors should have same dimension but got sizes: {shapes}")
+
+
+def cosine_embedding_loss(
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 0.0,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """1 - cos(x1, x2) for target 1, max(0, cos(x1, x2) - margin) for target -1 (cosine over the last dim)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if target.ndim not in (0, 1):
+        raise RuntimeError(
+            f"0D or 1D target tensor expected, multi-target not supported (target shape {list(target.shape)})"
+        )
+    if not input1.ndim == input2.ndim == target.ndim + 1:
+        raise RuntimeError(
+            f"{target.ndim}D target tensor expects {target.ndim + 1}D input tensors, but found inputs with sizes "
+            f"{list(input1.shape)} and {list(input2.shape)}."
+        )
+    eps = 1e-12  # PyTorch's, added to each squared magnitude
+    dot = (input1 * input2).sum(-1)
+    magnitudes = ((input1 * input1).sum(-1) + eps) * ((input2 * input2).sum(-1) + eps)
+    cos = dot / magnitudes.sqrt()
+    loss = _ops.where(target == 1, 1.0 - cos, 0.0) + _ops.where(target == -1, (cos - margin).clamp(min=0.0), 0.0)
+    return _reduce(loss, reduction)
+
+
+def margin_ranking_loss(
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 0.0,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """max(0, -target * (x1 - x2) + margin): target 1 wants x1 ranked above x2, -1 below."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_same_ndim("margin_ranking_loss", input1=input1, input2=input2, target=target)
+    return _reduce((-target * (input1 - input2) + margin).clamp(min=0.0), reduction)
+
+
+def triplet_margin_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    p: float = 2,
+    eps: float = 1e-6,
+    swap: bool = False,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """max(0, d(a, p) - d(a, n) + margin) with `pairwise_distance` d; `swap` uses min(d(a, n), d(p, n))."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise RuntimeError(
+            f"The anchor, positive, and negative tensors are expected to have the same number of dimensions, "
+            f"but got: anchor {anchor.ndim}D, positive {positive.ndim}D, and negative {negative.ndim}D inputs"
+        )
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = _ops.minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    return _reduce((d_pos - d_neg + margin).clamp(min=0.0), reduction)
+
+
+def hinge_embedding_loss(
+    input: Tensor, target: Tensor, margin: float = 1.0, size_average=None, reduce=None, reduction: str = "mean"
+) -> Tensor:
+    """x for target 1, max(0, margin - x) for target -1 (x typically a distance)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    below_margin = _ops.where(target != 1, (margin - input).clamp(min=0.0), 0.0)
+    return _reduce(below_margin + _ops.where(target != -1, input, 0.0), reduction)
+
+
+def soft_margin_loss(
+    input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean"
+) -> Tensor:
+    """log(1 + exp(-target * x)): a two-class logistic loss with targets in {1, -1}."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    return _reduce((-target * input).exp().log1p(), reduction)
+
+
+def multilabel_soft_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Binary cross entropy with logits per class of an (N, C) input, averaged over the C classes."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    loss = -(target * logsigmoid(input) + (1.0 - target) * logsigmoid(-input))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss.sum(-1) / input.shape[-1], reduction)
+
+
+def poisson_nll_loss(
+    input: Tensor,
+    target: Tensor,
+    log_input: bool = True,
+    full: bool = False,
+    size_average=None,
+    eps: float = 1e-8,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Negative log likelihood of `target` under Poisson(rate), the rate given as its log
+    (`log_input`, the default) or itself; `full` adds Stirling's term for target > 1."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if log_input:
+        loss = input.exp() - target * input
+    else:
+        loss = input - target * (input + eps).log()
+    if full:
+        safe = _ops.where(target > 1, target, 1.0)
+        stirling = safe * safe.log() - safe + 0.5 * (2 * math.pi * safe).log()
+        loss = loss + _ops.where(target > 1, stirling, 0.0)
+    return _reduce(loss, reduction)
+
+
+def _gaussian_var(input: Tensor, var: Tensor) -> Tensor:
+    """`var` shaped to broadcast against `input`: the same shape, one dim short (homoscedastic),
+    or one mismatched dim of size 1."""
+    if tuple(var.shape) == tuple(input.shape):
+        return var
+    if tuple(var.shape) == tuple(input.shape[:-1]):
+        return var.unsqueeze(-1)
+    mismatched = [v for i, v in zip(input.shape, var.shape) if i != v]
+    if var.ndim == input.ndim and sum(mismatched) == 1:
+        return var
+    raise ValueError(
+        f"var is of incorrect size: {list(var.shape)} for input {list(input.shape)} (give var the input's shape, "
+        "its shape without the last dim, or a 1 in one dim)"
+    )
+
+
+def gaussian_nll_loss(
+    input: Tensor,
+    target: Tensor,
+    var: Tensor | float,
+    full: bool = False,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> Tensor:
+    """0.5 (log var + (input - target)^2 / var) (+ 0.5 log 2 pi if `full`): the negative log
+    likelihood of `target` under N(input, var), var clamped below at eps (its gradient unclamped)."""
+    if isinstance(var, (int, float)):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        var = full_like(input, float(var))
+    elif _is_concrete(var) and var.numel() and bool(var._data.min() < 0):
+        raise ValueError("var has negative entry/entries")
+    var = _gaussian_var(input, var)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not valid")
+    var = _clamped_forward(var, eps)
+    diff = input - target
+    loss = 0.5 * (var.log() + diff * diff / var)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction)
+
+
 # ---------------------------------------------------------------------------------------------
 # convolution (im2col: unfold -> one matmul -> reshape)
 
@@ -988,8 +1546,7 @@ def _window_max(windows: Tensor, dim: int) -> Tensor:
     if not windows.dtype.is_floating_point:
         return windows.amax(dim)  # (no gradient to route)
     size = windows.shape[dim]
-    trailing = windows.ndim - 1 - dim % windows.ndim
-    positions = _const(np.arange(size, dtype=np.int64).reshape((size,) + (1,) * trailing), windows)
+    positions = _positions_along(windows, dim)
     top = windows.amax(dim, keepdim=True).detach()
     hits = (windows == top) | windows.isnan()  # (a NaN is the maximum, as in PyTorch)
     first = _ops.where(hits, positions, size).amin(dim, keepdim=True)
@@ -1065,7 +1622,7 @@ def _avg_divisors(h, w, kernel, stride, padding, oh, ow, count_include_pad: bool
 
 def _adaptive_matrix(size: int, out: int) -> np.ndarray:
     """(out, size) averaging weights of PyTorch's adaptive bins [floor(i*n/o), ceil((i+1)*n/o))."""
-    m = np.zeros((out, size), dtype=np.float32)
+    m = np.zeros((out, size), dtype=np.float64)  # (cast to the input's dtype where used)
     for i in range(out):
         start, end = (i * size) // out, -(-((i + 1) * size) // out)
         m[i, start:end] = 1.0 / (end - start)
@@ -1074,17 +1631,102 @@ def _adaptive_matrix(size: int, out: int) -> np.ndarray:
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Average over PyTorch's adaptive bins so the output is `output_size` (None keeps a dim)."""
-    if input.ndim not in (3, 4):
-        raise RuntimeError(f"adaptive_avg_pool2d: Expected 3D or 4D tensor, but got {list(input.shape)}")
     h, w = input.shape[-2:]
-    size = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
-    oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+    oh, ow = _adaptive_output_size(input, output_size, "adaptive_avg_pool2d")
     if h % oh == 0 and w % ow == 0:
         return _tiles(input, (h // oh, w // ow)).mean((-3, -1))
     # uneven bins: two small matmuls with static averaging matrices, P_h @ x @ P_w^T
     ph = _const(_adaptive_matrix(h, oh), input).to(input.dtype)
     pw = _const(_adaptive_matrix(w, ow).T, input).to(input.dtype)
     return ph @ input @ pw
+
+
+def _adaptive_output_size(input: Tensor, output_size, op: str) -> tuple[int, int]:
+    """(oh, ow) of a 2-d adaptive pool; None keeps that dim's input size."""
+    if input.ndim not in (3, 4):
+        raise RuntimeError(f"{op}: Expected 3D or 4D tensor, but got {list(input.shape)}")
+    size = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
+    return tuple(n if o is None else int(o) for n, o in zip(input.shape[-2:], size))
+
+
+def _adaptive_bins(size: int, out: int) -> tuple[np.ndarray, int]:
+    """The input indices of PyTorch's adaptive bins [floor(i*n/o), ceil((i+1)*n/o)), as an
+    (out * k) index array with every bin padded to the longest, k, by repeating its last index
+    (a repeat never changes a maximum, and the first copy keeps the gradient)."""
+    starts = [(i * size) // out for i in range(out)]
+    ends = [-(-((i + 1) * size) // out) for i in range(out)]
+    k = max(e - b for b, e in zip(starts, ends))
+    index = [min(b + j, e - 1) for b, e in zip(starts, ends) for j in range(k)]
+    return np.asarray(index, dtype=np.int64), k
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False) -> Tensor:
+    """The maximum over PyTorch's adaptive bins so the output is `output_size` (None keeps a dim);
+    ties send the gradient to the first maximum, as in PyTorch."""
+    if return_indices:
+        raise NotImplementedError("adaptive_max_pool2d(return_indices=True) is not supported yet")
+    oh, ow = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
+    rows, kh = _adaptive_bins(input.shape[-2], oh)
+    cols, kw = _adaptive_bins(input.shape[-1], ow)
+    picked = input.index_select(-2, _const(rows, input)).index_select(-1, _const(cols, input))
+    windows = picked.unflatten(-1, (ow, kw)).unflatten(-3, (oh, kh))  # (..., oh, kh, ow, kw)
+    return _window_max(windows.movedim(-3, -2).flatten(-2), -1)
+
+
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False) -> Tensor:
+    """`adaptive_max_pool2d` over an (N, C, L) or (C, L) input seen as height 1."""
+    _check_pool1d_input(input, "adaptive_max_pool1d")
+    return adaptive_max_pool2d(input.unsqueeze(-2), (1, _pair(output_size, 1)[0]), return_indices).squeeze(-2)
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    """`adaptive_avg_pool2d` over an (N, C, L) or (C, L) input seen as height 1."""
+    _check_pool1d_input(input, "adaptive_avg_pool1d")
+    return adaptive_avg_pool2d(input.unsqueeze(-2), (1, _pair(output_size, 1)[0])).squeeze(-2)
+
+
+def _check_pool1d_input(input: Tensor, op: str) -> None:
+    if input.ndim not in (2, 3):
+        raise RuntimeError(
+            f"{op}: Expected 2D or 3D (batch mode) tensor for input, but got input of size: {list(input.shape)}"
+        )
+
+
+def _as_height_one(kernel_size, stride, padding, dilation=1):
+    """1-d pooling arguments as 2-d ones over a height-1 input."""
+    kernel = _pair(kernel_size, 1)[0]
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, 1)[0]
+    return (1, kernel), (1, stride), (0, _pair(padding, 1)[0]), (1, _pair(dilation, 1)[0])
+
+
+def max_pool1d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor:
+    """`max_pool2d` over an (N, C, L) or (C, L) input seen as height 1."""
+    _check_pool1d_input(input, "max_pool1d")
+    kernel, stride, padding, dilation = _as_height_one(kernel_size, stride, padding, dilation)
+    out = max_pool2d(input.unsqueeze(-2), kernel, stride, padding, dilation, ceil_mode, return_indices)
+    return out.squeeze(-2)
+
+
+def avg_pool1d(
+    input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True
+) -> Tensor:
+    """`avg_pool2d` over an (N, C, L) or (C, L) input seen as height 1."""
+    _check_pool1d_input(input, "avg_pool1d")
+    kernel, stride, padding, _ = _as_height_one(kernel_size, stride, padding)
+    return avg_pool2d(input.unsqueeze(-2), kernel, stride, padding, ceil_mode, count_include_pad).squeeze(-2)
+
+
+_INTERPOLATE_RANKS = {
+    "nearest": (3, 4, 5), "area": (3, 4, 5), "linear": (3,), "bilinear": (4,), "bicubic": (4,), "trilinear": (5,)
+}
 
 
 def interpolate(
@@ -1096,33 +1738,141 @@ def interpolate(
     recompute_scale_factor=None,
     antialias: bool = False,
 ) -> Tensor:
-    """Resize the spatial dims (all after N, C); only mode='nearest' is supported."""
-    if mode != "nearest":
-        raise NotImplementedError(f"interpolate: mode={mode!r} is not supported yet (only 'nearest')")
-    spatial = input.ndim - 2
-    if spatial < 1:
-        raise ValueError(
-            f"interpolate expects a (N, C, ...) input with spatial dims, got {list(input.shape)}"
-        )
-    if (size is None) == (scale_factor is None):
-        raise ValueError("only one of size or scale_factor should be defined")
-    in_sizes = tuple(input.shape[2:])
-    if size is not None:
-        out_sizes = _pair(size, spatial)
-        scales = [i / o for i, o in zip(in_sizes, out_sizes)]
-    else:
-        factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-        out_sizes = tuple(int(math.floor(i * f)) for i, f in zip(in_sizes, factors))
-        scales = [
-            i / o if recompute_scale_factor else 1.0 / f for i, o, f in zip(in_sizes, out_sizes, factors)
-        ]
+    """Resize the spatial dims (all after N, C) to `size`, or by `scale_factor`.
+
+    Modes 'nearest', 'linear' (3-D input), 'bilinear' and 'bicubic' (4-D), 'trilinear' (5-D), with
+    PyTorch's source coordinates for both `align_corners`. Each is separable: one axis at a time, a
+    sum of a few gathers (index_select) of the input times static weights, so autograd and the
+    compiler see ordinary ops. 'area' is adaptive average pooling to the output size (3-D and 4-D).
+
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    """
+    _check_interpolate_mode(input, mode, align_corners, antialias)
+    out_sizes, factors = _interpolate_sizes(input, size, scale_factor, recompute_scale_factor)
+    if mode == "area":
+        return _area_resize(input, out_sizes)
+    taps = {"nearest": _nearest_taps, "bicubic": _cubic_taps}.get(mode, _linear_taps)
+    precision = np.float64 if input.dtype is _dt.float64 else np.float32  # as PyTorch's kernels compute
     out = input
-    for d, (n_in, n_out, scale) in enumerate(zip(in_sizes, out_sizes, scales)):
-        if n_in == n_out:
-            continue
-        # PyTorch's 'nearest': src = floor(dst * scale), in float32 as its kernel computes it
-        src = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * np.float32(scale)), n_in - 1)
-        out = out.index_select(d + 2, _const(src.astype(np.int64), input))
+    # the last axis first: PyTorch's kernels interpolate along the width innermost
+    for d in reversed(range(len(out_sizes))):
+        n_in, n_out = input.shape[d + 2], out_sizes[d]
+        scale = _source_scale(n_in, n_out, factors[d], bool(align_corners), mode)
+        if n_in == n_out and scale == 1.0:
+            continue  # the identity
+        out = _resample_axis(out, d + 2, taps(n_in, n_out, scale, bool(align_corners), precision))
+    return out
+
+
+def _area_resize(input: Tensor, out_sizes: tuple[int, ...]) -> Tensor:
+    if input.ndim == 5:
+        raise NotImplementedError("interpolate(mode='area') of a 5-D input is not supported yet (3-D and 4-D are)")
+    return (adaptive_avg_pool1d if input.ndim == 3 else adaptive_avg_pool2d)(input, out_sizes)
+
+
+def _check_interpolate_mode(input: Tensor, mode: str, align_corners, antialias: bool) -> None:
+    if mode in ("nearest", "area") and align_corners is not None:
+        raise ValueError(
+            "align_corners option can only be set with the interpolating modes: linear | bilinear | bicubic | trilinear"
+        )
+    if mode not in _INTERPOLATE_RANKS or input.ndim not in (3, 4, 5):
+        raise NotImplementedError(
+            f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) for the modes: nearest | "
+            f"linear | bilinear | bicubic | trilinear | area (got {mode})"
+        )
+    if input.ndim not in _INTERPOLATE_RANKS[mode]:
+        needed = _INTERPOLATE_RANKS[mode][0]
+        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs {needed}D input")
+    if antialias:
+        raise NotImplementedError("interpolate(antialias=True) is not supported yet")
+
+
+def _interpolate_sizes(input: Tensor, size, scale_factor, recompute_scale_factor) -> tuple[tuple, tuple]:
+    """(output sizes, the scale factors the kernel uses or None where it derives them from the sizes)."""
+    spatial = input.ndim - 2
+    in_sizes = list(input.shape[2:])
+    if (size is None) == (scale_factor is None):
+        raise ValueError(
+            "only one of size or scale_factor should be defined" if size is not None
+            else "either size or scale_factor should be defined"
+        )
+    if size is not None:
+        sizes = (size,) * spatial if isinstance(size, (int, np.integer)) else tuple(size)
+        if len(sizes) != spatial:
+            raise ValueError(
+                f"Input and output must have the same number of spatial dimensions, but got input with spatial "
+                f"dimensions of {in_sizes} and output size of {sizes}. Please provide input tensor in (N, C, d1, d2, "
+                "...,dK) format and output size in (o1, o2, ...,oK) format."
+            )
+        return tuple(int(o) for o in sizes), (None,) * spatial
+    factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+    if len(factors) != spatial:
+        raise ValueError(
+            f"Input and scale_factor must have the same number of spatial dimensions, but got input with spatial "
+            f"dimensions of {in_sizes} and scale_factor of shape {factors}. Please provide input tensor in (N, C, "
+            "d1, d2, ...,dK) format and scale_factor in (s1, s2, ...,sK) format."
+        )
+    out_sizes = tuple(int(math.floor(i * float(f))) for i, f in zip(in_sizes, factors))
+    return out_sizes, (None,) * spatial if recompute_scale_factor else tuple(float(f) for f in factors)
+
+
+def _source_scale(n_in: int, n_out: int, factor: float | None, align_corners: bool, mode: str) -> float:
+    """PyTorch's area_pixel_compute_scale: input pixels per output pixel along one axis."""
+    if align_corners and mode != "nearest":
+        return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    return 1.0 / factor if factor is not None and factor > 0 else n_in / n_out
+
+
+def _source_coords(n_out: int, scale: float, align_corners: bool, dtype) -> np.ndarray:
+    """Where each output pixel centre falls in input coordinates, in the kernel's precision."""
+    dst = np.arange(n_out, dtype=dtype)
+    scale = dtype(scale)
+    return dst * scale if align_corners else scale * (dst + dtype(0.5)) - dtype(0.5)
+
+
+Taps = list[tuple[np.ndarray, np.ndarray | None]]
+
+
+def _nearest_taps(n_in: int, n_out: int, scale: float, align_corners: bool, dtype) -> Taps:
+    # PyTorch's 'nearest': src = floor(dst * scale), in float32 whatever the input dtype
+    src = np.floor(np.arange(n_out, dtype=np.float32) * np.float32(scale))
+    return [(np.minimum(src, n_in - 1).astype(np.int64), None)]
+
+
+def _linear_taps(n_in: int, n_out: int, scale: float, align_corners: bool, dtype) -> Taps:
+    src = np.maximum(_source_coords(n_out, scale, align_corners, dtype), dtype(0))
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    frac = np.clip(src - low.astype(dtype), 0, 1).astype(dtype)
+    high = low + (low < n_in - 1)
+    return [(low, dtype(1) - frac), (high, frac)]
+
+
+def _cubic_taps(n_in: int, n_out: int, scale: float, align_corners: bool, dtype) -> Taps:
+    """Keys' cubic convolution with A = -0.75 over four neighbours, clamped at the borders."""
+    src = _source_coords(n_out, scale, align_corners, dtype)
+    base = np.floor(src)
+    t = (src - base).astype(dtype)
+    a = dtype(-0.75)
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    base = base.astype(np.int64)
+    return [(np.clip(base - 1 + j, 0, n_in - 1), w.astype(dtype)) for j, w in enumerate(weights)]
+
+
+def _resample_axis(x: Tensor, dim: int, taps: Taps) -> Tensor:
+    """sum_j x.index_select(dim, index_j) * weight_j, the weights broadcast along `dim`."""
+    out = None
+    for index, weight in taps:
+        term = x.index_select(dim, _const(index, x))
+        if weight is not None:
+            term = term * _const(weight.reshape((-1,) + (1,) * (x.ndim - 1 - dim)), x).to(x.dtype)
+        out = term if out is None else out + term
     return out
 
 

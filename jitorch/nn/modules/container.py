@@ -1,10 +1,12 @@
-"""Containers: Sequential, ModuleList, ModuleDict."""
+"""Containers: Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 
+from ...tensor import Tensor
+from ..parameter import Parameter
 from .module import Module
 
 
@@ -169,3 +171,107 @@ class ModuleDict(Module):
         items = modules.items() if isinstance(modules, Mapping) else modules
         for key, m in items:
             self[key] = m
+
+
+def _as_parameter(value: Tensor) -> Parameter:
+    """A tensor put in a ParameterList/Dict becomes a Parameter, as in PyTorch."""
+    if isinstance(value, Parameter):
+        return value
+    if not isinstance(value, Tensor):
+        raise TypeError(f"a ParameterList/ParameterDict holds tensors, got {type(value).__name__}")
+    return Parameter(value)
+
+
+def _describe(key: str, p: Parameter) -> str:
+    return f"({key}): Parameter containing: [{p.dtype} of size {tuple(p.shape)}]"
+
+
+class ParameterList(Module):
+    """A list of parameters, registered as "0", "1", ... so optimizers and state_dict find them."""
+
+    def __init__(self, values: Iterable[Tensor] | None = None) -> None:
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self) -> Iterator[Parameter]:
+        return iter(self._parameters.values())
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return type(self)(list(self)[idx])
+        return self._parameters[str(_index(idx, len(self)))]
+
+    def __setitem__(self, idx: int, value: Tensor) -> None:
+        self.register_parameter(str(_index(idx, len(self))), _as_parameter(value))
+
+    def append(self, value: Tensor) -> ParameterList:
+        self.register_parameter(str(len(self)), _as_parameter(value))
+        return self
+
+    def extend(self, values: Iterable[Tensor]) -> ParameterList:
+        for v in values:
+            self.append(v)
+        return self
+
+    def __iadd__(self, values: Iterable[Tensor]) -> ParameterList:
+        return self.extend(values)
+
+    def extra_repr(self) -> str:
+        return "\n".join(_describe(str(i), p) for i, p in enumerate(self))
+
+
+class ParameterDict(Module):
+    """A dict of parameters by name, registered so optimizers and state_dict find them."""
+
+    def __init__(self, parameters: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None = None) -> None:
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key: str) -> Parameter:
+        return self._parameters[key]
+
+    def __setitem__(self, key: str, value: Tensor) -> None:
+        self.register_parameter(key, _as_parameter(value))
+
+    def __delitem__(self, key: str) -> None:
+        del self._parameters[key]
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parameters)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._parameters
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def get(self, key: str, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key: str) -> Parameter:
+        return self._parameters.pop(key)
+
+    def clear(self) -> None:
+        self._parameters.clear()
+
+    def update(self, parameters) -> None:
+        items = parameters.items() if isinstance(parameters, Mapping) else parameters
+        for key, value in items:
+            self[key] = value
+
+    def extra_repr(self) -> str:
+        return "\n".join(_describe(k, p) for k, p in self.items())

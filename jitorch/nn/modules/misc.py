@@ -1,4 +1,4 @@
-"""Shape and regularization layers: Flatten, Unflatten, Dropout, Embedding."""
+"""Shape and regularization layers: Flatten, Unflatten, Dropout (1d, 2d, alpha), Embedding."""
 
 from __future__ import annotations
 
@@ -40,19 +40,41 @@ class Unflatten(Module):
 
 
 class Dropout(Module):
-    """Zero elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval."""
+    """Zero elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval.
+
+    The channel-wise and SELU forms below differ only in the function (`_function`) they call.
+    """
+
+    _function = staticmethod(F.dropout)
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        F._check_dropout_p(p)
         self.p, self.inplace = p, inplace
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace)
+        return self._function(input, self.p, self.training, self.inplace)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout1d(Dropout):
+    """Zero whole channels of (N, C, L) or (C, L) inputs with probability p in training."""
+
+    _function = staticmethod(F.dropout1d)
+
+
+class Dropout2d(Dropout):
+    """Zero whole channels of (N, C, H, W) inputs with probability p in training."""
+
+    _function = staticmethod(F.dropout2d)
+
+
+class AlphaDropout(Dropout):
+    """Dropout that keeps a SELU network's zero mean and unit variance (see `F.alpha_dropout`)."""
+
+    _function = staticmethod(F.alpha_dropout)
 
 
 class Embedding(Module):

@@ -1,6 +1,8 @@
-"""Normalization layers: BatchNorm1d/2d, LayerNorm, RMSNorm, GroupNorm."""
+"""Normalization layers: BatchNorm1d/2d, LayerNorm, RMSNorm, GroupNorm, InstanceNorm1d/2d."""
 
 from __future__ import annotations
+
+import warnings
 
 from ... import creation
 from ... import dtypes as _dt
@@ -208,3 +210,61 @@ class GroupNorm(Module):
             f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
             f"bias={self._has_bias}"
         )
+
+
+class _InstanceNorm(_BatchNorm):
+    """Normalization of each (sample, channel) over its spatial dims; it shares BatchNorm's
+    parameters and buffers (as PyTorch's _NormBase), with affine and running statistics off by default."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        unbatched = input.ndim == self._ranks[0]
+        channels = input.shape[0 if unbatched else 1]
+        if channels != self.num_features:
+            if self.affine:
+                raise ValueError(
+                    f"expected input's size at dim={0 if unbatched else 1} to match num_features "
+                    f"({self.num_features}), but got: {channels}. (input shape {list(input.shape)})"
+                )
+            warnings.warn(
+                f"input's size at dim={0 if unbatched else 1} does not match num_features. You can silence this "
+                "warning by not passing in num_features, which is not used because affine=False",
+                stacklevel=2,
+            )
+        out = F.instance_norm(
+            input.unsqueeze(0) if unbatched else input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            0.0 if self.momentum is None else self.momentum,
+            self.eps,
+        )
+        return out.squeeze(0) if unbatched else out
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization over (N, C, L) or unbatched (C, L) inputs."""
+
+    _ranks = (2, 3)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization over (N, C, H, W) or unbatched (C, H, W) inputs."""
+
+    _ranks = (3, 4)

@@ -1,4 +1,5 @@
-"""Pooling layers: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d."""
+"""Pooling layers: max, average and adaptive pooling in 1-d and 2-d (the 1-d ones run the 2-d ones on
+height-1 inputs, as PyTorch does)."""
 
 from __future__ import annotations
 
@@ -77,14 +78,69 @@ class AvgPool2d(Module):
 
 
 class AdaptiveAvgPool2d(Module):
-    """Average pooling to a fixed output size, whatever the input size."""
+    """Average pooling to a fixed output size, whatever the input size (the 1-d and max forms
+    below differ only in `_function`)."""
+
+    _function = staticmethod(F.adaptive_avg_pool2d)
 
     def __init__(self, output_size) -> None:
         super().__init__()
         self.output_size = output_size
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(input, self.output_size)
+        return self._function(input, self.output_size)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool1d(AdaptiveAvgPool2d):
+    _function = staticmethod(F.adaptive_avg_pool1d)
+
+
+class _AdaptiveMaxPool(AdaptiveAvgPool2d):
+    def __init__(self, output_size, return_indices: bool = False) -> None:
+        super().__init__(output_size)
+        self.return_indices = return_indices
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._function(input, self.output_size, self.return_indices)
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPool):
+    _function = staticmethod(F.adaptive_max_pool1d)
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPool):
+    _function = staticmethod(F.adaptive_max_pool2d)
+
+
+class MaxPool1d(MaxPool2d):
+    """The maximum over each window of an (N, C, L) or (C, L) input."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.max_pool1d(
+            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
+
+
+class AvgPool1d(Module):
+    """The mean over each window of an (N, C, L) or (C, L) input."""
+
+    def __init__(
+        self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True
+    ) -> None:
+        super().__init__()
+        # one-element tuples, as PyTorch stores (and prints) them
+        self.kernel_size = F._pair(kernel_size, 1)
+        self.stride = F._pair(stride if stride is not None else kernel_size, 1)
+        self.padding = F._pair(padding, 1)
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.avg_pool1d(
+            input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
