@@ -1547,8 +1547,7 @@ def vstack(tensors: Sequence[Tensor]) -> Tensor:
 @autocasts("addmm")
 def addmm(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
     """beta * input + alpha * (mat1 @ mat2)."""
-    prod = mm(mat1, mat2)
-    return (input if beta == 1 else input * beta) + (prod if alpha == 1 else prod * alpha)
+    return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
 
 
 def logaddexp(input: Tensor, other: Tensor) -> Tensor:
@@ -1590,6 +1589,647 @@ def diag(input: Tensor, diagonal: int = 0) -> Tensor:
     rows = np.arange(length) + builtins.max(-diagonal, 0)
     cols = np.arange(length) + builtins.max(diagonal, 0)
     return input._index((("tensor", 0), ("tensor", 1)), (as_operand(rows, input), as_operand(cols, input)))
+
+
+# ---------------------------------------------------------------------------------------------
+# more ops common PyTorch code uses: scans, bins, grids, products, diagonals, index updates, unique
+
+
+def cumprod(input: Tensor, dim: int, *, dtype=None) -> Tensor:
+    """The running product along `dim` (integers and bools give int64, as in PyTorch).
+
+    A log-depth scan of multiplications (step k multiplies in the value 2**k places back), so the
+    gradient is exact through zeros in the input, which a division by the input would turn into NaN.
+    """
+    if dtype is not None:
+        input = _cast(input, _dt.get_dtype(dtype))
+    elif not input.dtype.is_floating_point:
+        input = _cast(input, _dt.int64)
+    if input.ndim == 0:
+        return input.clone()
+    d = _wrap_dim(dim, input.ndim)
+    n = input.shape[d]
+    out, shift = input, 1
+    while shift < n:
+        ones = out.new_ones(tuple(shift if i == d else s for i, s in enumerate(out.shape)))
+        out = out * cat([ones, narrow(out, d, 0, n - shift)], d)
+        shift *= 2
+    return out
+
+
+def _concrete_ints(t: Tensor, op: str) -> np.ndarray:
+    """A tensor's integer values on the host, for an op whose output size depends on them."""
+    if t.dtype.is_floating_point or t.dtype is _dt.bool_:
+        raise RuntimeError(f"{op}: expected an integer tensor, got {t.dtype.name} (shape {tuple(t.shape)})")
+    return t._concrete(f"{op}() (its output shape depends on the data)")
+
+
+def repeat_interleave(input: Tensor, repeats=None, dim: int | None = None, *, output_size=None) -> Tensor:
+    """Repeat each element `repeats` times along `dim` (the flattened input when None).
+
+    `repeats` is an int (traceable) or a tensor with one count per element (its values decide the
+    output's size: eager only). `repeat_interleave(counts)` alone gives `arange(len(counts))` repeated.
+    `output_size` is accepted for PyTorch's signature; the size is always computed.
+    """
+    if repeats is None:
+        return repeat_interleave(_arange_like(input, input.shape[0] if input.ndim else 1), input, 0)
+    if dim is None:
+        input, dim = input.reshape(-1), 0
+    d = _wrap_dim(dim, input.ndim)
+    if isinstance(repeats, Tensor) and repeats.numel() == 1 and input.shape[d] != 1:
+        repeats = int(repeats.item())
+    if not isinstance(repeats, Tensor):
+        if repeats < 0:
+            raise RuntimeError(f"repeats can not be negative, got {repeats}")
+        shape = list(input.shape)
+        grown = input.unsqueeze(d + 1).expand(shape[:d + 1] + [int(repeats)] + shape[d + 1:])
+        return grown.flatten(d, d + 1)
+    counts = _concrete_ints(repeats, "repeat_interleave").reshape(-1)
+    if counts.shape[0] != input.shape[d]:
+        raise RuntimeError(
+            f"repeats must have the same size as input along dim, but got repeats.size(0) = {counts.shape[0]} "
+            f"and input.size({d}) = {input.shape[d]}"
+        )
+    if (counts < 0).any():
+        raise RuntimeError("repeats can not be negative")
+    index = as_operand(np.repeat(np.arange(counts.shape[0]), counts), input, _dt.int64)
+    return index_select(input, d, index)
+
+
+def _arange_like(like: Tensor, n: int) -> Tensor:
+    """arange(n) as int64 on `like`'s device."""
+    return as_operand(np.arange(n, dtype=np.int64), like, _dt.int64)
+
+
+def bincount(input: Tensor, weights: Tensor | None = None, minlength: int = 0) -> Tensor:
+    """Counts (or summed `weights`) of each value of a 1-D non-negative integer tensor; no gradient.
+
+    The length is max(input) + 1 (at least `minlength`), read from the data: eager only.
+    """
+    if minlength < 0:
+        raise RuntimeError("minlength should be >= 0")
+    if input.ndim != 1 or input.dtype.is_floating_point or input.dtype is _dt.bool_:
+        raise RuntimeError(
+            f"bincount only supports 1-d non-negative integral inputs (got shape {tuple(input.shape)}, "
+            f"{input.dtype.name})"
+        )
+    values = _concrete_ints(input, "bincount")
+    if values.size and values.min() < 0:
+        raise RuntimeError("bincount only supports 1-d non-negative integral inputs (got a negative value)")
+    if weights is not None and (weights.ndim != 1 or weights.shape[0] != input.shape[0]):
+        raise RuntimeError(
+            f"weights should be 1-d and have the same length as input (input shape {tuple(input.shape)}, "
+            f"weights shape {tuple(weights.shape)})"
+        )
+    size = builtins.max(int(values.max()) + 1 if values.size else 0, minlength)
+    index = input.to(_dt.int64)
+    if weights is None:
+        return index.new_zeros((size,)).scatter_add(0, index, index.new_ones(index.shape))
+    dtype = weights.dtype if weights.dtype.is_floating_point else _dt.float64
+    return index.new_zeros((size,), dtype=dtype).scatter_add(0, index, weights.detach().to(dtype))
+
+
+def searchsorted(sorted_sequence: Tensor, input, *, out_int32: bool = False, right: bool = False,
+                 side: str | None = None, sorter: Tensor | None = None) -> Tensor:
+    """For each value, its insertion index in the innermost dim of `sorted_sequence` (the first
+    position whose element is >= it; with `right` or side="right", > it).
+    """
+    if side is not None:
+        if side not in ("left", "right"):
+            raise RuntimeError(f"side can only be 'left' or 'right' but got {side!r}")
+        if right and side == "left":
+            raise RuntimeError("side and right can't be set to opposites, got side of left while right was True")
+        right = side == "right"
+    values = as_operand(input, sorted_sequence)
+    if sorter is not None:
+        sorted_sequence = gather(sorted_sequence, -1, sorter)
+    if sorted_sequence.ndim > 1 and tuple(sorted_sequence.shape[:-1]) != tuple(values.shape[:-1]):
+        raise RuntimeError(
+            f"torch.searchsorted(): boundaries tensor should be 1 dimension or the first N-1 dimensions of "
+            f"boundaries tensor and input value tensor must match, but we got boundaries tensor "
+            f"{list(sorted_sequence.shape)} and input value tensor {list(values.shape)}"
+        )
+    rows = values.reshape(-1) if sorted_sequence.ndim == 1 else values
+    out = _insertion_points(*_binary_operands(sorted_sequence, rows), right).reshape(values.shape)
+    return out.to(_dt.int32) if out_int32 else out
+
+
+def _insertion_points(boundaries: Tensor, values: Tensor, right: bool) -> Tensor:
+    """Where each value goes among the sorted boundaries (both sorted along the last dim).
+
+    One stable sort of boundaries and values together (values first for the left side, so that
+    they sort before equal boundaries; last for the right side): a value's insertion point is the
+    number of boundaries before it. O((n + m) log(n + m)), and traceable.
+    """
+    n, m = boundaries.shape[-1], values.shape[-1]
+    both = cat([boundaries, values], -1) if right else cat([values, boundaries], -1)
+    order = argsort(both, -1, stable=True)
+    is_boundary = order < n if right else order >= m
+    boundaries_before = cumsum(is_boundary, -1)  # at a value's place: the boundaries sorted before it
+    by_element = scatter(order.new_zeros(order.shape), -1, order, boundaries_before)
+    return narrow(by_element, -1, n, m) if right else narrow(by_element, -1, 0, m)
+
+
+def bucketize(input, boundaries: Tensor, *, out_int32: bool = False, right: bool = False) -> Tensor:
+    """The bucket of each value among 1-D `boundaries` (boundaries[i-1] < x <= boundaries[i];
+    with `right`, boundaries[i-1] <= x < boundaries[i])."""
+    if boundaries.ndim != 1:
+        raise RuntimeError(f"boundaries tensor must be 1 dimension, but got dim({boundaries.ndim})")
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
+
+
+def meshgrid(*tensors, indexing: str = "ij") -> tuple[Tensor, ...]:
+    """Coordinate grids from 1-D tensors, as broadcast views ("xy" swaps the first two axes)."""
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise RuntimeError(f"torch.meshgrid: indexing must be one of \"xy\" or \"ij\", but received: {indexing}")
+    if builtins.any(t.ndim > 1 for t in tensors):
+        raise RuntimeError(
+            "torch.meshgrid: Expected 0D or 1D tensor in the tensor list but got: "
+            + ", ".join(str(tuple(t.shape)) for t in tensors)
+        )
+    order = list(range(len(tensors)))
+    if indexing == "xy" and len(tensors) >= 2:
+        order[0], order[1] = 1, 0
+    shape = tuple(tensors[i].numel() for i in order)
+    grids = []
+    for k, t in enumerate(tensors):
+        axis = order.index(k)
+        grids.append(t.reshape((1,) * axis + (-1,) + (1,) * (len(shape) - axis - 1)).expand(shape))
+    return tuple(grids)
+
+
+def tensordot(a: Tensor, b: Tensor, dims=2) -> Tensor:
+    """Sum of products over `dims`: an int n (a's last n dims with b's first n) or a pair of dim lists."""
+    if isinstance(dims, int):
+        if dims < 0:
+            raise RuntimeError(f"tensordot expects dims >= 0, but got dims={dims}")
+        dims_a, dims_b = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        dims_a, dims_b = ([d] if isinstance(d, int) else list(d) for d in dims)
+    dims_a = [_wrap_dim(d, a.ndim) for d in dims_a]
+    dims_b = [_wrap_dim(d, b.ndim) for d in dims_b]
+    if len(dims_a) != len(dims_b):
+        raise RuntimeError(f"both dimension lists should have same length, got {dims_a} and {dims_b}")
+    for da, db in zip(dims_a, dims_b):
+        if a.shape[da] != b.shape[db]:
+            raise RuntimeError(
+                f"contracted dimensions need to match, but first has size {a.shape[da]} in dim {da} and second "
+                f"has size {b.shape[db]} in dim {db}"
+            )
+    free_a = [d for d in range(a.ndim) if d not in dims_a]
+    free_b = [d for d in range(b.ndim) if d not in dims_b]
+    k = math.prod(a.shape[d] for d in dims_a)
+    out_a, out_b = [a.shape[d] for d in free_a], [b.shape[d] for d in free_b]
+    lhs, rhs = _binary_operands(a.permute(free_a + dims_a).reshape(math.prod(out_a), k),
+                                b.permute(dims_b + free_b).reshape(k, math.prod(out_b)))
+    return mm(lhs, rhs).reshape(out_a + out_b)
+
+
+def kron(input: Tensor, other: Tensor) -> Tensor:
+    """The Kronecker product: each element of `input` scales a whole copy of `other`."""
+    nd = builtins.max(input.ndim, other.ndim)
+    a_shape = (1,) * (nd - input.ndim) + tuple(input.shape)
+    b_shape = (1,) * (nd - other.ndim) + tuple(other.shape)
+    a = input.reshape(tuple(x for s in a_shape for x in (s, 1)))
+    b = other.reshape(tuple(x for s in b_shape for x in (1, s)))
+    return (a * b).reshape(tuple(x * y for x, y in zip(a_shape, b_shape)))
+
+
+def cdist(x1: Tensor, x2: Tensor, p: float = 2.0, compute_mode=None) -> Tensor:
+    """p-norm distances between each row of x1 (..., P, M) and each row of x2 (..., R, M).
+
+    For p=2 the gradient at a zero distance is 0 (as in PyTorch), not the NaN of sqrt's at 0.
+    """
+    for name, x in (("X1", x1), ("X2", x2)):
+        if not x.dtype.is_floating_point:
+            raise RuntimeError(f"cdist only supports floating-point dtypes, {name} got: {x.dtype.name}")
+        if x.ndim < 2:
+            raise RuntimeError(f"cdist only supports at least 2D tensors, {name} got: {x.ndim}D")
+    if x1.shape[-1] != x2.shape[-1]:
+        raise RuntimeError(
+            f"X1 and X2 must have the same number of columns. X1: {x1.shape[-1]} X2: {x2.shape[-1]}"
+        )
+    if p < 0:
+        raise RuntimeError("cdist only supports non-negative p values")
+    diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    if p == 0:
+        return (diff != 0).sum(-1).to(diff.dtype)
+    if p == 2:
+        squared = (diff * diff).sum(-1)
+        is_zero = squared == 0
+        return where(is_zero, 0.0, where(is_zero, 1.0, squared).sqrt())
+    return norm(diff, p, -1)
+
+
+def diagonal(input: Tensor, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
+    """The diagonal over (dim1, dim2), moved to the last dim; `offset` > 0 is above the main one.
+
+    A view of `input` when the two dims are adjacent in a contiguous tensor (a strided slice of
+    their merged dim); otherwise a gathered copy.
+    """
+    d1, d2 = _wrap_dim(dim1, input.ndim), _wrap_dim(dim2, input.ndim)
+    if d1 == d2:
+        raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+    if d1 > d2:
+        d1, d2, offset = d2, d1, -offset
+    rows, cols = input.shape[d1], input.shape[d2]
+    length = builtins.max(0, builtins.min(rows + builtins.min(offset, 0), cols - builtins.max(offset, 0)))
+    start = builtins.max(-offset, 0) * cols + builtins.max(offset, 0)
+    if d2 == d1 + 1 and input.is_contiguous():
+        merged = input.reshape(tuple(input.shape[:d1]) + (rows * cols,) + tuple(input.shape[d2 + 1:]))
+        key = (slice(None),) * d1 + (slice(start, start + length * (cols + 1), cols + 1),)
+        return merged[key].movedim(d1, -1)
+    key, index = _diagonal_key(input, length, offset, input.ndim - 2)
+    return input.movedim((d1, d2), (-2, -1))._index(key, index)
+
+
+def _diagonal_key(like: Tensor, length: int, offset: int, batch_dims: int) -> tuple[tuple, tuple]:
+    """An index key (and its row and column index tensors) for the `offset` diagonal, `length` long,
+    of the last two dims, after `batch_dims` whole dims."""
+    rows = as_operand(np.arange(length) + builtins.max(-offset, 0), like, _dt.int64)
+    cols = as_operand(np.arange(length) + builtins.max(offset, 0), like, _dt.int64)
+    return (("slice", None, None, None),) * batch_dims + (("tensor", 0), ("tensor", 1)), (rows, cols)
+
+
+def diag_embed(input: Tensor, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
+    """Matrices (in dims dim1, dim2 of a result with one more dim) whose `offset` diagonal is the last
+    dim of `input`, zeros elsewhere."""
+    nd = input.ndim + 1
+    d1, d2 = _wrap_dim(dim1, nd), _wrap_dim(dim2, nd)
+    if d1 == d2:
+        raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+    length = input.shape[-1]
+    n = length + builtins.abs(offset)
+    key, index = _diagonal_key(input, length, offset, input.ndim - 1)
+    out = input.new_zeros(tuple(input.shape[:-1]) + (n, n))._index_put(input, key, index, accumulate=False)
+    return out.movedim((-2, -1), (d1, d2))
+
+
+def trace(input: Tensor) -> Tensor:
+    """The sum of a matrix's main diagonal (integers sum to int64)."""
+    if input.ndim != 2:
+        raise RuntimeError(
+            f"trace: expected a matrix, but got tensor with dim {input.ndim} (shape {tuple(input.shape)})"
+        )
+    return diagonal(input).sum()
+
+
+def cross(input: Tensor, other: Tensor, dim: int | None = None) -> Tensor:
+    """The 3-D cross product along `dim` (by default the first dim of size 3, as `torch.cross`)."""
+    input, other = broadcast_tensors(*_binary_operands(input, other))
+    if dim is None:
+        dim = next((i for i, s in enumerate(input.shape) if s == 3), None)
+        if dim is None:
+            raise RuntimeError(f"no dimension of size 3 in input (shape {tuple(input.shape)})")
+    d = _wrap_dim(dim, input.ndim)
+    if input.shape[d] != 3:
+        raise RuntimeError(
+            f"linalg.cross: inputs dimension {dim} must have length 3. Got {input.shape[d]} and {other.shape[d]}"
+        )
+    return roll(input, -1, d) * roll(other, -2, d) - roll(input, -2, d) * roll(other, -1, d)
+
+
+def rot90(input: Tensor, k: int = 1, dims=(0, 1)) -> Tensor:
+    """Rotate by 90 degrees `k` times in the plane of `dims`, from the first towards the second."""
+    dims = tuple(dims)
+    if len(dims) != 2:
+        raise RuntimeError(f"expected total rotation dims == 2, but got dims = {len(dims)}")
+    if input.ndim < 2:
+        raise RuntimeError(f"expected total dims >= 2, but got total dims = {input.ndim}")
+    d0, d1 = _wrap_dim(dims[0], input.ndim), _wrap_dim(dims[1], input.ndim)
+    if d0 == d1:
+        raise RuntimeError(f"expected rotation dims to be different, but got dim0 = {d0} and dim1 = {d1}")
+    k %= 4
+    if k == 1:
+        return input.flip(d1).transpose(d0, d1)
+    if k == 2:
+        return input.flip((d0, d1))
+    if k == 3:
+        return input.flip(d0).transpose(d0, d1)
+    return input.clone()
+
+
+def _scaled_sum(input: Tensor, product: Tensor, beta, alpha) -> Tensor:
+    """beta * input + alpha * product, for the add-a-product ops (beta=0 ignores input's NaNs)."""
+    scaled = product if alpha == 1 else product * alpha
+    if beta == 0:
+        return scaled + input.new_zeros(()).expand(input.shape)
+    return (input if beta == 1 else input * beta) + scaled
+
+
+@autocasts("baddbmm")
+def baddbmm(input: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
+    """beta * input + alpha * (batch1 @ batch2), batched matrices."""
+    return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
+
+
+# Giles' single-precision approximation of erfinv ("Approximating the erfinv function", GPU Gems 4),
+# coefficients highest degree first, for w = -log(1 - x^2) below 5 (in w - 2.5) and above (in sqrt(w) - 3)
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def _horner(coefficients, w: Tensor) -> Tensor:
+    out = w.new_full((), coefficients[0])
+    for c in coefficients[1:]:
+        out = out * w + c
+    return out
+
+
+def erfinv(input: Tensor) -> Tensor:
+    """The inverse error function on (-1, 1) (+-inf at +-1, NaN outside).
+
+    Giles' approximation (a few float32 ulps), refined by two Newton steps in float64; half types
+    compute in float32. Its gradient is sqrt(pi)/2 * exp(erfinv(x)^2), attached to the detached value.
+    """
+    dtype = input.dtype if input.dtype.is_floating_point else _dt.get_default_dtype()
+    x = input.to(_dt.float64 if dtype is _dt.float64 else _dt.float32)
+    xd = x.detach()
+    inside = xd.abs() < 1
+    xs = where(inside, xd, 0.0)  # +-1 and beyond are set below, without computing log(0) or log(<0)
+    w = -((1 - xs) * (1 + xs)).log()
+    central, tail = _horner(_ERFINV_CENTRAL, w - 2.5), _horner(_ERFINV_TAIL, where(w < 5, 5.0, w).sqrt() - 3)
+    y = where(w < 5, central, tail) * xs
+    if x.dtype is _dt.float64:
+        for _ in range(2):
+            y = y - (y.erf() - xs) / ((2 / math.sqrt(math.pi)) * (-y * y).exp())
+    slope = where(inside, (math.sqrt(math.pi) / 2) * (y * y).exp(), 0.0)
+    edge = where(xd > 0, float("inf"), float("-inf"))
+    y = where(inside, y, where(xd.abs() == 1, edge, float("nan")))
+    return (y + (x - xd) * slope).to(dtype)
+
+
+def var_mean(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None) -> tuple:
+    """(variance, mean) over `dim`, with Bessel's `correction` (or `unbiased`) as in `var`."""
+    if isinstance(dim, bool):  # var_mean(x, unbiased)
+        dim, unbiased = None, dim
+    correction = 1 if correction is None else correction
+    return (var(input, dim, correction=correction, keepdim=keepdim, unbiased=unbiased),
+            mean(input, dim, keepdim=keepdim))
+
+
+def std_mean(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None) -> tuple:
+    """(standard deviation, mean) over `dim`, with `correction` (or `unbiased`) as in `std`."""
+    v, m = var_mean(input, dim, unbiased, keepdim, correction=correction)
+    return v.sqrt(), m
+
+
+def _tri_indices(row: int, col: int, offset: int, dtype, device, upper: bool) -> Tensor:
+    r, c = (np.triu_indices if upper else np.tril_indices)(row, offset, col)
+    dtype = _dt.int64 if dtype is None else _dt.get_dtype(dtype)
+    t = Tensor._make(np.stack([r, c]).astype(dtype.np).reshape(2, -1))
+    return t if device is None else t.to(device)
+
+
+def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None, layout=None) -> Tensor:
+    """The (2, N) row and column indices of the lower triangle (j - i <= offset) of a row x col matrix."""
+    return _tri_indices(row, col, offset, dtype, device, upper=False)
+
+
+def triu_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None, layout=None) -> Tensor:
+    """The (2, N) row and column indices of the upper triangle (j - i >= offset) of a row x col matrix."""
+    return _tri_indices(row, col, offset, dtype, device, upper=True)
+
+
+def _index_along(index: Tensor, dim: int, shape: tuple, op: str) -> Tensor:
+    """A 1-D `index` over `dim`, expanded to `shape` (one index per element), for scatter and gather."""
+    _check_index(index, op)
+    if index.ndim > 1:
+        raise IndexError(f"{op}(): Index is supposed to be a vector, got shape {tuple(index.shape)}")
+    if shape[dim] != index.numel():
+        raise RuntimeError(
+            f"{op}(): Number of indices ({index.numel()}) should be equal to source.size(dim) ({shape[dim]}), "
+            f"source shape {tuple(shape)}"
+        )
+    view = (1,) * dim + (-1,) + (1,) * (len(shape) - dim - 1)
+    return index.reshape(view).expand(shape)
+
+
+def _index_source(input: Tensor, dim: int, index: Tensor, source: Tensor, op: str) -> tuple[int, Tensor]:
+    d = _wrap_dim(dim, input.ndim)
+    if source.dtype is not input.dtype:
+        raise RuntimeError(
+            f"{op}_(): self ({input.dtype.name}) and source ({source.dtype.name}) must have the same scalar type; "
+            "convert source with .to(self.dtype)"
+        )
+    if source.ndim != input.ndim or builtins.any(
+            s != t for i, (s, t) in enumerate(zip(source.shape, input.shape)) if i != d):
+        raise RuntimeError(
+            f"{op}(): source shape {tuple(source.shape)} must match self shape {tuple(input.shape)} except "
+            f"in dimension {d}"
+        )
+    return d, _index_along(index, d, tuple(source.shape), op)
+
+
+def index_add(input: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
+    """A copy of input with alpha * source[.., i, ..] added at input[.., index[i], ..]; repeats add up."""
+    d, idx = _index_source(input, dim, index, source, "index_add")
+    return scatter_add(input, d, idx, source if alpha == 1 else source * alpha)
+
+
+def index_copy(input: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
+    """A copy of input with source[.., i, ..] written at input[.., index[i], ..]."""
+    d, idx = _index_source(input, dim, index, source, "index_copy")
+    return scatter(input, d, idx, source)
+
+
+def index_fill(input: Tensor, dim: int, index: Tensor, value) -> Tensor:
+    """A copy of input with `value` (a scalar or 0-d tensor) written in the slices `index` of `dim`."""
+    if isinstance(value, Tensor) and value.ndim:
+        raise RuntimeError(
+            f"index_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.ndim} dimension(s)"
+        )
+    d = _wrap_dim(dim, input.ndim)
+    shape = tuple(index.numel() if i == d else s for i, s in enumerate(input.shape))
+    return scatter(input, d, _index_along(index.reshape(-1), d, shape, "index_fill"), value)
+
+
+_SCATTER_REDUCTIONS = ("sum", "prod", "mean", "amax", "amin")
+
+
+def scatter_reduce(input: Tensor, dim: int, index: Tensor, src: Tensor, reduce: str, *,
+                   include_self: bool = True) -> Tensor:
+    """Reduce the `src` values scattered to each position of input along `dim` ("sum", "prod",
+    "mean", "amax", "amin"), with input's own value among them when `include_self`.
+
+    Sums scatter; the others reduce over a one-hot of index (index.numel() * input.shape[dim]
+    elements), so ties share the gradient evenly, as PyTorch's do, and zeros in a product have
+    exact gradients.
+    """
+    if reduce not in _SCATTER_REDUCTIONS:
+        raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+    d = _wrap_dim(dim, input.ndim)
+    _check_index(index, "scatter_reduce")
+    _check_index_range(input, d, index, "scatter_reduce")
+    if src.dtype is not input.dtype:
+        raise RuntimeError(
+            f"scatter(): Expected self.dtype to be equal to src.dtype (self {input.dtype.name}, src {src.dtype.name})"
+        )
+    # only the part of input and src that index covers takes part (index may be smaller in other dims)
+    own = input[tuple(slice(0, s) if i != d else slice(None) for i, s in enumerate(index.shape))]
+    src = src[tuple(slice(0, s) for s in index.shape)]
+    reduced = (_scatter_reduce_sums if reduce in ("sum", "mean") else _scatter_reduce_one_hot)(
+        own, d, index, src, reduce, include_self)
+    if tuple(reduced.shape) == tuple(input.shape):
+        return reduced
+    pads = [p for i in reversed(range(input.ndim)) for p in (0, input.shape[i] - reduced.shape[i])]
+    inside = pad(reduced.new_ones(reduced.shape, dtype=_dt.bool_), pads, value=False)
+    return where(inside, pad(reduced, pads), input)
+
+
+def _scatter_reduce_sums(input: Tensor, d: int, index: Tensor, src: Tensor, reduce: str,
+                         include_self: bool) -> Tensor:
+    """scatter_reduce's sum and mean (integer means round down, as PyTorch's do)."""
+    total = scatter_add(input if include_self else scatter(input, d, index, 0), d, index, src)
+    if reduce == "sum":
+        return total
+    count = scatter_add(input.new_full(input.shape, int(include_self)), d, index, input.new_ones(index.shape))
+    count = where(count == 0, 1, count).to(input.dtype)
+    return total / count if input.dtype.is_floating_point else div(total, count, rounding_mode="floor")
+
+
+def _scatter_reduce_one_hot(input: Tensor, d: int, index: Tensor, src: Tensor, reduce: str,
+                            include_self: bool) -> Tensor:
+    """scatter_reduce's prod, amax and amin: each output position reduces the src values sent to it
+    (the others replaced by the reduction's identity) over an axis the size of index's `d`."""
+    hot = index.movedim(d, -1).unsqueeze(-1) == _arange_like(input, input.shape[d])  # (..., k, size)
+    candidates = where(hot, src.movedim(d, -1).unsqueeze(-1), _reduction_identity(reduce, input))
+    own = input.movedim(d, -1).unsqueeze(-2)  # (..., 1, size)
+    if include_self:
+        candidates = cat([candidates, own], -2)
+    reduced = _product_tree(candidates, -2) if reduce == "prod" else _reduce(reduce, candidates, -2, False)
+    return where(hot.any(-2), reduced, own.squeeze(-2)).movedim(-1, d)
+
+
+def _product_tree(x: Tensor, dim: int) -> Tensor:
+    """The product over `dim` as a tree of multiplications (halves times halves), so that, unlike
+    prod's (which divides by the input), the gradient is exact through zeros."""
+    d = _wrap_dim(dim, x.ndim)
+    while x.shape[d] > 1:
+        if x.shape[d] % 2:
+            x = cat([x, x.new_ones(tuple(1 if i == d else s for i, s in enumerate(x.shape)))], d)
+        half = x.shape[d] // 2
+        x = narrow(x, d, 0, half) * narrow(x, d, half, half)
+    return x.squeeze(d) if x.shape[d] == 1 else x.new_ones(tuple(s for i, s in enumerate(x.shape) if i != d))
+
+
+def _reduction_identity(reduce: str, like: Tensor) -> Tensor:
+    """The value that leaves a prod, amax or amin unchanged, in `like`'s dtype."""
+    if reduce == "prod":
+        value = 1
+    elif like.dtype.is_floating_point:
+        value = float("-inf") if reduce == "amax" else float("inf")
+    else:
+        info = _dt.iinfo(like.dtype)
+        value = int(info.min if reduce == "amax" else info.max)
+    return as_operand(value, like, like.dtype)
+
+
+def masked_scatter(input: Tensor, mask: Tensor, source: Tensor) -> Tensor:
+    """A copy of input with source's first elements (in order) written where `mask` is True.
+
+    Traceable: the k-th True position reads source.flatten()[k], k from a running count of the mask.
+    """
+    if mask.dtype is not _dt.bool_:
+        raise RuntimeError(f"masked_scatter_ only supports boolean masks, but got mask with dtype {mask.dtype.name}")
+    if source.dtype != input.dtype:
+        raise RuntimeError(
+            f"masked_scatter: expected self and source to have same dtypes but got {input.dtype.name} and "
+            f"{source.dtype.name}"
+        )
+    mask = mask.expand(input.shape)
+    flat = source.reshape(-1)
+    position = cumsum(mask.reshape(-1), 0) - 1
+    if trace_state.tracer is None and mask.numel() and int(position[-1].item()) + 1 > flat.shape[0]:
+        raise RuntimeError(
+            f"masked_scatter: expected source to have at least {int(position[-1].item()) + 1} elements (the "
+            f"number of True values in mask), but it has {flat.shape[0]} (shape {tuple(source.shape)})"
+        )
+    taken = index_select(flat, 0, position.clamp(0, builtins.max(flat.shape[0] - 1, 0)))
+    return where(mask, taken.reshape(input.shape), input)
+
+
+def unique(input: Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False,
+           dim: int | None = None):
+    """The distinct values (or slices along `dim`) in ascending order, with the index of each
+    element's value (`return_inverse`) and how often each occurs (`return_counts`).
+
+    The output size depends on the data: eager only (inside jitorch.compile, a TraceError).
+    """
+    data = input._concrete("unique() (its output shape depends on the data)")
+    axis = None if dim is None else _wrap_dim(dim, input.ndim)
+    values, inverse, counts = np.unique(data, return_inverse=True, return_counts=True, axis=axis)
+    inverse = inverse.reshape(data.shape if axis is None else (data.shape[axis],))
+    out = (_on_device_of(input, np.ascontiguousarray(values)),)
+    if return_inverse:
+        out += (_on_device_of(input, inverse.astype(np.int64)),)
+    if return_counts:
+        out += (_on_device_of(input, counts.astype(np.int64)),)
+    return out[0] if len(out) == 1 else out
+
+
+def _fill_with(self: Tensor, draw) -> Tensor:
+    """Fill self in place with `draw()` (random values as a tensor on its device), outside autograd."""
+    with _no_grad_for_init(self):
+        return self._assign(draw().to(self.device).to(self.dtype), False)
+
+
+def _uniforms_for(self: Tensor, generator, dtype=None):
+    """Uniform [0, 1) draws shaped like self from `generator` (the global one by default)."""
+    from .random import uniform
+
+    dtype = dtype or (self.dtype if self.dtype in (_dt.float32, _dt.float64) else _dt.float32)
+    return uniform(tuple(self.shape), 0.0, 1.0, dtype, generator, self.device).to(self.device)
+
+
+def bernoulli_(self: Tensor, p=0.5, *, generator=None) -> Tensor:
+    """Fill with 1 with probability `p` (a float or a tensor broadcast to self), else 0, in place."""
+    if not isinstance(p, Tensor) and not 0 <= p <= 1:
+        raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}")
+    return _fill_with(self, lambda: _uniforms_for(self, generator) < p)
+
+
+def exponential_(self: Tensor, lambd: float = 1.0, *, generator=None) -> Tensor:
+    """Fill with draws from the exponential distribution of rate `lambd`, in place."""
+    if not self.dtype.is_floating_point:
+        raise RuntimeError(f"exponential_ not implemented for '{self.dtype.name}'; use a floating tensor")
+    if lambd <= 0:
+        raise RuntimeError(f"exponential_ expects lambda > 0.0, but found lambda={lambd}")
+    return _fill_with(self, lambda: -(1 - _uniforms_for(self, generator)).log() / lambd)
+
+
+def _random_upper(dtype: _dt.DType) -> int:
+    """One past the largest value `random_()` draws: every integer the dtype holds exactly."""
+    if dtype is _dt.bool_:
+        return 2
+    if dtype.is_floating_point:
+        return 2 ** (int(_dt.finfo(dtype).nmant) + 1) + 1
+    return int(_dt.iinfo(dtype).max) + 1
+
+
+def random_(self: Tensor, from_: int = 0, to: int | None = None, *, generator=None) -> Tensor:
+    """Fill with integers drawn uniformly from [from, to - 1], in place; `random_(to)` is [0, to - 1],
+    `random_()` [0, the largest integer the dtype holds exactly]."""
+    if to is None and from_ != 0:
+        from_, to = 0, from_
+    if to is None:
+        to = _random_upper(self.dtype)
+    if from_ >= to:
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={from_} >= to={to}")
+    span = to - from_
+    return _fill_with(self, lambda: (_uniforms_for(self, generator, _dt.float64) * span).floor() + from_)
+
+
+_MORE_METHODS = [
+    cumprod, repeat_interleave, bincount, kron, diagonal, diag_embed, trace, cross, rot90, baddbmm, erfinv,
+    index_add, index_copy, index_fill, scatter_reduce, masked_scatter, unique, bernoulli_, exponential_, random_,
+]
+_MORE_INPLACE = ["cumprod", "baddbmm", "erfinv", "index_add", "index_copy", "index_fill", "scatter_reduce",
+                 "masked_scatter"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1874,7 +2514,7 @@ def install_methods() -> None:
         new_tensor, zero_, fill_, copy_, uniform_, normal_, _index, _index_put, _relu_backward,
         isclose, allclose, equal, ravel, roll, tile, addmm, logaddexp, nan_to_num, count_nonzero, argwhere, diag,
     ]
-    for fn in plain:
+    for fn in plain + _MORE_METHODS:
         setattr(T, fn.__name__, fn)
     T.where = _tensor_where
     T.__new__ = staticmethod(_tensor_new)
@@ -1883,7 +2523,7 @@ def install_methods() -> None:
     T.cpu = _tensor_cpu
     T.__getitem__ = getitem
     T.__setitem__ = setitem
-    for name in _INPLACE:
+    for name in _INPLACE + _MORE_INPLACE:
         setattr(T, name + "_", _make_inplace(globals()[name]))
     conversions = {"float": _dt.float32, "double": _dt.float64, "half": _dt.float16,
                    "bfloat16": _dt.bfloat16, "long": _dt.int64, "int": _dt.int32, "bool": _dt.bool_}

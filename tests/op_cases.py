@@ -1169,6 +1169,103 @@ case(
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# more ops common PyTorch code uses (jitorch/ops.py, "more ops" section)
+
+_ZEROS = ("int", -2, 3)  # small integers in float inputs: zeros and ties on purpose
+_DATA_SHAPE = ("data_dependent_shape",)  # the output's size depends on the values: eager only
+for _dtype in ("float32", "float64"):
+    case(f"cumprod_{_dtype}", lambda lib, x: lib.cumprod(x, 1), X(3, 7, dtype=_dtype, domain="nonzero"))
+    case(f"cumprod_zeros_{_dtype}", lambda lib, x: x.cumprod(-1), X(4, 9, dtype=_dtype, domain=_ZEROS))
+    case(f"repeat_interleave_int_{_dtype}", lambda lib, x: lib.repeat_interleave(x, 3, dim=1), X(2, 3, dtype=_dtype))
+    case(f"kron_{_dtype}", lambda lib, a, b: lib.kron(a, b), X(2, 3, dtype=_dtype), X(4, 1, 2, dtype=_dtype))
+    case(f"tensordot_int_dims_{_dtype}", lambda lib, a, b: lib.tensordot(a, b, 2), X(3, 4, 5, dtype=_dtype),
+         X(4, 5, 2, dtype=_dtype))
+    case(f"tensordot_pair_dims_{_dtype}", lambda lib, a, b: lib.tensordot(a, b, dims=([1, 0], [0, 2])),
+         X(3, 4, 5, dtype=_dtype), X(4, 2, 3, dtype=_dtype))
+    for _p in (2.0, 1.0, float("inf")):
+        case(f"cdist_p{_p:g}_{_dtype}", lambda lib, a, b, p=_p: lib.cdist(a, b, p=p), X(2, 5, 3, dtype=_dtype),
+             X(2, 4, 3, dtype=_dtype))
+    case(f"diagonal_offset_{_dtype}", lambda lib, x: x.diagonal(1), X(4, 5, dtype=_dtype))
+    case(f"diagonal_dims_{_dtype}", lambda lib, x: lib.diagonal(x, -1, 2, 0), X(3, 4, 5, dtype=_dtype))
+    case(f"diag_embed_{_dtype}", lambda lib, x: lib.diag_embed(x, 1, 0, 2), X(2, 3, dtype=_dtype))
+    case(f"trace_{_dtype}", lambda lib, x: lib.trace(x), X(4, 3, dtype=_dtype))
+    case(f"cross_{_dtype}", lambda lib, a, b: lib.cross(a, b, dim=0), X(3, 4, dtype=_dtype), X(3, 1, dtype=_dtype))
+    case(f"rot90_{_dtype}", lambda lib, x: [lib.rot90(x, k, (1, 2)) for k in (1, 2, 3, 4, -1)],
+         X(2, 3, 4, dtype=_dtype))
+    case(f"baddbmm_{_dtype}", lambda lib, i, a, b: lib.baddbmm(i, a, b, beta=0.5, alpha=2), X(2, 3, 5, dtype=_dtype),
+         X(2, 3, 4, dtype=_dtype), X(2, 4, 5, dtype=_dtype))
+    case(f"erfinv_{_dtype}", lambda lib, x: lib.erfinv(x * 1.9 - 0.95), X(40, dtype=_dtype, domain="unit"))
+    case(f"var_mean_{_dtype}", lambda lib, x: lib.var_mean(x, 1, correction=0, keepdim=True), X(3, 5, dtype=_dtype))
+    case(f"std_mean_{_dtype}", lambda lib, x: lib.std_mean(x, unbiased=False), X(3, 5, dtype=_dtype))
+    case(f"index_add_{_dtype}", lambda lib, x, i, s: x.index_add(1, i, s, alpha=2), X(3, 5, dtype=_dtype),
+         X(4, dtype="int64", domain=("int", 0, 5)), X(3, 4, dtype=_dtype))
+    case(f"index_copy_{_dtype}", lambda lib, x, i, s: lib.index_copy(x, 0, i, s), X(5, 2, dtype=_dtype),
+         X(3, dtype="int64", domain=("perm", 0, 5)), X(3, 2, dtype=_dtype))
+    case(f"index_fill_{_dtype}", lambda lib, x, i: x.index_fill(1, i, -1.5), X(3, 5, dtype=_dtype),
+         X(2, dtype="int64", domain=("perm", 0, 5)))
+    for _reduce in ("sum", "prod", "mean", "amax", "amin"):
+        for _self in (True, False):
+            case(f"scatter_reduce_{_reduce}_{'self' if _self else 'noself'}_{_dtype}",
+                 lambda lib, x, i, s, r=_reduce, inc=_self: x.scatter_reduce(1, i, s, r, include_self=inc),
+                 X(3, 5, dtype=_dtype, domain="real" if _reduce != "prod" else "nonzero"),
+                 X(2, 4, dtype="int64", domain=("int", 0, 5)),
+                 X(2, 4, dtype=_dtype, domain="distinct" if _reduce != "prod" else "nonzero"))
+    case(f"masked_scatter_{_dtype}", lambda lib, x, m, s: x.masked_scatter(m, s), X(3, 5, dtype=_dtype),
+         X(5, dtype="bool"), X(4, 5, dtype=_dtype))
+case("cumprod_int32_to_int64", lambda lib, x: lib.cumprod(x, 0), X(6, 2, dtype="int32", domain=("int", -3, 4)))
+case("cumprod_dtype_arg", lambda lib, x: lib.cumprod(x, 0, dtype=lib.float64), X(5, dtype="int64", domain=_ZEROS))
+case("repeat_interleave_flat", lambda lib, x: x.repeat_interleave(2), X(2, 3))
+case("repeat_interleave_tensor", lambda lib, x, r: lib.repeat_interleave(x, r, dim=0), X(3, 2),
+     X(3, dtype="int64", domain=("int", 0, 3)), tags=_DATA_SHAPE)
+case("repeat_interleave_counts_only", lambda lib, r: lib.repeat_interleave(r),
+     X(4, dtype="int64", domain=("int", 0, 3)), tags=_DATA_SHAPE)
+case("bincount", lambda lib, x: lib.bincount(x, minlength=3), X(20, dtype="int64", domain=("int", 0, 6)),
+     tags=_DATA_SHAPE)
+case("bincount_weights", lambda lib, x, w: x.bincount(w), X(20, dtype="int64", domain=("int", 0, 6)), X(20),
+     grad=False, tags=_DATA_SHAPE)
+case("searchsorted", lambda lib, s, v: lib.searchsorted(s.sort()[0], v), X(7, domain=("int", -3, 3)),
+     X(3, 4, domain=("int", -4, 4)))
+case("searchsorted_right_int32", lambda lib, s, v: lib.searchsorted(s.sort()[0], v, right=True, out_int32=True),
+     X(7, dtype="int64", domain=("int", -3, 3)), X(3, 4, dtype="int64", domain=("int", -4, 4)))
+case("searchsorted_batched_side", lambda lib, s, v: lib.searchsorted(s.sort()[0], v, side="right"),
+     X(2, 6, domain=("int", -3, 3)), X(2, 5, domain=("int", -4, 4)))
+case("searchsorted_sorter", lambda lib, s, v: lib.searchsorted(s, v, sorter=s.argsort()),
+     X(6, domain="distinct"), X(4, domain="real"))
+case("bucketize", lambda lib, v, b: lib.bucketize(v, b.sort()[0]), X(3, 4, domain=("int", -4, 4)),
+     X(5, domain=("int", -3, 3)))
+case("bucketize_right", lambda lib, v, b: lib.bucketize(v, b.sort()[0], right=True),
+     X(3, 4, domain=("int", -4, 4)), X(5, domain=("int", -3, 3)))
+case("meshgrid_ij", lambda lib, a, b: lib.meshgrid(a, b, indexing="ij"), X(3), X(4))
+case("meshgrid_xy", lambda lib, a, b, c: lib.meshgrid(a, b, c, indexing="xy"), X(2), X(3), X(4))
+case("kron_int64", lambda lib, a, b: lib.kron(a, b), X(2, 2, dtype="int64", domain=("int", -3, 3)),
+     X(3, dtype="int64", domain=("int", -3, 3)))
+case("trace_int64", lambda lib, x: x.trace(), X(3, 3, dtype="int64", domain=("int", -5, 5)))
+case("diag_embed_bool", lambda lib, x: lib.diag_embed(x, -1), X(2, 3, dtype="bool"))
+case("tril_triu_indices", lambda lib: [lib.tril_indices(3, 4, 1), lib.triu_indices(4, 3, -1)])
+case("index_add_int64", lambda lib, x, i, s: x.index_add(0, i, s), X(4, 3, dtype="int64", domain=("int", -5, 5)),
+     X(5, dtype="int64", domain=("int", 0, 4)), X(5, 3, dtype="int64", domain=("int", -5, 5)))
+case("scatter_reduce_mean_int64_floors",
+     lambda lib, x, i, s: x.scatter_reduce(0, i, s, "mean", include_self=False),
+     X(4, dtype="int64", domain=("int", -9, 9)), X(7, dtype="int64", domain=("int", 0, 4)),
+     X(7, dtype="int64", domain=("int", -9, 9)))
+case("scatter_reduce_prod_zeros", lambda lib, x, i, s: x.scatter_reduce(1, i, s, "prod"), X(3, 5, domain=_ZEROS),
+     X(3, 6, dtype="int64", domain=("int", 0, 5)), X(3, 6, domain=_ZEROS))
+case("scatter_reduce_amax_int64", lambda lib, x, i, s: x.scatter_reduce(0, i, s, "amax", include_self=False),
+     X(4, dtype="int64", domain=("int", -9, 9)), X(7, dtype="int64", domain=("int", 0, 4)),
+     X(7, dtype="int64", domain=("int", -9, 9)))
+case("unique", lambda lib, x: lib.unique(x, return_inverse=True, return_counts=True),
+     X(4, 5, dtype="int64", domain=("int", 0, 6)), tags=_DATA_SHAPE)
+case("unique_dim", lambda lib, x: x.unique(dim=0, return_inverse=True), X(6, 2, dtype="int64", domain=("int", 0, 2)),
+     tags=_DATA_SHAPE)
+case("inplace_index_add_", _inplace("index_add_", 1), X(3, 5), X(4, dtype="int64", domain=("int", 0, 5)), X(3, 4),
+     tags=("inplace",))
+case("inplace_index_fill_", _inplace("index_fill_", 0), X(4, 2), X(2, dtype="int64", domain=("perm", 0, 4)),
+     X(dtype="float32"), tags=("inplace",))
+case("inplace_masked_scatter_", _inplace("masked_scatter_"), X(3, 4), X(3, 4, dtype="bool"), X(12),
+     tags=("inplace",))
+
+
 CASES_BY_NAME: dict[str, OpCase] = {c.name: c for c in CASES}
 
 

@@ -11,7 +11,8 @@ from tests.op_cases import CASES, CASES_BY_NAME
 
 # Output shapes that depend on the data (x[mask], masked_select) cannot be traced: these cases run
 # eagerly in tests/test_ops.py, and compiled they must refuse, saying why.
-DATA_DEPENDENT_SHAPES = {"index_bool_mask", "index_bool_mask_int32", "masked_select"}
+DATA_DEPENDENT_SHAPES = {"index_bool_mask", "index_bool_mask_int32", "masked_select"} | {
+    c.name for c in CASES if "data_dependent_shape" in c.tags}
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name not in DATA_DEPENDENT_SHAPES], ids=lambda c: c.name)
