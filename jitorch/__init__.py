@@ -189,6 +189,34 @@ from .ops import (
 )
 from .ops import BFloat16Tensor, BoolTensor, DoubleTensor, FloatTensor, HalfTensor, IntTensor, LongTensor
 from .ops import addcdiv, addcmul
+from .ops import (  # more ops common PyTorch code uses
+    baddbmm,
+    bincount,
+    bucketize,
+    cdist,
+    cross,
+    cumprod,
+    diag_embed,
+    diagonal,
+    erfinv,
+    index_add,
+    index_copy,
+    index_fill,
+    kron,
+    masked_scatter,
+    meshgrid,
+    repeat_interleave,
+    rot90,
+    scatter_reduce,
+    searchsorted,
+    std_mean,
+    tensordot,
+    trace,
+    tril_indices,
+    triu_indices,
+    unique,
+    var_mean,
+)
 from .ops import install_methods as _install_methods
 from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 from .tensor import Size, Tensor
@@ -203,7 +231,7 @@ from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
-from . import accelerator, amp, cuda, nn, optim, profiler, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
+from . import accelerator, amp, cuda, distributions, linalg, nn, optim, profiler, testing, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import autograd
+from . import autograd, linalg
 from .autograd import sum_to_shape
 from .dispatch import dispatch
-from .ops import as_operand, einsum, fold, unfold
+from .ops import as_operand, cat, diag_embed, einsum, fold, unfold, where
 from .primitives import PRIMS, attention_backward_sizes, reduced_shape
 
 VJP: dict[str, Callable] = {}
@@ -390,6 +390,130 @@ def _attention_vjp_with_ops(g, n):
     return (ds @ k) * scale, (ds.mT @ q) * scale, p.mT @ g
 
 VJP["attention"] = _attention_vjp
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra: the matrix-calculus rules of PyTorch's derivatives.yaml (real matrices). A packed
+# output's gradient arrives packed, zeros for the parts nothing read, and is unpacked like it.
+
+
+def _packed_parts(g, n):
+    """(the node's outputs, their gradients), each unpacked from the packed output."""
+    shape = tuple(n.inputs[0].shape)
+    return linalg.unpack(n.out, n.prim.name, shape, n.params), linalg.unpack(g, n.prim.name, shape, n.params)
+
+
+def _as_matrix_scale(x):
+    """(...) -> (..., 1, 1): a per-matrix scalar that broadcasts against the matrices."""
+    return x.unsqueeze(-1).unsqueeze(-1)
+
+
+VJP["inv"] = lambda g, n: (-(n.out.mT @ g @ n.out.mT),)
+
+
+def _cofactors(A):
+    """A's cofactor matrix, det(A) A^-T where A is invertible, through the SVD A = U S Vh so that
+    it is finite for singular A too (as PyTorch's det gradient is): det(U) det(Vh) U diag(prod of
+    the other singular values) Vh."""
+    U, S, Vh = linalg.svd(A, full_matrices=False)
+    eye = linalg.eye_like(S, S.shape[-1])
+    others = where(eye > 0, 1.0, S.unsqueeze(-2)).prod(-1)
+    return _as_matrix_scale(linalg.det(U) * linalg.det(Vh)) * (U * others.unsqueeze(-2)) @ Vh
+
+
+VJP["det"] = lambda g, n: (_as_matrix_scale(g) * _cofactors(n.inputs[0]),)
+
+
+def _slogdet_vjp(g, n):
+    grad_logabsdet = g.narrow(-1, 1, 1).squeeze(-1)  # the sign is piecewise constant: no gradient
+    return (_as_matrix_scale(grad_logabsdet) * linalg.inv(n.inputs[0]).mT,)
+
+VJP["slogdet"] = _slogdet_vjp
+
+
+def _solve_vjp(g, n):
+    A, _ = n.inputs
+    gB = apply("solve", A.mT, g)
+    return (-(gB @ n.out.mT) if n.needs[0] else None), gB
+
+VJP["solve"] = _solve_vjp
+
+
+def _cholesky_vjp(g, n):
+    """gA = L^-T Phi(L^T gL) L^-1, Phi taking the lower triangle with its diagonal halved, made
+    symmetric (Murray 2016, arXiv:1602.07527)."""
+    L, gL = (n.out.mT, g.mT) if n.params["upper"] else (n.out, g)
+    P = (L.mT @ gL).tril()
+    M = 0.5 * (P + P.tril(-1).mT)
+    return (linalg.solve(L.mT, linalg.solve(L.mT, M).mT).mT,)
+
+VJP["cholesky"] = _cholesky_vjp
+
+
+def _qr_tall_vjp(gQ, gR, Q, R):
+    """A = QR with Q m x n, R n x n (m >= n): gA = (gQ + Q copyltu(M)) R^-T, M = R gR^T - gQ^T Q,
+    copyltu(M) the symmetric matrix with M's lower triangle."""
+    M = R @ gR.mT - gQ.mT @ Q
+    return linalg.solve(R, (gQ + Q @ (M.tril() + M.tril(-1).mT)).mT).mT
+
+
+def _qr_vjp(g, n):
+    (Q, R), (gQ, gR) = _packed_parts(g, n)
+    m, cols = Q.shape[-2], R.shape[-1]
+    if n.params["mode"] == "complete" and m > cols:
+        raise NotImplementedError(f"The QR decomposition of {tuple(n.inputs[0].shape)} is not differentiable when "
+                                  "mode='complete' and nrows > ncols. Use mode='reduced'.")
+    if m >= cols:
+        return (_qr_tall_vjp(gQ, gR, Q, R),)
+    # A = [X | Y] with X m x m: X = QU and Y = QV, R = [U | V]
+    Y, gU, gV = n.inputs[0].narrow(-1, m, cols - m), gR.narrow(-1, 0, m), gR.narrow(-1, m, cols - m)
+    gX = _qr_tall_vjp(gQ + Y @ gV.mT, gU, Q, R.narrow(-1, 0, m))
+    return (cat([gX, Q @ gV], -1),)
+
+VJP["qr"] = _qr_vjp
+
+
+def _eigh_vjp(g, n):
+    """gA = V (diag(gL) + skew(V^T gV) / E) V^T, E_ij = L_j - L_i off the diagonal."""
+    (L, V), (gL, gV) = _packed_parts(g, n)
+    eye = linalg.eye_like(L, L.shape[-1])
+    VtgV = V.mT @ gV
+    E = L.unsqueeze(-2) - L.unsqueeze(-1) + eye
+    inner = 0.5 * (VtgV - VtgV.mT) / E * (1 - eye) + diag_embed(gL)
+    return (V @ inner @ V.mT,)
+
+VJP["eigh"] = _eigh_vjp
+
+
+def _svd_vjp(g, n):
+    """PyTorch's svd_backward for the reduced factors (real case). Of full factors only the reduced
+    part counts, as in PyTorch: the extra columns of U and rows of Vh are any orthonormal completion."""
+    (U, S, Vh), (gU, gS, gVh) = _packed_parts(g, n)
+    k = S.shape[-1]
+    U, gU, Vh, gVh = U.narrow(-1, 0, k), gU.narrow(-1, 0, k), Vh.narrow(-2, 0, k), gVh.narrow(-2, 0, k)
+    m, cols = U.shape[-2], Vh.shape[-1]
+    eye = linalg.eye_like(S, S.shape[-1])
+    UtgU = U.mT @ gU
+    VtgV = Vh @ gVh.mT
+    S2 = S * S
+    E = S2.unsqueeze(-2) - S2.unsqueeze(-1) + eye
+    inner = ((UtgU - UtgU.mT) * S.unsqueeze(-2) + S.unsqueeze(-1) * (VtgV - VtgV.mT)) / E + diag_embed(gS)
+    if m > cols:
+        gUSinv = gU / S.unsqueeze(-2)
+        return ((U @ inner + gUSinv - U @ (U.mT @ gUSinv)) @ Vh,)
+    if m < cols:
+        SinvgVh = gVh / S.unsqueeze(-1)
+        return (U @ (inner @ Vh + SinvgVh - (SinvgVh @ Vh.mT) @ Vh),)
+    return (U @ inner @ Vh,)
+
+VJP["svd"] = _svd_vjp
+
+
+def _svdvals_vjp(g, n):
+    U, _, Vh = linalg.svd(n.inputs[0], full_matrices=False)
+    return (U @ (g.unsqueeze(-1) * Vh),)
+
+VJP["svdvals"] = _svdvals_vjp
 
 
 autograd.use_vjps(VJP)

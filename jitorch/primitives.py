@@ -405,3 +405,95 @@ def _random_infer(seed, counter, *, shape, dtype, dist, offset):
     return tuple(shape), dtype.np
 
 defprim("random", PrimKind.RANDOM, _random_infer)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra (`jitorch.linalg`): factorizations and solves over the last two dims, batched over
+# the leading ones. They are of kind MATMUL, which no renderer fuses and the joint split never
+# recomputes: each runs as its eager kernel (`xp.linalg`) inside a compiled program too. One output
+# per primitive: a factorization with several (qr, eigh, svd, slogdet) packs them flat along its last
+# dim, in the order `linalg_parts` gives, and `jitorch.linalg` unpacks views of it.
+
+
+class LinAlgError(RuntimeError, ValueError):
+    """A matrix a factorization or solve cannot take (singular, not positive-definite): a
+    RuntimeError, as PyTorch's `torch.linalg.LinAlgError`, and a ValueError, so that dispatch adds
+    the op's input shapes to its message."""
+
+
+def check_square(name: str, shape: tuple[int, ...]) -> None:
+    """A ShapeError naming `shape` unless it is a (batch of) square matrices."""
+    if len(shape) < 2:
+        raise ShapeError(f"{name}: The input tensor A must have at least 2 dimensions; got shape {tuple(shape)}. "
+                         "Add a batch or matrix dim with unsqueeze.")
+    if shape[-1] != shape[-2]:
+        raise ShapeError(f"{name}: A must be batches of square matrices, but they are {shape[-2]} by {shape[-1]} "
+                         f"matrices (shape {tuple(shape)})")
+
+
+def linalg_parts(name: str, shape: tuple[int, ...], params: dict) -> list[tuple[int, ...]]:
+    """The matrix shapes of the outputs packed in a linear-algebra primitive's output, in order, for
+    an input of `shape` (batch dims first)."""
+    m, n = shape[-2], shape[-1]
+    k = min(m, n)
+    if name == "slogdet":
+        return [(), ()]  # sign, log|det|
+    if name == "qr":
+        q_cols = m if params["mode"] == "complete" else k
+        return [(m, q_cols), (q_cols, n)]
+    if name == "eigh":
+        return [(n,), (n, n)]  # eigenvalues (ascending), eigenvectors as columns
+    if name == "svd":
+        full = params["full_matrices"]
+        return [(m, m if full else k), (k,), (n if full else k, n)]
+    raise KeyError(name)
+
+
+def _packed_infer(name: str):
+    def infer(a, **params):
+        if name in ("slogdet", "eigh"):
+            check_square(f"linalg.{name}", a.shape)
+        size = sum(math.prod(part) for part in linalg_parts(name, a.shape, params))
+        return tuple(a.shape[:-2]) + (size,), a.dtype
+    return infer
+
+
+def _square_infer(name: str):
+    def infer(a, **params):
+        check_square(f"linalg.{name}", a.shape)
+        return a.shape, a.dtype
+    return infer
+
+
+def _det_infer(a):
+    check_square("linalg.det", a.shape)
+    return a.shape[:-2], a.dtype
+
+
+def check_solve_operands(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
+    """A ShapeError naming both shapes unless A X = B is solvable: square A, B with A's rows."""
+    check_square("linalg.solve", a_shape)
+    if len(b_shape) < 2 or b_shape[-2] != a_shape[-1]:
+        raise ShapeError(f"linalg.solve: Incompatible shapes of A and B for the equation AX = B "
+                         f"({tuple(a_shape[-2:])} and {tuple(b_shape[-2:])}); A is {tuple(a_shape)}, "
+                         f"B {tuple(b_shape)}")
+
+
+def _solve_infer(a, b):
+    check_solve_operands(tuple(a.shape), tuple(b.shape))
+    return broadcast_shapes(a.shape[:-2], b.shape[:-2]) + tuple(b.shape[-2:]), a.dtype
+
+
+def _svdvals_infer(a):
+    return tuple(a.shape[:-2]) + (min(a.shape[-2:]),), a.dtype
+
+
+defprim("inv", PrimKind.MATMUL, _square_infer("inv"), saves_out=True)
+defprim("det", PrimKind.MATMUL, _det_infer, saves=(0,), saves_out=True)
+defprim("slogdet", PrimKind.MATMUL, _packed_infer("slogdet"), saves=(0,))
+defprim("solve", PrimKind.MATMUL, _solve_infer, saves=(0,), saves_out=True)
+defprim("cholesky", PrimKind.MATMUL, _square_infer("cholesky"), saves_out=True)
+defprim("qr", PrimKind.MATMUL, _packed_infer("qr"), saves_out=True)
+defprim("eigh", PrimKind.MATMUL, _packed_infer("eigh"), saves_out=True)
+defprim("svd", PrimKind.MATMUL, _packed_infer("svd"), saves_out=True)
+defprim("svdvals", PrimKind.MATMUL, _svdvals_infer, saves=(0,))

@@ -175,6 +175,7 @@ class Case:
     rtol: float = 1e-6
     atol: float = 1e-6
     label: str = ""
+    up_to_sign: bool = False  # a factorization whose vectors cuSOLVER and LAPACK may sign differently
 
     @property
     def id(self) -> str:
@@ -183,6 +184,16 @@ class Case:
 
 def f32(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def f64(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def spd(rng, n: int) -> np.ndarray:
+    """A symmetric positive-definite float64 matrix with distinct eigenvalues."""
+    a = rng.standard_normal((n, n))
+    return a @ a.T + np.diag(np.arange(1, n + 1) * 2.0)
 
 
 def ints(rng, low, high, *shape):
@@ -343,6 +354,16 @@ CASES = [
     *[Case("random", lambda r: (np.array(5, np.int64), np.array(1000, np.int64)),
            {"shape": (4, 300), "dtype": dt.float32, "dist": dist, "offset": 7}, **MATH, label=dist)
       for dist in ("uniform", "normal")],
+    # linear algebra through cuSOLVER (CuPy's linalg), in float64: well-conditioned inputs
+    Case("inv", lambda r: (f64(r, 2, 4, 4) + 4 * np.eye(4),), rtol=1e-10, atol=1e-10),
+    Case("det", lambda r: (f64(r, 2, 4, 4),), rtol=1e-10, atol=1e-10),
+    Case("slogdet", lambda r: (f64(r, 2, 4, 4),), rtol=1e-10, atol=1e-10),
+    Case("solve", lambda r: (f64(r, 2, 4, 4) + 4 * np.eye(4), f64(r, 2, 4, 3)), rtol=1e-10, atol=1e-10),
+    Case("cholesky", lambda r: (spd(r, 4),), {"upper": False}, rtol=1e-10, atol=1e-10),
+    Case("qr", lambda r: (f64(r, 2, 5, 3),), {"mode": "reduced"}, rtol=1e-10, atol=1e-10, up_to_sign=True),
+    Case("eigh", lambda r: (spd(r, 4),), {"UPLO": "L"}, rtol=1e-10, atol=1e-10, up_to_sign=True),
+    Case("svd", lambda r: (f64(r, 5, 3),), {"full_matrices": False}, rtol=1e-10, atol=1e-10, up_to_sign=True),
+    Case("svdvals", lambda r: (f64(r, 2, 5, 3),), rtol=1e-10, atol=1e-10),
 ]
 
 
@@ -367,6 +388,8 @@ def test_each_cuda_kernel_matches_its_cpu_kernel(cuda, case):
     assert isinstance(got, cupy.ndarray)
     got = _host(got)
     assert got.shape == expected.shape and got.dtype == expected.dtype, (got.shape, got.dtype, expected.dtype)
+    if case.up_to_sign:  # (packed factors: each vector's sign is the solver's choice)
+        got, expected = np.abs(got), np.abs(expected)
     if expected.dtype.kind in "biu":
         np.testing.assert_array_equal(got, expected)
     else:

@@ -181,7 +181,25 @@ CASES: dict[str, list] = {
         lambda rng: ([_real(rng, 1, 2, 6, 4), _real(rng, 1, 2, 4, 4), _real(rng, 1, 2, 4, 5)],
                      {"is_causal": True, "scale": 0.5}),
     ],
+    # linear algebra (well-conditioned inputs; outputs of several parts are packed flat)
+    "inv": [lambda rng: ([_real(rng, 2, 3, 3) + 3 * np.eye(3)], {})],
+    "det": [lambda rng: ([_real(rng, 3, 3)], {})],
+    "slogdet": [lambda rng: ([_real(rng, 3, 3)], {})],
+    "solve": [lambda rng: ([_real(rng, 2, 3, 3) + 3 * np.eye(3), _real(rng, 3, 2)], {})],
+    "qr": [lambda rng: ([_real(rng, 2, 4, 3)], {"mode": "reduced"})],
+    "svd": [lambda rng: ([_real(rng, 4, 3)], {"full_matrices": False})],
+    "svdvals": [lambda rng: ([_real(rng, 2, 4, 3)], {})],
+    "cholesky": [lambda rng: ([_spd(rng, 3)], {"upper": False})],
+    "eigh": [lambda rng: ([_spd(rng, 3)], {"UPLO": "L"})],
 }
+# primitives that read one triangle of a symmetric input: their directions are symmetric too
+_SYMMETRIC = {"cholesky", "eigh"}
+
+
+def _spd(rng, n: int) -> np.ndarray:
+    """A symmetric positive-definite matrix with distinct eigenvalues (well apart)."""
+    a = _real(rng, n, n)
+    return a @ a.T + np.diag(np.arange(1, n + 1) * 2.0)
 
 
 def _differentiable_prims() -> list[str]:
@@ -215,6 +233,8 @@ def test_vjp_matches_finite_differences(name, i):
     eps, tol = (EPS, 1e-8) if out.dtype is jt.float64 else (1e-2, 1e-5)
     for _ in range(N_DIRECTIONS):
         us = {k: rng.standard_normal(arrays[k].shape) for k in diff}
+        if name in _SYMMETRIC:
+            us = {k: (u + np.swapaxes(u, -1, -2)) / 2 for k, u in us.items()}
         v = rng.standard_normal(tuple(out.shape))
         plus = [a + eps * us[k] if k in us else a for k, a in enumerate(arrays)]
         minus = [a - eps * us[k] if k in us else a for k, a in enumerate(arrays)]

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from .. import philox
-from ..primitives import conv_out_size, numpy_key, sum_dtype
+from ..primitives import LinAlgError, conv_out_size, numpy_key, sum_dtype
 
 _BFLOAT16 = _dt.bfloat16.np
 
@@ -322,6 +322,101 @@ def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
 
 
 # ---------------------------------------------------------------------------------------------
+# linear algebra over `xp.linalg` (batched over leading dims; several outputs packed flat, in the
+# order `linalg_parts` gives)
+
+
+def _packed(xp, batch: tuple[int, ...], *parts):
+    """The parts (each `batch` + its matrix shape) concatenated flat along one last dim."""
+    flat = [p.reshape(batch + (math.prod(p.shape[len(batch):]),)) for p in parts]
+    return xp.concatenate(flat, axis=-1)
+
+
+def _fails(probe: Callable, matrix) -> bool:
+    try:
+        probe(matrix)
+    except np.linalg.LinAlgError:
+        return True
+    return False
+
+
+def _raising_linalg_errors(name: str, probe: Callable, describe: Callable) -> Callable:
+    """A decorator: the kernel `(xp, a, ...)` raising a LinAlgError that names the failing matrix
+    of the batch and says what went wrong (`describe(matrix)`), where numpy's own says only
+    "Singular matrix". `probe` is the one-matrix computation that fails. (CuPy raises no such
+    error: it returns NaNs.)"""
+
+    def wrap(kernel: Callable) -> Callable:
+        def run(xp, a, *rest, **params):
+            try:
+                return kernel(xp, a, *rest, **params)
+            except np.linalg.LinAlgError:
+                matrices = a.reshape((-1,) + a.shape[-2:])
+                index = next((i for i, m in enumerate(matrices) if _fails(probe, m)), 0)
+                where = f"(Batch element {index}): " if a.ndim > 2 else ""
+                raise LinAlgError(f"linalg.{name}: {where}{describe(matrices[index])}") from None
+        return run
+
+    return wrap
+
+
+def _singular(what: str) -> Callable:
+    return lambda matrix: (f"The input matrix is singular, so {what} could not be completed. Check it for linearly "
+                           "dependent rows or columns, or use jitorch.linalg.lstsq for a least-squares solution.")
+
+
+def _not_positive_definite(matrix) -> str:
+    order = next(k for k in range(1, matrix.shape[-1] + 1) if _fails(np.linalg.cholesky, matrix[:k, :k]))
+    return ("The factorization could not be completed because the input is not positive-definite (the leading "
+            f"minor of order {order} is not positive-definite).")
+
+
+@_raising_linalg_errors("inv", np.linalg.inv, _singular("the inversion"))
+def _inv(xp, a):
+    return xp.linalg.inv(a)
+
+
+@_raising_linalg_errors("solve", np.linalg.inv, _singular("the solve"))
+def _solve(xp, a, b):
+    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    return xp.linalg.solve(xp.broadcast_to(a, batch + a.shape[-2:]), xp.broadcast_to(b, batch + b.shape[-2:]))
+
+
+@_raising_linalg_errors("cholesky", np.linalg.cholesky, _not_positive_definite)
+def _cholesky(xp, a, upper):
+    lower = xp.linalg.cholesky(a)
+    return xp.ascontiguousarray(xp.swapaxes(lower, -1, -2)) if upper else lower
+
+
+def _det(xp, a):
+    return xp.asarray(xp.linalg.det(a))
+
+
+def _slogdet(xp, a):
+    sign, logabsdet = xp.linalg.slogdet(a)
+    return _packed(xp, a.shape[:-2], sign, logabsdet)
+
+
+def _qr(xp, a, mode):
+    q, r = xp.linalg.qr(a, mode=mode)
+    return _packed(xp, a.shape[:-2], q, r)
+
+
+def _eigh(xp, a, UPLO):
+    eigenvalues, eigenvectors = xp.linalg.eigh(a, UPLO=UPLO)
+    return _packed(xp, a.shape[:-2], eigenvalues, eigenvectors)
+
+
+def _svd(xp, a, full_matrices):
+    u, s, vh = xp.linalg.svd(a, full_matrices=full_matrices)
+    return _packed(xp, a.shape[:-2], u, s, vh)
+
+
+def _svdvals(xp, a):
+    return xp.linalg.svd(a, compute_uv=False)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def make_kernels(xp) -> dict[str, Callable]:
@@ -402,5 +497,14 @@ def make_kernels(xp) -> dict[str, Callable]:
         "random": partial(_random, xp),
         "attention": partial(attention, xp),
         "attention_backward": partial(attention_backward, xp),
+        "inv": partial(_inv, xp),
+        "det": partial(_det, xp),
+        "slogdet": partial(_slogdet, xp),
+        "solve": partial(_solve, xp),
+        "cholesky": partial(_cholesky, xp),
+        "qr": partial(_qr, xp),
+        "eigh": partial(_eigh, xp),
+        "svd": partial(_svd, xp),
+        "svdvals": partial(_svdvals, xp),
     }
     return kernels
