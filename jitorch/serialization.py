@@ -40,6 +40,7 @@ from . import cuda
 from . import dtypes as _dt
 from .creation import from_numpy
 from .device import Device, cpu
+from .nn.modules.module import Module
 from .tensor import Tensor
 
 __all__ = ["save", "load", "CheckpointError"]
@@ -165,6 +166,13 @@ def _encode(obj: Any, path: tuple, table: _TensorTable | None) -> Any:
     if isinstance(obj, dict):
         return _encode_dict(obj, path, table)
     where = ".".join(str(p) for p in path) or "the top level"
+    if isinstance(obj, Module):
+        raise TypeError(
+            f"jitorch.save can't store a whole Module ({type(obj).__name__}, at {where}): PyTorch pickles "
+            "the model's class, but jitorch saves no code (no pickle). Save its weights instead, "
+            "jitorch.save(model.state_dict(), path), and load them into a freshly built model with "
+            "model.load_state_dict(jitorch.load(path))."
+        )
     raise TypeError(
         f"jitorch.save can't store a {type(obj).__name__} (at {where}): it stores tensors, numpy arrays, "
         "numbers, strings, None, dtypes, devices, and dicts/lists/tuples of them (no pickle). Convert "

@@ -126,7 +126,8 @@ class _GradSlot:
 
 
 _REGISTRIES = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "child module",
-               "_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook"}
+               "_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook",
+               "_backward_pre_hooks": "backward pre-hook", "_backward_hooks": "backward hook"}
 
 
 class _ModuleGuard:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import OrderedDict, namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..._trace_state import note_module_change, trace_state
-from ...autograd import no_grad
+from ...autograd import is_grad_enabled, no_grad
+from ...creation import empty_like, zeros_like
+from ...ops import cat
 from ...tensor import Tensor
 from ..parameter import Buffer, Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+_EXTRA_STATE_KEY = "_extra_state"  # PyTorch's key suffix for `get_extra_state()`'s value
+_HOOK_TABLES = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_state_dict_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
 
 
 class RemovableHandle:
@@ -80,6 +88,132 @@ def _as_tensor_value(value, key: str) -> Tensor:
         ) from err
 
 
+def _pre_hook_pair(result) -> tuple[tuple, dict]:
+    """A with_kwargs forward pre-hook's replacement, checked: PyTorch requires an (args, kwargs) pair."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise RuntimeError(
+            "forward pre-hook must return None or a tuple of (new_args, new_kwargs), but got "
+            f"{type(result).__name__}."
+        )
+    args, kwargs = result
+    return (args if isinstance(args, tuple) else (args,)), kwargs
+
+
+class _BackwardHookCall:
+    """One call of a module with full backward hooks, as PyTorch's `BackwardHook`: the inputs that
+    require grad pass through one identity node (flattened and concatenated, then split back), so
+    that a single gradient hook sees every grad_input at once; the output passes through an identity
+    view whose gradient hook runs the backward pre-hooks and notes grad_output. grad_input has one
+    entry per positional argument, as in PyTorch: None for non-tensors, zeros for tensors that need
+    no grad; what the hooks return for the others flows on to them."""
+
+    def __init__(self, module: Module, args: tuple) -> None:
+        if trace_state.tracer is not None:
+            raise NotImplementedError(
+                f"{type(module).__name__} has a full backward hook (or backward pre-hook), which "
+                "jitorch.compile can't trace: compile the model without the hook, or run it eagerly."
+            )
+        self.module = module
+        self.args = args
+        self.grad_enabled = is_grad_enabled()
+        self.tensor_slots = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        self.grad_slots = [i for i in self.tensor_slots if args[i].requires_grad]
+        self.grad_output: tuple | None = None
+
+    def wrap_inputs(self) -> tuple:
+        if not (self.grad_slots and self.grad_enabled):
+            return self.args
+        tensors = [self.args[i] for i in self.grad_slots]
+        if len({t.dtype for t in tensors}) > 1:
+            raise NotImplementedError(
+                f"{type(self.module).__name__}'s full backward hook: jitorch needs the tensor inputs to share "
+                f"a dtype; they are {[t.dtype.name for t in tensors]}. Cast them, or register hooks on the "
+                "input tensors instead (tensor.register_hook)."
+            )
+        flat = cat([t.reshape(-1) for t in tensors])
+        packed = flat.view_as(flat)  # a node of our own even where `cat` returned its one input
+        packed.grad_fn.register_hook(self._on_grad_input)
+        args, start = list(self.args), 0
+        for i, t in zip(self.grad_slots, tensors):
+            args[i] = packed[start:start + t.numel()].reshape(t.shape)
+            start += t.numel()
+        return tuple(args)
+
+    def wrap_output(self, out):
+        if not isinstance(out, Tensor):
+            raise NotImplementedError(
+                f"{type(self.module).__name__}'s full backward hook: jitorch supports a forward that "
+                f"returns one tensor; it returned {type(out).__name__}. Register a hook on the output "
+                "tensors instead (tensor.register_hook)."
+            )
+        if not (out.requires_grad and self.grad_enabled):
+            return out
+        view = out.view_as(out)
+        view.grad_fn.register_hook(self._on_grad_output)
+        return view
+
+    def _on_grad_output(self, grad: Tensor) -> Tensor:
+        grad_output = (grad,)
+        for hook in list(self.module._backward_pre_hooks.values()):
+            result = hook(self.module, grad_output)
+            if result is not None:
+                grad_output = _checked_grads(result, grad_output, "Backward pre hook", "grad_output")
+        self.grad_output = grad_output
+        if not self.grad_slots:
+            self._run_hooks_without_grad_input()
+        return grad_output[0]
+
+    def _run_hooks_without_grad_input(self) -> None:
+        """No input needs grad: PyTorch calls the hooks at the output, grad_input all None."""
+        warnings.warn(
+            "Full backward hook is firing when gradients are computed with respect to module outputs "
+            "since no inputs require gradients.",
+            stacklevel=2,
+        )
+        grad_input = (None,) * len(self.args)
+        for hook in list(self.module._backward_hooks.values()):
+            result = hook(self.module, grad_input, self.grad_output)
+            if result is not None and not (isinstance(result, tuple) and all(g is None for g in result)):
+                raise RuntimeError(
+                    "Backward hook for Modules where no input requires gradient should always return "
+                    "None or None for all gradients."
+                )
+
+    def _on_grad_input(self, packed_grad: Tensor) -> Tensor:
+        grad_input = [zeros_like(self.args[i]) if i in self.tensor_slots else None for i in range(len(self.args))]
+        start = 0
+        for i in self.grad_slots:
+            t = self.args[i]
+            grad_input[i] = packed_grad[start:start + t.numel()].reshape(t.shape)
+            start += t.numel()
+        grad_input = tuple(grad_input)
+        for hook in list(self.module._backward_hooks.values()):
+            result = hook(self.module, grad_input, self.grad_output)
+            if result is not None:
+                grad_input = _checked_grads(result, grad_input, "Backward hook", "grad_input")
+        return cat([_grad_or_zeros(grad_input[i], self.args[i]).reshape(-1) for i in self.grad_slots])
+
+
+def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    return zeros_like(like) if grad is None else grad
+
+
+def _checked_grads(result, expected: tuple, hook_kind: str, what: str) -> tuple:
+    """A backward (pre-)hook's replacement gradients, checked as PyTorch checks them."""
+    result = result if isinstance(result, tuple) else (result,)
+    if len(result) != len(expected):
+        raise RuntimeError(
+            f"{hook_kind} returned an invalid number of {what}, got {len(result)}, but expected "
+            f"{len(expected)}: return a tuple with one entry per entry of {what}"
+        )
+    for new, old in zip(result, expected):
+        if new is not None and old is not None and tuple(new.shape) != tuple(old.shape):
+            raise RuntimeError(
+                f"{hook_kind} returned a {what} entry of shape {tuple(new.shape)}; expected {tuple(old.shape)}"
+            )
+    return result
+
+
 def _addindent(text: str, spaces: int) -> str:
     lines = text.split("\n")
     if len(lines) == 1:
@@ -110,8 +244,10 @@ class Module:
         d["_buffers"] = _Registry()
         d["_non_persistent_buffers"] = set()
         d["_modules"] = _Registry()
-        d["_forward_hooks"] = _Registry()
-        d["_forward_pre_hooks"] = _Registry()
+        for table in _HOOK_TABLES:
+            d[table] = _Registry()
+        d["_hooks_with_kwargs"] = set()  # ids of forward (pre-)hooks registered with_kwargs=True
+        d["_hooks_returning_none"] = set()  # ids of public state_dict post-hooks
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
@@ -126,21 +262,34 @@ class Module:
         return self._call_impl(*args, **kwargs)
 
     def _call_impl(self, *args, **kwargs):
-        """A call as written: the pre-hooks, forward, the hooks."""
+        """A call as written: the forward pre-hooks, forward, the forward hooks; with backward hooks,
+        the inputs and output pass through identity views whose gradient hooks call them."""
         if trace_state.tracer is not None:
             trace_state.tracer.note_module(self)  # jitorch.compile guards on what the forward reads
-        if not self._forward_pre_hooks and not self._forward_hooks:
+        if not self._forward_pre_hooks and not self._forward_hooks and not self._has_backward_hooks():
             return self.forward(*args, **kwargs)
-        for hook in list(self._forward_pre_hooks.values()):
-            result = hook(self, args)
-            if result is not None:
-                args = result if isinstance(result, tuple) else (result,)
+        for hook_id, hook in list(self._forward_pre_hooks.items()):
+            if hook_id in self._hooks_with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = _pre_hook_pair(result)
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        backward = _BackwardHookCall(self, args) if self._has_backward_hooks() else None
+        if backward is not None:
+            args = backward.wrap_inputs()
         out = self.forward(*args, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            result = hook(self, args, out)
+        for hook_id, hook in list(self._forward_hooks.items()):
+            with_kwargs = hook_id in self._hooks_with_kwargs
+            result = hook(self, args, kwargs, out) if with_kwargs else hook(self, args, out)
             if result is not None:
                 out = result
-        return out
+        return out if backward is None else backward.wrap_output(out)
+
+    def _has_backward_hooks(self) -> bool:
+        return bool(self._backward_hooks or self._backward_pre_hooks)
 
     def compile(self, *args, **kwargs) -> None:
         """Compile this module's calls in place, as PyTorch's `Module.compile`: `model(x)` runs the
@@ -155,17 +304,73 @@ class Module:
         """What `jitorch.compile(self)` returns: this module wrapped, its calls running `compiled`."""
         return OptimizedModule(self, compiled)
 
-    def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
-        """`hook(module, args)` runs before forward; it may return replacement args."""
-        handle = RemovableHandle(self._forward_pre_hooks)
-        self._forward_pre_hooks[handle.id] = hook
+    def _add_hook(
+        self, table: str, hook: Callable, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """Register `hook` in the registry `table` (first with `prepend`); its handle removes it."""
+        hooks = self.__dict__[table]
+        handle = RemovableHandle(hooks)
+        later = list(hooks.items()) if prepend else []
+        for hook_id, _ in later:
+            del hooks[hook_id]
+        hooks[handle.id] = hook
+        hooks.update(later)
+        if with_kwargs:
+            self._hooks_with_kwargs.add(handle.id)
         return handle
 
-    def register_forward_hook(self, hook: Callable) -> RemovableHandle:
-        """`hook(module, args, output)` runs after forward; it may return a replacement output."""
-        handle = RemovableHandle(self._forward_hooks)
-        self._forward_hooks[handle.id] = hook
+    def register_forward_pre_hook(
+        self, hook: Callable, *, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """`hook(module, args)` runs before forward; it may return replacement args. With
+        `with_kwargs=True` it is `hook(module, args, kwargs)` and may return an `(args, kwargs)` pair."""
+        return self._add_hook("_forward_pre_hooks", hook, prepend, with_kwargs)
+
+    def register_forward_hook(
+        self, hook: Callable, *, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """`hook(module, args, output)` runs after forward; it may return a replacement output.
+        With `with_kwargs=True` it is `hook(module, args, kwargs, output)`."""
+        return self._add_hook("_forward_hooks", hook, prepend, with_kwargs)
+
+    def register_full_backward_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """`hook(module, grad_output)` runs when the gradient of the module's output is known,
+        before the gradients of its inputs are computed; it may return a replacement grad_output tuple."""
+        return self._add_hook("_backward_pre_hooks", hook, prepend)
+
+    def register_full_backward_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """`hook(module, grad_input, grad_output)` runs when the gradients of the module's tensor
+        inputs are known; it may return a replacement grad_input tuple, which flows on to the leaves.
+
+        Works eagerly for modules whose forward returns one tensor and whose inputs that need grad
+        share a dtype (under `jitorch.compile` the call raises: compile the model without the hook)."""
+        return self._add_hook("_backward_hooks", hook, prepend)
+
+    def register_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, prefix, keep_vars)` runs before `state_dict()` collects this module."""
+        return self._add_hook("_state_dict_pre_hooks", hook)
+
+    def register_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, state_dict, prefix, local_metadata)` runs after `state_dict()` collected this
+        module and its children; it edits `state_dict` in place and must return None."""
+        handle = self._add_hook("_state_dict_hooks", hook)
+        self._hooks_returning_none.add(handle.id)
         return handle
+
+    def _register_state_dict_hook(self, hook: Callable) -> RemovableHandle:
+        """As `register_state_dict_post_hook`, but the hook may return a replacement state dict
+        (PyTorch's private form, which libraries still use)."""
+        return self._add_hook("_state_dict_hooks", hook)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs)` runs before this module's entries load; it may edit `state_dict` (e.g. rename keys)."""
+        return self._add_hook("_load_state_dict_pre_hooks", hook)
+
+    def register_load_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, incompatible_keys)` runs after this module and its children loaded; it may
+        edit `incompatible_keys.missing_keys`/`.unexpected_keys` in place (before `strict` checks them)."""
+        return self._add_hook("_load_state_dict_post_hooks", hook)
 
     # --- attributes -----------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
@@ -290,16 +495,39 @@ class Module:
     register_module = add_module
 
     def get_submodule(self, target: str) -> Module:
+        """The submodule at dotted path `target` (`""` is self), e.g. `model.get_submodule("encoder.0")`."""
         mod = self
         for part in target.split(".") if target else ():
-            if part not in mod._modules:
-                raise AttributeError(f"{type(mod).__name__} has no attribute `{part}`")
-            mod = mod._modules[part]
+            if not hasattr(mod, part):
+                raise AttributeError(f"{mod._get_name()} has no attribute `{part}`")
+            mod = getattr(mod, part)
+            if not isinstance(mod, Module):
+                raise AttributeError(f"`{part}` is not an nn.Module")
         return mod
 
     def get_parameter(self, target: str) -> Parameter:
-        prefix, _, name = target.rpartition(".")
-        return self.get_submodule(prefix)._parameters[name]
+        """The parameter at dotted path `target`, e.g. `model.get_parameter("fc.weight")`."""
+        mod, name = self._owner_of(target)
+        value = getattr(mod, name)
+        if not isinstance(value, Parameter):
+            raise AttributeError(f"`{name}` is not an nn.Parameter")
+        return value
+
+    def get_buffer(self, target: str) -> Tensor:
+        """The buffer at dotted path `target`, e.g. `model.get_buffer("bn.running_mean")`."""
+        mod, name = self._owner_of(target)
+        if name not in mod._buffers:
+            raise AttributeError(f"`{name}` is not a buffer")
+        return mod._buffers[name]
+
+    def _owner_of(self, target: str) -> tuple[Module, str]:
+        """The module holding the attribute at dotted path `target`, and its name there (PyTorch's
+        error if there is no such attribute)."""
+        module_path, _, name = target.rpartition(".")
+        mod = self.get_submodule(module_path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{mod._get_name()} has no attribute `{name}`")
+        return mod, name
 
     # --- traversal ------------------------------------------------------------------------
     def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True):
@@ -366,18 +594,46 @@ class Module:
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self, destination: dict | None = None, prefix: str = "", keep_vars: bool = False) -> dict:
-        """Parameters and persistent buffers by dotted name (detached tensors sharing storage)."""
-        out = OrderedDict() if destination is None else destination
-        for name, p in self._parameters.items():
-            if p is not None:
-                out[prefix + name] = p if keep_vars else p.detach()
-        for name, b in self._buffers.items():
-            if b is not None and name not in self._non_persistent_buffers:
-                out[prefix + name] = b if keep_vars else b.detach()
+        """Parameters and persistent buffers by dotted name (detached tensors sharing storage), plus
+        `get_extra_state()` under `<prefix>_extra_state` where a module defines it; the state-dict
+        hooks run as in PyTorch, and `._metadata` holds each module's version."""
+        if destination is None:
+            destination = OrderedDict()
+            destination._metadata = OrderedDict()
+        local_metadata = {"version": self._version}
+        if hasattr(destination, "_metadata"):
+            destination._metadata[prefix[:-1]] = local_metadata
+        for hook in list(self._state_dict_pre_hooks.values()):
+            hook(self, prefix, keep_vars)
+        for name, value in self._local_state().items():
+            destination[prefix + name] = value if keep_vars else value.detach()
+        if type(self).get_extra_state is not Module.get_extra_state:
+            destination[prefix + _EXTRA_STATE_KEY] = self.get_extra_state()
         for name, m in self._modules.items():
             if m is not None:
-                m.state_dict(out, prefix + name + ".", keep_vars)
-        return out
+                m.state_dict(destination, prefix + name + ".", keep_vars)
+        for hook_id, hook in list(self._state_dict_hooks.items()):
+            result = hook(self, destination, prefix, local_metadata)
+            if result is not None and hook_id in self._hooks_returning_none:
+                raise RuntimeError("state_dict post-hook must return None: modify the state_dict in place")
+            if result is not None:
+                destination = result
+        return destination
+
+    def get_extra_state(self):
+        """Override (with `set_extra_state`) to keep non-tensor state in `state_dict()`, under the
+        key `_extra_state`."""
+        raise RuntimeError(
+            "Reached a code path in Module.get_extra_state() that should never be called: "
+            "override get_extra_state() and set_extra_state() together."
+        )
+
+    def set_extra_state(self, state) -> None:
+        """Override (with `get_extra_state`) to restore what `get_extra_state` returned."""
+        raise RuntimeError(
+            "Reached a code path in Module.set_extra_state() that should never be called: "
+            "override get_extra_state() and set_extra_state() together."
+        )
 
     def _local_state(self) -> dict[str, Tensor]:
         local = {n: p for n, p in self._parameters.items() if p is not None}
@@ -398,28 +654,13 @@ class Module:
         With `strict=True`, missing or unexpected keys raise PyTorch's error; shape mismatches
         always raise. Values may be jitorch tensors, numpy arrays or other array-likes.
         """
-        missing, unexpected, errors = [], [], []
-        expected = set()
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict).__name__}.")
+        keys, errors = IncompatibleKeys([], []), []
+        metadata = getattr(state_dict, "_metadata", None)
         with no_grad():
-            for prefix, mod in self.named_modules():
-                head = prefix + "." if prefix else ""
-                for name, target in mod._local_state().items():
-                    key = head + name
-                    expected.add(key)
-                    if key not in state_dict:
-                        missing.append(key)
-                        continue
-                    value = _as_tensor_value(state_dict[key], key)
-                    if tuple(value.shape) != tuple(target.shape):
-                        errors.append(
-                            f"size mismatch for {key}: copying a param with shape jitorch.Size("
-                            f"{list(value.shape)}) from checkpoint, the shape in current model is "
-                            "jitorch.Size("
-                            f"{list(target.shape)})."
-                        )
-                        continue
-                    target.copy_(value)
-        unexpected = [k for k in state_dict if k not in expected]
+            self._load_tree(OrderedDict(state_dict), "", metadata, keys, errors)
+        missing, unexpected = keys
         if strict:
             if unexpected:
                 errors.insert(
@@ -434,6 +675,52 @@ class Module:
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors)
             )
         return IncompatibleKeys(missing, unexpected)
+
+    def _load_tree(self, state: dict, prefix: str, metadata: dict | None, keys: IncompatibleKeys,
+                   errors: list[str]) -> None:
+        """Load this module's entries of `state` (keys under `prefix`), then its children's, running
+        the load hooks in PyTorch's order (pre-hooks before a module, post-hooks after its subtree)."""
+        local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
+        for hook in list(self._load_state_dict_pre_hooks.values()):
+            hook(self, state, prefix, local_metadata, True, keys.missing_keys, keys.unexpected_keys, errors)
+        self._load_local(state, prefix, keys, errors)
+        for name, child in self._modules.items():
+            if child is not None:
+                head = prefix + name + "."
+                child._load_tree({k: v for k, v in state.items() if k.startswith(head)}, head, metadata, keys, errors)
+        for hook in list(self._load_state_dict_post_hooks.values()):
+            if hook(self, keys) is not None:
+                raise RuntimeError(
+                    "load_state_dict post-hook must return None: modify incompatible_keys in place"
+                )
+
+    def _load_local(self, state: dict, prefix: str, keys: IncompatibleKeys, errors: list[str]) -> None:
+        """Copy this module's own parameters, buffers and extra state from `state`; note what is
+        missing, unexpected (neither a local entry nor under a child) or of the wrong shape."""
+        local = self._local_state()
+        for name, target in local.items():
+            key = prefix + name
+            if key not in state:
+                keys.missing_keys.append(key)
+                continue
+            value = _as_tensor_value(state[key], key)
+            if tuple(value.shape) != tuple(target.shape):
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape jitorch.Size({list(value.shape)}) "
+                    f"from checkpoint, the shape in current model is jitorch.Size({list(target.shape)})."
+                )
+                continue
+            target.copy_(value)
+        extra_key = prefix + _EXTRA_STATE_KEY
+        if type(self).set_extra_state is not Module.set_extra_state:
+            if extra_key in state:
+                self.set_extra_state(state[extra_key])
+            else:
+                keys.missing_keys.append(extra_key)
+        for key in state:
+            head = key[len(prefix):].split(".", 1)[0]
+            if key.startswith(prefix) and key != extra_key and head not in self._modules and head not in local:
+                keys.unexpected_keys.append(key)
 
     # --- modes, conversion ----------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -469,10 +756,11 @@ class Module:
         fn(self)
         return self
 
-    def _apply_to_tensors(self, convert: Callable[[Tensor], Tensor]) -> Module:
-        """Convert every parameter and buffer in place (the same Parameter objects stay registered)."""
+    def _apply_to_tensors(self, convert: Callable[[Tensor], Tensor], recurse: bool = True) -> Module:
+        """Convert every parameter and buffer in place (the same Parameter objects stay registered);
+        with `recurse=False`, only this module's own."""
         with no_grad():
-            for m in self.modules():
+            for m in self.modules() if recurse else (self,):
                 for table in (m._parameters, m._buffers):
                     for t in table.values():
                         if t is None:
@@ -517,6 +805,16 @@ class Module:
         from ... import bfloat16
 
         return self.to(bfloat16)
+
+    def type(self, dst_type) -> Module:
+        """Cast every parameter and buffer, integer ones included (unlike `.to(dtype)`), to `dst_type`
+        (a dtype or a name such as "jitorch.DoubleTensor")."""
+        return self._apply_to_tensors(lambda t: t.type(dst_type))
+
+    def to_empty(self, *, device, recurse: bool = True) -> Module:
+        """Move parameters and buffers to `device` without copying their values (uninitialized
+        storage), as after building a model on the "meta" device; initialize them next."""
+        return self._apply_to_tensors(lambda t: empty_like(t, device=device), recurse)
 
     def cpu(self) -> Module:
         return self.to("cpu")
