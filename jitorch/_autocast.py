@@ -31,8 +31,8 @@ _HALF_AND_SINGLE = ("float16", "bfloat16", "float32")
 # PyTorch's autocast lists (torch/csrc/autograd/autocast_mode.cpp and its docs), per device type,
 # for the ops jitorch has: op name -> policy
 _CUDA_POLICY = {
-    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d",
-                     "scaled_dot_product_attention"), "lower"),
+    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d", "conv3d",
+                     "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention"), "lower"),
     "einsum": "lower",  # (on the GPU every einsum, a diagonal too: measured against PyTorch's)
     **dict.fromkeys(("pow", "exp", "expm1", "log", "log1p", "log2", "log10", "reciprocal", "rsqrt", "sum", "prod",
                      "cumsum", "norm", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "softplus",
@@ -41,8 +41,8 @@ _CUDA_POLICY = {
     **dict.fromkeys(("dot", "bilinear", "addcmul", "addcdiv"), "promote"),
 }
 _CPU_POLICY = {
-    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d",
-                     "scaled_dot_product_attention"), "lower"),
+    **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d", "conv3d",
+                     "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention"), "lower"),
     # einsum is not on the CPU's list, but PyTorch runs a product of operands that sums an index two
     # of them share as bmm, which is: then its result is the low type, else float32
     "einsum": "contraction",

@@ -45,6 +45,7 @@ __all__ = [
     "batch_norm",
     "group_norm",
     "embedding",
+    "embedding_bag",
     "one_hot",
     "pad",
     "normalize",
@@ -58,12 +59,20 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "conv1d",
     "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
     "unfold",
     "fold",
     "max_pool2d",
+    "max_pool3d",
     "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool3d",
     "adaptive_avg_pool2d",
     "interpolate",
+    "affine_grid",
+    "grid_sample",
     "scaled_dot_product_attention",
     "softmin",
     "selu",
@@ -96,6 +105,7 @@ __all__ = [
     "multilabel_soft_margin_loss",
     "poisson_nll_loss",
     "gaussian_nll_loss",
+    "ctc_loss",
     "max_pool1d",
     "avg_pool1d",
     "adaptive_avg_pool1d",
@@ -812,6 +822,91 @@ def embedding(
     return rows
 
 
+def embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Tensor | None = None,
+    max_norm=None,
+    norm_type: float = 2,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: Tensor | None = None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+) -> Tensor:
+    """The sum, mean or max of each bag of embedding rows (PyTorch's `F.embedding_bag`).
+
+    A 2-D `input` is one bag per row; a 1-D one is cut into bags at `offsets`. Entries equal to
+    `padding_idx` are left out of their bag (and of a mean's count); an empty bag gives zeros. The
+    bags are a (bags, entries) membership matrix built with tensor ops (so offsets may be traced), and
+    sum/mean are one matmul with it: O(bags * entries * dim) work, and mode='max' also holds a
+    (bags, entries, dim) tensor, so this is slow for many long bags."""
+    if max_norm is not None or scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding_bag: max_norm, scale_grad_by_freq and sparse are not supported")
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+    if per_sample_weights is not None:
+        if mode != "sum":
+            raise NotImplementedError(
+                f"embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for "
+                f"mode='sum' (got mode='{mode}'). Please open a feature request on GitHub."
+            )
+        if per_sample_weights.shape != input.shape:
+            raise ValueError(
+                f"embedding_bag: If per_sample_weights ({list(per_sample_weights.shape)}) is not None, then it "
+                f"must have the same shape as the input ({list(input.shape)})"
+            )
+    if padding_idx is not None:
+        if not -weight.shape[0] <= padding_idx < weight.shape[0]:
+            raise AssertionError("padding_idx must be within num_embeddings")
+        padding_idx %= weight.shape[0]
+    flat, starts, ends = _bag_bounds(input, offsets, include_last_offset)
+    rows = embedding(flat, weight)  # (entries, dim), with embedding's index checks
+    entries = _const(np.arange(flat.shape[0], dtype=np.int64), flat)
+    member = (entries >= starts.unsqueeze(1)) & (entries < ends.unsqueeze(1))  # (bags, entries)
+    if padding_idx is not None:
+        member = member & (flat != padding_idx)
+    count = member.sum(1, keepdim=True)
+    if mode == "max":
+        windows = _ops.where(member.unsqueeze(-1), rows.unsqueeze(0), float("-inf"))
+        return _ops.where(count > 0, _window_max(windows, 1), 0.0)
+    weights = member.to(weight.dtype)
+    if per_sample_weights is not None:
+        weights = weights * per_sample_weights.reshape(-1).to(weight.dtype)
+    total = weights @ rows
+    return total / count.clamp(min=1).to(weight.dtype) if mode == "mean" else total
+
+
+def _bag_bounds(input: Tensor, offsets: Tensor | None, include_last_offset: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(the indices as one 1-D tensor, each bag's first entry, each bag's end) for embedding_bag."""
+    if input.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                "if input is 2D, then offsets has to be None, as input is treated is a mini-batch of fixed "
+                f"length sequences. However, found offsets of type {type(offsets).__name__}"
+            )
+        bags, length = input.shape
+        starts = _const(np.arange(bags, dtype=np.int64) * length, input)
+        return input.reshape(-1), starts, starts + length
+    if input.ndim != 1:
+        raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.ndim}")
+    if offsets is None:
+        raise ValueError("offsets has to be a 1D Tensor but got None")
+    if offsets.ndim != 1:
+        raise ValueError(f"offsets has to be a 1D Tensor, got one of shape {list(offsets.shape)}")
+    if _is_concrete(offsets) and offsets.numel() and int(offsets._data[0]) != 0:
+        raise RuntimeError(
+            f"offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start from position 0. "
+            f"However, got {int(offsets._data[0])}"
+        )
+    offsets = offsets.to(_dt.int64)
+    if include_last_offset:
+        return input, offsets[:-1], offsets[1:]
+    end = _const(np.array([input.shape[0]], dtype=np.int64), input)
+    return input, offsets, _ops.cat([offsets[1:], end])
+
+
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
     """(*) integer classes -> (*, num_classes) int64 one-hot."""
     if tensor.dtype is not _dt.int64:
@@ -1350,6 +1445,104 @@ def gaussian_nll_loss(
     return _reduce(loss, reduction)
 
 
+# A stand-in for log(0) in the CTC recursion: finite, so an unreachable state's gradient is 0 rather
+# than NaN (inf - inf); far enough below any real log-likelihood that exp() of it is exactly 0.
+_CTC_LOG_ZERO = -1e30
+
+
+def ctc_loss(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths,
+    target_lengths,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> Tensor:
+    """Connectionist Temporal Classification loss: -log of the total probability of all alignments of
+    each target (without blanks and repeats) to its input frames.
+
+    log_probs (T, N, C) (or (T, C)) are log-softmax outputs; targets are padded (N, S) or concatenated
+    (sum(target_lengths),); the lengths are read as Python ints (they fix the recursion's shape). The
+    forward (alpha) recursion runs in log space as a loop over time of whole-batch tensor ops, so the
+    gradient is autograd's: T small steps, slow for long inputs. 'mean' divides each loss by its target
+    length, then averages; an impossible alignment gives inf (0 with zero_infinity, its gradient 0)."""
+    unbatched = log_probs.ndim == 2
+    if unbatched:
+        log_probs, targets = log_probs.unsqueeze(1), targets.unsqueeze(0)
+    if log_probs.ndim != 3:
+        raise RuntimeError(f"ctc_loss: expected log_probs of shape (T, N, C) or (T, C), got {list(log_probs.shape)}")
+    frames, batch, classes = log_probs.shape
+    if not 0 <= blank < classes:
+        raise RuntimeError(f"blank must be in label range: blank={blank}, but log_probs has {classes} classes")
+    in_lens, tgt_lens = _ctc_lengths(input_lengths, batch, "input_lengths"), _ctc_lengths(target_lengths, batch,
+                                                                                           "target_lengths")
+    if max(in_lens) > frames:
+        raise RuntimeError(f"Expected input_lengths to have value at most {frames}, but got value {max(in_lens)}")
+    labels = _ctc_extended_labels(targets, tgt_lens, blank)  # (N, 2*S+1)
+    emissions = log_probs.gather(2, labels.unsqueeze(0).expand(frames, batch, -1))  # (T, N, 2*S+1)
+    log_likelihood = _ctc_forward(emissions, labels, in_lens, tgt_lens, blank)
+    feasible = log_likelihood > _CTC_LOG_ZERO / 2
+    loss = _ops.where(feasible, -log_likelihood, 0.0 if zero_infinity else float("inf"))
+    if reduction == "mean":
+        loss = (loss / _const(np.maximum(tgt_lens, 1), loss).to(loss.dtype)).mean()
+    else:
+        loss = _reduce(loss, reduction)
+    return loss.squeeze(0) if unbatched and reduction == "none" else loss
+
+
+def _ctc_lengths(lengths, batch: int, name: str) -> list[int]:
+    values = lengths.reshape(-1).tolist() if isinstance(lengths, Tensor) else list(np.atleast_1d(lengths))
+    if len(values) != batch:
+        raise RuntimeError(f"ctc_loss: {name} must have one entry per batch element ({batch}), got {len(values)}")
+    return [int(v) for v in values]
+
+
+def _ctc_extended_labels(targets: Tensor, tgt_lens: list[int], blank: int) -> Tensor:
+    """(N, 2*S+1) labels blank, t1, blank, t2, ..., blank; past a target's length, all blanks."""
+    longest, batch = max(tgt_lens), len(tgt_lens)
+    if targets.ndim == 1:  # concatenated: each target's slice, padded by repeating its last entry
+        starts = np.cumsum([0] + tgt_lens[:-1])
+        index = np.minimum(starts[:, None] + np.arange(longest)[None, :], max(targets.shape[0] - 1, 0))
+        padded = targets[_const(index, targets)]
+    else:
+        if targets.shape[1] < longest:
+            raise RuntimeError(
+                f"Expected tensor to have size at least {longest} at dimension 1, but got size {targets.shape[1]} "
+                f"for argument #2 'targets' (while checking arguments for ctc_loss)"
+            )
+        padded = targets[:, :longest]
+    within = np.arange(longest)[None, :] < np.asarray(tgt_lens)[:, None]
+    padded = _ops.where(_const(within, targets), padded.long(), blank)
+    blanks = _const(np.full((batch, longest + 1), blank, dtype=np.int64), targets)
+    interleaved = _ops.stack([blanks[:, :longest], padded], dim=2).reshape(batch, 2 * longest)
+    return _ops.cat([interleaved, blanks[:, :1]], 1)
+
+
+def _shift_right(x: Tensor, k: int, fill) -> Tensor:
+    """x[:, s - k] at each state s (`fill` for s < k): the state k steps back along the labels."""
+    states = x.shape[1]
+    head = _const(np.full((x.shape[0], min(k, states)), fill), x).to(x.dtype)
+    return _ops.cat([head, x[:, : max(states - k, 0)]], 1)
+
+
+def _ctc_forward(emissions: Tensor, labels: Tensor, in_lens: list[int], tgt_lens: list[int], blank: int) -> Tensor:
+    """log p(target | input) per batch element from the alpha recursion over the extended labels."""
+    states = emissions.shape[2]
+    # a label may be reached from two states back unless it is a blank or repeats that label
+    may_skip = (labels != blank) & (labels != _shift_right(labels, 2, -1))
+    alpha = _ops.where(_const(np.arange(states) < 2, emissions), emissions[0], _CTC_LOG_ZERO)
+    still_running = _const(np.asarray(in_lens)[:, None], emissions)
+    for t in range(1, max(in_lens)):
+        skip = _ops.where(may_skip, _shift_right(alpha, 2, _CTC_LOG_ZERO), _CTC_LOG_ZERO)
+        paths = _ops.stack([alpha, _shift_right(alpha, 1, _CTC_LOG_ZERO), skip])
+        step = paths.logsumexp(0) + emissions[t]
+        alpha = _ops.where(still_running > t, step, alpha)  # a finished input keeps its last alpha
+    # a path ends on the last label or the blank after it
+    final = np.asarray([[2 * n, 2 * n - 1] for n in tgt_lens])
+    ends = alpha.gather(1, _const(np.maximum(final, 0), labels))
+    return _ops.where(_const(final >= 0, emissions), ends, _CTC_LOG_ZERO).logsumexp(1)
+
 # ---------------------------------------------------------------------------------------------
 # convolution (im2col: unfold -> one matmul -> reshape)
 
@@ -1429,8 +1622,8 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
 
 def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
               nd: int, name: str) -> Tensor:
-    """conv1d/conv2d: checks, the unbatched form, 'same' padding; a 1-D convolution runs as a 2-D
-    one of height 1."""
+    """conv1d/2d/3d: checks, the unbatched form, 'same' padding; a 1-D convolution runs as a 2-D
+    one of height 1, a 3-D one as a 2-D one over depth windows lifted into channels."""
     _check_conv_input(input, weight, groups, nd, name)
     unbatched = input.ndim == nd + 1
     x = input.unsqueeze(0) if unbatched else input
@@ -1442,9 +1635,40 @@ def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
         out = _conv2d_core(
             x.unsqueeze(2), weight.unsqueeze(2), bias, (1,) + stride, (0,) + sym, (1,) + dilation, groups
         ).squeeze(2)
+    elif nd == 3:
+        out = _conv3d_core(x, weight, bias, stride, sym, dilation, groups)
     else:
         out = _conv2d_core(x, weight, bias, stride, sym, dilation, groups)
     return out.squeeze(0) if unbatched else out
+
+
+def _lift_depth(x: Tensor, kd: int, stride: int, dilation: int, od: int) -> Tensor:
+    """(N, C, D, H, W) -> (N*od, C*kd, H, W): each output depth's kd input slices stacked as channels
+    (channel c*kd + j holds tap j of channel c), so a 3-d window is a 2-d window over these channels
+    and every 3-d conv or pool runs as one 2-d one. Copies the input kd/stride times."""
+    n, c, _, h, w = x.shape
+    taps = np.arange(od)[:, None] * stride + np.arange(kd)[None, :] * dilation
+    picked = x.index_select(2, _const(taps.reshape(-1), x)).reshape(n, c, od, kd, h, w)
+    return picked.permute(0, 2, 1, 3, 4, 5).reshape(n * od, c * kd, h, w)
+
+
+def _conv3d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int) -> Tensor:
+    """Batched NCDHW convolution: depth windows lifted into channels, then one 2-d convolution whose
+    weight (O, C/groups * kd, kh, kw) keeps each group's channels together."""
+    n, d = x.shape[0], x.shape[2]
+    out_c, c_per_group, kd, kh, kw = weight.shape
+    od = (d + 2 * padding[0] - dilation[0] * (kd - 1) - 1) // stride[0] + 1
+    if od <= 0:
+        raise RuntimeError(
+            f"Calculated output depth {od} is too small (input {list(x.shape)}, kernel {kd}x{kh}x{kw}, "
+            f"padding {padding}, dilation {dilation}, stride {stride})"
+        )
+    if padding[0]:
+        x = _ops.pad(x, (0, 0, 0, 0, padding[0], padding[0]), "constant", 0.0)
+    lifted = _lift_depth(x, kd, stride[0], dilation[0], od)
+    out = _conv2d_core(lifted, weight.reshape(out_c, c_per_group * kd, kh, kw), bias, stride[1:], padding[1:],
+                       dilation[1:], groups)
+    return out.reshape(n, od, *out.shape[1:]).movedim(1, 2)
 
 
 @autocasts("conv2d")
@@ -1475,6 +1699,127 @@ def conv1d(
     return _convolve(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
+@autocasts("conv3d")
+def conv3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """3-D convolution of (N, C, D, H, W) (or (C, D, H, W)) with weight (O, C/groups, kd, kh, kw). Runs
+    as one conv2d over depth windows stacked as channels: the input is copied kd/stride times."""
+    return _convolve(input, weight, bias, stride, padding, dilation, groups, 3, "conv3d")
+
+
+def _check_conv_transpose_input(input: Tensor, weight: Tensor, groups: int, spatial: int, op: str) -> None:
+    if input.ndim not in (spatial + 1, spatial + 2):
+        raise RuntimeError(
+            f"Expected {spatial + 1}D (unbatched) or {spatial + 2}D (batched) input to {op}, but got input "
+            f"of size: {list(input.shape)}"
+        )
+    if weight.ndim != spatial + 2:
+        raise RuntimeError(f"{op}: expected a {spatial + 2}D weight, got weight of size {list(weight.shape)}")
+    channels = input.shape[-spatial - 1]
+    if channels != weight.shape[0]:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected input{list(input.shape)} to "
+            f"have {weight.shape[0]} channels, but got {channels} channels instead"
+        )
+    if groups <= 0 or weight.shape[0] % groups:
+        raise RuntimeError(f"{op}: in_channels ({weight.shape[0]}) must be divisible by groups ({groups})")
+
+
+def _conv_transpose2d_core(x: Tensor, weight: Tensor, bias, stride, padding, output_padding, dilation,
+                           groups: int) -> Tensor:
+    """Batched NCHW transposed convolution, the adjoint of `_conv2d_core`: each input pixel's channel
+    vector times the weight gives its (C_out, kh, kw) window (one matmul), `fold` adds the windows up
+    at stride `stride`, then the full result is cropped by `padding` and extended by `output_padding`."""
+    n, c_in, h, w = x.shape
+    _, out_per_group, kh, kw = weight.shape
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= s and op >= d:
+            raise RuntimeError(
+                f"output padding must be smaller than either stride or dilation, but got output_padding "
+                f"{tuple(output_padding)}, stride {tuple(stride)}, dilation {tuple(dilation)}"
+            )
+    full = tuple((size - 1) * s + d * (k - 1) + 1 for size, s, d, k in zip((h, w), stride, dilation, (kh, kw)))
+    out_size = tuple(f - 2 * p + op for f, p, op in zip(full, padding, output_padding))
+    if any(o <= 0 for o in out_size):
+        raise RuntimeError(
+            f"Given input size per channel: {[h, w]}. Calculated output size per channel: {list(out_size)}. "
+            f"Output size is too small (reduce padding {tuple(padding)} or enlarge the input)"
+        )
+    w_g = weight.reshape(groups, c_in // groups, out_per_group * kh * kw).transpose(-1, -2)
+    cols = (w_g @ x.reshape(n, groups, c_in // groups, h * w)).reshape(n, groups * out_per_group * kh * kw, h * w)
+    out = _ops.fold(cols, full, (kh, kw), dilation, 0, stride)
+    # output_padding may reach past the full result (where nothing was written): zeros there
+    beyond = [max(0, p + o - f) for p, o, f in zip(padding, out_size, full)]
+    if any(beyond):
+        out = _ops.pad(out, (0, beyond[1], 0, beyond[0]), "constant", 0.0)
+    out = out[:, :, padding[0]:padding[0] + out_size[0], padding[1]:padding[1] + out_size[1]]
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def _conv_transpose(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, output_padding,
+                    groups: int, dilation, nd: int, name: str) -> Tensor:
+    """conv_transpose1d/2d: checks and the unbatched form; the 1-D form runs as a 2-D one of height 1."""
+    _check_conv_transpose_input(input, weight, groups, nd, name)
+    if isinstance(padding, str):
+        raise RuntimeError(f"{name}: padding must be an int or a tuple of ints, got {padding!r}")
+    unbatched = input.ndim == nd + 1
+    x = input.unsqueeze(0) if unbatched else input
+    args = [_pair(a, nd) for a in (stride, padding, output_padding, dilation)]
+    if nd == 1:
+        args = [(one,) + a for one, a in zip((1, 0, 0, 1), args)]
+        out = _conv_transpose2d_core(x.unsqueeze(2), weight.unsqueeze(2), bias, *args[:3], args[3], groups)
+        out = out.squeeze(2)
+    else:
+        out = _conv_transpose2d_core(x, weight, bias, *args, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+@autocasts("conv_transpose2d")
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups: int = 1,
+    dilation=1,
+) -> Tensor:
+    """2-D transposed convolution ("deconvolution", the gradient of conv2d with respect to its input) of
+    (N, C_in, H, W) with weight (C_in, C_out/groups, kh, kw): one matmul and a `fold`.
+
+    >>> F.conv_transpose2d(jitorch.randn(1, 4, 8, 8), jitorch.randn(4, 2, 4, 4), stride=2, padding=1).shape
+    jitorch.Size([1, 2, 16, 16])
+    """
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 2,
+                           "conv_transpose2d")
+
+
+@autocasts("conv_transpose1d")
+def conv_transpose1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups: int = 1,
+    dilation=1,
+) -> Tensor:
+    """1-D transposed convolution of (N, C_in, L) (or (C_in, L)) with weight (C_in, C_out/groups, k)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1,
+                           "conv_transpose1d")
+
+
 # ---------------------------------------------------------------------------------------------
 # pooling
 
@@ -1485,9 +1830,14 @@ def _pool_args(input: Tensor, kernel_size, stride, padding, dilation, op: str):
             f"{op}: Expected 3D or 4D (batch mode) tensor for input, but got input of size: "
             f"{list(input.shape)}"
         )
-    kernel = _pair(kernel_size)
-    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
-    padding, dilation = _pair(padding), _pair(dilation)
+    return _pool_geometry(kernel_size, stride, padding, dilation, 2)
+
+
+def _pool_geometry(kernel_size, stride, padding, dilation, n: int):
+    """(kernel, stride, padding, dilation) as n-tuples; no stride means the kernel's; PyTorch's padding check."""
+    kernel = _pair(kernel_size, n)
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, n)
+    padding, dilation = _pair(padding, n), _pair(dilation, n)
     for p, k, d in zip(padding, kernel, dilation):
         if p > (d * (k - 1) + 1) // 2:
             raise RuntimeError(
@@ -1607,17 +1957,95 @@ def avg_pool2d(
 
 def _avg_divisors(h, w, kernel, stride, padding, oh, ow, count_include_pad: bool) -> np.ndarray:
     """Per-output divisor: the window clipped to the padded input (or to the input itself)."""
-
-    def axis(size, k, s, p, o):
-        start = np.arange(o) * s - p
-        end = np.minimum(start + k, size + p)
-        if not count_include_pad:
-            return np.minimum(end, size) - np.maximum(start, 0)
-        return end - start
-
-    dh = axis(h, kernel[0], stride[0], padding[0], oh)
-    dw = axis(w, kernel[1], stride[1], padding[1], ow)
+    dh = _avg_divisor_axis(h, kernel[0], stride[0], padding[0], oh, count_include_pad)
+    dw = _avg_divisor_axis(w, kernel[1], stride[1], padding[1], ow, count_include_pad)
     return (dh[:, None] * dw[None, :]).astype(np.float32)
+
+
+def _avg_divisor_axis(size: int, k: int, s: int, p: int, out: int, count_include_pad: bool) -> np.ndarray:
+    """One axis's window lengths, clipped to the padded input (or to the input itself)."""
+    start = np.arange(out) * s - p
+    end = np.minimum(start + k, size + p)
+    if not count_include_pad:
+        return np.minimum(end, size) - np.maximum(start, 0)
+    return end - start
+
+
+def _pool3d_windows(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, fill: float, op: str):
+    """(N, C, od, kd*kh*kw, oh, ow) windows of an (N, C, D, H, W) or (C, D, H, W) input padded with
+    `fill`: depth windows lifted into channels (see `_lift_depth`), then the 2-d windows of those."""
+    if input.ndim not in (4, 5):
+        raise RuntimeError(
+            f"{op}: Expected 4D or 5D (batch mode) tensor for input, but got input of size: {list(input.shape)}"
+        )
+    kernel, stride, padding, dilation = _pool_geometry(kernel_size, stride, padding, dilation, 3)
+    x = input.unsqueeze(0) if input.ndim == 4 else input
+    n, c, d = x.shape[:3]
+    od = _pool_out_size(d, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    need_d = (od - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    x = _ops.pad(x, (0, 0, 0, 0, padding[0], need_d - d - padding[0]), "constant", fill)
+    lifted = _lift_depth(x.reshape(n * c, 1, *x.shape[2:]), kernel[0], stride[0], dilation[0], od)
+    cols, oh, ow = _pool_windows(lifted, kernel[1:], stride[1:], padding[1:], dilation[1:], ceil_mode, fill)
+    windows = cols.reshape(n, c, od, kernel[0] * kernel[1] * kernel[2], oh, ow)
+    return windows, (kernel, stride, padding)
+
+
+def max_pool3d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor:
+    """The maximum of each 3-d window of an (N, C, D, H, W) or (C, D, H, W) input (padding counts as
+    -inf); ties send the gradient to the window's first maximum, as in PyTorch. Copies each element
+    about kd*kh*kw/(stride volume) times: slow for large overlapping windows."""
+    if return_indices:
+        raise NotImplementedError("max_pool3d(return_indices=True) is not supported yet")
+    windows, _ = _pool3d_windows(input, kernel_size, stride, padding, dilation, ceil_mode, float("-inf"),
+                                 "max_pool3d")
+    out = _window_max(windows, 3)
+    return out.squeeze(0) if input.ndim == 4 else out
+
+
+def avg_pool3d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """The mean of each 3-d window of an (N, C, D, H, W) or (C, D, H, W) input (zero padding counted
+    unless count_include_pad=False)."""
+    windows, (kernel, stride, padding) = _pool3d_windows(input, kernel_size, stride, padding, 1, ceil_mode, 0.0,
+                                                         "avg_pool3d")
+    total = windows.sum(3)
+    if divisor_override is not None:
+        out = total / divisor_override
+    else:
+        sizes = zip(input.shape[-3:], kernel, stride, padding, total.shape[-3:])
+        per_axis = [_avg_divisor_axis(*args, count_include_pad) for args in sizes]
+        divisor = np.einsum("i,j,k->ijk", *per_axis).astype(np.float32)
+        out = total / _const(divisor, total)
+    return out.squeeze(0) if input.ndim == 4 else out
+
+
+def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
+    """Average over PyTorch's adaptive bins so an (N, C, D, H, W) or (C, D, H, W) input becomes
+    `output_size` (None keeps a dim): one static averaging matrix per axis."""
+    if input.ndim not in (4, 5):
+        raise RuntimeError(f"adaptive_avg_pool3d: Expected 4D or 5D tensor, but got {list(input.shape)}")
+    size = (output_size,) * 3 if isinstance(output_size, int) or output_size is None else tuple(output_size)
+    out = input
+    for axis, (n, o) in enumerate(zip(input.shape[-3:], size)):
+        matrix = _const(_adaptive_matrix(n, n if o is None else int(o)), input).to(input.dtype)
+        out = out.movedim(axis - 3, -1) @ matrix.T
+        out = out.movedim(-1, axis - 3)
+    return out
 
 
 def _adaptive_matrix(size: int, out: int) -> np.ndarray:
@@ -1874,6 +2302,136 @@ def _resample_axis(x: Tensor, dim: int, taps: Taps) -> Tensor:
             term = term * _const(weight.reshape((-1,) + (1,) * (x.ndim - 1 - dim)), x).to(x.dtype)
         out = term if out is None else out + term
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# spatial transformers: affine_grid, grid_sample
+
+
+def _resolve_align_corners(align_corners: bool | None) -> bool:
+    if align_corners is None:
+        warnings.warn(
+            "Default grid_sample and affine_grid behavior has changed to align_corners=False since 1.3.0. Please "
+            "specify align_corners=True if the old behavior is desired. See the documentation of grid_sample for "
+            "details.",
+            stacklevel=3,
+        )
+        return False
+    return align_corners
+
+
+def _normalized_positions(size: int, align_corners: bool) -> np.ndarray:
+    """The [-1, 1] coordinate of each of `size` pixels: their centers, or with align_corners their
+    corner pixels' centers at -1 and 1."""
+    if size <= 1:
+        return np.zeros(size)
+    steps = np.linspace(-1.0, 1.0, size)
+    return steps if align_corners else steps * (size - 1) / size
+
+
+def affine_grid(theta: Tensor, size: Sequence[int], align_corners: bool | None = None) -> Tensor:
+    """The sampling grid (N, H, W, 2) (or (N, D, H, W, 3)) that `grid_sample` reads to apply the affine
+    maps `theta` (N, 2, 3) (or (N, 3, 4)) to an image of `size` (N, C, H, W) (or (N, C, D, H, W)).
+
+    >>> theta = jitorch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # the identity
+    >>> F.affine_grid(theta, (1, 3, 4, 5), align_corners=False).shape
+    jitorch.Size([1, 4, 5, 2])
+    """
+    align_corners = _resolve_align_corners(align_corners)
+    if not theta.dtype.is_floating_point:
+        raise ValueError(f"Expected theta to have floating point type, but got {theta.dtype}")
+    size = tuple(int(s) for s in size)
+    if len(size) not in (4, 5):
+        raise NotImplementedError(
+            f"affine_grid only supports 4D and 5D sizes, for 2D and 3D affine transforms, respectively. Got size "
+            f"{size}."
+        )
+    nd = len(size) - 2
+    if theta.ndim != 3 or tuple(theta.shape[-2:]) != (nd, nd + 1):
+        raise ValueError(
+            f"Expected a batch of {nd}D affine matrices of shape Nx{nd}x{nd + 1} for size {size}. Got "
+            f"{tuple(theta.shape)}."
+        )
+    if min(size) <= 0:
+        raise ValueError(f"Expected non-zero, positive output size. Got {size}")
+    spatial = size[2:]
+    # (x, y[, z], 1) at each output pixel: x runs along the last dim
+    axes = [_normalized_positions(s, align_corners) for s in spatial]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    base = np.stack([*reversed(mesh), np.ones(spatial)], axis=-1).reshape(-1, nd + 1)
+    grid = _const(base, theta).to(theta.dtype) @ theta.transpose(1, 2)
+    return grid.reshape(size[0], *spatial, nd)
+
+
+def _grid_source(coord: Tensor, size: int, padding_mode: str, align_corners: bool) -> Tensor:
+    """Normalized grid coordinates -> pixel positions along one axis, folded into the image for the
+    border and reflection padding modes (as PyTorch's grid sampler computes them)."""
+    pos = (coord + 1) / 2 * (size - 1) if align_corners else ((coord + 1) * size - 1) / 2
+    if padding_mode == "border":
+        return pos.clamp(0, size - 1)
+    if padding_mode == "reflection":
+        pos = _reflect(pos, 0, 2 * (size - 1)) if align_corners else _reflect(pos, -1, 2 * size - 1)
+        return pos.clamp(0, size - 1)
+    return pos
+
+
+def _reflect(pos: Tensor, twice_low: int, twice_high: int) -> Tensor:
+    """`pos` mirrored at low and high (given doubled, so half-pixel bounds stay integers) until inside."""
+    if twice_low == twice_high:
+        return pos * 0.0
+    low, span = twice_low / 2, (twice_high - twice_low) / 2
+    dist = (pos - low).abs()
+    flips = (dist / span).floor().detach()
+    extra = dist - flips * span
+    return _ops.where(flips % 2 == 0, extra + low, span - extra + low)
+
+
+def _gather_pixels(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """input[n, :, y, x] at integer-valued float positions (N, Ho, Wo) -> (N, C, Ho, Wo); zero outside."""
+    n, c, h, w = input.shape
+    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    index = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).long().reshape(n, 1, -1).expand(n, c, -1)
+    values = input.reshape(n, c, h * w).gather(2, index).reshape(n, c, *y.shape[1:])
+    return _ops.where(inside.unsqueeze(1), values, 0.0)
+
+
+def grid_sample(
+    input: Tensor,
+    grid: Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool | None = None,
+) -> Tensor:
+    """Sample the (N, C, H, W) `input` at the normalized (x, y) positions of `grid` (N, Ho, Wo, 2),
+    -1 and 1 being the image's edges (or its corner pixels' centers with align_corners); bilinear or
+    nearest, with zeros, border or reflection padding. Differentiable in both input and grid (nearest:
+    in input only). Each output gathers 4 pixels (1 for nearest): no 5-d or bicubic form yet."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(
+            f"nn.functional.grid_sample(): expected mode to be 'bilinear' or 'nearest' (bicubic is not supported "
+            f"yet), but got: '{mode}'"
+        )
+    if padding_mode not in ("zeros", "border", "reflection"):
+        raise ValueError(
+            "nn.functional.grid_sample(): expected padding_mode to be 'zeros', 'border', or 'reflection', "
+            f"but got: '{padding_mode}'"
+        )
+    align_corners = _resolve_align_corners(align_corners)
+    if input.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != input.shape[0]:
+        raise RuntimeError(
+            f"grid_sample: expected a 4-D input (N, C, H, W) and a grid (N, H_out, W_out, 2) of the same N, but "
+            f"got input of shape {list(input.shape)} and grid of shape {list(grid.shape)} (5-D is not supported)"
+        )
+    h, w = input.shape[-2:]
+    x = _grid_source(grid[..., 0], w, padding_mode, align_corners)
+    y = _grid_source(grid[..., 1], h, padding_mode, align_corners)
+    if mode == "nearest":
+        return _gather_pixels(input, y.round().detach(), x.round().detach())
+    x0, y0 = x.floor().detach(), y.floor().detach()
+    right, down = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    top = _gather_pixels(input, y0, x0) * (1 - right) + _gather_pixels(input, y0, x0 + 1) * right
+    bottom = _gather_pixels(input, y0 + 1, x0) * (1 - right) + _gather_pixels(input, y0 + 1, x0 + 1) * right
+    return top * (1 - down) + bottom * down
 
 
 # ---------------------------------------------------------------------------------------------

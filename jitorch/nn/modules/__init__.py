@@ -30,7 +30,8 @@ from .activation import (
     Threshold,
 )
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from .conv import Conv1d, Conv2d
+from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d
+from .ctc import CTCLoss
 from .distance import CosineSimilarity, PairwiseDistance
 from .linear import Bilinear, Identity, Linear
 from .loss import (
@@ -76,14 +77,18 @@ from .pixelshuffle import PixelShuffle, PixelUnshuffle
 from .pooling import (
     AdaptiveAvgPool1d,
     AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
     AdaptiveMaxPool1d,
     AdaptiveMaxPool2d,
     AvgPool1d,
     AvgPool2d,
+    AvgPool3d,
     MaxPool1d,
     MaxPool2d,
+    MaxPool3d,
 )
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
+from .sparse import EmbeddingBag
 from .transformer import (
     MultiheadAttention,
     Transformer,
@@ -114,10 +119,14 @@ __all__ = [
     "Sequential",
     "Conv1d",
     "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "Bilinear",
     "Identity",
     "Linear",
     "BCELoss",
+    "CTCLoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "HuberLoss",
@@ -127,6 +136,7 @@ __all__ = [
     "SmoothL1Loss",
     "Dropout",
     "Embedding",
+    "EmbeddingBag",
     "Flatten",
     "Unflatten",
     "Module",
@@ -205,6 +215,9 @@ __all__ = [
     "AdaptiveMaxPool2d",
     "AvgPool1d",
     "MaxPool1d",
+    "MaxPool3d",
+    "AvgPool3d",
+    "AdaptiveAvgPool3d",
     "Upsample",
     "UpsamplingBilinear2d",
     "UpsamplingNearest2d",

@@ -1,4 +1,5 @@
-"""Convolutions: Conv1d, Conv2d (im2col + one matmul, see `functional.conv2d`)."""
+"""Convolutions: Conv1d/2d/3d (im2col + one matmul, see `functional.conv2d`) and ConvTranspose1d/2d
+(one matmul + col2im, see `functional.conv_transpose2d`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .module import Module
 
 class _ConvNd(Module):
     _dims = 2
+    _transposed = False
 
     def __init__(
         self,
@@ -28,6 +30,13 @@ class _ConvNd(Module):
         dtype=None,
     ) -> None:
         super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, 0, dilation, groups, bias,
+                        padding_mode, device, dtype)
+
+    def _init_conv(self, in_channels: int, out_channels: int, kernel_size, stride, padding, output_padding,
+                   dilation, groups: int, bias: bool, padding_mode: str, device, dtype) -> None:
+        """The arguments' checks and the parameters, shared by the plain and transposed forms (whose
+        weight is (in, out/groups, *kernel) rather than (out, in/groups, *kernel))."""
         n = self._dims
         if groups <= 0:
             raise ValueError("groups must be a positive integer")
@@ -50,10 +59,9 @@ class _ConvNd(Module):
         self.padding = padding if isinstance(padding, str) else F._pair(padding, n)
         self.dilation = F._pair(dilation, n)
         self.groups, self.padding_mode = groups, padding_mode
-        self.transposed, self.output_padding = False, (0,) * n
-        self.weight = Parameter(
-            _empty(out_channels, in_channels // groups, *self.kernel_size, dtype=dtype, device=device)
-        )
+        self.transposed, self.output_padding = self._transposed, F._pair(output_padding, n)
+        rows, cols = (in_channels, out_channels) if self._transposed else (out_channels, in_channels)
+        self.weight = Parameter(_empty(rows, cols // groups, *self.kernel_size, dtype=dtype, device=device))
         if bias:
             self.bias = Parameter(_empty(out_channels, dtype=dtype, device=device))
         else:
@@ -85,6 +93,8 @@ class _ConvNd(Module):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0,) * self._dims:
             s += f", padding={self.padding}"
+        if self.output_padding != (0,) * self._dims:
+            s += f", output_padding={self.output_padding}"
         if self.dilation != (1,) * self._dims:
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -112,3 +122,90 @@ class Conv2d(_ConvNd):
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv(input, F.conv2d)
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over (N, C, D, H, W) inputs (see `F.conv3d` for its cost)."""
+
+    _dims = 3
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv(input, F.conv3d)
+
+
+class _ConvTransposeNd(_ConvNd):
+    """Transposed convolution: PyTorch's argument order (output_padding before groups, dilation last)
+    and its `output_size` argument of forward, which picks the output_padding that gives that size."""
+
+    _transposed = True
+    _function = staticmethod(F.conv_transpose2d)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation=1,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        Module.__init__(self)
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        if isinstance(padding, str):
+            raise ValueError(f"{type(self).__name__} takes int or tuple padding, not {padding!r}")
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, output_padding, dilation, groups,
+                        bias, padding_mode, device, dtype)
+
+    def forward(self, input: Tensor, output_size=None) -> Tensor:
+        output_padding = self._output_padding(input, output_size)
+        return self._function(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+
+    def _output_padding(self, input: Tensor, output_size) -> tuple[int, ...]:
+        """`self.output_padding`, or the one that makes the output `output_size` (spatial dims, or with
+        the leading batch and channel dims)."""
+        if output_size is None:
+            return self.output_padding
+        n = self._dims
+        leading = input.ndim - n
+        output_size = tuple(int(s) for s in output_size)
+        if len(output_size) == leading + n:
+            output_size = output_size[leading:]
+        if len(output_size) != n:
+            raise ValueError(
+                f"ConvTranspose{n}D: for {input.ndim}D input, output_size must have {n} or {leading + n} "
+                f"elements (got {len(output_size)})"
+            )
+        spatial = input.shape[leading:]
+        min_sizes = [
+            (size - 1) * s - 2 * p + d * (k - 1) + 1
+            for size, s, p, d, k in zip(spatial, self.stride, self.padding, self.dilation, self.kernel_size)
+        ]
+        max_sizes = [lo + s - 1 for lo, s in zip(min_sizes, self.stride)]
+        if any(not lo <= size <= hi for size, lo, hi in zip(output_size, min_sizes, max_sizes)):
+            raise ValueError(
+                f"requested an output size of {list(output_size)}, but valid sizes range from {min_sizes} to "
+                f"{max_sizes} (for an input of {list(spatial)})"
+            )
+        return tuple(size - lo for size, lo in zip(output_size, min_sizes))
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-D transposed convolution over (N, C, L) inputs: upsampling by `stride` (speech and audio decoders)."""
+
+    _dims = 1
+    _function = staticmethod(F.conv_transpose1d)
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-D transposed convolution over (N, C, H, W) inputs: upsampling by `stride` (DCGAN and VAE decoders)."""
+
+    _dims = 2

@@ -1,5 +1,5 @@
-"""Pooling layers: max, average and adaptive pooling in 1-d and 2-d (the 1-d ones run the 2-d ones on
-height-1 inputs, as PyTorch does)."""
+"""Pooling layers: max, average and adaptive pooling in 1-d, 2-d and 3-d (the 1-d ones run the 2-d ones
+on height-1 inputs, as PyTorch does)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from .module import Module
 
 
 class MaxPool2d(Module):
-    """The maximum over each (kernel_size) window."""
+    """The maximum over each (kernel_size) window (the 1-d and 3-d forms differ only in `_function`)."""
+
+    _function = staticmethod(F.max_pool2d)
 
     def __init__(
         self,
@@ -27,7 +29,7 @@ class MaxPool2d(Module):
         self.return_indices, self.ceil_mode = return_indices, ceil_mode
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.max_pool2d(
+        return self._function(
             input,
             self.kernel_size,
             self.stride,
@@ -45,7 +47,9 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(Module):
-    """The mean over each (kernel_size) window."""
+    """The mean over each (kernel_size) window (the 3-d form differs only in `_function`)."""
+
+    _function = staticmethod(F.avg_pool2d)
 
     def __init__(
         self,
@@ -63,7 +67,7 @@ class AvgPool2d(Module):
         self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.avg_pool2d(
+        return self._function(
             input,
             self.kernel_size,
             self.stride,
@@ -118,10 +122,23 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPool):
 class MaxPool1d(MaxPool2d):
     """The maximum over each window of an (N, C, L) or (C, L) input."""
 
-    def forward(self, input: Tensor) -> Tensor:
-        return F.max_pool1d(
-            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
-        )
+    _function = staticmethod(F.max_pool1d)
+
+
+class MaxPool3d(MaxPool2d):
+    """The maximum over each window of an (N, C, D, H, W) or (C, D, H, W) input."""
+
+    _function = staticmethod(F.max_pool3d)
+
+
+class AvgPool3d(AvgPool2d):
+    """The mean over each window of an (N, C, D, H, W) or (C, D, H, W) input."""
+
+    _function = staticmethod(F.avg_pool3d)
+
+
+class AdaptiveAvgPool3d(AdaptiveAvgPool2d):
+    _function = staticmethod(F.adaptive_avg_pool3d)
 
 
 class AvgPool1d(Module):
