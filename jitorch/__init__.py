@@ -218,6 +218,7 @@ from .ops import (  # more ops common PyTorch code uses
     var_mean,
 )
 from .ops import install_methods as _install_methods
+from .printing import get_printoptions, set_printoptions
 from .random import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 from .tensor import Size, Tensor
 

@@ -6,12 +6,13 @@
     for xb, yb in DataLoader(train, batch_size=64, shuffle=True, drop_last=True):
         ...
 
-Loading runs in the calling process: `num_workers` is accepted for PyTorch compatibility but no
-worker processes are started, so a loop reads the same samples in the same order either way.
+`num_workers > 0` loads batches in worker processes; they come back in the same order as with
+`num_workers=0`, and `get_worker_info()` tells a dataset which worker it runs in.
 Shuffling draws from the loader's `generator` (or the global one, reseeded by `jitorch.manual_seed`),
 so a seeded run repeats exactly.
 """
 
+from ._worker import WorkerInfo, get_worker_info
 from .collate import default_collate, default_convert
 from .dataloader import DataLoader
 from .dataset import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, random_split
@@ -27,4 +28,4 @@ from .sampler import (
 
 __all__ = ["Dataset", "IterableDataset", "TensorDataset", "ConcatDataset", "Subset", "random_split", "Sampler",
            "SequentialSampler", "RandomSampler", "SubsetRandomSampler", "WeightedRandomSampler", "BatchSampler",
-           "DataLoader", "default_collate", "default_convert"]
+           "DataLoader", "default_collate", "default_convert", "get_worker_info", "WorkerInfo"]
