@@ -266,3 +266,25 @@ def test_max_pool2d_gradient_over_ties_matches_torch(inputs, pool, compiled, sha
     got.backward(jt.tensor(cotangent))
     np.testing.assert_array_equal(got.detach().numpy(), want.detach().numpy())
     np.testing.assert_allclose(got_x.grad.numpy(), want_x.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+# --- what scripts ask before they pick a device, and torch.cuda.amp's old spellings -----------------
+
+
+def test_scripts_can_ask_for_mps_and_set_cudnn_switches():
+    assert jt.backends.mps.is_available() is False and jt.backends.mps.is_built() is False
+    jt.backends.cudnn.benchmark = True
+    try:
+        assert jt.backends.cudnn.benchmark is True and jt.backends.cudnn.is_available() is False
+    finally:
+        jt.backends.cudnn.benchmark = False
+
+
+def test_torch_cuda_amp_spellings_are_the_amp_ones_on_cuda():
+    from jitorch.cuda.amp import GradScaler, autocast
+
+    region = autocast(dtype=jt.bfloat16)
+    assert region.device_type == "cuda" and region.fast_dtype is jt.bfloat16
+    assert jt.cuda.amp.autocast is autocast and issubclass(GradScaler, jt.amp.GradScaler)
+    scaler = GradScaler(enabled=False)  # (enabled on a machine without CUDA warns and disables, as PyTorch's)
+    assert scaler.get_scale() == 1.0 and not scaler.is_enabled()

@@ -301,3 +301,5 @@ def autotuning_wide() -> bool:
 
 
 from . import cuda as cuda  # noqa: E402  (PyTorch's jitorch.backends.cuda.matmul.allow_tf32; imports no CuPy)
+from . import cudnn as cudnn  # noqa: E402  (PyTorch's switches that scripts set; jitorch calls no cuDNN)
+from . import mps as mps  # noqa: E402  (scripts ask torch.backends.mps.is_available() before picking a device)

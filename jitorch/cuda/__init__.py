@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from . import backends
-from . import random as _random
-from .device import Device, current_index, set_current_index, unavailable_error
+from .. import backends
+from .. import random as _random
+from ..device import Device, current_index, set_current_index, unavailable_error
 
 __all__ = ["is_available", "device_count", "current_device", "set_device", "device", "synchronize",
            "manual_seed", "manual_seed_all", "Stream", "Event", "stream", "current_stream", "default_stream",
@@ -418,3 +418,13 @@ def _checked(runtime, index: int) -> int:
 def _select(runtime, index: int) -> None:
     runtime.set_device(_checked(runtime, index))
     set_current_index("cuda", index)
+
+
+def __getattr__(name: str):
+    """`jitorch.cuda.amp` on first use (PyTorch's `torch.cuda.amp`, read as an attribute by old code):
+    imported lazily, since it builds on `jitorch.amp`, which needs this module first."""
+    if name == "amp":
+        import importlib
+
+        return importlib.import_module(".amp", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
