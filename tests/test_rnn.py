@@ -276,3 +276,23 @@ def test_compiled_lstm_language_model_step_matches_eager():
     for a, b in zip(compiled_params, eager_params):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert list(lstm.state_dict()) == list(tnn.LSTM(8, HIDDEN, batch_first=True).state_dict())
+
+
+def test_packed_sequences_under_compile_take_their_lengths_as_python_ints():
+    """Packing reads the lengths as numbers: compiled, lengths given as a list are part of the call's
+    guards (a program per set of lengths) and match eager; as a tensor they raise a TraceError naming
+    the line, as any concrete value read while tracing does."""
+    from jitorch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    jt.manual_seed(0)
+    lstm = jt.nn.LSTM(4, 5, batch_first=True)
+
+    def f(x, lengths):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, (h, _) = lstm(packed)
+        return pad_packed_sequence(out, batch_first=True)[0].sum() + h.sum()
+
+    x = jt.randn(3, 6, 4)
+    np.testing.assert_allclose(jt.compile(f)(x, [6, 2, 4]).item(), f(x, [6, 2, 4]).item(), rtol=1e-6)
+    with pytest.raises(jt.TraceError, match="needs a concrete value"):
+        jt.compile(f)(x, jt.tensor([6, 2, 4]))
