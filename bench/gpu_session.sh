@@ -9,7 +9,8 @@
 # marked gpu), tests-new (those of the newest parts and the op harness's cases near them),
 # eager (bench/eager.py), fusion (bench/fusion.py), train-highest and train-high (bench/train.py at
 # one float32 matmul precision each: a full run takes both), gpt-highest and gpt-high (its GPT-sized
-# row alone), amp-bf16 (char_lm and GPT-sized steps under bfloat16 autocast), where (each runner's
+# row alone), amp-bf16 (char_lm and GPT-sized steps under bfloat16 autocast), first-call (what
+# building the GPT-sized step's runners costs under bfloat16 autocast, one short run), where (each runner's
 # device time per kernel, by the profilers), memory (peak device memory: bench/memory.py), profile
 # (where one eager and compiled char_lm step spend their time). Each fits one 10-minute call of a
 # GPU machine.
@@ -61,7 +62,8 @@ for phase in "${PHASES[@]}"; do
             for f in tests/test_eager_pointwise.py tests/test_eager_fusion.py tests/test_cuda_graphs.py \
                      tests/test_autotune.py tests/test_cuda_backend.py tests/test_attention_triton.py \
                      tests/test_triton_driver.py tests/test_triton_codegen.py tests/test_ops_cuda.py \
-                     tests/test_horizontal_fusion.py; do
+                     tests/test_horizontal_fusion.py tests/test_dynamic_shapes.py tests/test_matmul_epilogue.py \
+                     tests/test_torch_api.py; do
                 [ -f "$f" ] && files+=("$f")
             done
             python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs "${files[@]}" \
@@ -74,6 +76,9 @@ for phase in "${PHASES[@]}"; do
         gpt-highest|gpt-high)  # the GPT-sized row alone, at one precision
             run_bench "train_cuda_${phase}" 400 python3 bench/train.py --device cuda --precisions "${phase#gpt-}" \
                 --workloads gpt --out "$OUT/train_cuda_${phase}.md" ;;
+        first-call)  # what building each runner of the GPT-sized step costs on a fresh machine (bf16 autocast)
+            run_bench first_call_gpt 560 python3 bench/train.py --device cuda --precisions high --amp bf16 \
+                --workloads gpt --repeats 1 --gpt-steps 2 --out "$OUT/first_call_gpt.md" ;;
         amp-bf16)  # the char_lm and GPT-sized steps under autocast in bfloat16 (TF32 for what stays float32)
             run_bench train_cuda_amp_bf16 560 python3 bench/train.py --device cuda --precisions high --amp bf16 \
                 --out "$OUT/train_cuda_high_amp_bf16.md" ;;
