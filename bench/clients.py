@@ -68,12 +68,26 @@ CLIENTS = (
            "train.py", ("--steps", "2", "--device", "cpu"), r"^loss: ([-0-9.eE+]+)"),
     Client("mingpt", "karpathy/minGPT mingpt/model.py @ 08c08d8d + our train_tiny.py loop", "train_tiny.py",
            ("--steps", "30", "--dtype", "float64"), r"loss ([-0-9.eE+]+)", "--compile"),
-    Client("nanogpt", "karpathy/nanoGPT train.py + model.py", "train.py",
-           ("--device=cpu", "--compile=False", "--max_iters=20", "--log_interval=1"),
+    Client("nanogpt", "karpathy/nanoGPT train.py @ e2221318, model.py @ 04a1d697 (stored version with an SVD option, "
+           "off by default), configurator.py @ 085bba52", "train.py",
+           ("--dataset=synthetic", "--device=cpu", "--compile=False", "--max_iters=20", "--log_interval=1",
+            "--eval_interval=1000", "--eval_iters=2", "--batch_size=4", "--block_size=32", "--n_layer=2", "--n_head=2",
+            "--n_embd=64", "--dropout=0.0", "--dtype=float32", "--gradient_accumulation_steps=1", "--wandb_log=False",
+            "--always_save_checkpoint=False", "--warmup_iters=5", "--lr_decay_iters=20"),
            r"iter \d+: loss ([-0-9.eE+]+)", "--compile=True"),
-    Client("word_language_model", "pytorch/examples word_language_model", "main.py",
-           ("--epochs", "1", "--log-interval", "1"), r"loss\s+([-0-9.eE+]+)"),
-    Client("dcgan", "pytorch/examples dcgan/main.py", "main.py", ("--niter", "1"), r"Loss_D: ([-0-9.eE+]+)"),
+    Client("word_language_model", "pytorch/examples word_language_model main.py @ cd01f930, model.py @ 001d4932, "
+           "data.py @ 1b1a9740", "main.py",
+           ("--epochs", "1", "--log-interval", "1", "--emsize", "32", "--nhid", "32", "--bptt", "16", "--model",
+            "LSTM"), r"\| loss\s+([-0-9.eE+]+)"),
+    Client("word_language_model --model GRU", "the same", "main.py",
+           ("--epochs", "1", "--log-interval", "1", "--emsize", "32", "--nhid", "32", "--bptt", "16", "--model",
+            "GRU"), r"\| loss\s+([-0-9.eE+]+)", folder="word_language_model"),
+    Client("word_language_model --model Transformer", "the same", "main.py",
+           ("--epochs", "1", "--log-interval", "1", "--emsize", "32", "--nhid", "32", "--bptt", "16", "--model",
+            "Transformer"), r"\| loss\s+([-0-9.eE+]+)", folder="word_language_model"),
+    Client("dcgan", "pytorch/examples dcgan/main.py @ 13caa078 (torchvision lines replaced)", "main.py",
+           ("--dataset", "fake", "--niter", "1", "--ngf", "8", "--ndf", "8", "--imageSize", "64", "--batchSize", "8",
+            "--workers", "0", "--manualSeed", "1", "--outf", "out"), r"Loss_D: ([-0-9.eE+]+)"),
 )
 
 # Diagnostic stand-ins the wrapper can install before the script runs (jitorch side only), for a client

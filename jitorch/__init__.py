@@ -232,7 +232,7 @@ from .errors import TraceError  # noqa: E402
 from .logs import set_logs  # noqa: E402
 from .backends import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
-from . import accelerator, amp, cuda, distributions, linalg, nn, optim, profiler, testing, utils  # noqa: E402 - as `import torch` gives torch.cuda, torch.nn, torch.optim
+from . import accelerator, amp, cuda, distributed, distributions, linalg, nn, onnx, optim, profiler, testing, utils  # noqa: E402,E501 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point

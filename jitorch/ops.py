@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import warnings
 from collections import namedtuple
 from collections.abc import Sequence
 
@@ -114,18 +115,34 @@ def _float_unary(name: str, x: Tensor) -> Tensor:
 # elementwise
 
 
-def add(input, other, *, alpha=1) -> Tensor:
-    """input + alpha * other, broadcast and promoted as in PyTorch."""
+def add(input, other, *deprecated, alpha=1) -> Tensor:
+    """input + alpha * other, broadcast and promoted as in PyTorch (also its deprecated
+    `add(input, alpha, other)`, which old scripts' `p.data.add_(-lr, p.grad.data)` uses)."""
+    other, alpha = _alpha_first("add", other, deprecated, alpha)
     if alpha != 1:
         other = mul(other, alpha)
     return _binary("add", input, other)
 
 
-def sub(input, other, *, alpha=1) -> Tensor:
-    """input - alpha * other."""
+def sub(input, other, *deprecated, alpha=1) -> Tensor:
+    """input - alpha * other (also the deprecated `sub(input, alpha, other)`)."""
+    other, alpha = _alpha_first("sub", other, deprecated, alpha)
     if alpha != 1:
         other = mul(other, alpha)
     return _binary("sub", input, other)
+
+
+def _alpha_first(op: str, other, deprecated: tuple, alpha):
+    """(other, alpha) of PyTorch's deprecated `op(Number alpha, Tensor other)` overload, with its
+    warning; the arguments as they are when there is no extra one."""
+    if not deprecated:
+        return other, alpha
+    if len(deprecated) == 1 and isinstance(deprecated[0], Tensor) and isinstance(other, (int, float)) and alpha == 1:
+        warnings.warn(f"This overload of {op} is deprecated: {op}(Number alpha, Tensor other). Consider using "
+                      f"{op}(Tensor other, *, Number alpha = 1) instead.", UserWarning, stacklevel=4)
+        return deprecated[0], other
+    raise TypeError(f"{op}() takes the input, one other tensor or number, and alpha= by keyword; got "
+                    f"{2 + len(deprecated)} positional arguments")
 
 
 def mul(input, other) -> Tensor:

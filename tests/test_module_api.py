@@ -378,3 +378,23 @@ def test_save_of_a_whole_module_says_to_save_the_state_dict(tmp_path):
     model = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"saves no code.*jitorch.save\(model.state_dict\(\), path\)"):
         jt.save({"model": model}, tmp_path / "model.st")
+
+
+def test_a_child_or_parameter_assigned_anew_keeps_its_place():
+    """As PyTorch: `self.decoder = nn.Linear(...)` over an existing child (a subclass of
+    nn.Transformer replacing its decoder) keeps the child's place, so parameters() and state_dict()
+    list in PyTorch's order."""
+    def model_of(lib):
+        class Model(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = lib.nn.Linear(2, 2), lib.nn.Linear(2, 2)
+                self.w, self.v = lib.nn.Parameter(lib.zeros(1)), lib.nn.Parameter(lib.zeros(1))
+                self.a = lib.nn.Linear(2, 3)
+                self.w = lib.nn.Parameter(lib.ones(1))
+
+        return Model()
+
+    for lib in (jt, torch):
+        names = list(model_of(lib).state_dict())
+        assert names == ["w", "v", "a.weight", "a.bias", "b.weight", "b.bias"], (lib.__name__, names)

@@ -288,3 +288,36 @@ def test_torch_cuda_amp_spellings_are_the_amp_ones_on_cuda():
     assert jt.cuda.amp.autocast is autocast and issubclass(GradScaler, jt.amp.GradScaler)
     scaler = GradScaler(enabled=False)  # (enabled on a machine without CUDA warns and disables, as PyTorch's)
     assert scaler.get_scale() == 1.0 and not scaler.is_enabled()
+
+
+def test_what_single_process_scripts_import_for_multi_device_runs():
+    """nanoGPT imports DDP and init_process_group, dcgan nn.parallel, word_language_model torch.onnx:
+    the names exist; one-device DataParallel runs its module (state dict prefixed `module.`, as
+    PyTorch's); what would need several processes raises saying so."""
+    from jitorch.distributed import destroy_process_group, init_process_group  # noqa: F401
+    from jitorch.nn.parallel import DistributedDataParallel
+
+    assert not jt.distributed.is_available() and not jt.distributed.is_initialized()
+    with pytest.raises(RuntimeError, match="does not train across processes"):
+        init_process_group(backend="nccl")
+    linear = jt.nn.Linear(3, 2)
+    wrapped = jt.nn.DataParallel(linear)
+    x = jt.randn(4, 3)
+    np.testing.assert_array_equal(wrapped(x).detach().numpy(), linear(x).detach().numpy())
+    assert list(wrapped.state_dict()) == list(torch.nn.DataParallel(torch.nn.Linear(3, 2)).state_dict())
+    with pytest.raises(RuntimeError, match="does not train across processes"):
+        DistributedDataParallel(linear)
+    with pytest.raises(NotImplementedError, match="cannot export ONNX"):
+        jt.onnx.export(linear, x, "model.onnx")
+
+
+def test_the_deprecated_alpha_first_add_and_sub():
+    p, g = jt.ones(3), jt.full((3,), 2.0)
+    tp, tg = torch.ones(3), torch.full((3,), 2.0)
+    with pytest.warns(UserWarning, match="deprecated"):
+        p.add_(-0.5, g)
+    with pytest.warns(UserWarning):
+        tp.add_(-0.5, tg)
+    np.testing.assert_array_equal(p.numpy(), tp.numpy())
+    with pytest.warns(UserWarning, match="deprecated"):
+        np.testing.assert_array_equal(jt.sub(jt.ones(2), 2, jt.ones(2)).numpy(), [-1.0, -1.0])

@@ -380,7 +380,7 @@ class Module:
         if isinstance(value, (Parameter, Module, Buffer)) and params is None:
             raise AttributeError("cannot assign parameters, buffers or modules before Module.__init__() call")
         if isinstance(value, Parameter):
-            self._remove_plain(name)
+            self._remove_plain(name, keep="_parameters")
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
@@ -390,7 +390,7 @@ class Module:
                 )
             params[name] = None
         elif isinstance(value, Module):
-            self._remove_plain(name)
+            self._remove_plain(name, keep="_modules")
             modules[name] = value
         elif modules is not None and name in modules:
             if value is not None:
@@ -416,10 +416,13 @@ class Module:
         note_module_change()
         self.__dict__["_modules"] = _Registry(children)
 
-    def _remove_plain(self, name: str) -> None:
+    def _remove_plain(self, name: str, keep: str | None = None) -> None:
+        """Forget `name` everywhere but in registry `keep`, where it is about to be assigned again: as in
+        PyTorch, a child (or parameter) assigned anew keeps its place in the order of its registry."""
         self.__dict__.pop(name, None)
         for table in ("_parameters", "_buffers", "_modules"):
-            self.__dict__[table].pop(name, None)
+            if table != keep:
+                self.__dict__[table].pop(name, None)
         self.__dict__["_non_persistent_buffers"].discard(name)
 
     def __getattr__(self, name: str):
