@@ -5,6 +5,8 @@ compiled DCGAN-style generator step equal to eager."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -112,16 +114,11 @@ def test_conv_transpose_errors():
 def test_conv3d(kwargs):
     groups = kwargs.get("groups", 1)
     x, w, b = randn(2, 4, 6, 5, 7), randn(6, 4 // groups, 3, 2, 3), randn(6)
-    with pytest.warns(UserWarning) if kwargs.get("padding") == "same" else _no_warning():
+    with warnings.catch_warnings():
+        # ('same' padding with an even kernel warns once per process in PyTorch: whether this test sees it
+        # depends on what ran before, so it is not asserted)
+        warnings.simplefilter("ignore", UserWarning)
         check64(lambda x, w, b: F.conv3d(x, w, b, **kwargs), lambda x, w, b: TF.conv3d(x, w, b, **kwargs), x, w, b)
-
-
-class _no_warning:  # noqa: N801 - a context manager that reads like pytest.warns
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_conv3d_module_unbatched_and_padding_mode():

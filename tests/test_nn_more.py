@@ -625,3 +625,24 @@ def test_inplace_forms_write_their_input(name):
     out = getattr(F, name)(x, inplace=True)
     assert out is x
     assert_close(x, getattr(TF, name)(torch.tensor(x_np)), **TOL64)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("relu", {}), ("leaky_relu", {"negative_slope": 0.2}), ("elu", {}), ("selu", {}), ("celu", {"alpha": 0.75}),
+    ("hardsigmoid", {}), ("hardswish", {}), ("threshold", {"threshold": 0.1, "value": -1.0}),
+    ("rrelu", {"training": False}), ("hardtanh", {}),
+])
+def test_in_place_activations_keep_the_gradient_of_what_they_overwrite(name, kwargs):
+    """`F.x(t, inplace=True)` on an intermediate (the output of a bias-free convolution, as DCGAN's
+    LeakyReLU(inplace=True)): the same values and input gradients as PyTorch's."""
+    rng = np.random.default_rng(3)
+    x_np, w_np = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    grads = []
+    for lib in (jt, torch):
+        x = lib.tensor(x_np, requires_grad=True)
+        y = getattr(lib.nn.functional, name)(lib.nn.functional.conv2d(x, lib.tensor(w_np)), inplace=True, **kwargs)
+        (y * y).sum().backward()
+        grads.append((np.asarray(y.detach().numpy()), np.asarray(x.grad.numpy())))
+    rtol = 1e-7 if name == "hardsigmoid" else 1e-10  # (PyTorch's backward rounds its 1/6 to float32)
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=rtol, atol=1e-12)

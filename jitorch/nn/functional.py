@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -172,9 +172,12 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return "none" if not reduce else "mean" if size_average else "sum"
 
 
-def _in_place_if(inplace: bool, input: Tensor, out: Tensor) -> Tensor:
-    """`out`, written into `input` for the `inplace=True` forms of the activations and dropouts."""
-    return input.copy_(out) if inplace else out
+def _in_place_if(inplace: bool, input: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+    """`compute(input)`, written into `input` for the `inplace=True` forms of the activations and
+    dropouts. In place it is computed from the value `input` held before the write (`Tensor._inplace`),
+    so autograd reaches the input's history: computed from `input` itself and copied in, the result's
+    graph would lead back to the rewritten tensor and the gradient would stop there."""
+    return input._inplace(compute) if inplace else compute(input)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,15 +284,16 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x where x > 0, else negative_slope * x."""
-    out = _ops.where(input > 0, input, input * negative_slope)
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: _ops.where(x > 0, x, x * negative_slope))
 
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x where x > 0, else alpha * (exp(x) - 1)."""
-    neg = input.clamp(max=0.0).expm1()  # clamped: the discarded branch must not overflow
-    out = _ops.where(input > 0, input, neg * alpha if alpha != 1 else neg)
-    return _in_place_if(inplace, input, out)
+    def compute(x: Tensor) -> Tensor:
+        neg = x.clamp(max=0.0).expm1()  # clamped: the discarded branch must not overflow
+        return _ops.where(x > 0, x, neg * alpha if alpha != 1 else neg)
+
+    return _in_place_if(inplace, input, compute)
 
 
 def _softmax_dim(ndim: int) -> int:
@@ -320,17 +324,18 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 def selu(input: Tensor, inplace: bool = False) -> Tensor:
     """scale * elu(x, alpha) with the self-normalizing constants of Klambauer et al."""
-    out = elu(input, _SELU_ALPHA) * _SELU_SCALE
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: elu(x, _SELU_ALPHA) * _SELU_SCALE)
 
 
 def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x where x > 0, else alpha * (exp(x / alpha) - 1): elu made continuously differentiable."""
     if alpha == 0:
         raise RuntimeError("ZeroDivisionError: alpha cannot be 0 for CELU")
-    neg = (input.clamp(max=0.0) / alpha).expm1() * alpha  # clamped: the discarded branch must not overflow
-    out = _ops.where(input > 0, input, neg)
-    return _in_place_if(inplace, input, out)
+    def compute(x: Tensor) -> Tensor:
+        neg = (x.clamp(max=0.0) / alpha).expm1() * alpha  # clamped: the discarded branch must not overflow
+        return _ops.where(x > 0, x, neg)
+
+    return _in_place_if(inplace, input, compute)
 
 
 def glu(input: Tensor, dim: int = -1) -> Tensor:
@@ -348,14 +353,12 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
 
 def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
     """relu6(x + 3) / 6: a piecewise-linear sigmoid."""
-    out = (input + 3.0).clamp(0.0, 6.0) / 6.0
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: (x + 3.0).clamp(0.0, 6.0) / 6.0)
 
 
 def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
     """x * relu6(x + 3) / 6 (MobileNetV3)."""
-    out = input * (input + 3.0).clamp(0.0, 6.0) / 6.0
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: x * (x + 3.0).clamp(0.0, 6.0) / 6.0)
 
 
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
@@ -385,8 +388,7 @@ def tanhshrink(input: Tensor) -> Tensor:
 
 def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
     """x where x > threshold, else value."""
-    out = _ops.where(input > threshold, input, value)
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: _ops.where(x > threshold, x, value))
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
@@ -413,8 +415,7 @@ def rrelu(
     if not training:
         return leaky_relu(input, (lower + upper) / 2, inplace)
     slopes = rand(*input.shape, dtype=input.dtype, device=input.device) * (upper - lower) + lower
-    out = _ops.where(input > 0, input, input * slopes)
-    return _in_place_if(inplace, input, out)
+    return _in_place_if(inplace, input, lambda x: _ops.where(x > 0, x, x * slopes))
 
 
 def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1) -> Tensor:
@@ -442,11 +443,9 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     if not training or p == 0.0:
         return input
     if p == 1.0:
-        out = input * 0.0
-    else:
-        keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
-        out = _ops.where(keep, input * (1.0 / (1.0 - p)), 0.0)
-    return _in_place_if(inplace, input, out)
+        return _in_place_if(inplace, input, lambda x: x * 0.0)
+    keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
+    return _in_place_if(inplace, input, lambda x: _ops.where(keep, x * (1.0 / (1.0 - p)), 0.0))
 
 
 def _check_dropout_p(p: float) -> None:
@@ -462,8 +461,9 @@ def _feature_dropout(input: Tensor, p: float, training: bool, inplace: bool, bat
     lead = 2 if batched else 1
     mask_shape = tuple(input.shape[:lead]) + (1,) * (input.ndim - lead)
     keep = rand(*mask_shape, dtype=input.dtype, device=input.device) >= p
-    out = _ops.where(keep, input * (1.0 / (1.0 - p)), 0.0) if p < 1.0 else input * 0.0
-    return _in_place_if(inplace, input, out)
+    if p == 1.0:
+        return _in_place_if(inplace, input, lambda x: x * 0.0)
+    return _in_place_if(inplace, input, lambda x: _ops.where(keep, x * (1.0 / (1.0 - p)), 0.0))
 
 
 def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -506,13 +506,11 @@ def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace
     if not training or p == 0.0:
         return input
     if p == 1.0:
-        out = input * 0.0
-    else:
-        a = 1.0 / math.sqrt((_ALPHA_DROPOUT_ALPHA**2 * p + 1.0) * (1.0 - p))
-        keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
-        dropped = _ALPHA_DROPOUT_ALPHA * a * (p - 1.0)
-        out = _ops.where(keep, input * a + _ALPHA_DROPOUT_ALPHA * a * p, dropped)
-    return _in_place_if(inplace, input, out)
+        return _in_place_if(inplace, input, lambda x: x * 0.0)
+    a = 1.0 / math.sqrt((_ALPHA_DROPOUT_ALPHA**2 * p + 1.0) * (1.0 - p))
+    keep = rand(*input.shape, dtype=input.dtype, device=input.device) >= p
+    dropped = _ALPHA_DROPOUT_ALPHA * a * (p - 1.0)
+    return _in_place_if(inplace, input, lambda x: _ops.where(keep, x * a + _ALPHA_DROPOUT_ALPHA * a * p, dropped))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1639,7 +1637,14 @@ def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
         out = _conv3d_core(x, weight, bias, stride, sym, dilation, groups)
     else:
         out = _conv2d_core(x, weight, bias, stride, sym, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return _own_storage(out.squeeze(0) if unbatched else out)
+
+
+def _own_storage(out: Tensor) -> Tensor:
+    """`out` as a tensor of its own, as PyTorch's convolutions return: a view of the product (a
+    bias-free convolution's reshape, a crop, a squeezed dim) would refuse the in-place activation
+    models apply next (`nn.ReLU(inplace=True)` after a bias-free conv in DCGAN, ResNets)."""
+    return out.clone() if out._base is not None else out
 
 
 def _lift_depth(x: Tensor, kd: int, stride: int, dilation: int, od: int) -> Tensor:
@@ -1780,7 +1785,7 @@ def _conv_transpose(input: Tensor, weight: Tensor, bias: Tensor | None, stride, 
         out = out.squeeze(2)
     else:
         out = _conv_transpose2d_core(x, weight, bias, *args, groups)
-    return out.squeeze(0) if unbatched else out
+    return _own_storage(out.squeeze(0) if unbatched else out)
 
 
 @autocasts("conv_transpose2d")
