@@ -84,13 +84,16 @@ class enable_grad(_GradModeContext):
 class Node:
     """One recorded op: what backward needs to compute its inputs' gradients."""
 
-    __slots__ = ("prim", "inputs", "params", "out_data", "out_value", "out_device", "out_version", "saved_versions",
-                 "needs", "hooks", "retain", "vjp", "__weakref__")
+    __slots__ = ("prim", "inputs", "input_fns", "params", "out_data", "out_value", "out_device", "out_version",
+                 "saved_versions", "needs", "hooks", "retain", "vjp", "__weakref__")
 
     def __init__(self, prim, inputs, params, out, vjp: Callable | None = None) -> None:
         self.prim = prim
         self.vjp = vjp  # this node's own rule (a compiled program's backward); else the table's
         self.inputs = inputs
+        # each input's history as it was when this op read it: an in-place write to an input later
+        # (`y.add_(y * 3)`) gives that tensor a new grad_fn, which must not become this node's producer
+        self.input_fns = tuple([t.grad_fn for t in inputs])
         self.params = params
         self.out_data = out._data
         self.out_value = out._value  # set while tracing for jitorch.compile
@@ -118,7 +121,7 @@ class Node:
 
     @property
     def next_functions(self) -> tuple:
-        return tuple((t.grad_fn, 0) for t in self.inputs) if self.inputs is not None else ()
+        return tuple((fn, 0) for fn in self.input_fns) if self.inputs is not None else ()
 
     def register_hook(self, fn: Callable):
         if self.hooks is None:
@@ -183,8 +186,7 @@ def _topo_dependencies(roots: Sequence[Node]) -> dict[Node, int]:
         node = stack.pop()
         if node.inputs is None:
             continue
-        for t in node.inputs:
-            fn = t.grad_fn
+        for fn in node.input_fns:
             if fn is None:
                 continue
             deps[fn] = deps.get(fn, 0) + 1
@@ -231,8 +233,7 @@ def _node_vjp(node: Node, g):
 
 def _release_inputs(node: Node, deps: dict, ready: list) -> None:
     # A node that received no gradient still counts as visited for its producers.
-    for t in node.inputs or ():
-        fn = t.grad_fn
+    for fn in node.input_fns if node.inputs is not None else ():
         if fn is not None:
             deps[fn] -= 1
             if deps[fn] == 0:
@@ -337,8 +338,7 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
                 for slot in capture_nodes.get(node, ()):
                     captured[slot] = g
             in_grads = _node_vjp(node, g)
-            for t, gi in zip(node.inputs, in_grads):
-                fn = t.grad_fn
+            for t, fn, gi in zip(node.inputs, node.input_fns, in_grads):
                 if gi is not None:
                     if not t.requires_grad:  # (a constant or the data: its gradient goes nowhere)
                         gi = None
@@ -354,7 +354,7 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
                 elif gi is not None and t.requires_grad:
                     to_leaf(t, gi)
             if not retain_graph:
-                node.inputs = None
+                node.inputs = node.input_fns = None
                 node.out_data = None
         for t, g in pending.values():
             accumulate(t, g)

@@ -275,3 +275,21 @@ def test_backward_computes_no_gradient_for_inputs_that_need_none():
     counts = {r.key: r.count for r in prof.key_averages()}
     assert counts.get("mul", 0) == 20 and "sum" not in counts and counts.get("neg", 0) == 0
     np.testing.assert_allclose(x.grad.numpy(), np.full(4, 3.0**10), rtol=1e-5)
+
+
+@pytest.mark.parametrize("write", [
+    lambda y: y.copy_(y + 3),
+    lambda y: y.add_(y.exp()),
+    lambda y: y.mul_(y.sigmoid()),
+])
+def test_an_in_place_write_of_a_value_computed_from_the_tensor_keeps_its_history(write):
+    """`y.add_(f(y))`: f's graph read y before the write; the write gives y a new grad_fn, which must
+    not become f's producer (the gradient then stopped at y, silently)."""
+    grads = []
+    for lib in (jt, torch):
+        x = lib.tensor([0.5, -1.0, 2.0], dtype=lib.float64, requires_grad=True)
+        y = x * 2
+        write(y)
+        y.sum().backward()
+        grads.append(np.asarray(x.grad.tolist()))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
