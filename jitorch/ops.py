@@ -118,7 +118,8 @@ def _float_unary(name: str, x: Tensor) -> Tensor:
 def add(input, other, *deprecated, alpha=1) -> Tensor:
     """input + alpha * other, broadcast and promoted as in PyTorch (also its deprecated
     `add(input, alpha, other)`, which old scripts' `p.data.add_(-lr, p.grad.data)` uses)."""
-    other, alpha = _alpha_first("add", other, deprecated, alpha)
+    if deprecated:
+        other, alpha = _alpha_first("add", other, deprecated, alpha)
     if alpha != 1:
         other = mul(other, alpha)
     return _binary("add", input, other)
@@ -126,17 +127,16 @@ def add(input, other, *deprecated, alpha=1) -> Tensor:
 
 def sub(input, other, *deprecated, alpha=1) -> Tensor:
     """input - alpha * other (also the deprecated `sub(input, alpha, other)`)."""
-    other, alpha = _alpha_first("sub", other, deprecated, alpha)
+    if deprecated:
+        other, alpha = _alpha_first("sub", other, deprecated, alpha)
     if alpha != 1:
         other = mul(other, alpha)
     return _binary("sub", input, other)
 
 
 def _alpha_first(op: str, other, deprecated: tuple, alpha):
-    """(other, alpha) of PyTorch's deprecated `op(Number alpha, Tensor other)` overload, with its
-    warning; the arguments as they are when there is no extra one."""
-    if not deprecated:
-        return other, alpha
+    """(other, alpha) of PyTorch's deprecated `op(Number alpha, Tensor other)` overload (`deprecated`:
+    the extra positional arguments), with its warning."""
     if len(deprecated) == 1 and isinstance(deprecated[0], Tensor) and isinstance(other, (int, float)) and alpha == 1:
         warnings.warn(f"This overload of {op} is deprecated: {op}(Number alpha, Tensor other). Consider using "
                       f"{op}(Tensor other, *, Number alpha = 1) instead.", UserWarning, stacklevel=4)
@@ -2270,8 +2270,10 @@ def new_ones(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Te
 def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
     np_dtype = self._data.dtype if dtype is None else _dt.get_dtype(dtype).np
     size = tuple(size)
-    if is_symbolic(size):  # (in a dynamic-shape trace: the value broadcast, so the graph fills every size)
-        out = expand(_on_device_of(self, np.array(fill_value, dtype=np_dtype)), size).clone()
+    if is_symbolic(size):  # (in a dynamic-shape trace: made by the graph for every size)
+        from .creation import _symbolic_fill
+
+        out = _symbolic_fill(size, fill_value, _dt.from_numpy_dtype(np_dtype), self._device)
     else:
         out = _on_device_of(self, np.full(size, fill_value, dtype=np_dtype))
     out.requires_grad = requires_grad

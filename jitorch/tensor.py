@@ -91,7 +91,8 @@ class Tensor:
 
     @property
     def shape(self) -> Size:
-        return Size(self._sizes())
+        value = self._value  # (as `_sizes`, inline: shapes are read on every op)
+        return Size(value.shape if value is not None and value.symbolic else self._data.shape)
 
     def size(self, dim: int | None = None):
         """The shape, or one dimension's size."""
