@@ -7,7 +7,9 @@ floating-point arguments on that device before it runs, as PyTorch's autocast do
   GPU's tensor cores run many times faster in 16 bits;
 - "float32": to float32: ops whose results lose too much in 16 bits (exponentials and logarithms,
   softmax, normalizations, sums, the losses);
-- "promote": to the widest floating dtype among them: ops that need one dtype across their inputs.
+- "promote": to the widest floating dtype among them: ops that need one dtype across their inputs;
+- "as_given": no cast, and the op's own inner ops run outside autocast (a composite PyTorch runs
+  below autocast on that device).
 
 Every other op runs in the dtypes it is given (binary ops promote as always). float64 arguments are
 never cast, nor tensors on other devices than the region's, as in PyTorch. The tables are PyTorch's
@@ -32,17 +34,22 @@ _HALF_AND_SINGLE = ("float16", "bfloat16", "float32")
 # for the ops jitorch has: op name -> policy
 _CUDA_POLICY = {
     **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d", "conv3d",
-                     "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention"), "lower"),
+                     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"),
+                    "lower"),
     "einsum": "lower",  # (on the GPU every einsum, a diagonal too: measured against PyTorch's)
     **dict.fromkeys(("pow", "exp", "expm1", "log", "log1p", "log2", "log10", "reciprocal", "rsqrt", "sum", "prod",
                      "cumsum", "norm", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "softplus",
                      "nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
                      "binary_cross_entropy_with_logits", "cosine_similarity"), "float32"),
     **dict.fromkeys(("dot", "bilinear", "addcmul", "addcdiv"), "promote"),
+    # not on the list, and PyTorch's CUDA tensordot multiplies into an output of the inputs' type
+    # (an out= product, which autocast leaves alone): its product stays in the given dtypes
+    "tensordot": "as_given",
 }
 _CPU_POLICY = {
     **dict.fromkeys(("matmul", "mm", "bmm", "addmm", "baddbmm", "linear", "conv1d", "conv2d", "conv3d",
-                     "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention"), "lower"),
+                     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"),
+                    "lower"),
     # einsum is not on the CPU's list, but PyTorch runs a product of operands that sums an index two
     # of them share as bmm, which is: then its result is the low type, else float32
     "einsum": "contraction",
@@ -138,6 +145,8 @@ def _cast_arguments(name: str, active: dict, args: tuple, kwargs: dict) -> tuple
         return args, kwargs
     device_type = found[0]._device.type
     kind = POLICY[device_type][name]
+    if kind == "as_given":
+        return args, kwargs
     if kind == "contraction":
         if not _contracts(args[0] if args and isinstance(args[0], str) else kwargs.get("equation", "")):
             return args, kwargs
