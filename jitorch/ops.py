@@ -1777,6 +1777,7 @@ def meshgrid(*tensors, indexing: str = "ij") -> tuple[Tensor, ...]:
     return tuple(grids)
 
 
+@autocasts("tensordot")
 def tensordot(a: Tensor, b: Tensor, dims=2) -> Tensor:
     """Sum of products over `dims`: an int n (a's last n dims with b's first n) or a pair of dim lists."""
     if isinstance(dims, int):
