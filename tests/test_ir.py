@@ -204,6 +204,64 @@ def test_a_linear_weight_gradient_comes_out_in_the_weight_layout():
     np.testing.assert_allclose(compiled_grad, lin.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _slice_into_zeros(g: Graph, v, dim: int, start: int, size: tuple[int, ...]):
+    key = tuple(("slice", start, start + v.shape[d], 1) if d == dim else ("slice", 0, size[d], 1)
+                for d in range(dim + 1))
+    return g.add_node("index_put", (const(g, np.zeros(size, np.float32)), v), {"key": key, "accumulate": True},
+                      size, F32)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_a_sum_of_slices_written_into_zeros_becomes_one_cat(dim):
+    size = (6, 4) if dim == 0 else (4, 6)
+    part = (2, 4) if dim == 0 else (4, 2)
+    g = Graph()
+    pieces = [g.add_input(part, F32, "arg", f"p{k}") for k in range(3)]
+    scattered = [_slice_into_zeros(g, p, dim, 2 * k, size) for k, p in zip((2, 0, 1), pieces)]
+    total = g.add_node("add", (scattered[0], scattered[1]), {}, size, F32)
+    g.add_output(g.add_node("add", (total, scattered[2]), {}, size, F32), "out")
+    optimize(g, debug=True)
+    assert [n.op for n in g.nodes if n.op != "const"] == ["cat"]
+    xs = [np.random.default_rng(k).standard_normal(part) for k in range(3)]
+    np.testing.assert_allclose(run(g, *xs)[0], np.concatenate([xs[1], xs[2], xs[0]], axis=dim), rtol=1e-6)
+
+
+def test_slices_that_overlap_or_leave_a_gap_stay_scatters():
+    g = Graph()
+    a, b = g.add_input((2, 4), F32, "arg", "a"), g.add_input((2, 4), F32, "arg", "b")
+    out = g.add_node("add", (_slice_into_zeros(g, a, 0, 0, (6, 4)), _slice_into_zeros(g, b, 0, 3, (6, 4))), {},
+                     (6, 4), F32)
+    g.add_output(out, "out")
+    optimize(g, debug=True)
+    assert "cat" not in {n.op for n in g.nodes}
+    x, y = np.ones((2, 4)), 2 * np.ones((2, 4))
+    expected = np.zeros((6, 4))
+    expected[0:2] += x
+    expected[3:5] += y
+    np.testing.assert_allclose(run(g, x, y)[0], expected)
+
+
+def test_attention_weight_gradients_through_split_are_one_cat_and_match_eager():
+    """nn.MultiheadAttention multiplies by slices of in_proj_weight: compiled, their gradients are
+    concatenated, not scattered into zeros and added."""
+    jt.manual_seed(0)
+    mha = jt.nn.MultiheadAttention(8, 2, batch_first=True)
+    x = jt.randn(2, 5, 8)
+
+    def step(x):
+        mha.zero_grad()
+        mha(x, x, x, need_weights=False)[0].square().sum().backward()
+
+    compiled = jt.compile(step)
+    compiled(x)
+    graph = next(iter(compiled.cache.values()))[0].graph
+    assert "index_put" not in {n.op for n in graph.nodes} and "cat" in {n.op for n in graph.nodes}
+    grads = [p.grad.numpy().copy() for p in mha.parameters()]
+    step(x)
+    for got, p in zip(grads, mha.parameters()):
+        np.testing.assert_allclose(got, p.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_joint_graph_splits_into_forward_and_backward():
     # y = exp(x) * 2; its backward dx = (dy * 2) * exp(x), built as jitorch.compile traces it
     g = Graph("f")

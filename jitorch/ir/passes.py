@@ -229,9 +229,85 @@ def transpose_products(graph: Graph) -> bool:
     return changed
 
 
+def _slice_of_zeros(node: Node, out: Value) -> tuple[int, int, Value] | None:
+    """For `zeros[key] = v` over one basic slice of one dim, shaped as `out`: (dim, start, v)."""
+    if node.op != "index_put" or len(node.inputs) != 2:
+        return None
+    base, v = node.inputs
+    zeros = _const_array(base)
+    if zeros is None or zeros.shape not in (out.shape, ()) or zeros.any() or v.dtype is not out.dtype:
+        return None
+    cut = None
+    for d, part in enumerate(node.params["key"]):
+        if not (isinstance(part, tuple) and len(part) == 4 and part[0] == "slice"
+                and all(type(i) is int for i in part[1:]) and part[3] == 1):
+            return None
+        if part[1:3] != (0, out.shape[d]):
+            if cut is not None:
+                return None
+            cut = (d, part[1], part[2])
+    if cut is None:
+        return None
+    d, start, stop = cut
+    if v.shape != out.shape[:d] + (stop - start,) + out.shape[d + 1:]:
+        return None
+    return d, start, v
+
+
+def slices_as_cat(graph: Graph) -> bool:
+    """A sum of zero tensors each written in one slice of one dim, the slices tiling that dim, is the
+    concatenation of what was written: the gradient of a tensor read through `split` (attention's
+    q/k/v weights) is three such scatters into zeros and two full-size adds; as a `cat` it is one
+    copy of the pieces, as PyTorch's split backward."""
+    uses: dict[int, list[Node]] = {}
+    for n in graph.nodes:
+        for v in n.inputs:
+            uses.setdefault(v.id, []).append(n)
+    outputs = {v.id for v in graph.outputs}
+
+    def inner(v: Value, root: Node) -> bool:  # an add of the same tree, read only by it
+        return (v.node is not None and v.node.op == "add" and not v.node.params and v.id not in outputs
+                and len(uses.get(v.id, ())) == 1 and v.shape == root.out.shape and v.dtype is root.out.dtype)
+
+    changed = False
+    for node in graph.nodes:
+        if node.op != "add" or node.params or node.out.symbolic:
+            continue
+        users = uses.get(node.out.id, ())
+        if len(users) == 1 and node.out.id not in outputs and inner(node.out, users[0]):
+            continue  # (part of its user's tree)
+        pieces, stack = [], list(node.inputs)
+        while stack:
+            v = stack.pop()
+            if inner(v, node):
+                stack.extend(v.node.inputs)
+                continue
+            found = None if v.node is None or len(uses.get(v.id, ())) != 1 or v.id in outputs \
+                else _slice_of_zeros(v.node, node.out)
+            if found is None:
+                break
+            pieces.append(found)
+        else:
+            dims = {d for d, _, _ in pieces}
+            if len(dims) != 1:
+                continue
+            dim = dims.pop()
+            pieces.sort(key=lambda piece: piece[1])
+            at = 0
+            for _, start, v in pieces:
+                if start != at:
+                    break
+                at += v.shape[dim]
+            else:
+                if at == node.out.shape[dim]:
+                    node.op, node.inputs, node.params = "cat", tuple(v for _, _, v in pieces), {"dim": dim}
+                    changed = True
+    return changed
+
+
 PASSES: list[tuple[str, Callable[[Graph], bool]]] = [
     ("simplify", simplify), ("fold_constants", fold_constants), ("transpose_products", transpose_products),
-    ("cse", cse), ("dce", dce),
+    ("slices_as_cat", slices_as_cat), ("cse", cse), ("dce", dce),
 ]
 
 

@@ -134,9 +134,11 @@ _ones: dict[tuple, object] = {}  # (device, dtype, length) -> a vector of ones
 
 
 def _ones_vector(dtype: np.dtype, n: int):
+    """A cached vector of n ones, or None while a CUDA graph is captured and it was never made (made
+    inside the capture, its fill would be replayed and its memory be the graph's)."""
     key = (cupy.cuda.runtime.getDevice(), dtype, n)
     found = _ones.get(key)
-    if found is None:
+    if found is None and not capturing():
         found = _ones[key] = cupy.ones(n, dtype)
     return found
 
@@ -144,16 +146,18 @@ def _ones_vector(dtype: np.dtype, n: int):
 def _sum(x, dims, keepdim):
     """Sums over the leading or the trailing dims of a contiguous array (a bias gradient, a row's
     total) as one cuBLAS product with a vector of ones, at full float32 precision whatever the
-    matmul precision (a few microseconds of host time, where CuPy's reduction spends tens); any
-    other sum, and any sum while a CUDA graph is captured (the ones would be made inside it), as
-    the shared kernel's. Half types accumulate in float32 and round once, as PyTorch's sum."""
-    if _NVMATH and x.size and x.dtype in blas.DATA_TYPES and not capturing():
+    matmul precision (a few microseconds of host time, where CuPy's reduction spends tens, and on
+    the device a fraction of CuPy's time for half types, which it first widens); any other sum as
+    the shared kernel's. Half types accumulate in float32 and round once, as PyTorch's sum. Inside a
+    CUDA graph's capture it takes the ones the uncaptured calls before it made."""
+    if _NVMATH and x.size and x.dtype in blas.DATA_TYPES:
         found = shared.as_rows(x, dims)
         if found is not None and min(found[0].shape) > 1 and max(found[0].shape) < 2**31:  # (cuBLAS's int sizes)
             rows, trailing = found
-            out = (nvmath_matmul(rows, _ones_vector(x.dtype, rows.shape[1]), False) if trailing else
-                   nvmath_matmul(_ones_vector(x.dtype, rows.shape[0]), rows, False))
-            return out.reshape(reduced_shape(x.shape, dims, keepdim))
+            ones = _ones_vector(x.dtype, rows.shape[1] if trailing else rows.shape[0])
+            if ones is not None:
+                out = nvmath_matmul(rows, ones, False) if trailing else nvmath_matmul(ones, rows, False)
+                return out.reshape(reduced_shape(x.shape, dims, keepdim))
     return SHARED["sum"](x, dims, keepdim)
 
 
