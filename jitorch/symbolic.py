@@ -318,7 +318,10 @@ def hints(shape: tuple) -> tuple[int, ...]:
 def same_sizes(a: tuple, b: tuple) -> bool:
     """Whether two shapes are the same expressions (no guard: bookkeeping, such as whether a
     gradient needs reducing to its input's shape, asks this)."""
-    return len(a) == len(b) and all(x is y or expr_of(x) == expr_of(y) for x, y in zip(a, b))
+    # (plain ints compare as ints: this runs on every gradient of an eager backward, and an Expr per
+    # dim there cost more than the rest of the check)
+    return len(a) == len(b) and all(
+        x is y or (x == y if type(x) is int and type(y) is int else expr_of(x) == expr_of(y)) for x, y in zip(a, b))
 
 
 def expr_of(value) -> Expr | None:

@@ -431,6 +431,35 @@ def test_cuda_buffers(cuda):
 
 
 @pytest.mark.gpu
+def test_host_data_reaches_the_gpu_queued_and_fills_are_made_there(cuda):
+    """from_numpy queues its copy (the host array may change at once); full fills on the device,
+    with every value, dtype and signed zero a host array would have had."""
+    import cupy
+
+    host = np.arange(1 << 20, dtype=np.float32)
+    buf = cuda.from_numpy(host)
+    host[:] = -1  # (after the call returns: the copy was staged already)
+    np.testing.assert_array_equal(cuda.to_numpy(buf), np.arange(1 << 20, dtype=np.float32))
+    np.testing.assert_array_equal(cuda.to_numpy(cuda.from_numpy(host[::2])), host[::2])
+    for value, dtype in [(0, np.float32), (-0.0, np.float32), (np.nan, np.float32), (2.5, jt.bfloat16.np),
+                         (0, jt.bfloat16.np), (-3, np.int64), (True, np.bool_), (7, np.uint8), (1e300, np.float64)]:
+        got = cuda.full((3, 5), value, np.dtype(dtype))
+        expected = np.full((3, 5), value, dtype=dtype)
+        assert isinstance(got, cupy.ndarray) and got.dtype == expected.dtype
+        got = cuda.to_numpy(got)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(np.signbit(got.astype(np.float64)), np.signbit(expected.astype(np.float64)))
+    x = jt.randn(4, 6, device="cuda", dtype=jt.bfloat16)
+    for made in (x.new_zeros(2, 3), x.new_full((2, 3), -1.5), jt.zeros(2, 3, device="cuda"),
+                 jt.full((2, 3), 4.0, device="cuda", dtype=jt.float16), jt.ones(2, 3, device="cuda")):
+        assert made.device.type == "cuda" and tuple(made.shape) == (2, 3)
+    assert x.new_full((2, 3), -1.5).dtype == jt.bfloat16
+    np.testing.assert_array_equal(x.new_full((2, 3), -1.5).float().cpu().numpy(), np.full((2, 3), -1.5, np.float32))
+    np.testing.assert_array_equal(jt.full((2, 3), 4.0, device="cuda", dtype=jt.float16).cpu().numpy(),
+                                  np.full((2, 3), 4, np.float16))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, -1])
 def test_random_draws_on_the_gpu_are_the_cpus(cuda, seed):
     import cupy

@@ -115,6 +115,15 @@ _LAYOUT_CASES = [("add", [(6, 8), (8,)]), ("sub", [(6, 8), (6, 1)]), ("mul", [(2
                  ("maximum", [(3, 4), (1, 1)]), ("add", [(5,), (4, 5)]), ("lt", [(4, 1), (1, 6)]),
                  ("where", [(2, 3, 8), (8,), (2, 3, 1)])]
 
+_HALF_CASES = [("add", [(6, 8), (8,)], "bfloat16"), ("mul", [(40,), (40,)], "float16"),
+               ("div", [(2, 3, 8), (2, 3, 1)], "bfloat16"), ("sub", [(4, 5), ()], "float16"),
+               ("cast", [(33,)], "bfloat16"), ("maximum", [(3, 4), (1, 1)], "bfloat16")]
+
+
+def _rounded(array: np.ndarray, dtype: str) -> np.ndarray:
+    return array.astype(jt.bfloat16.np if dtype == "bfloat16" else np.float16)
+
+
 if os.environ.get(_IN_INTERPRETER):
     @pytest.mark.parametrize("op, shapes", _LAYOUT_CASES)
     def test_interpreted_layouts_equal_numpy(module, op, shapes):
@@ -140,14 +149,46 @@ if os.environ.get(_IN_INTERPRETER):
             pickle.dump((kernel.source, config), f)
 
 
+    @pytest.mark.parametrize("op, shapes, dtype", _HALF_CASES)
+    def test_interpreted_half_types_round_a_float32_result_once(module, op, shapes, dtype):
+        """Half-type kernels in the interpreter: the float32 result of the float32 values, rounded
+        once to the type (PyTorch's eager half arithmetic); a cast to bfloat16 rounds to nearest even."""
+        import torch
+
+        rng = np.random.default_rng(1)
+        values = [np.asarray(rng.standard_normal(s) * 3, np.float32) for s in shapes]
+        arrays = [v if op == "cast" else np.asarray(_rounded(v, dtype)) for v in values]
+        params = {"dtype": getattr(jt, dtype)} if op == "cast" else {}
+        out_dtype = _rounded(np.zeros(1), dtype).dtype
+        shape, loop, layouts = (arrays[0].shape, (arrays[0].size,), ("full",)) if len(arrays) == 1 else \
+            module.broadcast_layout(tuple(a.shape for a in arrays))
+        kernel = module.FlatKernel(op, params, tuple(a.dtype for a in arrays), tuple(layouts), out_dtype)
+        runtime, config, programs = kernel.sizing(loop)
+        out = np.empty(shape, out_dtype)
+
+        def as_torch(a):
+            if a.dtype == jt.bfloat16.np:
+                return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+            return torch.from_numpy(a)
+
+        tensors = [as_torch(a) for a in (*arrays, out)]
+        kernel.function[(programs,)](*kernel.arguments.pick([*tensors, *runtime, config.constexprs["BLOCK"]]))
+        wide = [a.astype(np.float32) for a in arrays]
+        names = {"sub": "subtract", "mul": "multiply", "div": "divide"}
+        exact = wide[0] if op == "cast" else getattr(np, names.get(op, op))(*wide)
+        np.testing.assert_array_equal(out.astype(np.float32), _rounded(exact, dtype).astype(np.float32))
+        with open(os.environ[_IN_INTERPRETER], "ab") as f:
+            pickle.dump((kernel.source, config), f)
+
+
 def test_layouts_in_the_interpreter_and_for_sm90(tmp_path):
     """The interpreted layouts above, in a process with TRITON_INTERPRET=1; then their kernels,
     compiled for sm_90."""
     from tests.triton_interpreter_backend import compile_for_sm90, run_interpreted_tests
 
     report = tmp_path / "layouts.pkl"
-    out = run_interpreted_tests(__file__, "test_interpreted_layouts", _IN_INTERPRETER, str(report))
-    assert f"{len(_LAYOUT_CASES)} passed" in out
+    out = run_interpreted_tests(__file__, "test_interpreted_", _IN_INTERPRETER, str(report))
+    assert f"{len(_LAYOUT_CASES) + len(_HALF_CASES)} passed" in out
     pairs = []
     with open(report, "rb") as f:
         while True:
@@ -155,13 +196,24 @@ def test_layouts_in_the_interpreter_and_for_sm90(tmp_path):
                 pairs.append(pickle.load(f))
             except EOFError:
                 break
-    assert len(pairs) == len(_LAYOUT_CASES)
+    assert len(pairs) == len(_LAYOUT_CASES) + len(_HALF_CASES)
     for (source, _), ptx in zip(pairs, compile_for_sm90(pairs)):
         assert f".entry {source.name}(" in ptx, source.text
 
 
-@pytest.mark.parametrize("case", ["broadcast", "strided", "empty", "int_div", "float_to_int", "bfloat16",
-                                  "not_exact", "python_scalar"])
+def test_half_types_launch_the_flat_kernel_and_compute_in_float32(module):
+    bf16 = jt.bfloat16.np
+    add = module.eager_pointwise("add", _fallback)
+    out = add(host(np.ones(8, bf16)), host(np.ones(8, bf16)))
+    assert isinstance(out, HostArray) and out.dtype == bf16 and len(module.launches) == 1
+    cast = module.eager_pointwise("cast", _fallback)
+    assert cast(host(np.ones(8, np.float32)), dtype=jt.float16).dtype == np.float16
+    kernel = next(k for key, k in module._kernels.items() if key[0] == "add")
+    assert "bfloat16" in kernel.source.text and ".to(tl.float32)" in kernel.source.text
+
+
+@pytest.mark.parametrize("case", ["broadcast", "strided", "empty", "int_div", "float_to_int", "not_exact",
+                                  "python_scalar"])
 def test_what_the_flat_kernel_does_not_take_goes_to_cupy(module, case):
     f32 = np.float32
     ops = {
@@ -170,7 +222,6 @@ def test_what_the_flat_kernel_does_not_take_goes_to_cupy(module, case):
         "empty": ("add", (host(np.ones((0, 3), f32)), host(np.ones((0, 3), f32))), {}),
         "int_div": ("div", (host(np.ones(8, np.int64)), host(np.ones(8, np.int64))), {}),
         "float_to_int": ("cast", (host(np.ones(8, f32)),), {"dtype": jt.int32}),
-        "bfloat16": ("add", (host(np.ones(8, jt.bfloat16.np)), host(np.ones(8, jt.bfloat16.np))), {}),
         "not_exact": ("exp", (host(np.ones(8, f32)),), {}),
         "python_scalar": ("add", (host(np.ones(8, f32)), 2.0), {}),
     }
@@ -219,6 +270,32 @@ def test_gpu_flat_kernels_equal_cupys_bit_for_bit(op, dtype, arity, n):
     if expected.dtype.kind == "f":  # and the same signed zeros
         numbers = ~np.isnan(expected)
         np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(expected[numbers]))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("op, shapes, dtype", _HALF_CASES)
+def test_gpu_half_types_round_a_float32_result_once(op, shapes, dtype):
+    """On the GPU, through the flat kernels: the float32 result rounded once to the half type, as
+    PyTorch's eager half arithmetic (and its casts) on the same GPU."""
+    import cupy
+    import torch
+
+    from jitorch.backends import backend_for
+    from jitorch.backends.cuda import eager_pointwise
+
+    backend_for("cuda")
+    rng = np.random.default_rng(2)
+    values = [np.asarray(rng.standard_normal(s) * 3, np.float32) for s in shapes]
+    arrays = [v if op == "cast" else np.asarray(_rounded(v, dtype)) for v in values]
+    params = {"dtype": getattr(jt, dtype)} if op == "cast" else {}
+    got = eager_pointwise.eager_pointwise(op, lambda *a, **k: pytest.fail("went to CuPy"))(
+        *[cupy.asarray(a) for a in arrays], **params)
+    tdtype = getattr(torch, dtype)
+    theirs = [torch.from_numpy(v).cuda() if op == "cast" else torch.from_numpy(v).cuda().to(tdtype) for v in values]
+    names = {"sub": "sub", "mul": "mul", "div": "div", "add": "add", "maximum": "maximum"}
+    expected = theirs[0].to(tdtype) if op == "cast" else getattr(torch, names[op])(*theirs)
+    np.testing.assert_array_equal(cupy.asnumpy(got).astype(np.float32), expected.float().cpu().numpy())
 
 
 @pytest.mark.gpu

@@ -101,6 +101,10 @@ class Backend:
     def from_numpy(self, array: np.ndarray):
         raise NotImplementedError
 
+    def full(self, shape: tuple[int, ...], value, dtype: np.dtype):
+        """A new buffer of `shape` holding `value` (a device backend fills it where it lives)."""
+        return self.from_numpy(np.full(shape, value, dtype=dtype))
+
     # --- checks on data ------------------------------------------------------------------
     def check_indices(self, index, lo: int, hi: int, error: Callable[[int | None], Exception],
                       skip: int | None = None) -> None:

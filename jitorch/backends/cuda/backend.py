@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -19,10 +20,13 @@ from . import attention, checks
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
 from .kernels import KERNELS
+from .scalars import upload
 
 
 def _device_array(array):
-    return array if isinstance(array, cupy.ndarray) else cupy.asarray(array)
+    if isinstance(array, cupy.ndarray):
+        return array
+    return upload(array) if type(array) is np.ndarray else cupy.asarray(array)
 
 
 class CUDABackend(Backend):
@@ -74,7 +78,20 @@ class CUDABackend(Backend):
             checks.finish()
 
     def from_numpy(self, array: np.ndarray):
-        return cupy.asarray(array)
+        # queued on the current stream: cupy.asarray's cudaMemcpy from pageable memory first waits
+        # for all the device's work, so every tensor made from host data stalled the host (scalars.py)
+        return upload(array)
+
+    def full(self, shape: tuple[int, ...], value, dtype: np.dtype):
+        """Filled on the device (a host array of the shape would be made, then copied)."""
+        if value == 0 and math.copysign(1.0, value) > 0:  # (-0.0 is a fill)
+            return cupy.zeros(shape, dtype)  # (a memset)
+        out = cupy.empty(shape, dtype)
+        try:
+            out.fill(np.asarray(value, dtype))
+        except (TypeError, NotImplementedError, ValueError):  # (a dtype CuPy's fill lacks)
+            return upload(np.full(shape, value, dtype=dtype))
+        return out
 
     def as_buffer(self, value):
         return cupy.asarray(value)

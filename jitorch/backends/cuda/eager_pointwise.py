@@ -17,6 +17,8 @@ broadcasts) goes to CuPy.
 
 Only ops whose result is bit for bit CuPy's are taken (the arithmetic, comparisons, selections,
 float casts, relu, sqrt): the fast exp/log approximations of fused kernels stay out of eager results.
+Half types (float16, bfloat16) compute in float32 and round once to their type, as PyTorch's eager
+kernels do.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from .scalars import device_array
 EXACT_OPS = frozenset({"add", "sub", "mul", "div", "neg", "abs", "maximum", "minimum", "eq", "ne", "lt", "le",
                        "gt", "ge", "where", "logical_and", "logical_or", "logical_not", "relu",
                        "relu_backward", "sqrt", "reciprocal", "cast", "copy"})
-_DTYPES = frozenset(map(np.dtype, (np.float32, np.float64, np.int32, np.int64, np.bool_)))
+# (half types load and store in their own type and compute in float32, rounding once, as PyTorch's
+# eager kernels do; CuPy's own half arithmetic costs a ufunc call, and a cast a copy, each)
+_DTYPES = frozenset(map(np.dtype, (np.float32, np.float64, np.float16, _dt.bfloat16.np, np.int32, np.int64,
+                                   np.bool_)))
 _PLACEHOLDER = 1 << 20  # the length the kernel's text is rendered over; launches pass the real one
 
 

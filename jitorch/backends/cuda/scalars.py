@@ -29,14 +29,18 @@ def device_array(array: np.ndarray, dtype: np.dtype | None = None):
         key = (cupy.cuda.runtime.getDevice(), array.dtype.str, array.tobytes())
         found = _scalars.get(key)
         if found is None:
-            found = _upload(array)
+            found = upload(array)
             if len(_scalars) < _SCALARS_KEPT:  # never evicted: a captured CUDA graph may read one
                 _scalars[key] = found
         return found
-    return _upload(array)
+    return upload(array)
 
 
-def _upload(array: np.ndarray):
+def upload(array: np.ndarray):
+    """A new CuPy copy of host `array`, queued on the current stream (the host may change `array`
+    at once: pageable memory is staged before this returns)."""
+    if type(array) is not np.ndarray:
+        array = np.asarray(array)
     if not array.flags.c_contiguous:
         array = array.copy()  # (not np.ascontiguousarray: it makes a 0-d array 1-d)
     out = cupy.empty(array.shape, array.dtype)
