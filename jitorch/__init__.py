@@ -6,7 +6,7 @@
     y.backward()
 """
 
-from . import autograd, dtypes
+from . import autograd, dtypes, views  # views: autograd through in-place writes into views
 from .backends import cpu as _cpu_backend, meta as _meta_backend  # each registers itself
 from .backends.cpu import memory as _cpu_memory
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
@@ -46,11 +46,14 @@ from .dtypes import (
     float64,
     get_default_dtype,
     iinfo,
+    int8,
+    int16,
     int32,
     int64,
     promote_types,
     result_type,
     set_default_dtype,
+    uint8,
 )
 from .dtypes import bool_ as bool  # noqa: A001 - PyTorch's name
 from .ops import (
@@ -188,6 +191,7 @@ from .ops import (
     vstack,
 )
 from .ops import BFloat16Tensor, BoolTensor, DoubleTensor, FloatTensor, HalfTensor, IntTensor, LongTensor
+from .ops import ByteTensor, CharTensor, ShortTensor
 from .ops import addcdiv, addcmul
 from .ops import (  # more ops common PyTorch code uses
     baddbmm,
@@ -234,6 +238,7 @@ from .backends import get_float32_matmul_precision, set_float32_matmul_precision
 from .backends.cpu.threads import count as get_num_threads, set_num_threads  # noqa: E402
 from . import accelerator, amp, cuda, distributed, distributions, linalg, nn, onnx, optim, profiler, testing, utils  # noqa: E402,E501 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
+from .linalg import matrix_power  # noqa: E402 - torch.matrix_power, as torch.linalg.matrix_power
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point
 
@@ -242,6 +247,7 @@ double = float64
 half = float16
 long = int64
 int = int32  # noqa: A001
+short = int16
 subtract = sub
 multiply = mul
 divide = div

@@ -91,6 +91,9 @@ class Node:
         self.prim = prim
         self.vjp = vjp  # this node's own rule (a compiled program's backward); else the table's
         self.inputs = inputs
+        for t in inputs:
+            if t._base is not None and t._hist != t._ver.history:  # (as `_fresh`, inline: every node)
+                t._refresh_history()  # a view whose base was written in place since it was made
         # each input's history as it was when this op read it: an in-place write to an input later
         # (`y.add_(y * 3)`) gives that tensor a new grad_fn, which must not become this node's producer
         self.input_fns = tuple([t.grad_fn for t in inputs])
@@ -101,10 +104,12 @@ class Node:
         self.needs = tuple(t.requires_grad for t in inputs)
         self.hooks = None
         self.retain = None
-        saves = range(len(inputs)) if prim.saves is None else prim.saves
+        saves, saves_out = range(len(inputs)) if prim.saves is None else prim.saves, prim.saves_out
+        if prim.saves_by_input is not None:  # only what the gradients this node computes read
+            saves, saves_out = prim.saved_when(self.needs)
         self.saved_versions = tuple((i, inputs[i]._counter(), inputs[i]._version_value())
                                     for i in saves)
-        self.out_version = (out._counter(), 0) if prim.saves_out else None
+        self.out_version = (out._counter(), 0) if saves_out else None
         if _grad_mode.collecting is not None:  # (a checkpointed region: `jitorch.utils.checkpoint`)
             _grad_mode.collecting.append(self)
 
@@ -370,6 +375,7 @@ def _grad_tensor(data, like: Tensor) -> Tensor:
 def _make_root_grads(outputs, grad_outputs, what: str):
     result = []
     for i, (t, g) in enumerate(zip(outputs, grad_outputs)):
+        _fresh(t)
         if not t.requires_grad:
             raise RuntimeError(
                 f"{what}: element {i} of the outputs (shape {tuple(t.shape)}) does not require grad "
@@ -393,6 +399,12 @@ def _make_root_grads(outputs, grad_outputs, what: str):
             )
         result.append(g)
     return result
+
+
+def _fresh(t: Tensor) -> None:
+    """Bring a view's grad_fn up to date if its base was written in place since it was made."""
+    if t._base is not None and t._hist != t._ver.history:
+        t._refresh_history()
 
 
 def _as_seq(x) -> list:
@@ -432,6 +444,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     single = not isinstance(inputs, (list, tuple))
     inputs = _as_seq(inputs)
     for i, t in enumerate(inputs):
+        _fresh(t)
         if not t.requires_grad:
             raise RuntimeError(f"autograd.grad: input {i} (shape {tuple(t.shape)}) does not require grad")
     grads = _as_seq(grad_outputs) or [None] * len(outputs)
@@ -468,6 +481,7 @@ def _tensor_backward(self: Tensor, gradient=None, retain_graph: bool | None = No
 
 def _tensor_register_hook(self: Tensor, hook):
     """Call `hook(grad)` when this tensor's gradient is computed; it may return a new grad."""
+    _fresh(self)
     if not self.requires_grad:
         raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
     if self.grad_fn is not None:
@@ -480,6 +494,7 @@ def _tensor_register_hook(self: Tensor, hook):
 
 def _tensor_retain_grad(self: Tensor) -> None:
     """Keep this non-leaf tensor's gradient in `.grad` after backward."""
+    _fresh(self)
     if not self.requires_grad:
         raise RuntimeError("can't retain_grad on a tensor that has requires_grad=False")
     retain_node_grad(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -178,10 +179,30 @@ def _not_traceable(name: str) -> None:
 
 def _fill(size, value, dtype, device, requires_grad, default=None) -> Tensor:
     dtype = _dt.get_dtype(dtype) if dtype is not None else (default or _dt.get_default_dtype())
+    value = _dt.scalar_for(value, dtype, checked=True)
     shape = _shape(size)
     if is_symbolic(shape):
         return _symbolic_fill(shape, value, dtype, device)
-    return _finish(np.full(shape, value, dtype=dtype.np), device, requires_grad)
+    if device is None or trace_state.tracer is not None:
+        return _finish(np.full(shape, value, dtype=dtype.np), device, requires_grad)
+    t = filled_on(placement(device), shape, value, dtype.np)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def filled_on(device: Device, shape: tuple[int, ...], value, np_dtype: np.dtype) -> Tensor:
+    """A new tensor of `shape` holding `value` on `device`, made there by its backend (a GPU fills
+    its own memory, where a host array of the shape would be made and copied); on the CPU, and while
+    tracing (where it is a constant of the trace), from a host array."""
+    if device.type == "cpu" or trace_state.tracer is not None:
+        return _finish(np.full(shape, value, dtype=np_dtype), device, False)
+    backend = backend_for(device.type)
+    with cuda.placing(device.index) if device.type == "cuda" else contextlib.nullcontext():
+        data = backend.full(shape, value, np_dtype)
+    t = Tensor._make(data)
+    t._device = device
+    return t
 
 
 def _symbolic_fill(shape: tuple, value, dtype: _dt.DType, device) -> Tensor:

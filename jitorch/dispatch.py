@@ -15,7 +15,7 @@ from .device import cpu
 from .dtypes import FLOAT_DTYPES
 from .errors import BackendError, escaped_error
 from .primitives import VIEW_PRIMS, Prim
-from .tensor import Tensor
+from .tensor import VIEW_GRAD, VIEW_NO_GRAD, Tensor, view_record
 
 _grad_mode = _ag._grad_mode
 _FLOAT_NP = frozenset(d.np for d in FLOAT_DTYPES)
@@ -84,11 +84,20 @@ def dispatch(prim: Prim, inputs: tuple, params: dict):
         out._device = device
     if prim.name in VIEW_PRIMS and backend.is_view_of(data, arrays[0]):
         src = inputs[0]
-        out._ver = src._counter()
-        out._base = src if src._base is None else src._base
+        counter = out._ver = src._counter()
+        # how autograd makes it again from its base (as `tensor.view_record`, inline: views are common)
+        if src._base is None:
+            out._base = src
+            out._view_of = (src, ((prim, params),), VIEW_GRAD if _grad_mode.enabled else VIEW_NO_GRAD)
+            if counter.history:
+                out._hist = counter.history
+        else:
+            out._base = src._base
+            view_record(src, prim, params, out)
     if _grad_mode.enabled and data.dtype in _FLOAT_NP:  # integer and bool results have no gradient
         for t in inputs:
-            if t.requires_grad:
+            # (a view whose base was written in place since it was made remakes its history first)
+            if t.requires_grad or (t._base is not None and t._hist != t._ver.history and t._refresh_history()):
                 _record(prim, inputs, params, out)
                 break
     return out

@@ -22,7 +22,7 @@ class DType:
         self.itemsize = self.np.itemsize
         self.category = category  # 0 bool, 1 integer, 2 floating
         self.is_floating_point = category == 2
-        self.is_signed = category != 0
+        self.is_signed = category == 2 or self.np.kind == "i"  # (uint8 and bool are not)
 
     def __repr__(self) -> str:
         return f"jitorch.{self.name}"
@@ -32,6 +32,9 @@ class DType:
 
 
 bool_ = DType("bool", np.bool_, 0)
+uint8 = DType("uint8", np.uint8, 1)
+int8 = DType("int8", np.int8, 1)
+int16 = DType("int16", np.int16, 1)
 int32 = DType("int32", np.int32, 1)
 int64 = DType("int64", np.int64, 1)
 float16 = DType("float16", np.float16, 2)
@@ -39,11 +42,11 @@ bfloat16 = DType("bfloat16", ml_dtypes.bfloat16, 2)
 float32 = DType("float32", np.float32, 2)
 float64 = DType("float64", np.float64, 2)
 
-ALL_DTYPES = (bool_, int32, int64, float16, bfloat16, float32, float64)
+ALL_DTYPES = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64)
 FLOAT_DTYPES = (float16, bfloat16, float32, float64)
 
 _BY_NAME = {d.name: d for d in ALL_DTYPES}
-_BY_NAME.update({"float": float32, "double": float64, "half": float16, "long": int64, "int": int32})
+_BY_NAME.update({"float": float32, "double": float64, "half": float16, "long": int64, "int": int32, "short": int16})
 _BY_NP = {d.np: d for d in ALL_DTYPES}
 
 _default_float = float32
@@ -88,7 +91,7 @@ def get_dtype(spec) -> DType:
 
 
 def from_numpy_dtype(npd: np.dtype) -> DType:
-    """The DType of a numpy dtype, with a clear error for unsupported ones (uint8, complex, ...)."""
+    """The DType of a numpy dtype, with a clear error for unsupported ones (uint16, complex, ...)."""
     d = _BY_NP.get(npd)
     if d is None:
         raise TypeError(
@@ -98,10 +101,18 @@ def from_numpy_dtype(npd: np.dtype) -> DType:
     return d
 
 
+def _promote_integers(a: DType, b: DType) -> DType:
+    """The wider type; beside a signed type, uint8 (the one unsigned type) needs a signed type that
+    also holds 128..255: int16 at least, so uint8 + int8 is int16, as in PyTorch."""
+    if a.is_signed == b.is_signed:
+        return max(a, b, key=lambda d: d.itemsize)
+    signed = a if a.is_signed else b
+    return signed if signed.itemsize > 1 else int16
+
+
 def _build_promotion_table() -> dict[tuple[DType, DType], DType]:
     # Floating types promote by this lattice; fp16 and bf16 meet at float32, as in PyTorch.
     float_rank = {float16: 1, bfloat16: 1, float32: 2, float64: 3}
-    int_rank = {int32: 1, int64: 2}
     table = {}
     for a in ALL_DTYPES:
         for b in ALL_DTYPES:
@@ -110,7 +121,7 @@ def _build_promotion_table() -> dict[tuple[DType, DType], DType]:
             elif a.category != b.category:
                 r = a if a.category > b.category else b
             elif a.category == 1:
-                r = a if int_rank[a] >= int_rank[b] else b
+                r = _promote_integers(a, b)
             elif {a, b} == {float16, bfloat16}:
                 r = float32
             else:
@@ -177,5 +188,42 @@ def finfo(dtype: DType):
 
 
 def iinfo(dtype: DType):
-    """Machine limits of an integer dtype, like `torch.iinfo`."""
-    return np.iinfo(get_dtype(dtype).np)
+    """Machine limits of an integer dtype (`bits`, `min`, `max`), like `torch.iinfo`:
+    `jitorch.iinfo(jitorch.uint8).max` is 255."""
+    dtype = get_dtype(dtype)
+    if dtype.category != 1:
+        raise TypeError(f"iinfo needs an integer dtype, got {dtype}; use jitorch.finfo for floating dtypes")
+    return np.iinfo(dtype.np)
+
+
+def scalar_for(value, dtype: DType, *, checked: bool = False):
+    """A Python scalar converted for a tensor of `dtype`: a Python int for an integer dtype wrapped
+    modulo 2**bits as an operand (`wrap_integer`) or, with `checked`, as a fill value
+    (`checked_integer`); anything else unchanged. An int beyond int64 is left to numpy's
+    OverflowError, as PyTorch refuses it."""
+    if dtype.category != 1 or not isinstance(value, int) or isinstance(value, bool):
+        return value
+    if checked:
+        return checked_integer(value, dtype)
+    return wrap_integer(value, dtype) if -(1 << 63) <= value < 1 << 63 else value
+
+
+def wrap_integer(value: int, dtype: DType) -> int:
+    """A Python int as `dtype` holds it, modulo 2**bits, as PyTorch converts a scalar operand:
+    `uint8_tensor + 300` adds 44, `uint8_tensor > -1` compares with 255."""
+    bits = 8 * dtype.itemsize
+    wrapped = int(value) % (1 << bits)
+    return wrapped - (1 << bits) if dtype.is_signed and wrapped >= 1 << (bits - 1) else wrapped
+
+
+def checked_integer(value: int, dtype: DType) -> int:
+    """A Python int stored into `dtype` by a fill (`full`, `fill_`, `masked_fill`), or a
+    RuntimeError when it does not fit, as PyTorch checks: an unsigned type also takes negative
+    values down to -max, wrapped (`full((2,), -1, dtype=uint8)` is 255s)."""
+    info = np.iinfo(dtype.np)
+    low = -int(info.max) if info.min == 0 else int(info.min)
+    if not low <= value <= int(info.max):
+        raise RuntimeError(
+            f"value {value} cannot be converted to type {dtype.name} without overflow: {dtype.name} holds "
+            f"{int(info.min)}..{int(info.max)}; use a wider dtype, or wrap the value yourself")
+    return wrap_integer(value, dtype)

@@ -148,7 +148,7 @@ VJP["maximum"] = _maximum_vjp
 VJP["minimum"] = _minimum_vjp
 
 
-VJP["remainder"] = lambda g, n: (g, -g * (n.inputs[0] / n.inputs[1]).floor())
+VJP["remainder"] = lambda g, n: (g, -g * (n.inputs[0] / n.inputs[1]).floor() if n.needs[1] else None)
 
 
 def _where_vjp(g, n):

@@ -19,14 +19,16 @@ from collections import namedtuple
 import numpy as np
 
 from . import dtypes as _dt
+from . import ops as _ops
 from .dispatch import dispatch
 from .errors import ShapeError
 from .ops import as_operand, movedim, where
-from .primitives import PRIMS, LinAlgError, check_solve_operands, check_square, linalg_parts
+from .primitives import PRIMS, LinAlgError, broadcast_shapes, check_solve_operands, check_square, linalg_parts
 from .tensor import Tensor, _wrap_dim
 
-__all__ = ["LinAlgError", "cholesky", "det", "eigh", "eigvalsh", "inv", "lstsq", "matrix_norm", "norm", "qr",
-           "slogdet", "solve", "svd", "svdvals", "vector_norm"]
+__all__ = ["LinAlgError", "cholesky", "cond", "cross", "det", "diagonal", "eigh", "eigvalsh", "inv", "lstsq", "matmul",
+           "matrix_norm", "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv", "qr", "slogdet", "solve",
+           "solve_triangular", "svd", "svdvals", "vander", "vecdot", "vector_norm"]
 
 slogdet_result = namedtuple("linalg_slogdet", ["sign", "logabsdet"])
 qr_result = namedtuple("linalg_qr", ["Q", "R"])
@@ -149,6 +151,226 @@ def lstsq(A: Tensor, B: Tensor, rcond: float | None = None, *, driver: str | Non
         if m > n and bool((rank == n).all()):
             residuals = ((A @ X - rhs) ** 2).sum(-2)
     return lstsq_result(X.squeeze(-1) if vector else X, residuals, rank, singular_values)
+
+
+def solve_triangular(A: Tensor, B: Tensor, *, upper: bool, left: bool = True, unitriangular: bool = False) -> Tensor:
+    """X with A X = B (or X A = B with left=False) for triangular A (..., n, n), reading only its
+    upper or lower triangle (and taking its diagonal as ones if `unitriangular`), so no gradient
+    reaches the other. B (..., n, k) is a batch of matrices; batch dims broadcast."""
+    _checked("solve_triangular", A)
+    if B.ndim < 2:
+        raise ShapeError(f"linalg.solve_triangular: The input tensor B must have at least 2 dimensions; got shape "
+                         f"{tuple(B.shape)}. Add a column dim with unsqueeze(-1).")
+    n = A.shape[-1]
+    T = A.triu(1 if unitriangular else 0) if upper else A.tril(-1 if unitriangular else 0)
+    if unitriangular:
+        T = T + eye_like(A, n)
+    if not left:
+        return solve_triangular(A.mT, B.mT, upper=not upper, unitriangular=unitriangular).mT
+    batch = broadcast_shapes(tuple(T.shape[:-2]), tuple(B.shape[:-2]))
+    return solve(T.expand(batch + (n, n)), B.expand(batch + tuple(B.shape[-2:])))
+
+
+def _tolerances(A: Tensor, S_max: Tensor, atol, rtol) -> Tensor:
+    """PyTorch's cutoff for pinv and matrix_rank: max(atol, rtol * largest singular value), rtol
+    defaulting to eps * max(m, n) when neither is given and to 0 when only atol is."""
+    if rtol is None:
+        rtol = _dt.finfo(A.dtype).eps * max(A.shape[-2:]) if atol is None or _is_zero(atol) else 0.0
+    cutoff = S_max * rtol
+    if atol is not None:
+        cutoff = _ops.maximum(cutoff, atol if isinstance(atol, Tensor) else as_operand(atol, cutoff, cutoff.dtype))
+    return cutoff
+
+
+def _is_zero(value) -> bool:
+    return not isinstance(value, Tensor) and value == 0
+
+
+def pinv(A: Tensor, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
+    """The Moore-Penrose pseudo-inverse of each matrix (..., m, n) -> (..., n, m), through an SVD
+    (with hermitian=True an eigendecomposition reading the lower triangle): singular values at or
+    below max(atol, rtol * the largest) count as zero. `rcond` is PyTorch's older name for rtol.
+    The gradient is PyTorch's: that of the pseudo-inverse at a fixed rank (see `_pinv_tangent`).
+
+        >>> jt.linalg.pinv(jt.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=jt.float64))  # rank 1
+        tensor([[0.0400, 0.0800],
+                [0.0400, 0.0800]], dtype=jitorch.float64)
+    """
+    _checked("pinv", A, square=hermitian)
+    if rcond is not None:
+        if rtol is not None or atol is not None:
+            raise TypeError("linalg.pinv: rcond (the older name of rtol) can't be given with rtol or atol; pass only "
+                            "rtol and atol")
+        rtol = rcond
+    if min(A.shape[-2:]) == 0:
+        return A.new_zeros(tuple(A.shape[:-2]) + (A.shape[-1], A.shape[-2]))
+    A_value = A.detach()
+    if hermitian:
+        eigenvalues, V = eigh(A_value)
+        cutoff = _tolerances(A, eigenvalues.abs().amax(-1, keepdim=True), atol, rtol)
+        keep = eigenvalues.abs() > cutoff
+        inverted = where(keep, 1.0 / where(keep, eigenvalues, 1.0), 0.0)
+        P = (V * inverted.unsqueeze(-2)) @ V.mT
+    else:
+        U, S, Vh = svd(A_value, full_matrices=False)
+        keep = S > _tolerances(A, S.amax(-1, keepdim=True), atol, rtol)
+        inverted = where(keep, 1.0 / where(keep, S, 1.0), 0.0)
+        P = (Vh.mT * inverted.unsqueeze(-2)) @ U.mT
+    if not A.requires_grad:
+        return P
+    tangent = _pinv_tangent(A, A_value, P)
+    return P + (tangent - tangent.detach())  # P's value, the tangent's gradient
+
+
+def _pinv_tangent(A: Tensor, A_value: Tensor, P: Tensor) -> Tensor:
+    """A function of A, linear in it, whose derivative at A_value is that of the pseudo-inverse P at a
+    fixed rank (Golub and Pereyra): dP = -P dA P + P P^T dA^T (I - A P) + (I - P A) dA^T P^T P.
+    Through an SVD the gradient would also carry the truncated singular values' 1/(s_i^2 - s_j^2)
+    couplings; this is the one PyTorch gives, whatever the cutoff."""
+    m, n = A.shape[-2], A.shape[-1]
+    from_left = eye_like(A, m) - A_value @ P
+    from_right = eye_like(A, n) - P @ A_value
+    return -(P @ A @ P) + (P @ P.mT) @ A.mT @ from_left + from_right @ A.mT @ (P.mT @ P)
+
+
+def matrix_rank(A: Tensor, tol=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
+    """The number of singular values (|eigenvalues| with hermitian=True) above max(atol, rtol * the
+    largest) of each matrix, as int64; `tol` is PyTorch's older name for atol."""
+    _checked("matrix_rank", A, square=hermitian)
+    if tol is not None:
+        if atol is not None:
+            raise RuntimeError("linalg.matrix_rank: tol and atol are the same argument (tol is its older name); "
+                               "pass only atol")
+        atol = tol
+    S = eigvalsh(A).abs() if hermitian else svdvals(A)
+    if S.shape[-1] == 0:
+        return S.sum(-1).to(_dt.int64)
+    cutoff = _tolerances(A, S.amax(-1, keepdim=True), atol, rtol)
+    return (S > cutoff).sum(-1)
+
+
+def matrix_power(A: Tensor, n: int) -> Tensor:
+    """A multiplied by itself n times (by repeated squaring: about 2 log2(n) matmuls); n = 0 gives
+    the identity, n < 0 the power of inv(A). Any dtype for n >= 0, float32/float64 for n < 0."""
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        raise ShapeError(f"linalg.matrix_power: A must be batches of square matrices, but they are "
+                         f"{A.shape[-2] if A.ndim >= 2 else 1} by {A.shape[-1] if A.ndim else 1} matrices (shape "
+                         f"{tuple(A.shape)})")
+    if not isinstance(n, (int, np.integer)):
+        raise TypeError(f"linalg.matrix_power: n must be an int, got {type(n).__name__}")
+    n = int(n)
+    if n == 0:
+        # the identity, but as a function of A (zero gradient), as PyTorch's copy of the identity into A
+        identity = as_operand(np.eye(A.shape[-1], dtype=A.dtype.np), A)
+        return where(as_operand(np.ones(A.shape[-2:], dtype=bool), A), identity, A)
+    if n < 0:
+        A, n = inv(A), -n
+    result, square = None, A
+    while n:
+        if n & 1:
+            result = square if result is None else result @ square
+        n >>= 1
+        if n:
+            square = square @ square
+    return result
+
+
+def cond(A: Tensor, p=None) -> Tensor:
+    """The condition number of each matrix in the norm `p`: for None or 2 (-2) the ratio of the
+    largest (smallest) singular value to the smallest (largest); otherwise norm(A) * norm(inv(A))."""
+    if p in (None, 2, -2):
+        S = svdvals(_checked("cond", A, square=False))
+        return S.amax(-1) / S.amin(-1) if p in (None, 2) else S.amin(-1) / S.amax(-1)
+    _checked("cond", A)
+    return matrix_norm(A, p) * matrix_norm(inv(A), p)
+
+
+# ---------------------------------------------------------------------------------------------
+# products and views
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    """`jitorch.matmul`, under its torch.linalg name."""
+    return _ops.matmul(input, other)
+
+
+def vecdot(x: Tensor, y: Tensor, *, dim: int = -1) -> Tensor:
+    """The dot product of the vectors along `dim` (batch dims broadcast)."""
+    return (x * y).sum(dim)
+
+
+def multi_dot(tensors) -> Tensor:
+    """The product of a chain of matrices, the first and last of which may be vectors (a row and a
+    column vector); multiplied in the order that costs fewest multiplications, as PyTorch does."""
+    tensors = list(tensors)
+    if len(tensors) < 2:
+        raise RuntimeError(f"multi_dot(): expected at least 2 tensors but got {len(tensors)}")
+    first_vector, last_vector = tensors[0].ndim == 1, tensors[-1].ndim == 1
+    mats = [tensors[0].unsqueeze(0) if first_vector else tensors[0], *tensors[1:-1],
+            tensors[-1].unsqueeze(-1) if last_vector else tensors[-1]]
+    for i, m in enumerate(mats):
+        if m.ndim != 2:
+            which = "the first tensor" if i == 0 else "the last tensor" if i == len(mats) - 1 else f"tensor {i}"
+            allowed = "1D or 2D" if i in (0, len(mats) - 1) else "2D"
+            raise RuntimeError(f"multi_dot(): {which} must be {allowed} but got {tensors[i].ndim}D (shape "
+                               f"{tuple(tensors[i].shape)})")
+    for i in range(len(mats) - 1):
+        if mats[i].shape[1] != mats[i + 1].shape[0]:
+            raise RuntimeError(f"multi_dot(): tensors {i} and {i + 1} with shapes {tuple(tensors[i].shape)} and "
+                               f"{tuple(tensors[i + 1].shape)} cannot be multiplied")
+    out = _chain_product(mats, _chain_order([m.shape[0] for m in mats] + [mats[-1].shape[1]]), 0, len(mats) - 1)
+    if first_vector:
+        out = out.squeeze(0)
+    return out.squeeze(-1) if last_vector else out
+
+
+def _chain_order(dims: list[int]) -> list[list[int]]:
+    """The classic matrix-chain dynamic program: split[i][j] is where the cheapest product of
+    matrices i..j divides (matrix i being dims[i] x dims[i + 1])."""
+    n = len(dims) - 1
+    cost = [[0] * n for _ in range(n)]
+    split = [[0] * n for _ in range(n)]
+    for length in range(1, n):
+        for i in range(n - length):
+            j = i + length
+            cost[i][j], split[i][j] = min(
+                (cost[i][k] + cost[k + 1][j] + dims[i] * dims[k + 1] * dims[j + 1], k) for k in range(i, j))
+    return split
+
+
+def _chain_product(mats: list[Tensor], split: list[list[int]], i: int, j: int) -> Tensor:
+    if i == j:
+        return mats[i]
+    k = split[i][j]
+    return _chain_product(mats, split, i, k) @ _chain_product(mats, split, k + 1, j)
+
+
+def cross(input: Tensor, other: Tensor, *, dim: int = -1) -> Tensor:
+    """The 3-D cross product along `dim` (default the last), batch dims broadcast."""
+    if input.ndim != other.ndim:
+        raise RuntimeError(f"linalg.cross: inputs must have the same number of dimensions (got shapes "
+                           f"{tuple(input.shape)} and {tuple(other.shape)}); unsqueeze the smaller one")
+    return _ops.cross(input, other, dim=dim)
+
+
+def diagonal(A: Tensor, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
+    """`jitorch.diagonal` over the last two dims by default."""
+    return _ops.diagonal(A, offset, dim1, dim2)
+
+
+def vander(x: Tensor, *, N: int | None = None) -> Tensor:
+    """The Vandermonde matrix of the last dim of x: columns x^0, x^1, ..., x^(N-1) (N defaults to
+    x's length)."""
+    if x.ndim < 1:
+        raise RuntimeError("linalg.vander: x must have at least one dimension (got a 0-d tensor)")
+    N = x.shape[-1] if N is None else int(N)
+    if N <= 1:
+        raise RuntimeError(f"N must be greater than 1. Got N={N} (x of shape {tuple(x.shape)})")
+    column = x.unsqueeze(-1)
+    powers = [column.new_ones(tuple(column.shape)), column]
+    for _ in range(2, N):
+        powers.append(powers[-1] * column)
+    return _ops.cat(powers, -1)
 
 
 # ---------------------------------------------------------------------------------------------

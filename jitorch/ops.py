@@ -23,7 +23,7 @@ from .device import Device, cpu, placement
 from .dispatch import dispatch, fuses_composites
 from .primitives import PRIMS, Prim, PrimKind, numpy_key
 from .symbolic import SymInt, is_symbolic
-from .tensor import Size, Tensor, _wrap_dim
+from .tensor import Size, Tensor, _wrap_dim, mark_multi_output_views
 
 P = PRIMS
 values_indices = namedtuple("values_indices", ["values", "indices"])
@@ -32,8 +32,10 @@ values_indices = namedtuple("values_indices", ["values", "indices"])
 # operands and promotion
 
 
-def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
-    """A Tensor for `x`: tensors pass through; scalars and arrays become constants on `like`'s device."""
+def as_operand(x, like: Tensor, dtype: _dt.DType | None = None, *, checked: bool = False) -> Tensor:
+    """A Tensor for `x`: tensors pass through; scalars and arrays become constants on `like`'s device.
+    A Python int for a narrower integer dtype wraps as PyTorch's operands do (`uint8_tensor + 300`
+    adds 44), or, `checked` (a fill value), must fit (`_dt.scalar_for`)."""
     if isinstance(x, Tensor):
         return x
     if type(x) is SymInt and trace_state.tracer is not None and trace_state.tracer.shape_env is not None:
@@ -41,6 +43,8 @@ def as_operand(x, like: Tensor, dtype: _dt.DType | None = None) -> Tensor:
         return size if dtype is None or dtype is _dt.int64 else size.to(dtype)
     if dtype is None:
         dtype = _dt.result_type(x) if isinstance(x, (bool, int, float)) else None
+    if dtype is not None:
+        x = _dt.scalar_for(x, dtype, checked=checked)
     arr = np.asarray(x, dtype=None if dtype is None else dtype.np)
     if dtype is None:
         arr = arr.astype(_dt.get_default_dtype().np) if arr.dtype == np.float64 and not isinstance(
@@ -153,16 +157,29 @@ def div(input, other, *, rounding_mode: str | None = None) -> Tensor:
     """True division (integers give floats), or `rounding_mode="floor"|"trunc"`."""
     if rounding_mode is None:
         return _float_binary("div", input, other)
+    if rounding_mode in ("floor", "trunc"):
+        _refuse_bools(f"div(rounding_mode={rounding_mode!r})", input, other)
     if rounding_mode == "floor":
         if not _dt.result_type(input, other).is_floating_point:
             return _binary("floor_divide", input, other)
         return _float_binary("div", input, other).floor()
     if rounding_mode == "trunc":
-        q = _float_binary("div", input, other).trunc()
-        return q if _dt.result_type(input, other).is_floating_point else q.to(_dt.result_type(input, other))
+        if _dt.result_type(input, other).is_floating_point:
+            return _float_binary("div", input, other).trunc()
+        return _integer_trunc_divide(*_binary_operands(input, other))
     raise ValueError(
         f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}"
     )
+
+
+def _integer_trunc_divide(a: Tensor, b: Tensor) -> Tensor:
+    """a / b rounded toward zero, for integers of one dtype: the floor quotient, one more where the
+    exact quotient is negative and not whole. Exact for every int64 (a float quotient is not), and
+    in the integer dtype, so a uint8 divisor of -7 is 249 as in PyTorch."""
+    q = _binary("floor_divide", a, b)
+    inexact = _binary("remainder", a, b) != 0
+    negative = (a < 0) != (b < 0)
+    return q + _cast(inexact & negative, q.dtype)
 
 
 def floor_divide(input, other) -> Tensor:
@@ -171,12 +188,23 @@ def floor_divide(input, other) -> Tensor:
 
 def remainder(input, other) -> Tensor:
     """Python-style modulus (the result has the sign of the divisor)."""
+    _refuse_bools("remainder", input, other)
     return _binary("remainder", input, other)
+
+
+def _refuse_bools(op: str, a, b) -> None:
+    """An integer division of bools is an error in PyTorch, and here (numpy would answer in int8)."""
+    if _dt.result_type(a, b) is _dt.bool_:
+        raise NotImplementedError(f"{op} is not implemented for bool tensors; convert them with .int() first")
 
 
 @autocasts("pow")
 def pow(input, exponent) -> Tensor:
     """input ** exponent."""
+    if isinstance(exponent, int) and exponent < 0 and _dt.result_type(input, exponent).category == 1:
+        # (checked before the exponent is converted: a uint8 one would wrap to a large power)
+        raise RuntimeError(f"Integers to negative integer powers are not allowed (a {input.dtype.name} tensor to "
+                           f"the power {exponent}); convert the base with .float() first")
     return _binary("pow", input, exponent)
 
 
@@ -273,6 +301,9 @@ def where(condition: Tensor, input=None, other=None) -> Tensor:
     """Elementwise `input if condition else other`; with one argument, the indices of nonzeros."""
     if input is None and other is None:
         return nonzero(condition, as_tuple=True)
+    if isinstance(input, int) or isinstance(other, int):  # an int value must fit an integer result, as in PyTorch
+        dtype = _dt.result_type(input, other)
+        input, other = (_dt.scalar_for(x, dtype, checked=True) for x in (input, other))
     like = input if isinstance(input, Tensor) else other if isinstance(other, Tensor) else condition
     a, b = _binary_operands(input if isinstance(input, Tensor) else input,
                             other if isinstance(other, Tensor) else other) if (
@@ -427,6 +458,8 @@ def clamp(input: Tensor, min=None, max=None) -> Tensor:
     """Limit values to [min, max]; the gradient passes where min <= x <= max."""
     if min is None and max is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    # an int bound must fit an integer input, as PyTorch checks (a wrapped bound would clamp elsewhere)
+    min, max = (_dt.scalar_for(bound, input.dtype, checked=True) for bound in (min, max))
     out = input
     if min is not None:
         out = where(out < min, min if not isinstance(min, Tensor) else min.to(out.dtype), out)
@@ -598,19 +631,25 @@ def _reduce(name: str, x: Tensor, dim, keepdim: bool) -> Tensor:
     return dispatch(P[name], (x,), {"dims": _dims(x, dim), "keepdim": bool(keepdim)})
 
 
+def _in_dtype(reduced: Tensor, dtype) -> Tensor:
+    """A sum or product in the `dtype=` asked for: the primitives accumulate integers in int64, and
+    its low bits are what a narrower integer type would have wrapped to (`sum(dtype=uint8)`)."""
+    return reduced if dtype is None else _cast(reduced, _dt.get_dtype(dtype))
+
+
 @autocasts("sum")
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
-    """Sum over `dim` (int, tuple, or all); bools and integers sum to int64."""
+    """Sum over `dim` (int, tuple, or all); bools and integers sum to int64 unless `dtype` says."""
     if dtype is not None:
         input = _cast(input, _dt.get_dtype(dtype))
-    return _reduce("sum", input, dim, keepdim)
+    return _in_dtype(_reduce("sum", input, dim, keepdim), dtype)
 
 
 @autocasts("prod")
 def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     if dtype is not None:
         input = _cast(input, _dt.get_dtype(dtype))
-    return _reduce("prod", input, dim, keepdim)
+    return _in_dtype(_reduce("prod", input, dim, keepdim), dtype)
 
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
@@ -713,19 +752,25 @@ def logsumexp(input: Tensor, dim, keepdim: bool = False) -> Tensor:
     return out if keepdim else out.squeeze(dims)
 
 
+def _truth_in(reduced: Tensor, input: Tensor) -> Tensor:
+    """any/all's answer in PyTorch's dtype: bool, but uint8 for a uint8 input (from the days when
+    masks were bytes)."""
+    return _cast(reduced, _dt.uint8) if input.dtype is _dt.uint8 else reduced
+
+
 def any(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return _reduce("amax", _cast(input, _dt.bool_), dim, keepdim)
+    return _truth_in(_reduce("amax", _cast(input, _dt.bool_), dim, keepdim), input)
 
 
 def all(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return _reduce("amin", _cast(input, _dt.bool_), dim, keepdim)
+    return _truth_in(_reduce("amin", _cast(input, _dt.bool_), dim, keepdim), input)
 
 
 @autocasts("cumsum")
 def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     if dtype is not None:
         input = _cast(input, _dt.get_dtype(dtype))
-    return dispatch(P["cumsum"], (input,), {"dim": _wrap_dim(dim, input.ndim) if input.ndim else 0})
+    return _in_dtype(dispatch(P["cumsum"], (input,), {"dim": _wrap_dim(dim, input.ndim) if input.ndim else 0}), dtype)
 
 
 @autocasts("norm")
@@ -1064,7 +1109,7 @@ def split(input: Tensor, split_size_or_sections, dim: int = 0) -> tuple[Tensor, 
     for s in sections:
         out.append(narrow(input, d, start, s))
         start += s
-    return tuple(out)
+    return mark_multi_output_views(tuple(out), "split")
 
 
 def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
@@ -1074,7 +1119,7 @@ def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
 
 def unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
     d = _wrap_dim(dim, input.ndim)
-    return tuple(select(input, d, i) for i in range(input.shape[d]))
+    return mark_multi_output_views(tuple(select(input, d, i) for i in range(input.shape[d])), "unbind")
 
 
 def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
@@ -1103,9 +1148,14 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant", value: float 
 def _index_tensor(idx, like: Tensor) -> Tensor:
     if not isinstance(idx, Tensor):
         idx = as_operand(np.asarray(idx), like)
-    if idx.dtype.is_floating_point:
+    if idx.dtype is _dt.uint8:  # PyTorch's old byte masks: still masks, not indices
+        warnings.warn("indexing with dtype jitorch.uint8 is now deprecated, please use a dtype jitorch.bool "
+                      "instead.", UserWarning, stacklevel=4)
+        return _cast(idx, _dt.bool_)
+    if idx.dtype not in (_dt.int64, _dt.int32, _dt.bool_):
         raise IndexError(
-            f"tensors used as indices must be long, int or bool tensors, got {idx.dtype.name}"
+            f"tensors used as indices must be long, int, byte or bool tensors, got {idx.dtype.name}; "
+            "convert the index with .long()"
         )
     return idx
 
@@ -1197,6 +1247,14 @@ def _index_setitem(self: Tensor, key, value) -> None:
     self._bump_version()
 
 
+def _refuse_byte_masks(key, op: str) -> None:
+    """PyTorch reads through a uint8 mask (deprecated) but writes through none: the same error here."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if builtins.any(isinstance(k, Tensor) and k.dtype is _dt.uint8 for k in keys):
+        raise RuntimeError(f"{op} through a uint8 mask is not supported, as in PyTorch (only reading is, deprecated); "
+                           "use a bool mask instead: mask.bool()")
+
+
 def setitem(self: Tensor, key, value) -> None:
     """`self[key] = value`, like PyTorch.
 
@@ -1206,6 +1264,7 @@ def setitem(self: Tensor, key, value) -> None:
     `jitorch.compile`, and its gradient is PyTorch's (none to `self` where written; to `value`, the
     sum over the selected elements). Every other key writes through `index_put`.
     """
+    _refuse_byte_masks(key, "assigning")
     mask = key[0] if isinstance(key, tuple) and len(key) == 1 else key
     if isinstance(mask, Tensor) and mask.dtype is _dt.bool_:
         value = as_operand(value, self)
@@ -1252,6 +1311,7 @@ def _index_put(self: Tensor, value: Tensor, key: tuple, tensors, accumulate: boo
 
 
 def index_put(input: Tensor, indices: tuple, values: Tensor, accumulate: bool = False) -> Tensor:
+    _refuse_byte_masks(tuple(indices), "index_put")
     nkey, tensors = normalize_key(input, tuple(indices))
     return _index_put(input, as_operand(values, input), nkey, tensors, accumulate)
 
@@ -1347,7 +1407,7 @@ def masked_fill(input: Tensor, mask: Tensor, value) -> Tensor:
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     else:
-        value = as_operand(value, input, input.dtype)
+        value = as_operand(value, input, input.dtype, checked=True)
     return where(mask, value, input)
 
 
@@ -1404,8 +1464,9 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
             f"both arguments to matmul need to be at least 1D, but they are {input.ndim}D and {other.ndim}D"
         )
     a, b = _binary_operands(input, other)
-    if not a.dtype.is_floating_point and a.dtype is not _dt.int64 and a.dtype is not _dt.int32:
-        raise RuntimeError(f"matmul is not implemented for {a.dtype.name}")
+    if a.dtype is _dt.bool_:
+        raise RuntimeError(f"matmul is not implemented for {a.dtype.name}; convert the operands with .int() or "
+                           ".float()")
     squeeze_a = a.ndim == 1
     squeeze_b = b.ndim == 1
     if squeeze_a:
@@ -2270,13 +2331,16 @@ def new_ones(self: Tensor, *size, dtype=None, requires_grad: bool = False) -> Te
 
 def new_full(self: Tensor, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
     np_dtype = self._data.dtype if dtype is None else _dt.get_dtype(dtype).np
+    fill_value = _dt.scalar_for(fill_value, _dt.from_numpy_dtype(np_dtype), checked=True)
     size = tuple(size)
     if is_symbolic(size):  # (in a dynamic-shape trace: made by the graph for every size)
         from .creation import _symbolic_fill
 
         out = _symbolic_fill(size, fill_value, _dt.from_numpy_dtype(np_dtype), self._device)
     else:
-        out = _on_device_of(self, np.full(size, fill_value, dtype=np_dtype))
+        from .creation import filled_on
+
+        out = filled_on(self._device, size, fill_value, np_dtype)
     out.requires_grad = requires_grad
     return out
 
@@ -2298,6 +2362,9 @@ _LEGACY_NAMES = {
     _dt.bfloat16: "BFloat16Tensor",
     _dt.int64: "LongTensor",
     _dt.int32: "IntTensor",
+    _dt.int16: "ShortTensor",
+    _dt.int8: "CharTensor",
+    _dt.uint8: "ByteTensor",
     _dt.bool_: "BoolTensor",
 }
 _LEGACY_DTYPES = {name: dtype for dtype, name in _LEGACY_NAMES.items()}
@@ -2330,6 +2397,9 @@ HalfTensor = _legacy_type(_dt.float16)
 BFloat16Tensor = _legacy_type(_dt.bfloat16)
 LongTensor = _legacy_type(_dt.int64)
 IntTensor = _legacy_type(_dt.int32)
+ShortTensor = _legacy_type(_dt.int16)
+CharTensor = _legacy_type(_dt.int8)
+ByteTensor = _legacy_type(_dt.uint8)
 BoolTensor = _legacy_type(_dt.bool_)
 
 
@@ -2436,7 +2506,7 @@ def zero_(self: Tensor) -> Tensor:
 def fill_(self: Tensor, value) -> Tensor:
     """Fill with a scalar (or 0-d tensor) value, in place."""
     src, graph = self._inplace_source(value)
-    v = as_operand(value, self, self.dtype) if not isinstance(value, Tensor) else value.to(self.dtype)
+    v = as_operand(value, self, self.dtype, checked=True) if not isinstance(value, Tensor) else value.to(self.dtype)
     return self._assign(src * 0 + v if graph else v.expand(self.shape), graph)
 
 
@@ -2546,7 +2616,8 @@ def install_methods() -> None:
     for name in _INPLACE + _MORE_INPLACE:
         setattr(T, name + "_", _make_inplace(globals()[name]))
     conversions = {"float": _dt.float32, "double": _dt.float64, "half": _dt.float16,
-                   "bfloat16": _dt.bfloat16, "long": _dt.int64, "int": _dt.int32, "bool": _dt.bool_}
+                   "bfloat16": _dt.bfloat16, "long": _dt.int64, "int": _dt.int32, "short": _dt.int16,
+                   "char": _dt.int8, "byte": _dt.uint8, "bool": _dt.bool_}
     for name, dtype in conversions.items():
         setattr(T, name, _converter(dtype))
     T.T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))

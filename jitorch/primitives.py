@@ -5,7 +5,9 @@ A primitive has
 - `infer`: its shape/dtype rule (used by the meta device and the tracer): abstract values (anything
   with `.shape` and a numpy `.dtype`) and params in, (shape, numpy dtype) out;
 - `saves`: the inputs (and whether the output) its vector-Jacobian product reads, so an in-place
-  change to exactly those is caught at backward time.
+  change to exactly those is caught at backward time; `saves_by_input`, where the gradient of each
+  input reads different ones, what each reads (-1: the output), so a node saves only what the
+  gradients it computes read (`a * b` with only `a` needing one saves `b`, as PyTorch does).
 
 What a primitive computes lives with each backend (`jitorch.backends.<device>`: the eager kernels,
 and the renderer of fused code); how it differentiates lives in `jitorch.gradients`. Everything else
@@ -45,26 +47,42 @@ class PrimKind(enum.Enum):
 class Prim:
     """One primitive operation. See the module docstring for the fields."""
 
-    __slots__ = ("name", "kind", "infer", "saves", "saves_out")
+    __slots__ = ("name", "kind", "infer", "saves", "saves_out", "saves_by_input", "saves_for")
 
     def __init__(self, name: str, kind: PrimKind, infer: Callable | None,
-                 saves: tuple[int, ...] | None = (), saves_out: bool = False) -> None:
+                 saves: tuple[int, ...] | None = (), saves_out: bool = False,
+                 saves_by_input: tuple[tuple[int, ...], ...] | None = None) -> None:
         self.name = name
         self.kind = kind
         self.infer = infer
         self.saves = saves
         self.saves_out = saves_out
+        self.saves_by_input = saves_by_input
+        self.saves_for: dict[tuple[bool, ...], tuple[tuple[int, ...], bool]] = {}  # needs -> (saves, saves_out)
+
+    def saved_when(self, needs: tuple[bool, ...]) -> tuple[tuple[int, ...], bool]:
+        """(inputs saved, whether the output is) for a node whose inputs need gradients as `needs`:
+        what the gradients it computes read (`saves_by_input`), worked out once per pattern."""
+        found = self.saves_for.get(needs)
+        if found is None:
+            read = {j for reads, need in zip(self.saves_by_input, needs) if need for j in reads}
+            found = self.saves_for[needs] = (tuple(i for i in self.saves if i in read), -1 in read)
+        return found
 
     def __repr__(self) -> str:
         return f"Prim({self.name})"
 
 
 def defprim(name: str, kind: PrimKind, infer: Callable, saves: tuple[int, ...] | None = (),
-            saves_out: bool = False) -> Prim:
-    """Declare a primitive. `saves=None` means its vjp reads every input."""
+            saves_out: bool = False, saves_by_input: tuple[tuple[int, ...], ...] | None = None) -> Prim:
+    """Declare a primitive. `saves=None` means its vjp reads every input; `saves_by_input[i]` lists
+    what input i's gradient reads (-1: the output), when that differs per input."""
     if name in PRIMS:
         raise ValueError(f"primitive {name!r} is declared twice")
-    prim = Prim(name, kind, infer, saves, saves_out)
+    if saves_by_input is not None:  # `saves` and `saves_out` stay the union: what the vjp may read
+        read = {j for reads in saves_by_input for j in reads}
+        saves, saves_out = tuple(sorted(j for j in read if j >= 0)), -1 in read
+    prim = Prim(name, kind, infer, saves, saves_out, saves_by_input)
     PRIMS[name] = prim
     return prim
 
@@ -139,12 +157,12 @@ def _cast_infer(x, dtype):
 defprim("cast", PrimKind.ELEMENTWISE, _cast_infer)
 defprim("add", PrimKind.ELEMENTWISE, _same_dtype)
 defprim("sub", PrimKind.ELEMENTWISE, _same_dtype)
-defprim("mul", PrimKind.ELEMENTWISE, _same_dtype, saves=(0, 1))
-defprim("div", PrimKind.ELEMENTWISE, _same_dtype, saves=(1,), saves_out=True)
+defprim("mul", PrimKind.ELEMENTWISE, _same_dtype, saves_by_input=((1,), (0,)))
+defprim("div", PrimKind.ELEMENTWISE, _same_dtype, saves_by_input=((1,), (1, -1)))
 defprim("pow", PrimKind.ELEMENTWISE, _same_dtype, saves=(0, 1), saves_out=True)
 defprim("maximum", PrimKind.ELEMENTWISE, _same_dtype, saves=(0, 1))
 defprim("minimum", PrimKind.ELEMENTWISE, _same_dtype, saves=(0, 1))
-defprim("remainder", PrimKind.ELEMENTWISE, _same_dtype, saves=(0, 1))
+defprim("remainder", PrimKind.ELEMENTWISE, _same_dtype, saves_by_input=((), (0, 1)))
 defprim("floor_divide", PrimKind.ELEMENTWISE, _same_dtype)
 for _name in ("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor"):
     defprim(_name, PrimKind.ELEMENTWISE, _bool_out)
@@ -304,7 +322,7 @@ def _matmul_infer(a, b):
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
     return batch + (a.shape[-2], b.shape[-1]), a.dtype
 
-defprim("matmul", PrimKind.MATMUL, _matmul_infer, saves=(0, 1))
+defprim("matmul", PrimKind.MATMUL, _matmul_infer, saves_by_input=((1,), (0,)))
 
 
 def _einsum_infer(*xs, equation):

@@ -56,15 +56,14 @@ _TAG = "__jt_"
 
 # safetensors dtype code <-> jitorch dtype, and the little-endian numpy dtype of the bytes on disk.
 _CODE_OF = {_dt.float32: "F32", _dt.float64: "F64", _dt.float16: "F16", _dt.bfloat16: "BF16",
-            _dt.int32: "I32", _dt.int64: "I64", _dt.bool_: "BOOL"}
+            _dt.int32: "I32", _dt.int64: "I64", _dt.int16: "I16", _dt.int8: "I8", _dt.uint8: "U8",
+            _dt.bool_: "BOOL"}
 _DISK_DTYPE = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "F16": np.dtype("<f2"),
                "BF16": np.dtype(ml_dtypes.bfloat16), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
-               "BOOL": np.dtype("u1"),
+               "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("u1"),
                # Integer types jitorch lacks load widened, without loss, to one it has.
-               "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I16": np.dtype("<i2"), "U16": np.dtype("<u2"),
-               "U32": np.dtype("<u4")}
-_LOADED_DTYPE = {"I8": _dt.int32, "U8": _dt.int32, "I16": _dt.int32, "U16": _dt.int32, "U32": _dt.int64,
-                 **{code: dtype for dtype, code in _CODE_OF.items()}}
+               "U16": np.dtype("<u2"), "U32": np.dtype("<u4")}
+_LOADED_DTYPE = {"U16": _dt.int32, "U32": _dt.int64, **{code: dtype for dtype, code in _CODE_OF.items()}}
 
 
 class CheckpointError(RuntimeError, ValueError):

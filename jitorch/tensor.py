@@ -15,14 +15,54 @@ from .backends import Backend, backend_for
 from .device import Device, cpu
 from .errors import concrete_value_error
 
+# how a view was made (the last field of `Tensor._view_of`, else the name of the function that
+# returned it among other views): what an in-place op on it may do
+VIEW_GRAD, VIEW_NO_GRAD = "grad mode", "no_grad mode"
+
+
+def mark_multi_output_views(views: tuple[Tensor, ...], fn: str) -> tuple[Tensor, ...]:
+    """Mark the views one call of `fn` returned (unbind, split, chunk) so that autograd refuses an
+    in-place op on them, as PyTorch does: the call's gradient treats them as one output."""
+    for v in views:
+        view_of = v._view_of
+        if view_of is not None and view_of[2] == VIEW_GRAD:
+            v._view_of = (view_of[0], view_of[1], fn)
+    return views
+
+
+def move_retain(old, t: Tensor) -> None:
+    """`t.retain_grad()` follows t through an in-place write, as in PyTorch: from its old grad_fn
+    `old` to its new one."""
+    if old is not None and old.retain is not None and old.retain() is t and t.grad_fn is not old:
+        t.grad_fn.retain, old.retain = old.retain, None
+
 
 class _Counter:
-    """A version counter, shared by a tensor and its views; in-place ops bump it."""
+    """A version counter, shared by a tensor and its views; in-place ops bump it. `history` counts
+    the in-place writes into that storage that autograd recorded: a view whose `_hist` differs has a
+    stale grad_fn and remakes it from its base (`_refresh_history`) before it is used."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "history")
 
     def __init__(self) -> None:
         self.value = 0
+        self.history = 0
+
+
+def view_record(src: Tensor, prim, params: dict, out: Tensor) -> None:
+    """Note on `out`, a view of `src`'s storage made by `prim`, how autograd can make it again from
+    its differentiable base: (base, ((prim, params), ...), how it was made: VIEW_GRAD, VIEW_NO_GRAD,
+    or the name of the function that returned it among several views). A tensor from
+    `detach()` is not a differentiable view, so it is the base of the views taken from it."""
+    parent = src._view_of
+    made = VIEW_GRAD if grad_mode.enabled else VIEW_NO_GRAD
+    if parent is None or src._base is None:
+        out._view_of = (src, ((prim, params),), made)
+    else:
+        out._view_of = (parent[0], parent[1] + ((prim, params),), made if parent[2] == VIEW_GRAD else parent[2])
+    history = out._ver.history
+    if history:
+        out._hist = history
 
 
 class Tensor:
@@ -44,6 +84,8 @@ class Tensor:
     _value = None  # the ir.Value of a traced tensor (jitorch.compile)
     _born = None  # the mark of the trace that created this tensor, if one did (jitorch.compile)
     _view = None  # a traced view: how it was made from its base (jitorch.ir.trace._View)
+    _view_of = None  # a view, for autograd: (differentiable base, view ops from it, how made): view_record
+    _hist = 0  # a view: the storage's `_Counter.history` its grad_fn reflects
     _contig = True  # a traced tensor: whether eagerly its array would be C-contiguous
     _dynamic_dims = None  # dims `jitorch.mark_dynamic` made symbolic for compiled functions (a frozenset)
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
@@ -137,6 +179,8 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
+        if self._base is not None and self._hist != self._ver.history:
+            self._refresh_history()  # a view whose base was written in place since it was made
         return self.grad_fn is None
 
     def is_floating_point(self) -> bool:
@@ -231,6 +275,8 @@ class Tensor:
 
     def _inplace_source(self, *others) -> tuple[Tensor, bool]:
         """Check an in-place op is allowed; return the tensor it should read `self` from."""
+        if self._base is not None and self._hist != self._ver.history:
+            self._refresh_history()  # its base was written in place since its grad_fn was made
         needs_graph = grad_mode.enabled and (
             self.requires_grad or any(getattr(o, "requires_grad", False) for o in others)
         )
@@ -242,16 +288,45 @@ class Tensor:
                 "in-place operation. Wrap the update in `with jitorch.no_grad():` (as optimizers "
                 "do), or work on a clone."
             )
-        if self._base is not None:
-            raise RuntimeError(
-                f"in-place operation on a view (shape {tuple(self.shape)}) of a tensor while autograd "
-                "is recording: jitorch does not rewrite the base's history. Clone the view first "
-                "(v = v.clone()) or use the out-of-place op."
-            )
+        if self._view_of is not None and self._base is not None:
+            self._check_view_write()
         return self._alias(), True
 
+    def _check_view_write(self) -> None:
+        """Raise, as PyTorch does, for an in-place op under autograd on a view that must not take one."""
+        base, _, made = self._view_of
+        shape = tuple(self.shape)
+        if base.requires_grad and base.grad_fn is None:
+            raise RuntimeError(
+                f"a view (shape {shape}) of a leaf tensor that requires grad (shape {tuple(base.shape)}) is "
+                "being used in an in-place operation. Wrap the update in `with jitorch.no_grad():`, or "
+                "write into a clone of the leaf (y = x.clone(); y[...].op_())."
+            )
+        if made not in (VIEW_GRAD, VIEW_NO_GRAD):
+            raise RuntimeError(
+                f"a view (shape {shape}) that {made}() returned among others is being modified "
+                "in place: autograd treats the views of such a call as one output and does not allow it. "
+                "Use the out-of-place op, or take the view with indexing or narrow() instead."
+            )
+        if made == VIEW_NO_GRAD:
+            raise RuntimeError(
+                f"a view (shape {shape}) was created in no_grad mode and is being modified in place with "
+                "grad mode enabled: it is ambiguous whether autograd should record the write. Make the "
+                "view and write it both inside the no_grad block, or both outside it."
+            )
+        if self._value is None and any(st == 0 and n > 1 for st, n in zip(self._data.strides, self._data.shape)):
+            raise RuntimeError(
+                f"unsupported in-place operation on a tensor of shape {shape}: it is an expanded view "
+                "where several elements share one memory location. Use .clone() first."
+            )
+
     def _assign(self, result: Tensor, graph: bool) -> Tensor:
-        """Write `result` into self's storage: the one path every in-place op ends in."""
+        """Write `result` into self's storage: the one path every in-place op ends in.
+
+        Under autograd (`graph`) self's history becomes result's. When self is a view, its base's
+        history becomes "the old base with this view's region replaced by result" (PyTorch's
+        CopySlices), and views of that storage remake their grad_fn from it when next used.
+        """
         if result.shape != self.shape:
             raise RuntimeError(
                 f"output with shape {tuple(self.shape)} doesn't match the broadcast shape "
@@ -270,12 +345,20 @@ class Tensor:
             self._write(result._data)
         if graph:
             node = result.grad_fn
+            counter = self._counter()
+            retained = self.grad_fn
             if node is not None:
                 node.out_data = self._data
                 if node.out_version is not None:
-                    node.out_version = (self._counter(), self._version_value())
+                    node.out_version = (counter, counter.value)
+            counter.history += 1  # every other view of this storage now has a stale grad_fn
+            if self._view_of is not None and self._base is not None:
+                self._rewrite_view_history(node)
+            elif node is not None:
                 self.grad_fn = node
                 self.requires_grad = True
+            self._hist = counter.history
+            move_retain(retained, self)
         return self
 
     def _write(self, data: np.ndarray) -> None:

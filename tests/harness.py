@@ -29,6 +29,9 @@ _NP = {
     "bfloat16": ml_dtypes.bfloat16,
     "int32": np.int32,
     "int64": np.int64,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
     "bool": np.bool_,
 }
 
@@ -70,6 +73,10 @@ def make_array(spec: Input, rng: np.random.Generator) -> np.ndarray:
             vals = vals * 2
     else:
         raise ValueError(f"unknown domain {domain!r}")
+    if spec.dtype not in FLOATS and spec.dtype != "bool":
+        # through int64: a value out of a narrow type's range wraps (-1 is uint8's 255), where a float
+        # converted straight to it is undefined
+        return np.asarray(vals).astype(np.int64).astype(_NP[spec.dtype])
     return np.asarray(vals).astype(_NP[spec.dtype])
 
 

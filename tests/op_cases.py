@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FLOATS = ("float32", "float64", "float16", "bfloat16")
-INTS = ("int32", "int64")
+SMALL_INTS = ("uint8", "int8", "int16")  # (values of an integer domain out of their range wrap, as in torch)
+INTS = ("int32", "int64") + SMALL_INTS
 ALL = FLOATS + INTS + ("bool",)
 
 # How far a float result may be from PyTorch's, in multiples of its dtype's machine epsilon (float16

@@ -45,8 +45,10 @@ OPS = {
     "cumsum": lambda pool, i, j: pool[i].cumsum(1),
     "var": lambda pool, i, j: pool[i].var(1, keepdim=True) + pool[j],
     "logsumexp": lambda pool, i, j: pool[i].logsumexp(0) * pool[j],
-    "layer_norm": lambda pool, i, j: jt.nn.functional.layer_norm(pool[i], (4,)),
-    "masked_fill": lambda pool, i, j: pool[i].masked_fill(pool[j] > 0, 1.5),
+    # (off zero: a row of layer_norm's output sums to exactly zero, so a cumsum's last element is a
+    # rounding error whose sign compiled and eager kernels may disagree on, as may a mask compared with 0)
+    "layer_norm": lambda pool, i, j: jt.nn.functional.layer_norm(pool[i], (4,)) + 0.05,
+    "masked_fill": lambda pool, i, j: pool[i].masked_fill(pool[j] > 0.25, 1.5),
     "pad_slice": lambda pool, i, j: jt.nn.functional.pad(pool[i], (1, 1))[:, 1:-1],
     "einsum": lambda pool, i, j: jt.einsum("ij,kj->ik", pool[i], pool[j]) @ pool[i] * 0.1,
     "stack_split": lambda pool, i, j: sum(jt.stack([pool[i], pool[j]]).split(1, 0)).squeeze(0),

@@ -110,9 +110,11 @@ def test_collate_matches_pytorch_structure_and_dtypes():
     assert ours["flag"].dtype == jitorch.bool and ours["name"] == ["s0", "s1", "s2"]
 
 
-def test_collate_widens_small_numpy_ints_and_rejects_ragged_batches():
+def test_collate_keeps_small_numpy_ints_widens_unsigned_ones_and_rejects_ragged_batches():
     batch = default_collate([np.array([1, 255], dtype=np.uint8), np.array([0, 7], dtype=np.uint8)])
-    assert batch.dtype == jitorch.int32 and batch.tolist() == [[1, 255], [0, 7]]
+    assert batch.dtype == jitorch.uint8 and batch.tolist() == [[1, 255], [0, 7]]  # images stay bytes, as in torch
+    batch = default_collate([np.array([1, 65535], dtype=np.uint16)] * 2)  # (a dtype jitorch lacks: widened)
+    assert batch.dtype == jitorch.int32 and batch.tolist() == [[1, 65535]] * 2
     with pytest.raises(RuntimeError, match="equal size"):
         default_collate([jitorch.zeros(2), jitorch.zeros(3)])
     with pytest.raises(RuntimeError, match="equal size"):

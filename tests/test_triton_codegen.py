@@ -307,6 +307,17 @@ def _int_ops(a, b, c, m, flag, t):
             (a > 0).logical_and(t), jt.where(t > 0, a, b), flag.logical_xor(m), (t < 0).logical_or(m))
 
 
+def _small_int_ops(u, v, i8, i16, f):
+    """uint8, int8 and int16: arithmetic that wraps, unsigned comparisons and extremes (200 > 100 as
+    uint8, not as int8), and conversions among them and to and from floats (`f` in int8's range; what
+    a conversion gives is compared after it has wrapped, which a store alone would hide)."""
+    return (u + v, u - v, u * v, -u, u.abs(), jt.maximum(u, v), jt.minimum(u, v), u < v, u >= v,
+            jt.minimum(i8, -i8), i8.abs(), i8 * i8, i8 > 0, u.to(jt.int8), i8.to(jt.uint8), u.to(jt.int16) * i16,
+            i16 - 30000, i8.to(jt.float32) * 0.5, u.to(jt.float64), u.to(jt.float16), (f.to(jt.int8) * 3 > 0),
+            f.to(jt.int16) * 300 > 0, (f.abs().to(jt.uint8) + 200).to(jt.float32), jt.where(u > v, u, v), u + i8,
+            (u < i8).logical_and(i16 != 0), u.bool())
+
+
 def _random_rows(x):
     return (x + jt.rand(4, 64) * 0.1).softmax(-1) + jt.randn(4, 1)
 
@@ -337,6 +348,10 @@ CASES = [
     Case("ints_and_bools", lambda: (_int_ops, (
         jt.randint(-9, 9, (6, 7), dtype=jt.int32), jt.randint(-9, 9, (6, 7), dtype=jt.int32),
         jt.randint(-9, 9, (7,), dtype=jt.int64), jt.rand(6, 7) > 0.5, jt.tensor(True), jt.tensor(0.5)))),
+    Case("small_ints", lambda: (_small_int_ops, (
+        jt.randint(0, 256, (6, 7), dtype=jt.uint8), jt.randint(0, 256, (7,), dtype=jt.uint8),
+        jt.randint(-128, 128, (6, 7), dtype=jt.int8), jt.randint(-2**15, 2**15, (6, 7), dtype=jt.int16),
+        jt.rand(6, 7) * 250 - 125))),
     Case("scalars", lambda: (
         lambda s, t: ((s * 2 + t).exp(), (s > t).to(jt.float32) - s), (jt.tensor(0.3), jt.tensor(-1.5)))),
     Case("softmax", lambda: (lambda x: (x * 2 + 1).softmax(-1), (jt.randn(32, 64),))),

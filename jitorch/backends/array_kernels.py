@@ -96,6 +96,17 @@ def _relu_backward(xp, g, out):
     return xp.where(out <= 0, xp.zeros((), g.dtype), g)
 
 
+def in_operand_dtype(fn: Callable) -> Callable:
+    """A binary kernel whose result keeps its operands' dtype, as the primitive's rule says: numpy
+    computes power, floor_divide and remainder of bools in int8."""
+
+    def run(a, b):
+        out = fn(a, b)
+        return out if out.dtype == a.dtype else out.astype(a.dtype)
+
+    return run
+
+
 def _cast(x, dtype):
     return x.astype(dtype.np, copy=False)
 
@@ -237,7 +248,9 @@ def _scatter(xp, x, index, src, dim):
 def _argsort(xp, x, dim, descending):
     if x.dtype.kind == "b":
         x = x.astype(np.float64 if descending else np.uint8)  # bools sort as numbers (CuPy sorts no bools)
-    keys = -x if descending else x  # a stable descending order: sort the negated keys
+    # a stable descending order: sort reversed keys; ~x for integers, which, unlike -x, never overflows
+    # (-x of uint8 wraps; ~x of int8 -128 is 127)
+    keys = (~x if x.dtype.kind in "iu" else -x) if descending else x
     return xp.argsort(keys, axis=dim, kind="stable").astype(np.int64, copy=False)
 
 
@@ -451,11 +464,11 @@ def make_kernels(xp) -> dict[str, Callable]:
         "sub": xp.subtract,
         "mul": xp.multiply,
         "div": quiet(xp.true_divide),
-        "pow": quiet(xp.power),
+        "pow": in_operand_dtype(quiet(xp.power)),
         "maximum": xp.maximum,
         "minimum": xp.minimum,
-        "remainder": quiet(xp.remainder),
-        "floor_divide": quiet(xp.floor_divide),
+        "remainder": in_operand_dtype(quiet(xp.remainder)),
+        "floor_divide": in_operand_dtype(quiet(xp.floor_divide)),
         "eq": xp.equal,
         "ne": xp.not_equal,
         "lt": xp.less,

@@ -28,11 +28,18 @@ F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
 # a value's type in registers: float16 and bfloat16 are storage types, computed in float32 and
-# rounded back to their precision after every node (`_rounded`), as the eager kernels round each op
-_LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int32": I32, "int64": I64, "float16": F32,
-              "bfloat16": F32}
-_MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int32": I32, "int64": I64, "float16": F16,
-                "bfloat16": I16}
+# rounded back to their precision after every node (`_rounded`), as the eager kernels round each op.
+# LLVM's integers have no sign: uint8 and int8 are both i8, and each op on them picks the signed or
+# unsigned instruction by the dtype (`_signed`), so arithmetic wraps as numpy's and PyTorch's does.
+_LLVM_TYPE = {"float32": F32, "float64": F64, "bool": I1, "int64": I64, "int32": I32, "int16": I16, "int8": I8,
+              "uint8": I8, "float16": F32, "bfloat16": F32}
+_MEMORY_TYPE = {"float32": F32, "float64": F64, "bool": I8, "int64": I64, "int32": I32, "int16": I16, "int8": I8,
+                "uint8": I8, "float16": F16, "bfloat16": I16}
+
+
+def _signed(v: Value) -> bool:
+    """Whether `v`'s integers compare, extend and convert as signed (bool and uint8 do not)."""
+    return v.dtype.is_signed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +62,8 @@ def _extreme(float_pred: str, int_pred: str) -> Callable:
     def render(b, n, a):
         x, y = a
         if not is_float(n.out):
-            return b.ir.select(b.ir.icmp_signed(int_pred, x, y), x, y)
+            compare = b.ir.icmp_signed if _signed(n.out) else b.ir.icmp_unsigned
+            return b.ir.select(compare(int_pred, x, y), x, y)
         pick = b.ir.select(b.ir.fcmp_ordered(float_pred, x, y), x, y)
         return b.ir.select(b.ir.fcmp_unordered("uno", x, y), b.ir.fadd(x, y), pick)
     return render
@@ -67,7 +75,7 @@ def _compare(ordered: str, signed: str) -> Callable:
         if is_float(n.inputs[0]):
             # != is true for NaN (unordered); the other comparisons are false for NaN
             return b.ir.fcmp_unordered(ordered, x, y) if ordered == "!=" else b.ir.fcmp_ordered(ordered, x, y)
-        if n.inputs[0].dtype.name == "bool":
+        if not _signed(n.inputs[0]):  # bool, uint8
             return b.ir.icmp_unsigned(signed, x, y)
         return b.ir.icmp_signed(signed, x, y)
     return render
@@ -92,19 +100,24 @@ def _cast(b, n, a):
     to = _LLVM_TYPE[dst.dtype.name]
     if dst.dtype.name == "bool":
         return _truth(b, src, x)
-    if src.dtype.name == "bool":
-        return b.ir.uitofp(x, to) if is_float(dst) else b.ir.zext(x, to)
     if is_float(src) and is_float(dst):
         if x.type == to:
             return x  # (to or from a half type in float32 registers: `_render` rounds the result)
         return b.ir.fpext(x, to) if to == F64 else b.ir.fptrunc(x, to)
+    if is_float(src) and to.width < 32:
+        # to int16, int8, uint8 through int32, as the eager kernel's C conversion does on x86: in range
+        # values (all PyTorch defines) alike, and those out of range wrap as numpy's do, where a direct
+        # fptosi to i8 would be poison for 200.0
+        return b.ir.trunc(b.ir.fptosi(x, I32), to)
     if is_float(src):
         return b.ir.fptosi(x, to)
     if is_float(dst):
-        return b.ir.sitofp(x, to)
-    if src.dtype == dst.dtype:
-        return x
-    return b.ir.sext(x, to) if to.width > x.type.width else b.ir.trunc(x, to)
+        return b.ir.sitofp(x, to) if _signed(src) else b.ir.uitofp(x, to)
+    if x.type == to:
+        return x  # int8 <-> uint8: the same bits
+    if to.width > x.type.width:
+        return b.ir.sext(x, to) if _signed(src) else b.ir.zext(x, to)
+    return b.ir.trunc(x, to)
 
 
 def _const(x, value: float):
@@ -129,6 +142,8 @@ def _abs(b, n, a):
     x = a[0]
     if is_float(n.out):
         return b.call("fabs", x)
+    if not _signed(n.out):
+        return x
     return b.ir.select(b.ir.icmp_signed("<", x, ir.Constant(x.type, 0)), b.ir.neg(x), x)
 
 

@@ -68,14 +68,17 @@ from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial,
 # a value's type in registers: float16 and bfloat16 are storage types, computed in float32 and
 # rounded back to their precision after every node (`_rounded`), as the eager kernels round each op
 _TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
-             "bool": "tl.int1", "float16": "tl.float32", "bfloat16": "tl.float32"}
+             "int16": "tl.int16", "int8": "tl.int8", "uint8": "tl.uint8", "bool": "tl.int1", "float16": "tl.float32",
+             "bfloat16": "tl.float32"}
 # a pointer argument's type in a Triton signature; bool is stored as one byte
-_POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "bool": "*i8",
-                 "float16": "*fp16", "bfloat16": "*bf16"}
+_POINTER_TYPE = {"float32": "*fp32", "float64": "*fp64", "int32": "*i32", "int64": "*i64", "int16": "*i16",
+                 "int8": "*i8", "uint8": "*u8", "bool": "*i8", "float16": "*fp16", "bfloat16": "*bf16"}
 _ELEMENT_TYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32", "int64": "tl.int64",
-                 "bool": "tl.int8", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
+                 "int16": "tl.int16", "int8": "tl.int8", "uint8": "tl.uint8", "bool": "tl.int8",
+                 "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
 _HALF_TYPE = {"float16": "tl.float16", "bfloat16": "tl.bfloat16"}
-_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1, "float16": 2, "bfloat16": 2}
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+             "float16": 2, "bfloat16": 2}
 
 
 def _float(x: float) -> str:
@@ -141,9 +144,11 @@ def _cast(code, n, a):
     to = _TL_DTYPE[dst.dtype.name]
     if is_float(src) and not is_float(dst):
         # NaN and values out of range become the type's minimum, as on the CPU (x86's conversion);
-        # the GPU's saturates
-        low = -(2 ** (31 if dst.dtype.name == "int32" else 63))
-        return f"tl.where(({a[0]} >= {float(low)!r}) & ({a[0]} < {float(-low)!r}), {a[0]}.to({to}), {low})"
+        # the GPU's saturates. Narrower types convert through int32 and wrap, as the CPU's do.
+        wide = "tl.int64" if dst.dtype.name == "int64" else "tl.int32"
+        low = -(2 ** (63 if wide == "tl.int64" else 31))
+        value = f"tl.where(({a[0]} >= {float(low)!r}) & ({a[0]} < {float(-low)!r}), {a[0]}.to({wide}), {low})"
+        return value if wide == to else f"{value}.to({to})"
     return f"{a[0]}.to({to})"  # (Triton converts i1 as unsigned)
 
 

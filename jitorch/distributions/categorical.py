@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 from .. import dtypes as _dt
-from ..creation import rand
+from ..creation import arange, rand
 from ..ops import broadcast_tensors
-from ..tensor import Tensor
+from ..tensor import Size, Tensor
 from . import constraints
 from .distribution import Distribution, lazy_property, probs_or_logits, probs_to_logits
 
@@ -17,6 +17,8 @@ class Categorical(Distribution):
     `logits`, exactly one of them; the last dim indexes the categories, the rest is the batch."""
 
     arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    has_enumerate_support = True
+    _batched_params = ("probs", "logits", "_param")
 
     def __init__(self, probs=None, logits=None, validate_args: bool | None = None) -> None:
         name, param = probs_or_logits(probs, logits)
@@ -47,8 +49,21 @@ class Categorical(Distribution):
         return self._param.new_full(self._extended_shape(), math.nan)
 
     @property
+    def mode(self) -> Tensor:
+        return self.probs.argmax(-1)
+
+    @property
     def variance(self) -> Tensor:
         return self._param.new_full(self._extended_shape(), math.nan)
+
+    @property
+    def param_shape(self) -> Size:
+        return self._param.shape
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        values = arange(self._num_events, dtype=_dt.int64, device=self._param.device)
+        values = values.reshape((-1,) + (1,) * len(self._batch_shape))
+        return values.expand((-1,) + tuple(self._batch_shape)) if expand else values
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """int64 category indices by inverting the cumulative probabilities at uniforms from

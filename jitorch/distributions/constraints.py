@@ -3,6 +3,7 @@ answers `check(value)` with a bool tensor, and prints as PyTorch prints it (erro
 
 from __future__ import annotations
 
+from .. import linalg
 from ..tensor import Tensor
 
 
@@ -95,6 +96,26 @@ class _RealVector(Constraint):
         return "IndependentConstraint(Real(), 1)"
 
 
+class _LowerCholesky(Constraint):
+    """Lower-triangular matrices with a positive diagonal (Cholesky factors)."""
+
+    event_dim = 2
+
+    def check(self, value: Tensor) -> Tensor:
+        lower = (value.tril() == value).flatten(-2).all(-1)
+        return lower & (value.diagonal(dim1=-2, dim2=-1) > 0).all(-1)
+
+
+class _PositiveDefinite(Constraint):
+    """Symmetric matrices whose eigenvalues are all positive."""
+
+    event_dim = 2
+
+    def check(self, value: Tensor) -> Tensor:
+        symmetric = ((value - value.mT).abs() <= 1e-6).flatten(-2).all(-1)
+        return symmetric & (linalg.eigvalsh(value).amin(-1) > 0)
+
+
 real = _Real()
 real_vector = _RealVector()
 boolean = _Boolean()
@@ -105,3 +126,5 @@ greater_than = _GreaterThan
 less_than = _LessThan
 interval = _Interval
 integer_interval = _IntegerInterval
+lower_cholesky = _LowerCholesky()
+positive_definite = _PositiveDefinite()

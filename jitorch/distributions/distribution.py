@@ -34,8 +34,12 @@ class Distribution:
     `arg_constraints` when it is made and values against `support` in `log_prob`."""
 
     has_rsample = False
+    has_enumerate_support = False
     _validate_args = __debug__
     arg_constraints: dict[str, Constraint] = {}
+    # the tensor attributes laid out as batch_shape + a parameter's own dims, which `expand` expands
+    # (those not yet computed, such as a lazy `logits`, are skipped)
+    _batched_params: tuple[str, ...] = ()
 
     @staticmethod
     def set_default_validate_args(value: bool) -> None:
@@ -81,21 +85,61 @@ class Distribution:
     def event_shape(self) -> Size:
         return self._event_shape
 
+    def expand(self, batch_shape: tuple[int, ...], _instance: Distribution | None = None) -> Distribution:
+        """The same distribution with its parameters expanded (as `Tensor.expand`: views, no copies)
+        to a new `batch_shape`, which must broadcast from the current one.
+
+            >>> Normal(jitorch.zeros(3), 1.0).expand((4, 3)).sample().shape
+            jitorch.Size([4, 3])
+        """
+        batch_shape = Size(batch_shape)
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        own_dims = len(self._batch_shape)
+        for name in self._batched_params:
+            value = self.__dict__.get(name)
+            if isinstance(value, Tensor):
+                new.__dict__[name] = value.expand(tuple(batch_shape) + tuple(value.shape[own_dims:]))
+        Distribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
     @property
     def support(self) -> Constraint:
         raise NotImplementedError
 
     @property
     def mean(self) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement mean")
+
+    @property
+    def mode(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement mode")
 
     @property
     def variance(self) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement variance")
 
     @property
     def stddev(self) -> Tensor:
         return self.variance.sqrt()
+
+    def cdf(self, value: Tensor) -> Tensor:
+        """The cumulative distribution function at `value`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement cdf")
+
+    def icdf(self, value: Tensor) -> Tensor:
+        """The inverse of `cdf`: the value at which the cdf reaches `value` in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement icdf")
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """Every value of a discrete support along a new leading dim (expanded over the batch shape
+        unless expand=False)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement enumerate_support")
+
+    def perplexity(self) -> Tensor:
+        """exp(entropy)."""
+        return self.entropy().exp()
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """Samples of shape sample_shape + batch_shape + event_shape, without gradient."""

@@ -10,6 +10,7 @@ from ..ops import where
 from ..tensor import Tensor
 from .categorical import Categorical
 from .distribution import Distribution
+from .multivariate_normal import MultivariateNormal, _solve_lower, _solve_lower_matrix
 from .normal import Normal
 
 _KL: dict[tuple[type, type], Callable] = {}
@@ -49,3 +50,15 @@ def _kl_categorical_categorical(p: Categorical, q: Categorical) -> Tensor:
     t = where(q.probs == 0, math.inf, t)  # p puts mass where q has none: infinite
     t = where(p.probs == 0, 0.0, t)  # 0 log 0 = 0
     return t.sum(-1)
+
+
+@register_kl(MultivariateNormal, MultivariateNormal)
+def _kl_mvn_mvn(p: MultivariateNormal, q: MultivariateNormal) -> Tensor:
+    """log det(L_q) - log det(L_p) + (||L_q^-1 L_p||_F^2 + ||L_q^-1 (mu_q - mu_p)||^2 - k) / 2."""
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL-divergence between two Multivariate Normals with different event shapes cannot be "
+                         f"computed: {tuple(p.event_shape)} and {tuple(q.event_shape)}")
+    p_L, q_L = p._unbroadcasted_scale_tril, q._unbroadcasted_scale_tril
+    ratio = _solve_lower_matrix(q_L, p_L)
+    mahalanobis = (_solve_lower(q_L, q.loc - p.loc) ** 2).sum(-1)
+    return q._half_log_det() - p._half_log_det() + 0.5 * ((ratio ** 2).sum((-2, -1)) + mahalanobis - p.event_shape[0])

@@ -6,7 +6,7 @@ import math
 import numbers
 
 from ..creation import randn
-from ..ops import erf
+from ..ops import erf, erfinv
 from ..tensor import Size, Tensor
 from . import constraints
 from .distribution import Distribution, broadcast_all
@@ -22,6 +22,7 @@ class Normal(Distribution):
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
     has_rsample = True
+    _batched_params = ("loc", "scale")
 
     def __init__(self, loc, scale, validate_args: bool | None = None) -> None:
         self.loc, self.scale = broadcast_all(loc, scale)
@@ -30,6 +31,10 @@ class Normal(Distribution):
 
     @property
     def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
         return self.loc
 
     @property
@@ -54,6 +59,10 @@ class Normal(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         return 0.5 * (1 + erf((value - self.loc) * self.scale.reciprocal() / math.sqrt(2)))
+
+    def icdf(self, value: Tensor) -> Tensor:
+        """loc + scale * sqrt(2) * erfinv(2 * value - 1): the quantile at probability `value`."""
+        return self.loc + self.scale * erfinv(2 * value - 1) * math.sqrt(2)
 
     def entropy(self) -> Tensor:
         return 0.5 + 0.5 * math.log(2 * math.pi) + self.scale.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from ..creation import rand
@@ -14,6 +15,7 @@ class Uniform(Distribution):
     """Uniform on the half-open interval [low, high) (broadcast together)."""
 
     has_rsample = True
+    _batched_params = ("low", "high")
 
     def __init__(self, low, high, validate_args: bool | None = None) -> None:
         self.low, self.high = broadcast_all(low, high)
@@ -31,6 +33,10 @@ class Uniform(Distribution):
     @property
     def mean(self) -> Tensor:
         return (self.high + self.low) / 2
+
+    @property
+    def mode(self) -> Tensor:
+        return self.high * math.nan  # (every point of the interval is a mode)
 
     @property
     def stddev(self) -> Tensor:
@@ -55,6 +61,10 @@ class Uniform(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         return ((value - self.low) / (self.high - self.low)).clamp(0, 1)
+
+    def icdf(self, value: Tensor) -> Tensor:
+        """low + value * (high - low): the quantile at probability `value`."""
+        return value * (self.high - self.low) + self.low
 
     def entropy(self) -> Tensor:
         return (self.high - self.low).log()

@@ -17,7 +17,7 @@ from .. import dtypes as _dt
 from ..symbolic import SymInt, concrete, hints
 
 _SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16", "int32": "i32",
-          "int64": "i64", "bool": "bool"}
+          "int64": "i64", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool"}
 
 
 

@@ -29,11 +29,11 @@ from .. import dtypes as _dt
 from .._trace_state import trace_state, user_source
 from ..autograd import Node as AutogradNode
 from ..autograd import _grad_mode, no_grad
-from ..dispatch import dispatch as dispatch_prim
 from ..errors import TraceError
-from ..primitives import PRIMS, VIEW_PRIMS
+from ..primitives import VIEW_PRIMS
 from ..symbolic import ShapeEnv, hints, is_symbolic
-from ..tensor import Tensor
+from ..tensor import Tensor, view_record
+from ..views import replay, unview
 from .graph import Const, Graph, Value, abstract_array
 
 
@@ -70,21 +70,6 @@ def _view_of(prim, src: Tensor, params: dict) -> tuple[Tensor, _View] | None:
 
 def _is_contiguous(t: Tensor) -> bool:
     return t._data.flags.c_contiguous if t._value is None else t._contig
-
-
-def _unview(prim, params: dict, source: Tensor, written: Tensor) -> Tensor:
-    """`source` with `written` put where the view op `prim` looks into it."""
-    name = prim.name
-    if name == "reshape":
-        return dispatch_prim(PRIMS["reshape"], (written,), {"shape": tuple(source.shape)})
-    if name == "permute":
-        inverse = tuple(np.argsort(params["dims"]).tolist())
-        return dispatch_prim(PRIMS["permute"], (written,), {"dims": inverse})
-    if name == "getitem":
-        return dispatch_prim(PRIMS["index_put"], (source, written), {"key": params["key"], "accumulate": False})
-    raise RuntimeError(
-        f"unsupported in-place operation on a tensor of shape {tuple(written.shape)} at {user_source()}: it "
-        "is an expanded view where several elements share one memory location. Use .clone() first.")
 
 
 class _Aval(NamedTuple):
@@ -343,7 +328,10 @@ class Tracer:
             out._base, out._view = view
             out._ver = out._base._counter()  # a view shares its base's version counter, as eagerly
             out._view.seen = out._version_value()
-        if _grad_mode.enabled and dtype.is_floating_point and any(t.requires_grad for t in inputs):
+            view_record(inputs[0], prim, params, out)
+        if _grad_mode.enabled and dtype.is_floating_point and any(
+                t.requires_grad or (t._base is not None and t._hist != t._ver.history and t._refresh_history())
+                for t in inputs):
             out.grad_fn = AutogradNode(prim, inputs, params, out)
             out.requires_grad = True
         return out
@@ -394,12 +382,7 @@ class Tracer:
                 ".reshape(), or .clone() the reshape to write a copy.")
         base = view._base
         with no_grad():
-            sources = [base]  # the base, then each intermediate view, as they read now
-            for prim, params in record.chain[:-1]:
-                sources.append(dispatch_prim(prim, (sources[-1],), params))
-            new = result
-            for (prim, params), source in zip(reversed(record.chain), reversed(sources)):
-                new = _unview(prim, params, source, new)
+            new = unview(record.chain, base, result)
         if base._value is None:
             self._assign_concrete(base, self.value_of(new))
         else:
@@ -414,9 +397,7 @@ class Tracer:
                 "copy or a view, so the trace cannot tell which value it holds. Call .contiguous() "
                 "before .reshape(), or .clone() it.")
         with no_grad():
-            remade = t._base
-            for prim, params in record.chain:
-                remade = dispatch_prim(prim, (remade,), params)
+            remade = replay(record.chain, t._base)
         t._value = remade._value
         record.seen = t._version_value()
 

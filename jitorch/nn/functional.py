@@ -8,6 +8,7 @@ errors on eager tensors (e.g. a class index out of range), never while tracing.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ __all__ = [
     "conv3d",
     "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
     "unfold",
     "fold",
     "max_pool2d",
@@ -111,6 +113,10 @@ __all__ = [
     "adaptive_avg_pool1d",
     "adaptive_max_pool1d",
     "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "max_unpool1d",
+    "max_unpool2d",
+    "max_unpool3d",
 ]
 
 unfold = _ops.unfold
@@ -1637,14 +1643,7 @@ def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddin
         out = _conv3d_core(x, weight, bias, stride, sym, dilation, groups)
     else:
         out = _conv2d_core(x, weight, bias, stride, sym, dilation, groups)
-    return _own_storage(out.squeeze(0) if unbatched else out)
-
-
-def _own_storage(out: Tensor) -> Tensor:
-    """`out` as a tensor of its own, as PyTorch's convolutions return: a view of the product (a
-    bias-free convolution's reshape, a crop, a squeezed dim) would refuse the in-place activation
-    models apply next (`nn.ReLU(inplace=True)` after a bias-free conv in DCGAN, ResNets)."""
-    return out.clone() if out._base is not None else out
+    return out.squeeze(0) if unbatched else out
 
 
 def _lift_depth(x: Tensor, kd: int, stride: int, dilation: int, od: int) -> Tensor:
@@ -1737,6 +1736,25 @@ def _check_conv_transpose_input(input: Tensor, weight: Tensor, groups: int, spat
         raise RuntimeError(f"{op}: in_channels ({weight.shape[0]}) must be divisible by groups ({groups})")
 
 
+def _conv_transpose_sizes(sizes, kernel, stride, padding, output_padding, dilation) -> tuple[tuple, tuple]:
+    """(the full result's size, the output's size) per spatial dim of a transposed convolution, with
+    PyTorch's errors for an output_padding too large or an output too small."""
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= s and op >= d:
+            raise RuntimeError(
+                f"output padding must be smaller than either stride or dilation, but got output_padding "
+                f"{tuple(output_padding)}, stride {tuple(stride)}, dilation {tuple(dilation)}"
+            )
+    full = tuple((size - 1) * s + d * (k - 1) + 1 for size, s, d, k in zip(sizes, stride, dilation, kernel))
+    out_size = tuple(f - 2 * p + op for f, p, op in zip(full, padding, output_padding))
+    if any(o <= 0 for o in out_size):
+        raise RuntimeError(
+            f"Given input size per channel: {list(sizes)}. Calculated output size per channel: {list(out_size)}. "
+            f"Output size is too small (reduce padding {tuple(padding)} or enlarge the input)"
+        )
+    return full, out_size
+
+
 def _conv_transpose2d_core(x: Tensor, weight: Tensor, bias, stride, padding, output_padding, dilation,
                            groups: int) -> Tensor:
     """Batched NCHW transposed convolution, the adjoint of `_conv2d_core`: each input pixel's channel
@@ -1744,19 +1762,7 @@ def _conv_transpose2d_core(x: Tensor, weight: Tensor, bias, stride, padding, out
     at stride `stride`, then the full result is cropped by `padding` and extended by `output_padding`."""
     n, c_in, h, w = x.shape
     _, out_per_group, kh, kw = weight.shape
-    for op, s, d in zip(output_padding, stride, dilation):
-        if op >= s and op >= d:
-            raise RuntimeError(
-                f"output padding must be smaller than either stride or dilation, but got output_padding "
-                f"{tuple(output_padding)}, stride {tuple(stride)}, dilation {tuple(dilation)}"
-            )
-    full = tuple((size - 1) * s + d * (k - 1) + 1 for size, s, d, k in zip((h, w), stride, dilation, (kh, kw)))
-    out_size = tuple(f - 2 * p + op for f, p, op in zip(full, padding, output_padding))
-    if any(o <= 0 for o in out_size):
-        raise RuntimeError(
-            f"Given input size per channel: {[h, w]}. Calculated output size per channel: {list(out_size)}. "
-            f"Output size is too small (reduce padding {tuple(padding)} or enlarge the input)"
-        )
+    full, out_size = _conv_transpose_sizes((h, w), (kh, kw), stride, padding, output_padding, dilation)
     w_g = weight.reshape(groups, c_in // groups, out_per_group * kh * kw).transpose(-1, -2)
     cols = (w_g @ x.reshape(n, groups, c_in // groups, h * w)).reshape(n, groups * out_per_group * kh * kw, h * w)
     out = _ops.fold(cols, full, (kh, kw), dilation, 0, stride)
@@ -1770,9 +1776,36 @@ def _conv_transpose2d_core(x: Tensor, weight: Tensor, bias, stride, padding, out
     return out
 
 
+def _conv_transpose3d_core(x: Tensor, weight: Tensor, bias, stride, padding, output_padding, dilation,
+                           groups: int) -> Tensor:
+    """Batched NCDHW transposed convolution, the adjoint of `_conv3d_core`: one 2-d transposed
+    convolution of every input depth slice, whose weight (C_in, C_out/groups * kd, kh, kw) gives each
+    slice's contribution to its kd output depths as channels; `index_add` then adds those channels up
+    at their depths (the adjoint of `_lift_depth`), and the depth is cropped and extended as H and W are."""
+    n, c_in, d = x.shape[:3]
+    _, out_per_group, kd, kh, kw = weight.shape
+    full, out_size = _conv_transpose_sizes(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
+    slices = x.movedim(2, 1).reshape(n * d, c_in, *x.shape[3:])
+    planes = _conv_transpose2d_core(slices, weight.reshape(c_in, out_per_group * kd, kh, kw), None, stride[1:],
+                                    padding[1:], output_padding[1:], dilation[1:], groups)
+    c_out = out_per_group * groups
+    planes = planes.reshape(n, d, c_out, kd, *planes.shape[2:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
+    depths = np.arange(d)[:, None] * stride[0] + np.arange(kd)[None, :] * dilation[0]
+    out = planes.new_zeros((n, c_out, full[0], *planes.shape[3:]))
+    out = out.index_add(2, _const(depths.reshape(-1), x), planes)
+    # output_padding may reach past the full result (where nothing was written): zeros there
+    beyond = max(0, padding[0] + out_size[0] - full[0])
+    if beyond:
+        out = _ops.pad(out, (0, 0, 0, 0, 0, beyond), "constant", 0.0)
+    out = out[:, :, padding[0]:padding[0] + out_size[0]]
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1)
+    return out
+
+
 def _conv_transpose(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, output_padding,
                     groups: int, dilation, nd: int, name: str) -> Tensor:
-    """conv_transpose1d/2d: checks and the unbatched form; the 1-D form runs as a 2-D one of height 1."""
+    """conv_transpose1d/2d/3d: checks and the unbatched form; the 1-D form runs as a 2-D one of height 1."""
     _check_conv_transpose_input(input, weight, groups, nd, name)
     if isinstance(padding, str):
         raise RuntimeError(f"{name}: padding must be an int or a tuple of ints, got {padding!r}")
@@ -1783,9 +1816,11 @@ def _conv_transpose(input: Tensor, weight: Tensor, bias: Tensor | None, stride, 
         args = [(one,) + a for one, a in zip((1, 0, 0, 1), args)]
         out = _conv_transpose2d_core(x.unsqueeze(2), weight.unsqueeze(2), bias, *args[:3], args[3], groups)
         out = out.squeeze(2)
+    elif nd == 3:
+        out = _conv_transpose3d_core(x, weight, bias, *args, groups)
     else:
         out = _conv_transpose2d_core(x, weight, bias, *args, groups)
-    return _own_storage(out.squeeze(0) if unbatched else out)
+    return out.squeeze(0) if unbatched else out
 
 
 @autocasts("conv_transpose2d")
@@ -1823,6 +1858,27 @@ def conv_transpose1d(
     """1-D transposed convolution of (N, C_in, L) (or (C_in, L)) with weight (C_in, C_out/groups, k)."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1,
                            "conv_transpose1d")
+
+
+@autocasts("conv_transpose3d")
+def conv_transpose3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups: int = 1,
+    dilation=1,
+) -> Tensor:
+    """3-D transposed convolution of (N, C_in, D, H, W) (or (C_in, D, H, W)) with weight
+    (C_in, C_out/groups, kd, kh, kw): a 2-d one per input depth slice, added up along depth.
+
+    >>> F.conv_transpose3d(jitorch.randn(1, 4, 3, 8, 8), jitorch.randn(4, 2, 2, 2, 2), stride=2).shape
+    jitorch.Size([1, 2, 6, 16, 16])
+    """
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 3,
+                           "conv_transpose3d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1893,19 +1949,42 @@ def _tiles(input: Tensor, kernel) -> Tensor:
     return input.reshape(*lead, h // kernel[0], kernel[0], w // kernel[1], kernel[1])
 
 
-def _window_max(windows: Tensor, dim: int) -> Tensor:
+def _window_max(windows: Tensor, dim: int, sources: np.ndarray | None = None):
     """The maximum over `dim` (a window's elements in row-major order), whose gradient goes to the
     window's first maximum alone, as PyTorch's max pooling sends it: `amax` would share it among ties,
     which the zeros after a ReLU make common. The first maximum's position comes from reductions over
-    `dim` rather than an argmax, which numpy runs one window at a time (about 15 times slower here)."""
-    if not windows.dtype.is_floating_point:
+    `dim` rather than an argmax, which numpy runs one window at a time (about 15 times slower here).
+
+    With `sources` (each window element's flat index in its input plane, laid out as the trailing
+    dims of `windows`; see `_window_sources`) returns (maximum, the first maximum's flat index)."""
+    if not windows.dtype.is_floating_point and sources is None:
         return windows.amax(dim)  # (no gradient to route)
     size = windows.shape[dim]
     positions = _positions_along(windows, dim)
     top = windows.amax(dim, keepdim=True).detach()
-    hits = (windows == top) | windows.isnan()  # (a NaN is the maximum, as in PyTorch)
+    hits = windows == top
+    if windows.dtype.is_floating_point:
+        hits = hits | windows.isnan()  # (a NaN is the maximum, as in PyTorch)
     first = _ops.where(hits, positions, size).amin(dim, keepdim=True)
-    return _ops.where(positions == first, windows, 0.0).sum(dim)
+    chosen = positions == first
+    out = _ops.where(chosen, windows, 0).sum(dim).to(windows.dtype)
+    if sources is None:
+        return out
+    return out, _ops.where(chosen, _const(sources, windows), 0).sum(dim)
+
+
+def _window_sources(sizes, kernel, stride, padding, dilation, out_sizes) -> np.ndarray:
+    """(prod(kernel), *out_sizes): the flat index in the input plane (row-major over `sizes`) of
+    each element of each pooling window, -1 where a window reads padding. The static table that
+    turns the position of a window's maximum into PyTorch's `return_indices`."""
+    nd = len(sizes)
+    flat, valid = np.zeros((1,) * 2 * nd, dtype=np.int64), np.ones((1,) * 2 * nd, dtype=bool)
+    for axis, (size, k, s, p, d, o) in enumerate(zip(sizes, kernel, stride, padding, dilation, out_sizes)):
+        shape = [1] * 2 * nd
+        shape[axis], shape[nd + axis] = k, o
+        pos = (np.arange(k)[:, None] * d + np.arange(o)[None, :] * s - p).reshape(shape)
+        flat, valid = flat * size + pos, valid & (pos >= 0) & (pos < size)
+    return np.where(valid, flat, -1).reshape(math.prod(kernel), *out_sizes)
 
 
 def max_pool2d(
@@ -1918,19 +1997,30 @@ def max_pool2d(
     return_indices: bool = False,
 ) -> Tensor:
     """The maximum of each window (padding counts as -inf). Where several inputs of a window tie for
-    it, the window's gradient goes to the first of them in row-major order, as in PyTorch."""
-    if return_indices:
-        raise NotImplementedError("max_pool2d(return_indices=True) is not supported yet")
+    it, the window's gradient goes to the first of them in row-major order, as in PyTorch.
+    `return_indices=True` also returns each maximum's flat index in its (H, W) input plane (int64),
+    as `max_unpool2d` takes it."""
     kernel, stride, padding, dilation = _pool_args(
         input, kernel_size, stride, padding, dilation, "max_pool2d"
     )
-    if _is_tiling(input, kernel, stride, padding, dilation):
+    h, w = input.shape[-2:]
+    tiling = _is_tiling(input, kernel, stride, padding, dilation)
+    if tiling:
         # (kh, kw) ahead of (oh, ow): numpy reduces over an outer axis many windows at a time
-        return _window_max(_tiles(input, kernel).movedim((-3, -1), (-4, -3)).flatten(-4, -3), -3)
-    x4 = input.unsqueeze(0) if input.ndim == 3 else input
-    cols, oh, ow = _pool_windows(x4, kernel, stride, padding, dilation, ceil_mode, float("-inf"))
-    out = _window_max(cols, 1).reshape(*x4.shape[:2], oh, ow)
-    return out.squeeze(0) if input.ndim == 3 else out
+        windows, dim = _tiles(input, kernel).movedim((-3, -1), (-4, -3)).flatten(-4, -3), -3
+        oh, ow = h // kernel[0], w // kernel[1]
+    else:
+        x4 = input.unsqueeze(0) if input.ndim == 3 else input
+        (windows, oh, ow), dim = _pool_windows(x4, kernel, stride, padding, dilation, ceil_mode, float("-inf")), 1
+    sources = None
+    if return_indices:  # laid out as the windows: (kh*kw, oh, ow), or (kh*kw, oh*ow) after im2col
+        sources = _window_sources((h, w), kernel, stride, padding, dilation, (oh, ow))
+        sources = sources if tiling else sources.reshape(-1, oh * ow)
+    results = _window_max(windows, dim, sources)
+    if tiling:
+        return results
+    shape = (*input.shape[:-2], oh, ow)
+    return tuple(r.reshape(shape) for r in results) if return_indices else results.reshape(shape)
 
 
 def avg_pool2d(
@@ -1992,7 +2082,7 @@ def _pool3d_windows(input: Tensor, kernel_size, stride, padding, dilation, ceil_
     lifted = _lift_depth(x.reshape(n * c, 1, *x.shape[2:]), kernel[0], stride[0], dilation[0], od)
     cols, oh, ow = _pool_windows(lifted, kernel[1:], stride[1:], padding[1:], dilation[1:], ceil_mode, fill)
     windows = cols.reshape(n, c, od, kernel[0] * kernel[1] * kernel[2], oh, ow)
-    return windows, (kernel, stride, padding)
+    return windows, (kernel, stride, padding, dilation)
 
 
 def max_pool3d(
@@ -2005,14 +2095,19 @@ def max_pool3d(
     return_indices: bool = False,
 ) -> Tensor:
     """The maximum of each 3-d window of an (N, C, D, H, W) or (C, D, H, W) input (padding counts as
-    -inf); ties send the gradient to the window's first maximum, as in PyTorch. Copies each element
-    about kd*kh*kw/(stride volume) times: slow for large overlapping windows."""
+    -inf); ties send the gradient to the window's first maximum, as in PyTorch. `return_indices=True`
+    also returns each maximum's flat index in its (D, H, W) input plane. Copies each element about
+    kd*kh*kw/(stride volume) times: slow for large overlapping windows."""
+    windows, geometry = _pool3d_windows(input, kernel_size, stride, padding, dilation, ceil_mode, float("-inf"),
+                                        "max_pool3d")
+    sources = None
     if return_indices:
-        raise NotImplementedError("max_pool3d(return_indices=True) is not supported yet")
-    windows, _ = _pool3d_windows(input, kernel_size, stride, padding, dilation, ceil_mode, float("-inf"),
-                                 "max_pool3d")
-    out = _window_max(windows, 3)
-    return out.squeeze(0) if input.ndim == 4 else out
+        out_sizes = (windows.shape[2], *windows.shape[-2:])
+        sources = np.moveaxis(_window_sources(input.shape[-3:], *geometry, out_sizes), 0, 1)
+    results = _window_max(windows, 3, sources)
+    if input.ndim == 4:
+        results = tuple(r.squeeze(0) for r in results) if return_indices else results.squeeze(0)
+    return results
 
 
 def avg_pool3d(
@@ -2026,8 +2121,8 @@ def avg_pool3d(
 ) -> Tensor:
     """The mean of each 3-d window of an (N, C, D, H, W) or (C, D, H, W) input (zero padding counted
     unless count_include_pad=False)."""
-    windows, (kernel, stride, padding) = _pool3d_windows(input, kernel_size, stride, padding, 1, ceil_mode, 0.0,
-                                                         "avg_pool3d")
+    windows, (kernel, stride, padding, _) = _pool3d_windows(input, kernel_size, stride, padding, 1, ceil_mode, 0.0,
+                                                            "avg_pool3d")
     total = windows.sum(3)
     if divisor_override is not None:
         out = total / divisor_override
@@ -2074,12 +2169,14 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     return ph @ input @ pw
 
 
-def _adaptive_output_size(input: Tensor, output_size, op: str) -> tuple[int, int]:
-    """(oh, ow) of a 2-d adaptive pool; None keeps that dim's input size."""
-    if input.ndim not in (3, 4):
-        raise RuntimeError(f"{op}: Expected 3D or 4D tensor, but got {list(input.shape)}")
-    size = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
-    return tuple(n if o is None else int(o) for n, o in zip(input.shape[-2:], size))
+def _adaptive_output_size(input: Tensor, output_size, op: str, nd: int = 2) -> tuple[int, ...]:
+    """The output's spatial sizes of an nd-d adaptive pool; None keeps that dim's input size."""
+    if input.ndim not in (nd + 1, nd + 2):
+        raise RuntimeError(f"{op}: Expected {nd + 1}D or {nd + 2}D tensor, but got {list(input.shape)}")
+    size = (output_size,) * nd if isinstance(output_size, int) or output_size is None else tuple(output_size)
+    if len(size) != nd:
+        raise ValueError(f"{op}: output_size must be an int or {nd} values, got {output_size!r}")
+    return tuple(n if o is None else int(o) for n, o in zip(input.shape[-nd:], size))
 
 
 def _adaptive_bins(size: int, out: int) -> tuple[np.ndarray, int]:
@@ -2093,23 +2190,50 @@ def _adaptive_bins(size: int, out: int) -> tuple[np.ndarray, int]:
     return np.asarray(index, dtype=np.int64), k
 
 
+def _adaptive_max(input: Tensor, out_sizes: tuple[int, ...], return_indices: bool):
+    """The maximum over PyTorch's adaptive bins of the last len(out_sizes) dims: each axis's bins
+    gathered (index_select) as (out, k) windows, then one reduction over the k1*k2*... elements."""
+    nd, lead = len(out_sizes), input.ndim - len(out_sizes)
+    in_sizes = tuple(input.shape[lead:])
+    picked, bins = input, []
+    for axis, (size, out) in enumerate(zip(in_sizes, out_sizes)):
+        index, k = _adaptive_bins(size, out)
+        picked = picked.index_select(lead + axis, _const(index, input))
+        bins.append(index.reshape(out, k))
+    split = [d for b in bins for d in b.shape]  # (o1, k1, o2, k2, ...)
+    order = [lead + 2 * i for i in range(nd)] + [lead + 2 * i + 1 for i in range(nd)]
+    windows = picked.reshape(*picked.shape[:lead], *split).permute(*range(lead), *order).flatten(-nd)
+    sources = None
+    if return_indices:  # (o1, o2, ..., k1*k2*...), as the windows are laid out
+        flat = np.zeros((1,) * 2 * nd, dtype=np.int64)
+        for axis, (b, size) in enumerate(zip(bins, in_sizes)):
+            shape = [1] * 2 * nd
+            shape[axis], shape[nd + axis] = b.shape
+            flat = flat * size + b.reshape(shape)
+        sources = flat.reshape(*out_sizes, -1)
+    return _window_max(windows, -1, sources)
+
+
 def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False) -> Tensor:
     """The maximum over PyTorch's adaptive bins so the output is `output_size` (None keeps a dim);
-    ties send the gradient to the first maximum, as in PyTorch."""
-    if return_indices:
-        raise NotImplementedError("adaptive_max_pool2d(return_indices=True) is not supported yet")
-    oh, ow = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
-    rows, kh = _adaptive_bins(input.shape[-2], oh)
-    cols, kw = _adaptive_bins(input.shape[-1], ow)
-    picked = input.index_select(-2, _const(rows, input)).index_select(-1, _const(cols, input))
-    windows = picked.unflatten(-1, (ow, kw)).unflatten(-3, (oh, kh))  # (..., oh, kh, ow, kw)
-    return _window_max(windows.movedim(-3, -2).flatten(-2), -1)
+    ties send the gradient to the first maximum, as in PyTorch. `return_indices=True` also returns
+    each maximum's flat index in its (H, W) input plane."""
+    out_sizes = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
+    return _adaptive_max(input, out_sizes, return_indices)
+
+
+def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False) -> Tensor:
+    """`adaptive_max_pool2d` over the last three dims of an (N, C, D, H, W) or (C, D, H, W) input;
+    indices are flat in the (D, H, W) plane."""
+    out_sizes = _adaptive_output_size(input, output_size, "adaptive_max_pool3d", 3)
+    return _adaptive_max(input, out_sizes, return_indices)
 
 
 def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False) -> Tensor:
     """`adaptive_max_pool2d` over an (N, C, L) or (C, L) input seen as height 1."""
     _check_pool1d_input(input, "adaptive_max_pool1d")
-    return adaptive_max_pool2d(input.unsqueeze(-2), (1, _pair(output_size, 1)[0]), return_indices).squeeze(-2)
+    out = adaptive_max_pool2d(input.unsqueeze(-2), (1, _pair(output_size, 1)[0]), return_indices)
+    return tuple(r.squeeze(-2) for r in out) if return_indices else out.squeeze(-2)
 
 
 def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
@@ -2145,7 +2269,8 @@ def max_pool1d(
     _check_pool1d_input(input, "max_pool1d")
     kernel, stride, padding, dilation = _as_height_one(kernel_size, stride, padding, dilation)
     out = max_pool2d(input.unsqueeze(-2), kernel, stride, padding, dilation, ceil_mode, return_indices)
-    return out.squeeze(-2)
+    # (on a height-1 plane the 2-d flat indices are the 1-d ones)
+    return tuple(r.squeeze(-2) for r in out) if return_indices else out.squeeze(-2)
 
 
 def avg_pool1d(
@@ -2157,8 +2282,84 @@ def avg_pool1d(
     return avg_pool2d(input.unsqueeze(-2), kernel, stride, padding, ceil_mode, count_include_pad).squeeze(-2)
 
 
+def _unpool_output_size(input: Tensor, kernel, stride, padding, output_size) -> tuple[int, ...]:
+    """PyTorch's `_unpool_output_size`: the pooled input's size, (in - 1) * stride - 2 * padding + kernel,
+    or `output_size` (spatial dims, or with N and C) if it lies strictly within a stride of that."""
+    n = len(kernel)
+    default = [(size - 1) * s + k - 2 * p for size, k, s, p in zip(input.shape[-n:], kernel, stride, padding)]
+    if output_size is None:
+        return tuple(default)
+    output_size = tuple(int(o) for o in output_size)
+    if len(output_size) == n + 2:
+        output_size = output_size[2:]
+    if len(output_size) != n:
+        raise ValueError(
+            f"output_size should be a sequence containing {n} or {n + 2} elements, but it has a length of "
+            f"'{len(output_size)}'"
+        )
+    for d, (size, default_size, s) in enumerate(zip(output_size, default, stride)):
+        if not default_size - s < size < default_size + s:
+            raise ValueError(
+                f'invalid output_size "{list(output_size)}" (dim {d} must be between {default_size - s} and '
+                f"{default_size + s})"
+            )
+    return output_size
+
+
+def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, output_size, nd: int,
+                op: str) -> Tensor:
+    """Each value of `input` written at its flat `indices` (as a max pool returned them) in a zero
+    plane of the unpooled size: one scatter per plane, differentiable in `input`."""
+    if input.ndim not in (nd + 1, nd + 2):
+        raise RuntimeError(
+            f"{op}: Expected {nd + 1}D or {nd + 2}D (batch mode) tensor for input, but got input of size: "
+            f"{list(input.shape)}"
+        )
+    if indices.dtype is not _dt.int64:
+        raise RuntimeError(f"{op}: elements in indices should be type int64 but got: {indices.dtype.name}")
+    if tuple(indices.shape) != tuple(input.shape):
+        raise RuntimeError(
+            f"{op}: Expected shape of indices to be same as that of the input tensor ({list(input.shape)}) but got "
+            f"indices tensor with shape: {list(indices.shape)}"
+        )
+    kernel = _pair(kernel_size, nd)
+    stride = kernel if stride is None else _pair(stride, nd)
+    sizes = _unpool_output_size(input, kernel, stride, _pair(padding, nd), output_size)
+    plane = math.prod(sizes)
+    if _is_concrete(indices) and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= plane):
+        bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
+        raise RuntimeError(
+            f"{op}: Found an invalid max index: {bad} (output volumes are of size {'x'.join(map(str, sizes))}); "
+            "pass the indices the matching max pool returned, and its input size as output_size"
+        )
+    lead = tuple(input.shape[:-nd])
+    flat_in = input.reshape(*lead, -1)
+    out = flat_in.new_zeros((*lead, plane)).scatter(-1, indices.reshape(*lead, -1), flat_in)
+    return out.reshape(*lead, *sizes)
+
+
+def max_unpool1d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """The partial inverse of `max_pool1d`: each maximum back at its index, zeros elsewhere."""
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 1, "max_unpool1d")
+
+
+def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """The partial inverse of `max_pool2d`: each maximum back at its flat (H, W) index, zeros elsewhere.
+
+        out, idx = F.max_pool2d(x, 2, return_indices=True)
+        F.max_unpool2d(out, idx, 2, output_size=x.shape)   # x's maxima in place, zeros elsewhere
+    """
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 2, "max_unpool2d")
+
+
+def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """The partial inverse of `max_pool3d`: each maximum back at its flat (D, H, W) index, zeros elsewhere."""
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 3, "max_unpool3d")
+
+
 _INTERPOLATE_RANKS = {
-    "nearest": (3, 4, 5), "area": (3, 4, 5), "linear": (3,), "bilinear": (4,), "bicubic": (4,), "trilinear": (5,)
+    "nearest": (3, 4, 5), "nearest-exact": (3, 4, 5), "area": (3, 4, 5), "linear": (3,), "bilinear": (4,),
+    "bicubic": (4,), "trilinear": (5,),
 }
 
 
@@ -2173,10 +2374,11 @@ def interpolate(
 ) -> Tensor:
     """Resize the spatial dims (all after N, C) to `size`, or by `scale_factor`.
 
-    Modes 'nearest', 'linear' (3-D input), 'bilinear' and 'bicubic' (4-D), 'trilinear' (5-D), with
-    PyTorch's source coordinates for both `align_corners`. Each is separable: one axis at a time, a
-    sum of a few gathers (index_select) of the input times static weights, so autograd and the
-    compiler see ordinary ops. 'area' is adaptive average pooling to the output size (3-D and 4-D).
+    Modes 'nearest', 'nearest-exact' (pixel centres, as PIL and scikit-image pick), 'linear' (3-D
+    input), 'bilinear' and 'bicubic' (4-D; Keys' cubic with A = -0.75, clamped at the borders),
+    'trilinear' (5-D), with PyTorch's source coordinates for both `align_corners`. Each is separable:
+    one axis at a time, a sum of a few gathers (index_select) of the input times static weights, so
+    autograd and the compiler see ordinary ops. 'area' is adaptive average pooling to the output size.
 
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     """
@@ -2184,7 +2386,8 @@ def interpolate(
     out_sizes, factors = _interpolate_sizes(input, size, scale_factor, recompute_scale_factor)
     if mode == "area":
         return _area_resize(input, out_sizes)
-    taps = {"nearest": _nearest_taps, "bicubic": _cubic_taps}.get(mode, _linear_taps)
+    taps = {"nearest": _nearest_taps, "nearest-exact": _nearest_exact_taps, "bicubic": _cubic_taps}.get(
+        mode, _linear_taps)
     precision = np.float64 if input.dtype is _dt.float64 else np.float32  # as PyTorch's kernels compute
     out = input
     # the last axis first: PyTorch's kernels interpolate along the width innermost
@@ -2198,24 +2401,23 @@ def interpolate(
 
 
 def _area_resize(input: Tensor, out_sizes: tuple[int, ...]) -> Tensor:
-    if input.ndim == 5:
-        raise NotImplementedError("interpolate(mode='area') of a 5-D input is not supported yet (3-D and 4-D are)")
-    return (adaptive_avg_pool1d if input.ndim == 3 else adaptive_avg_pool2d)(input, out_sizes)
+    pool = {3: adaptive_avg_pool1d, 4: adaptive_avg_pool2d, 5: adaptive_avg_pool3d}[input.ndim]
+    return pool(input, out_sizes)
 
 
 def _check_interpolate_mode(input: Tensor, mode: str, align_corners, antialias: bool) -> None:
-    if mode in ("nearest", "area") and align_corners is not None:
+    if mode in ("nearest", "nearest-exact", "area") and align_corners is not None:
         raise ValueError(
             "align_corners option can only be set with the interpolating modes: linear | bilinear | bicubic | trilinear"
         )
-    if mode not in _INTERPOLATE_RANKS or input.ndim not in (3, 4, 5):
+    ranks = _INTERPOLATE_RANKS.get(mode, ())
+    if mode in ("linear", "bilinear", "trilinear") and input.ndim in (3, 4, 5) and input.ndim not in ranks:
+        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs {ranks[0]}D input")
+    if input.ndim not in ranks:
         raise NotImplementedError(
             f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) for the modes: nearest | "
-            f"linear | bilinear | bicubic | trilinear | area (got {mode})"
+            f"linear | bilinear | bicubic | trilinear | area | nearest-exact (got {mode})"
         )
-    if input.ndim not in _INTERPOLATE_RANKS[mode]:
-        needed = _INTERPOLATE_RANKS[mode][0]
-        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs {needed}D input")
     if antialias:
         raise NotImplementedError("interpolate(antialias=True) is not supported yet")
 
@@ -2251,7 +2453,7 @@ def _interpolate_sizes(input: Tensor, size, scale_factor, recompute_scale_factor
 
 def _source_scale(n_in: int, n_out: int, factor: float | None, align_corners: bool, mode: str) -> float:
     """PyTorch's area_pixel_compute_scale: input pixels per output pixel along one axis."""
-    if align_corners and mode != "nearest":
+    if align_corners and not mode.startswith("nearest"):
         return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     return 1.0 / factor if factor is not None and factor > 0 else n_in / n_out
 
@@ -2269,6 +2471,12 @@ Taps = list[tuple[np.ndarray, np.ndarray | None]]
 def _nearest_taps(n_in: int, n_out: int, scale: float, align_corners: bool, dtype) -> Taps:
     # PyTorch's 'nearest': src = floor(dst * scale), in float32 whatever the input dtype
     src = np.floor(np.arange(n_out, dtype=np.float32) * np.float32(scale))
+    return [(np.minimum(src, n_in - 1).astype(np.int64), None)]
+
+
+def _nearest_exact_taps(n_in: int, n_out: int, scale: float, align_corners: bool, dtype) -> Taps:
+    # PyTorch's 'nearest-exact': the pixel whose centre is nearest, src = floor((dst + 0.5) * scale)
+    src = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(scale))
     return [(np.minimum(src, n_in - 1).astype(np.int64), None)]
 
 
@@ -2391,26 +2599,22 @@ def _reflect(pos: Tensor, twice_low: int, twice_high: int) -> Tensor:
     return _ops.where(flips % 2 == 0, extra + low, span - extra + low)
 
 
-def _gather_pixels(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
-    """input[n, :, y, x] at integer-valued float positions (N, Ho, Wo) -> (N, C, Ho, Wo); zero outside."""
-    n, c, h, w = input.shape
-    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-    index = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).long().reshape(n, 1, -1).expand(n, c, -1)
-    values = input.reshape(n, c, h * w).gather(2, index).reshape(n, c, *y.shape[1:])
+def _gather_pixels(input: Tensor, positions: Sequence[Tensor]) -> Tensor:
+    """input[n, :, *positions] at integer-valued float positions (one (N, *out) tensor per spatial dim,
+    in dim order) -> (N, C, *out); zero outside the image."""
+    n, c, *sizes = input.shape
+    inside, flat = None, None
+    for pos, size in zip(positions, sizes):
+        within = (pos >= 0) & (pos <= size - 1)
+        inside = within if inside is None else inside & within
+        flat = pos.clamp(0, size - 1) if flat is None else flat * size + pos.clamp(0, size - 1)
+    index = flat.long().reshape(n, 1, -1).expand(n, c, -1)
+    values = input.reshape(n, c, -1).gather(2, index).reshape(n, c, *positions[0].shape[1:])
     return _ops.where(inside.unsqueeze(1), values, 0.0)
 
 
-def grid_sample(
-    input: Tensor,
-    grid: Tensor,
-    mode: str = "bilinear",
-    padding_mode: str = "zeros",
-    align_corners: bool | None = None,
-) -> Tensor:
-    """Sample the (N, C, H, W) `input` at the normalized (x, y) positions of `grid` (N, Ho, Wo, 2),
-    -1 and 1 being the image's edges (or its corner pixels' centers with align_corners); bilinear or
-    nearest, with zeros, border or reflection padding. Differentiable in both input and grid (nearest:
-    in input only). Each output gathers 4 pixels (1 for nearest): no 5-d or bicubic form yet."""
+def _check_grid_sample(input: Tensor, grid: Tensor, mode: str, padding_mode: str) -> None:
+    """PyTorch's checks of grid_sample's arguments, with its messages."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(
             f"nn.functional.grid_sample(): expected mode to be 'bilinear' or 'nearest' (bicubic is not supported "
@@ -2421,22 +2625,53 @@ def grid_sample(
             "nn.functional.grid_sample(): expected padding_mode to be 'zeros', 'border', or 'reflection', "
             f"but got: '{padding_mode}'"
         )
-    align_corners = _resolve_align_corners(align_corners)
-    if input.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != input.shape[0]:
+    sizes = f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}"
+    # (in PyTorch's order of checks, so the same call fails with the same message)
+    if input.ndim and grid.ndim and grid.shape[0] != input.shape[0]:
+        raise RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got {sizes}")
+    if grid.ndim and grid.shape[-1] != input.ndim - 2:
         raise RuntimeError(
-            f"grid_sample: expected a 4-D input (N, C, H, W) and a grid (N, H_out, W_out, 2) of the same N, but "
-            f"got input of shape {list(input.shape)} and grid of shape {list(grid.shape)} (5-D is not supported)"
+            f"grid_sampler(): expected grid to have size {input.ndim - 2} in last dimension, but got grid with "
+            f"sizes {list(grid.shape)}"
         )
-    h, w = input.shape[-2:]
-    x = _grid_source(grid[..., 0], w, padding_mode, align_corners)
-    y = _grid_source(grid[..., 1], h, padding_mode, align_corners)
+    if input.ndim not in (4, 5) or grid.ndim != input.ndim:
+        raise RuntimeError(
+            f"grid_sampler(): expected 4D or 5D input and grid with same number of dimensions, but got {sizes}"
+        )
+
+
+def grid_sample(
+    input: Tensor,
+    grid: Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool | None = None,
+) -> Tensor:
+    """Sample the (N, C, H, W) `input` at the normalized (x, y) positions of `grid` (N, Ho, Wo, 2), or
+    the (N, C, D, H, W) one at the (x, y, z) of `grid` (N, Do, Ho, Wo, 3); -1 and 1 are the image's
+    edges (or its corner pixels' centers with align_corners). Bilinear ('bilinear' is trilinear for
+    5-d input, as in PyTorch) or nearest, with zeros, border or reflection padding. Differentiable in
+    both input and grid (nearest: in input only). Each output gathers 2**dims pixels (1 for nearest);
+    no bicubic form yet."""
+    _check_grid_sample(input, grid, mode, padding_mode)
+    align_corners = _resolve_align_corners(align_corners)
+    sizes = input.shape[2:]
+    # grid's last dim runs x, y[, z]: the reverse of the input's spatial dims
+    positions = [_grid_source(grid[..., len(sizes) - 1 - d], size, padding_mode, align_corners)
+                 for d, size in enumerate(sizes)]
     if mode == "nearest":
-        return _gather_pixels(input, y.round().detach(), x.round().detach())
-    x0, y0 = x.floor().detach(), y.floor().detach()
-    right, down = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
-    top = _gather_pixels(input, y0, x0) * (1 - right) + _gather_pixels(input, y0, x0 + 1) * right
-    bottom = _gather_pixels(input, y0 + 1, x0) * (1 - right) + _gather_pixels(input, y0 + 1, x0 + 1) * right
-    return top * (1 - down) + bottom * down
+        return _gather_pixels(input, [p.round().detach() for p in positions])
+    lows = [p.floor().detach() for p in positions]
+    fracs = [(p - low).unsqueeze(1) for p, low in zip(positions, lows)]
+    out = None
+    for corner in itertools.product((0, 1), repeat=len(sizes)):
+        weight = None
+        for up, frac in zip(corner, fracs):
+            w = frac if up else 1 - frac
+            weight = w if weight is None else weight * w
+        term = _gather_pixels(input, [low + up for low, up in zip(lows, corner)]) * weight
+        out = term if out is None else out + term
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Convolutions: Conv1d/2d/3d (im2col + one matmul, see `functional.conv2d`) and ConvTranspose1d/2d
+"""Convolutions: Conv1d/2d/3d (im2col + one matmul, see `functional.conv2d`) and ConvTranspose1d/2d/3d
 (one matmul + col2im, see `functional.conv_transpose2d`)."""
 
 from __future__ import annotations
@@ -209,3 +209,11 @@ class ConvTranspose2d(_ConvTransposeNd):
     """2-D transposed convolution over (N, C, H, W) inputs: upsampling by `stride` (DCGAN and VAE decoders)."""
 
     _dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-D transposed convolution over (N, C, D, H, W) inputs: upsampling volumes by `stride` (3-d U-Net
+    and video decoders)."""
+
+    _dims = 3
+    _function = staticmethod(F.conv_transpose3d)

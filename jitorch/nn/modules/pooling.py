@@ -1,5 +1,5 @@
 """Pooling layers: max, average and adaptive pooling in 1-d, 2-d and 3-d (the 1-d ones run the 2-d ones
-on height-1 inputs, as PyTorch does)."""
+on height-1 inputs, as PyTorch does), and max unpooling."""
 
 from __future__ import annotations
 
@@ -119,6 +119,10 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPool):
     _function = staticmethod(F.adaptive_max_pool2d)
 
 
+class AdaptiveMaxPool3d(_AdaptiveMaxPool):
+    _function = staticmethod(F.adaptive_max_pool3d)
+
+
 class MaxPool1d(MaxPool2d):
     """The maximum over each window of an (N, C, L) or (C, L) input."""
 
@@ -161,3 +165,34 @@ class AvgPool1d(Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of MaxPool2d: `forward(input, indices, output_size=None)` puts each maximum
+    back at the index MaxPool2d(return_indices=True) gave it, zeros elsewhere (1-d and 3-d forms below)."""
+
+    _dims = 2
+    _function = staticmethod(F.max_unpool2d)
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        # n-tuples, as PyTorch stores (and prints) them
+        self.kernel_size = F._pair(kernel_size, self._dims)
+        self.stride = F._pair(stride if stride is not None else kernel_size, self._dims)
+        self.padding = F._pair(padding, self._dims)
+
+    def forward(self, input: Tensor, indices: Tensor, output_size=None) -> Tensor:
+        return self._function(input, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool1d(MaxUnpool2d):
+    _dims = 1
+    _function = staticmethod(F.max_unpool1d)
+
+
+class MaxUnpool3d(MaxUnpool2d):
+    _dims = 3
+    _function = staticmethod(F.max_unpool3d)

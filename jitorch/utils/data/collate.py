@@ -16,8 +16,7 @@ from ...tensor import Tensor
 __all__ = ["default_collate", "default_convert"]
 
 # numpy integer types jitorch has no dtype for are widened without loss.
-_WIDEN = {np.dtype(np.int8): np.int32, np.dtype(np.uint8): np.int32, np.dtype(np.int16): np.int32,
-          np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+_WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
 
 
 def _array_to_tensor(array: np.ndarray) -> Tensor:
