@@ -84,8 +84,10 @@ class CUDABackend(Backend):
 
     def full(self, shape: tuple[int, ...], value, dtype: np.dtype):
         """Filled on the device (a host array of the shape would be made, then copied)."""
-        if value == 0 and math.copysign(1.0, value) > 0:  # (-0.0 is a fill)
-            return cupy.zeros(shape, dtype)  # (a memset)
+        if value == 0:
+            out = cupy.zeros(shape, dtype)  # (a memset)
+            # (CuPy's fill takes any zero for a memset: -0.0 is +0.0 negated)
+            return out if math.copysign(1.0, value) > 0 else cupy.negative(out, out=out)
         out = cupy.empty(shape, dtype)
         try:
             out.fill(np.asarray(value, dtype))
