@@ -22,6 +22,7 @@ from .creation import (
     full,
     full_like,
     linspace,
+    logspace,
     multinomial,
     ones,
     ones_like,
@@ -239,6 +240,8 @@ from .backends.cpu.threads import count as get_num_threads, set_num_threads  # n
 from . import accelerator, amp, cuda, distributed, distributions, linalg, nn, onnx, optim, profiler, testing, utils  # noqa: E402,E501 - as `import torch` gives torch.cuda, torch.nn, torch.optim
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .linalg import matrix_power  # noqa: E402 - torch.matrix_power, as torch.linalg.matrix_power
+
+Tensor.matrix_power = matrix_power
 
 inference_mode = no_grad  # jitorch has no separate inference tensors: no recording is the point
 

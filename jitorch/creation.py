@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from . import dtypes as _dt
 from ._trace_state import trace_state
 from .backends import backend_for
 from .device import Device, placement
-from .errors import BackendError
+from .errors import BackendError, TraceWarning
 from .random import normal, rng, uniform
 from .symbolic import SymInt, is_symbolic, specialize
 from .tensor import Tensor
@@ -93,6 +94,19 @@ def _infer_np(data, dtype: _dt.DType | None) -> np.ndarray:
     raise TypeError(f"cannot make a tensor from data of type {type(data).__name__} (numpy dtype {arr.dtype})")
 
 
+def _warn_if_traced(what: str, data) -> None:
+    """Inside a trace, a tensor made from a numpy array holds the trace's values for good: the
+    numpy code that made them runs only while tracing (a literal list is a constant anyway)."""
+    if trace_state.tracer is not None and isinstance(data, np.ndarray):
+        from ._trace_state import user_source
+
+        warnings.warn(
+            f"jitorch.compile: {what} of a numpy array at {user_source()} is a constant of the compiled "
+            "program: later calls reuse the values it had while tracing (numpy code runs only then). If "
+            "they change between calls, make the tensor outside the compiled function and pass it in.",
+            TraceWarning, stacklevel=3)
+
+
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A new tensor holding a copy of `data` (a number, nested lists, a numpy array or a tensor).
 
@@ -102,6 +116,8 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     if isinstance(data, Tensor):  # a copy, on data's device unless told otherwise (as PyTorch)
         device = data.device if device is None else device
         data = data.detach()._concrete("jitorch.tensor()")
+    else:
+        _warn_if_traced("jitorch.tensor()", data)
     dtype = None if dtype is None else _dt.get_dtype(dtype)
     arr = np.array(_infer_np(data, dtype), copy=True)
     return _finish(arr, device, requires_grad)
@@ -112,6 +128,7 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     if isinstance(data, Tensor):
         return data.to(device=device, dtype=dtype)
     if isinstance(data, np.ndarray) and (dtype is None or _dt.get_dtype(dtype).np == data.dtype):
+        _warn_if_traced("jitorch.as_tensor()", data)
         return _finish(np.asarray(data, dtype=_dt.from_numpy_dtype(data.dtype).np), device, False)
     return tensor(data, dtype=dtype, device=device)
 
@@ -121,6 +138,7 @@ def from_numpy(array: np.ndarray) -> Tensor:
     if not isinstance(array, np.ndarray):
         raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
     _dt.from_numpy_dtype(array.dtype)
+    _warn_if_traced("jitorch.from_numpy()", array)
     return Tensor._make(array)
 
 
@@ -285,6 +303,14 @@ def _symbolic_arange(start, end, step, dtype: _dt.DType, device) -> Tensor:
 def linspace(start, end, steps: int, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
     return _finish(np.linspace(start, end, steps).astype(dtype.np), device, requires_grad)
+
+
+def logspace(start, end, steps: int, base: float = 10.0, dtype=None, device=None,
+             requires_grad: bool = False) -> Tensor:
+    """`steps` values from base**start to base**end, their exponents evenly spaced (computed in
+    float64, then cast to `dtype`, as PyTorch's)."""
+    dtype = _dt.get_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.power(float(base), np.linspace(start, end, steps)).astype(dtype.np), device, requires_grad)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:

@@ -23,6 +23,11 @@ class FusionWarning(RuntimeWarning):
     """Fused kernels could not be built; the program runs unfused (correct, slower)."""
 
 
+class TraceWarning(UserWarning):
+    """Something a compiled function did while it was traced will not happen again on later calls
+    (a numpy array made into a tensor is a constant of the program)."""
+
+
 class BackendError(NotImplementedError):
     """A device has no backend, or its backend has no kernel for a primitive."""
 

@@ -794,3 +794,21 @@ def test_updates_computed_into_their_own_buffers_equal_eager_whatever_else_reads
     for a, b in zip(results[0][0], results[1][0]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_numpy_array_made_into_a_tensor_while_tracing_warns_that_it_is_a_constant():
+    """numpy runs only while tracing: its values are the program's from then on, which is said, with
+    the line; a literal list (a constant anyway) and an argument say nothing."""
+    rng = np.random.default_rng(0)
+
+    def noisy(x):
+        return x + jt.from_numpy(rng.random(3))
+
+    compiled = jt.compile(noisy)
+    with pytest.warns(jt.errors.TraceWarning, match=r"from_numpy\(\) of a numpy array at .*test_compile.py"):
+        first = compiled(jt.zeros(3)).numpy().copy()
+    np.testing.assert_array_equal(compiled(jt.zeros(3)).numpy(), first)  # (the constant, as the warning says)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jt.compile(lambda x: x + jt.tensor([1.0, 2.0, 3.0]))(jt.zeros(3))
+        jt.compile(lambda x, y: x + y)(jt.zeros(3), jt.from_numpy(rng.random(3)))

@@ -502,6 +502,18 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     return _feature_dropout(input, p, training, inplace, batched=True)
 
 
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of an (N, C, D, H, W) or unbatched (C, D, H, W) input with probability p.
+    Other ranks are taken as unbatched (C, ...), as PyTorch takes them, with its warning."""
+    if input.ndim not in (4, 5):
+        warnings.warn(
+            f"dropout3d: Received a {input.ndim}-D input to dropout3d (shape {list(input.shape)}), which is "
+            "deprecated. Use dropout instead; dropout3d exists for (N, C, D, H, W) or (C, D, H, W) inputs.",
+            stacklevel=2,
+        )
+    return _feature_dropout(input, p, training, inplace, batched=input.ndim == 5)
+
+
 _ALPHA_DROPOUT_ALPHA = 1.7580993408473766  # -SELU's negative saturation value, scale * alpha
 
 

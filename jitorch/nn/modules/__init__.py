@@ -53,7 +53,7 @@ from .loss import (
     SoftMarginLoss,
     TripletMarginLoss,
 )
-from .misc import AlphaDropout, Dropout, Dropout1d, Dropout2d, Embedding, Flatten, Unflatten
+from .misc import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, Embedding, Flatten, Unflatten
 from .module import Module
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm, RMSNorm
 from .padding import (
@@ -199,6 +199,7 @@ __all__ = [
     "AlphaDropout",
     "Dropout1d",
     "Dropout2d",
+    "Dropout3d",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "CircularPad1d",

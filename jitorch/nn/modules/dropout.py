@@ -1,5 +1,5 @@
-"""`torch.nn.modules.dropout`'s path, for code that imports Dropout from there (it lives in `misc`)."""
+"""`torch.nn.modules.dropout`'s path, for code that imports the dropouts from there (they live in `misc`)."""
 
-from .misc import Dropout
+from .misc import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d
 
-__all__ = ["Dropout"]
+__all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]

@@ -71,6 +71,12 @@ class Dropout2d(Dropout):
     _function = staticmethod(F.dropout2d)
 
 
+class Dropout3d(Dropout):
+    """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) inputs with probability p in training."""
+
+    _function = staticmethod(F.dropout3d)
+
+
 class AlphaDropout(Dropout):
     """Dropout that keeps a SELU network's zero mean and unit variance (see `F.alpha_dropout`)."""
 
