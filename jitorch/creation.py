@@ -97,7 +97,8 @@ def _infer_np(data, dtype: _dt.DType | None) -> np.ndarray:
 def _warn_if_traced(what: str, data) -> None:
     """Inside a trace, a tensor made from a numpy array holds the trace's values for good: the
     numpy code that made them runs only while tracing (a literal list is a constant anyway)."""
-    if trace_state.tracer is not None and isinstance(data, np.ndarray):
+    if (trace_state.tracer is not None and isinstance(data, np.ndarray)
+            and not sys._getframe(2).f_globals.get("__name__", "").startswith("jitorch.")):  # (the user's call)
         from ._trace_state import user_source
 
         warnings.warn(

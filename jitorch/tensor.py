@@ -392,6 +392,9 @@ class Tensor:
         backend = self._backend()
         host = backend.to_numpy(self._buffer(what))
         backend.finish_checks()
+        tracer = trace_state.tracer
+        if tracer is not None and self._born is not tracer.born_mark:
+            tracer.note_host_read(self, what)  # (a tensor from outside: the program depends on its values)
         return host
 
     def _host_only(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -812,3 +813,24 @@ def test_a_numpy_array_made_into_a_tensor_while_tracing_warns_that_it_is_a_const
         warnings.simplefilter("error")
         jt.compile(lambda x: x + jt.tensor([1.0, 2.0, 3.0]))(jt.zeros(3))
         jt.compile(lambda x, y: x + y)(jt.zeros(3), jt.from_numpy(rng.random(3)))
+
+
+def test_a_tensor_from_outside_read_on_the_host_while_tracing_guards_its_values():
+    """Values the trace read with .tolist()/.item() are baked in: writing the tensor in place (or
+    giving it a new buffer) recompiles, with the reason, instead of reusing the old values."""
+    lengths = jt.tensor([3, 1])
+
+    def first_of_each(x):
+        return jt.stack([x[k, : int(n)].sum() for k, n in enumerate(lengths.tolist())])
+
+    compiled = jt.compile(first_of_each)
+    x = jt.randn(2, 4)
+    for values in ([3, 1], [2, 4], [2, 4]):
+        with jt.no_grad():
+            lengths.copy_(jt.tensor(values))
+        np.testing.assert_allclose(compiled(x).numpy(), first_of_each(x).numpy(), rtol=1e-6)
+    lengths.data = jt.tensor([1, 1])
+    np.testing.assert_allclose(compiled(x).numpy(), first_of_each(x).numpy(), rtol=1e-6)
+    assert compiled.compiles == 3  # [3, 1], [2, 4] (written again with the same values: no retrace), [1, 1]
+    assert all(re.search(r"the values of \S+, which the trace read by .tolist\(\), changed", reason)
+               for reason in compiled.recompile_reasons)

@@ -434,6 +434,24 @@ class Tracer:
             reason = reason or (lambda before, now: f"{label}: {show(before)} -> {show(now)}")
             self.python_guards[key] = (label, read, read(), show, reason)
 
+    def note_host_read(self, t: Tensor, what: str) -> None:
+        """The trace read the values of `t`, a tensor from outside the call, on the host (`.tolist()`,
+        `.item()`, a Python `if` on it): they are baked into the program, which therefore applies
+        only while `t` keeps its buffer and is not written in place."""
+        data, version = t._data, t._version_value()
+        name = self.labels.get(id(t), f"a tensor{list(t.shape)}")
+
+        def read():  # (the values themselves only once the tensor was written or given a new buffer)
+            if t._data is data and t._version_value() == version:
+                return traced
+            return t.shape, t.dtype, t._backend().to_numpy(t._data).tobytes()
+
+        traced = (t.shape, t.dtype, t._backend().to_numpy(data).tobytes())
+        self.note_python_value(
+            ("host read", id(t)), f"the values of {name}, read by {what} at {user_source()}", read,
+            show=lambda v: "as when traced",
+            reason=lambda before, now: f"the values of {name}, which the trace read by {what}, changed")
+
     # --- the end ------------------------------------------------------------------------
     def finish(self, out_leaves: list, out_paths: list[str], arg_tensors: list[tuple[Tensor, int]]) -> TraceInfo:
         """Add outputs for results, write-backs and grads. Returns what the runtime needs."""
