@@ -120,6 +120,27 @@ def test_cross_entropy_forward_reads_the_logits_in_one_row_kernel():
     np.testing.assert_allclose(loss.item(), reference.item(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),
+                                      ("softmax_backward", lambda x: (x.softmax(-1) * x).sum(-1))])
+def test_a_row_kernel_evaluates_each_exp_once(name, fn):
+    """softmax's exp(x - max) is summed in one pass over the row and divided in the next: the first
+    keeps it in the output's buffer for the second (which reads it there before it writes), instead
+    of computing it again; the values stay PyTorch's."""
+    from jitorch.codegen import llvm
+
+    x = jt.randn(16, 300)
+    compiled = jt.compile(fn)
+    out = compiled(x)
+    rows = [k for k in plan_of(compiled).kernels if k.kernel.rows]
+    assert rows
+    for k in rows:
+        text = llvm.render(k)
+        calls = text.count('call float @"jt_exp_f32"')
+        assert calls == sum(n.op == "exp" for n in k.kernel.nodes), text
+    reference = fn(torch.tensor(x.numpy()))
+    np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_backward_kernel_recomputes_the_forwards_full_size_values_instead_of_reading_them():
     """Cross-entropy forward + backward: the forward's exp(x - max) and target mask are recomputed
     by the backward kernel from the logits (which it reads anyway), so the forward writes only row

@@ -387,6 +387,10 @@ def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, o
     b.position_at_end(done)
 
 
+# ops worth a store and a load (of an L1-resident row) rather than a second evaluation
+_TRANSCENDENTAL = frozenset({"exp", "log", "log1p", "expm1", "tanh", "sigmoid", "erf", "pow", "sin", "cos"})
+
+
 class _RowEmitter:
     """The code of a row kernel for one row, given each operand's offset at the row's start.
 
@@ -412,22 +416,57 @@ class _RowEmitter:
         kernel, level = self.kernel, self.level
         n_in = len(kernel.inputs)
         env = {v.id: self.ops.load(k, v, offsets[k]) for k, v in enumerate(kernel.inputs) if self.inner_static[k]}
-        top = max(level.values(), default=0)
         if self.has_random:  # a row-shaped draw is numbered by its row
             self.emitter.element_index = self.b.udiv(offsets[-1], self.length)
-        for pass_ in range(top + 1):
+        passes = self._passes()
+        stash = self._stash(passes)
+        for pass_, (reductions, stores, stored) in enumerate(passes):
             for node in kernel.nodes:
                 if node.out.id in self.row_ids and not is_row_reduction(node) and level[node.out.id] == pass_:
                     env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
             for j, v in enumerate(kernel.outputs):
                 if v.id in self.row_ids and level[v.id] == pass_:
                     self.ops.store(n_in + j, v, env[v.id], offsets[n_in + j])
+            if reductions or stores:
+                stashed = {vid: k for vid, (_, later, k) in stash.items() if later == pass_}
+                kept = {vid: k for vid, (at, _, k) in stash.items() if at == pass_}
+                env.update(self._pass(offsets, env, reductions, stores, stored | stashed, kept))
+
+    def _passes(self) -> list[tuple[list[Node], list[int], dict[int, int]]]:
+        """Per pass over the row: the reductions it accumulates, the full-shape outputs it stores, and
+        the outputs earlier passes stored (value id -> output index), which it loads back."""
+        kernel, level = self.kernel, self.level
+        passes = []
+        for pass_ in range(max(level.values(), default=0) + 1):
             reductions = [n for n in kernel.nodes if is_row_reduction(n) and level[n.out.id] == pass_ + 1]
             stores = [j for j, v in enumerate(kernel.outputs) if v.id not in self.row_ids and level[v.id] == pass_]
-            if reductions or stores:
-                stored = {v.id: j for j, v in enumerate(kernel.outputs)
-                          if v.id not in self.row_ids and level[v.id] < pass_}
-                env.update(self._pass(offsets, env, reductions, stores, stored))
+            stored = {v.id: j for j, v in enumerate(kernel.outputs) if v.id not in self.row_ids and level[v.id] < pass_}
+            passes.append((reductions, stores, stored))
+        return passes
+
+    def _stash(self, passes) -> dict[int, tuple[int, int, int]]:
+        """Transcendentals a later pass would compute again (softmax's exp(x - max), in the pass that
+        sums it and again in the pass that divides by the sum): value id -> (the pass that computes
+        it, the later pass that needs it, the output it is kept in meanwhile). It is kept in the buffer
+        of an output of its dtype that the later pass stores (at the same element, which that pass
+        reads before it writes), so the later pass loads it instead: one exp per element."""
+        computed = [{n.out.id for n in self._needed([r.inputs[0] for r in reductions]
+                                                   + [self.kernel.outputs[j] for j in stores], stored)}
+                    if reductions or stores else set() for reductions, stores, stored in passes]
+        stash: dict[int, tuple[int, int, int]] = {}
+        taken: set[int] = set()
+        for later, (_, stores, _) in enumerate(passes):
+            for node in self.kernel.nodes:
+                vid = node.out.id
+                if node.op not in _TRANSCENDENTAL or vid not in computed[later] or vid in stash:
+                    continue
+                earlier = [at for at in range(later) if vid in computed[at]]
+                free = [j for j in stores if j not in taken and self.kernel.outputs[j].dtype is node.out.dtype
+                        and node.out.dtype.itemsize >= 4]  # (a half type would round what it keeps)
+                if len(earlier) == 1 and free:
+                    stash[vid] = (earlier[0], later, free[0])
+                    taken.add(free[0])
+        return stash
 
     def _needed(self, targets: list[Value], stored: dict[int, int]) -> list[Node]:
         """The kernel's full-shape nodes that `targets` depend on, in kernel order, short of the
@@ -443,9 +482,10 @@ class _RowEmitter:
         return [n for n in self.kernel.nodes if n.out.id in seen]
 
     def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
-              stored: dict[int, int]) -> dict:
+              stored: dict[int, int], kept: dict[int, int] | None = None) -> dict:
         """One loop over the row (its length is at least 2: fusion only forms row kernels then);
-        `stored` maps values an earlier pass wrote to their output's index."""
+        `stored` maps values an earlier pass wrote to their output's index, `kept` values this pass
+        writes into an output's buffer for a later pass (`_stash`)."""
         b, kernel = self.b, self.kernel
         n_in = len(kernel.inputs)
         nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores], stored)
@@ -469,7 +509,8 @@ class _RowEmitter:
                 env[v.id] = self.ops.load(k, v, b.add(offsets[k], j))
         for vid, k in stored.items():
             if vid in wanted:
-                env[vid] = self.ops.load(n_in + k, kernel.outputs[k], b.add(offsets[n_in + k], j))
+                env[vid] = self.ops.load(n_in + k, self.made[vid].out if vid in self.made else kernel.outputs[k],
+                                         b.add(offsets[n_in + k], j))
         if self.has_random:
             self.emitter.element_index = b.add(offsets[-1], j)
         for node in nodes:
@@ -479,6 +520,8 @@ class _RowEmitter:
         for k in stores:
             v = kernel.outputs[k]
             self.ops.store(n_in + k, v, env[v.id], b.add(offsets[n_in + k], j))
+        for vid, k in (kept or {}).items():
+            self.ops.store(n_in + k, self.made[vid].out, env[vid], b.add(offsets[n_in + k], j))
         nxt = b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"])
         j.add_incoming(nxt, b.block)
         for acc, new in zip(accumulators, updated):
