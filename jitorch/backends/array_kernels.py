@@ -128,24 +128,26 @@ def as_rows(x, dims: tuple[int, ...]) -> tuple[object, bool] | None:
     return x.reshape(math.prod(x.shape[:split]), math.prod(x.shape[split:])), trailing
 
 
+# (the array methods, not xp.sum(x, ...): numpy's module functions cost a Python wrapper per call,
+# a good part of a small reduction's time in a compiled program's step)
 def sum_(xp, x, axis, keepdims):
-    return xp.sum(x, axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
+    return x.sum(axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
 
 
 def _prod(xp, x, axis, keepdims):
-    return xp.prod(x, axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
+    return x.prod(axis=axis, keepdims=keepdims, dtype=sum_dtype(x.dtype))
 
 
 def amax(xp, x, axis, keepdims):
     if x.dtype == np.bool_:  # any(): an empty reduction is False (amax has no identity)
-        return xp.any(x, axis=axis, keepdims=keepdims)
-    return xp.amax(x, axis=axis, keepdims=keepdims)
+        return x.any(axis=axis, keepdims=keepdims)
+    return x.max(axis=axis, keepdims=keepdims)
 
 
 def _amin(xp, x, axis, keepdims):
     if x.dtype == np.bool_:  # all(): an empty reduction is True
-        return xp.all(x, axis=axis, keepdims=keepdims)
-    return xp.amin(x, axis=axis, keepdims=keepdims)
+        return x.all(axis=axis, keepdims=keepdims)
+    return x.min(axis=axis, keepdims=keepdims)
 
 
 def _arg_reduce(xp, reduce, x, dim, keepdim):

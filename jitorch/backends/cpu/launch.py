@@ -49,37 +49,45 @@ class CompiledKernel:
                                  for d in range(self.ndim)]
         # a row kernel splits across threads by rows, never inside one
         self.split_rows = self.ndim >= 2 or not kernel.rows
+        # each input's byte strides when it is C-contiguous in its view shape (the usual case), and
+        # the strides argument of a call whose inputs all are: made once, not per call
+        self.contiguous = [_c_strides(view, v.dtype.np.itemsize) for view, v in zip(self.in_views, kernel.inputs)]
+        usual = [0 if bcast[d] else strides[d] // v.dtype.np.itemsize
+                 for strides, bcast, v in zip(self.contiguous, self.broadcast, kernel.inputs) for d in range(self.ndim)]
+        usual += self.out_strides
+        self.usual_strides = (ctypes.c_int64 * max(len(usual), 1))(*usual)
+        self.n_operands = len(kernel.inputs) + len(kernel.outputs)
 
     def run(self, arrays: list[np.ndarray], outs: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """Compute the kernel's outputs from its inputs, into `outs` (C-contiguous arrays of the
         outputs' shapes and dtypes) where given; a None in `outs`, or no `outs`, means a new array."""
         ndim = self.ndim
-        strides: list[int] = []
         pointers: list[int] = []
         keep = []
-        for array, view_shape, bcast in zip(arrays, self.in_views, self.broadcast):
+        usual = True  # every input C-contiguous in its view shape: the strides argument made at build
+        for array, view_shape, contiguous in zip(arrays, self.in_views, self.contiguous):
             view = array.reshape(view_shape) if array.shape != view_shape else array
-            item = view.itemsize
-            if ndim and not bcast[-1] and view.strides[-1] != item:
-                view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
+            if view.strides != contiguous:
+                usual = False
             keep.append(view)
-            strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
             pointers.append(view.__array_interface__["data"][0])
+        if not usual:
+            keep, pointers, stride_arg = self._strided(keep)
+        else:
+            stride_arg = self.usual_strides
         if outs is None:
             outs = [np.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
         elif any(o is None for o in outs):
             outs = [np.empty(shape, dt) if o is None else o
                     for o, shape, dt in zip(outs, self.out_shapes, self.out_dtypes)]
         pointers += [o.__array_interface__["data"][0] for o in outs]
-        strides += self.out_strides
-        stride_arg = (ctypes.c_int64 * max(len(strides), 1))(*strides)
         rows = self.loop_shape[0] if ndim else 1
         parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
         if parts < 2:
             self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
             return outs
         # split the outermost loop dim into one band of rows per thread
-        row_bytes = [strides[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
+        row_bytes = [stride_arg[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
         calls = []
         for part in range(parts):
             first, last = rows * part // parts, rows * (part + 1) // parts
@@ -88,3 +96,26 @@ class CompiledKernel:
             calls.append(functools.partial(self.fn, shape, stride_arg, moved))
         threads.run_all(calls)
         return outs
+
+    def _strided(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[int], object]:
+        """For inputs not all C-contiguous in their view shapes: the views (copied where the
+        innermost stride is not one element, which the code assumes), their addresses and the
+        strides argument of this call."""
+        ndim = self.ndim
+        strides: list[int] = []
+        pointers: list[int] = []
+        kept = []
+        for view, bcast in zip(views, self.broadcast):
+            item = view.itemsize
+            if ndim and not bcast[-1] and view.strides[-1] != item:
+                view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
+            kept.append(view)
+            strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
+            pointers.append(view.__array_interface__["data"][0])
+        strides += self.out_strides
+        return kept, pointers, (ctypes.c_int64 * max(len(strides), 1))(*strides)
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The byte strides of a C-contiguous array of `shape` (as numpy gives them, size-1 dims too)."""
+    return tuple(int(np.prod(shape[d + 1:])) * itemsize for d in range(len(shape)))
