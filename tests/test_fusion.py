@@ -141,6 +141,33 @@ def test_a_row_kernel_evaluates_each_exp_once(name, fn):
     np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cpu, features", [("haswell", "+avx,+avx2,+fma"),
+                                          ("skylake-avx512", "+avx,+avx2,+fma,+avx512f,+avx512bw,+avx512vl")])
+@pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),
+                                      ("gelu", lambda x: F.gelu(x + 1)),
+                                      ("layer_norm", lambda x: F.layer_norm(x, (512,))),
+                                      ("cross_entropy_backward", lambda x: F.cross_entropy(x, jt.zeros(8).long()))])
+def test_kernels_vectorize_for_avx2_and_avx512_machines(cpu, features, name, fn):
+    """Each kernel's loops compile to packed float32 instructions for an AVX2 machine and an
+    AVX-512 one (a machine runs the code compiled for its own features: both kinds must vectorize)."""
+    import re
+
+    import llvmlite.binding as llvm
+
+    from jitorch.codegen import llvm as codegen
+
+    x = jt.randn(8, 512, requires_grad=name.endswith("backward"))
+    compiled = jt.compile(lambda: fn(x).backward() if name.endswith("backward") else fn(x))
+    compiled()
+    jit._machine()  # (initializes LLVM's native target)
+    machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3)
+    for desc in plan_of(compiled).kernels:
+        module = llvm.parse_assembly(codegen.render(desc))
+        jit._optimize(module, machine)  # (the pipeline kernels compile with, for that machine)
+        packed = re.findall(r"\tv\w+ps\s[^\n]*%[yz]mm", machine.emit_assembly(module))
+        assert len(packed) >= 8, (desc.kernel.name(), len(packed))
+
+
 def test_a_backward_kernel_recomputes_the_forwards_full_size_values_instead_of_reading_them():
     """Cross-entropy forward + backward: the forward's exp(x - max) and target mask are recomputed
     by the backward kernel from the logits (which it reads anyway), so the forward writes only row

@@ -413,7 +413,11 @@ class Tracer:
 
     def write_grad(self, p: Tensor, value: Tensor | None) -> None:
         if p._value is not None:
-            raise TraceError(f"setting .grad of a traced intermediate tensor is not supported ({user_source()})")
+            raise TraceError(
+                f"setting .grad of a tensor traced by jitorch.compile (an argument of the compiled function, or "
+                f"a value computed in it) is not supported ({user_source()}): keep a tensor whose .grad you want "
+                "outside the function's arguments (as a module's parameters are), or return "
+                "jitorch.autograd.grad(loss, x) from the function instead of calling backward")
         slot = self.grads.get(id(p))
         if slot is None:  # first touch is a write (zero_grad): the old grad is never read nor guarded
             slot = self.grads[id(p)] = _GradSlot(p, value, _UNREAD, guarded=False)

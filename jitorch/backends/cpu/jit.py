@@ -93,13 +93,14 @@ def _is_digest(name: str) -> bool:
     return len(name) == 40 and all(c in "0123456789abcdef" for c in name)
 
 
-def _optimize(module) -> None:
+def _optimize(module, machine=None) -> None:
+    """LLVM's -O3 pipeline with both vectorizers, for `machine` (the host's by default)."""
     import llvmlite.binding as llvm
 
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(_machine(), pto)
+    pb = llvm.create_pass_builder(machine or _machine(), pto)
     pb.getModulePassManager().run(module, pb)
 
 
