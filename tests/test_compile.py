@@ -834,3 +834,45 @@ def test_a_tensor_from_outside_read_on_the_host_while_tracing_guards_its_values(
     assert compiled.compiles == 3  # [3, 1], [2, 4] (written again with the same values: no retrace), [1, 1]
     assert all(re.search(r"the values of \S+, which the trace read by .tolist\(\), changed", reason)
                for reason in compiled.recompile_reasons)
+
+
+@pytest.mark.parametrize("mode", ["default", "check"])
+def test_backward_inside_a_compiled_function_fills_the_grad_of_a_tensor_argument(mode):
+    """As torch.compile: an argument that requires grad gets its .grad from a backward inside the
+    function (made on the first call, added to on later ones, set to None and made again), equal to
+    eager autograd's; a function that zeroes it first replaces it."""
+    targets = jt.tensor([0, 1, 2, 3])
+
+    def step(x):
+        F.cross_entropy(x * 2, targets).backward()
+
+    def fresh_step(x):
+        x.grad = None
+        F.cross_entropy(x.tanh(), targets).backward()
+
+    for fn in (step, fresh_step):
+        x = jt.randn(4, 5, requires_grad=True)
+        eager = jt.tensor(x.detach().numpy(), requires_grad=True)
+        compiled = jt.compile(fn, mode=mode)
+        for call in range(4):
+            if call == 2:
+                x.grad = eager.grad = None
+            compiled(x)
+            fn(eager)
+            np.testing.assert_allclose(x.grad.numpy(), eager.grad.numpy(), rtol=1e-5, atol=1e-7)
+        assert compiled.compiles <= 2  # (one trace while x.grad is None, one once it is a tensor)
+
+
+def test_an_arguments_grad_under_dynamic_shapes_keeps_one_symbolic_trace():
+    def step(x):
+        (x.tanh() ** 2).sum().backward()
+
+    compiled = jt.compile(step, dynamic=True)
+    for n in (5, 7, 9):
+        x = jt.randn(n, 3, requires_grad=True)
+        eager = jt.tensor(x.detach().numpy(), requires_grad=True)
+        for _ in range(2):
+            compiled(x)
+            step(eager)
+        np.testing.assert_allclose(x.grad.numpy(), eager.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert compiled.compiles == 2 and compiled.recompile_reasons == ["arg x: has .grad False -> True"]

@@ -74,6 +74,9 @@ def _snapshot(program: Program, leaves: list) -> dict:
         state.setdefault(program.label(p) + ".grad", (("grad", p), None if g is None else _host_copy(g)))
     for i, _ in info.arg_writes:
         state.setdefault(f"arg{i}", (leaves[i], _host_copy(leaves[i])))
+    for i, _ in info.arg_grad_writes:
+        g = leaves[i]._grad
+        state.setdefault(f"arg{i}.grad", (("grad", leaves[i]), None if g is None else _host_copy(g)))
     return state
 
 

@@ -88,6 +88,7 @@ class Program:
         self.module_guards = info.module_guards
         self.modules_checked = -1  # ModuleChanges.count when the module guards last passed
         self.writes_anything = bool(info.writes or info.born_writes or info.arg_writes or info.grad_writes
+                                    or info.arg_grad_writes
                                     or info.escaped)
         # an output that is an input unchanged is returned as that very tensor, as eagerly
         by_value = {i.value.id: i for i in graph.inputs if i.kind in ("arg", "lifted")}
@@ -158,7 +159,7 @@ class Program:
         arrays = []
         for kind, ref in self.fetch:
             value = self.read_input(kind, ref, leaves)
-            arrays.append(value if kind in ("arg", "lifted", "grad") else self.backend.from_numpy(value))
+            arrays.append(value if kind in ("arg", "lifted", "grad", "arg_grad") else self.backend.from_numpy(value))
         return arrays
 
     def read_input(self, kind: str, ref, leaves: list):
@@ -170,6 +171,8 @@ class Program:
             return ref._data
         if kind == "grad":
             return ref._grad._data
+        if kind == "arg_grad":  # (the call's key says the argument has one, as when traced)
+            return leaves[ref]._grad._data
         if kind == "size":  # (a symbolic size used as a number: its value for this program's sizes)
             return np.array(ref, dtype=np.int64)
         return self.random_input(ref)
@@ -240,6 +243,8 @@ class Program:
             t._bump_version()
         for p, slot in info.grad_writes:
             p._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
+        for i, slot in info.arg_grad_writes:
+            leaves[i]._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
         for ref, slot in info.escaped:
             t = ref()
             if t is not None:  # a traced value the function stored away becomes a real tensor, where it was made
@@ -292,7 +297,7 @@ def _overwrites(graph: Graph, info: TraceInfo, backward: CompiledBackward | None
     wanted = {slot: lifted.get(id(t)) for t, slot in info.writes}
     wanted.update({slot: args.get(leaf) for leaf, slot in info.arg_writes})
     read_otherwise = [slot for slot in info.user_out if slot is not None]
-    read_otherwise += [slot for _, slot in info.grad_writes if slot is not None]
+    read_otherwise += [slot for _, slot in info.grad_writes + info.arg_grad_writes if slot is not None]
     read_otherwise += [slot for _, slot in info.escaped] + [slot for _, slot in info.born_writes]
     if backward is not None:
         read_otherwise += list(range(len(graph.outputs) - backward.n_saved, len(graph.outputs)))

@@ -101,13 +101,14 @@ _UNREAD = object()  # the initial grad of a slot whose first touch was a write
 class _GradSlot:
     """One parameter's `.grad` as the traced function sees it."""
 
-    __slots__ = ("p", "current", "initial", "guarded")
+    __slots__ = ("p", "current", "initial", "guarded", "arg")
 
-    def __init__(self, p: Tensor, current, initial, guarded: bool) -> None:
+    def __init__(self, p: Tensor, current, initial, guarded: bool, arg: int | None = None) -> None:
         self.p = p
         self.current = current  # traced tensor, concrete tensor or None
         self.initial = initial  # the grad input (or None) when read first; _UNREAD when written first
         self.guarded = guarded  # the graph depends on whether p.grad was None at the call
+        self.arg = arg  # p stands for tensor argument number `arg` (its .grad is the caller's tensor's)
 
 
 _REGISTRIES = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "child module",
@@ -189,6 +190,9 @@ class TraceInfo:
     # (tensor made during the trace, slot) written in place; usually gone after the call
     born_writes: list[tuple[weakref.ref, int]]
     grad_writes: list[tuple[Tensor, int | None]]  # (p, slot of its new .grad, or None for p.grad = None)
+    # (tensor argument's leaf index, slot of its new .grad or None); whether each argument that
+    # requires grad had one is part of the call's key (compiler/guards.py)
+    arg_grad_writes: list[tuple[int, int | None]]
     grad_had: list[tuple[Tensor, bool]]  # (p, whether p.grad was a tensor): the trace depends on it
     python_guards: list[PythonGuard]  # the Python values the trace read
     module_guards: list[_ModuleGuard]  # the modules whose forward ran, and what each baked in
@@ -214,6 +218,7 @@ class Tracer:
         self.lifted: list[Tensor] = []
         self.written: dict[int, Tensor] = {}  # concrete tensors written in place
         self.grads: dict[int, _GradSlot] = {}  # id(p) -> the function's view of p.grad
+        self.args: dict[int, tuple[int, Tensor]] = {}  # id(traced argument) -> (its index, the caller's tensor)
         self.modules: dict[int, _ModuleGuard] = {}  # modules whose forward ran, and what it baked in
         self.python_guards: dict[tuple, tuple] = {}  # see note_python_value
         self.rng: tuple[Value, Value] | None = None
@@ -281,6 +286,7 @@ class Tracer:
         out = _traced(v, t._device, bool(t._data.flags.c_contiguous))
         out.requires_grad = t.requires_grad
         out._arg_input = v
+        self.args[id(out)] = (index, t)
         return out
 
     def size_value(self, size, device) -> Tensor:
@@ -405,6 +411,17 @@ class Tracer:
     def read_grad(self, p: Tensor) -> Tensor | None:
         slot = self.grads.get(id(p))
         if slot is None:  # first touch is a read: the graph takes the grad as an input (or None, guarded)
+            found = self.args.get(id(p))
+            if found is not None:  # an argument's: the caller's tensor's .grad, read on each call
+                index, caller = found
+                g = caller._grad
+                # (the argument's own sizes, symbols included: a grad has its tensor's shape)
+                initial = None if g is None else self.input(tuple(p._value.shape), g.dtype, "arg_grad",
+                                                            f"arg{index}.grad", caller._device, ref=index)
+                slot = self.grads[id(p)] = _GradSlot(p, initial, initial, guarded=True, arg=index)
+                return slot.current
+            if p._value is not None:
+                return p._grad  # (an intermediate's: the tensor's own, as eagerly)
             g = p._grad
             initial = None if g is None else self.input(g.shape, g.dtype, "grad", self.label(p) + ".grad", p._device,
                                                         ref=p)
@@ -412,7 +429,11 @@ class Tracer:
         return slot.current
 
     def write_grad(self, p: Tensor, value: Tensor | None) -> None:
-        if p._value is not None:
+        found = self.args.get(id(p))
+        if found is not None and id(p) not in self.grads:  # first touch of an argument's grad is a write
+            self.grads[id(p)] = _GradSlot(p, value, _UNREAD, guarded=False, arg=found[0])
+            return
+        if p._value is not None and found is None:
             raise TraceError(
                 f"setting .grad of a tensor traced by jitorch.compile (an argument of the compiled function, or "
                 f"a value computed in it) is not supported ({user_source()}): keep a tensor whose .grad you want "
@@ -479,18 +500,22 @@ class Tracer:
                 born_writes.append((weakref.ref(t), len(g.outputs) - 1))
             else:
                 writes.append((t, len(g.outputs) - 1))
-        grad_writes = []
+        grad_writes, arg_grad_writes = [], []
         for slot in self.grads.values():
             if slot.current is slot.initial:
                 continue
+            writes_to = arg_grad_writes if slot.arg is not None else grad_writes
+            target = slot.arg if slot.arg is not None else slot.p
             if slot.current is None:
-                grad_writes.append((slot.p, None))
+                writes_to.append((target, None))
             else:
-                g.add_output(self.value_of(slot.current), f"grad {self.label(slot.p)}")
-                grad_writes.append((slot.p, len(g.outputs) - 1))
+                label = f"arg{slot.arg}" if slot.arg is not None else self.label(slot.p)
+                g.add_output(self.value_of(slot.current), f"grad {label}")
+                writes_to.append((target, len(g.outputs) - 1))
         return TraceInfo(user_out=user_out, arg_writes=arg_writes, writes=writes, born_writes=born_writes,
-                         grad_writes=grad_writes,
-                         grad_had=[(s.p, s.initial is not None) for s in self.grads.values() if s.guarded],
+                         grad_writes=grad_writes, arg_grad_writes=arg_grad_writes,
+                         grad_had=[(s.p, s.initial is not None) for s in self.grads.values()
+                                   if s.guarded and s.arg is None],
                          python_guards=[PythonGuard(*entry) for entry in self.python_guards.values()],
                          module_guards=list(self.modules.values()), random_count=self.n_random)
 
