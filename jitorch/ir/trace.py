@@ -435,10 +435,9 @@ class Tracer:
             return
         if p._value is not None and found is None:
             raise TraceError(
-                f"setting .grad of a tensor traced by jitorch.compile (an argument of the compiled function, or "
-                f"a value computed in it) is not supported ({user_source()}): keep a tensor whose .grad you want "
-                "outside the function's arguments (as a module's parameters are), or return "
-                "jitorch.autograd.grad(loss, x) from the function instead of calling backward")
+                f"setting .grad of a value computed inside the compiled function is not supported "
+                f"({user_source()}): a leaf's .grad (a parameter's, an argument's) is; for an intermediate "
+                "value's gradient return jitorch.autograd.grad(loss, value) from the function")
         slot = self.grads.get(id(p))
         if slot is None:  # first touch is a write (zero_grad): the old grad is never read nor guarded
             slot = self.grads[id(p)] = _GradSlot(p, value, _UNREAD, guarded=False)
