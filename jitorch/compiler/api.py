@@ -277,7 +277,7 @@ class CompiledFunction:
                         self._go_static(entry.broken)
                         return None, entry.broken
                 else:
-                    program, failure = entry, entry.guard_failure()
+                    program, failure = entry, entry.guard_failure(leaves)
                 if failure is None:
                     return program, None
                 reason = failure

@@ -134,7 +134,7 @@ class SymbolicProgram:
             if self.broken is not None:
                 return None, self.broken
         program = self._program(env)
-        failure = program.guard_failure()
+        failure = program.guard_failure(leaves)
         return (program, None) if failure is None else (None, failure)
 
     def _program(self, env: dict[str, int]) -> Program:

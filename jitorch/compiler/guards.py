@@ -23,13 +23,11 @@ from ..tensor import Tensor
 
 
 def leaf_guard(leaf) -> tuple:
-    """One argument leaf's part of the cache key: ("tensor", shape, dtype, device, requires_grad,
-    has a .grad), ("value", type name, value) for a hashable value, ("object", type name, id) for
-    anything else. A plain tuple: it is built and hashed on every call. (Whether a tensor argument
-    has a .grad decides whether a backward inside the function adds to one or makes it.)"""
+    """One argument leaf's part of the cache key: ("tensor", shape, dtype, device, requires_grad),
+    ("value", type name, value) for a hashable value, ("object", type name, id) for anything else.
+    A plain tuple: it is built and hashed on every call."""
     if isinstance(leaf, Tensor):
-        return ("tensor", leaf._data.shape, leaf._data.dtype.str, str(leaf._device), leaf.requires_grad,
-                leaf._grad is not None)
+        return ("tensor", leaf._data.shape, leaf._data.dtype.str, str(leaf._device), leaf.requires_grad)
     try:
         hash(leaf)
         return ("value", type(leaf).__name__, leaf)
@@ -56,7 +54,7 @@ def describe_guard(guard: tuple) -> str:
 
 # the fields of a tensor guard (see leaf_guard): position, name, and how to show it in a recompile reason
 _TENSOR_FIELDS = ((1, "shape", tuple), (2, "dtype", lambda s: np.dtype(s).name), (3, "device", str),
-                  (4, "requires_grad", bool), (5, "has .grad", bool))
+                  (4, "requires_grad", bool))
 
 
 def diff_keys(old: tuple, new: tuple, paths: list[str]) -> list[tuple[str, str]]:

@@ -107,8 +107,13 @@ class Program:
         self.before_writes = sorted(changed)  # output slots to copy before the write-back
 
     # --- guards -------------------------------------------------------------------------
-    def guard_failure(self) -> str | None:
-        """Why this entry does not apply to the current state (None when it does)."""
+    def guard_failure(self, leaves: list) -> str | None:
+        """Why this entry does not apply to the current state and the call's argument `leaves`
+        (None when it does)."""
+        for i, had in self.info.arg_grad_had:
+            if (leaves[i]._grad is not None) != had:
+                state = ("None", "a tensor") if not had else ("a tensor", "None")
+                return f"arg{i}.grad: {state[0]} -> {state[1]}"
         for t, shape, dtype, rg, device in self.lifted_guards:
             if t._data.shape != shape or t._data.dtype != dtype or t.requires_grad != rg or t._device is not device:
                 return (f"lifted tensor {self.label(t)}: shape {tuple(shape)} {dtype.name} on {device} "
@@ -149,6 +154,7 @@ class Program:
                   + ("" if g.device.type == "cpu" else f" on {g.device}")
                   + f" requires_grad={g.requires_grad}" for g in self.lifted_guards]
         lines += [f"{self.label(p)}.grad is {'a tensor' if had else 'None'}" for p, had in self.grad_guards]
+        lines += [f"arg {arg_paths[i]}.grad is {'a tensor' if had else 'None'}" for i, had in self.info.arg_grad_had]
         lines += [f"{g.label}: {g.show(g.expected)}" for g in self.python_guards]
         lines += [guard.show() for guard in self.module_guards]
         return "\n".join(lines)

@@ -190,9 +190,8 @@ class TraceInfo:
     # (tensor made during the trace, slot) written in place; usually gone after the call
     born_writes: list[tuple[weakref.ref, int]]
     grad_writes: list[tuple[Tensor, int | None]]  # (p, slot of its new .grad, or None for p.grad = None)
-    # (tensor argument's leaf index, slot of its new .grad or None); whether each argument that
-    # requires grad had one is part of the call's key (compiler/guards.py)
-    arg_grad_writes: list[tuple[int, int | None]]
+    arg_grad_writes: list[tuple[int, int | None]]  # (tensor argument's leaf index, slot of its new .grad or None)
+    arg_grad_had: list[tuple[int, bool]]  # (argument's leaf index, whether its .grad was a tensor): guarded
     grad_had: list[tuple[Tensor, bool]]  # (p, whether p.grad was a tensor): the trace depends on it
     python_guards: list[PythonGuard]  # the Python values the trace read
     module_guards: list[_ModuleGuard]  # the modules whose forward ran, and what each baked in
@@ -513,6 +512,8 @@ class Tracer:
                 writes_to.append((target, len(g.outputs) - 1))
         return TraceInfo(user_out=user_out, arg_writes=arg_writes, writes=writes, born_writes=born_writes,
                          grad_writes=grad_writes, arg_grad_writes=arg_grad_writes,
+                         arg_grad_had=[(s.arg, s.initial is not None) for s in self.grads.values()
+                                       if s.guarded and s.arg is not None],
                          grad_had=[(s.p, s.initial is not None) for s in self.grads.values()
                                    if s.guarded and s.arg is None],
                          python_guards=[PythonGuard(*entry) for entry in self.python_guards.values()],
