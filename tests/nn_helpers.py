@@ -114,3 +114,38 @@ def training_step(model, optimizer, lib=jt):
         return loss
 
     return step
+
+
+def compiled_matches_eager(fn, rng: np.random.Generator) -> None:
+    """`fn` of a 120-element float32 tensor, eagerly and under jitorch.compile: the same values and
+    the same gradient of a weighted sum of its output."""
+    x_np = rng.standard_normal(120).astype(np.float32)
+    results = []
+    for run in (fn, jt.compile(fn)):
+        x = jt.tensor(x_np, requires_grad=True)
+        out = run(x)
+        (out * jt.tensor(np.linspace(-1, 1, out.numel(), dtype=np.float32).reshape(out.shape))).sum().backward()
+        results.append((out.detach().numpy(), x.grad.numpy()))
+    for eager, compiled in zip(*results):
+        np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def raises_like_torch(call, functional, torch_functional, x: np.ndarray) -> None:
+    """`call(functional, x)` raises what `call(torch_functional, x)` raises: the same type, the
+    message's first words."""
+    import pytest
+
+    with pytest.raises(Exception) as expected:
+        call(torch_functional, torch.tensor(x))
+    with pytest.raises(type(expected.value)) as got:
+        call(functional, jt.tensor(x))
+    first_words = str(expected.value).split("(")[0][:40]
+    assert str(got.value).startswith(first_words), (str(got.value), str(expected.value))
+
+
+TOL64 = {"rtol": 1e-10, "atol": 1e-10}  # float64 values and gradients, against PyTorch's
+
+
+def check64(jt_fn, torch_fn, *arrays):
+    """`check` at float64's tolerances."""
+    return check(jt_fn, torch_fn, *arrays, grad_rtol=1e-10, grad_atol=1e-10, **TOL64)

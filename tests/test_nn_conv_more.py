@@ -16,19 +16,14 @@ import torch.nn.functional as TF
 import jitorch as jt
 import jitorch.nn as nn
 import jitorch.nn.functional as F
-from tests.nn_helpers import assert_close, check, nograd
+from tests.nn_helpers import TOL64, assert_close, check64, compiled_matches_eager, nograd
 from tests.test_nn_more import run_modules
 
 RNG = np.random.default_rng(11)
-TOL64 = {"rtol": 1e-10, "atol": 1e-10}
 
 
 def randn(*shape, dtype=np.float64) -> np.ndarray:
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def check64(jt_fn, torch_fn, *arrays):
-    return check(jt_fn, torch_fn, *arrays, grad_rtol=1e-10, grad_atol=1e-10, **TOL64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,12 +365,4 @@ COMPILED = [  # each reads a 120-element x
 
 @pytest.mark.parametrize("name,fn", COMPILED, ids=[c[0] for c in COMPILED])
 def test_compiled_matches_eager(name, fn):
-    x_np = RNG.standard_normal(120).astype(np.float32)
-    results = []
-    for run in (fn, jt.compile(fn)):
-        x = jt.tensor(x_np, requires_grad=True)
-        out = run(x)
-        (out * jt.tensor(np.linspace(-1, 1, out.numel(), dtype=np.float32).reshape(out.shape))).sum().backward()
-        results.append((out.detach().numpy(), x.grad.numpy()))
-    for eager, compiled in zip(*results):
-        np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+    compiled_matches_eager(fn, RNG)

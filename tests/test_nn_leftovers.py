@@ -14,19 +14,15 @@ import torch.nn.functional as TF
 import jitorch as jt
 import jitorch.nn as nn
 import jitorch.nn.functional as F
-from tests.nn_helpers import assert_close, backward_both, check, nograd, pair
+from tests.nn_helpers import TOL64, assert_close, backward_both, check, check64, compiled_matches_eager, nograd, pair
+from tests.nn_helpers import raises_like_torch as raises_like_torch_on
 from tests.test_nn_more import run_modules
 
 RNG = np.random.default_rng(23)
-TOL64 = {"rtol": 1e-10, "atol": 1e-10}
 
 
 def randn(*shape, dtype=np.float64) -> np.ndarray:
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def check64(jt_fn, torch_fn, *arrays):
-    return check(jt_fn, torch_fn, *arrays, grad_rtol=1e-10, grad_atol=1e-10, **TOL64)
 
 
 def check32(jt_fn, torch_fn, *arrays):
@@ -36,13 +32,7 @@ def check32(jt_fn, torch_fn, *arrays):
 
 def raises_like_torch(call) -> None:
     """`call(F, x)` raises what `call(TF, x)` raises: the same type, the message's first words."""
-    x = np.zeros((1, 2, 5, 5))
-    with pytest.raises(Exception) as expected:
-        call(TF, torch.tensor(x))
-    with pytest.raises(type(expected.value)) as got:
-        call(F, jt.tensor(x))
-    first_words = str(expected.value).split("(")[0][:40]
-    assert str(got.value).startswith(first_words), (str(got.value), str(expected.value))
+    raises_like_torch_on(call, F, TF, np.zeros((1, 2, 5, 5)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,15 +359,7 @@ COMPILED = [  # each reads a 120-element x
 
 @pytest.mark.parametrize("name,fn", COMPILED, ids=[c[0] for c in COMPILED])
 def test_compiled_matches_eager(name, fn):
-    x_np = RNG.standard_normal(120).astype(np.float32)
-    results = []
-    for run in (fn, jt.compile(fn)):
-        x = jt.tensor(x_np, requires_grad=True)
-        out = run(x)
-        (out * jt.tensor(np.linspace(-1, 1, out.numel(), dtype=np.float32).reshape(out.shape))).sum().backward()
-        results.append((out.detach().numpy(), x.grad.numpy()))
-    for eager, compiled in zip(*results):
-        np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+    compiled_matches_eager(fn, RNG)
 
 
 def test_compiled_pool_indices_match_eager_and_torch():
