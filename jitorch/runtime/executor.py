@@ -16,6 +16,7 @@ them). `JITORCH_CPU_FUSION=0` (read when a program is built) turns fusion off.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -71,6 +72,9 @@ class KernelStep:
     overwrite: tuple[int | None, ...] = ()  # per output: the input slot whose buffer it is written into, if any
 
 
+_QUIET = contextlib.nullcontext()  # (reusable: it holds no state)
+
+
 class Plan:
     """A graph flattened into steps over numbered slots, freeing each value after its last use."""
 
@@ -98,6 +102,9 @@ class Plan:
         self._arenas: list[dict[int, object]] = []  # free arenas (slot -> its array), one per concurrent run
         if fuse if fuse is not None else fusion_enabled():
             self.steps = self._fused_steps()
+        # numpy's error state matters only to steps on numpy kernels (a fused kernel raises no
+        # floating-point warning): a plan of fused kernels alone skips setting it, a microsecond a call
+        self.kernels_only = all(type(step) is not PrimStep for step in self.steps)
 
     def _fused_steps(self) -> list:
         backend = self.backend
@@ -282,7 +289,7 @@ class Plan:
         buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
         observer = step_observer  # (None but while `jitorch.profiler` records)
         try:
-            with np.errstate(all="ignore"):
+            with _QUIET if steps is self.steps and self.kernels_only else np.errstate(all="ignore"):
                 for step in steps:
                     args = [env[i] for i in step.ins]
                     if observer is not None:
