@@ -1,8 +1,9 @@
-"""Training speed of the examples' models: jitorch (compiled, as the examples train, and eager) beside
-PyTorch eager on the CPU or on one GPU, in one run.
+"""Training speed of the examples' models and of GPT-style and MNIST steps: jitorch (eager, and compiled)
+beside PyTorch (eager, and torch.compile) on the CPU or on one GPU, in one run.
 
-    python bench/train.py                 # writes bench/results/train_cpu.md
+    python bench/train.py                 # writes bench/results/train_cpu.md (about 13 minutes on 2 cores)
     python bench/train.py --repeats 1     # a quick look: prints only, the recorded results are kept
+    python bench/train.py --workloads gpt8,mnist   # a subset: prints only
     python bench/train.py --profile       # also prints where jitorch's time goes (cProfile)
     python bench/train.py --prims         # also prints jitorch's kernel time per primitive (on the
                                           # GPU: every runner's device time per kernel)
@@ -10,26 +11,34 @@ PyTorch eager on the CPU or on one GPU, in one run.
     python bench/train.py --device cuda --precisions highest   # one precision: train_cuda_highest.md
     python bench/train.py --device cuda --amp bf16   # char_lm and GPT-sized steps under autocast
 
-Workloads (the examples' own code, run with `lib=jitorch` and with `lib=torch`, so the models, batch
-sizes, optimizers and data are the same):
+Workloads (run with `lib=jitorch` and with `lib=torch`, so the models, batch sizes, optimizers and data
+are the same):
 
 - one training epoch of `examples/digits.py`'s CNN (DataLoader, batch 64, Adam);
 - 50 training steps of `examples/char_lm.py`'s transformer (batch 32 x 64 characters, AdamW);
+- on the CPU, 10 steps each of models written once here for both frameworks (`gpt`, `mnist_cnn`): a
+  nanoGPT-style GPT (scaled_dot_product_attention, tied head), a minGPT-style GPT (attention written
+  out with masked_fill + softmax), pytorch/examples' MNIST CNN (Adadelta), and GPT-style
+  transformers of 8 and 32 layers (d_model 64, 4 heads, T=32, batch 8, AdamW);
 - on the GPU only, 20 steps of char_lm instead of 50, and 10 steps of a GPT-sized model from
   char_lm's `build_model` (6 layers, d_model 768, 12 heads, 1,024 characters of context, batch 8,
   AdamW), each at float32 matmul precision "highest" (full float32) and "high" (TF32 allowed).
 
-PyTorch gets as many threads as numpy's BLAS uses (jitorch's matmuls run there), read with
-threadpoolctl; `--threads N` sets both to N. Runs of the two frameworks alternate, so background load
-hits both alike, and each figure is the median over the repeats. The load average is recorded: on a
-2-core machine with other work running, a multi-threaded BLAS or OpenMP call can wait a scheduler
-time slice (several ms) for its second thread, so `--threads 1` gives steadier numbers there.
+On the CPU every runner (jitorch eager, jitorch compiled, PyTorch eager, torch.compile) of a workload
+runs in its own process: a framework's thread pool left spinning slows whatever runs next in the same
+process. PyTorch gets as many threads as numpy's BLAS uses (jitorch's matmuls run there), read with
+threadpoolctl; `--threads N` sets both to N. Runs of the runners alternate, so background load hits all
+alike, and each figure is the median over the repeats; the first call (building the model and the
+warm-up steps, tracing and compiling included, with empty kernel caches) is recorded too. The load
+average is recorded: on a 2-core machine with other work running, a multi-threaded BLAS or OpenMP call
+can wait a scheduler time slice (several ms) for its second thread, so `--threads 1` gives steadier
+numbers there.
 On the GPU (`--device cuda`), the models and batches live on the GPU, the clock is read only after a
 device synchronize, and a runner that fails (jitorch's GPU backend is young) reads "failed" with its
-error below the table instead of stopping the run.
+error below the table instead of stopping the run (on the CPU too).
 This is a benchmark, not a test: nothing here asserts a time. A partial run (fewer repeats, char_lm
-or GPT steps than the defaults) never replaces the recorded results: it prints its table and writes
-nothing, or writes to `--out` outside bench/results/.
+or GPT steps than the defaults, or a subset of the workloads) never replaces the recorded results: it
+prints its table and writes nothing, or writes to `--out` outside bench/results/.
 """
 
 from __future__ import annotations
@@ -40,11 +49,16 @@ import cProfile
 import datetime
 import functools
 import gc
+import json
+import math
 import os
 import platform
 import pstats
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -81,8 +95,11 @@ LM_STEPS_CUDA = 20
 GPT_STEPS = 10
 GPT_SIZES = {"d_model": 768, "n_head": 12, "n_layer": 6, "block_size": 1024, "batch_size": 8}
 PRECISIONS = ("highest", "high")
-# the three runners of every workload: label -> (framework, compiled)
-RUNNERS = {"jitorch": (jitorch, False), "jitorch compiled": (jitorch, True), "PyTorch": (torch, False)}
+# the CPU's four runners of every workload, each in its own process: label -> (framework, compiled)
+RUNNERS = {"jitorch eager": (jitorch, False), "jitorch compiled": (jitorch, True), "PyTorch eager": (torch, False),
+           "torch.compile": (torch, True)}
+CPU_STEPS = 10  # training steps per timed run of the GPT-style and MNIST workloads
+SETTLE_S = 0.2  # the pause before each timed run: the last runner's idle threads stop spinning first
 NOTES_MARKER = "<!-- notes: hand-written below this line; bench/train.py keeps it when it rewrites the page -->"
 
 
@@ -161,6 +178,169 @@ def char_lm_steps(lib, steps: int, compiled: bool = False, device: str = "cpu",
     for inputs, targets in batches[:3]:  # warm-up (a compiled step traces on its first two calls)
         train_step(inputs, targets)
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# models written once for both frameworks (the CPU's GPT-style, minGPT, nanoGPT and MNIST steps)
+
+
+def gpt(lib, vocab: int, n_layer: int, n_head: int, d_model: int, block_size: int, style: str = "nanogpt"):
+    """A GPT (pre-LayerNorm blocks of causal self-attention and a 4x MLP, learned positions) in `lib`.
+
+    `style` "nanogpt": attention through `scaled_dot_product_attention(is_causal=True)`, `nn.GELU`,
+    the head's weight tied to the token embedding, as nanoGPT's model.py; "mingpt": attention written
+    out (q @ k^T, `masked_fill` with a causal mask buffer, softmax, dropout), GELU's tanh form written
+    out and an untied head, as minGPT's model.py. Every dropout is p=0, the configs' setting."""
+    nn, F = lib.nn, lib.nn.functional
+    head_dim = d_model // n_head
+
+    class NewGELU(nn.Module):  # minGPT's: the tanh approximation as arithmetic, not a library call
+        def forward(self, x):
+            return 0.5 * x * (1.0 + lib.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * lib.pow(x, 3.0))))
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_attn = nn.Linear(d_model, 3 * d_model)
+            self.c_proj = nn.Linear(d_model, d_model)
+            self.attn_dropout, self.resid_dropout = nn.Dropout(0.0), nn.Dropout(0.0)
+            if style == "mingpt":
+                mask = lib.tril(lib.ones(block_size, block_size)).view(1, 1, block_size, block_size)
+                self.register_buffer("bias", mask)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(x).split(d_model, dim=2)
+            q, k, v = (t.view(B, T, n_head, head_dim).transpose(1, 2) for t in (q, k, v))
+            if style == "nanogpt":
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))
+                att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+                y = self.attn_dropout(F.softmax(att, dim=-1)) @ v
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(d_model), CausalSelfAttention(), nn.LayerNorm(d_model)
+            gelu = nn.GELU() if style == "nanogpt" else NewGELU()
+            self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), gelu, nn.Linear(4 * d_model, d_model),
+                                     nn.Dropout(0.0))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, d_model), nn.Embedding(block_size, d_model)
+            self.drop = nn.Dropout(0.0)
+            self.h = nn.ModuleList([Block() for _ in range(n_layer)])
+            self.ln_f = nn.LayerNorm(d_model)
+            self.lm_head = nn.Linear(d_model, vocab, bias=False)
+            if style == "nanogpt":
+                self.wte.weight = self.lm_head.weight  # weight tying
+
+        def forward(self, idx, targets):
+            positions = lib.arange(idx.shape[1], device=idx.device)
+            x = self.drop(self.wte(idx) + self.wpe(positions))
+            for block in self.h:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    return GPT()
+
+
+def gpt_optimizer(lib, model, lr: float, weight_decay: float = 0.1):
+    """AdamW as nanoGPT and minGPT configure it: weight decay on the matrices only, betas (0.9, 0.95)."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return lib.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def mnist_cnn(lib):
+    """pytorch/examples' MNIST network (conv 3x3 32 -> ReLU -> conv 3x3 64 -> ReLU -> max-pool 2 ->
+    dropout -> flatten -> Linear 9216-128 -> ReLU -> dropout -> Linear 128-10 -> log-softmax), its
+    dropouts at p=0; its loss is `nll_loss` of the output."""
+    nn, F = lib.nn, lib.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+            self.dropout1, self.dropout2 = nn.Dropout(0.0), nn.Dropout(0.0)
+            self.fc1, self.fc2 = nn.Linear(9216, 128), nn.Linear(128, 10)
+
+        def forward(self, x, targets):
+            x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+            x = self.dropout2(F.relu(self.fc1(lib.flatten(self.dropout1(x), 1))))
+            return F.nll_loss(F.log_softmax(self.fc2(x), dim=1), targets)
+
+    return Net()
+
+
+def model_steps(lib, compiled: bool, model, optimizer, batches: list[tuple[np.ndarray, np.ndarray]],
+                clip: float | None = None) -> Callable[[], None]:
+    """Training steps of `model` (whose forward takes inputs and targets and returns the loss) over
+    `batches`, numpy pairs copied into `lib` tensors once here; each step zeroes the gradients, runs
+    forward and backward, clips the gradients' norm to `clip` (nanoGPT's and minGPT's trainers do), and
+    steps `optimizer`; `compiled`: the whole step under `lib.compile`. One run ends with `loss.item()`."""
+    tensors = [(lib.from_numpy(np.ascontiguousarray(x)), lib.from_numpy(np.ascontiguousarray(y))) for x, y in batches]
+
+    def update(inputs, targets):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(inputs, targets)
+        loss.backward()
+        if clip is not None:
+            lib.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        return loss
+
+    update = lib.compile(update) if compiled else update
+
+    def run() -> None:
+        for inputs, targets in tensors:
+            loss = update(inputs, targets)
+        loss.item()
+
+    for inputs, targets in tensors[:3]:  # warm-up: a compiled step traces on its first two calls
+        update(inputs, targets)
+    return run
+
+
+# name -> (GPT sizes, style, learning rate, gradient clip) of the GPT-style CPU workloads
+GPT_CPU = {
+    "nanogpt": (dict(n_layer=4, n_head=4, d_model=128, block_size=64, batch=8), "nanogpt", 6e-4, 1.0),
+    "mingpt": (dict(n_layer=4, n_head=4, d_model=128, block_size=64, batch=8), "mingpt", 5e-4, 1.0),
+    "gpt8": (dict(n_layer=8, n_head=4, d_model=64, block_size=32, batch=8), "nanogpt", 1e-3, None),
+    "gpt32": (dict(n_layer=32, n_head=4, d_model=64, block_size=32, batch=8), "nanogpt", 1e-3, None),
+}
+
+
+def gpt_steps(lib, compiled: bool, key: str, steps: int) -> Callable[[], None]:
+    """`steps` training steps of GPT_CPU[key] on char_lm's text (the same batches for both frameworks)."""
+    sizes, style, lr, clip = GPT_CPU[key]
+    rng = np.random.default_rng(0)
+    batches = [corpus().batch("train", sizes["batch"], sizes["block_size"], rng) for _ in range(steps)]
+    lib.manual_seed(0)
+    model = gpt(lib, len(corpus().chars), sizes["n_layer"], sizes["n_head"], sizes["d_model"], sizes["block_size"],
+                style)
+    return model_steps(lib, compiled, model, gpt_optimizer(lib, model, lr), batches, clip)
+
+
+def mnist_steps(lib, compiled: bool, steps: int, batch: int = 64) -> Callable[[], None]:
+    """`steps` Adadelta steps (lr 1.0, as pytorch/examples' MNIST trains) of `mnist_cnn` on random
+    28x28 images and labels (the same for both frameworks)."""
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch))
+               for _ in range(steps)]
+    lib.manual_seed(0)
+    model = mnist_cnn(lib)
+    return model_steps(lib, compiled, model, lib.optim.Adadelta(model.parameters(), lr=1.0), batches)
 
 
 def time_alternating(makers: dict[str, Callable[[], None]], repeats: int,
@@ -258,29 +438,189 @@ def profile_jitorch(run: Callable[[], None], title: str, top: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the CPU: every runner of a workload in its own process, the runs alternating
 
 
-def section(rows: list[tuple[str, float, float, float]], threads: int, repeats: int, lm_steps: int,
-            load: tuple[float, float]) -> str:
-    """One results section: the table at one thread count, then how it was measured."""
+def cpu_workloads(lm_steps: int) -> dict[str, tuple[str, Callable, int]]:
+    """short name -> (the table's name, make(lib, compiled) -> a runner on the CPU, training steps
+    or epochs per run) of every CPU workload."""
+    steps_per_epoch = len(digits.make_loader(digits.make_datasets(jitorch)[0]))
+    vocab = len(corpus().chars)
+
+    def gpt_name(title: str, key: str) -> str:
+        sizes, _, _, clip = GPT_CPU[key]
+        return (f"{title}: one step ({sizes['n_layer']} layers, d_model {sizes['d_model']}, {sizes['n_head']} heads, "
+                f"batch {sizes['batch']} x {sizes['block_size']}, vocabulary {vocab}"
+                + (f", gradient clip {clip:g}" if clip else "") + ")")
+
+    workloads = {
+        "digits": (f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})", digits_epoch, 1),
+        "char_lm": (f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
+                    f"characters)",
+                    lambda lib, compiled: char_lm_steps(lib, lm_steps, compiled, constant_rate=True), lm_steps),
+        "nanogpt": (gpt_name("nanoGPT-style GPT (SDPA, tied head, AdamW)", "nanogpt"),
+                    lambda lib, compiled: gpt_steps(lib, compiled, "nanogpt", CPU_STEPS), CPU_STEPS),
+        "mingpt": (gpt_name("minGPT-style GPT (masked_fill + softmax attention, AdamW)", "mingpt"),
+                   lambda lib, compiled: gpt_steps(lib, compiled, "mingpt", CPU_STEPS), CPU_STEPS),
+        "mnist": ("MNIST CNN: one step (2 conv 3x3, max-pool, 2 Linear, batch 64 x 28x28, Adadelta)",
+                  lambda lib, compiled: mnist_steps(lib, compiled, CPU_STEPS), CPU_STEPS),
+    }
+    for key in ("gpt8", "gpt32"):
+        workloads[key] = (gpt_name("GPT-style transformer (AdamW)", key),
+                          lambda lib, compiled, key=key: gpt_steps(lib, compiled, key, CPU_STEPS), CPU_STEPS)
+    return workloads
+
+
+CPU_WORKLOADS = ("digits", "char_lm", "nanogpt", "mingpt", "mnist", "gpt8", "gpt32")
+
+
+def worker(label: str, key: str, threads: int, lm_steps: int, profile: bool, prims: bool) -> None:
+    """The worker process of one runner on one workload: build it and reply its first-call seconds,
+    then time one run for each "run" line read from stdin, replying one JSON line each."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever else prints (the libraries, --profile) goes to stderr, not into the replies
+
+    def reply(**fields) -> None:
+        replies.write(json.dumps(fields) + "\n")
+        replies.flush()
+
+    lib, compiled = RUNNERS[label]
+    set_threads(threads)
+    name, make, _ = cpu_workloads(lm_steps)[key]
+    try:
+        start = time.perf_counter()
+        run = make(lib, compiled)
+        reply(first_s=time.perf_counter() - start)
+        for line in sys.stdin:
+            if line.strip() != "run":
+                break
+            start = time.perf_counter()
+            run()
+            reply(s=time.perf_counter() - start)
+    except Exception as err:
+        reply(error=describe_failure(err))
+        return
+    if label == "jitorch eager" and profile:
+        profile_jitorch(run, name, top=30)
+    if label == "jitorch eager" and prims:
+        primitive_times(run, name)
+
+
+class Worker:
+    """A runner's worker process (`worker`), asked for one timed run at a time."""
+
+    def __init__(self, label: str, key: str, threads: int, lm_steps: int, cache_dir: str, flags: list[str]) -> None:
+        # empty kernel caches of its own: the first call is a first run's, as a user meets it
+        env = dict(os.environ, JITORCH_CACHE_DIR=os.path.join(cache_dir, "jitorch"),
+                   TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"))
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", label, "--workloads", key,
+               "--threads", str(threads), "--lm-steps", str(lm_steps), *flags]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, command: str | None = None) -> dict:
+        """Send `command` (None: only read), and return the worker's reply."""
+        try:
+            if command is not None:
+                self.proc.stdin.write(command + "\n")
+                self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        return json.loads(line) if line else {"error": f"the worker process exited (status {self.proc.wait()})"}
+
+    def close(self) -> None:
+        """Let the worker finish (its --profile output, if asked) and exit."""
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def measure_workload(key: str, threads: int, repeats: int, lm_steps: int,
+                     flags: list[str]) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """One workload's runners, each in its own process, built one after another, then timed over
+    `repeats` rounds, each round starting one runner further along. Returns ({label: median seconds
+    per run}, {label: first-call seconds}, {label: error} for the runners that failed)."""
+    cache_root = tempfile.mkdtemp(prefix="jitorch-train-bench-")
+    workers, first, failures = {}, {}, {}
+    try:
+        for k, label in enumerate(RUNNERS):
+            workers[label] = Worker(label, key, threads, lm_steps, os.path.join(cache_root, str(k)), flags)
+            answer = workers[label].ask()
+            if "error" in answer:
+                failures[label] = answer["error"]
+                workers.pop(label).close()
+            else:
+                first[label] = answer["first_s"]
+        times = {label: [] for label in workers}
+        labels = list(workers)
+        for r in range(repeats):
+            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                if label in failures:
+                    continue
+                time.sleep(SETTLE_S)
+                answer = workers[label].ask("run")
+                if "error" in answer:
+                    failures[label] = answer["error"]
+                else:
+                    times[label].append(answer["s"])
+    finally:
+        for w in workers.values():
+            w.close()
+        shutil.rmtree(cache_root, ignore_errors=True)
+    medians = {label: statistics.median(t) for label, t in times.items() if t and label not in failures}
+    return medians, {label: s for label, s in first.items() if label in medians}, failures
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a / b as a table cell, or "-" where either runner failed."""
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def section(rows: list[tuple[str, dict[str, float], dict[str, float], dict[str, str]]], threads: int, repeats: int,
+            lm_steps: int, load: tuple[float, float]) -> str:
+    """One results section: the step times and first-call times at one thread count, then how they
+    were measured. `rows`: (workload, {runner: ms per unit}, {runner: first-call s}, {runner: error})."""
+    labels = list(RUNNERS)
     lines = [
         f"## {threads} thread{'s' if threads > 1 else ''}",
         "",
-        "| workload | jitorch eager ms | jitorch compiled ms | PyTorch eager ms | eager / PyTorch | "
-        "compiled / PyTorch |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Milliseconds per training step (per epoch for digits), median over the repeats:",
+        "",
+        "| workload | " + " | ".join(f"{label} ms" for label in labels) + " | jitorch compiled / torch.compile | "
+        "jitorch compiled / PyTorch eager | jitorch eager / PyTorch eager |",
+        "|---|" + "---:|" * (len(labels) + 3),
     ]
-    for name, ours, compiled, theirs in rows:
-        lines.append(f"| {name} | {ours:.1f} | {compiled:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | "
-                     f"{compiled / theirs:.2f}x |")
+    for name, ms, _, _ in rows:
+        cells = [f"{ms[label]:.1f}" if label in ms else "failed" for label in labels]
+        lines.append(f"| {name} | {' | '.join(cells)} | {ratio(ms.get('jitorch compiled'), ms.get('torch.compile'))} "
+                     f"| {ratio(ms.get('jitorch compiled'), ms.get('PyTorch eager'))} "
+                     f"| {ratio(ms.get('jitorch eager'), ms.get('PyTorch eager'))} |")
+    lines += ["", "First call, seconds: building the model and optimizer and the warm-up (3 steps; one epoch for "
+              "digits), which for a compiled runner includes tracing and compiling, with empty kernel caches:", "",
+              "| workload | " + " | ".join(f"{label} s" for label in labels) + " |", "|---|" + "---:|" * len(labels)]
+    for name, _, first, _ in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{first[label]:.1f}" if label in first else "failed"
+                                                 for label in labels) + " |")
+    failed = [f"- {label}, {name}: {error}" for name, _, _, errors in rows for label, error in errors.items()]
+    if failed:
+        lines += ["", "Failed (the error each raised):", "", *failed]
     lines += [
         "",
         f"- threads: numpy's BLAS {threads}, jitorch's fused kernels and PyTorch `set_num_threads({threads})` "
-        "to match",
-        f"- median of {repeats} repeats, the three runners alternating; char_lm over {lm_steps} steps; "
-        "\"compiled\" is the same training step under `jitorch.compile` (forward, backward and optimizer "
-        "update as one program), as `examples/digits.py` and `examples/char_lm.py` train by default; "
-        "\"eager\" is their `--eager` mode",
+        "(which torch.compile's C++ kernels use too) to match",
+        f"- each runner in its own process (a framework's thread pool left spinning would slow whatever runs next "
+        f"in the same process), built one after another, then {repeats} timed runs each, the runners alternating "
+        f"(each round starts one further along) with a {SETTLE_S:g} s pause before each run; each figure is the "
+        f"median; char_lm over {lm_steps} steps a run, the GPT-style and MNIST workloads over {CPU_STEPS}",
+        "- \"compiled\" is the whole training step (forward, backward and optimizer update) under `jitorch.compile` "
+        "or `torch.compile` (default mode), as `examples/digits.py` and `examples/char_lm.py` train by default; "
+        "\"eager\" is their `--eager` mode; the learning rate is constant (char_lm's scheduler is left out): "
+        "torch.compile specializes on Python floats and would recompile a step whose rate changes every call",
+        "- the GPT-style and MNIST models are written once in bench/train.py for both frameworks (`gpt`, "
+        "`mnist_cnn`), after nanoGPT's and minGPT's model.py and pytorch/examples' MNIST, every dropout at p=0; "
+        "they train on char_lm's text (the GPTs) or random images (MNIST), the same batches for every runner, "
+        "and a run ends with `loss.item()`",
+        "- first call: in the runner's process, after its imports, each process with empty on-disk kernel caches "
+        "of its own (`JITORCH_CACHE_DIR`, `TORCHINDUCTOR_CACHE_DIR`)",
         f"- 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after (other processes share the CPUs)",
         "",
     ]
@@ -292,13 +632,16 @@ def header(thread_counts: list[int | None]) -> str:
     counts = [str(t) for t in thread_counts if t is not None]
     flags = f"--threads {' '.join(counts)}" if counts else ""
     flags += " --malloc-tuning" if memory.malloc_tuned else ""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        "# Training speed on the CPU: jitorch (eager and compiled) vs PyTorch eager",
+        "# Training speed on the CPU: jitorch (eager and compiled) vs PyTorch (eager and torch.compile)",
         "",
-        f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager. The workloads are the examples' own",
-        "model, optimizer and batch code, run with `lib=jitorch` (eager, and compiled) and with `lib=torch`.",
+        f"Target: jitorch no slower than {TARGET_RATIO}x PyTorch eager, and jitorch's compiled step as fast as "
+        "torch.compile's. digits and char_lm are the examples' own model, optimizer and batch code, run with "
+        "`lib=jitorch` and with `lib=torch`; the GPT-style and MNIST steps are written once in bench/train.py for "
+        "both.",
         "",
-        f"- date: {datetime.date.today().isoformat()}",
+        f"- date: {now}",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
         f"- versions: Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
         f"jitorch {jitorch.__version__}",
@@ -308,29 +651,20 @@ def header(thread_counts: list[int | None]) -> str:
     ])
 
 
-def measure(threads: int | None, repeats: int, lm_steps: int, profile: bool, prims: bool) -> str:
-    """Time every workload in both frameworks at one thread count; returns its results section."""
-    threads = set_threads(threads)
+def measure(threads: int | None, repeats: int, lm_steps: int, only: list[str], flags: list[str]) -> str:
+    """Time the workloads in `only` with every runner at one thread count; returns its results section."""
+    threads = threads if threads is not None else blas_threads()
     load_before = os.getloadavg()[0]
-    steps_per_epoch = len(digits.make_loader(digits.make_datasets(jitorch)[0]))
-    workloads = {
-        f"digits CNN: one epoch ({steps_per_epoch} steps of batch {digits.BATCH_SIZE})":
-            (digits_epoch, 1),
-        f"char_lm transformer: one step (batch {char_lm.Config.batch_size} x {char_lm.Config.block_size} "
-        f"characters)": (lambda lib, compiled=False: char_lm_steps(lib, lm_steps, compiled), lm_steps),
-    }
+    workloads = cpu_workloads(lm_steps)
     rows = []
-    for name, (make, units) in workloads.items():
-        runners = {"jitorch": make(jitorch), "jitorch compiled": make(jitorch, compiled=True), "PyTorch": make(torch)}
-        times = time_alternating(runners, repeats)
-        ours, compiled, theirs = (1000 * statistics.median(times[label]) / units for label in runners)
-        rows.append((name, ours, compiled, theirs))
-        print(f"[{threads} threads] {name}: jitorch {ours:.1f} ms, compiled {compiled:.1f} ms, PyTorch "
-              f"{theirs:.1f} ms, ratios {ours / theirs:.2f} / {compiled / theirs:.2f}", flush=True)
-        if profile:
-            profile_jitorch(runners["jitorch"], name, top=30)
-        if prims:
-            primitive_times(runners["jitorch"], name)
+    for key in only:
+        name, _, units = workloads[key]
+        seconds, first, failures = measure_workload(key, threads, repeats, lm_steps, flags)
+        ms = {label: 1000 * s / units for label, s in seconds.items()}
+        rows.append((name, ms, first, failures))
+        print(f"[{threads} threads] {name}: " + ", ".join(
+            f"{label} {ms[label]:.1f} ms (first call {first[label]:.1f} s)" if label in ms
+            else f"{label} failed ({failures.get(label, '')})" for label in RUNNERS), flush=True)
     return section(rows, threads, repeats, lm_steps, (load_before, os.getloadavg()[0]))
 
 
@@ -566,7 +900,8 @@ def main() -> None:
                         help=f"cuda only: GPT-sized steps per timed run (default {GPT_STEPS}; fewer: a partial run, "
                              "printed only)")
     parser.add_argument("--workloads", default=None,
-                        help="cuda only: a comma-separated subset of mlp,small_mlp,digits,char_lm,gpt (a partial run)")
+                        help=f"a comma-separated subset (a partial run): on the CPU of {','.join(CPU_WORKLOADS)}; on "
+                             "cuda of mlp,small_mlp,digits,char_lm,gpt")
     parser.add_argument("--amp", choices=sorted(char_lm.AMP_DTYPES), default=None,
                         help="cuda: the char_lm and GPT-sized steps under autocast in bfloat16 or float16 (with a "
                              "GradScaler), every runner alike; writes train_cuda_<precisions>_amp_<amp>.md")
@@ -579,6 +914,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of jitorch's runs")
     parser.add_argument("--prims", action="store_true",
                         help="print jitorch's kernel time per primitive (on cuda: each runner's device time by kernel)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one runner's process (`worker`)
     parser.add_argument("--malloc-tuning", action="store_true",
                         help="CPU only: turn on jitorch's opt-in heap settings first (jitorch.backends.cpu.memory; "
                              "writes bench/results/train_cpu_malloc_tuning.md)")
@@ -590,12 +926,22 @@ def main() -> None:
         return
     if args.lm_steps is None:
         args.lm_steps = LM_STEPS
-    name = "train_cpu_malloc_tuning" if args.malloc_tuning else "train_cpu"
-    out = results_path(name, args.repeats < REPEATS or args.lm_steps < LM_STEPS, args.out)
     if args.malloc_tuning and not memory.tune_malloc():
         raise SystemExit("--malloc-tuning: the heap settings need glibc (Linux)")
-
-    sections = [measure(t, args.repeats, args.lm_steps, args.profile, args.prims) for t in args.threads]
+    if args.worker:
+        worker(args.worker, args.workloads, args.threads[0], args.lm_steps, args.profile, args.prims)
+        return
+    only = args.workloads.split(",") if args.workloads else list(CPU_WORKLOADS)
+    unknown = [key for key in only if key not in CPU_WORKLOADS]
+    if unknown:
+        parser.error(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(CPU_WORKLOADS)}")
+    name = "train_cpu_malloc_tuning" if args.malloc_tuning else "train_cpu"
+    partial = args.repeats < REPEATS or args.lm_steps < LM_STEPS or set(only) != set(CPU_WORKLOADS)
+    out = results_path(name, partial, args.out)
+    # the workers are started with the same options (their heap settings, profiles)
+    flags = (["--malloc-tuning"] if args.malloc_tuning else []) + (["--profile"] if args.profile else []) + (
+        ["--prims"] if args.prims else [])
+    sections = [measure(t, args.repeats, args.lm_steps, only, flags) for t in args.threads]
     page = header(args.threads) + "\n" + "\n".join(sections)
     notes = kept_notes(out) if out is not None else ""
     publish(page + ("\n" + notes if notes else ""), out)
