@@ -303,10 +303,7 @@ class _Captured:
             t._bump_version()
         for i, _ in info.arg_writes:
             leaves[i]._bump_version()
-        for p, slot in info.grad_writes:
-            p._grad = None if slot is None else program._tensor(backend.copy(results[slot]))
-        for i, slot in info.arg_grad_writes:
-            leaves[i]._grad = None if slot is None else program._tensor(backend.copy(results[slot]))
+        program.set_grads(leaves, results, backend.copy)  # (copied out of the graph's memory)
         backward = program.backward
         if backward is not None and _ag._grad_mode.enabled:  # the backward reads its saved values later
             n = len(results) - backward.n_saved

@@ -247,15 +247,20 @@ class Program:
             if value is not None:  # (None: the plan wrote the new value into the tensor's own buffer)
                 t._backend().copy_into(t._data, self._placed(value, t._device))
             t._bump_version()
-        for p, slot in info.grad_writes:
-            p._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
-        for i, slot in info.arg_grad_writes:
-            leaves[i]._grad = None if slot is None else self._tensor(self._owned(results[slot], input_ids))
+        self.set_grads(leaves, results, lambda data: self._owned(data, input_ids))
         for ref, slot in info.escaped:
             t = ref()
             if t is not None:  # a traced value the function stored away becomes a real tensor, where it was made
                 value = self._placed(self._owned(results[slot], input_ids), t._device)
                 t._data, t._value, t._base, t.grad_fn = value, None, None, None
+
+    def set_grads(self, leaves: list, results: list, own: Callable) -> None:
+        """Every `.grad` the call set (a parameter's, a tensor argument's): None, or a tensor of the
+        result `own` makes a buffer of its own."""
+        info = self.info
+        targets = info.grad_writes + [(leaves[i], slot) for i, slot in info.arg_grad_writes]
+        for p, slot in targets:
+            p._grad = None if slot is None else self._tensor(own(results[slot]))
 
     def _placed(self, data, device):
         """A result as a buffer of `device`: a program on the GPU also updates CPU scalars (a step

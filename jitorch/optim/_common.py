@@ -7,6 +7,7 @@ inside a `jitorch.compile`d training step (see `optimizer.py`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from .. import dtypes as _dt
@@ -65,3 +66,14 @@ def lazy_state(optimizer: Optimizer, p: Tensor, **buffers: Callable[[], Tensor] 
         for name, make in buffers.items():
             state[name] = zeros_like(p) if make is None else make()
     return state
+
+
+def begin_update(p: Tensor, group: ParamGroup, state: dict, decoupled: bool = False
+                 ) -> tuple[Callable, Tensor, Tensor]:
+    """What every Adam-family update starts with: (`const`, the group's per-step constants in p's
+    dtype; the step count, advanced; the gradient, signed for `maximize` and with the group's weight
+    decay applied, `decoupled` as AdamW's)."""
+    step = state["step"]
+    step.add_(1)
+    grad = with_weight_decay(p, signed_grad(p, group), group, decoupled=decoupled)
+    return functools.partial(group.per_step, dtype=p.dtype), step, grad

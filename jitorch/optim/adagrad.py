@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 from ..creation import full_like
 from ..tensor import Tensor
-from ._common import lazy_state, signed_grad, with_weight_decay
+from ._common import begin_update, lazy_state
 from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 
@@ -42,10 +41,7 @@ class Adagrad(Optimizer):
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         state = self._init_state(p)
-        const = functools.partial(group.per_step, dtype=p.dtype)
-        step = state["step"]
-        step.add_(1)
-        grad = with_weight_decay(p, signed_grad(p, group), group)
+        const, step, grad = begin_update(p, group, state)
         decayed_lr = group.hyper("lr") / (1 + (step - 1) * group.hyper("lr_decay"))
         state_sum = state["sum"]
         state_sum.add_(grad * grad)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable
 
 from .. import dtypes as _dt
 from ..tensor import Tensor
-from ._common import beta_power, check_betas, lazy_state, scalar_state, signed_grad, with_weight_decay
+from ._common import begin_update, beta_power, check_betas, lazy_state, scalar_state
 from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 _LOG_096 = math.log(0.96)  # the paper's momentum schedule: mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * decay))
@@ -42,10 +41,7 @@ class NAdam(Optimizer):
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         state = self._init_state(p)
-        const = functools.partial(group.per_step, dtype=p.dtype)
-        step = state["step"]
-        step.add_(1)
-        grad = with_weight_decay(p, signed_grad(p, group), group, decoupled=group["decoupled_weight_decay"])
+        const, step, grad = begin_update(p, group, state, decoupled=group["decoupled_weight_decay"])
         lr, (beta1, beta2) = group.hyper("lr"), group.hyper("betas")
         decay_log = group.per_step("momentum_decay * log 0.96", _dt.float64,
                                    lambda: group.hyper("momentum_decay") * _LOG_096)

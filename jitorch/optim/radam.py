@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 from .. import dtypes as _dt
 from ..ops import where
 from ..tensor import Tensor
-from ._common import beta_power, check_betas, lazy_state, signed_grad, with_weight_decay
+from ._common import begin_update, beta_power, check_betas, lazy_state
 from .optimizer import Optimizer, ParamGroup, check_nonnegative, implementation_flags
 
 
@@ -40,10 +39,7 @@ class RAdam(Optimizer):
 
     def _update(self, p: Tensor, group: ParamGroup) -> None:
         state = self._init_state(p)
-        const = functools.partial(group.per_step, dtype=p.dtype)
-        step = state["step"]
-        step.add_(1)
-        grad = with_weight_decay(p, signed_grad(p, group), group, decoupled=group["decoupled_weight_decay"])
+        const, step, grad = begin_update(p, group, state, decoupled=group["decoupled_weight_decay"])
         beta1, beta2 = group.hyper("betas")
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, const("1 - beta1", compute=lambda: 1 - beta1))
