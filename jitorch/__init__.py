@@ -155,6 +155,7 @@ from .ops import (
     sub,
     sum,
     swapaxes,
+    swapdims,
     t,
     take_along_dim,
     tanh,

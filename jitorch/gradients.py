@@ -17,7 +17,7 @@ from . import autograd, linalg
 from .autograd import sum_to_shape
 from .dispatch import dispatch
 from .ops import as_operand, cat, diag_embed, einsum, fold, unfold, where
-from .primitives import PRIMS, attention_backward_sizes, reduced_shape
+from .primitives import PRIMS, attention_gradients, reduced_shape
 
 VJP: dict[str, Callable] = {}
 
@@ -368,11 +368,7 @@ def _attention_vjp(g, n):
     if autograd._grad_mode.enabled:  # backward with create_graph=True: a gradient that is differentiable
         return _attention_vjp_with_ops(g, n)
     packed = apply("attention_backward", q, k, v, n.out, g, **n.params)
-    grads, start = [], 0
-    for x, size, needed in zip(n.inputs, attention_backward_sizes(q.shape, k.shape, v.shape), n.needs):
-        grads.append(packed.narrow(0, start, size).reshape(x.shape) if needed else None)
-        start += size
-    return tuple(grads)
+    return attention_gradients(packed, tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(n.needs))
 
 
 def _attention_vjp_with_ops(g, n):

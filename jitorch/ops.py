@@ -914,7 +914,7 @@ def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
     return permute(input, order)
 
 
-swapaxes = transpose
+swapaxes = swapdims = transpose  # PyTorch's aliases
 
 
 def t(input: Tensor) -> Tensor:
@@ -2606,6 +2606,7 @@ def install_methods() -> None:
     ]
     for fn in plain + _MORE_METHODS:
         setattr(T, fn.__name__, fn)
+    T.swapaxes = T.swapdims = transpose  # (aliases: `plain` names each method by its function's name)
     T.where = _tensor_where
     T.__new__ = staticmethod(_tensor_new)
     T.type = _tensor_type

@@ -368,6 +368,21 @@ def attention_backward_sizes(q_shape: tuple[int, ...], k_shape: tuple[int, ...],
     return math.prod(q_shape), math.prod(k_shape), math.prod(v_shape)
 
 
+def attention_gradients(packed, q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...],
+                        needed: tuple[bool, bool, bool] = (True, True, True)) -> tuple:
+    """dq, dk and dv as (B, H, length, E) views of `attention_backward`'s packed output (an array or
+    a Tensor), None where not `needed`. Each is stored heads-inside, (B, length, H, E): the layout of
+    the (B, length, H * E) projections around attention, so that turning a gradient back into one
+    (a permute and a reshape) is a view, not a copy."""
+    grads, start = [], 0
+    for shape, needs in zip((q_shape, k_shape, v_shape), needed):
+        size = math.prod(shape)
+        b, h, length, e = shape
+        grads.append(packed[start:start + size].reshape(b, length, h, e).swapaxes(1, 2) if needs else None)
+        start += size
+    return tuple(grads)
+
+
 def _attention_backward_infer(q, k, v, out, grad_out, is_causal, scale):
     _check_attention_operands("attention_backward", q, k, v)
     expected = q.shape[:3] + v.shape[3:]
@@ -381,8 +396,8 @@ def _attention_backward_infer(q, k, v, out, grad_out, is_causal, scale):
 # (B, H, L, E) queries and (B, H, S, E), (B, H, S, Ev) keys and values: one primitive, so that a
 # backend may compute it without the (B, H, L, S) scores (a flash-attention kernel on the GPU).
 # One output per primitive: its backward returns dq, dk and dv packed flat in that order (views of
-# it are the gradients), and recomputes the softmax's row statistics from q and k instead of taking
-# them from the forward.
+# it are the gradients: `attention_gradients`), and recomputes the softmax's row statistics from q
+# and k instead of taking them from the forward.
 defprim("attention", PrimKind.MATMUL, _attention_infer, saves=(0, 1, 2), saves_out=True)
 defprim("attention_backward", PrimKind.MATMUL, _attention_backward_infer)
 

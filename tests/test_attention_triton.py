@@ -38,7 +38,7 @@ import jitorch as jt
 import jitorch.nn.functional as F
 from jitorch.backends.cpu import kernels as cpu_kernels
 from jitorch.dispatch import dispatch
-from jitorch.primitives import PRIMS
+from jitorch.primitives import PRIMS, attention_gradients
 
 _IN_INTERPRETER = "JITORCH_ATTENTION_INTERPRETER"  # "sample" or "all" in the interpreter's process
 _REPO = Path(__file__).resolve().parent.parent
@@ -69,9 +69,7 @@ def _assert_close(got, expected, tol, what):
 
 
 def _unpack(packed, q, k, v):
-    sizes = np.cumsum([q.size, k.size])
-    dq, dk, dv = np.split(np.asarray(packed), sizes)
-    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+    return attention_gradients(np.asarray(packed), q.shape, k.shape, v.shape)
 
 
 SHAPES = [  # (B, H, L, S, E, Ev)
@@ -102,6 +100,7 @@ def test_the_cpu_kernels_of_the_primitives_match_torch(shape, is_causal, dtype, 
     assert packed.dtype == dtype and packed.shape == (q.size + k.size + v.size,)
     for name, g, expected in zip(("dq", "dk", "dv"), _unpack(packed, q, k, v), (dq, dk, dv)):
         _assert_close(g, expected, tol, name)
+        assert g.swapaxes(1, 2).flags.c_contiguous  # (B, length, H, E) in memory: the layout every backend packs
 
 
 def test_the_primitives_autograd_and_double_backward_match_torch():
@@ -235,6 +234,9 @@ if os.environ.get(_IN_INTERPRETER):
         packed = interpreted.attention_backward(q, k, v, got, grad_out, is_causal=is_causal, scale=scale)
         for name, g, expected in zip(("dq", "dk", "dv"), _unpack(packed, q, k, v), (dq, dk, dv)):
             _assert_close(g, expected, 5e-6, name)
+        # heads inside: back in the projections' (B, length, H * E) layout by a view, not a copy
+        for x in (got, *_unpack(packed, q, k, v)):
+            assert x.swapaxes(1, 2).flags.c_contiguous
 
     def test_interpreted_kernels_read_strided_broadcast_and_copied_inputs(blocks):
         """q in a (B, L, H, E) layout viewed as (B, H, L, E) (as MultiheadAttention's heads), k

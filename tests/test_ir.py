@@ -242,8 +242,9 @@ def test_slices_that_overlap_or_leave_a_gap_stay_scatters():
 
 
 def test_attention_weight_gradients_through_split_are_one_cat_and_match_eager():
-    """nn.MultiheadAttention multiplies by slices of in_proj_weight: compiled, their gradients are
-    concatenated, not scattered into zeros and added."""
+    """nn.MultiheadAttention's self-attention, compiled, projects with one product by the whole
+    in_proj_weight and chunks it (last-dim slices, whose keys leave the other dims open); the
+    chunks' gradients are concatenated, not scattered into zeros and added."""
     jt.manual_seed(0)
     mha = jt.nn.MultiheadAttention(8, 2, batch_first=True)
     x = jt.randn(2, 5, 8)
@@ -256,6 +257,8 @@ def test_attention_weight_gradients_through_split_are_one_cat_and_match_eager():
     compiled(x)
     graph = next(iter(compiled.cache.values()))[0].graph
     assert "index_put" not in {n.op for n in graph.nodes} and "cat" in {n.op for n in graph.nodes}
+    wide = [n for n in graph.nodes if n.op == "matmul" and n.out.shape[-1] == 24]  # (.., 3 * 8): q, k, v at once
+    assert len(wide) == 1
     grads = [p.grad.numpy().copy() for p in mha.parameters()]
     step(x)
     for got, p in zip(grads, mha.parameters()):

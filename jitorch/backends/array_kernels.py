@@ -323,7 +323,8 @@ def attention(xp, q, k, v, *, is_causal, scale):
 
 
 def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
-    """dq, dk, dv of `attention` for the output gradient `grad_out`, packed flat in that order. With
+    """dq, dk, dv of `attention` for the output gradient `grad_out`, packed flat in that order, each
+    heads-inside (B, length, H, E: `primitives.attention_gradients` reads them). With
     P the probabilities and dP = grad_out v^T: dv = P^T grad_out; dS = P * (dP - delta), delta
     being each row's sum of grad_out * out (= sum P * dP); dq = dS k * scale; dk = dS^T q * scale."""
     wq, wk, wv, wout, wg = _attention_wide(q, k, v, out, grad_out)
@@ -333,7 +334,7 @@ def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
     ds = p * (xp.matmul(wg, xp.swapaxes(wv, -1, -2)) - delta)
     dq = xp.matmul(ds, wk) * scale
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), wq) * scale
-    return xp.concatenate([dq.ravel(), dk.ravel(), dv.ravel()]).astype(q.dtype, copy=False)
+    return xp.concatenate([g.swapaxes(1, 2).ravel() for g in (dq, dk, dv)]).astype(q.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,10 @@ width are in `block_config`.
 
 Layout: q, k, v, out, dO are (B, H, length, head dim) arrays of any strides but a unit stride along
 the head dim (the caller copies otherwise); a batch or head stride of 0 (an expanded key) is fine.
-The log-sum-exp and delta are float32 (B * H * L), in the log2 domain. The gradients the kernels
-write are C-contiguous. Offsets to a (batch, head) and a block are 64-bit; within a block 32-bit.
+The log-sum-exp and delta are float32 (B * H * L), in the log2 domain. The output and the
+gradients the kernels write are heads-inside: (B, length, H, head dim) C-contiguous, viewed as
+(B, H, length, head dim), the layout of the projections around attention. Offsets to a
+(batch, head) and a block are 64-bit; within a block 32-bit.
 
 This module holds the source text, plans launches (`forward_launches`, `backward_launches`:
 kernel name, grid, arguments, constants) and runs the primitives over any array namespace with a
@@ -61,6 +63,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from ..primitives import attention_gradients
 
 SOURCE = '''\
 import triton
@@ -177,6 +181,12 @@ def _block_start(bh, n_heads, row0, stride_b, stride_h, stride_l):
     # the element offset of row `row0` (a scalar tensor) of (batch, head) `bh`, in 64 bits: a tensor
     # may hold more than 2**31 elements (offsets within a block stay 32-bit)
     return _head_start(bh, n_heads, stride_b, stride_h) + row0.to(tl.int64) * stride_l
+
+
+@triton.jit
+def _heads_inside(bh, n_heads, length, row0, head_dim):
+    # where row row0 of head bh starts in a C-contiguous (B, length, H, head_dim) array
+    return _block_start(bh, n_heads, row0, length * n_heads * head_dim, head_dim, n_heads * head_dim)
 
 
 @triton.jit
@@ -315,11 +325,13 @@ def attention_backward_dkdv(Q, K, V, GradOut, Lse, Delta, GradK, GradV,
     for q_row0 in range(full, q_len, BLOCK_M):
         dk, dv = _dkdv_step(dk, dv, k, v, Q, GradOut, q_stride_l, g_stride_l, Lse, Delta, q_row0, q_len, offs_n, offs_m,
                             offs_d, offs_dv, scale_log2, HEAD_DIM, HEAD_DIM_V, IS_CAUSAL, True, DOT_PRECISION)
-    out_rows = bh.to(tl.int64) * k_len + offs_n[:, None]  # dk and dv are C-contiguous
-    tl.store(GradK + out_rows * HEAD_DIM + offs_d[None, :], (dk * scale).to(GradK.dtype.element_ty),
-             mask=keys & (offs_d[None, :] < HEAD_DIM))
-    tl.store(GradV + out_rows * HEAD_DIM_V + offs_dv[None, :], dv.to(GradV.dtype.element_ty),
-             mask=keys & (offs_dv[None, :] < HEAD_DIM_V))
+    # dk and dv are stored heads-inside: C-contiguous (B, S, H, E) and (B, S, H, Ev)
+    dk_ptrs = GradK + _heads_inside(bh, n_heads, k_len, start_n, HEAD_DIM) + block * (n_heads * HEAD_DIM) \\
+        + offs_d[None, :]
+    dv_ptrs = GradV + _heads_inside(bh, n_heads, k_len, start_n, HEAD_DIM_V) + block * (n_heads * HEAD_DIM_V) \\
+        + offs_dv[None, :]
+    tl.store(dk_ptrs, (dk * scale).to(GradK.dtype.element_ty), mask=keys & (offs_d[None, :] < HEAD_DIM))
+    tl.store(dv_ptrs, dv.to(GradV.dtype.element_ty), mask=keys & (offs_dv[None, :] < HEAD_DIM_V))
 
 
 @triton.jit
@@ -373,9 +385,10 @@ def attention_backward_dq(Q, K, V, GradOut, Lse, Delta, GradQ,
     for k_row0 in range(unmasked, end, BLOCK_N):
         dq = _dq_step(dq, q, g, lse, delta, K, V, k_stride_s, v_stride_s, k_row0, k_len, offs_m, offs_n, offs_d,
                       offs_dv, scale_log2, HEAD_DIM, HEAD_DIM_V, IS_CAUSAL, True, DOT_PRECISION)
-    out_rows = bh.to(tl.int64) * q_len + offs_m[:, None]  # dq is C-contiguous
-    tl.store(GradQ + out_rows * HEAD_DIM + offs_d[None, :], (dq * scale).to(GradQ.dtype.element_ty),
-             mask=in_rows[:, None] & (offs_d[None, :] < HEAD_DIM))
+    # dq is stored heads-inside: C-contiguous (B, L, H, E)
+    dq_ptrs = GradQ + _heads_inside(bh, n_heads, q_len, start_m, HEAD_DIM) + rows * (n_heads * HEAD_DIM) \\
+        + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(GradQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < HEAD_DIM))
 '''
 
 _LOG2E = 1.4426950408889634
@@ -505,9 +518,10 @@ def forward_launches(q: Operand, k: Operand, v: Operand, out: Operand, lse: obje
 def backward_launches(q: Operand, k: Operand, v: Operand, out: Operand, grad_out: Operand, lse: object,
                       delta: object, dq: object, dk: object, dv: object, dtype: str, *, is_causal: bool,
                       scale: float, precision: str) -> list[Launch]:
-    """The launches that write dq (B, H, L, E), dk (B, H, S, E) and dv (B, H, S, Ev), each
-    C-contiguous, for the output gradient `grad_out` of `out` = attention(q, k, v), using `lse` and
-    `delta` (each B * H * L float32) as scratch: the row statistics, then dk and dv, then dq."""
+    """The launches that write dq (B, H, L, E), dk (B, H, S, E) and dv (B, H, S, Ev), each stored
+    heads-inside (C-contiguous (B, L, H, E) and so on), for the output gradient `grad_out` of
+    `out` = attention(q, k, v), using `lse` and `delta` (each B * H * L float32) as scratch: the row
+    statistics, then dk and dv, then dq."""
     _check(q, k, v, dtype)
     n_batch, n_heads, q_len, _ = q.shape
     k_len = k.shape[2]
@@ -550,7 +564,9 @@ def attention(xp, run: Callable[[list[Launch]], None], q, k, v, *, is_causal: bo
     v (B, H, S, Ev), its launches queued by `run`, at the float32 matmul `precision`."""
     q, k, v = (_rows_contiguous(xp, x) for x in (q, k, v))
     n_batch, n_heads, q_len, _ = q.shape
-    out = xp.empty((n_batch, n_heads, q_len, v.shape[3]), q.dtype)
+    # heads-inside, (B, L, H, Ev) viewed as (B, H, L, Ev) (as PyTorch's flash attention): the
+    # layout the output projection reads it in after its permute and reshape, which stay views
+    out = xp.empty((n_batch, q_len, n_heads, v.shape[3]), q.dtype).swapaxes(1, 2)
     if k.shape[2] == 0:  # no keys: an empty weighted sum, as the composite gives
         out.fill(0)
         return out
@@ -563,12 +579,11 @@ def attention(xp, run: Callable[[list[Launch]], None], q, k, v, *, is_causal: bo
 def attention_backward(xp, run: Callable[[list[Launch]], None], q, k, v, out, grad_out, *, is_causal: bool,
                        scale: float, precision: str):
     """The `attention_backward` primitive likewise: dq, dk, dv packed flat in that order (each
-    C-contiguous in it), for the output gradient `grad_out` of `out` = attention(q, k, v)."""
+    heads-inside in it: `primitives.attention_gradients`), for the output gradient `grad_out` of
+    `out` = attention(q, k, v)."""
     q, k, v, out, grad_out = (_rows_contiguous(xp, x) for x in (q, k, v, out, grad_out))
-    sizes = [q.size, k.size, v.size]
-    packed = xp.empty(sum(sizes), q.dtype)
-    dq, dk, dv = (packed[start:start + size].reshape(x.shape)
-                  for start, size, x in zip((0, sizes[0], sizes[0] + sizes[1]), sizes, (q, k, v)))
+    packed = xp.empty(q.size + k.size + v.size, q.dtype)
+    dq, dk, dv = attention_gradients(packed, q.shape, k.shape, v.shape)
     n_batch, n_heads, q_len, _ = q.shape
     if q_len == 0 or k.shape[2] == 0:  # no scores: every gradient is zero
         packed.fill(0)

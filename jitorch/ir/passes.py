@@ -240,12 +240,15 @@ def _slice_of_zeros(node: Node, out: Value) -> tuple[int, int, Value] | None:
     cut = None
     for d, part in enumerate(node.params["key"]):
         if not (isinstance(part, tuple) and len(part) == 4 and part[0] == "slice"
-                and all(type(i) is int for i in part[1:]) and part[3] == 1):
+                and all(i is None or type(i) is int for i in part[1:]) and part[3] in (1, None)):
             return None
-        if part[1:3] != (0, out.shape[d]):
+        start, stop = 0 if part[1] is None else part[1], out.shape[d] if part[2] is None else part[2]
+        if not 0 <= start <= stop <= out.shape[d]:
+            return None  # (a negative or clipped bound: not worth reading here)
+        if (start, stop) != (0, out.shape[d]):
             if cut is not None:
                 return None
-            cut = (d, part[1], part[2])
+            cut = (d, start, stop)
     if cut is None:
         return None
     d, start, stop = cut

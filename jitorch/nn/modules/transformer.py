@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ... import creation
 from ... import dtypes as _dt
+from ..._trace_state import trace_state
 from ...tensor import Tensor
 from .. import functional as F
 from .. import init
@@ -88,9 +89,14 @@ class MultiheadAttention(Module):
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w, b = self.in_proj_weight, self.in_proj_bias
-        # three projections by slices of the weight, even for self-attention: one wide matmul and a
-        # chunk would make backward scatter three activation-sized gradients into zeros
         e = self.embed_dim
+        if query is key is value and trace_state.tracer is not None:
+            # self-attention, traced: one wide product, chunked; its backward's three slice
+            # gradients become one concatenation (the compiler's `slices_as_cat`), so the input's
+            # and the weight's gradients are one product each and the bias's one sum. Eagerly
+            # the chunks' gradients would each be scattered into zeros: three products by slices
+            # of the weight cost less there.
+            return F.linear(query, w, b).split(e, dim=-1)
         ws = w.split(e)
         bs = b.split(e) if b is not None else (None, None, None)
         return F.linear(query, ws[0], bs[0]), F.linear(key, ws[1], bs[1]), F.linear(value, ws[2], bs[2])
