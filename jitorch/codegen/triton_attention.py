@@ -460,12 +460,14 @@ def dot_precision(dtype: str, float32_matmul_precision: str) -> str:
 # (BLOCK_M, BLOCK_N, warps, pipeline stages) by the kind of product ("half": float16 and bfloat16;
 # "tf32" and "tf32x3": float32 at "high"/"medium" and at "highest"), the head width (up to 64, up to
 # 128) and the kernel ("rows": the forward and the row statistics; "dkdv", whose BLOCK_N keys are a
-# program's and BLOCK_M queries a step's; "dq"): the largest blocks whose sm_90 code spills no
-# registers, or a few dozen bytes ("ptxas -v" on Triton 3.9's PTX). Not yet timed against others.
+# program's and BLOCK_M queries a step's; "dq"). Head dims up to 64 at "half" and "tf32": the
+# fastest of the candidates `bench/attention.py --configs` timed on an H200 at the GPT-sized shape
+# (8 x 12 heads x 1024, causal). The others: the largest blocks whose sm_90 code spills no
+# registers, or a few dozen bytes ("ptxas -v" on Triton 3.9's PTX), not yet timed against others.
 _BLOCKS = {
-    ("half", 64): {"rows": (128, 64, 8, 3), "dkdv": (64, 64, 8, 2), "dq": (128, 64, 8, 2)},
+    ("half", 64): {"rows": (128, 64, 8, 3), "dkdv": (32, 64, 4, 3), "dq": (64, 32, 4, 3)},
     ("half", 128): {"rows": (128, 32, 8, 3), "dkdv": (32, 32, 8, 2), "dq": (64, 32, 8, 2)},
-    ("tf32", 64): {"rows": (128, 32, 8, 3), "dkdv": (32, 64, 8, 2), "dq": (128, 32, 8, 2)},
+    ("tf32", 64): {"rows": (128, 64, 8, 3), "dkdv": (64, 128, 8, 2), "dq": (128, 32, 8, 2)},
     ("tf32", 128): {"rows": (128, 32, 8, 3), "dkdv": (32, 32, 8, 2), "dq": (32, 32, 4, 2)},
     # three products per tile hold more registers: smaller key blocks and one stage for dK, dV;
     # at head dims over 64 every configuration tried spills some, these the least
