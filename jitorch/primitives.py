@@ -371,9 +371,15 @@ def attention_backward_sizes(q_shape: tuple[int, ...], k_shape: tuple[int, ...],
 def attention_gradients(packed, q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...],
                         needed: tuple[bool, bool, bool] = (True, True, True)) -> tuple:
     """dq, dk and dv as (B, H, length, E) views of `attention_backward`'s packed output (an array or
-    a Tensor), None where not `needed`. Each is stored heads-inside, (B, length, H, E): the layout of
-    the (B, length, H * E) projections around attention, so that turning a gradient back into one
-    (a permute and a reshape) is a view, not a copy."""
+    a Tensor), None where not `needed`. They are stored heads-inside, as the (B, length, H * E)
+    projections around attention lay them out, so that turning a gradient back into one (a permute
+    and a reshape) is a view, not a copy: where q, k and v have one shape (self-attention) as one
+    (B, length, 3, H, E) array, the layout of the gradient of a fused q/k/v projection's output
+    (the concatenation of the three is then a view too); else one (B, length, H, E) after another."""
+    if tuple(q_shape) == tuple(k_shape) == tuple(v_shape):
+        b, h, length, e = q_shape
+        rows = packed.reshape(b, length, 3, h, e)
+        return tuple(rows[:, :, i].swapaxes(1, 2) if needs else None for i, needs in enumerate(needed))
     grads, start = [], 0
     for shape, needs in zip((q_shape, k_shape, v_shape), needed):
         size = math.prod(shape)

@@ -103,7 +103,7 @@ def variants(head_dims: tuple[tuple[int, int], ...], precisions: tuple[tuple[str
         v, out = _operand((2, 3, 100, ev)), _operand((2, 3, 100, ev))
         launches = plan.forward_launches(q, k, v, out, None, dtype, is_causal=is_causal, scale=0.125,
                                          precision=precision)
-        launches += plan.backward_launches(q, k, v, out, out, None, None, None, None, None, dtype,
+        launches += plan.backward_launches(q, k, v, out, out, None, None, q, k, v, dtype,
                                            is_causal=is_causal, scale=0.125, precision=precision)
         for launch in launches:
             signature = plan.signature(launch.kernel, dtype, launch.args)

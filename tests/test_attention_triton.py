@@ -72,6 +72,27 @@ def _unpack(packed, q, k, v):
     return attention_gradients(np.asarray(packed), q.shape, k.shape, v.shape)
 
 
+def _rejoins_as_view(g: np.ndarray) -> bool:
+    """Whether gradient g (B, H, length, E) goes back to a (B, length, H * E) projection's layout
+    (a permute, a reshape) as a view of its memory, as `attention_gradients` lays them out."""
+    b, h, length, e = g.shape
+    return np.shares_memory(g.swapaxes(1, 2).reshape(b, length, h * e), g)
+
+
+def test_self_attention_gradients_are_one_projection_gradient():
+    """q, k and v of one shape: dq, dk and dv lie side by side as (B, length, 3, H, E), so their
+    concatenation along a fused projection's last dim is the packed buffer itself."""
+    b, h, length, e = 2, 3, 5, 4
+    packed = np.arange(3 * b * h * length * e, dtype=np.float32)
+    grads = attention_gradients(packed, (b, h, length, e), (b, h, length, e), (b, h, length, e))
+    joined = np.concatenate([g.swapaxes(1, 2).reshape(b, length, h * e) for g in grads], axis=-1)
+    np.testing.assert_array_equal(joined.ravel(), packed)
+    sizes = (b * h * length * e, b * h * 7 * 2, b * h * 7 * 2)  # (cross-attention: one after another)
+    dq, dk, dv = attention_gradients(packed[:sum(sizes)], (b, h, length, e), (b, h, 7, 2), (b, h, 7, 2))
+    np.testing.assert_array_equal(dk.swapaxes(1, 2).ravel(), packed[sizes[0]:sizes[0] + sizes[1]])
+    assert dq.shape == (b, h, length, e) and dv.shape == (b, h, 7, 2)
+
+
 SHAPES = [  # (B, H, L, S, E, Ev)
     (2, 2, 37, 37, 16, 16),
     (2, 2, 37, 37, 64, 64),
@@ -100,7 +121,7 @@ def test_the_cpu_kernels_of_the_primitives_match_torch(shape, is_causal, dtype, 
     assert packed.dtype == dtype and packed.shape == (q.size + k.size + v.size,)
     for name, g, expected in zip(("dq", "dk", "dv"), _unpack(packed, q, k, v), (dq, dk, dv)):
         _assert_close(g, expected, tol, name)
-        assert g.swapaxes(1, 2).flags.c_contiguous  # (B, length, H, E) in memory: the layout every backend packs
+        assert _rejoins_as_view(g)  # (the layout every backend packs)
 
 
 def test_the_primitives_autograd_and_double_backward_match_torch():
@@ -235,8 +256,8 @@ if os.environ.get(_IN_INTERPRETER):
         for name, g, expected in zip(("dq", "dk", "dv"), _unpack(packed, q, k, v), (dq, dk, dv)):
             _assert_close(g, expected, 5e-6, name)
         # heads inside: back in the projections' (B, length, H * E) layout by a view, not a copy
-        for x in (got, *_unpack(packed, q, k, v)):
-            assert x.swapaxes(1, 2).flags.c_contiguous
+        assert got.swapaxes(1, 2).flags.c_contiguous
+        assert all(_rejoins_as_view(g) for g in _unpack(packed, q, k, v))
 
     def test_interpreted_kernels_read_strided_broadcast_and_copied_inputs(blocks):
         """q in a (B, L, H, E) layout viewed as (B, H, L, E) (as MultiheadAttention's heads), k

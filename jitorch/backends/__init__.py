@@ -43,6 +43,10 @@ class Backend:
     # optional: kernels that write into a buffer given first, `into(out, *arrays, **params) -> out`
     # (or their own result where they cannot), so a compiled program's memory plan can place them
     kernels_into: dict[str, Callable] = {}
+    # optional: kernels a compiled program's plan runs instead of the eager ones for values it keeps
+    # to itself (no graph output): they may return a view of their inputs where an eager kernel
+    # must copy (`array_kernels.cat_or_view`)
+    plan_kernels: dict[str, Callable] = {}
     buffer_type: type = np.ndarray  # what the eager kernels return (anything else goes through as_buffer)
     # Whether eager composites (softmax, layer_norm, cross_entropy, an optimizer's update, ...) on
     # this device run as cached compiled functions instead of op by op: worth it where each eager

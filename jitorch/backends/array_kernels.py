@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from .. import philox
-from ..primitives import LinAlgError, conv_out_size, numpy_key, sum_dtype
+from ..primitives import LinAlgError, attention_gradients, conv_out_size, numpy_key, sum_dtype
 
 _BFLOAT16 = _dt.bfloat16.np
 
@@ -207,6 +207,29 @@ def _cat(xp, *xs, dim):
     return xp.concatenate(xs, axis=dim)
 
 
+def cat_or_view(xp, address: Callable, allocation: Callable, *xs, dim):
+    """`cat` for a value a compiled program keeps to itself: a view of the pieces' memory where
+    they lie side by side along `dim` in one allocation with one set of strides (the pieces of
+    one buffer cut along dim, as attention's packed q/k/v gradients), else a copy. Eagerly a cat
+    always copies, as PyTorch's: a result aliasing its inputs would see their in-place changes.
+    `address(x)`: where x's first element is; `allocation(x)`: an object owning x's memory,
+    the same for every view of it."""
+    first = xs[0]
+    if len(xs) < 2 or not first.ndim:
+        return xp.concatenate(xs, axis=dim)
+    dim %= first.ndim
+    strides, step, owner = first.strides, first.strides[dim], allocation(first)
+    at, total = address(first), 0
+    for x in xs:
+        if (x.dtype != first.dtype or x.strides != strides or x.ndim != first.ndim or x.shape[dim] == 0
+                or x.shape[:dim] != first.shape[:dim] or x.shape[dim + 1:] != first.shape[dim + 1:]
+                or step <= 0 or address(x) != at or allocation(x) is not owner):
+            return xp.concatenate(xs, axis=dim)
+        at += x.shape[dim] * step
+        total += x.shape[dim]
+    return xp.lib.stride_tricks.as_strided(first, first.shape[:dim] + (total,) + first.shape[dim + 1:], strides)
+
+
 def _matmul(xp, a, b):
     if is_half(a.dtype):  # PyTorch multiplies half types with float32 accumulation
         return xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
@@ -323,8 +346,8 @@ def attention(xp, q, k, v, *, is_causal, scale):
 
 
 def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
-    """dq, dk, dv of `attention` for the output gradient `grad_out`, packed flat in that order, each
-    heads-inside (B, length, H, E: `primitives.attention_gradients` reads them). With
+    """dq, dk, dv of `attention` for the output gradient `grad_out`, packed flat as
+    `primitives.attention_gradients` reads them (heads-inside). With
     P the probabilities and dP = grad_out v^T: dv = P^T grad_out; dS = P * (dP - delta), delta
     being each row's sum of grad_out * out (= sum P * dP); dq = dS k * scale; dk = dS^T q * scale."""
     wq, wk, wv, wout, wg = _attention_wide(q, k, v, out, grad_out)
@@ -334,7 +357,10 @@ def attention_backward(xp, q, k, v, out, grad_out, *, is_causal, scale):
     ds = p * (xp.matmul(wg, xp.swapaxes(wv, -1, -2)) - delta)
     dq = xp.matmul(ds, wk) * scale
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), wq) * scale
-    return xp.concatenate([g.swapaxes(1, 2).ravel() for g in (dq, dk, dv)]).astype(q.dtype, copy=False)
+    packed = xp.empty(q.size + k.size + v.size, q.dtype)
+    for view, g in zip(attention_gradients(packed, q.shape, k.shape, v.shape), (dq, dk, dv)):
+        view[...] = g.astype(q.dtype, copy=False)
+    return packed
 
 
 # ---------------------------------------------------------------------------------------------

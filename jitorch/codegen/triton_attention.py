@@ -42,10 +42,11 @@ width are in `block_config`.
 
 Layout: q, k, v, out, dO are (B, H, length, head dim) arrays of any strides but a unit stride along
 the head dim (the caller copies otherwise); a batch or head stride of 0 (an expanded key) is fine.
-The log-sum-exp and delta are float32 (B * H * L), in the log2 domain. The output and the
-gradients the kernels write are heads-inside: (B, length, H, head dim) C-contiguous, viewed as
-(B, H, length, head dim), the layout of the projections around attention. Offsets to a
-(batch, head) and a block are 64-bit; within a block 32-bit.
+The log-sum-exp and delta are float32 (B * H * L), in the log2 domain. The gradients are written
+with the strides given (`attention_backward` gives views of its packed output), the output
+heads-inside: (B, length, H, head dim) C-contiguous, viewed as (B, H, length, head dim), the layout
+of the projections around attention. Offsets to a (batch, head) and a block are 64-bit; within a
+block 32-bit.
 
 This module holds the source text, plans launches (`forward_launches`, `backward_launches`:
 kernel name, grid, arguments, constants) and runs the primitives over any array namespace with a
@@ -184,12 +185,6 @@ def _block_start(bh, n_heads, row0, stride_b, stride_h, stride_l):
 
 
 @triton.jit
-def _heads_inside(bh, n_heads, length, row0, head_dim):
-    # where row row0 of head bh starts in a C-contiguous (B, length, H, head_dim) array
-    return _block_start(bh, n_heads, row0, length * n_heads * head_dim, head_dim, n_heads * head_dim)
-
-
-@triton.jit
 def attention_forward(Q, K, V, Out, Lse,
                       q_stride_b, q_stride_h, q_stride_l, k_stride_b, k_stride_h, k_stride_s,
                       v_stride_b, v_stride_h, v_stride_s, o_stride_b, o_stride_h, o_stride_l,
@@ -281,6 +276,7 @@ def _dkdv_step(dk, dv, k, v, Q, GradOut, q_stride_l, g_stride_l, Lse, Delta, q_r
 def attention_backward_dkdv(Q, K, V, GradOut, Lse, Delta, GradK, GradV,
                             q_stride_b, q_stride_h, q_stride_l, k_stride_b, k_stride_h, k_stride_s,
                             v_stride_b, v_stride_h, v_stride_s, g_stride_b, g_stride_h, g_stride_l,
+                            dk_stride_b, dk_stride_h, dk_stride_s, dv_stride_b, dv_stride_h, dv_stride_s,
                             n_heads, q_len, k_len, scale, scale_log2,
                             HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -325,11 +321,10 @@ def attention_backward_dkdv(Q, K, V, GradOut, Lse, Delta, GradK, GradV,
     for q_row0 in range(full, q_len, BLOCK_M):
         dk, dv = _dkdv_step(dk, dv, k, v, Q, GradOut, q_stride_l, g_stride_l, Lse, Delta, q_row0, q_len, offs_n, offs_m,
                             offs_d, offs_dv, scale_log2, HEAD_DIM, HEAD_DIM_V, IS_CAUSAL, True, DOT_PRECISION)
-    # dk and dv are stored heads-inside: C-contiguous (B, S, H, E) and (B, S, H, Ev)
-    dk_ptrs = GradK + _heads_inside(bh, n_heads, k_len, start_n, HEAD_DIM) + block * (n_heads * HEAD_DIM) \\
-        + offs_d[None, :]
-    dv_ptrs = GradV + _heads_inside(bh, n_heads, k_len, start_n, HEAD_DIM_V) + block * (n_heads * HEAD_DIM_V) \\
-        + offs_dv[None, :]
+    dk_ptrs = GradK + _block_start(bh, n_heads, start_n, dk_stride_b, dk_stride_h, dk_stride_s) \\
+        + block * dk_stride_s + offs_d[None, :]
+    dv_ptrs = GradV + _block_start(bh, n_heads, start_n, dv_stride_b, dv_stride_h, dv_stride_s) \\
+        + block * dv_stride_s + offs_dv[None, :]
     tl.store(dk_ptrs, (dk * scale).to(GradK.dtype.element_ty), mask=keys & (offs_d[None, :] < HEAD_DIM))
     tl.store(dv_ptrs, dv.to(GradV.dtype.element_ty), mask=keys & (offs_dv[None, :] < HEAD_DIM_V))
 
@@ -355,6 +350,7 @@ def _dq_step(dq, q, g, lse, delta, K, V, k_stride_s, v_stride_s, k_row0, k_len, 
 def attention_backward_dq(Q, K, V, GradOut, Lse, Delta, GradQ,
                           q_stride_b, q_stride_h, q_stride_l, k_stride_b, k_stride_h, k_stride_s,
                           v_stride_b, v_stride_h, v_stride_s, g_stride_b, g_stride_h, g_stride_l,
+                          dq_stride_b, dq_stride_h, dq_stride_l,
                           n_heads, q_len, k_len, scale, scale_log2,
                           HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -385,9 +381,8 @@ def attention_backward_dq(Q, K, V, GradOut, Lse, Delta, GradQ,
     for k_row0 in range(unmasked, end, BLOCK_N):
         dq = _dq_step(dq, q, g, lse, delta, K, V, k_stride_s, v_stride_s, k_row0, k_len, offs_m, offs_n, offs_d,
                       offs_dv, scale_log2, HEAD_DIM, HEAD_DIM_V, IS_CAUSAL, True, DOT_PRECISION)
-    # dq is stored heads-inside: C-contiguous (B, L, H, E)
-    dq_ptrs = GradQ + _heads_inside(bh, n_heads, q_len, start_m, HEAD_DIM) + rows * (n_heads * HEAD_DIM) \\
-        + offs_d[None, :]
+    dq_ptrs = GradQ + _block_start(bh, n_heads, start_m, dq_stride_b, dq_stride_h, dq_stride_l) \\
+        + rows * dq_stride_l + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(GradQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < HEAD_DIM))
 '''
 
@@ -518,11 +513,11 @@ def forward_launches(q: Operand, k: Operand, v: Operand, out: Operand, lse: obje
 
 
 def backward_launches(q: Operand, k: Operand, v: Operand, out: Operand, grad_out: Operand, lse: object,
-                      delta: object, dq: object, dk: object, dv: object, dtype: str, *, is_causal: bool,
+                      delta: object, dq: Operand, dk: Operand, dv: Operand, dtype: str, *, is_causal: bool,
                       scale: float, precision: str) -> list[Launch]:
-    """The launches that write dq (B, H, L, E), dk (B, H, S, E) and dv (B, H, S, Ev), each stored
-    heads-inside (C-contiguous (B, L, H, E) and so on), for the output gradient `grad_out` of
-    `out` = attention(q, k, v), using `lse` and `delta` (each B * H * L float32) as scratch: the row
+    """The launches that write dq (B, H, L, E), dk (B, H, S, E) and dv (B, H, S, Ev) (any strides
+    but a unit one along the head dim) for the output gradient `grad_out` of `out` =
+    attention(q, k, v), using `lse` and `delta` (each B * H * L float32) as scratch: the row
     statistics, then dk and dv, then dq."""
     _check(q, k, v, dtype)
     n_batch, n_heads, q_len, _ = q.shape
@@ -534,10 +529,10 @@ def backward_launches(q: Operand, k: Operand, v: Operand, out: Operand, grad_out
     sizes = (n_heads, q_len, k_len)
     stats = (q.array, k.array, out.array, grad_out.array, lse, delta, *strides, *out.strides[:3],
              *grad_out.strides[:3], *sizes, scale * _LOG2E)
-    dkdv = (q.array, k.array, v.array, grad_out.array, lse, delta, dk, dv, *strides, *v.strides[:3],
-            *grad_out.strides[:3], *sizes, scale, scale * _LOG2E)
-    dq_args = (q.array, k.array, v.array, grad_out.array, lse, delta, dq, *strides, *v.strides[:3],
-               *grad_out.strides[:3], *sizes, scale, scale * _LOG2E)
+    dkdv = (q.array, k.array, v.array, grad_out.array, lse, delta, dk.array, dv.array, *strides, *v.strides[:3],
+            *grad_out.strides[:3], *dk.strides[:3], *dv.strides[:3], *sizes, scale, scale * _LOG2E)
+    dq_args = (q.array, k.array, v.array, grad_out.array, lse, delta, dq.array, *strides, *v.strides[:3],
+               *grad_out.strides[:3], *dq.strides[:3], *sizes, scale, scale * _LOG2E)
     return [_launch("attention_backward_stats", q_len, bh, stats, dtype, q, v, is_causal, precision),
             _launch("attention_backward_dkdv", k_len, bh, dkdv, dtype, q, v, is_causal, precision),
             _launch("attention_backward_dq", q_len, bh, dq_args, dtype, q, v, is_causal, precision)]
@@ -580,8 +575,8 @@ def attention(xp, run: Callable[[list[Launch]], None], q, k, v, *, is_causal: bo
 
 def attention_backward(xp, run: Callable[[list[Launch]], None], q, k, v, out, grad_out, *, is_causal: bool,
                        scale: float, precision: str):
-    """The `attention_backward` primitive likewise: dq, dk, dv packed flat in that order (each
-    heads-inside in it: `primitives.attention_gradients`), for the output gradient `grad_out` of
+    """The `attention_backward` primitive likewise: dq, dk, dv packed flat (heads-inside, as
+    `primitives.attention_gradients` reads them), for the output gradient `grad_out` of
     `out` = attention(q, k, v)."""
     q, k, v, out, grad_out = (_rows_contiguous(xp, x) for x in (q, k, v, out, grad_out))
     packed = xp.empty(q.size + k.size + v.size, q.dtype)
@@ -593,7 +588,8 @@ def attention_backward(xp, run: Callable[[list[Launch]], None], q, k, v, out, gr
     lse = xp.empty(n_batch * n_heads * q_len, xp.float32)
     delta = xp.empty_like(lse)
     run(backward_launches(_operand(q), _operand(k), _operand(v), _operand(out), _operand(grad_out), lse, delta,
-                          dq, dk, dv, q.dtype.name, is_causal=is_causal, scale=scale, precision=precision))
+                          _operand(dq), _operand(dk), _operand(dv), q.dtype.name, is_causal=is_causal, scale=scale,
+                          precision=precision))
     return packed
 
 

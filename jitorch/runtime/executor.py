@@ -193,14 +193,15 @@ class Plan:
             for v in values:
                 last_use[v.id] = step
         keep = {v.id for v in self.graph.outputs}
-        kernels = self.backend.kernels
+        kernels, plan_kernels = self.backend.kernels, self.backend.plan_kernels
         steps = []
         for step, (item, values) in enumerate(zip(items, reads)):
             frees = tuple(slot_of[v.id] for v in set(values) if last_use.get(v.id) == step and v.id not in keep)
             ins = tuple(slot_of[v.id] for v in values)
             if isinstance(item, Node):
                 into = self.backend.kernels_into.get(item.op) if item.out.id in arena_of else None
-                steps.append(PrimStep(item, kernels[item.op], ins, slot_of[item.out.id], frees, into))
+                kernel = (item.out.id not in keep and plan_kernels.get(item.op)) or kernels[item.op]
+                steps.append(PrimStep(item, kernel, ins, slot_of[item.out.id], frees, into))
             else:
                 outs = tuple(slot_of[v.id] for v in item.kernel.outputs)
                 into = tuple((overwrite or {}).get(v.id) for v in item.kernel.outputs)

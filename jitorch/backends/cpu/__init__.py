@@ -6,6 +6,7 @@ threads (`launch.py`, `threads.py`)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -13,15 +14,23 @@ from ...codegen import llvm
 from ...ir import passes
 from ...ir.fusion import Kernel, KernelDesc
 from .. import Backend, register
+from ..array_kernels import cat_or_view
 from . import jit, threads
 from .kernels import KERNELS, KERNELS_INTO
 from .launch import CompiledKernel
+
+
+def _allocation(array: np.ndarray):
+    while array.base is not None:  # (views of views: the array that owns the memory at the root)
+        array = array.base
+    return array
 
 
 class CPUBackend(Backend):
     device_type = "cpu"
     kernels = KERNELS
     kernels_into = KERNELS_INTO
+    plan_kernels = {"cat": partial(cat_or_view, np, lambda a: a.__array_interface__["data"][0], _allocation)}
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)

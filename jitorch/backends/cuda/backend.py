@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import Backend, get_float32_matmul_precision, register
+from ..array_kernels import cat_or_view
 from . import attention, checks
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
@@ -32,6 +33,7 @@ def _device_array(array):
 class CUDABackend(Backend):
     device_type = "cuda"
     kernels = KERNELS
+    plan_kernels = {"cat": functools.partial(cat_or_view, cupy, lambda a: a.data.ptr, lambda a: a.data.mem)}
     buffer_type = cupy.ndarray
     # each CuPy kernel costs ~15 us of host time; a composite's fused Triton kernels a few us each
     fuses_eager_composites = True

@@ -1,0 +1,85 @@
+"""A compiled program's `cat` of pieces lying side by side in one buffer is a view of it (the plan's
+`cat_or_view`), never where the pieces only happen to be neighbours, nor for a value the caller
+gets; eagerly `cat` always copies, as PyTorch's."""
+
+import numpy as np
+import pytest
+
+import jitorch as jt
+from jitorch.backends import backend_for
+from jitorch.backends.array_kernels import cat_or_view
+from jitorch.backends.cpu import _allocation
+
+cat = backend_for("cpu").plan_kernels["cat"]
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_pieces_of_one_buffer_cut_along_the_dim_come_back_as_a_view(dim):
+    buffer = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5).transpose(1, 0, 2)  # strided, too
+    size = buffer.shape[dim]
+    cuts = [0, 1, size // 2, size]
+    pieces = [np.take(buffer, np.arange(a, b), axis=dim) for a, b in zip(cuts, cuts[1:])]  # copies
+    views = [buffer[(slice(None),) * (dim % 3) + (slice(a, b),)] for a, b in zip(cuts, cuts[1:])]
+    joined = cat(*views, dim=dim)
+    assert np.shares_memory(joined, buffer)
+    np.testing.assert_array_equal(joined, np.concatenate(pieces, axis=dim))
+    np.testing.assert_array_equal(joined, buffer)
+
+
+def test_pieces_out_of_order_or_of_other_buffers_or_strides_are_copied():
+    buffer = np.arange(24.0).reshape(4, 6)
+    other = np.arange(24.0).reshape(4, 6)
+    cases = [
+        (buffer[:, 3:], buffer[:, :3]),  # out of order
+        (buffer[:, :3], other[:, 3:]),  # two allocations
+        (buffer[:2], buffer[2:, ::-1]),  # other strides
+        (buffer[:, :2], buffer[:, 3:]),  # a gap
+    ]
+    for pieces in cases:
+        dim = 1 if pieces[0].shape[0] == 4 else 0
+        joined = cat(*pieces, dim=dim)
+        assert not any(np.shares_memory(joined, p) for p in pieces)
+        np.testing.assert_array_equal(joined, np.concatenate(pieces, axis=dim))
+
+
+def test_neighbouring_allocations_are_not_one():
+    """Two arrays whose memory happens to be adjacent (carved from one block, as a pool hands them
+    out) stay two: a view over both would outlive whichever is freed first."""
+    block = np.zeros(16)
+    a, b = block[:8].copy(), block[8:].copy()
+    fake_address = {id(a): 0, id(b): 64}  # as if b began where a ends
+    joined = cat_or_view(np, lambda x: fake_address[id(x)], _allocation, a, b, dim=0)
+    assert not np.shares_memory(joined, a) and not np.shares_memory(joined, b)
+
+
+def test_a_compiled_cat_of_slices_matches_eager_and_returned_values_are_copies():
+    x = jt.randn(3, 8)
+
+    def f(x):
+        y = x * 2
+        joined = jt.cat([y[:, :3], y[:, 3:5], y[:, 5:]], dim=1)
+        kept = jt.cat([y[:2], y[2:]], dim=0)  # returned: the caller's own memory
+        return (joined + 1).sum(dim=0), kept
+
+    compiled = jt.compile(f)
+    got, kept = compiled(x)
+    expected, expected_kept = f(x)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(kept.numpy(), expected_kept.numpy(), rtol=1e-6)
+    program = compiled.programs()[0]
+    kernels = {step.node.out.id: step.kernel for step in program.plan.steps if getattr(step, "node", None) is not None
+               and step.node.op == "cat"}
+    outputs = {v.id for v in program.graph.outputs}
+    assert any(kernel is cat for vid, kernel in kernels.items() if vid not in outputs)
+    assert all(kernel is not cat for vid, kernel in kernels.items() if vid in outputs)
+
+
+def test_eager_cat_copies():
+    y = jt.arange(12.0).reshape(3, 4)
+    joined = jt.cat([y[:, :2], y[:, 2:]], dim=1)
+    joined.add_(1)
+    np.testing.assert_array_equal(y.numpy(), np.arange(12.0).reshape(3, 4))
