@@ -94,8 +94,10 @@ def test_cross_entropy_and_its_gradient_use_row_kernels():
 
     compiled = jt.compile(step)
     compiled(y)
-    rows = [{n.op for n in k.kernel.nodes} for k in plan_of(compiled).kernels if k.kernel.rows]
-    # one row kernel for log_softmax, one for its backward (g - softmax * sum(g))
+    rows = [{n.op for n in k.kernel.nodes} for k in plan_of(compiled).kernels
+            if k.kernel.rows and k.kernel.shape == (48, 10)]
+    # over the logits, one row kernel for log_softmax, one for its backward (g - softmax * sum(g));
+    # the mean over the batch is a row kernel of its own (over one row of 48)
     assert len(rows) == 2 and {"amax", "exp", "log"} <= rows[0] and "sum" in rows[1]
     expected = step(y).item()
     grad = logits.grad.numpy()
@@ -278,6 +280,15 @@ def test_reductions_that_are_not_over_the_last_dim_stay_numpy():
     x = jt.randn(8, 16)
     kernels = kernels_of(lambda x: (x.exp().sum(0, keepdim=True) * 2, x.exp().sum(-1) * 3), x)
     assert not any(k.kernel.rows for k in kernels)
+
+
+def test_a_vector_total_is_a_row_kernel_and_a_view():
+    x = jt.randn(16)
+    f = jt.compile(lambda x: (x.exp() * 3).sum())
+    np.testing.assert_allclose(f(x).numpy(), (x.exp() * 3).sum().numpy(), rtol=1e-5)
+    steps = plan_of(f).steps
+    assert sum(getattr(s, "node", None) is None for s in steps) == 1  # one kernel: the sum joins its producer
+    assert "sum" not in [s.node.op for s in steps if getattr(s, "node", None) is not None]
 
 
 def test_chains_reading_one_input_share_a_kernel_unrelated_ones_share_a_function():

@@ -308,9 +308,35 @@ def slices_as_cat(graph: Graph) -> bool:
     return changed
 
 
+_ROW_REDUCTIONS = frozenset({"sum", "amax", "amin"})
+
+
+def keepdim_reductions(graph: Graph) -> bool:
+    """The total of a vector (a loss's final sum or mean, a norm) is its sum keeping the dim, then a
+    reshape (a view): in that form it joins the kernel of its producers as a row kernel of one row
+    (`fusion.is_row_reduction`) instead of running alone. (Over longer shapes a reduction that
+    drops the last dim stays as it is: joining a row kernel whose full-size values it alone reads,
+    as softmax's in (softmax(x) * x).sum(-1), would compute each exp twice.)"""
+    nodes: list[Node] = []
+    changed = False
+    for node in graph.nodes:
+        x = node.inputs[0] if node.op in _ROW_REDUCTIONS and node.inputs else None
+        if (x is not None and len(x.shape) == 1 and x.shape[-1] > 1 and not node.out.symbolic and not x.symbolic
+                and node.params.get("keepdim") is False and tuple(node.params.get("dims", ())) == (len(x.shape) - 1,)):
+            kept = graph.new_value(tuple(x.shape[:-1]) + (1,), node.out.dtype)
+            kept.node = Node(node.op, node.inputs, dict(node.params, keepdim=True), kept, node.source)
+            kept.node.region = node.region
+            nodes.append(kept.node)
+            node.op, node.inputs, node.params = "reshape", (kept,), {"shape": tuple(node.out.shape)}
+            changed = True
+        nodes.append(node)
+    graph.nodes = nodes
+    return changed
+
+
 PASSES: list[tuple[str, Callable[[Graph], bool]]] = [
     ("simplify", simplify), ("fold_constants", fold_constants), ("transpose_products", transpose_products),
-    ("slices_as_cat", slices_as_cat), ("cse", cse), ("dce", dce),
+    ("slices_as_cat", slices_as_cat), ("keepdim_reductions", keepdim_reductions), ("cse", cse), ("dce", dce),
 ]
 
 

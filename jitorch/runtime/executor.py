@@ -102,9 +102,10 @@ class Plan:
         self._arenas: list[dict[int, object]] = []  # free arenas (slot -> its array), one per concurrent run
         if fuse if fuse is not None else fusion_enabled():
             self.steps = self._fused_steps()
-        # numpy's error state matters only to steps on numpy kernels (a fused kernel raises no
-        # floating-point warning): a plan of fused kernels alone skips setting it, a microsecond a call
-        self.kernels_only = all(type(step) is not PrimStep for step in self.steps)
+        # numpy's error state matters only to steps on numpy kernels that compute (a fused kernel or
+        # a view raises no floating-point warning): a plan of fused kernels and views alone skips
+        # setting it, a microsecond a call
+        self.kernels_only = all(type(step) is not PrimStep or step.node.op in VIEW_PRIMS for step in self.steps)
 
     def _fused_steps(self) -> list:
         backend = self.backend
