@@ -89,6 +89,10 @@ OP_CASES = {
     "cross_entropy_unbatched": (lambda x: F.cross_entropy(x, jt.tensor(3)), [(7,)]),
     "cross_entropy_spatial": (lambda x: F.cross_entropy(x, jt.tensor(np.random.default_rng(1).integers(
         0, 5, (3, 4)))), [(3, 5, 4)]),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 2), [(2, 3, 6, 8)]),
+    "max_pool2d_padded_overlapping": (lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), [(2, 3, 7, 9)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [(2, 3, 6, 8)]),
+    "avg_pool2d_padded_excluded": (lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [(3, 7, 9)]),
 }
 
 

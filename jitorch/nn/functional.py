@@ -1622,7 +1622,9 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
         cols = _ops.unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
     if groups == 1:
         # one GEMM over the whole batch, (O, K) @ (K, N*L): a batched (O, K) @ (N, K, L) would
-        # make the weight's gradient N small matmuls and a sum
+        # make the weight's gradient N small matmuls and a sum. The CPU's unfold lays its columns
+        # out as (K, N, L), so that the permute below is free and the input's gradient reaches
+        # fold in that layout, straight from its GEMM.
         k, length = cols.shape[1], cols.shape[2]
         flat = cols.permute(1, 0, 2).reshape(k, n * length)
         out = (weight.reshape(out_c, k) @ flat).reshape(out_c, n, length).permute(1, 0, 2)
@@ -1944,18 +1946,6 @@ def _pool_windows(x4: Tensor, kernel, stride, padding, dilation, ceil_mode: bool
     return cols, oh, ow
 
 
-def _is_tiling(input: Tensor, kernel, stride, padding, dilation) -> bool:
-    """Non-overlapping, unpadded windows that tile the input: pool by a reshape, no im2col copy."""
-    h, w = input.shape[-2:]
-    return (
-        stride == kernel
-        and padding == (0, 0)
-        and dilation == (1, 1)
-        and h % kernel[0] == 0
-        and w % kernel[1] == 0
-    )
-
-
 def _tiles(input: Tensor, kernel) -> Tensor:
     *lead, h, w = input.shape
     return input.reshape(*lead, h // kernel[0], kernel[0], w // kernel[1], kernel[1])
@@ -1983,6 +1973,42 @@ def _window_max(windows: Tensor, dim: int, sources: np.ndarray | None = None):
     if sources is None:
         return out
     return out, _ops.where(chosen, _const(sources, windows), 0).sum(dim)
+
+
+_MAX_TAPS = 16  # windows of more elements pool by reductions (`_window_max`): one op per tap is too many
+
+
+def _taps_max(windows: Tensor, sources: np.ndarray | None = None):
+    """`_window_max(windows, 1, sources)` by pointwise ops alone, for windows (M, K, L) of a few
+    taps K. The windows seen as (K, M, L), each tap a view (M, L) (contiguous on the CPU, where
+    unfold lays its columns out that way), give each window's first maximum in one pointwise pass;
+    the output is the sum over the taps of the windows where they are that maximum (one nonzero
+    term: exact), a sum over the leading dim that adds whole slabs. Its gradient is then one
+    pointwise pass over the taps and a col2im (unfold's adjoint), where reductions over the
+    windows' middle dim cost several passes each way."""
+    taps = windows.permute(1, 0, 2)
+    first = _first_tap_max(taps.detach())
+    chosen = _const(np.arange(taps.shape[0], dtype=np.int32).reshape(-1, 1, 1), first) == first
+    out = _ops.where(chosen, taps, 0).sum(0)
+    if sources is None:
+        return out
+    index = _const(np.int64(-1), first)
+    for k in range(taps.shape[0]):
+        index = _ops.where(first == k, _const(sources[k], first), index)
+    return out, index
+
+
+def _first_tap_max(taps: Tensor) -> Tensor:
+    """(M, L) int32: for taps (K, M, L), the first k where taps[k] is the maximum over k (a NaN
+    counting as the maximum), as PyTorch's max pooling picks the element its gradient goes to."""
+    rows = [taps[k] for k in range(taps.shape[0])]
+    top = rows[0]
+    for row in rows[1:]:
+        top = _ops.maximum(top, row)  # (NaN wins)
+    first = _const(np.int32(len(rows)), taps)
+    for k in reversed(range(len(rows))):
+        first = _ops.where((rows[k] == top) | rows[k].isnan(), _const(np.int32(k), taps), first)
+    return first
 
 
 def _window_sources(sizes, kernel, stride, padding, dilation, out_sizes) -> np.ndarray:
@@ -2015,22 +2041,24 @@ def max_pool2d(
     kernel, stride, padding, dilation = _pool_args(
         input, kernel_size, stride, padding, dilation, "max_pool2d"
     )
+    if not return_indices and input.dtype.is_floating_point and fuses_composites(input):
+        # (the taps' pointwise passes as fused kernels, not a launch per op)
+        return _composites().call(_max_pool2d, input=input, kernel=kernel, stride=stride, padding=padding,
+                                  dilation=dilation, ceil_mode=ceil_mode)
+    return _max_pool2d(input, kernel, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _max_pool2d(input: Tensor, kernel, stride, padding, dilation, ceil_mode: bool, return_indices: bool = False):
     h, w = input.shape[-2:]
-    tiling = _is_tiling(input, kernel, stride, padding, dilation)
-    if tiling:
-        # (kh, kw) ahead of (oh, ow): numpy reduces over an outer axis many windows at a time
-        windows, dim = _tiles(input, kernel).movedim((-3, -1), (-4, -3)).flatten(-4, -3), -3
-        oh, ow = h // kernel[0], w // kernel[1]
-    else:
-        x4 = input.unsqueeze(0) if input.ndim == 3 else input
-        (windows, oh, ow), dim = _pool_windows(x4, kernel, stride, padding, dilation, ceil_mode, float("-inf")), 1
+    x4 = input.unsqueeze(0) if input.ndim == 3 else input
+    windows, oh, ow = _pool_windows(x4, kernel, stride, padding, dilation, ceil_mode, float("-inf"))
     sources = None
-    if return_indices:  # laid out as the windows: (kh*kw, oh, ow), or (kh*kw, oh*ow) after im2col
-        sources = _window_sources((h, w), kernel, stride, padding, dilation, (oh, ow))
-        sources = sources if tiling else sources.reshape(-1, oh * ow)
-    results = _window_max(windows, dim, sources)
-    if tiling:
-        return results
+    if return_indices:  # laid out as the windows: (kh*kw, oh*ow) after im2col
+        sources = _window_sources((h, w), kernel, stride, padding, dilation, (oh, ow)).reshape(-1, oh * ow)
+    if windows.dtype.is_floating_point and windows.shape[1] <= _MAX_TAPS:
+        results = _taps_max(windows, sources)
+    else:
+        results = _window_max(windows, 1, sources)
     shape = (*input.shape[:-2], oh, ow)
     return tuple(r.reshape(shape) for r in results) if return_indices else results.reshape(shape)
 
@@ -2046,13 +2074,23 @@ def avg_pool2d(
 ) -> Tensor:
     """The mean of each window (zero padding counted unless count_include_pad=False)."""
     kernel, stride, padding, dilation = _pool_args(input, kernel_size, stride, padding, 1, "avg_pool2d")
+    if input.dtype.is_floating_point and fuses_composites(input):
+        return _composites().call(_avg_pool2d, input=input, kernel=kernel, stride=stride, padding=padding,
+                                  ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                                  divisor_override=divisor_override)
+    return _avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def _avg_pool2d(input: Tensor, kernel, stride, padding, ceil_mode: bool, count_include_pad: bool,
+                divisor_override: int | None) -> Tensor:
+    dilation = (1, 1)
     area = kernel[0] * kernel[1]
-    if _is_tiling(input, kernel, stride, padding, dilation) and divisor_override is None:
-        return _tiles(input, kernel).mean((-3, -1))
     x4 = input.unsqueeze(0) if input.ndim == 3 else input
     n, c, h, w = x4.shape
     cols, oh, ow = _pool_windows(x4, kernel, stride, padding, dilation, ceil_mode, 0.0)
-    total = cols.sum(1).reshape(n, c, oh, ow)
+    # the taps as (kh*kw, N*C, L), contiguous on the CPU (unfold's layout there): a sum over the
+    # leading dim adds whole slabs, and the gradient is one broadcast and a col2im
+    total = cols.permute(1, 0, 2).sum(0).reshape(n, c, oh, ow)
     if divisor_override is not None:
         out = total / divisor_override
     elif not ceil_mode and count_include_pad:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...codegen import llvm_math
+from ...primitives import conv_out_size
 from ..array_kernels import as_rows
 from . import jit
 
@@ -33,12 +34,18 @@ from . import jit
 
 class _Loop(NamedTuple):
     """`for name in range(bound)`: the counter is the i64 `%name`, `bound` an i64 operand; `before`
-    and `after` are straight-line IR run in each iteration before and after the loops inside it."""
+    and `after` are straight-line IR run in each iteration before and after the loops inside it;
+    `vectorize=False` keeps LLVM's loop vectorizer off this loop (it may still vectorize the loops
+    inside it), for outer loops whose vectorization would turn contiguous inner rows into gathers;
+    `unroll=False` keeps LLVM from unrolling it (code size and compile time, where the trip count is
+    a constant)."""
 
     name: str
     bound: str
     before: str = ""
     after: str = ""
+    vectorize: bool = True
+    unroll: bool = True
 
 
 def _loop_nest(loops: list[_Loop], body: str) -> str:
@@ -66,19 +73,37 @@ def _loop_nest(loops: list[_Loop], body: str) -> str:
             f"  br label %{name}.latch",
             f"{name}.latch:",
             f"  %{name}.next = add nuw nsw i64 %{name}, 1",
-            f"  br label %{name}.head",
+            f"  br label %{name}.head" + (f", !llvm.loop !{depth + 2}" if _hinted(loops[depth]) else ""),
         ]
     lines += [f"{loops[0].name}.exit:", "  ret void"]
     return "\n".join(line for line in lines if line)
 
 
+def _hinted(loop: _Loop) -> bool:
+    return not (loop.vectorize and loop.unroll)
+
+
+def _loop_metadata(loops: list[_Loop]) -> str:
+    """The metadata that `_loop_nest`'s loops with hints name: a distinct loop id each (!depth+2)
+    holding !0 (vectorization off) and/or !1 (unrolling off)."""
+    lines = []
+    for depth, loop in enumerate(loops):
+        if _hinted(loop):
+            hints = ([", !0"] if not loop.vectorize else []) + ([", !1"] if not loop.unroll else [])
+            lines.append(f"!{depth + 2} = distinct !{{!{depth + 2}{''.join(hints)}}}\n")
+    if not lines:
+        return ""
+    return ('!0 = !{!"llvm.loop.vectorize.enable", i1 false}\n!1 = !{!"llvm.loop.unroll.disable"}\n'
+            + "".join(lines))
+
+
 def _compile(params: str, loops: list[_Loop], body: str, argtypes: tuple, setup: str = "",
-             extra: str = "") -> Callable:
+             extra: str = "", attributes: str = "") -> Callable:
     """Compile a function of `params` that runs `setup` (e.g. allocas) and then the loop nest,
     callable from Python with ints (pointers and sizes); `extra` holds more definitions the IR
-    calls, such as math helpers."""
-    text = (f'define void @"kernel"({params}) {{\nentry:\n{setup.strip(chr(10))}\n{_loop_nest(loops, body)}\n}}\n'
-            f"{extra}")
+    calls, such as math helpers; `attributes` are the function's (LLVM's syntax)."""
+    head = f'define void @"kernel"({params}) {attributes + " " if attributes else ""}{{'
+    text = f"{head}\nentry:\n{setup.strip(chr(10))}\n{_loop_nest(loops, body)}\n}}\n{extra}{_loop_metadata(loops)}"
     digest = jit.digest_of(text)
     return ctypes.CFUNCTYPE(None, *argtypes)(jit.compile_texts({digest: text})[digest])
 
@@ -352,69 +377,195 @@ def relu_backward(g: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# im2col / col2im for convolution: numpy's strided-view copy and a Python loop of strided adds
-# are slower on the small images CNNs see. The (N, C) planes of an image run as one loop.
+# im2col / col2im for convolution, one loop each per window geometry and image size (compiled in
+# as constants: a CNN has a few of them, and LLVM then unrolls the kernel taps and copies each row
+# of windows with vectors of its exact length). Padding is never materialized: for each kernel tap
+# the loops run over the windows whose tap lies on the image only, and im2col zeroes a tap's columns
+# first where some windows reach into the padding. The columns may have any strides but a
+# contiguous last axis, so that a convolution can keep them as one (C*kh*kw, N*L) matrix
+# (`kernels._unfold`), with no copy before or after its GEMM. They run on one thread: they move
+# memory, and a second thread did not make them faster on the 2-core machines.
 
 
-_WINDOW_PARAMS = "i64 %planes, i64 %hp, i64 %wp, i64 %kh, i64 %kw, i64 %dh, i64 %dw, i64 %sh, i64 %sw, i64 %oh, i64 %ow"
-_WINDOW_LOOPS = [_Loop("p", "%planes"), _Loop("i", "%kh"), _Loop("j", "%kw"), _Loop("y", "%oh"), _Loop("x", "%ow")]
-# %col: where element (p, (i, j), y, x) is in the columns (P, kh*kw, oh*ow); %pixel: where the
-# pixel it holds is in the padded image (P, Hp, Wp), at row i*dh + y*sh and column j*dw + x*sw
-_WINDOW_INDICES = """
-  %pi = mul nsw i64 %p, %kh
-  %pi.i = add nsw i64 %pi, %i
-  %row.kw = mul nsw i64 %pi.i, %kw
-  %row = add nsw i64 %row.kw, %j
-  %row.oh = mul nsw i64 %row, %oh
-  %row.y = add nsw i64 %row.oh, %y
-  %row.yow = mul nsw i64 %row.y, %ow
-  %col = add nsw i64 %row.yow, %x
-  %iy.k = mul nsw i64 %i, %dh
-  %iy.o = mul nsw i64 %y, %sh
-  %iy = add nsw i64 %iy.k, %iy.o
-  %plane.row = mul nsw i64 %p, %hp
-  %image.row = add nsw i64 %plane.row, %iy
-  %image.rowstart = mul nsw i64 %image.row, %wp
-  %ix.k = mul nsw i64 %j, %dw
-  %ix.o = mul nsw i64 %x, %sw
-  %ix = add nsw i64 %ix.k, %ix.o
-  %pixel = add nsw i64 %image.rowstart, %ix"""
-_WINDOW_ARGTYPES = (_PTR, _PTR) + (_I64,) * 11
+class Window(NamedTuple):
+    """The geometry of unfold/fold's sliding windows over an image of `size`, as (height, width) pairs."""
+
+    size: tuple[int, int]
+    kernel: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int]
+    stride: tuple[int, int]
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return tuple(conv_out_size(*args) for args in zip(self.size, self.kernel, self.stride, self.padding,
+                                                          self.dilation))
+
+
+_WINDOW_PARAMS = "i64 %images, i64 %channels, i64 %sn, i64 %sk"
+_WINDOW_ARGTYPES = (_PTR, _PTR) + (_I64,) * 4
+
+
+def _tap_span(axis: str, tap: str, size: int, k_step: int, pad: int, stride: int, out: int) -> str:
+    """IR for the windows (`%{axis}.lo` and `%{axis}.span` of them) whose tap `%{tap}` lies on an
+    image axis of `size`: those from ceil((pad - tap*k_step) / stride) when that is positive, to
+    the last one with position*stride + tap*k_step - pad <= size - 1; and `%{axis}.at`, the image
+    position of the first one."""
+    a = axis
+    return f"""
+  %{a}.tap = mul nsw i64 %{tap}, {k_step}
+  %{a}.left = sub nsw i64 {pad}, %{a}.tap
+  %{a}.left.some = icmp sgt i64 %{a}.left, 0
+  %{a}.left.up = add nsw i64 %{a}.left, {stride - 1}
+  %{a}.left.windows = sdiv i64 %{a}.left.up, {stride}
+  %{a}.lo = select i1 %{a}.left.some, i64 %{a}.left.windows, i64 0
+  %{a}.right = sub nsw i64 {size - 1 + pad}, %{a}.tap
+  %{a}.right.some = icmp sge i64 %{a}.right, 0
+  %{a}.right.div = sdiv i64 %{a}.right, {stride}
+  %{a}.right.end = add nsw i64 %{a}.right.div, 1
+  %{a}.right.past = icmp sgt i64 %{a}.right.end, {out}
+  %{a}.right.min = select i1 %{a}.right.past, i64 {out}, i64 %{a}.right.end
+  %{a}.hi = select i1 %{a}.right.some, i64 %{a}.right.min, i64 0
+  %{a}.span.raw = sub nsw i64 %{a}.hi, %{a}.lo
+  %{a}.span.some = icmp sgt i64 %{a}.span.raw, 0
+  %{a}.span = select i1 %{a}.span.some, i64 %{a}.span.raw, i64 0
+  %{a}.lo.at = mul nsw i64 %{a}.lo, {stride}
+  %{a}.lo.tap = add nsw i64 %{a}.lo.at, %{a}.tap
+  %{a}.at = sub nsw i64 %{a}.lo.tap, {pad}"""
+
+
+def _window_loops(g: Window, images_inside_taps: bool, tap_before: str = "", plane_before: str = "") -> list[_Loop]:
+    """Loops over channel c, kernel tap (i, j) and image n, in the order c, i, j, n with
+    `images_inside_taps`, else c, n, i, j; then over the windows (y, x) whose tap lies on the image.
+    In the body, window (y, x) is column `%col` (of row (c, i, j) of image n) and its tap's pixel
+    `%pixel` of the image (N, C, H, W), C-contiguous. `tap_before` runs before each image's windows
+    of a tap, with `%col.k` the first of its columns; `plane_before` before the taps of an image
+    plane (`%plane`: its first pixel) when they are inside the images.
+
+    With the images inside the taps, each row of columns of a (C*kh*kw, N, L) layout is one
+    sequential stream, and the planes of channel c stay in the cache across its taps when they fit
+    there; else each plane stays in the L1 cache across its taps, while a channel's kh*kw rows of
+    columns are read or written as kh*kw streams."""
+    (h, w), (kh, kw), (dh, dw), (ph, pw), (sh, sw) = g.size, g.kernel, g.dilation, g.padding, g.stride
+    oh, ow = g.out_size
+    image = _Loop("n", "%images", before=f"""
+  %nc.n = mul nsw i64 %n, %channels
+  %nc = add nsw i64 %nc.n, %c
+  %plane = mul nsw i64 %nc, {h * w}
+  %col.n = mul nsw i64 %n, %sn
+{"" if images_inside_taps else plane_before}""", vectorize=False, unroll=False)
+    taps = [
+        _Loop("i", str(kh), before=f"""
+  %k.i.kw = mul nsw i64 %i, {kw}
+  %k.i = add nsw i64 %k.c, %k.i.kw
+{_tap_span("y", "i", h, dh, ph, sh, oh)}""", vectorize=False),
+        _Loop("j", str(kw), before=f"""
+  %k = add nsw i64 %k.i, %j
+  %k.col = mul nsw i64 %k, %sk
+{_tap_span("x", "j", w, dw, pw, sw, ow)}""", vectorize=False),
+    ]
+    outer = taps + [image] if images_inside_taps else [image] + taps
+    inner = outer[-1]
+    outer[-1] = inner._replace(before=f"""{inner.before}
+  %col.k = add nsw i64 %col.n, %k.col
+{tap_before}""")
+    return [
+        _Loop("c", "%channels", before=f"  %k.c = mul nsw i64 %c, {kh * kw}", vectorize=False, unroll=False),
+        *outer,
+        _Loop("yy", "%y.span", before=f"""
+  %y = add nsw i64 %yy, %y.lo
+  %y.sh = mul nsw i64 %yy, {sh}
+  %iy = add nsw i64 %y.sh, %y.at
+  %pixel.row = mul nsw i64 %iy, {w}
+  %pixel.y = add nsw i64 %plane, %pixel.row
+  %pixel.x = add nsw i64 %pixel.y, %x.at
+  %col.y = mul nsw i64 %y, {ow}
+  %col.yk = add nsw i64 %col.k, %col.y
+  %col.x = add nsw i64 %col.yk, %x.lo""", vectorize=False, unroll=False),
+        _Loop("xx", "%x.span", before=f"""
+  %xx.sw = mul nsw i64 %xx, {sw}
+  %pixel = add nsw i64 %pixel.x, %xx.sw
+  %col = add nsw i64 %col.x, %xx"""),
+    ]
+
+
+# a channel's planes across the batch up to this size stay in the L2 cache while its taps go over
+# them (the images then go inside the taps, see `_window_loops`)
+_PLANES_IN_CACHE_BYTES = 1 << 18
+
+
+def _images_inside_taps(n: int, g: Window, itemsize: int) -> bool:
+    return n * g.size[0] * g.size[1] * itemsize <= _PLANES_IN_CACHE_BYTES
+
+
+_MEMSET = "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n"
+# a row of windows is a few dozen elements: LLVM would make each row's copy a call of libc's memcpy,
+# which costs more than the copy; without builtins it vectorizes the loop instead
+_NO_MEMCPY = '"no-builtins"'
 
 
 @functools.cache
-def _im2col_kernel(bits: int) -> Callable:
-    t = f"i{bits}"
-    return _compile(f"ptr noalias %image, ptr noalias %cols, {_WINDOW_PARAMS}", _WINDOW_LOOPS, f"""{_WINDOW_INDICES}
+def _im2col_kernel(bits: int, g: Window, images_inside_taps: bool) -> Callable:
+    t, size = f"i{bits}", bits // 8
+    oh, ow = g.out_size
+    # a tap some of whose windows reach into the padding gets zeros first, then its windows on the image
+    zero_tap = f"""
+  %tap.ptr = getelementptr inbounds {t}, ptr %cols, i64 %col.k
+  call void @llvm.memset.p0.i64(ptr %tap.ptr, i8 0, i64 {oh * ow * size}, i1 false)""" if any(g.padding) else ""
+    return _compile(f"ptr noalias %image, ptr noalias %cols, {_WINDOW_PARAMS}",
+                    _window_loops(g, images_inside_taps, zero_tap), f"""
   %pfrom = getelementptr inbounds {t}, ptr %image, i64 %pixel
   %v = load {t}, ptr %pfrom
   %pto = getelementptr inbounds {t}, ptr %cols, i64 %col
-  store {t} %v, ptr %pto""", _WINDOW_ARGTYPES)
-
-
-def im2col(xp: np.ndarray, kh: int, kw: int, dh: int, dw: int, sh: int, sw: int, oh: int, ow: int,
-           out: np.ndarray) -> None:
-    """xp (N, C, Hp, Wp), padded and C-contiguous -> out (N, C*kh*kw, oh*ow), unfold's layout, for
-    unsigned-integer views of the data (one kernel per element size)."""
-    n, c, hp, wp = xp.shape
-    _im2col_kernel(8 * xp.itemsize)(_address(xp), _address(out), n * c, hp, wp, kh, kw, dh, dw, sh, sw, oh, ow)
+  store {t} %v, ptr %pto""", _WINDOW_ARGTYPES, extra=_MEMSET, attributes=_NO_MEMCPY)
 
 
 @functools.cache
-def _col2im_kernel(t: str) -> Callable:
-    return _compile(f"ptr noalias %cols, ptr noalias %image, {_WINDOW_PARAMS}", _WINDOW_LOOPS, f"""{_WINDOW_INDICES}
+def _col2im_kernel(t: str, g: Window, images_inside_taps: bool) -> Callable:
+    # with the taps inside the images, each image plane is zeroed right before its taps add into it
+    plane_bytes = g.size[0] * g.size[1] * (4 if t == "float" else 8)
+    zero_plane = "" if images_inside_taps else f"""
+  %plane.ptr = getelementptr inbounds {t}, ptr %image, i64 %plane
+  call void @llvm.memset.p0.i64(ptr %plane.ptr, i8 0, i64 {plane_bytes}, i1 false)"""
+    return _compile(f"ptr noalias %cols, ptr noalias %image, {_WINDOW_PARAMS}",
+                    _window_loops(g, images_inside_taps, plane_before=zero_plane), f"""
   %pfrom = getelementptr inbounds {t}, ptr %cols, i64 %col
-  %pto = getelementptr inbounds {t}, ptr %image, i64 %pixel
   %v = load {t}, ptr %pfrom
+  %pto = getelementptr inbounds {t}, ptr %image, i64 %pixel
   %o = load {t}, ptr %pto
   %sum = fadd {t} %o, %v
-  store {t} %sum, ptr %pto""", _WINDOW_ARGTYPES)
+  store {t} %sum, ptr %pto""", _WINDOW_ARGTYPES, extra=_MEMSET, attributes=_NO_MEMCPY)
 
 
-def col2im(cols: np.ndarray, kh: int, kw: int, dh: int, dw: int, sh: int, sw: int, oh: int, ow: int,
-           out: np.ndarray) -> None:
-    """The adjoint of im2col: add cols (N, C*kh*kw, oh*ow), C-contiguous, into out (N, C, Hp, Wp),
-    float32/float64, which starts at zero."""
-    n, c, hp, wp = out.shape
-    _col2im_kernel(_FLOAT_TYPE[out.dtype])(_address(cols), _address(out), n * c, hp, wp, kh, kw, dh, dw, sh, sw,
-                                            oh, ow)
+def _column_strides(cols: np.ndarray) -> tuple[int, int]:
+    item = cols.itemsize
+    if cols.ndim != 3 or cols.shape[2] > 1 and cols.strides[2] != item or any(s % item for s in cols.strides[:2]):
+        raise ValueError(f"columns of shape {cols.shape} need a contiguous last axis (strides {cols.strides})")
+    return cols.strides[0] // item, cols.strides[1] // item
+
+
+def im2col(x: np.ndarray, kernel: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int],
+           stride: tuple[int, int], out: np.ndarray) -> None:
+    """x (N, C, H, W), C-contiguous and unpadded -> out (N, C*kh*kw, oh*ow), unfold's values, where
+    `out` may have any strides but a contiguous last axis; for unsigned-integer views of the data
+    (one kernel per element size)."""
+    n, c, h, w = x.shape
+    sn, sk = _column_strides(out)
+    g = Window((h, w), tuple(kernel), tuple(dilation), tuple(padding), tuple(stride))
+    kernel = _im2col_kernel(8 * x.itemsize, g, _images_inside_taps(n, g, x.itemsize))
+    kernel(_address(x), _address(out), n, c, sn, sk)
+
+
+def col2im(cols: np.ndarray, kernel: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int],
+           stride: tuple[int, int], out: np.ndarray) -> None:
+    """The adjoint of im2col: out (N, C, H, W), float32/float64 and C-contiguous, set to the sum
+    of the columns cols (N, C*kh*kw, oh*ow) of the windows that cover each pixel; `cols` may have
+    any strides but a contiguous last axis."""
+    n, c, h, w = out.shape
+    sn, sk = _column_strides(cols)
+    g = Window((h, w), tuple(kernel), tuple(dilation), tuple(padding), tuple(stride))
+    images_inside_taps = _images_inside_taps(n, g, out.itemsize)
+    if images_inside_taps:
+        out.fill(0)  # (the batch's planes of a channel are few and small: a pass over them in the cache)
+    kernel = _col2im_kernel(_FLOAT_TYPE[out.dtype], g, images_inside_taps)
+    kernel(_address(cols), _address(out), n, c, sn, sk)

@@ -13,7 +13,18 @@ import numpy as np
 
 from ...primitives import conv_out_size, reduced_shape
 from .. import array_kernels as shared
-from .helpers import UINT_OF_SIZE, add_rows_at, amax_rows, col2im, erf, im2col, relu, relu_backward, sum_by_blas, where
+from .helpers import (
+    UINT_OF_SIZE,
+    add_rows_at,
+    amax_rows,
+    col2im,
+    erf,
+    im2col,
+    relu,
+    relu_backward,
+    sum_by_blas,
+    where,
+)
 
 
 def _sum(x, axis, keepdims):
@@ -36,23 +47,28 @@ def _add_at(out, idx, v):
         np.add.at(out, idx, v)
 
 
-def _unfold(x, kernel, dilation, padding, stride):
+def _unfold_shape(x, kernel, dilation, padding, stride) -> tuple[int, int, int]:
     n, c, h, w = x.shape
-    (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
-    if n * c * (h + 2 * ph) * (w + 2 * pw) < 4096:  # the padded image is small: a strided copy is fine
-        return shared.unfold(np, x, kernel, dilation, padding, stride)
-    oh, ow = conv_out_size(h, kh, sh, ph, dilation[0]), conv_out_size(w, kw, sw, pw, dilation[1])
-    return _unfold_into(np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype), x, kernel, dilation, padding, stride)
+    oh = conv_out_size(h, kernel[0], stride[0], padding[0], dilation[0])
+    return n, c * kernel[0] * kernel[1], oh * conv_out_size(w, kernel[1], stride[1], padding[1], dilation[1])
+
+
+def _unfold(x, kernel, dilation, padding, stride):
+    return _unfold_into(np.empty(_unfold_shape(x, kernel, dilation, padding, stride), dtype=x.dtype), x, kernel,
+                        dilation, padding, stride)
 
 
 def _unfold_into(out, x, kernel, dilation, padding, stride):
-    """unfold written into `out` (C-contiguous, unfold's output shape and dtype), by the im2col loop."""
-    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
-    oh, ow = conv_out_size(x.shape[2], kh, sh, ph, dh), conv_out_size(x.shape[3], kw, sw, pw, dw)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else np.ascontiguousarray(x)
-    u = UINT_OF_SIZE[xp.dtype.itemsize]  # pure data movement: one kernel for every dtype
-    im2col(xp.view(u), kh, kw, dh, dw, sh, sw, oh, ow, out.view(u))
-    return out
+    """unfold written into the memory of `out` (a C-contiguous buffer of unfold's size and dtype) by
+    the im2col loop, laid out as (C*kh*kw, N, L): the result is a (N, C*kh*kw, L) view of it whose
+    permute to (C*kh*kw, N, L), and so the (C*kh*kw, N*L) matrix of a convolution's one GEMM, is
+    free. The GEMM's weight gradient reads it transposed, and col2im takes its input gradient in
+    the same layout (`_fold_into`)."""
+    n, k, length = _unfold_shape(x, kernel, dilation, padding, stride)
+    cols = out.reshape(k, n, length).transpose(1, 0, 2)
+    u = UINT_OF_SIZE[x.dtype.itemsize]  # pure data movement: one kernel for every dtype
+    im2col(np.ascontiguousarray(x).view(u), kernel, dilation, padding, stride, cols.view(u))
+    return cols
 
 
 def _matmul_into(out, a, b):
@@ -63,15 +79,20 @@ def _matmul_into(out, a, b):
 
 
 def _fold(cols, output_size, kernel, dilation, padding, stride):
+    out = np.empty((cols.shape[0], cols.shape[1] // (kernel[0] * kernel[1]), *output_size), dtype=cols.dtype)
+    return _fold_into(out, cols, output_size, kernel, dilation, padding, stride)
+
+
+def _fold_into(out, cols, output_size, kernel, dilation, padding, stride):
+    """fold written into `out` (C-contiguous, fold's output shape and dtype) by the col2im loop,
+    which reads the columns in whatever layout they come (`_unfold_into`'s, from a convolution's
+    input gradient GEMM), as long as their last axis is contiguous."""
     if cols.dtype not in (np.float32, np.float64):
         return shared.fold(np, cols, output_size, kernel, dilation, padding, stride)
-    (h, w), (kh, kw), (dh, dw), (ph, pw), (sh, sw) = output_size, kernel, dilation, padding, stride
-    n = cols.shape[0]
-    c = cols.shape[1] // (kh * kw)
-    oh, ow = conv_out_size(h, kh, sh, ph, dh), conv_out_size(w, kw, sw, pw, dw)
-    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    col2im(np.ascontiguousarray(cols), kh, kw, dh, dw, sh, sw, oh, ow, out)
-    return out[:, :, ph: ph + h, pw: pw + w]
+    if cols.shape[2] > 1 and cols.strides[2] != cols.itemsize:
+        cols = np.ascontiguousarray(cols)
+    col2im(cols, kernel, dilation, padding, stride, out)
+    return out
 
 
 SHARED: dict[str, Callable] = shared.make_kernels(np)
@@ -88,4 +109,4 @@ OVERRIDES: dict[str, Callable] = {
 }
 KERNELS: dict[str, Callable] = SHARED | OVERRIDES
 # kernels that write their result into a buffer the caller gives (a compiled program's memory plan)
-KERNELS_INTO: dict[str, Callable] = {"matmul": _matmul_into, "unfold": _unfold_into}
+KERNELS_INTO: dict[str, Callable] = {"matmul": _matmul_into, "unfold": _unfold_into, "fold": _fold_into}
