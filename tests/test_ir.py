@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import jitorch as jt
 from jitorch import dtypes
@@ -288,3 +289,27 @@ def test_a_joint_graph_splits_into_forward_and_backward():
     np.testing.assert_allclose(out, np.exp(xs) * 2, rtol=1e-6)
     np.testing.assert_allclose(run(bwd, saved, dys)[0], dys * 2 * np.exp(xs), rtol=1e-6)
 
+
+
+@pytest.mark.parametrize("dtype", [jt.float32, jt.float64], ids=["float32", "float64"])
+def test_small_integer_powers_are_products_in_compiled_graphs(dtype):
+    """x**2, x**3, x**4 (and their gradients' x**1) become multiplications, as PyTorch's pow kernel
+    computes them; values (infinities, NaN, signed zeros too) and gradients match torch."""
+    values = np.array([-3.5, -1.0, -0.0, 0.0, 0.25, 2.0, 7.5, np.inf, -np.inf, np.nan], dtype=dtype.np)
+
+    def f(x):
+        return x ** 2 + x.pow(3.0) - x.pow(4)
+
+    x = jt.tensor(values, requires_grad=True)
+    compiled = jt.compile(lambda x: f(x).sum().backward())
+    compiled(x)
+    graph = next(iter(compiled.cache.values()))[0].graph
+    assert "pow" not in {n.op for n in graph.nodes}
+    got = x.grad.numpy()
+    reference = torch.tensor(values, requires_grad=True)
+    f(reference).sum().backward()
+    rtol = 1e-6 if dtype is jt.float32 else 1e-14
+    np.testing.assert_allclose(got, reference.grad.numpy(), rtol=rtol)
+    out, expected = jt.compile(f)(jt.tensor(values)).numpy(), f(torch.tensor(values)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=rtol)
+    assert list(np.signbit(out)) == list(np.signbit(expected))

@@ -127,6 +127,14 @@ def _identity_operand(node: Node) -> Value | None:
     return None
 
 
+def _unit_power(node: Node) -> Value | None:
+    """pow(x, 1) -> x (a gradient of x**2 has one)."""
+    if node.op == "pow" and len(node.inputs) == 2 and _is_scalar_const(node.inputs[1], 1) \
+            and _same_type(node.inputs[0], node.out):
+        return node.inputs[0]
+    return None
+
+
 def _no_op_movement(node: Node) -> Value | None:
     """reshape/expand to the same shape, identity permute, cast to the same dtype -> the input."""
     if node.op in ("reshape", "expand", "cast", "copy") or (
@@ -161,7 +169,7 @@ def _compose_movement(node: Node) -> Value | None:
 
 
 RULES: list[Callable[[Node], Value | None]] = [
-    _identity_operand, _no_op_movement, _double_negation, _compose_movement,
+    _identity_operand, _unit_power, _no_op_movement, _double_negation, _compose_movement,
 ]
 
 
@@ -334,9 +342,43 @@ def keepdim_reductions(graph: Graph) -> bool:
     return changed
 
 
+def _small_power(node: Node) -> int | None:
+    """n where `node` is pow(x, n) of a float x by a constant n in 2..4 (both of x's type)."""
+    if node.op != "pow" or len(node.inputs) != 2 or node.inputs[0].dtype.name not in ("float32", "float64"):
+        return None
+    x, e = node.inputs
+    exponent = _const_array(e)
+    if exponent is None or exponent.size != 1 or not _same_type(x, node.out):
+        return None
+    n = exponent.reshape(()).item()
+    return int(n) if n in (2.0, 3.0, 4.0) else None
+
+
+def integer_powers(graph: Graph) -> bool:
+    """pow(x, n) for n = 2, 3, 4 as products, x*x, (x*x)*x, (x*x)*(x*x), as PyTorch's pow kernel
+    computes them (a GELU's tanh form cubes its input): a fused kernel then multiplies in vector
+    registers instead of calling the C library's pow for every element."""
+    nodes: list[Node] = []
+    changed = False
+    for node in graph.nodes:
+        n = _small_power(node)
+        if n is not None:
+            x = node.inputs[0]
+            square = graph.new_value(x.shape, x.dtype)
+            square.node = Node("mul", (x, x), {}, square, node.source, node.region)
+            nodes.append(square.node)
+            node.op, node.params = "mul", {}
+            node.inputs = (square, x) if n == 3 else (square, square) if n == 4 else (x, x)
+            changed = True
+        nodes.append(node)
+    graph.nodes = nodes
+    return changed
+
+
 PASSES: list[tuple[str, Callable[[Graph], bool]]] = [
     ("simplify", simplify), ("fold_constants", fold_constants), ("transpose_products", transpose_products),
-    ("slices_as_cat", slices_as_cat), ("keepdim_reductions", keepdim_reductions), ("cse", cse), ("dce", dce),
+    ("slices_as_cat", slices_as_cat), ("keepdim_reductions", keepdim_reductions), ("integer_powers", integer_powers),
+    ("cse", cse), ("dce", dce),
 ]
 
 
