@@ -16,6 +16,7 @@ from ...ir.fusion import Kernel, KernelDesc
 from .. import Backend, register
 from ..array_kernels import cat_or_view
 from . import jit, threads
+from .helpers import address
 from .kernels import KERNELS, KERNELS_INTO
 from .launch import CompiledKernel
 
@@ -30,7 +31,7 @@ class CPUBackend(Backend):
     device_type = "cpu"
     kernels = KERNELS
     kernels_into = KERNELS_INTO
-    plan_kernels = {"cat": partial(cat_or_view, np, lambda a: a.__array_interface__["data"][0], _allocation)}
+    plan_kernels = {"cat": partial(cat_or_view, np, address, _allocation)}
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)

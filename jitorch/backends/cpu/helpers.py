@@ -114,8 +114,15 @@ _FLOAT_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def _address(array: np.ndarray) -> int:
-    return array.ctypes.data
+def address(array: np.ndarray) -> int:
+    """Where `array`'s first element is. Through the buffer protocol where numpy exports one (a
+    writable C-contiguous array: a quarter of a microsecond), else from its array interface (about
+    a microsecond: a kernel launch reads a dozen addresses)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError, BufferError):  # read-only, strided or empty
+        return array.__array_interface__["data"][0]
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def erf(x: np.ndarray) -> np.ndarray:
         return erf(x.astype(np.float32)).astype(x.dtype)
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, x.dtype)
-    _erf_kernel(_FLOAT_TYPE[x.dtype])(_address(x), _address(out), x.size)
+    _erf_kernel(_FLOAT_TYPE[x.dtype])(address(x), address(out), x.size)
     return out
 
 
@@ -220,7 +227,7 @@ def amax_rows(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray | None:
         return None
     rows = found[0]
     out = np.empty(rows.shape[0], x.dtype)
-    _row_max_kernel(_FLOAT_TYPE[x.dtype])(_address(rows), _address(out), *rows.shape)
+    _row_max_kernel(_FLOAT_TYPE[x.dtype])(address(rows), address(out), *rows.shape)
     return out
 
 
@@ -263,7 +270,7 @@ def add_rows_at(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> bool:
         return False
     flat = np.where(flat < 0, flat + rows, flat)
     values = np.ascontiguousarray(values)
-    _add_rows_kernel(_FLOAT_TYPE[out.dtype])(_address(out), _address(flat), _address(values), flat.size,
+    _add_rows_kernel(_FLOAT_TYPE[out.dtype])(address(out), address(flat), address(values), flat.size,
                                              out.size // rows)
     return True
 
@@ -320,15 +327,15 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     a, b = _flat(x, shape, u), _flat(y, shape, u)
     bits = 8 * x.dtype.itemsize
     if a is not None and b is not None:
-        kernel, args = _select_kernel(bits, ""), (_address(a), _address(b))
+        kernel, args = _select_kernel(bits, ""), (address(a), address(b))
     elif a is not None and y.size == 1:
-        kernel, args = _select_kernel(bits, "b"), (_address(a), int(y.reshape(()).view(u)))
+        kernel, args = _select_kernel(bits, "b"), (address(a), int(y.reshape(()).view(u)))
     elif b is not None and x.size == 1:
-        kernel, args = _select_kernel(bits, "a"), (int(x.reshape(()).view(u)), _address(b))
+        kernel, args = _select_kernel(bits, "a"), (int(x.reshape(()).view(u)), address(b))
     else:
         return np.where(cond, x, y)
     out = np.empty(shape, dtype=x.dtype)
-    kernel(_address(c), *args, _address(out), out.size)
+    kernel(address(c), *args, address(out), out.size)
     return out
 
 
@@ -348,7 +355,7 @@ def relu(x: np.ndarray) -> np.ndarray:
     if x.dtype in _FLOAT_TYPE and x.size >= 4096:
         x = np.ascontiguousarray(x)
         result = np.empty(x.shape, dtype=x.dtype)
-        _relu_kernel(_FLOAT_TYPE[x.dtype])(_address(x), _address(result), x.size)
+        _relu_kernel(_FLOAT_TYPE[x.dtype])(address(x), address(result), x.size)
         return result
     return where(x < 0, np.zeros((), x.dtype), x)
 
@@ -371,7 +378,7 @@ def relu_backward(g: np.ndarray, out: np.ndarray) -> np.ndarray:
     if g.shape == out.shape and g.dtype == out.dtype and g.dtype in _FLOAT_TYPE and g.size >= 4096:
         g, out = np.ascontiguousarray(g), np.ascontiguousarray(out)
         result = np.empty(g.shape, dtype=g.dtype)
-        _relu_grad_kernel(_FLOAT_TYPE[g.dtype])(_address(g), _address(out), _address(result), g.size)
+        _relu_grad_kernel(_FLOAT_TYPE[g.dtype])(address(g), address(out), address(result), g.size)
         return result
     return where(out <= 0, np.zeros((), g.dtype), g)
 
@@ -553,7 +560,7 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], dilation: tuple[int, int], pa
     sn, sk = _column_strides(out)
     g = Window((h, w), tuple(kernel), tuple(dilation), tuple(padding), tuple(stride))
     kernel = _im2col_kernel(8 * x.itemsize, g, _images_inside_taps(n, g, x.itemsize))
-    kernel(_address(x), _address(out), n, c, sn, sk)
+    kernel(address(x), address(out), n, c, sn, sk)
 
 
 def col2im(cols: np.ndarray, kernel: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int],
@@ -568,4 +575,4 @@ def col2im(cols: np.ndarray, kernel: tuple[int, int], dilation: tuple[int, int],
     if images_inside_taps:
         out.fill(0)  # (the batch's planes of a channel are few and small: a pass over them in the cache)
     kernel = _col2im_kernel(_FLOAT_TYPE[out.dtype], g, images_inside_taps)
-    kernel(_address(cols), _address(out), n, c, sn, sk)
+    kernel(address(cols), address(out), n, c, sn, sk)

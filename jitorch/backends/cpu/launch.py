@@ -15,6 +15,7 @@ import numpy as np
 
 from ...ir.fusion import KernelDesc
 from . import threads
+from .helpers import address
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -70,7 +71,7 @@ class CompiledKernel:
             if view.strides != contiguous:
                 usual = False
             keep.append(view)
-            pointers.append(view.__array_interface__["data"][0])
+            pointers.append(address(view))
         if not usual:
             keep, pointers, stride_arg = self._strided(keep)
         else:
@@ -80,7 +81,7 @@ class CompiledKernel:
         elif any(o is None for o in outs):
             outs = [np.empty(shape, dt) if o is None else o
                     for o, shape, dt in zip(outs, self.out_shapes, self.out_dtypes)]
-        pointers += [o.__array_interface__["data"][0] for o in outs]
+        pointers += [address(o) for o in outs]
         rows = self.loop_shape[0] if ndim else 1
         parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
         if parts < 2:
@@ -111,7 +112,7 @@ class CompiledKernel:
                 view = np.ascontiguousarray(view)  # the innermost stride is compiled in as 1
             kept.append(view)
             strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
-            pointers.append(view.__array_interface__["data"][0])
+            pointers.append(address(view))
         strides += self.out_strides
         return kept, pointers, (ctypes.c_int64 * max(len(strides), 1))(*strides)
 
