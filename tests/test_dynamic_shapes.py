@@ -146,6 +146,25 @@ def test_a_char_transformer_step_over_twenty_lengths_compiles_at_most_twice():
     assert "s0 = inputs.size(1) = targets.size(1)" in text and "i64[4,s0]" in text
 
 
+def test_a_large_activation_split_and_differentiated_stays_symbolic():
+    """The gradient of an activation read through `split` (a fused q/k/v projection's) is a cat of
+    the pieces' gradients in the symbolic trace too: there its zeros are a scalar's expand (too
+    large to fold into a constant), which `slices_as_cat` reads as zeros as well."""
+    w = jt.nn.Parameter(jt.randn(64, 1024) * 0.1)
+
+    def step(x):
+        w.grad = None
+        a, b = (x @ w).split(512, dim=-1)
+        (a * b).sum().backward()
+        return w.grad
+
+    compiled = jt.compile(step)
+    for length in (40, 48, 56, 33):
+        x = jt.randn(2, length, 64)
+        close(compiled(x).numpy(), step(x).numpy(), rtol=1e-4, atol=1e-4)
+    assert compiled.compiles == 2 and compiled._static_only is None, compiled.recompile_reasons
+
+
 def test_a_broken_equality_between_dims_recompiles_with_its_reason(capsys):
     f = jt.compile(lambda a, b: a.sin().sum() + b.cos().sum(), dynamic=True)
     a, b = jt.randn(8), jt.randn(8)

@@ -237,12 +237,24 @@ def transpose_products(graph: Graph) -> bool:
     return changed
 
 
+def _filled(v: Value) -> np.ndarray | None:
+    """v's constant array, or for a scalar constant expanded to v's shape (and copied: zeros of a
+    symbolic shape are made so) that scalar."""
+    node = v.node
+    if node is not None and node.op == "copy":
+        node = node.inputs[0].node
+    if node is not None and node.op == "expand":
+        scalar = _const_array(node.inputs[0])
+        return scalar.reshape(()) if scalar is not None and scalar.size == 1 else None
+    return _const_array(v)
+
+
 def _slice_of_zeros(node: Node, out: Value) -> tuple[int, int, Value] | None:
     """For `zeros[key] = v` over one basic slice of one dim, shaped as `out`: (dim, start, v)."""
     if node.op != "index_put" or len(node.inputs) != 2:
         return None
     base, v = node.inputs
-    zeros = _const_array(base)
+    zeros = _filled(base) if base.shape == out.shape else None
     if zeros is None or zeros.shape not in (out.shape, ()) or zeros.any() or v.dtype is not out.dtype:
         return None
     cut = None
@@ -250,13 +262,13 @@ def _slice_of_zeros(node: Node, out: Value) -> tuple[int, int, Value] | None:
         if not (isinstance(part, tuple) and len(part) == 4 and part[0] == "slice"
                 and all(i is None or type(i) is int for i in part[1:]) and part[3] in (1, None)):
             return None
-        start, stop = 0 if part[1] is None else part[1], out.shape[d] if part[2] is None else part[2]
-        if not 0 <= start <= stop <= out.shape[d]:
-            return None  # (a negative or clipped bound: not worth reading here)
-        if (start, stop) != (0, out.shape[d]):
-            if cut is not None:
-                return None
-            cut = (d, start, stop)
+        size = out.shape[d]
+        if part[1] in (None, 0) and (part[2] is None or type(size) is int and part[2] == size):
+            continue  # (the whole dim: no comparison with a symbolic size)
+        start, stop = 0 if part[1] is None else part[1], size if part[2] is None else part[2]
+        if type(size) is not int or type(stop) is not int or not 0 <= start <= stop <= size or cut is not None:
+            return None  # (a bound to check against a symbolic size, or a negative or clipped one)
+        cut = (d, start, stop)
     if cut is None:
         return None
     d, start, stop = cut
