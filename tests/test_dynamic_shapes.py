@@ -140,8 +140,16 @@ def test_a_char_transformer_step_over_twenty_lengths_compiles_at_most_twice():
         x, y = jt.tensor(codes[:, :-1]), jt.tensor(codes[:, 1:])
         close(compiled(x, y).item(), eager(x, y).item(), rtol=1e-4)
     assert compiled.compiles <= 2, compiled.recompile_reasons
-    for p, q in zip(model.parameters(), eager_model.parameters()):
-        close(p.detach().numpy(), q.detach().numpy(), rtol=1e-3, atol=2e-4)  # (AdamW amplifies ulps)
+    for (name, p), q in zip(model.named_parameters(), eager_model.parameters()):
+        got, expected = p.detach().numpy(), q.detach().numpy()
+        if name.endswith("in_proj_bias"):
+            # the key bias's gradient is zero but for rounding (softmax ignores a score added to
+            # a whole row), and AdamW turns that noise into steps of up to lr in either direction:
+            # a step's worth of lr, 1e-3, per step at most
+            e = config.d_model
+            close(got[e:2 * e], expected[e:2 * e], atol=len(lengths) * 1e-3)
+            got, expected = np.delete(got, np.s_[e:2 * e]), np.delete(expected, np.s_[e:2 * e])
+        close(got, expected, rtol=1e-3, atol=2e-4)  # (AdamW amplifies ulps)
     text = compiled.explain(x, y)
     assert "s0 = inputs.size(1) = targets.size(1)" in text and "i64[4,s0]" in text
 
