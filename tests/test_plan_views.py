@@ -83,3 +83,20 @@ def test_eager_cat_copies():
     joined = jt.cat([y[:, :2], y[:, 2:]], dim=1)
     joined.add_(1)
     np.testing.assert_array_equal(y.numpy(), np.arange(12.0).reshape(3, 4))
+
+
+def test_a_parameter_update_is_not_written_over_a_cat_view_still_to_be_read():
+    """A plan writes a parameter's update into its buffer only when nothing reads the old value (or
+    a view of it) later; a cat of the parameter's slices may be such a view."""
+    w = jt.nn.Parameter(jt.arange(8.0))
+
+    def step():
+        joined = jt.cat([w[:3], w[3:]])  # a view of w's buffer in the plan
+        with jt.no_grad():
+            w.mul_(2.0).add_(1.0)  # (a fused kernel: one that could write over w's buffer)
+        return (joined * 3.0).sum()
+
+    compiled = jt.compile(step)
+    assert compiled().item() == 3 * np.arange(8.0).sum()
+    np.testing.assert_array_equal(w.detach().numpy(), np.arange(8.0) * 2 + 1)
+    assert compiled().item() == 3 * (np.arange(8.0) * 2 + 1).sum()

@@ -147,13 +147,14 @@ class Plan:
         maker: dict[int, int] = {}
         last_read: dict[int, int] = {}
         views: dict[int, list[int]] = {}  # value id -> ids of the views eager steps made of it
+        may_view = VIEW_PRIMS | self.backend.plan_kernels.keys()  # (a plan's cat may be a view too)
         for step, item in enumerate(items):
             made = [item.out] if isinstance(item, Node) else item.kernel.outputs
             for v in made:
                 maker[v.id] = step
             for v in item.inputs if isinstance(item, Node) else item.kernel.inputs:
                 last_read[v.id] = step
-                if isinstance(item, Node) and item.op in VIEW_PRIMS:
+                if isinstance(item, Node) and item.op in may_view:
                     views.setdefault(v.id, []).append(item.out.id)
         output_ids = [v.id for v in graph.outputs]
         found: dict[int, int] = {}
