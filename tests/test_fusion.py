@@ -583,3 +583,31 @@ def test_half_precision_row_kernels_match_eager(dtype):
     for got, eager in zip(compiled(x, w), fn(x, w)):
         ours, theirs = got.float().numpy(), eager.float().numpy()
         np.testing.assert_allclose(ours, theirs, rtol=2 * eps, atol=2 * eps * np.abs(theirs).max())
+
+
+def test_an_optimizers_scalar_chains_share_kernels_on_the_cpu():
+    """AdamW's bias corrections are a chain of scalar ops per parameter (each reads its own step
+    count): on the CPU, which does not group kernels into one launch, unrelated scalar chains
+    share a kernel (up to its node bound) instead of one launch per parameter; updates match eager."""
+    sizes = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41]
+    params = [jt.nn.Parameter(jt.randn(n)) for n in sizes]
+    twins = [jt.nn.Parameter(p.detach().clone()) for p in params]
+
+    def step_of(ps):
+        opt = jt.optim.AdamW(ps, lr=1e-2)
+
+        def step():
+            opt.zero_grad()
+            sum((p * p).sum() for p in ps).backward()
+            opt.step()
+
+        return step
+
+    compiled, eager = jt.compile(step_of(params)), step_of(twins)
+    for _ in range(3):
+        compiled()
+        eager()
+    scalar_kernels = [k for k in plan_of(compiled).kernels if k.kernel.shape == ()]
+    assert 0 < len(scalar_kernels) < len(sizes) // 2
+    for p, q in zip(params, twins):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)

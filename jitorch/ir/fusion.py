@@ -363,12 +363,15 @@ def column_sum_dims(node: Node) -> int:
 
 
 def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None,
-              column_sums: bool = False) -> list[Node | Kernel]:
+              column_sums: bool = False, scalars_together: bool = False) -> list[Node | Kernel]:
     """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
     A kernel of one node is returned as the plain node unless `single_worth_it` says otherwise (a
     backend may still run one large op faster than numpy, e.g. on several threads). With
     `column_sums`, a sum over leading dims (`column_sum_dims`) joins the open kernel that makes
-    what it sums, which then writes the sums (a column kernel: nothing in it reads them)."""
+    what it sums, which then writes the sums (a column kernel: nothing in it reads them). With
+    `scalars_together`, single-element chains share a kernel even when they read nothing in common
+    (an optimizer's bias corrections, one chain per parameter's step count): one launch for many,
+    where a backend does not group kernels of one structure into one launch itself."""
     nodes = _scalars_first(graph)
     position = {node.out.id: i for i, node in enumerate(nodes)}
     open_kernels: dict[tuple[int, ...], list[Kernel]] = {}  # per shape, the newest last
@@ -387,7 +390,8 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
         candidates = open_kernels.setdefault(shape, [])
         kernel = _merge_for(node, candidates, position, kernel_of, order, open_kernels)
         if kernel is None:
-            kernel = next((k for k in reversed(candidates) if _can_join(node, k, position, kernel_of)), None)
+            joins = (k for k in reversed(candidates) if _can_join(node, k, position, kernel_of, scalars_together))
+            kernel = next(joins, None)
         if kernel is None:
             kernel = Kernel(shape, i)
             candidates.append(kernel)
@@ -491,8 +495,10 @@ def _scalars_first(graph: Graph) -> list[Node]:
     return first + rest
 
 
-def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel]) -> bool:
-    if not _related(node, kernel, kernel_of):
+def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel],
+              scalars_together: bool = False) -> bool:
+    scalars = scalars_together and not kernel.shape and not kernel.rows and len(kernel.nodes) < MAX_NODES_PER_KERNEL
+    if not (scalars or _related(node, kernel, kernel_of)):
         return False
     if kernel.columns and (_is_reduce(node) or any(kernel_of.get(v.id) is kernel and v.shape != kernel.shape
                                                    for v in node.inputs)):
