@@ -381,8 +381,8 @@ def attention_gradients(packed, q_shape: tuple[int, ...], k_shape: tuple[int, ..
         rows = packed.reshape(b, length, 3, h, e)
         return tuple(rows[:, :, i].swapaxes(1, 2) if needs else None for i, needs in enumerate(needed))
     grads, start = [], 0
-    for shape, needs in zip((q_shape, k_shape, v_shape), needed):
-        size = math.prod(shape)
+    for shape, size, needs in zip((q_shape, k_shape, v_shape), attention_backward_sizes(q_shape, k_shape, v_shape),
+                                  needed):
         b, h, length, e = shape
         grads.append(packed[start:start + size].reshape(b, length, h, e).swapaxes(1, 2) if needs else None)
         start += size

@@ -331,27 +331,45 @@ def slices_as_cat(graph: Graph) -> bool:
 _ROW_REDUCTIONS = frozenset({"sum", "amax", "amin"})
 
 
+def _rewrite(graph: Graph, rewrite: Callable[[Graph, Node], list[Node] | None]) -> bool:
+    """Apply `rewrite` to every node: None leaves it as it is; else it changed the node in place
+    and returns the nodes it made for it, which go just before it. Returns whether any changed."""
+    nodes: list[Node] = []
+    changed = False
+    for node in graph.nodes:
+        made = rewrite(graph, node)
+        if made is not None:
+            nodes += made
+            changed = True
+        nodes.append(node)
+    graph.nodes = nodes
+    return changed
+
+
+def _new_node(graph: Graph, like: Node, op: str, inputs: tuple, params: dict, shape: tuple, dtype) -> Node:
+    """A node made for `like` (its source line and checkpointed region)."""
+    out = graph.new_value(shape, dtype)
+    out.node = Node(op, inputs, params, out, like.source, like.region)
+    return out.node
+
+
+def _keepdim_total(graph: Graph, node: Node) -> list[Node] | None:
+    x = node.inputs[0] if node.op in _ROW_REDUCTIONS and node.inputs else None
+    if not (x is not None and len(x.shape) == 1 and x.shape[-1] > 1 and not node.out.symbolic and not x.symbolic
+            and node.params.get("keepdim") is False and tuple(node.params.get("dims", ())) == (0,)):
+        return None
+    kept = _new_node(graph, node, node.op, node.inputs, dict(node.params, keepdim=True), (1,), node.out.dtype)
+    node.op, node.inputs, node.params = "reshape", (kept.out,), {"shape": tuple(node.out.shape)}
+    return [kept]
+
+
 def keepdim_reductions(graph: Graph) -> bool:
     """The total of a vector (a loss's final sum or mean, a norm) is its sum keeping the dim, then a
     reshape (a view): in that form it joins the kernel of its producers as a row kernel of one row
     (`fusion.is_row_reduction`) instead of running alone. (Over longer shapes a reduction that
     drops the last dim stays as it is: joining a row kernel whose full-size values it alone reads,
     as softmax's in (softmax(x) * x).sum(-1), would compute each exp twice.)"""
-    nodes: list[Node] = []
-    changed = False
-    for node in graph.nodes:
-        x = node.inputs[0] if node.op in _ROW_REDUCTIONS and node.inputs else None
-        if (x is not None and len(x.shape) == 1 and x.shape[-1] > 1 and not node.out.symbolic and not x.symbolic
-                and node.params.get("keepdim") is False and tuple(node.params.get("dims", ())) == (len(x.shape) - 1,)):
-            kept = graph.new_value(tuple(x.shape[:-1]) + (1,), node.out.dtype)
-            kept.node = Node(node.op, node.inputs, dict(node.params, keepdim=True), kept, node.source)
-            kept.node.region = node.region
-            nodes.append(kept.node)
-            node.op, node.inputs, node.params = "reshape", (kept,), {"shape": tuple(node.out.shape)}
-            changed = True
-        nodes.append(node)
-    graph.nodes = nodes
-    return changed
+    return _rewrite(graph, _keepdim_total)
 
 
 def _small_power(node: Node) -> int | None:
@@ -366,25 +384,22 @@ def _small_power(node: Node) -> int | None:
     return int(n) if n in (2.0, 3.0, 4.0) else None
 
 
+def _power_as_products(graph: Graph, node: Node) -> list[Node] | None:
+    n = _small_power(node)
+    if n is None:
+        return None
+    x = node.inputs[0]
+    square = _new_node(graph, node, "mul", (x, x), {}, x.shape, x.dtype)
+    node.op, node.params = "mul", {}
+    node.inputs = (square.out, x) if n == 3 else (square.out, square.out) if n == 4 else (x, x)
+    return [square] if n != 2 else []
+
+
 def integer_powers(graph: Graph) -> bool:
     """pow(x, n) for n = 2, 3, 4 as products, x*x, (x*x)*x, (x*x)*(x*x), as PyTorch's pow kernel
     computes them (a GELU's tanh form cubes its input): a fused kernel then multiplies in vector
     registers instead of calling the C library's pow for every element."""
-    nodes: list[Node] = []
-    changed = False
-    for node in graph.nodes:
-        n = _small_power(node)
-        if n is not None:
-            x = node.inputs[0]
-            square = graph.new_value(x.shape, x.dtype)
-            square.node = Node("mul", (x, x), {}, square, node.source, node.region)
-            nodes.append(square.node)
-            node.op, node.params = "mul", {}
-            node.inputs = (square, x) if n == 3 else (square, square) if n == 4 else (x, x)
-            changed = True
-        nodes.append(node)
-    graph.nodes = nodes
-    return changed
+    return _rewrite(graph, _power_as_products)
 
 
 PASSES: list[tuple[str, Callable[[Graph], bool]]] = [

@@ -57,7 +57,6 @@ class CompiledKernel:
                  for strides, bcast, v in zip(self.contiguous, self.broadcast, kernel.inputs) for d in range(self.ndim)]
         usual += self.out_strides
         self.usual_strides = (ctypes.c_int64 * max(len(usual), 1))(*usual)
-        self.n_operands = len(kernel.inputs) + len(kernel.outputs)
 
     def run(self, arrays: list[np.ndarray], outs: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """Compute the kernel's outputs from its inputs, into `outs` (C-contiguous arrays of the
