@@ -104,7 +104,7 @@ class Plan:
             self.steps = self._fused_steps()
         # numpy's error state matters only to steps on numpy kernels that compute (a fused kernel or
         # a view raises no floating-point warning): a plan of fused kernels and views alone skips
-        # setting it, a microsecond a call
+        # setting it (a context manager's entry and exit a call)
         self.kernels_only = all(type(step) is not PrimStep or step.node.op in VIEW_PRIMS for step in self.steps)
 
     def _fused_steps(self) -> list:
