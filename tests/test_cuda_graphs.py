@@ -96,6 +96,9 @@ class TapeBackend(CPUBackend):
         self.kernels = {name: self._taped(name, k) for name, k in CPUBackend.kernels.items()}
         self.kernels_into = {name: self._taped_into(name, k) for name, k in CPUBackend.kernels_into.items()}
 
+    def runs_natively(self, op) -> bool:
+        return False  # (as the GPU's backend: the tape records kernels one by one)
+
     def _fail(self, name: str) -> None:
         if self.tape is not None and name == self.fail_on:
             raise RuntimeError(f"{name} is not allowed while capturing")

@@ -172,6 +172,9 @@ class InterpreterBackend(CPUBackend):
         self.launches = self.programs = 0
         self.sources: dict[str, tuple[triton_codegen.TritonSource, triton_codegen.Config]] = {}
 
+    def runs_natively(self, op) -> bool:
+        return False  # (as the GPU's backend: each kernel is a launch of its own)
+
     def from_numpy(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True)
 

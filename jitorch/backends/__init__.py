@@ -29,6 +29,7 @@ import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -149,6 +150,17 @@ class Backend:
         its composite (every backend computes the primitive; this says it is worth it)."""
         return False
 
+    # --- native runs (optional): several steps of a compiled program in one call ----------
+    def runs_natively(self, op: NativeOp) -> bool:
+        """Whether `compile_native_run` can take `op` (a step of a compiled program over buffers whose
+        layouts are known when the program is built)."""
+        return False
+
+    def compile_native_run(self, ops: list[NativeOp], n_roots: int) -> Callable:
+        """One callable that runs `ops` in order: `run(roots)`, where `roots` is a ctypes array of
+        `n_roots` pointers, the first element of each root buffer that the operands' `root` number."""
+        raise BackendError(f"the {self.device_type} backend runs no native step sequences")
+
     # --- timing, for `jitorch.profiler` --------------------------------------------------
     def time_mark(self) -> object:
         """A mark of now in the device's own order of work: `elapsed_ms(a, b)` between two marks,
@@ -178,6 +190,40 @@ class Backend:
         repeat with values baked in at capture. Fused kernels of a backend that captures graphs
         are capturable."""
         return None
+
+
+@dataclass(frozen=True)
+class Operand:
+    """Where a native op finds a value: `offset` bytes past the first element of root buffer
+    number `root`, laid out in `shape` with `strides` in bytes (numpy's convention)."""
+
+    root: int
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def c_contiguous(self) -> bool:
+        step = self.dtype.itemsize
+        for size, stride in zip(reversed(self.shape), reversed(self.strides)):
+            if size != 1 and stride != step:
+                return False
+            step *= size
+        return True
+
+
+@dataclass(frozen=True)
+class NativeOp:
+    """A step of a compiled program as a native run sees it: `kind` "kernel" (a fused kernel the
+    backend compiled, `kernel`), "matmul" (ins a, b; numpy's matmul broadcasting) or "sum"
+    (`params`: the sum node's); outputs are whole C-contiguous root buffers."""
+
+    kind: str
+    ins: tuple[Operand, ...]
+    outs: tuple[Operand, ...]
+    kernel: object = None
+    params: dict = field(default_factory=dict)
 
 
 class DeviceGraph:

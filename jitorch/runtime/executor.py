@@ -39,6 +39,8 @@ from ..ir.fusion import (
 )
 from ..ir.graph import Graph, Node, Value, format_node
 from ..primitives import VIEW_PRIMS
+from .native_runs import NativeRun, native_steps
+from .native_runs import count as count_runs
 
 step_observer = None  # while `jitorch.profiler.profile` records: told of each step a plan runs
 
@@ -102,6 +104,14 @@ class Plan:
         self._arenas: list[dict[int, object]] = []  # free arenas (slot -> its array), one per concurrent run
         if fuse if fuse is not None else fusion_enabled():
             self.steps = self._fused_steps()
+        # the steps as one run goes through them: runs of native ops in one call where the backend
+        # offers it (`native_runs`); `steps` stay the plan's own (profiles and checks go step by step)
+        self.run_steps = self.steps
+        if self.steps is not self.reference_steps:
+            self.run_steps = native_steps(self, self.steps, PrimStep, KernelStep) or self.steps
+            if self.run_steps is not self.steps:
+                runs, ops = count_runs(self.run_steps)
+                logs.log("fusion", f"{graph.name}: {runs} native runs take {ops} of its {len(self.steps)} steps")
         # numpy's error state matters only to steps on numpy kernels that compute (a fused kernel or
         # a view raises no floating-point warning): a plan of fused kernels and views alone skips
         # setting it (a context manager's entry and exit a call)
@@ -285,15 +295,24 @@ class Plan:
         env[: self.n_inputs] = inputs
         for slot, array in self.constants:
             env[slot] = array
-        steps = self.reference_steps if kernels is not None else self.steps
+        observer = step_observer  # (None but while `jitorch.profiler` records)
+        if kernels is not None:
+            steps = self.reference_steps
+        else:
+            steps = self.steps if record is not None or observer is not None else self.run_steps
         reserved = arena is not None
         if not reserved:
             arena = self._take_arena() if self._arena_views and kernels is None else None
         buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
-        observer = step_observer  # (None but while `jitorch.profiler` records)
         try:
-            with _QUIET if steps is self.steps and self.kernels_only else np.errstate(all="ignore"):
+            with _QUIET if steps is not self.reference_steps and self.kernels_only else np.errstate(all="ignore"):
                 for step in steps:
+                    if type(step) is NativeRun:
+                        if not step.run(env, arena, self.backend.empty):
+                            self._run_in_python(step.fallback, env, arena)
+                        for i in step.frees:
+                            env[i] = None
+                        continue
                     args = [env[i] for i in step.ins]
                     if observer is not None:
                         began = observer.begin(self.backend)
@@ -324,6 +343,25 @@ class Plan:
             if arena is not None and not reserved:
                 self._arenas.append(arena)
         return [env[i] for i in self.output_slots]
+
+    def _run_in_python(self, steps: tuple, env: list, arena: dict | None) -> None:
+        """A native run's original steps, one by one (its root buffers were not as it assumed)."""
+        buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
+        with np.errstate(all="ignore"):
+            for step in steps:
+                args = [env[i] for i in step.ins]
+                try:
+                    if type(step) is PrimStep:
+                        result = step.kernel(*args, **step.node.params)
+                        env[step.out] = result if type(result) is buffer_type else as_buffer(result)
+                    else:
+                        outs = None if arena is None else [arena.get(slot) for slot in step.outs]
+                        if step.overwrite:
+                            outs = _overwritten(step, env, outs, buffer_type)
+                        for slot, result in zip(step.outs, step.kernel.run(args, outs)):
+                            env[slot] = result
+                except Exception as err:
+                    raise _step_error(step, args, err) from err
 
 
 def _overwritten(step: KernelStep, env: list, outs: list | None, buffer_type: type) -> list:

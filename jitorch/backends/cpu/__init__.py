@@ -13,9 +13,9 @@ import numpy as np
 from ...codegen import llvm
 from ...ir import passes
 from ...ir.fusion import Kernel, KernelDesc
-from .. import Backend, register
+from .. import Backend, NativeOp, register
 from ..array_kernels import cat_or_view
-from . import jit, threads
+from . import jit, native, threads
 from .helpers import address
 from .kernels import KERNELS, KERNELS_INTO
 from .launch import CompiledKernel
@@ -65,8 +65,8 @@ class CPUBackend(Backend):
 
     def worth_a_kernel(self, kernel: Kernel) -> bool:
         """A kernel of a single op beats numpy's when it is large enough to run on several threads
-        (numpy's ufuncs use one)."""
-        return threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS
+        (numpy's ufuncs use one), or where it may join a native run, which calls it for nothing."""
+        return native.enabled() or (threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS)
 
     def compile_kernels(self, descs: list[KernelDesc]) -> list[CompiledKernel]:
         """Render each kernel (once per structure per process), compile what this process has not,
@@ -74,6 +74,13 @@ class CPUBackend(Backend):
         sources = [_source(desc) for desc in descs]
         addresses = jit.compile_texts(dict(sources))
         return [CompiledKernel(desc, addresses[digest], text) for desc, (digest, text) in zip(descs, sources)]
+
+
+    def runs_natively(self, op: NativeOp) -> bool:
+        return native.runs_natively(op)
+
+    def compile_native_run(self, ops: list[NativeOp], n_roots: int) -> native.CompiledRun:
+        return native.compile_run(ops, n_roots)
 
 
 _sources: dict[tuple, tuple[str, str]] = {}  # a kernel's structure key -> (digest, LLVM IR text)

@@ -1,0 +1,277 @@
+"""Runs of a compiled program's steps as one native call, where the backend offers it (the CPU's
+generates one function that calls the fused kernels and BLAS in turn: `Backend.compile_native_run`).
+
+Each step of a plan costs a Python call (the executor's loop, the launcher's argument marshalling,
+numpy's matmul wrapper: microseconds), which at small shapes is most of a training step. Here the
+plan's steps are walked once, when it is built, with every value's memory layout known:
+
+- a value that a step writes into a buffer of its own (a fused kernel's or a product's output, in
+  the memory plan's arena or a fresh array), a graph input or a Python step's result is a *root*;
+- a view (reshape, permute, expand, a slice) of a value whose layout is known is a byte offset and
+  strides from that value's root. numpy computes them on a stand-in array (no memory behind it is
+  ever read), so a view is exactly numpy's, and a reshape that numpy would copy is no view here.
+
+Steps the backend takes (`runs_natively`) whose operands are all known become native ops, and
+consecutive ones one `NativeRun` step: the views between them vanish. Every other step stays a
+Python step; a view that one reads is made just before it. At run time a native run checks the
+root buffers it reads (C-contiguous, of their shapes and dtypes, as assumed: a graph input or a
+numpy result may be anything), and where one is not, runs its original steps instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from ..backends import NativeOp, Operand
+from ..primitives import VIEW_PRIMS, numpy_key
+
+MIN_OPS = 2  # a native run of fewer ops saves nothing over the Python step
+
+
+class NativeRun:
+    """Steps of a plan run by one call of the backend's native function `fn(buffers)`."""
+
+    __slots__ = ("fn", "reads", "makes", "n_roots", "fallback", "frees", "names")
+
+    def __init__(self, fn: Callable, reads: tuple, makes: tuple, fallback: tuple, names: tuple[str, ...]) -> None:
+        self.fn = fn
+        self.reads = reads  # (slot, shape, dtype): roots read from the environment, table entries first
+        self.makes = makes  # (slot, shape, dtype, arena slot or None, slot whose buffer it writes or None)
+        self.n_roots = len(reads) + sum(1 for m in makes if m[4] is None)
+        self.fallback = fallback  # the original steps, for a run whose roots are not as assumed
+        self.frees: tuple[int, ...] = ()
+        self.names = names  # what it runs, for logs
+
+    def run(self, env: list, arena: dict | None, empty: Callable) -> bool:
+        """Run natively, writing the values it makes into `env`; False (nothing done) where a root
+        buffer it reads is not laid out as assumed."""
+        buffers = []
+        for slot, shape, dtype in self.reads:
+            array = env[slot]
+            if array.shape != shape or array.dtype != dtype or not array.flags.c_contiguous:
+                return False
+            buffers.append(array)
+        for slot, shape, dtype, planned, into in self.makes:
+            if into is not None:
+                env[slot] = env[into]
+                continue
+            buffer = arena.get(planned) if arena is not None and planned is not None else None
+            env[slot] = buffer = empty(shape, dtype) if buffer is None else buffer
+            buffers.append(buffer)
+        self.fn(buffers)
+        return True
+
+
+def _stand_in(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous array of `shape` and `dtype` at offset 0 of its root, over one element of
+    memory: views of it give offsets and strides without touching memory."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, _c_strides(shape, dtype.itemsize))
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _view(source: np.ndarray, op: str, params: dict) -> np.ndarray | None:
+    """`op` applied to a stand-in as the eager kernels apply it to an array, or None where numpy
+    would copy (or the key is not a basic one)."""
+    try:
+        if op == "reshape":
+            return np.reshape(source, params["shape"], copy=False)
+        if op == "permute":
+            return np.transpose(source, params["dims"])
+        if op == "expand":
+            return np.broadcast_to(source, params["shape"])
+        key = params["key"]
+        if any(type(item) is tuple and item[0] != "slice" for item in key):
+            return None
+        index = numpy_key(key, ())
+        return source[index if Ellipsis in key else index + (Ellipsis,)]
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+class _Layouts:
+    """Each slot's layout as the walk knows it: (root slot, stand-in array), the stand-in's offset
+    from its root's stand-in giving the byte offset."""
+
+    def __init__(self, values: dict[int, object]) -> None:
+        self.values = values
+        self.known: dict[int, tuple[int, np.ndarray]] = {}
+
+    def of(self, slot: int) -> tuple[int, np.ndarray]:
+        found = self.known.get(slot)
+        if found is None:
+            v = self.values[slot]
+            found = self.known[slot] = (slot, _stand_in(v.shape, np.dtype(v.dtype.np)))
+        return found
+
+    def operand(self, slot: int) -> tuple[int, Operand]:
+        root, view = self.of(slot)
+        base = self.of(root)[1]
+        offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        return root, Operand(root, offset, view.shape, view.strides, view.dtype)
+
+
+def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list | None:
+    """`steps` with runs of native ops as `NativeRun`s, or None where the plan has none worth one
+    (or sizes that are only known at run time)."""
+    backend = plan.backend
+    values = {plan.slot_of[inp.value.id]: inp.value for inp in plan.graph.inputs}
+    values.update({plan.slot_of[n.out.id]: n.out for n in plan.graph.nodes})
+    if any(v.symbolic for v in values.values()):
+        return None
+    layouts = _Layouts(values)
+    arena_slots = {slot for slot, *_ in plan._arena_views}
+    elided: dict[int, object] = {}  # slot -> the view step that would make it (not run unless needed)
+    items: list = []  # (step, NativeOp over root slots, or None)
+    for step in steps:
+        if type(step) is prim_step and step.node.op in VIEW_PRIMS and len(step.ins) == 1:
+            root, source = layouts.of(step.ins[0])
+            view = _view(source, step.node.op, step.node.params)
+            if view is not None:
+                layouts.known[step.out] = (root, view)
+                elided[step.out] = step
+                continue
+        items.append((step, _native_op(step, layouts, backend, prim_step, kernel_step)))
+    if sum(op is not None for _, op in items) < MIN_OPS:
+        return None
+
+    out: list = []
+    made: set[int] = set(range(plan.n_inputs)) | {slot for slot, _ in plan.constants}
+    pending: list = []
+
+    def view_steps(slots, into: list) -> None:  # the elided views `slots` read, inputs first
+        for slot in slots:
+            step = elided.get(slot)
+            if step is not None and step not in into:
+                view_steps(step.ins, into)
+                into.append(step)
+
+    def materialize(slots) -> None:
+        needed: list = []
+        view_steps([s for s in slots if s not in made], needed)
+        for step in needed:
+            out.append(step)
+            made.add(step.out)
+
+    def flush() -> None:
+        if len(pending) >= MIN_OPS:
+            out.append(_make_run(pending, values, arena_slots, backend, view_steps))
+        else:
+            for step, _ in pending:
+                materialize(step.ins)
+                out.append(step)
+        for step, _ in pending:
+            made.update(_outputs(step, kernel_step))
+        pending.clear()
+
+    for step, op in items:
+        if op is not None:
+            pending.append((step, op))
+            continue
+        flush()
+        materialize(step.ins)
+        out.append(step)
+        made.update(_outputs(step, kernel_step))
+    flush()
+    materialize(plan.output_slots)
+    return _with_frees(out, plan, kernel_step)
+
+
+def _outputs(step, kernel_step: type) -> tuple[int, ...]:
+    return step.outs if type(step) is kernel_step else (step.out,)
+
+
+def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: type) -> NativeOp | None:
+    """The step as a native op over root slots (operands' `root`: a slot number), or None."""
+    if type(step) is kernel_step:
+        if any(into is not None and layouts.of(into)[0] != into for into in step.overwrite):
+            return None  # (an input it writes over must be a whole root buffer, not a view)
+        ins = tuple(layouts.operand(s)[1] for s in step.ins)
+        outs = []
+        for j, slot in enumerate(step.outs):
+            into = step.overwrite[j] if step.overwrite else None
+            outs.append(layouts.operand(into if into is not None else slot)[1])
+        op = NativeOp("kernel", ins, tuple(outs), kernel=step.kernel)
+    elif type(step) is prim_step and step.node.op in ("matmul", "sum") and step.node.params.get("dtype") is None:
+        ins = tuple(layouts.operand(s)[1] for s in step.ins)
+        op = NativeOp(step.node.op, ins, (layouts.operand(step.out)[1],), params=step.node.params)
+    else:
+        return None
+    return op if backend.runs_natively(op) else None
+
+
+def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_steps: Callable) -> NativeRun:
+    """One NativeRun of the (step, op) pairs in `pending`: its roots numbered reads first, then the
+    buffers it makes, in the order its ops make them."""
+    made_here: dict[int, int | None] = {}  # slot -> the slot whose buffer it takes (overwrites), or None
+    reads: list[int] = []
+    for step, op in pending:
+        for operand in op.ins:
+            if operand.root not in made_here and operand.root not in reads:
+                reads.append(operand.root)
+        for j, slot in enumerate(step.outs if hasattr(step, "outs") else (step.out,)):
+            into = op.outs[j].root if op.outs[j].root != slot else None
+            if into is not None and into not in reads and into not in made_here:
+                reads.append(into)
+            made_here[slot] = into
+    fresh = [slot for slot, into in made_here.items() if into is None]
+    number = {slot: k for k, slot in enumerate(reads + fresh)}
+    for slot, into in made_here.items():
+        if into is not None:
+            number[slot] = number[into]
+    ops = [dataclasses.replace(op, ins=tuple(dataclasses.replace(o, root=number[o.root]) for o in op.ins),
+                               outs=tuple(dataclasses.replace(o, root=number[o.root]) for o in op.outs))
+           for _, op in pending]
+    fn = backend.compile_native_run(ops, len(reads) + len(fresh))
+
+    def spec(slot: int) -> tuple:
+        v = values[slot]
+        return slot, tuple(v.shape), np.dtype(v.dtype.np)
+
+    makes = tuple(spec(slot) + (slot if slot in arena_slots else None, into) for slot, into in made_here.items())
+    fallback: list = []
+    for step, _ in pending:
+        view_steps(step.ins, fallback)
+        fallback.append(step)
+    names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
+    return NativeRun(fn, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
+
+
+def _with_frees(steps: list, plan, kernel_step: type) -> list:
+    """The steps with each one's `frees` made again for this order: the slots it is the last to read."""
+    keep = set(plan.output_slots)
+    last: dict[int, int] = {}
+    for k, step in enumerate(steps):
+        for slot in _reads(step):
+            last[slot] = k
+    result = []
+    for k, step in enumerate(steps):
+        frees = tuple(s for s in set(_reads(step)) if last[s] == k and s not in keep)
+        if type(step) is NativeRun:
+            step.frees = frees
+            result.append(step)
+        else:
+            result.append(dataclasses.replace(step, frees=frees))
+    return result
+
+
+def _reads(step) -> tuple[int, ...]:
+    if type(step) is NativeRun:
+        return tuple(slot for slot, *_ in step.reads)
+    return step.ins
+
+
+def count(steps: list) -> tuple[int, int]:
+    """(native runs, the ops they run) among `steps`, for logs."""
+    runs = [s for s in steps if type(s) is NativeRun]
+    return len(runs), sum(len(r.names) for r in runs)
+

@@ -1,0 +1,128 @@
+"""Native runs on the CPU: a compiled program's fused kernels, products and sums called in turn by one
+generated function, with the views between them folded into offsets and strides. Each case checks
+that runs were made and compares against the same program run step by step, against eager jitorch
+and against PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+import jitorch as jt
+from jitorch.backends.cpu import native
+from jitorch.runtime.native_runs import NativeRun
+
+pytestmark = pytest.mark.skipif(native.blas() is None, reason="numpy's CBLAS library was not found")
+
+
+def plan_of(compiled):
+    (program,) = [p for entries in compiled.cache.values() for p in entries]
+    return program.plan
+
+
+def runs_of(compiled) -> list[NativeRun]:
+    return [s for s in plan_of(compiled).run_steps if type(s) is NativeRun]
+
+
+def attention_block(x, w_qkv, w_out, heads: int):
+    """Self-attention written with reshapes, permutes and batched products (transposed operands)."""
+    b, t, e = x.shape
+    qkv = (x.reshape(b * t, e) @ w_qkv).reshape(b, t, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scores = (q @ k.transpose(-1, -2)) * (e // heads) ** -0.5
+    out = scores.softmax(-1) @ v
+    return (out.permute(0, 2, 1, 3).reshape(b * t, e) @ w_out).reshape(b, t, e) + x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_attention_block_forward_and_backward_runs_natively_as_eager_and_torch(dtype):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(dtype) * 0.3 for s in [(4, 16, 32), (32, 96), (32, 32)]]
+
+    def step(x, w_qkv, w_out):
+        loss = attention_block(x, w_qkv, w_out, heads=4).square().mean()
+        loss.backward()
+        return loss
+
+    def run(lib, compiled: bool):
+        tensors = [lib.tensor(a, requires_grad=True) for a in arrays]
+        fn = jt.compile(step) if compiled else step
+        loss = fn(*tensors)
+        return fn, loss.item(), [t.grad.numpy() for t in tensors]
+
+    compiled, loss, grads = run(jt, True)
+    assert runs_of(compiled) and sum(len(r.names) for r in runs_of(compiled)) >= 8
+    kinds = {name for r in runs_of(compiled) for name in r.names}
+    assert "matmul" in kinds and any(name.startswith("fused") for name in kinds)
+    _, eager_loss, eager_grads = run(jt, False)
+    _, torch_loss, torch_grads = run(torch, False)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, eager_loss, rtol=rtol)
+    np.testing.assert_allclose(loss, torch_loss, rtol=10 * rtol)
+    for g, e, t in zip(grads, eager_grads, torch_grads):
+        scale = np.abs(t).max()
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol * scale)
+        np.testing.assert_allclose(g, t, rtol=10 * rtol, atol=10 * rtol * scale)
+
+
+def test_products_broadcast_over_batches_and_bias_gradients_sum_by_blas():
+    """A 3-d input times a 2-d weight broadcast over the batch, a 4-d product whose second operand
+    is broadcast over one batch dim, and a bias gradient over 16384 rows (a sum of leading dims)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 2048, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    p = rng.standard_normal((3, 1, 5, 7)).astype(np.float32)
+    q = rng.standard_normal((3, 4, 7, 2)).astype(np.float32)
+
+    def f(x, w, b, p, q):
+        y = (x @ w + b).relu()
+        y.sum().backward()
+        return (p @ q).exp(), y * 2
+
+    def run(lib, compiled: bool):
+        tensors = [lib.tensor(a, requires_grad=i in (1, 2)) for i, a in enumerate((x, w, b, p, q))]
+        fn = jt.compile(f) if compiled else f
+        outs = fn(*tensors)
+        return fn, [o.detach().numpy() for o in outs] + [tensors[1].grad.numpy(), tensors[2].grad.numpy()]
+
+    compiled, got = run(jt, True)
+    assert {"matmul", "sum"} <= {name for r in runs_of(compiled) for name in r.names}
+    _, eager = run(jt, False)
+    _, expected = run(torch, False)
+    for g, e, t in zip(got, eager, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(t).max())
+        np.testing.assert_allclose(g, t, rtol=1e-4, atol=1e-4 * np.abs(t).max())
+
+
+def test_an_input_not_laid_out_as_assumed_runs_the_steps_one_by_one():
+    """A run assumes C-contiguous inputs; a transposed or sliced array passed in is still computed
+    right (its steps run in Python), and a contiguous one after it takes the native run again."""
+    rng = np.random.default_rng(2)
+
+    def f(x, w):
+        return ((x @ w).tanh() @ w.T).sigmoid() * 3
+
+    compiled = jt.compile(f)
+    w = jt.tensor(rng.standard_normal((6, 6)).astype(np.float32))
+    base = rng.standard_normal((6, 10)).astype(np.float32)
+    tall = rng.standard_normal((20, 6)).astype(np.float32)
+    for x in (jt.tensor(base).T, jt.tensor(tall)[::2], jt.tensor(base.T.copy())):  # all (10, 6)
+        np.testing.assert_allclose(compiled(x, w).numpy(), f(x, w).numpy(), rtol=1e-6, atol=1e-6)
+    assert runs_of(compiled)
+
+
+def test_native_runs_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("JITORCH_NATIVE_RUNS", "0")
+    compiled = jt.compile(lambda x, w: ((x @ w).tanh() @ w).exp())
+    x = jt.randn(4, 4)
+    np.testing.assert_allclose(compiled(x, x).numpy(), ((x @ x).tanh() @ x).exp().numpy(), rtol=1e-6)
+    assert not runs_of(compiled)
+
+
+def test_the_generated_function_reads_like_the_steps_it_runs():
+    compiled = jt.compile(lambda x, w: ((x @ w).tanh() @ w.T).exp())
+    compiled(jt.randn(4, 8), jt.randn(8, 8))
+    (run,) = runs_of(compiled)
+    source = run.fn.source
+    assert source.count("call void") == len(run.names) == 4  # two products, two kernels
+    assert "i32 112" in source  # w.T: BLAS's transpose flag, no copy
