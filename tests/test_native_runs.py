@@ -94,9 +94,23 @@ def test_products_broadcast_over_batches_and_bias_gradients_sum_by_blas():
         np.testing.assert_allclose(g, t, rtol=1e-4, atol=1e-4 * np.abs(t).max())
 
 
-def test_an_input_not_laid_out_as_assumed_runs_the_steps_one_by_one():
-    """A run assumes C-contiguous inputs; a transposed or sliced array passed in is still computed
-    right (its steps run in Python), and a contiguous one after it takes the native run again."""
+def _count_native_calls(monkeypatch) -> list[bool]:
+    calls: list[bool] = []
+    run = NativeRun.run
+
+    def counted(self, *args):
+        done = run(self, *args)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(NativeRun, "run", counted)
+    return calls
+
+
+def test_a_strided_input_is_read_from_a_copy(monkeypatch):
+    """A run assumes C-contiguous inputs; a transposed or sliced array passed in (a batch cut from
+    a larger array) is copied first and the run still runs natively."""
+    calls = _count_native_calls(monkeypatch)
     rng = np.random.default_rng(2)
 
     def f(x, w):
@@ -108,7 +122,28 @@ def test_an_input_not_laid_out_as_assumed_runs_the_steps_one_by_one():
     tall = rng.standard_normal((20, 6)).astype(np.float32)
     for x in (jt.tensor(base).T, jt.tensor(tall)[::2], jt.tensor(base.T.copy())):  # all (10, 6)
         np.testing.assert_allclose(compiled(x, w).numpy(), f(x, w).numpy(), rtol=1e-6, atol=1e-6)
-    assert runs_of(compiled)
+    assert calls == [True, True, True]
+
+
+def test_a_strided_input_written_in_place_runs_the_steps_one_by_one(monkeypatch):
+    """An update written straight into its input's buffer cannot go to a copy: with a strided
+    parameter the run's steps run in Python (and the parameter is updated all the same)."""
+    calls = _count_native_calls(monkeypatch)
+    rng = np.random.default_rng(3)
+
+    def f(p, x):
+        with jt.no_grad():
+            p.mul_(0.9).add_((x @ x).tanh())
+        return (p * 2).exp()
+
+    compiled = jt.compile(f)
+    for strided in (True, False):
+        base = rng.standard_normal((6, 6)).astype(np.float32)
+        p, p_eager = jt.tensor(base).T if strided else jt.tensor(base.T.copy()), jt.tensor(base.T.copy())
+        x = jt.tensor(rng.standard_normal((6, 6)).astype(np.float32))
+        np.testing.assert_allclose(compiled(p, x).numpy(), f(p_eager, x).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(p.numpy(), p_eager.numpy(), rtol=1e-6)
+    assert calls == [False, True]
 
 
 def test_native_runs_can_be_switched_off(monkeypatch):

@@ -152,13 +152,13 @@ class Backend:
 
     # --- native runs (optional): several steps of a compiled program in one call ----------
     def runs_natively(self, op: NativeOp) -> bool:
-        """Whether `compile_native_run` can take `op` (a step of a compiled program over buffers whose
+        """Whether `compile_native_runs` can take `op` (a step of a compiled program over buffers whose
         layouts are known when the program is built)."""
         return False
 
-    def compile_native_run(self, ops: list[NativeOp], n_roots: int) -> Callable:
-        """One callable that runs `ops` in order: `run(roots)`, where `roots` is a ctypes array of
-        `n_roots` pointers, the first element of each root buffer that the operands' `root` number."""
+    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int]]) -> list[Callable]:
+        """For each (ops, n_roots) in `runs`, one callable that runs `ops` in order: `run(buffers)`,
+        where `buffers` are the `n_roots` root buffers that the operands' `root` numbers name."""
         raise BackendError(f"the {self.device_type} backend runs no native step sequences")
 
     # --- timing, for `jitorch.profiler` --------------------------------------------------

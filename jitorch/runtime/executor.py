@@ -308,7 +308,7 @@ class Plan:
             with _QUIET if steps is not self.reference_steps and self.kernels_only else np.errstate(all="ignore"):
                 for step in steps:
                     if type(step) is NativeRun:
-                        if not step.run(env, arena, self.backend.empty):
+                        if not step.run(env, arena, self.backend.empty, self.backend.copy):
                             self._run_in_python(step.fallback, env, arena)
                         for i in step.frees:
                             env[i] = None

@@ -1,5 +1,5 @@
 """Runs of a compiled program's steps as one native call, where the backend offers it (the CPU's
-generates one function that calls the fused kernels and BLAS in turn: `Backend.compile_native_run`).
+generates one function that calls the fused kernels and BLAS in turn: `Backend.compile_native_runs`).
 
 Each step of a plan costs a Python call (the executor's loop, the launcher's argument marshalling,
 numpy's matmul wrapper: microseconds), which at small shapes is most of a training step. Here the
@@ -14,8 +14,9 @@ plan's steps are walked once, when it is built, with every value's memory layout
 Steps the backend takes (`runs_natively`) whose operands are all known become native ops, and
 consecutive ones one `NativeRun` step: the views between them vanish. Every other step stays a
 Python step; a view that one reads is made just before it. At run time a native run checks the
-root buffers it reads (C-contiguous, of their shapes and dtypes, as assumed: a graph input or a
-numpy result may be anything), and where one is not, runs its original steps instead.
+root buffers it reads (of their shapes and dtypes, C-contiguous, as assumed: a graph input or a
+numpy result may be anything): a strided one is copied first, and where that cannot serve, the run
+runs its original steps instead.
 """
 
 from __future__ import annotations
@@ -34,25 +35,33 @@ MIN_OPS = 2  # a native run of fewer ops saves nothing over the Python step
 class NativeRun:
     """Steps of a plan run by one call of the backend's native function `fn(buffers)`."""
 
-    __slots__ = ("fn", "reads", "makes", "n_roots", "fallback", "frees", "names")
+    __slots__ = ("fn", "ops", "reads", "makes", "written", "n_roots", "fallback", "frees", "names")
 
     def __init__(self, fn: Callable, reads: tuple, makes: tuple, fallback: tuple, names: tuple[str, ...]) -> None:
         self.fn = fn
         self.reads = reads  # (slot, shape, dtype): roots read from the environment, table entries first
         self.makes = makes  # (slot, shape, dtype, arena slot or None, slot whose buffer it writes or None)
+        self.written = frozenset(m[4] for m in makes if m[4] is not None)  # roots read that it writes into
         self.n_roots = len(reads) + sum(1 for m in makes if m[4] is None)
         self.fallback = fallback  # the original steps, for a run whose roots are not as assumed
         self.frees: tuple[int, ...] = ()
         self.names = names  # what it runs, for logs
+        self.ops: list | None = None
 
-    def run(self, env: list, arena: dict | None, empty: Callable) -> bool:
+    def run(self, env: list, arena: dict | None, empty: Callable, copy: Callable) -> bool:
         """Run natively, writing the values it makes into `env`; False (nothing done) where a root
-        buffer it reads is not laid out as assumed."""
+        buffer it reads is not as assumed. One that is only strided (a batch sliced from a larger
+        array) is read from a C-contiguous copy, as a kernel's launch would copy it, unless the run
+        writes into it."""
         buffers = []
         for slot, shape, dtype in self.reads:
             array = env[slot]
-            if array.shape != shape or array.dtype != dtype or not array.flags.c_contiguous:
+            if array.shape != shape or array.dtype != dtype:
                 return False
+            if not array.flags.c_contiguous:
+                if slot in self.written:
+                    return False
+                array = copy(array)
             buffers.append(array)
         for slot, shape, dtype, planned, into in self.makes:
             if into is not None:
@@ -183,6 +192,9 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
         made.update(_outputs(step, kernel_step))
     flush()
     materialize(plan.output_slots)
+    runs = [step for step in out if type(step) is NativeRun]
+    for run, fn in zip(runs, backend.compile_native_runs([(run.ops, run.n_roots) for run in runs])):
+        run.fn, run.ops = fn, None
     return _with_frees(out, plan, kernel_step)
 
 
@@ -231,7 +243,6 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_
     ops = [dataclasses.replace(op, ins=tuple(dataclasses.replace(o, root=number[o.root]) for o in op.ins),
                                outs=tuple(dataclasses.replace(o, root=number[o.root]) for o in op.outs))
            for _, op in pending]
-    fn = backend.compile_native_run(ops, len(reads) + len(fresh))
 
     def spec(slot: int) -> tuple:
         v = values[slot]
@@ -243,7 +254,9 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_
         view_steps(step.ins, fallback)
         fallback.append(step)
     names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
-    return NativeRun(fn, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
+    run = NativeRun(None, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
+    run.ops = ops  # (compiled with the program's other runs, then dropped)
+    return run
 
 
 def _with_frees(steps: list, plan, kernel_step: type) -> list:

@@ -79,8 +79,8 @@ class CPUBackend(Backend):
     def runs_natively(self, op: NativeOp) -> bool:
         return native.runs_natively(op)
 
-    def compile_native_run(self, ops: list[NativeOp], n_roots: int) -> native.CompiledRun:
-        return native.compile_run(ops, n_roots)
+    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int]]) -> list[native.CompiledRun]:
+        return native.compile_runs(runs)
 
 
 _sources: dict[tuple, tuple[str, str]] = {}  # a kernel's structure key -> (digest, LLVM IR text)

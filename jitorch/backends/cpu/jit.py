@@ -111,14 +111,15 @@ def digest_of(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def compile_texts(texts: dict[str, str]) -> dict[str, int]:
+def compile_texts(texts: dict[str, str], optimize: bool = True) -> dict[str, int]:
     """Machine code for each kernel (digest -> IR text of a function named @"kernel"), compiling
-    only those this process has not: digest -> function address."""
+    only those this process has not: digest -> function address. `optimize=False` skips LLVM's
+    IR passes (code that only calls other functions gains nothing from them)."""
     if not all(d in _addresses for d in texts):
         with _compile_lock:
             new = {d: t for d, t in texts.items() if d not in _addresses}
-            helpers = _start_helpers(new)
-            _compile_new({d: t for d, t in new.items() if d not in helpers.taken})
+            helpers = _start_helpers(new) if optimize else _Helpers([], set())
+            _compile_new({d: t for d, t in new.items() if d not in helpers.taken}, optimize)
             helpers.wait()
             _compile_new({d: t for d, t in new.items() if d in helpers.taken})  # (their machine code, from disk)
     return {d: _addresses[d] for d in texts}
@@ -176,7 +177,7 @@ def _start_helpers(new: dict[str, str]) -> _Helpers:
     return _Helpers(processes, taken)
 
 
-def _compile_new(new: dict[str, str]) -> None:
+def _compile_new(new: dict[str, str], optimize: bool = True) -> None:
     import llvmlite.binding as llvm
 
     if not new:
@@ -189,7 +190,8 @@ def _compile_new(new: dict[str, str]) -> None:
         module.data_layout = str(tm.target_data)
         if _read_cached(digest) is None:  # a cached one is loaded as machine code: no need to optimize
             module.verify()
-            _optimize(module)
+            if optimize:
+                _optimize(module)
         engine.add_module(module)
     engine.finalize_object()
     for digest in new:

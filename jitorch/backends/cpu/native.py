@@ -291,9 +291,8 @@ _RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 class CompiledRun:
     """The machine code of a run, called with its root buffers: `run(buffers)`."""
 
-    def __init__(self, text: str, statics: list[int], n_roots: int) -> None:
-        digest = jit.digest_of(text)
-        self.fn = _RUN_TYPE(jit.compile_texts({digest: text})[digest])
+    def __init__(self, address: int, text: str, statics: list[int], n_roots: int) -> None:
+        self.fn = _RUN_TYPE(address)
         self.statics = (ctypes.c_void_p * max(len(statics), 1))(*statics)
         self.table_type = ctypes.c_void_p * max(n_roots, 1)
         self.source = text
@@ -302,6 +301,11 @@ class CompiledRun:
         self.fn(self.table_type(*[address(b) for b in buffers]), self.statics)
 
 
-def compile_run(ops: list[NativeOp], n_roots: int) -> CompiledRun:
-    text, statics = render(ops, n_roots)
-    return CompiledRun(text, statics, n_roots)
+def compile_runs(runs: list[tuple[list[NativeOp], int]]) -> list[CompiledRun]:
+    """All of a program's runs in one go (one lock and one finalization of the engine; without
+    LLVM's IR passes, which calls in a row do not need)."""
+    rendered = [render(ops, n_roots) for ops, n_roots in runs]
+    digests = [jit.digest_of(text) for text, _ in rendered]
+    addresses = jit.compile_texts(dict(zip(digests, (text for text, _ in rendered))), optimize=False)
+    return [CompiledRun(addresses[digest], text, statics, n_roots)
+            for digest, (text, statics), (_, n_roots) in zip(digests, rendered, runs)]
