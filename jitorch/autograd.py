@@ -219,6 +219,35 @@ def sum_to_shape(g: Tensor, shape: tuple) -> Tensor:
     return g if same_sizes(g._sizes(), shape) else g.reshape(tuple(shape))
 
 
+class PartialGrad:
+    """A gradient kept in pieces until the backward walk needs it whole (a VJP may return one):
+    gradients that reach one tensor from several places are added with `plus`, which may merge
+    pieces (the slices of a tensor that a split or chunk made: `gradients.SliceGrad`) where adding
+    whole tensors would cost a full-size pass each; `whole()` makes the Tensor."""
+
+    def _sizes(self) -> tuple:
+        raise NotImplementedError
+
+    def plus(self, other) -> PartialGrad | Tensor:
+        raise NotImplementedError
+
+    def whole(self) -> Tensor:
+        raise NotImplementedError
+
+
+def _plus(a, b):
+    """a + b for gradients, either of which may be a `PartialGrad`."""
+    if isinstance(a, PartialGrad):
+        return a.plus(b)
+    if isinstance(b, PartialGrad):
+        return b.plus(a)
+    return a + b
+
+
+def _whole(g):
+    return g.whole() if isinstance(g, PartialGrad) else g
+
+
 def _no_gradient(g, node) -> tuple:
     return (None,) * len(node.inputs)
 
@@ -281,15 +310,16 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
         if capture is not None:
             if slot is not None:
                 prev = captured.get(slot)
-                captured[slot] = g if prev is None else prev + g
+                captured[slot] = g if prev is None else _plus(prev, g)
             return
         entry = pending.get(id(t))
         if entry is None:
             pending[id(t)] = [t, g]
         else:
-            entry[1] = entry[1] + g
+            entry[1] = _plus(entry[1], g)
 
     def accumulate(t: Tensor, g: Tensor) -> None:
+        g = _whole(g)
         for hook in t._hooks or ():
             out = hook(g)
             if out is not None:
@@ -327,6 +357,7 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
             if g is None:
                 _release_inputs(node, deps, ready)
                 continue
+            g = _whole(g)
             if node.saved_versions or node.out_version is not None or node.inputs is None:
                 node.check_saved()
             if node.hooks:
@@ -353,7 +384,7 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
                     deps[fn] -= 1
                     if gi is not None:
                         prev = grads.get(fn)
-                        grads[fn] = gi if prev is None else prev + gi
+                        grads[fn] = gi if prev is None else _plus(prev, gi)
                     if deps[fn] == 0:
                         ready.append(fn)
                 elif gi is not None and t.requires_grad:
@@ -363,7 +394,7 @@ def _walk(roots, root_grads, retain_graph: bool, create_graph: bool, capture=Non
                 node.out_data = None
         for t, g in pending.values():
             accumulate(t, g)
-    return captured
+    return {slot: _whole(g) for slot, g in captured.items()}
 
 
 def _grad_tensor(data, like: Tensor) -> Tensor:

@@ -14,10 +14,12 @@ from collections.abc import Callable
 import numpy as np
 
 from . import autograd, linalg
+from ._trace_state import trace_state
 from .autograd import sum_to_shape
 from .dispatch import dispatch
 from .ops import as_operand, cat, diag_embed, einsum, fold, unfold, where
 from .primitives import PRIMS, attention_gradients, reduced_shape
+from .tensor import Tensor
 
 VJP: dict[str, Callable] = {}
 
@@ -230,8 +232,94 @@ def _pad_vjp(g, n):
 VJP["pad"] = _pad_vjp
 
 
+class SliceGrad(autograd.PartialGrad):
+    """The gradient of x from slices of it (`x[key]` for basic keys), kept as (key, gradient)
+    pieces until whole. Slices of step 1 and indices that cut one dim without overlapping (what
+    split, chunk and unbind make, as the three projections of attention's packed weight) become one
+    concatenation per dim, zeros filling the gaps; anything else is added into one buffer of
+    zeros. Adding each piece's zero-padded gradient instead costs a fill, a scatter and an add of
+    the whole of x per piece."""
+
+    def __init__(self, like: Tensor, shape: tuple, pieces: list) -> None:
+        self.like, self.shape, self.pieces = like, shape, pieces
+
+    def _sizes(self) -> tuple:
+        return self.shape
+
+    def plus(self, other):
+        if isinstance(other, SliceGrad) and other.shape == self.shape:
+            return SliceGrad(self.like, self.shape, self.pieces + other.pieces)
+        return self.whole() + autograd._whole(other)
+
+    def whole(self) -> Tensor:
+        groups: dict[int, list] = {}  # cut dim -> [(range along it, gradient)]
+        loose, total = [], None
+        for key, g in self.pieces:
+            ranges = _slice_ranges(key, self.shape)
+            cuts = [] if ranges is None else [d for d, r in enumerate(ranges) if r != (0, self.shape[d])]
+            if ranges is not None and not cuts:
+                total = g.reshape(self.shape) if total is None else total + g.reshape(self.shape)
+            elif ranges is not None and len(cuts) == 1:
+                groups.setdefault(cuts[0], []).append((ranges[cuts[0]], g))
+            else:
+                loose.append((key, g))
+        for cut, group in groups.items():
+            group.sort(key=lambda piece: piece[0])
+            if any(a[0][1] > b[0][0] for a, b in zip(group, group[1:])):  # overlapping: added in
+                loose += [(_range_key(cut, r), g) for r, g in group]
+                continue
+            part = self._joined(cut, group)
+            total = part if total is None else total + part
+        if loose:
+            out = self.like.new_zeros(self.shape)
+            for key, g in loose:
+                out = out._index_put(g, key, (), accumulate=True)
+            total = out if total is None else total + out
+        return total
+
+    def _joined(self, cut: int, group: list) -> Tensor:
+        """The pieces of one cut dim as one tensor of x's shape: a concatenation, zeros between."""
+        shape = self.shape
+        parts, at = [], 0
+        for (lo, hi), g in group:
+            if lo > at:
+                parts.append(self.like.new_zeros(shape[:cut] + (lo - at,) + shape[cut + 1:]))
+            parts.append(g.reshape(shape[:cut] + (hi - lo,) + shape[cut + 1:]))
+            at = hi
+        if at < shape[cut]:
+            parts.append(self.like.new_zeros(shape[:cut] + (shape[cut] - at,) + shape[cut + 1:]))
+        return cat(parts, cut) if len(parts) > 1 else parts[0]
+
+
+def _range_key(dim: int, span: tuple[int, int]) -> tuple:
+    return (("slice", None, None, None),) * dim + (("slice", span[0], span[1], 1),)
+
+
+def _slice_ranges(key: tuple, shape: tuple) -> list[tuple[int, int]] | None:
+    """Per dim of x, the [lo, hi) that `key` keeps, where it is slices of step 1 and indices (and
+    nothing else) over integer sizes; else None."""
+    if len(key) > len(shape):
+        return None
+    ranges = []
+    for item, size in zip(key + (("slice", None, None, None),) * (len(shape) - len(key)), shape):
+        if type(size) is not int:
+            return None
+        if type(item) is int and -size <= item < size:  # (an index: a slice of one, its dim dropped)
+            ranges.append((item % size, item % size + 1))
+            continue
+        if type(item) is not tuple or item[0] != "slice":
+            return None
+        lo, hi, step = slice(*item[1:]).indices(size)
+        if step != 1:
+            return None
+        ranges.append((lo, max(lo, hi)))
+    return ranges
+
+
 def _getitem_vjp(g, n):
     x, *tensors = n.inputs
+    if not tensors and trace_state.tracer is None:  # (a trace's are the compiler's: `slices_as_cat`)
+        return (SliceGrad(g, tuple(x.shape), [(n.params["key"], g)]),)
     zeros = g.new_zeros(x.shape)
     return (zeros._index_put(g, n.params["key"], tensors, accumulate=True),) + (None,) * len(tensors)
 

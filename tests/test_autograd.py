@@ -293,3 +293,48 @@ def test_an_in_place_write_of_a_value_computed_from_the_tensor_keeps_its_history
         y.sum().backward()
         grads.append(np.asarray(x.grad.tolist()))
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+
+
+def _slices(lib, x):
+    q, k, v = x.split(3, dim=-1)  # three slices of the last dim: one concatenation
+    first, *_, last = x.unbind(0)  # indices of dim 0, two of four used: zeros fill the gaps
+    return ((q * 2 + k.exp() - v).sum() + first.sin().sum() + (last ** 2).sum()
+            + x[:, 1:3, ::2].sum() + x[..., 0].sum())  # a strided slice and an Ellipsis: added into zeros
+
+
+def test_gradients_of_slices_are_put_together_once_and_match_torch(monkeypatch):
+    """Gradients that reach a tensor through several of its slices are put together when they are
+    all in: one concatenation where the slices cut one dim without overlapping (split, chunk,
+    unbind), else one buffer of zeros they are added into, not a zero-padded full-size tensor each."""
+    from jitorch import dispatch as dispatch_module
+
+    a = np.random.default_rng(0).standard_normal((4, 5, 9)).astype(np.float32)
+    x = jt.tensor(a, requires_grad=True)
+    loss = _slices(jt, x)
+    calls = []
+    run = dispatch_module.dispatch
+
+    def counted(prim, inputs, params):
+        calls.append(prim.name)
+        return run(prim, inputs, params)
+
+    for module in ("jitorch.ops", "jitorch.gradients", "jitorch.tensor", "jitorch.creation"):
+        monkeypatch.setattr(f"{module}.dispatch", counted, raising=False)
+    loss.backward()
+    expected = torch.tensor(a, requires_grad=True)
+    _slices(torch, expected).backward()
+    np.testing.assert_allclose(x.grad.numpy(), expected.grad.numpy(), rtol=1e-6, atol=1e-6)
+    # each group: a split of the last dim (one cat), unbind's two used pieces (one cat), and the
+    # two slices no cut can join (into one buffer of zeros): at most two zero-padded tensors
+    assert calls.count("cat") <= 2 and calls.count("index_put") == 2, calls
+
+
+def test_gradients_of_slices_differentiate_again_as_torchs():
+    a = np.random.default_rng(1).standard_normal((4, 5, 9))
+    grads = []
+    for lib in (jt, torch):
+        x = lib.tensor(a, requires_grad=True)
+        (g,) = lib.autograd.grad(_slices(lib, x), x, create_graph=True)
+        (g * g.cos()).sum().backward()
+        grads.append(x.grad.numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)

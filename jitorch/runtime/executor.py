@@ -112,6 +112,9 @@ class Plan:
             if self.run_steps is not self.steps:
                 runs, ops = count_runs(self.run_steps)
                 logs.log("fusion", f"{graph.name}: {runs} native runs take {ops} of its {len(self.steps)} steps")
+                if logs.enabled("kernels"):
+                    for k, run in enumerate(r for r in self.run_steps if type(r) is NativeRun):
+                        logs.log("kernels", f"native run {k}:\n" + getattr(run.fn, "source", ""))
         # numpy's error state matters only to steps on numpy kernels that compute (a fused kernel or
         # a view raises no floating-point warning): a plan of fused kernels and views alone skips
         # setting it (a context manager's entry and exit a call)

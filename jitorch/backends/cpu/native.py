@@ -21,6 +21,7 @@ import functools
 import glob
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -129,7 +130,8 @@ def runs_natively(op: NativeOp) -> bool:
     if not enabled():
         return False
     if op.kind == "kernel":
-        return not _threaded(op.kernel) and kernel_strides(op) is not None
+        return (len(op.ins) + len(op.outs) <= MAX_ARGS and not _threaded(op.kernel)
+                and kernel_strides(op) is not None)
     dtype = op.outs[0].dtype
     if blas() is None or dtype not in _LLVM_TYPE or any(o.dtype != dtype for o in op.ins):
         return False
@@ -146,166 +148,190 @@ def runs_natively(op: NativeOp) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# the generated function
+# the program: each op as a row of int64 fields that one fixed function walks
+
+KERNEL, GEMM_F32, GEMM_F64, GEMV_F32, GEMV_F64 = 1, 2, 3, 4, 5  # opcodes (0 ends a program)
+MAX_ARGS = 256  # pointers a kernel call may take (the walker's argument array)
 
 
-class _Writer:
+class _Program:
+    """A run's ops encoded for the walker, with the arrays its fields point to kept alive."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.globals: list[str] = []
-        self.statics: list[int] = []
-        self.count = 0
+        self.fields: list[int] = []
+        self.kept: list[np.ndarray] = []
 
-    def name(self, stem: str) -> str:
-        self.count += 1
-        return f"%{stem}{self.count}"
+    def array(self, values: list[int]) -> int:
+        """The address of a new int64 array holding `values` (kept as long as the program)."""
+        array = np.array(values or [0], dtype=np.int64)
+        self.kept.append(array)
+        return address(array)
 
-    def static(self, address: int) -> str:
-        """An SSA name holding the function or buffer at `address` (loaded from the statics table)."""
-        index = len(self.statics)
-        self.statics.append(address)
-        slot, value = self.name("sp"), self.name("s")
-        self.lines += [f"  {slot} = getelementptr ptr, ptr %statics, i64 {index}",
-                       f"  {value} = load ptr, ptr {slot}"]
-        return value
+    def kernel(self, op: NativeOp) -> None:
+        kernel, operands = op.kernel, op.ins + op.outs
+        self.fields += [KERNEL, ctypes.cast(kernel.fn, ctypes.c_void_p).value,
+                        self.array([*kernel.loop_shape, 0]),  # (the last: the first element's index, 0)
+                        self.array(kernel_strides(op)), len(operands)]
+        for operand in operands:
+            self.fields += [operand.root, operand.offset]
 
-    def constant_array(self, values: list[int]) -> str:
-        name = f"@c{len(self.globals)}"
-        body = ", ".join(f"i64 {v}" for v in values) or ""
-        self.globals.append(f"{name} = private unnamed_addr constant [{max(len(values), 1)} x i64] "
-                            f"[{body or 'i64 0'}]")
-        return name
+    def matmul(self, op: NativeOp, library: dict) -> None:
+        a, b = op.ins
+        out = op.outs[0]
+        m, k = a.shape[-2:]
+        n = b.shape[-1]
+        (ta, lda), (tb, ldb) = _matrix(a, m, k), _matrix(b, k, n)
+        batch = out.shape[:-2]
+        double = out.dtype == np.float64
+        self.fields += [GEMM_F64 if double else GEMM_F32, library["dgemm" if double else "sgemm"],
+                        ta, tb, m, n, k, lda, ldb, n, a.root, b.root, out.root, math.prod(batch)]
+        strides = [_batch_strides(o, batch) for o in (a, b, out)]
+        for index in np.ndindex(*batch):  # each matrix's byte offset in its root
+            self.fields += [o.offset + sum(i * s for i, s in zip(index, st)) for o, st in zip((a, b, out), strides)]
 
-    def pointer(self, root: int, offset) -> str:
-        """The address `offset` bytes (an int or an SSA i64) past root `root`'s first element."""
-        if offset == 0:
-            return f"%root{root}"
-        name = self.name("p")
-        self.lines.append(f"  {name} = getelementptr i8, ptr %root{root}, i64 {offset}")
-        return name
-
-
-def _kernel_call(w: _Writer, op: NativeOp) -> None:
-    kernel = op.kernel
-    fn = w.static(ctypes.cast(kernel.fn, ctypes.c_void_p).value)
-    shape = w.constant_array([*kernel.loop_shape, 0])  # (the last: the first element's index, 0)
-    strides = w.constant_array(kernel_strides(op))
-    operands = op.ins + op.outs
-    args = w.name("args")
-    w.lines.append(f"  {args} = alloca [{len(operands)} x ptr]")
-    for j, operand in enumerate(operands):
-        slot = w.name("a")
-        w.lines += [f"  {slot} = getelementptr [{len(operands)} x ptr], ptr {args}, i64 0, i64 {j}",
-                    f"  store ptr {w.pointer(operand.root, operand.offset)}, ptr {slot}"]
-    w.lines.append(f"  call void {fn}(ptr {shape}, ptr {strides}, ptr {args})")
+    def sum(self, op: NativeOp, library: dict) -> None:
+        x, out = op.ins[0], op.outs[0]
+        rows, cols, trailing = _sum_rows(op)
+        double = out.dtype == np.float64
+        ones = _ones_vector(out.dtype, cols if trailing else rows)
+        self.fields += [GEMV_F64 if double else GEMV_F32, library["dgemv" if double else "sgemv"],
+                        _NO_TRANS if trailing else _TRANS, rows, cols, cols, x.root, x.offset, address(ones),
+                        out.root, out.offset]
 
 
-def _batch_offset(w: _Writer, index: str, batch: tuple[int, ...], strides: tuple[int, ...], base: int) -> str:
-    """The SSA i64 `base` + the byte offset of flat batch index `index` (row-major over `batch`)."""
-    total, inner = str(base), 1
-    for size, stride in zip(reversed(batch), reversed(strides)):
-        if size > 1 and stride:
-            q, r, term, acc = (w.name(s) for s in ("q", "r", "t", "o"))
-            w.lines += [f"  {q} = udiv i64 {index}, {inner}", f"  {r} = urem i64 {q}, {size}",
-                        f"  {term} = mul i64 {r}, {stride}", f"  {acc} = add i64 {total}, {term}"]
-            total = acc
-        inner *= size
-    return total
+def _batch_strides(operand: Operand, batch: tuple[int, ...]) -> tuple[int, ...]:
+    """An operand's byte strides along the result's batch dims (0 where it is broadcast)."""
+    dims = list(zip(operand.shape[:-2], operand.strides[:-2]))
+    dims = [(1, 0)] * (len(batch) - len(dims)) + dims
+    return tuple(0 if size == 1 else stride for size, stride in dims)
 
 
-def _matmul_call(w: _Writer, op: NativeOp, library: dict) -> None:
-    a, b = op.ins
-    out = op.outs[0]
-    t = _LLVM_TYPE[out.dtype]
-    width = library["int"]
-    m, k = a.shape[-2:]
-    n = b.shape[-1]
-    (ta, lda), (tb, ldb) = _matrix(a, m, k), _matrix(b, k, n)
-    batch = out.shape[:-2]
-    count = math.prod(batch)
-    item = out.dtype.itemsize
+def _walker_ir(width: str) -> str:
+    """The LLVM IR of `walk(roots, program)`: runs a program's ops in turn (`_Program` says each
+    row's fields); `width`: BLAS's integer type (i64 for an ILP64 build)."""
 
-    def aligned(operand: Operand) -> tuple[int, ...]:  # its batch strides against out's batch dims
-        dims = list(zip(operand.shape[:-2], operand.strides[:-2]))
-        dims = [(1, 0)] * (len(batch) - len(dims)) + dims
-        return tuple(0 if size == 1 else stride for size, stride in dims)
-
-    gemm = w.static(library["sgemm" if t == "float" else "dgemm"])
-    one, zero = ("1.0", "0.0")
-    label = w.name("mm")[1:]
-    if count > 1:
-        w.lines += [f"  br label %{label}_pre", f"{label}_pre:", f"  br label %{label}_loop", f"{label}_loop:",
-                    f"  %{label}_i = phi i64 [0, %{label}_pre], [%{label}_next, %{label}_loop]"]
-        index = f"%{label}_i"
-        pa = w.pointer(a.root, _batch_offset(w, index, batch, aligned(a), a.offset))
-        pb = w.pointer(b.root, _batch_offset(w, index, batch, aligned(b), b.offset))
-        pc = w.pointer(out.root, _batch_offset(w, index, batch, tuple(m * n * item * math.prod(batch[d + 1:])
-                                                                         for d in range(len(batch))), out.offset))
-    else:
-        pa, pb, pc = w.pointer(a.root, a.offset), w.pointer(b.root, b.offset), w.pointer(out.root, out.offset)
-    w.lines.append(f"  call void {gemm}(i32 {_ROW_MAJOR}, i32 {ta}, i32 {tb}, {width} {m}, {width} {n}, {width} {k}, "
-                   f"{t} {one}, ptr {pa}, {width} {lda}, ptr {pb}, {width} {ldb}, {t} {zero}, ptr {pc}, {width} {n})")
-    if count > 1:
-        w.lines += [f"  %{label}_next = add i64 %{label}_i, 1", f"  %{label}_done = icmp eq i64 %{label}_next, {count}",
-                    f"  br i1 %{label}_done, label %{label}_exit, label %{label}_loop", f"{label}_exit:"]
-
-
-def _sum_call(w: _Writer, op: NativeOp, library: dict) -> None:
-    x, out = op.ins[0], op.outs[0]
-    t = _LLVM_TYPE[out.dtype]
-    width = library["int"]
-    rows, cols, trailing = _sum_rows(op)
-    ones = _ones_vector(out.dtype, cols if trailing else rows)
-    gemv = w.static(library["sgemv" if t == "float" else "dgemv"])
-    vector = w.static(address(ones))
-    w.lines.append(f"  call void {gemv}(i32 {_ROW_MAJOR}, i32 {_NO_TRANS if trailing else _TRANS}, {width} {rows}, "
-                   f"{width} {cols}, {t} 1.0, ptr {w.pointer(x.root, x.offset)}, {width} {cols}, ptr {vector}, "
-                   f"{width} 1, {t} 0.0, ptr {w.pointer(out.root, out.offset)}, {width} 1)")
-
-
-def render(ops: list[NativeOp], n_roots: int) -> tuple[str, list[int]]:
-    """The LLVM IR text of a function running `ops`, and the addresses its statics table holds."""
-    w = _Writer()
-    library = blas()
-    w.lines += [f"  %root{r} = load ptr, ptr {_root_slot(r)}" for r in range(n_roots)]
-    w.lines[:0] = [f"  %rp{r} = getelementptr ptr, ptr %roots, i64 {r}" for r in range(n_roots)]
-    for op in ops:
-        if op.kind == "kernel":
-            _kernel_call(w, op)
-        elif op.kind == "matmul":
-            _matmul_call(w, op, library)
+    def field(name: str, k, kind: str = "i64") -> list[str]:
+        lines = [f"  %{name}.ix = add i64 %pc, {k}", f"  %{name}.p = getelementptr i64, ptr %program, i64 %{name}.ix",
+                 f"  %{name}.v = load i64, ptr %{name}.p"]
+        if kind == "ptr":
+            lines.append(f"  %{name} = inttoptr i64 %{name}.v to ptr")
+        elif kind == "i32":
+            lines.append(f"  %{name} = trunc i64 %{name}.v to i32")
+        elif kind == "i32w" and width == "i32":
+            lines.append(f"  %{name} = trunc i64 %{name}.v to i32")
         else:
-            _sum_call(w, op, library)
-    text = ("define void @\"kernel\"(ptr noalias %roots, ptr noalias %statics) {\nentry:\n"
-            + "\n".join(w.lines) + "\n  ret void\n}\n" + "\n".join(w.globals) + "\n")
-    return text, w.statics
+            lines.append(f"  %{name} = add i64 %{name}.v, 0")
+        return lines
+
+    def root(name: str, root_field: str, offset: str) -> list[str]:
+        return [f"  %{name}.rp = getelementptr ptr, ptr %roots, i64 {root_field}",
+                f"  %{name}.r = load ptr, ptr %{name}.rp",
+                f"  %{name} = getelementptr i8, ptr %{name}.r, i64 {offset}"]
+
+    w = width
+    lines = ['define void @"kernel"(ptr noalias %roots, ptr noalias %program) {', "entry:",
+             f"  %args = alloca [{MAX_ARGS} x ptr]", "  br label %dispatch", "dispatch:",
+             "  %pc = phi i64 [0, %entry], [%pc.k, %kcall], [%pc.g32, %g32.end], [%pc.g64, %g64.end], "
+             "[%pc.v32, %gemv32], [%pc.v64, %gemv64]",
+             "  %op.p = getelementptr i64, ptr %program, i64 %pc", "  %op = load i64, ptr %op.p",
+             f"  switch i64 %op, label %exit [ i64 {KERNEL}, label %kernel i64 {GEMM_F32}, label %gemm32 "
+             f"i64 {GEMM_F64}, label %gemm64 i64 {GEMV_F32}, label %gemv32 i64 {GEMV_F64}, label %gemv64 ]",
+             "exit:", "  ret void", "kernel:"]
+    lines += field("kfn", 1, "ptr") + field("kshape", 2, "ptr") + field("kstrides", 3, "ptr") + field("kn", 4)
+    lines += ["  br label %kargs", "kargs:", "  %j = phi i64 [0, %kernel], [%j.next, %kbody]",
+              "  %j.more = icmp ult i64 %j, %kn", "  br i1 %j.more, label %kbody, label %kcall", "kbody:",
+              "  %j.two = mul i64 %j, 2", "  %j.at = add i64 %j.two, 5"]
+    lines += field("kroot", "%j.at") + ["  %j.at1 = add i64 %j.at, 1"] + field("koff", "%j.at1")
+    lines += root("karg", "%kroot", "%koff")
+    lines += [f"  %kslot = getelementptr [{MAX_ARGS} x ptr], ptr %args, i64 0, i64 %j", "  store ptr %karg, ptr %kslot",
+              "  %j.next = add i64 %j, 1", "  br label %kargs", "kcall:",
+              "  call void %kfn(ptr %kshape, ptr %kstrides, ptr %args)",
+              "  %kn.two = mul i64 %kn, 2", "  %kn.fields = add i64 %kn.two, 5", "  %pc.k = add i64 %pc, %kn.fields",
+              "  br label %dispatch"]
+    for bits, t in (("32", "float"), ("64", "double")):
+        g = f"g{bits}"
+        lines.append(f"gemm{bits}:")
+        lines += field(f"{g}.fn", 1, "ptr") + field(f"{g}.ta", 2, "i32") + field(f"{g}.tb", 3, "i32")
+        for k, name in enumerate(("m", "n", "k", "lda", "ldb", "ldc"), start=4):
+            lines += field(f"{g}.{name}", k, "i32w")
+        lines += field(f"{g}.ra", 10) + field(f"{g}.rb", 11) + field(f"{g}.rc", 12) + field(f"{g}.nb", 13)
+        lines += [f"  br label %{g}.loop", f"{g}.loop:",
+                  f"  %{g}.b = phi i64 [0, %gemm{bits}], [%{g}.b.next, %{g}.body]",
+                  f"  %{g}.more = icmp ult i64 %{g}.b, %{g}.nb", f"  br i1 %{g}.more, label %{g}.body, label %{g}.end",
+                  f"{g}.body:", f"  %{g}.b3 = mul i64 %{g}.b, 3", f"  %{g}.at = add i64 %{g}.b3, 14",
+                  f"  %{g}.at1 = add i64 %{g}.at, 1", f"  %{g}.at2 = add i64 %{g}.at, 2"]
+        lines += field(f"{g}.oa", f"%{g}.at") + field(f"{g}.ob", f"%{g}.at1") + field(f"{g}.oc", f"%{g}.at2")
+        lines += root(f"{g}.pa", f"%{g}.ra", f"%{g}.oa") + root(f"{g}.pb", f"%{g}.rb", f"%{g}.ob")
+        lines += root(f"{g}.pc", f"%{g}.rc", f"%{g}.oc")
+        lines += [f"  call void %{g}.fn(i32 {_ROW_MAJOR}, i32 %{g}.ta, i32 %{g}.tb, {w} %{g}.m, {w} %{g}.n, "
+                  f"{w} %{g}.k, "
+                  f"{t} 1.0, ptr %{g}.pa, {w} %{g}.lda, ptr %{g}.pb, {w} %{g}.ldb, {t} 0.0, ptr %{g}.pc, {w} %{g}.ldc)",
+                  f"  %{g}.b.next = add i64 %{g}.b, 1", f"  br label %{g}.loop", f"{g}.end:",
+                  f"  %{g}.nb3 = mul i64 %{g}.nb, 3", f"  %{g}.fields = add i64 %{g}.nb3, 14",
+                  f"  %pc.{g} = add i64 %pc, %{g}.fields", "  br label %dispatch"]
+        v = f"v{bits}"
+        lines.append(f"gemv{bits}:")
+        lines += field(f"{v}.fn", 1, "ptr") + field(f"{v}.trans", 2, "i32")
+        lines += field(f"{v}.m", 3, "i32w") + field(f"{v}.n", 4, "i32w") + field(f"{v}.lda", 5, "i32w")
+        lines += field(f"{v}.rx", 6) + field(f"{v}.ox", 7) + field(f"{v}.ones", 8, "ptr")
+        lines += field(f"{v}.ry", 9) + field(f"{v}.oy", 10)
+        lines += root(f"{v}.px", f"%{v}.rx", f"%{v}.ox") + root(f"{v}.py", f"%{v}.ry", f"%{v}.oy")
+        lines += [f"  call void %{v}.fn(i32 {_ROW_MAJOR}, i32 %{v}.trans, {w} %{v}.m, {w} %{v}.n, {t} 1.0, "
+                  f"ptr %{v}.px, {w} %{v}.lda, ptr %{v}.ones, {w} 1, {t} 0.0, ptr %{v}.py, {w} 1)",
+                  f"  %pc.{v} = add i64 %pc, 11", "  br label %dispatch"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
-def _root_slot(r: int) -> str:
-    return f"%rp{r}"
+_WALK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
-_RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+@functools.cache
+def _walker() -> Callable:
+    """The walker's machine code (compiled once per process; its IR names no address, so the disk
+    cache keeps it like a kernel's)."""
+    library = blas()
+    text = _walker_ir(library["int"] if library else "i64")
+    digest = jit.digest_of(text)
+    return _WALK_TYPE(jit.compile_texts({digest: text})[digest])
 
 
 class CompiledRun:
-    """The machine code of a run, called with its root buffers: `run(buffers)`."""
+    """A run's program, called with its root buffers: `run(buffers)`."""
 
-    def __init__(self, address: int, text: str, statics: list[int], n_roots: int) -> None:
-        self.fn = _RUN_TYPE(address)
-        self.statics = (ctypes.c_void_p * max(len(statics), 1))(*statics)
+    def __init__(self, ops: list[NativeOp], n_roots: int) -> None:
+        program, library = _Program(), blas()
+        for op in ops:
+            if op.kind == "kernel":
+                program.kernel(op)
+            elif op.kind == "matmul":
+                program.matmul(op, library)
+            else:
+                program.sum(op, library)
+        self.fields = np.array(program.fields + [0], dtype=np.int64)
+        self.kept = program.kept
+        self.program = address(self.fields)
         self.table_type = ctypes.c_void_p * max(n_roots, 1)
-        self.source = text
+        self.walk = _walker()
+        self.source = "\n".join(map(_describe, ops))  # what it runs, one line per op (logs, tests)
 
     def __call__(self, buffers: list) -> None:
-        self.fn(self.table_type(*[address(b) for b in buffers]), self.statics)
+        self.walk(self.table_type(*[address(b) for b in buffers]), self.program)
+
+
+def _describe(op: NativeOp) -> str:
+    if op.kind == "kernel":
+        return f"{op.kernel.name}: {len(op.ins)} inputs, {len(op.outs)} outputs"
+    if op.kind == "sum":
+        rows, cols, trailing = _sum_rows(op)
+        flag = "N" if trailing else "T"
+        return f"gemv {op.outs[0].dtype} {flag} {rows}x{cols} with ones: sum over dims {op.params['dims']}"
+    a, b = op.ins
+    m, k = a.shape[-2:]
+    flags = "".join("N" if _matrix(o, r, c)[0] == _NO_TRANS else "T" for o, r, c in ((a, m, k), (b, k, b.shape[-1])))
+    return f"gemm {op.outs[0].dtype} {flags} {m}x{b.shape[-1]}x{k}, {math.prod(op.outs[0].shape[:-2])} in a batch"
 
 
 def compile_runs(runs: list[tuple[list[NativeOp], int]]) -> list[CompiledRun]:
-    """All of a program's runs in one go (one lock and one finalization of the engine; without
-    LLVM's IR passes, which calls in a row do not need)."""
-    rendered = [render(ops, n_roots) for ops, n_roots in runs]
-    digests = [jit.digest_of(text) for text, _ in rendered]
-    addresses = jit.compile_texts(dict(zip(digests, (text for text, _ in rendered))), optimize=False)
-    return [CompiledRun(addresses[digest], text, statics, n_roots)
-            for digest, (text, statics), (_, n_roots) in zip(digests, rendered, runs)]
+    """A program per run, for the one walker: no code is generated per program."""
+    return [CompiledRun(ops, n_roots) for ops, n_roots in runs]

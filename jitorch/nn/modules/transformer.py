@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from ... import creation
 from ... import dtypes as _dt
-from ..._trace_state import trace_state
 from ...tensor import Tensor
 from .. import functional as F
 from .. import init
@@ -90,12 +89,11 @@ class MultiheadAttention(Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w, b = self.in_proj_weight, self.in_proj_bias
         e = self.embed_dim
-        if query is key is value and trace_state.tracer is not None:
-            # self-attention, traced: one wide product, chunked; its backward's three slice
-            # gradients become one concatenation (the compiler's `slices_as_cat`), so the input's
-            # and the weight's gradients are one product each and the bias's one sum. Eagerly
-            # the chunks' gradients would each be scattered into zeros: three products by slices
-            # of the weight cost less there.
+        if query is key is value:
+            # self-attention: one wide product, chunked; its backward's three slice gradients
+            # become one concatenation (eagerly `gradients.SliceGrad`, traced the compiler's
+            # `slices_as_cat`), so the input's and the weight's gradients are one product each
+            # and the bias's one sum
             return F.linear(query, w, b).split(e, dim=-1)
         ws = w.split(e)
         bs = b.split(e) if b is not None else (None, None, None)
