@@ -212,6 +212,22 @@ def test_half_types_launch_the_flat_kernel_and_compute_in_float32(module):
     assert "bfloat16" in kernel.source.text and ".to(tl.float32)" in kernel.source.text
 
 
+def test_operands_transposed_alike_launch_the_flat_kernel_and_keep_their_layout(module):
+    """A transposed matrix (a weight's gradient, cast to the parameter's dtype) and a permuted
+    tensor are dense in another dim order: the flat kernel runs over their memory and the result
+    is laid out as they are, as PyTorch's elementwise results are."""
+    cast = module.eager_pointwise("cast", _fallback)
+    weight_grad = host(np.arange(12, dtype=np.float32).reshape(3, 4)).T
+    out = cast(weight_grad, dtype=jt.float16)
+    assert out.shape == (4, 3) and out.strides == (2, 8)  # (4, 3) over (3, 4) memory, as its input
+    assert module.launches[-1][2][2] == 12  # one flat loop over the 12 elements
+    add = module.eager_pointwise("add", _fallback)
+    x = host(np.ones((2, 3, 5), np.float32)).transpose(2, 0, 1)
+    out = add(x, x)
+    assert out.shape == (5, 2, 3) and out.strides == x.strides and not out.flags.c_contiguous
+    assert add(x, host(np.ones((5, 2, 3), np.float32))) == "cupy"  # two layouts: CuPy's
+
+
 @pytest.mark.parametrize("case", ["broadcast", "strided", "empty", "int_div", "float_to_int", "not_exact",
                                   "python_scalar"])
 def test_what_the_flat_kernel_does_not_take_goes_to_cupy(module, case):
@@ -309,6 +325,25 @@ def test_gpu_eager_ops_on_cuda_tensors_take_the_flat_kernels():
     np.testing.assert_array_equal(z.cpu().numpy(), (a + b) * np.float32(2) - a / b)  # IEEE, as numpy
     ops = {key[0] for key, kernel in eager_pointwise._kernels.items() if kernel is not None}
     assert {"add", "mul", "sub", "div"} <= ops
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_transposed_casts_and_adds_equal_cupys_and_keep_the_layout():
+    import cupy
+
+    from jitorch.backends import backend_for
+    from jitorch.backends.cuda import eager_pointwise, kernels
+
+    backend_for("cuda")
+    rng = np.random.default_rng(2)
+    grad = cupy.asarray(rng.standard_normal((768, 3072)).astype(jt.bfloat16.np)).T
+    wide = cupy.asarray(rng.standard_normal((768, 3072)).astype(np.float32)).T
+    for op, arrays, params in (("cast", (grad,), {"dtype": jt.float32}), ("add", (wide, wide), {})):
+        got = eager_pointwise.eager_pointwise(op, lambda *a, **k: pytest.fail("went to CuPy"))(*arrays, **params)
+        expected = kernels.SHARED[op](*arrays, **params)
+        assert got.shape == expected.shape and got.strides[0] < got.strides[1]  # transposed, as its input
+        np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(expected))
 
 
 @pytest.mark.gpu

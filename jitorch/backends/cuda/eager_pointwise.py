@@ -12,7 +12,9 @@ shape like (C,)) or the column its columns share (a row's statistic: (R, 1)). On
 every size of its layout: it is rendered once per op, dtypes and operand layout over placeholder
 sizes that launches replace (the renderer takes sizes and strides as arguments), and Triton
 compiles a variant per specialization of its arguments (addresses 16-byte aligned or not, each size
-a multiple of 16 or 1). Anything else (strided views, empty tensors, other dtypes, other
+a multiple of 16 or 1). Operands of one shape that all lie densely in one other dim order (a
+transposed matrix: a weight's gradient) run as flat ones too, and the result keeps their layout,
+as PyTorch's does. Anything else (other strided views, empty tensors, other dtypes, other
 broadcasts) goes to CuPy.
 
 Only ops whose result is bit for bit CuPy's are taken (the arithmetic, comparisons, selections,
@@ -178,6 +180,26 @@ def broadcast_layout(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ..
     return result, (prod(dims[:split]), prod(dims[split:])), tuple(layouts)
 
 
+@functools.cache
+def dense_order(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    """The dims of a strided array in the order that makes it C-contiguous (outermost first), where
+    it is a dense block in some order (a transposed matrix, a permuted tensor); else None."""
+    order = tuple(sorted(range(len(shape)), key=lambda d: -strides[d]))
+    step = itemsize
+    for d in reversed(order):
+        if shape[d] != 1 and strides[d] != step:
+            return None
+        step *= shape[d]
+    return order
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    inverse = [0] * len(order)
+    for k, d in enumerate(order):
+        inverse[d] = k
+    return tuple(inverse)
+
+
 _kernels: dict[tuple, FlatKernel | None] = {}  # (op, params, dtypes, scalars) -> its kernel, or None: CuPy's
 
 
@@ -214,6 +236,7 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
         every = 0  # every address or'ed: its low bits say whether all are 16-byte aligned
         addresses = []
         kinds = []  # each operand's layout where every operand with dims has one shape
+        strides = None  # the full operands' strides, where they are a dense permuted layout
         for k, a in enumerate(arrays):
             if type(a) is not ndarray:
                 if type(a) is not np.ndarray or a.ndim:
@@ -223,6 +246,11 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
                 kinds.append(SCALAR)
             elif a.ndim:
                 if not a._c_contiguous:  # (CuPy's flag itself: `a.flags` builds an object per call)
+                    if strides is None and shape is None:
+                        strides = a.strides
+                    if a.strides != strides:
+                        return fallback(*arrays, **params)
+                elif strides is not None:
                     return fallback(*arrays, **params)
                 if shape is None:
                     shape = a.shape
@@ -237,6 +265,13 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
         if shape is None:
             return fallback(*arrays, **params)
         operands = moved or arrays
+        if strides is not None:  # every full operand one dense layout in another dim order
+            order = dense_order(shape, strides, operands[kinds.index(FULL)].itemsize) if same else None
+            kernel = order and _flat_kernel(op, params, operands, tuple(kinds))
+            if not kernel or 0 in shape:
+                return fallback(*arrays, **params)
+            flat = kernel.run(addresses, tuple(shape[d] for d in order), (prod(shape),), not every & 15)
+            return flat.transpose(_inverse(order))  # (the result in its operands' layout, as PyTorch's)
         if same:
             layouts = tuple(kinds)
             loop = (prod(shape),)
