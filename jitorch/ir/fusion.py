@@ -126,20 +126,48 @@ def _collapse(kernel: Kernel) -> tuple[tuple[int, ...], list[tuple[bool, ...]], 
     shape = kernel.shape
     ndim = len(shape)
     padded = [_padded(v, ndim) for v in kernel.inputs]
+    # inputs that are permutes or slices of another value: their strides (in elements), so that
+    # dims they do not lay out one after the other stay apart and the kernel reads them in place
+    strided = [found for found in map(view_strides, kernel.inputs) if found is not None and len(found) == ndim]
 
     def flags(d):
         return tuple(p[d] == 1 for p in padded)
 
+    def adjacent(a: int, b: int) -> bool:  # dims a < b (b the next one longer than 1) merge in each strided input
+        return all(st[a] == st[b] * shape[b] for st in strided)
+
     groups: list[list[int]] = []
     for d in (d for d in range(ndim) if shape[d] != 1):
         if (groups and flags(groups[-1][-1]) == flags(d) and not (kernel.rows and d == ndim - 1)
-                and not (kernel.columns and d == kernel.columns and groups[-1][-1] < d)):
+                and not (kernel.columns and d == kernel.columns and groups[-1][-1] < d)
+                and adjacent(groups[-1][-1], d)):
             groups[-1].append(d)
         else:
             groups.append([d])
     loop_shape = tuple(math.prod(shape[d] for d in g) for g in groups)
     broadcast = [tuple(p[g[0]] == 1 for g in groups) for p in padded]
     return loop_shape, broadcast, tuple(tuple(g) for g in groups)
+
+
+def view_strides(v: Value) -> tuple[int, ...] | None:
+    """The strides, in elements, that `v` has when it is a permute, or a slice with steps of one,
+    of a value laid out C-contiguously (as the eager kernels make these views); None for anything
+    else, or where they are C-contiguous anyway."""
+    node = v.node
+    if node is None or v.symbolic or node.op not in ("permute", "getitem") or node.inputs[0].symbolic:
+        return None
+    source = node.inputs[0].shape
+    strides = [math.prod(source[d + 1:]) for d in range(len(source))]
+    if node.op == "permute":
+        found = tuple(strides[d] for d in node.params["dims"])
+    else:
+        key = node.params["key"]
+        if len(node.inputs) > 1 or len(key) > len(source) or any(
+                type(item) is not tuple or item[0] != "slice" or item[3] not in (None, 1) for item in key):
+            return None
+        found = tuple(strides)
+    contiguous = tuple(math.prod(v.shape[d + 1:]) for d in range(len(v.shape)))
+    return None if all(a == b or n == 1 for a, b, n in zip(found, contiguous, v.shape)) else found
 
 
 def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:

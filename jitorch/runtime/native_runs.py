@@ -22,6 +22,7 @@ runs its original steps instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -74,12 +75,6 @@ class NativeRun:
         return True
 
 
-def _stand_in(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A C-contiguous array of `shape` and `dtype` at offset 0 of its root, over one element of
-    memory: views of it give offsets and strides without touching memory."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, _c_strides(shape, dtype.itemsize))
-
-
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     strides, step = [], itemsize
     for size in reversed(shape):
@@ -88,45 +83,59 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _view(source: np.ndarray, op: str, params: dict) -> np.ndarray | None:
-    """`op` applied to a stand-in as the eager kernels apply it to an array, or None where numpy
-    would copy (or the key is not a basic one)."""
+@functools.lru_cache(maxsize=4096)
+def _view(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, op: str,
+          params: tuple) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
+    """(byte offset, shape, strides) of `op` applied, as the eager kernels apply it, to an array laid
+    out in `shape` and `strides` at offset 0, or None where numpy would copy (or the key is not a
+    basic one). numpy computes it on a stand-in over one element of memory, which it never reads.
+    (Cached: a model's layers repeat the same views.)"""
+    base = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, strides)
+    params = dict(params)
     try:
         if op == "reshape":
-            return np.reshape(source, params["shape"], copy=False)
-        if op == "permute":
-            return np.transpose(source, params["dims"])
-        if op == "expand":
-            return np.broadcast_to(source, params["shape"])
-        key = params["key"]
-        if any(type(item) is tuple and item[0] != "slice" for item in key):
-            return None
-        index = numpy_key(key, ())
-        return source[index if Ellipsis in key else index + (Ellipsis,)]
+            view = np.reshape(base, params["shape"], copy=False)
+        elif op == "permute":
+            view = np.transpose(base, params["dims"])
+        elif op == "expand":
+            view = np.broadcast_to(base, params["shape"])
+        else:
+            key = params["key"]
+            if any(type(item) is tuple and item[0] != "slice" for item in key):
+                return None
+            index = numpy_key(key, ())
+            view = base[index if Ellipsis in key else index + (Ellipsis,)]
     except (ValueError, TypeError, IndexError):
         return None
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return offset, view.shape, view.strides
 
 
 class _Layouts:
-    """Each slot's layout as the walk knows it: (root slot, stand-in array), the stand-in's offset
-    from its root's stand-in giving the byte offset."""
+    """Each slot's layout as the walk knows it: its root slot and an `Operand` (root, byte offset,
+    shape, strides, dtype) there; a slot with none recorded is a root of its own, C-contiguous."""
 
     def __init__(self, values: dict[int, object]) -> None:
         self.values = values
-        self.known: dict[int, tuple[int, np.ndarray]] = {}
+        self.known: dict[int, Operand] = {}
 
-    def of(self, slot: int) -> tuple[int, np.ndarray]:
+    def operand(self, slot: int) -> Operand:
         found = self.known.get(slot)
         if found is None:
             v = self.values[slot]
-            found = self.known[slot] = (slot, _stand_in(v.shape, np.dtype(v.dtype.np)))
+            dtype = np.dtype(v.dtype.np)
+            found = self.known[slot] = Operand(slot, 0, tuple(v.shape), _c_strides(v.shape, dtype.itemsize), dtype)
         return found
 
-    def operand(self, slot: int) -> tuple[int, Operand]:
-        root, view = self.of(slot)
-        base = self.of(root)[1]
-        offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        return root, Operand(root, offset, view.shape, view.strides, view.dtype)
+    def view(self, slot: int, source: int, op: str, params: dict) -> bool:
+        """Record `slot` as view `op` of `source`, where it is one (else False)."""
+        src = self.operand(source)
+        found = _view(src.shape, src.strides, src.dtype, op, tuple(sorted(params.items())))
+        if found is None:
+            return False
+        offset, shape, strides = found
+        self.known[slot] = Operand(src.root, src.offset + offset, shape, strides, src.dtype)
+        return True
 
 
 def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list | None:
@@ -143,10 +152,7 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
     items: list = []  # (step, NativeOp over root slots, or None)
     for step in steps:
         if type(step) is prim_step and step.node.op in VIEW_PRIMS and len(step.ins) == 1:
-            root, source = layouts.of(step.ins[0])
-            view = _view(source, step.node.op, step.node.params)
-            if view is not None:
-                layouts.known[step.out] = (root, view)
+            if layouts.view(step.out, step.ins[0], step.node.op, step.node.params):
                 elided[step.out] = step
                 continue
         items.append((step, _native_op(step, layouts, backend, prim_step, kernel_step)))
@@ -157,11 +163,13 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
     made: set[int] = set(range(plan.n_inputs)) | {slot for slot, _ in plan.constants}
     pending: list = []
 
-    def view_steps(slots, into: list) -> None:  # the elided views `slots` read, inputs first
+    def view_steps(slots, into: list, seen: set | None = None) -> None:  # the elided views `slots` read, inputs first
+        seen = {id(step) for step in into} if seen is None else seen
         for slot in slots:
             step = elided.get(slot)
-            if step is not None and step not in into:
-                view_steps(step.ins, into)
+            if step is not None and id(step) not in seen:
+                seen.add(id(step))
+                view_steps(step.ins, into, seen)
                 into.append(step)
 
     def materialize(slots) -> None:
@@ -205,17 +213,17 @@ def _outputs(step, kernel_step: type) -> tuple[int, ...]:
 def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: type) -> NativeOp | None:
     """The step as a native op over root slots (operands' `root`: a slot number), or None."""
     if type(step) is kernel_step:
-        if any(into is not None and layouts.of(into)[0] != into for into in step.overwrite):
+        if any(into is not None and layouts.operand(into).root != into for into in step.overwrite):
             return None  # (an input it writes over must be a whole root buffer, not a view)
-        ins = tuple(layouts.operand(s)[1] for s in step.ins)
+        ins = tuple(layouts.operand(s) for s in step.ins)
         outs = []
         for j, slot in enumerate(step.outs):
             into = step.overwrite[j] if step.overwrite else None
-            outs.append(layouts.operand(into if into is not None else slot)[1])
+            outs.append(layouts.operand(into if into is not None else slot))
         op = NativeOp("kernel", ins, tuple(outs), kernel=step.kernel)
     elif type(step) is prim_step and step.node.op in ("matmul", "sum") and step.node.params.get("dtype") is None:
-        ins = tuple(layouts.operand(s)[1] for s in step.ins)
-        op = NativeOp(step.node.op, ins, (layouts.operand(step.out)[1],), params=step.node.params)
+        ins = tuple(layouts.operand(s) for s in step.ins)
+        op = NativeOp(step.node.op, ins, (layouts.operand(step.out),), params=step.node.params)
     else:
         return None
     return op if backend.runs_natively(op) else None
@@ -250,8 +258,9 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_
 
     makes = tuple(spec(slot) + (slot if slot in arena_slots else None, into) for slot, into in made_here.items())
     fallback: list = []
+    seen: set = set()
     for step, _ in pending:
-        view_steps(step.ins, fallback)
+        view_steps(step.ins, fallback, seen)
         fallback.append(step)
     names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
     run = NativeRun(None, tuple(spec(s) for s in reads), makes, tuple(fallback), names)

@@ -65,9 +65,8 @@ class CPUBackend(Backend):
 
     def worth_a_kernel(self, kernel: Kernel) -> bool:
         """A kernel of a single op beats numpy's when it is large enough to run on several threads
-        (numpy's ufuncs use one). (Not merely to join a native run: measured on the GPT-style CPU
-        steps, the extra kernels cost compile time and ran no faster.)"""
-        return threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS
+        (numpy's ufuncs use one), or where it may join a native run, which calls it for nothing."""
+        return native.enabled() or (threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS)
 
     def compile_kernels(self, descs: list[KernelDesc]) -> list[CompiledKernel]:
         """Render each kernel (once per structure per process), compile what this process has not,

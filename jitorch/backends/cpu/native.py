@@ -62,26 +62,30 @@ def blas() -> dict | None:
 # what runs natively
 
 
-def _as_strided(operand: Operand) -> np.ndarray:
-    return np.lib.stride_tricks.as_strided(np.zeros(1, operand.dtype), operand.shape, operand.strides)
-
-
 def kernel_strides(op: NativeOp) -> list[int] | None:
     """The strides argument (in elements) of a fused kernel's call on `op`'s operands, as the
     launcher would make it, or None where the launcher would copy an input first."""
     kernel = op.kernel
-    ndim = kernel.ndim
+    found = _input_strides(tuple((o.shape, o.strides, o.dtype) for o in op.ins), tuple(kernel.in_views),
+                           tuple(kernel.broadcast), kernel.ndim)
+    return None if found is None else found + list(kernel.out_strides)
+
+
+@functools.lru_cache(maxsize=4096)
+def _input_strides(ins: tuple, views: tuple, broadcast: tuple, ndim: int) -> list[int] | None:
+    """(Cached: a model's layers repeat the same kernels on the same layouts.)"""
     strides: list[int] = []
-    for operand, view_shape, bcast in zip(op.ins, kernel.in_views, kernel.broadcast):
+    for (shape, layout, dtype), view_shape, bcast in zip(ins, views, broadcast):
+        stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, layout)  # (never read)
         try:
-            view = np.reshape(_as_strided(operand), view_shape, copy=False)
+            view = np.reshape(stand_in, view_shape, copy=False)
         except (ValueError, TypeError):
             return None
-        item = operand.dtype.itemsize
+        item = dtype.itemsize
         if any(s % item for s in view.strides) or (ndim and not bcast[-1] and view.strides[-1] != item):
             return None
         strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
-    return strides + list(kernel.out_strides)
+    return strides
 
 
 def _threaded(kernel) -> bool:
@@ -185,9 +189,10 @@ class _Program:
         double = out.dtype == np.float64
         self.fields += [GEMM_F64 if double else GEMM_F32, library["dgemm" if double else "sgemm"],
                         ta, tb, m, n, k, lda, ldb, n, a.root, b.root, out.root, math.prod(batch)]
-        strides = [_batch_strides(o, batch) for o in (a, b, out)]
-        for index in np.ndindex(*batch):  # each matrix's byte offset in its root
-            self.fields += [o.offset + sum(i * s for i, s in zip(index, st)) for o, st in zip((a, b, out), strides)]
+        # each matrix's byte offset in its root, batch index by batch index (row-major), a, b, out
+        index = np.indices(batch, dtype=np.int64).reshape(len(batch), -1).T if batch else np.zeros((1, 0), np.int64)
+        offsets = [o.offset + index @ np.array(_batch_strides(o, batch), dtype=np.int64) for o in (a, b, out)]
+        self.fields += np.stack(offsets, axis=1).ravel().tolist()
 
     def sum(self, op: NativeOp, library: dict) -> None:
         x, out = op.ins[0], op.outs[0]
@@ -313,7 +318,12 @@ class CompiledRun:
         self.program = address(self.fields)
         self.table_type = ctypes.c_void_p * max(n_roots, 1)
         self.walk = _walker()
-        self.source = "\n".join(map(_describe, ops))  # what it runs, one line per op (logs, tests)
+        self.ops = ops
+
+    @property
+    def source(self) -> str:
+        """What it runs, one line per op (logs, tests)."""
+        return "\n".join(map(_describe, self.ops))
 
     def __call__(self, buffers: list) -> None:
         self.walk(self.table_type(*[address(b) for b in buffers]), self.program)
