@@ -386,7 +386,8 @@ print("ok")
 
 
 def test_disk_cache_is_reused_and_a_corrupt_entry_is_recompiled(tmp_path):
-    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path))
+    # (native runs off: the one kernel is the cache's one entry, without the runs' walker beside it)
+    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path), JITORCH_NATIVE_RUNS="0")
 
     def run():
         proc = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True)

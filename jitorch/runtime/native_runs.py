@@ -30,7 +30,7 @@ import numpy as np
 from ..backends import NativeOp, Operand
 from ..primitives import VIEW_PRIMS, numpy_key
 
-MIN_OPS = 2  # a native run of fewer ops saves nothing over the Python step
+MIN_OPS = 1  # (even one kernel costs less host time as a run than through the launcher)
 
 
 class NativeRun:
