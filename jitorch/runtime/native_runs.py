@@ -1,5 +1,5 @@
 """Runs of a compiled program's steps as one native call, where the backend offers it (the CPU's
-generates one function that calls the fused kernels and BLAS in turn: `Backend.compile_native_runs`).
+walks a table of fused kernels and BLAS calls with one fixed function: `Backend.compile_native_runs`).
 
 Each step of a plan costs a Python call (the executor's loop, the launcher's argument marshalling,
 numpy's matmul wrapper: microseconds), which at small shapes is most of a training step. Here the
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..backends import NativeOp, Operand
+from ..backends import NativeOp, Operand, c_strides
 from ..primitives import VIEW_PRIMS, numpy_key
 
 MIN_OPS = 1  # (even one kernel costs less host time as a run than through the launcher)
@@ -75,14 +75,6 @@ class NativeRun:
         return True
 
 
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
-
-
 @functools.lru_cache(maxsize=4096)
 def _view(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, op: str,
           params: tuple) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
@@ -124,7 +116,7 @@ class _Layouts:
         if found is None:
             v = self.values[slot]
             dtype = np.dtype(v.dtype.np)
-            found = self.known[slot] = Operand(slot, 0, tuple(v.shape), _c_strides(v.shape, dtype.itemsize), dtype)
+            found = self.known[slot] = Operand(slot, 0, tuple(v.shape), c_strides(v.shape, dtype.itemsize), dtype)
         return found
 
     def view(self, slot: int, source: int, op: str, params: dict) -> bool:

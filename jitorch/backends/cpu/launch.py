@@ -14,6 +14,7 @@ import functools
 import numpy as np
 
 from ...ir.fusion import KernelDesc
+from .. import c_strides
 from . import threads
 from .helpers import address
 
@@ -52,7 +53,7 @@ class CompiledKernel:
         self.split_rows = self.ndim >= 2 or not kernel.rows
         # each input's byte strides when it is C-contiguous in its view shape (the usual case), and
         # the strides argument of a call whose inputs all are: made once, not per call
-        self.contiguous = [_c_strides(view, v.dtype.np.itemsize) for view, v in zip(self.in_views, kernel.inputs)]
+        self.contiguous = [c_strides(view, v.dtype.np.itemsize) for view, v in zip(self.in_views, kernel.inputs)]
         usual = [0 if bcast[d] else strides[d] // v.dtype.np.itemsize
                  for strides, bcast, v in zip(self.contiguous, self.broadcast, kernel.inputs) for d in range(self.ndim)]
         usual += self.out_strides
@@ -115,7 +116,3 @@ class CompiledKernel:
         strides += self.out_strides
         return kept, pointers, (ctypes.c_int64 * max(len(strides), 1))(*strides)
 
-
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """The byte strides of a C-contiguous array of `shape` (as numpy gives them, size-1 dims too)."""
-    return tuple(int(np.prod(shape[d + 1:])) * itemsize for d in range(len(shape)))

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ... import dtypes as _dt
+from .. import c_strides
 
 cupy = None  # imported with nvmath by the first product: this module's planning runs without a GPU
 cublas = None
@@ -132,11 +133,11 @@ def gemm_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape: tup
     left, right = operand(a_shape, a_strides, batch), operand(b_shape, b_strides, batch)
     copy_a = copy_b = None
     if left is None:
-        copy_a = a_shape if batch_stride(a_shape[:-2], _c_strides(a_shape)[:-2], batch) is not None else batch + (m, k)
-        left = operand(copy_a, _c_strides(copy_a), batch)
+        copy_a = a_shape if batch_stride(a_shape[:-2], c_strides(a_shape)[:-2], batch) is not None else batch + (m, k)
+        left = operand(copy_a, c_strides(copy_a), batch)
     if right is None:
-        copy_b = b_shape if batch_stride(b_shape[:-2], _c_strides(b_shape)[:-2], batch) is not None else batch + (k, n)
-        right = operand(copy_b, _c_strides(copy_b), batch)
+        copy_b = b_shape if batch_stride(b_shape[:-2], c_strides(b_shape)[:-2], batch) is not None else batch + (k, n)
+        right = operand(copy_b, c_strides(copy_b), batch)
     if m * n * k == 0:
         return None, out_shape, copy_a, copy_b
     count = math.prod(batch)
@@ -144,14 +145,6 @@ def gemm_plan(a_shape: tuple[int, ...], a_strides: tuple[int, ...], b_shape: tup
         # every batch multiplies the same B, and A's batches are its rows stacked: one GEMM
         return Gemm(m * count, n, k, 1, left, right, 0), out_shape, copy_a, copy_b
     return Gemm(m, n, k, count, left, right, m * n), out_shape, copy_a, copy_b
-
-
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.insert(0, step)
-        step *= size
-    return tuple(strides)
 
 
 # ---------------------------------------------------------------------------------------------
