@@ -184,3 +184,33 @@ def test_a_kernel_reading_a_permuted_or_sliced_value_reads_it_in_place():
     assert (2, 4, 8, 6) in loops and (16, 12) in loops, loops  # not (384,) nor (192,)
     ran = [name for run in runs_of(compiled) for name in run.names]
     assert sum(name.startswith("fused_mul") for name in ran) == 2, ran
+
+
+def test_calls_from_several_threads_at_once_each_get_their_own_buffers():
+    """Each call of a plan takes its own set of planned buffers and its own table of roots."""
+    import threading
+
+    def f(x, w):
+        h = ((x @ w).tanh() * 2 + 1) @ w.T
+        return (h.softmax(-1) * 3).sum(0)
+
+    compiled = jt.compile(f)
+    w = jt.randn(32, 32)
+    xs = [jt.randn(64, 32) for _ in range(4)]
+    compiled(xs[0], w)
+    expected = [f(x, w).numpy() for x in xs]
+    results: dict[int, list] = {k: [] for k in range(4)}
+
+    def work(k: int) -> None:
+        for _ in range(50):
+            results[k].append(compiled(xs[k], w).numpy())
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs_of(compiled)
+    for k in range(4):
+        for got in results[k]:
+            np.testing.assert_allclose(got, expected[k], rtol=1e-5, atol=1e-6)
