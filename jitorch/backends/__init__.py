@@ -156,9 +156,11 @@ class Backend:
         layouts are known when the program is built)."""
         return False
 
-    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int]]) -> list[Callable]:
-        """For each (ops, n_roots) in `runs`, one callable that runs `ops` in order: `run(buffers)`,
-        where `buffers` are the `n_roots` root buffers that the operands' `root` numbers name."""
+    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int, tuple]]) -> list[Callable]:
+        """For each (ops, n_roots, fixed) in `runs`, one callable that runs `ops` in order:
+        `run(buffers)`, where `buffers` and then `fixed` (buffers that stay where they are for as
+        long as the run lives: a program's constants) are the `n_roots` root buffers that the
+        operands' `root` numbers name."""
         raise BackendError(f"the {self.device_type} backend runs no native step sequences")
 
     # --- timing, for `jitorch.profiler` --------------------------------------------------

@@ -36,7 +36,7 @@ MIN_OPS = 1  # (even one kernel costs less host time as a run than through the l
 class NativeRun:
     """Steps of a plan run by one call of the backend's native function `fn(buffers)`."""
 
-    __slots__ = ("fn", "ops", "reads", "makes", "written", "n_roots", "fallback", "frees", "names")
+    __slots__ = ("fn", "ops", "fixed", "reads", "makes", "written", "n_roots", "fallback", "frees", "names")
 
     def __init__(self, fn: Callable, reads: tuple, makes: tuple, fallback: tuple, names: tuple[str, ...]) -> None:
         self.fn = fn
@@ -48,6 +48,7 @@ class NativeRun:
         self.frees: tuple[int, ...] = ()
         self.names = names  # what it runs, for logs
         self.ops: list | None = None
+        self.fixed: tuple = ()  # constants read as roots of fixed address (numbered last), until compiled
 
     def run(self, env: list, arena: dict | None, empty: Callable, copy: Callable) -> bool:
         """Run natively, writing the values it makes into `env`; False (nothing done) where a root
@@ -140,6 +141,7 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
         return None
     layouts = _Layouts(values)
     arena_slots = {slot for slot, *_ in plan._arena_views}
+    constants = dict(plan.constants)
     elided: dict[int, object] = {}  # slot -> the view step that would make it (not run unless needed)
     items: list = []  # (step, NativeOp over root slots, or None)
     for step in steps:
@@ -173,7 +175,7 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
 
     def flush() -> None:
         if len(pending) >= MIN_OPS:
-            out.append(_make_run(pending, values, arena_slots, backend, view_steps))
+            out.append(_make_run(pending, values, arena_slots, constants, view_steps))
         else:
             for step, _ in pending:
                 materialize(step.ins)
@@ -193,8 +195,8 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
     flush()
     materialize(plan.output_slots)
     runs = [step for step in out if type(step) is NativeRun]
-    for run, fn in zip(runs, backend.compile_native_runs([(run.ops, run.n_roots) for run in runs])):
-        run.fn, run.ops = fn, None
+    for run, fn in zip(runs, backend.compile_native_runs([(run.ops, run.n_roots, run.fixed) for run in runs])):
+        run.fn, run.ops, run.fixed = fn, None, ()
     return _with_frees(out, plan, kernel_step)
 
 
@@ -221,9 +223,9 @@ def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: t
     return op if backend.runs_natively(op) else None
 
 
-def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_steps: Callable) -> NativeRun:
+def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dict, view_steps: Callable) -> NativeRun:
     """One NativeRun of the (step, op) pairs in `pending`: its roots numbered reads first, then the
-    buffers it makes, in the order its ops make them."""
+    buffers it makes, in the order its ops make them, then the plan's constants it reads."""
     made_here: dict[int, int | None] = {}  # slot -> the slot whose buffer it takes (overwrites), or None
     reads: list[int] = []
     for step, op in pending:
@@ -236,7 +238,11 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_
                 reads.append(into)
             made_here[slot] = into
     fresh = [slot for slot, into in made_here.items() if into is None]
-    number = {slot: k for k, slot in enumerate(reads + fresh)}
+    # constants the run reads are roots of fixed address (the plan holds them): the backend takes
+    # their addresses once, not on every call
+    fixed = [slot for slot in reads if _fixed(constants.get(slot), values[slot])]
+    reads = [slot for slot in reads if slot not in fixed]
+    number = {slot: k for k, slot in enumerate(reads + fresh + fixed)}
     for slot, into in made_here.items():
         if into is not None:
             number[slot] = number[into]
@@ -257,7 +263,15 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], backend, view_
     names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
     run = NativeRun(None, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
     run.ops = ops  # (compiled with the program's other runs, then dropped)
+    run.fixed = tuple(constants[slot] for slot in fixed)
+    run.n_roots += len(fixed)
     return run
+
+
+def _fixed(array, value) -> bool:
+    """Whether `array` (a plan's constant, or None) can serve as a root of fixed address for `value`."""
+    return (array is not None and array.flags.c_contiguous and tuple(array.shape) == tuple(value.shape)
+            and array.dtype == np.dtype(value.dtype.np))
 
 
 def _with_frees(steps: list, plan, kernel_step: type) -> list:

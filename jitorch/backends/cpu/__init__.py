@@ -79,7 +79,7 @@ class CPUBackend(Backend):
     def runs_natively(self, op: NativeOp) -> bool:
         return native.runs_natively(op)
 
-    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int]]) -> list[native.CompiledRun]:
+    def compile_native_runs(self, runs: list[tuple[list[NativeOp], int, tuple]]) -> list[native.CompiledRun]:
         return native.compile_runs(runs)
 
 

@@ -304,7 +304,7 @@ def _walker() -> Callable:
 class CompiledRun:
     """A run's program, called with its root buffers: `run(buffers)`."""
 
-    def __init__(self, ops: list[NativeOp], n_roots: int) -> None:
+    def __init__(self, ops: list[NativeOp], n_roots: int, fixed: tuple = ()) -> None:
         program, library = _Program(), blas()
         for op in ops:
             if op.kind == "kernel":
@@ -317,6 +317,7 @@ class CompiledRun:
         self.kept = program.kept
         self.program = address(self.fields)
         self.table_type = ctypes.c_void_p * max(n_roots, 1)
+        self.fixed, self.fixed_addresses = fixed, tuple(address(b) for b in fixed)  # (the last roots)
         self.walk = _walker()
         self.ops = ops
 
@@ -326,7 +327,7 @@ class CompiledRun:
         return "\n".join(map(_describe, self.ops))
 
     def __call__(self, buffers: list) -> None:
-        self.walk(self.table_type(*[address(b) for b in buffers]), self.program)
+        self.walk(self.table_type(*[address(b) for b in buffers], *self.fixed_addresses), self.program)
 
 
 def _describe(op: NativeOp) -> str:
@@ -342,6 +343,6 @@ def _describe(op: NativeOp) -> str:
     return f"gemm {op.outs[0].dtype} {flags} {m}x{b.shape[-1]}x{k}, {math.prod(op.outs[0].shape[:-2])} in a batch"
 
 
-def compile_runs(runs: list[tuple[list[NativeOp], int]]) -> list[CompiledRun]:
+def compile_runs(runs: list[tuple[list[NativeOp], int, tuple]]) -> list[CompiledRun]:
     """A program per run, for the one walker: no code is generated per program."""
-    return [CompiledRun(ops, n_roots) for ops, n_roots in runs]
+    return [CompiledRun(ops, n_roots, fixed) for ops, n_roots, fixed in runs]
