@@ -12,6 +12,10 @@ Memory: fused kernels' outputs, and those of eager kernels that can write into a
 when the program is built (`_plan_memory`): values whose lifetimes do not overlap share a buffer,
 so replays do not allocate them again. Graph outputs are always fresh arrays (the caller keeps
 them). `JITORCH_CPU_FUSION=0` (read when a program is built) turns fusion off.
+
+Where the backend offers native runs (the CPU's), consecutive steps it can take run as one call
+(`native_runs.py`): `run_steps` is the plan as a run goes through it; `steps` stay the plan's own,
+which profiles, check mode and recording run one by one.
 """
 
 from __future__ import annotations
