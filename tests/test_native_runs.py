@@ -214,3 +214,25 @@ def test_calls_from_several_threads_at_once_each_get_their_own_buffers():
     for k in range(4):
         for got in results[k]:
             np.testing.assert_allclose(got, expected[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_reshape_numpy_copies_runs_as_a_block_copy(dtype):
+    """minGPT's attention output: (B, H, T, E) permuted to (B, T, H, E) and reshaped to (B, T, C), a
+    reshape numpy must copy, runs in the native run as a copy of contiguous blocks."""
+
+    def f(x, w):
+        b, t, c = x.shape
+        y = (x @ w).reshape(b, t, 4, c // 4).permute(0, 2, 1, 3).exp()  # (B, H, T, E), as attention's
+        return (y.permute(0, 2, 1, 3).reshape(b, t, c) @ w).tanh()
+
+    rng = np.random.default_rng(4)
+    x = jt.tensor(rng.standard_normal((3, 5, 64)).astype(dtype) * 0.1)
+    w = jt.tensor(rng.standard_normal((64, 64)).astype(dtype) * 0.1)
+    compiled = jt.compile(f)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(compiled(x, w).numpy(), f(x, w).numpy(), rtol=rtol, atol=rtol)
+    torch_x, torch_w = torch.tensor(x.numpy()), torch.tensor(w.numpy())
+    np.testing.assert_allclose(compiled(x, w).numpy(), f(torch_x, torch_w).numpy(), rtol=10 * rtol, atol=rtol)
+    listing = "\n".join(run.fn.source for run in runs_of(compiled))
+    assert "copy " in listing and "blocks" in listing, listing

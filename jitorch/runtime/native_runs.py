@@ -215,6 +215,8 @@ def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: t
             into = step.overwrite[j] if step.overwrite else None
             outs.append(layouts.operand(into if into is not None else slot))
         op = NativeOp("kernel", ins, tuple(outs), kernel=step.kernel)
+    elif type(step) is prim_step and step.node.op in ("reshape", "copy"):  # (a reshape here is one numpy copies)
+        op = NativeOp("copy", (layouts.operand(step.ins[0]),), (layouts.operand(step.out),))
     elif type(step) is prim_step and step.node.op in ("matmul", "sum") and step.node.params.get("dtype") is None:
         ins = tuple(layouts.operand(s) for s in step.ins)
         op = NativeOp(step.node.op, ins, (layouts.operand(step.out),), params=step.node.params)

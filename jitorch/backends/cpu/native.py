@@ -130,12 +130,29 @@ def enabled() -> bool:
     return os.environ.get("JITORCH_NATIVE_RUNS", "1") != "0"
 
 
+def _copy_rows(src: Operand) -> tuple[int, list[tuple[int, int]]] | None:
+    """(bytes of the source's innermost contiguous block, the (size, byte stride) of each dim
+    around it, outermost first) for a copy in row-major order, or None where that block is too
+    short for copying it whole to beat numpy's strided copy."""
+    inner, k = src.dtype.itemsize, len(src.shape)
+    while k and (src.shape[k - 1] == 1 or src.strides[k - 1] == inner):
+        inner *= src.shape[k - 1]
+        k -= 1
+    if inner < MIN_COPY_BYTES:
+        return None
+    return inner, [(n, st) for n, st in zip(src.shape[:k], src.strides[:k]) if n != 1]
+
+
 def runs_natively(op: NativeOp) -> bool:
     if not enabled():
         return False
     if op.kind == "kernel":
         return (len(op.ins) + len(op.outs) <= MAX_ARGS and not _threaded(op.kernel)
                 and kernel_strides(op) is not None)
+    if op.kind == "copy":
+        (src,), (dst,) = op.ins, op.outs
+        return (src.dtype == dst.dtype and dst.c_contiguous and math.prod(src.shape) == math.prod(dst.shape) > 0
+                and _copy_rows(src) is not None)
     dtype = op.outs[0].dtype
     if blas() is None or dtype not in _LLVM_TYPE or any(o.dtype != dtype for o in op.ins):
         return False
@@ -154,8 +171,9 @@ def runs_natively(op: NativeOp) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the program: each op as a row of int64 fields that one fixed function walks
 
-KERNEL, GEMM_F32, GEMM_F64, GEMV_F32, GEMV_F64 = 1, 2, 3, 4, 5  # opcodes (0 ends a program)
+KERNEL, GEMM_F32, GEMM_F64, GEMV_F32, GEMV_F64, COPY = 1, 2, 3, 4, 5, 6  # opcodes (0 ends a program)
 MAX_ARGS = 256  # pointers a kernel call may take (the walker's argument array)
+MIN_COPY_BYTES = 64  # a strided copy whose contiguous blocks are shorter stays numpy's
 
 
 class _Program:
@@ -193,6 +211,17 @@ class _Program:
         index = np.indices(batch, dtype=np.int64).reshape(len(batch), -1).T if batch else np.zeros((1, 0), np.int64)
         offsets = [o.offset + index @ np.array(_batch_strides(o, batch), dtype=np.int64) for o in (a, b, out)]
         self.fields += np.stack(offsets, axis=1).ravel().tolist()
+
+    def copy(self, op: NativeOp) -> None:
+        """A strided value into a C-contiguous buffer, block by contiguous block (a reshape numpy
+        would copy): [COPY, count, block bytes, src root, src offset, dst root, dst offset, dims,
+        (size, src stride) per dim around the block]."""
+        (src,), (dst,) = op.ins, op.outs
+        inner, dims = _copy_rows(src)
+        self.fields += [COPY, math.prod(n for n, _ in dims), inner, src.root, src.offset, dst.root, dst.offset,
+                        len(dims)]
+        for size, stride in dims:
+            self.fields += [size, stride]
 
     def sum(self, op: NativeOp, library: dict) -> None:
         x, out = op.ins[0], op.outs[0]
@@ -237,10 +266,11 @@ def _walker_ir(width: str) -> str:
     lines = ['define void @"kernel"(ptr noalias %roots, ptr noalias %program) {', "entry:",
              f"  %args = alloca [{MAX_ARGS} x ptr]", "  br label %dispatch", "dispatch:",
              "  %pc = phi i64 [0, %entry], [%pc.k, %kcall], [%pc.g32, %g32.end], [%pc.g64, %g64.end], "
-             "[%pc.v32, %gemv32], [%pc.v64, %gemv64]",
+             "[%pc.v32, %gemv32], [%pc.v64, %gemv64], [%pc.c, %cend]",
              "  %op.p = getelementptr i64, ptr %program, i64 %pc", "  %op = load i64, ptr %op.p",
              f"  switch i64 %op, label %exit [ i64 {KERNEL}, label %kernel i64 {GEMM_F32}, label %gemm32 "
-             f"i64 {GEMM_F64}, label %gemm64 i64 {GEMV_F32}, label %gemv32 i64 {GEMV_F64}, label %gemv64 ]",
+             f"i64 {GEMM_F64}, label %gemm64 i64 {GEMV_F32}, label %gemv32 i64 {GEMV_F64}, label %gemv64 "
+             f"i64 {COPY}, label %copy ]",
              "exit:", "  ret void", "kernel:"]
     lines += field("kfn", 1, "ptr") + field("kshape", 2, "ptr") + field("kstrides", 3, "ptr") + field("kn", 4)
     lines += ["  br label %kargs", "kargs:", "  %j = phi i64 [0, %kernel], [%j.next, %kbody]",
@@ -284,7 +314,30 @@ def _walker_ir(width: str) -> str:
         lines += [f"  call void %{v}.fn(i32 {_ROW_MAJOR}, i32 %{v}.trans, {w} %{v}.m, {w} %{v}.n, {t} 1.0, "
                   f"ptr %{v}.px, {w} %{v}.lda, ptr %{v}.ones, {w} 1, {t} 0.0, ptr %{v}.py, {w} 1)",
                   f"  %pc.{v} = add i64 %pc, 11", "  br label %dispatch"]
+    # copy: for each block i (row-major over the dims around it), its source offset from i's digits
+    lines.append("copy:")
+    lines += field("c.count", 1) + field("c.inner", 2) + field("c.rs", 3) + field("c.os", 4)
+    lines += field("c.rd", 5) + field("c.od", 6) + field("c.dims", 7)
+    lines += root("c.src", "%c.rs", "%c.os") + root("c.dst", "%c.rd", "%c.od")
+    lines += ["  %c.dims2 = mul i64 %c.dims, 2", "  %c.last = add i64 %c.dims2, 6",  # (the last dim's size field)
+              "  br label %cloop", "cloop:", "  %ci = phi i64 [0, %copy], [%ci.next, %cdone]",
+              "  %ci.more = icmp ult i64 %ci, %c.count", "  br i1 %ci.more, label %cdims, label %cend",
+              "cdims:", "  %cd = phi i64 [0, %cloop], [%cd.next, %cdim]",
+              "  %crem = phi i64 [%ci, %cloop], [%crem.next, %cdim]",
+              "  %coff = phi i64 [0, %cloop], [%coff.next, %cdim]",
+              "  %cd.more = icmp ult i64 %cd, %c.dims", "  br i1 %cd.more, label %cdim, label %cdone", "cdim:",
+              "  %cd.two = mul i64 %cd, 2", "  %cd.at = sub i64 %c.last, %cd.two"]  # (innermost dim first)
+    lines += field("c.size", "%cd.at") + ["  %cd.at1 = add i64 %cd.at, 1"] + field("c.stride", "%cd.at1")
+    lines += ["  %cdigit = urem i64 %crem, %c.size", "  %crem.next = udiv i64 %crem, %c.size",
+              "  %cterm = mul i64 %cdigit, %c.stride", "  %coff.next = add i64 %coff, %cterm",
+              "  %cd.next = add i64 %cd, 1", "  br label %cdims", "cdone:",
+              "  %cfrom = getelementptr i8, ptr %c.src, i64 %coff", "  %cto.off = mul i64 %ci, %c.inner",
+              "  %cto = getelementptr i8, ptr %c.dst, i64 %cto.off",
+              "  call void @llvm.memcpy.p0.p0.i64(ptr %cto, ptr %cfrom, i64 %c.inner, i1 false)",
+              "  %ci.next = add i64 %ci, 1", "  br label %cloop", "cend:",
+              "  %c.fields = add i64 %c.dims2, 8", "  %pc.c = add i64 %pc, %c.fields", "  br label %dispatch"]
     lines.append("}")
+    lines.append("declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)")
     return "\n".join(lines) + "\n"
 
 
@@ -311,6 +364,8 @@ class CompiledRun:
                 program.kernel(op)
             elif op.kind == "matmul":
                 program.matmul(op, library)
+            elif op.kind == "copy":
+                program.copy(op)
             else:
                 program.sum(op, library)
         self.fields = np.array(program.fields + [0], dtype=np.int64)
@@ -333,6 +388,9 @@ class CompiledRun:
 def _describe(op: NativeOp) -> str:
     if op.kind == "kernel":
         return f"{op.kernel.name}: {len(op.ins)} inputs, {len(op.outs)} outputs"
+    if op.kind == "copy":
+        inner, dims = _copy_rows(op.ins[0])
+        return f"copy {op.ins[0].dtype} {op.ins[0].shape} strided {op.ins[0].strides}: {inner}-byte blocks"
     if op.kind == "sum":
         rows, cols, trailing = _sum_rows(op)
         flag = "N" if trailing else "T"
