@@ -194,15 +194,6 @@ class Backend:
         return None
 
 
-def c_strides(shape: tuple[int, ...], itemsize: int = 1) -> tuple[int, ...]:
-    """The strides of a C-contiguous array of `shape`, in units of `itemsize` bytes (1: elements)."""
-    strides, step = [], itemsize
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
 @dataclass(frozen=True)
 class Operand:
     """Where a native op finds a value: `offset` bytes past the first element of root buffer

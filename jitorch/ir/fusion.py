@@ -30,8 +30,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..primitives import PRIMS, PrimKind
 from .graph import Graph, Node, Value, format_node
+from .layouts import c_strides, view_layout
 
 MAX_NODES_PER_KERNEL = 96  # a bound on one kernel's compile time, not on its speed
 MAX_OPEN_PER_SHAPE = 4  # kernels a node may still join; older ones are closed (their values would
@@ -156,18 +159,18 @@ def view_strides(v: Value) -> tuple[int, ...] | None:
     node = v.node
     if node is None or v.symbolic or node.op not in ("permute", "getitem") or node.inputs[0].symbolic:
         return None
+    if node.op == "getitem" and (len(node.inputs) > 1 or any(
+            type(item) is not tuple or item[0] != "slice" or item[3] not in (None, 1) for item in node.params["key"])):
+        return None
     source = node.inputs[0].shape
-    strides = [math.prod(source[d + 1:]) for d in range(len(source))]
-    if node.op == "permute":
-        found = tuple(strides[d] for d in node.params["dims"])
-    else:
-        key = node.params["key"]
-        if len(node.inputs) > 1 or len(key) > len(source) or any(
-                type(item) is not tuple or item[0] != "slice" or item[3] not in (None, 1) for item in key):
-            return None
-        found = tuple(strides)
-    contiguous = tuple(math.prod(v.shape[d + 1:]) for d in range(len(v.shape)))
-    return None if all(a == b or n == 1 for a, b, n in zip(found, contiguous, v.shape)) else found
+    found = view_layout(source, c_strides(source), _ELEMENT, node.op, tuple(sorted(node.params.items())))
+    if found is None:
+        return None
+    strides = found[2]
+    return None if all(a == b or n == 1 for a, b, n in zip(strides, c_strides(v.shape), v.shape)) else strides
+
+
+_ELEMENT = np.dtype(np.uint8)  # (layouts in elements: a one-byte stand-in)
 
 
 def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:

@@ -310,65 +310,52 @@ class Plan:
         reserved = arena is not None
         if not reserved:
             arena = self._take_arena() if self._arena_views and kernels is None else None
-        buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
         try:
             with _QUIET if steps is not self.reference_steps and self.kernels_only else np.errstate(all="ignore"):
-                for step in steps:
-                    if type(step) is NativeRun:
-                        if not step.run(env, arena, self.backend.empty, self.backend.copy):
-                            self._run_in_python(step.fallback, env, arena)
-                        for i in step.frees:
-                            env[i] = None
-                        continue
-                    args = [env[i] for i in step.ins]
-                    if observer is not None:
-                        began = observer.begin(self.backend)
-                    try:
-                        if type(step) is PrimStep:
-                            if step.into is not None and arena is not None:
-                                result = step.into(arena[step.out], *args, **step.node.params)
-                            else:
-                                kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
-                                result = kernel(*args, **step.node.params)
-                            env[step.out] = result if type(result) is buffer_type else as_buffer(result)
-                        else:
-                            outs = None if arena is None else [arena.get(slot) for slot in step.outs]
-                            if step.overwrite:
-                                outs = _overwritten(step, env, outs, buffer_type)
-                            results = step.kernel.run(args, outs)
-                            for slot, result in zip(step.outs, results):
-                                env[slot] = result
-                    except Exception as err:
-                        raise _step_error(step, args, err) from err
-                    if observer is not None:
-                        observer.end(began, step.node.op if type(step) is PrimStep else step.kernel.name)
-                    if record is not None:
-                        _record(step, env, record, self.backend)
-                    for i in step.frees:
-                        env[i] = None
+                self._run_steps(steps, env, arena, kernels, record, observer)
         finally:
             if arena is not None and not reserved:
                 self._arenas.append(arena)
         return [env[i] for i in self.output_slots]
 
-    def _run_in_python(self, steps: tuple, env: list, arena: dict | None) -> None:
-        """A native run's original steps, one by one (its root buffers were not as it assumed)."""
+    def _run_steps(self, steps, env: list, arena: dict | None, kernels: dict[str, Callable] | None,
+                   record: dict | None, observer) -> None:
+        """Run `steps` over `env` (a native run whose root buffers are not as it assumed runs its
+        original steps here, through the same loop)."""
         buffer_type, as_buffer = self.backend.buffer_type, self.backend.as_buffer
-        with np.errstate(all="ignore"):
-            for step in steps:
-                args = [env[i] for i in step.ins]
-                try:
-                    if type(step) is PrimStep:
-                        result = step.kernel(*args, **step.node.params)
-                        env[step.out] = result if type(result) is buffer_type else as_buffer(result)
+        for step in steps:
+            if type(step) is NativeRun:
+                if not step.run(env, arena, self.backend.empty, self.backend.copy):
+                    self._run_steps(step.fallback, env, arena, None, None, None)
+                for i in step.frees:
+                    env[i] = None
+                continue
+            args = [env[i] for i in step.ins]
+            if observer is not None:
+                began = observer.begin(self.backend)
+            try:
+                if type(step) is PrimStep:
+                    if step.into is not None and arena is not None:
+                        result = step.into(arena[step.out], *args, **step.node.params)
                     else:
-                        outs = None if arena is None else [arena.get(slot) for slot in step.outs]
-                        if step.overwrite:
-                            outs = _overwritten(step, env, outs, buffer_type)
-                        for slot, result in zip(step.outs, step.kernel.run(args, outs)):
-                            env[slot] = result
-                except Exception as err:
-                    raise _step_error(step, args, err) from err
+                        kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
+                        result = kernel(*args, **step.node.params)
+                    env[step.out] = result if type(result) is buffer_type else as_buffer(result)
+                else:
+                    outs = None if arena is None else [arena.get(slot) for slot in step.outs]
+                    if step.overwrite:
+                        outs = _overwritten(step, env, outs, buffer_type)
+                    results = step.kernel.run(args, outs)
+                    for slot, result in zip(step.outs, results):
+                        env[slot] = result
+            except Exception as err:
+                raise _step_error(step, args, err) from err
+            if observer is not None:
+                observer.end(began, step.node.op if type(step) is PrimStep else step.kernel.name)
+            if record is not None:
+                _record(step, env, record, self.backend)
+            for i in step.frees:
+                env[i] = None
 
 
 def _overwritten(step: KernelStep, env: list, outs: list | None, buffer_type: type) -> list:

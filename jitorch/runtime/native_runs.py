@@ -8,8 +8,8 @@ plan's steps are walked once, when it is built, with every value's memory layout
 - a value that a step writes into a buffer of its own (a fused kernel's or a product's output, in
   the memory plan's arena or a fresh array), a graph input or a Python step's result is a *root*;
 - a view (reshape, permute, expand, a slice) of a value whose layout is known is a byte offset and
-  strides from that value's root. numpy computes them on a stand-in array (no memory behind it is
-  ever read), so a view is exactly numpy's, and a reshape that numpy would copy is no view here.
+  strides from that value's root (`jitorch.ir.layouts.view_layout`: exactly numpy's view, and a
+  reshape that numpy would copy is no view here).
 
 Steps the backend takes (`runs_natively`) whose operands are all known become native ops, and
 consecutive ones one `NativeRun` step: the views between them vanish. Every other step stays a
@@ -22,13 +22,13 @@ runs its original steps instead.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import numpy as np
 
-from ..backends import NativeOp, Operand, c_strides
-from ..primitives import VIEW_PRIMS, numpy_key
+from ..backends import NativeOp, Operand
+from ..ir.layouts import c_strides, view_layout
+from ..primitives import VIEW_PRIMS
 
 MIN_OPS = 1  # (even one kernel costs less host time as a run than through the launcher)
 
@@ -36,19 +36,16 @@ MIN_OPS = 1  # (even one kernel costs less host time as a run than through the l
 class NativeRun:
     """Steps of a plan run by one call of the backend's native function `fn(buffers)`."""
 
-    __slots__ = ("fn", "ops", "fixed", "reads", "makes", "written", "n_roots", "fallback", "frees", "names")
+    __slots__ = ("fn", "reads", "makes", "written", "fallback", "frees", "names")
 
     def __init__(self, fn: Callable, reads: tuple, makes: tuple, fallback: tuple, names: tuple[str, ...]) -> None:
         self.fn = fn
         self.reads = reads  # (slot, shape, dtype): roots read from the environment, table entries first
         self.makes = makes  # (slot, shape, dtype, arena slot or None, slot whose buffer it writes or None)
         self.written = frozenset(m[4] for m in makes if m[4] is not None)  # roots read that it writes into
-        self.n_roots = len(reads) + sum(1 for m in makes if m[4] is None)
         self.fallback = fallback  # the original steps, for a run whose roots are not as assumed
         self.frees: tuple[int, ...] = ()
         self.names = names  # what it runs, for logs
-        self.ops: list | None = None
-        self.fixed: tuple = ()  # constants read as roots of fixed address (numbered last), until compiled
 
     def run(self, env: list, arena: dict | None, empty: Callable, copy: Callable) -> bool:
         """Run natively, writing the values it makes into `env`; False (nothing done) where a root
@@ -76,34 +73,6 @@ class NativeRun:
         return True
 
 
-@functools.lru_cache(maxsize=4096)
-def _view(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, op: str,
-          params: tuple) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
-    """(byte offset, shape, strides) of `op` applied, as the eager kernels apply it, to an array laid
-    out in `shape` and `strides` at offset 0, or None where numpy would copy (or the key is not a
-    basic one). numpy computes it on a stand-in over one element of memory, which it never reads.
-    (Cached: a model's layers repeat the same views.)"""
-    base = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, strides)
-    params = dict(params)
-    try:
-        if op == "reshape":
-            view = np.reshape(base, params["shape"], copy=False)
-        elif op == "permute":
-            view = np.transpose(base, params["dims"])
-        elif op == "expand":
-            view = np.broadcast_to(base, params["shape"])
-        else:
-            key = params["key"]
-            if any(type(item) is tuple and item[0] != "slice" for item in key):
-                return None
-            index = numpy_key(key, ())
-            view = base[index if Ellipsis in key else index + (Ellipsis,)]
-    except (ValueError, TypeError, IndexError):
-        return None
-    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    return offset, view.shape, view.strides
-
-
 class _Layouts:
     """Each slot's layout as the walk knows it: its root slot and an `Operand` (root, byte offset,
     shape, strides, dtype) there; a slot with none recorded is a root of its own, C-contiguous."""
@@ -123,7 +92,7 @@ class _Layouts:
     def view(self, slot: int, source: int, op: str, params: dict) -> bool:
         """Record `slot` as view `op` of `source`, where it is one (else False)."""
         src = self.operand(source)
-        found = _view(src.shape, src.strides, src.dtype, op, tuple(sorted(params.items())))
+        found = view_layout(src.shape, src.strides, src.dtype, op, tuple(sorted(params.items())))
         if found is None:
             return False
         offset, shape, strides = found
@@ -156,6 +125,7 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
     out: list = []
     made: set[int] = set(range(plan.n_inputs)) | {slot for slot, _ in plan.constants}
     pending: list = []
+    to_compile: list = []  # (run, (ops, roots, fixed buffers)): the program's runs, compiled in one go
 
     def view_steps(slots, into: list, seen: set | None = None) -> None:  # the elided views `slots` read, inputs first
         seen = {id(step) for step in into} if seen is None else seen
@@ -175,7 +145,9 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
 
     def flush() -> None:
         if len(pending) >= MIN_OPS:
-            out.append(_make_run(pending, values, arena_slots, constants, view_steps))
+            run, compiled = _make_run(pending, values, arena_slots, constants, view_steps)
+            out.append(run)
+            to_compile.append((run, compiled))
         else:
             for step, _ in pending:
                 materialize(step.ins)
@@ -194,9 +166,8 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
         made.update(_outputs(step, kernel_step))
     flush()
     materialize(plan.output_slots)
-    runs = [step for step in out if type(step) is NativeRun]
-    for run, fn in zip(runs, backend.compile_native_runs([(run.ops, run.n_roots, run.fixed) for run in runs])):
-        run.fn, run.ops, run.fixed = fn, None, ()
+    for (run, _), fn in zip(to_compile, backend.compile_native_runs([compiled for _, compiled in to_compile])):
+        run.fn = fn
     return _with_frees(out, plan, kernel_step)
 
 
@@ -225,9 +196,12 @@ def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: t
     return op if backend.runs_natively(op) else None
 
 
-def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dict, view_steps: Callable) -> NativeRun:
-    """One NativeRun of the (step, op) pairs in `pending`: its roots numbered reads first, then the
-    buffers it makes, in the order its ops make them, then the plan's constants it reads."""
+def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dict,
+              view_steps: Callable) -> tuple[NativeRun, tuple]:
+    """One NativeRun of the (step, op) pairs in `pending` (its function still to compile), and what
+    the backend compiles it from: (its ops, its number of roots, its fixed buffers). Roots are
+    numbered reads first, then the buffers it makes, in the order its ops make them, then the
+    plan's constants it reads."""
     made_here: dict[int, int | None] = {}  # slot -> the slot whose buffer it takes (overwrites), or None
     reads: list[int] = []
     for step, op in pending:
@@ -262,12 +236,11 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dic
     for step, _ in pending:
         view_steps(step.ins, fallback, seen)
         fallback.append(step)
+    # (their frees were for the plan's own order: a fallback frees nothing, the run's frees follow it)
+    fallback = [dataclasses.replace(step, frees=()) for step in fallback]
     names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
     run = NativeRun(None, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
-    run.ops = ops  # (compiled with the program's other runs, then dropped)
-    run.fixed = tuple(constants[slot] for slot in fixed)
-    run.n_roots += len(fixed)
-    return run
+    return run, (ops, len(reads) + len(fresh) + len(fixed), tuple(constants[slot] for slot in fixed))
 
 
 def _fixed(array, value) -> bool:

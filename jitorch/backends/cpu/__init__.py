@@ -75,7 +75,6 @@ class CPUBackend(Backend):
         addresses = jit.compile_texts(dict(sources))
         return [CompiledKernel(desc, addresses[digest], text) for desc, (digest, text) in zip(descs, sources)]
 
-
     def runs_natively(self, op: NativeOp) -> bool:
         return native.runs_natively(op)
 

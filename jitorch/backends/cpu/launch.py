@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from ...ir.fusion import KernelDesc
-from .. import c_strides
+from ...ir.layouts import c_strides
 from . import threads
 from .helpers import address
 

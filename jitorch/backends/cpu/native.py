@@ -1,16 +1,17 @@
-"""Native runs on the CPU: several steps of a compiled program as one generated function.
+"""Native runs on the CPU: several steps of a compiled program as one call.
 
 `jitorch.runtime.native_runs` hands over a run of steps whose operands' layouts are fixed when the
-program is built (a root buffer, a byte offset, strides); this module renders them as one LLVM
-function `run(roots, statics)` that calls, in turn,
+program is built (a root buffer, a byte offset, strides). Each becomes a row of int64 fields in the
+run's table (`_Program`), and one fixed LLVM function (`_walker_ir`, compiled once per process and
+cached on disk like a kernel) walks a table, calling in turn
 - the fused kernels (their machine code, by address, with the shape, strides and pointer arguments
   that `launch.CompiledKernel.run` would build on every call, built once here),
 - BLAS's `?gemm` for products (a loop over the batch, each matrix's transpose flag and leading
   dimension from its strides) and `?gemv` with a vector of ones for sums over leading or trailing
   dims, from the OpenBLAS library that numpy itself loaded, so products run on the same code and
-  threads as numpy's.
-`roots` holds the buffers' addresses (filled per call), `statics` the functions' and the ones
-vectors' (fixed): the IR names no address, so its machine code is cached on disk like a kernel's.
+  threads as numpy's,
+- block copies of strided values into contiguous buffers (a reshape numpy would copy).
+A call passes the table and the root buffers' addresses; no code is generated per program.
 Kernels large enough to be split across the backend's threads stay Python steps.
 """
 
@@ -25,11 +26,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ...ir.layouts import view_layout
 from .. import NativeOp, Operand
 from . import jit, threads
 from .helpers import BLAS_SUM_MIN_ELEMENTS, _ones_vector, address
 
-_LLVM_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_BLAS_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})  # (sgemm, dgemm; sgemv, dgemv)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enum values
 
 
@@ -66,26 +68,18 @@ def kernel_strides(op: NativeOp) -> list[int] | None:
     """The strides argument (in elements) of a fused kernel's call on `op`'s operands, as the
     launcher would make it, or None where the launcher would copy an input first."""
     kernel = op.kernel
-    found = _input_strides(tuple((o.shape, o.strides, o.dtype) for o in op.ins), tuple(kernel.in_views),
-                           tuple(kernel.broadcast), kernel.ndim)
-    return None if found is None else found + list(kernel.out_strides)
-
-
-@functools.lru_cache(maxsize=4096)
-def _input_strides(ins: tuple, views: tuple, broadcast: tuple, ndim: int) -> list[int] | None:
-    """(Cached: a model's layers repeat the same kernels on the same layouts.)"""
+    ndim = kernel.ndim
     strides: list[int] = []
-    for (shape, layout, dtype), view_shape, bcast in zip(ins, views, broadcast):
-        stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, layout)  # (never read)
-        try:
-            view = np.reshape(stand_in, view_shape, copy=False)
-        except (ValueError, TypeError):
+    for operand, view_shape, bcast in zip(op.ins, kernel.in_views, kernel.broadcast):
+        # (the launcher views each input in the kernel's loop shape)
+        found = view_layout(operand.shape, operand.strides, operand.dtype, "reshape", (("shape", view_shape),))
+        if found is None:
             return None
-        item = dtype.itemsize
-        if any(s % item for s in view.strides) or (ndim and not bcast[-1] and view.strides[-1] != item):
+        view, item = found[2], operand.dtype.itemsize
+        if any(s % item for s in view) or (ndim and not bcast[-1] and view[-1] != item):
             return None
-        strides += [0 if bcast[d] else view.strides[d] // item for d in range(ndim)]
-    return strides
+        strides += [0 if bcast[d] else view[d] // item for d in range(ndim)]
+    return strides + list(kernel.out_strides)
 
 
 def _threaded(kernel) -> bool:
@@ -154,7 +148,7 @@ def runs_natively(op: NativeOp) -> bool:
         return (src.dtype == dst.dtype and dst.c_contiguous and math.prod(src.shape) == math.prod(dst.shape) > 0
                 and _copy_rows(src) is not None)
     dtype = op.outs[0].dtype
-    if blas() is None or dtype not in _LLVM_TYPE or any(o.dtype != dtype for o in op.ins):
+    if blas() is None or dtype not in _BLAS_DTYPES or any(o.dtype != dtype for o in op.ins):
         return False
     if op.kind == "sum":
         return _sum_rows(op) is not None

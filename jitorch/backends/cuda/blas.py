@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ... import dtypes as _dt
-from .. import c_strides
+from ...ir.layouts import c_strides
 
 cupy = None  # imported with nvmath by the first product: this module's planning runs without a GPU
 cublas = None
