@@ -580,3 +580,27 @@ def test_out_of_range_indices_on_cuda_raise_at_the_next_wait(cuda):
         F.cross_entropy(x, good)
         assert len(checks.pending) < checks.MAX_PENDING
     assert F.cross_entropy(x, good).item() > 0
+
+
+@pytest.mark.gpu
+def test_compiled_products_write_into_the_memory_plan_and_views_of_them_are_kept(cuda):
+    """A product that only the program reads goes into the plan's buffer (cuBLAS writes it there),
+    and the view of it a later product reads is made once: the same values as eagerly, run after run."""
+    import cupy
+
+    from jitorch.runtime.executor import PrimStep
+
+    rng = np.random.default_rng(0)
+    b, c = (jt.tensor(rng.standard_normal(s).astype(np.float32), device="cuda") for s in [(64, 48), (64, 32)])
+    f = jt.compile(lambda a: (a @ b).t() @ c)
+    for _ in range(3):
+        a = jt.tensor(rng.standard_normal((64, 64)).astype(np.float32), device="cuda")
+        got, want = f(a), (a @ b).t() @ c
+        np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-5, atol=1e-4)
+    (program,) = [p for entries in f.cache.values() for p in entries]
+    steps = [s for s in program.plan.steps if type(s) is PrimStep]
+    into = [s for s in steps if s.into is not None]
+    assert [s.node.op for s in into] == ["matmul"]
+    (view,) = [s for s in steps if s.memo is not None]
+    source, made = view.memo[0]
+    assert isinstance(made, cupy.ndarray) and made.shape == (48, 64) and cupy.shares_memory(made, source)

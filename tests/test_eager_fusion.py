@@ -89,6 +89,10 @@ OP_CASES = {
     "cross_entropy_unbatched": (lambda x: F.cross_entropy(x, jt.tensor(3)), [(7,)]),
     "cross_entropy_spatial": (lambda x: F.cross_entropy(x, jt.tensor(np.random.default_rng(1).integers(
         0, 5, (3, 4)))), [(3, 5, 4)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), [(6, 9), (5, 9), (5,)]),
+    "linear_3d_no_bias": (lambda x, w: F.linear(x, w), [(2, 6, 9), (5, 9)]),
+    "linear_1d_input": (lambda x, w, b: F.linear(x, w, b), [(9,), (5, 9), (5,)]),
+    "linear_module": (lambda x: (jt.manual_seed(0), jt.nn.Linear(9, 4))[1](x), [(3, 6, 9)]),
     "max_pool2d": (lambda x: F.max_pool2d(x, 2), [(2, 3, 6, 8)]),
     "max_pool2d_padded_overlapping": (lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), [(2, 3, 7, 9)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [(2, 3, 6, 8)]),
@@ -207,6 +211,26 @@ def test_past_the_program_limit_new_shapes_run_op_by_op(monkeypatch):
         np.testing.assert_allclose(g, F.softmax(x, -1).numpy(), rtol=RTOL, atol=ATOL)
 
 
+def test_linear_under_autocast_casts_inside_its_program_as_the_plain_path_does():
+    # the composite traces autocast's casts under the caller's autocast state, which its guards check:
+    # the same dtypes and values as op by op, and a program of its own outside the region
+    def run(fused: bool, autocast: bool):
+        x, w, b = _inputs([(2, 6, 9), (5, 9), (5,)])
+        with fusing(fused), jt.autocast("cpu", dtype=jt.bfloat16, enabled=autocast):
+            out = F.linear(x, w, b)
+        out.float().sum().backward()
+        return [out.dtype, w.grad.dtype] + [t.detach().float().numpy() for t in (out, x.grad, w.grad, b.grad)]
+
+    for autocast in (True, False):
+        plain, fused = run(False, autocast), run(True, autocast)
+        assert fused[:2] == plain[:2] == ([jt.bfloat16, jt.float32] if autocast else [jt.float32, jt.float32])
+        tol = dict(rtol=1e-2, atol=1e-2) if autocast else dict(rtol=RTOL, atol=ATOL)  # bfloat16: 8 bits
+        for i, (a, b) in enumerate(zip(plain[2:], fused[2:])):
+            np.testing.assert_allclose(b, a, err_msg=f"autocast={autocast}: result {i}", **tol)
+    (linear,) = composites.compiled_functions().values()
+    assert linear.compiles == 2  # one program in the region, one outside
+
+
 ERROR_CASES = {
     "softmax_dim": lambda x: F.softmax(x, 2),
     "log_softmax_dim": lambda x: x.log_softmax(-3),
@@ -218,6 +242,8 @@ ERROR_CASES = {
     "layer_norm_int": lambda x: F.layer_norm(x.long(), (5,)),
     "rms_norm_weight": lambda x: F.rms_norm(x, (5,), jt.ones(3)),
     "gelu_approximate": lambda x: F.gelu(x, approximate="bad"),
+    "linear_in_features": lambda x: F.linear(x, jt.ones(3, 4)),
+    "linear_bias": lambda x: F.linear(x, jt.ones(3, 5), jt.ones(4)),
     "cross_entropy_out_of_bounds": lambda x: F.cross_entropy(x, jt.tensor([0, 1, 5, 2])),
     "cross_entropy_negative": lambda x: F.cross_entropy(x, jt.tensor([0, 1, -1, 2])),
     "cross_entropy_batch": lambda x: F.cross_entropy(x, jt.tensor([0, 1, 2])),
@@ -420,6 +446,32 @@ def test_on_cuda_eager_row_ops_run_fused_triton_kernels_and_match_torch(name):
         if g is not None:
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"{name}: result {i}")
     print(f"{name}: {len(programs)} program(s), kernels {', '.join(k.name for k in kernels)}")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("amp", [None, "bfloat16"])
+def test_on_cuda_linear_is_one_compiled_call_and_matches_torch(amp):
+    # a transformer's projection: (batch, length, features) input, bias; under autocast the casts are
+    # in the program too, and its outputs and gradients have PyTorch's dtypes
+    def run(lib):
+        x, w, b = _inputs([(4, 64, 256), (384, 256), (384,)], device="cuda", lib=lib)
+        with lib.autocast("cuda", dtype=getattr(lib, amp or "float32"), enabled=amp is not None):
+            out = lib.nn.functional.linear(x, w, b)
+        cot = np.random.default_rng(9).standard_normal(tuple(out.shape)).astype(np.float32)
+        (out.float() * lib.tensor(cot, device="cuda")).sum().backward()
+        return [str(t.dtype).split(".")[-1] for t in (out, x.grad, w.grad, b.grad)], [
+            t.detach().float().cpu().numpy() for t in (out, x.grad, w.grad, b.grad)]
+
+    got_dtypes, got = run(jt)
+    want_dtypes, want = run(torch)
+    assert got_dtypes == want_dtypes
+    programs = [p for cf in composites.compiled_functions().values() for entries in cf.cache.values() for p in entries]
+    assert [p.backend.device_type for p in programs] == ["cuda"], "F.linear did not run as one compiled call"
+    for name, g, w in zip(("output", "input grad", "weight grad", "bias grad"), got, want):
+        scale = float(np.abs(w).max())
+        rtol = 2e-2 if amp else 1e-4  # bfloat16 outputs: 8 bits; float32: sums of 256 or 256 products
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=f"{name} (autocast {amp})")
 
 
 @gpu

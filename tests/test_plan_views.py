@@ -100,3 +100,35 @@ def test_a_parameter_update_is_not_written_over_a_cat_view_still_to_be_read():
     assert compiled().item() == 3 * np.arange(8.0).sum()
     np.testing.assert_array_equal(w.detach().numpy(), np.arange(8.0) * 2 + 1)
     assert compiled().item() == 3 * (np.arange(8.0) * 2 + 1).sum()
+
+
+def test_views_of_planned_buffers_are_made_once_and_again_when_the_buffer_changes(monkeypatch):
+    """A view step of a buffer that stays put between runs (the memory plan's) hands out the view it
+    made on the first run; a run on other buffers (a reserved arena, as a CUDA graph's) makes its
+    own, and the step stops remembering, so no finished run's buffer is kept alive."""
+    from jitorch.runtime.executor import _MOVED, PrimStep
+
+    monkeypatch.setenv("JITORCH_NATIVE_RUNS", "0")  # the steps one by one, through the executor
+    w = jt.randn(5, 3)
+
+    @jt.compile
+    def f(x):
+        return (x * 2 + 1).t() @ w  # the fused kernel's output (planned), viewed, read by a product
+
+    xs = [jt.randn(5, 5) for _ in range(3)]
+    for x in xs:
+        np.testing.assert_allclose(f(x).numpy(), ((x * 2 + 1).t() @ w).numpy(), rtol=1e-6, atol=1e-6)
+    (program,) = [p for entries in f.cache.values() for p in entries]
+    plan = program.plan
+    (view,) = [s for s in plan.steps if type(s) is PrimStep and s.memo is not None]
+    assert view.node.op == "permute"
+    source, made = view.memo[0]
+    assert np.shares_memory(made, source) and made.shape == (5, 5)
+    inputs = [xs[0]._data, w._data]
+    np.testing.assert_allclose(plan.run(inputs)[0], f(xs[0]).numpy(), rtol=1e-6, atol=1e-6)
+    assert view.memo[0][1] is made  # the same view object: not made again
+    reserved = plan.reserve_arena()
+    np.testing.assert_allclose(plan.run(inputs, arena=reserved)[0], f(xs[0]).numpy(), rtol=1e-6, atol=1e-6)
+    assert view.memo[0] == (_MOVED, None)
+    for x in xs:  # and every later run makes its view
+        np.testing.assert_allclose(f(x).numpy(), ((x * 2 + 1).t() @ w).numpy(), rtol=1e-6, atol=1e-6)

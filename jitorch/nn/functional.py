@@ -190,9 +190,25 @@ def _in_place_if(inplace: bool, input: Tensor, compute: Callable[[Tensor], Tenso
 # linear
 
 
-@autocasts("linear")
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """y = x W^T + b for x of shape (*, in_features), W of shape (out_features, in_features)."""
+    """y = x W^T + b for x of shape (*, in_features), W of shape (out_features, in_features).
+
+    Where the backend fuses eager composites (the GPU), a well-formed call runs as one cached
+    compiled function, autocast's casts included: its product takes the bias (and under autocast
+    the casts of the gradients) as an epilogue, and its backward is one node, where op by op it
+    is five dispatches forward (reshape, transpose, product, reshape, add) and as many backward."""
+    if (weight.ndim == 2 and input.ndim >= 1 and input.shape[-1] == weight.shape[1]
+            and input.dtype.is_floating_point and weight.dtype.is_floating_point
+            and (bias is None or tuple(bias.shape) == (weight.shape[0],))
+            and fuses_composites(input, weight, bias)):
+        return _composites().call(_linear, input=input, weight=weight, bias=bias)
+    return _linear(input, weight, bias)
+
+
+@autocasts("linear")
+def _linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # (traced as a composite, this wrapper's casts are traced too, under the caller's autocast state,
+    # which the compiled function's guards check)
     if weight.ndim == 2 and input.ndim > 2:
         # one 2-D GEMM over all leading dims (and one for each gradient), never a broadcast batched
         # matmul: numpy runs those without BLAS, far slower, and the weight grad would need a sum

@@ -64,6 +64,9 @@ class PrimStep:
     out: int
     frees: tuple[int, ...]  # slots whose last reader this step is
     into: Callable | None = None  # into(buffer, *inputs, **params) -> the output (the buffer, or its own)
+    # a view of a buffer that stays put (an arena buffer, a constant, a view of one): [(that buffer,
+    # the view)] from the last run, handed out again while the step reads the same buffer object
+    memo: list | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,9 @@ class Plan:
                 last_use[v.id] = step
         keep = {v.id for v in self.graph.outputs}
         kernels, plan_kernels = self.backend.kernels, self.backend.plan_kernels
+        # values whose buffer is the same object on every run (with the same arena): views of them
+        # are remade only when it is not (a view step costs a backend call and an array object)
+        settled = set(arena_of) | {n.out.id for n in self.graph.nodes if n.op == "const"} if arena_of else set()
         steps = []
         for step, (item, values) in enumerate(zip(items, reads)):
             frees = tuple(slot_of[v.id] for v in set(values) if last_use.get(v.id) == step and v.id not in keep)
@@ -220,7 +226,11 @@ class Plan:
             if isinstance(item, Node):
                 into = self.backend.kernels_into.get(item.op) if item.out.id in arena_of else None
                 kernel = (item.out.id not in keep and plan_kernels.get(item.op)) or kernels[item.op]
-                steps.append(PrimStep(item, kernel, ins, slot_of[item.out.id], frees, into))
+                memo = None
+                if item.op in VIEW_PRIMS and item.inputs[0].id in settled and item.out.id not in keep:
+                    settled.add(item.out.id)
+                    memo = [(None, None)]
+                steps.append(PrimStep(item, kernel, ins, slot_of[item.out.id], frees, into, memo))
             else:
                 outs = tuple(slot_of[v.id] for v in item.kernel.outputs)
                 into = tuple((overwrite or {}).get(v.id) for v in item.kernel.outputs)
@@ -335,7 +345,11 @@ class Plan:
                 began = observer.begin(self.backend)
             try:
                 if type(step) is PrimStep:
-                    if step.into is not None and arena is not None:
+                    if step.memo is not None:
+                        source, result = step.memo[0]  # (one tuple: another thread may replace it)
+                        if source is not args[0]:
+                            result = _remembered_view(step, args, self.backend, source)
+                    elif step.into is not None and arena is not None:
                         result = step.into(arena[step.out], *args, **step.node.params)
                     else:
                         kernel = kernels.get(step.node.op, step.kernel) if kernels else step.kernel
@@ -356,6 +370,24 @@ class Plan:
                 _record(step, env, record, self.backend)
             for i in step.frees:
                 env[i] = None
+
+
+_MOVED = object()  # a view step's memo once the buffer it reads has changed between runs
+
+
+def _remembered_view(step: PrimStep, args: list, backend: Backend, source):
+    """A view step's result where its memo does not have it: made, and remembered after a first run
+    (when it is a view: a reshape may have had to copy); a buffer that changes between runs (another
+    arena, a kernel that answered in an array of its own) ends the remembering, so that the memo
+    never keeps a buffer of a finished run alive."""
+    view = step.kernel(*args, **step.node.params)
+    if type(view) is not backend.buffer_type:
+        view = backend.as_buffer(view)
+    if source is None and backend.is_view_of(view, args[0]):
+        step.memo[0] = (args[0], view)
+    elif source is not None and source is not _MOVED:
+        step.memo[0] = (_MOVED, None)
+    return view
 
 
 def _overwritten(step: KernelStep, env: list, outs: list | None, buffer_type: type) -> list:

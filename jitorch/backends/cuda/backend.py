@@ -20,7 +20,7 @@ from ..array_kernels import cat_or_view
 from . import attention, checks
 from .gpu_check import cupy
 from .graphs import CUDAGraph, node_refusal, record
-from .kernels import KERNELS
+from .kernels import KERNELS, KERNELS_INTO
 from .scalars import upload
 
 
@@ -33,6 +33,7 @@ def _device_array(array):
 class CUDABackend(Backend):
     device_type = "cuda"
     kernels = KERNELS
+    kernels_into = KERNELS_INTO  # products into the memory plan's buffers
     plan_kernels = {"cat": functools.partial(cat_or_view, cupy, lambda a: a.data.ptr, lambda a: a.data.mem)}
     buffer_type = cupy.ndarray
     # each CuPy kernel costs ~15 us of host time; a composite's fused Triton kernels a few us each

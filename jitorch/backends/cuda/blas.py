@@ -219,9 +219,11 @@ def _plan(a, b) -> _Plan:
     return found
 
 
-def matmul(a, b, allow_tf32: bool):
+def matmul(a, b, allow_tf32: bool, out=None):
     """a @ b for CuPy arrays (numpy's matmul rules) through cuBLAS on the current stream, or None
-    where the dtypes are not one of float16, bfloat16, float32 and float64."""
+    where the dtypes are not one of float16, bfloat16, float32 and float64. `out`: a C-contiguous
+    array to write it into (a compiled program's planned buffer), used where it has the product's
+    shape and dtype and neither factor is 1-D (else a new array)."""
     dtype = a.dtype
     if b.dtype != dtype or dtype not in DATA_TYPES or a.ndim == 0 or b.ndim == 0:
         return None
@@ -236,7 +238,9 @@ def matmul(a, b, allow_tf32: bool):
         a = cupy.ascontiguousarray(cupy.broadcast_to(a, plan.copy_a))
     if plan.copy_b is not None:
         b = cupy.ascontiguousarray(cupy.broadcast_to(b, plan.copy_b))
-    out = cupy.empty(plan.out_shape, dtype)
+    if (out is None or out.shape != plan.out_shape or out.dtype != dtype or not out.flags.c_contiguous
+            or plan.vector_a or plan.vector_b):
+        out = cupy.empty(plan.out_shape, dtype)
     if plan.gemm is None:
         out.fill(0)
     else:

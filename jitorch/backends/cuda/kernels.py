@@ -129,6 +129,17 @@ def _matmul(a, b):
     return SHARED["matmul"](a, b)
 
 
+def _matmul_into(out, a, b):
+    """a @ b written into `out` (a compiled program's planned buffer) where cuBLAS takes it through
+    nvmath-python (`blas.matmul`); otherwise, and for a product of another shape or dtype, the
+    product in an array of its own."""
+    if _NVMATH:
+        found = nvmath_matmul(a, b, get_float32_matmul_precision() != "highest", out)
+        if found is not None:
+            return found
+    return KERNELS["matmul"](a, b)
+
+
 _NVMATH = blas.available()
 _ones: dict[tuple, object] = {}  # (device, dtype, length) -> a vector of ones
 
@@ -174,6 +185,8 @@ OVERRIDES: dict[str, Callable] = {
     "attention_backward": attention.attention_backward,
 }
 KERNELS: dict[str, Callable] = {name: _on_device(name, kernel) for name, kernel in (SHARED | OVERRIDES).items()}
+# kernels that write their result into a buffer the caller gives (a compiled program's memory plan)
+KERNELS_INTO: dict[str, Callable] = {"matmul": _matmul_into}
 
 
 def _through_triton(name: str, fallback: Callable) -> Callable:
