@@ -268,6 +268,143 @@ def test_errors_are_the_plain_paths(name):
 
 
 # ---------------------------------------------------------------------------------------------
+# transformer layers: one compiled function each, kept by the layer
+
+LAYERS = {
+    "encoder_post_norm_gelu": dict(kind="encoder", activation="gelu", norm_first=False, dropout=0.0),
+    "encoder_pre_norm_dropout": dict(kind="encoder", activation="relu", norm_first=True, dropout=0.3),
+    "encoder_key_padding_eval": dict(kind="encoder", activation="relu", norm_first=True, dropout=0.3, pad=True,
+                                     train=False),
+    "decoder_pre_norm_dropout": dict(kind="decoder", activation="relu", norm_first=True, dropout=0.2),
+    "decoder_post_norm_padding": dict(kind="decoder", activation="gelu", norm_first=False, dropout=0.0, pad=True),
+}
+
+
+def _layer(kind: str, activation="relu", norm_first=True, dropout=0.0, **_):
+    jt.manual_seed(0)
+    cls = jt.nn.TransformerEncoderLayer if kind == "encoder" else jt.nn.TransformerDecoderLayer
+    return cls(16, 2, 32, dropout=dropout, activation=activation, batch_first=True, norm_first=norm_first)
+
+
+def _layer_steps(layer, case: dict, steps: int = 2, amp: bool = False) -> list[np.ndarray]:
+    """Outputs of `steps` calls and the input's and parameters' accumulated gradients; the random
+    generator seeded once, so dropout draws its masks in turn."""
+    layer.train(case.get("train", True))
+    rng = np.random.default_rng(1)
+    x = jt.tensor(rng.standard_normal((2, 5, 16)).astype(np.float32), requires_grad=True)
+    memory = jt.tensor(rng.standard_normal((2, 7, 16)).astype(np.float32))
+    mask = jt.nn.Transformer.generate_square_subsequent_mask(5)
+    padding = jt.tensor(np.array([[False] * 7, [False] * 4 + [True] * 3])) if case.get("pad") else None
+    jt.manual_seed(5)
+    outs = []
+    for _ in range(steps):
+        with jt.autocast("cpu", dtype=jt.bfloat16, enabled=amp):
+            if case["kind"] == "encoder":
+                y = layer(x, src_mask=mask, is_causal=True, src_key_padding_mask=None if padding is None
+                          else padding[:, :5])
+            else:
+                y = layer(x, memory, tgt_mask=mask, tgt_is_causal=True, memory_key_padding_mask=padding)
+        cot = jt.tensor(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        (y.float() * cot).sum().backward()
+        outs.append(y.detach().float().numpy())
+    return outs + [x.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()]
+
+
+def _assert_same_scaled(plain: list, fused: list, what: str) -> None:
+    """As `_assert_same`, the absolute tolerance scaled by each result's size: a layer's gradients
+    sum many float32 products, in another order fused."""
+    for i, (a, b) in enumerate(zip(plain, fused)):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=10 * RTOL * float(np.abs(a).max()), err_msg=f"{what}: {i}")
+
+
+def _fused_programs(layer) -> int:
+    cache = layer.__dict__.get("_fused_forward")
+    return 0 if cache is None else sum(cf.compiles for cf in cache.compiled.values())
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_a_transformer_layer_runs_as_one_compiled_function_equal_to_its_plain_forward(name):
+    case = LAYERS[name]
+    plain = _layer_steps(_layer(**case), case)
+    with fusing():
+        layer = _layer(**case)
+        fused = _layer_steps(layer, case)
+    _assert_same_scaled(plain, fused, name)
+    assert _fused_programs(layer) == 1  # traced once, replayed on the second call
+    assert composites.compiled_functions() == {}  # the layer keeps it, not the global table
+
+
+def test_a_fused_layer_under_autocast_gives_the_plain_dtypes_and_values():
+    case = LAYERS["encoder_pre_norm_dropout"]
+    plain = _layer_steps(_layer(**case), case, amp=True)
+    with fusing():
+        fused = _layer_steps(_layer(**case), case, amp=True)
+    for i, (a, b) in enumerate(zip(plain, fused)):  # bfloat16 products: 8 bits, scaled by each result
+        np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-2 * float(np.abs(a).max()), err_msg=f"result {i}")
+
+
+def test_hooks_subclasses_custom_activations_and_compiled_modules_take_the_plain_forward():
+    case = LAYERS["encoder_pre_norm_dropout"]
+    calls = []
+
+    class Mine(jt.nn.TransformerEncoderLayer):
+        pass
+
+    def with_hook():
+        layer = _layer(**case)
+        layer.linear1.register_forward_hook(lambda module, args, out: calls.append(1))
+        return layer
+
+    def custom_activation():
+        layer = _layer(**case)
+        layer.activation = lambda x: F.relu(x) * 2
+        return layer
+
+    def subclass():
+        jt.manual_seed(0)
+        return Mine(16, 2, 32, dropout=0.3, batch_first=True, norm_first=True)
+
+    def compiled_part():
+        layer = _layer(**case)
+        layer.self_attn.compile()
+        return layer
+
+    for make in (with_hook, custom_activation, subclass, compiled_part):
+        plain = _layer_steps(make(), case)
+        with fusing():
+            layer = make()
+            fused = _layer_steps(layer, case)
+        _assert_same_scaled(plain, fused, make.__name__)
+        assert _fused_programs(layer) == 0, make.__name__
+    assert len(calls) == 4  # the hook ran on every call, fused switch or not
+
+
+def test_a_fused_layer_is_copied_without_its_programs_and_freed_with_its_model():
+    import copy
+    import gc
+    import weakref
+
+    case = LAYERS["encoder_pre_norm_dropout"]
+    with fusing():
+        layer = _layer(**case)
+        _layer_steps(layer, case)
+        stack = jt.nn.TransformerEncoder(layer, num_layers=2)  # deep copies of the layer
+        assert [_fused_programs(copied) for copied in stack.layers] == [0, 0]
+        x = jt.randn(2, 5, 16, requires_grad=True)
+        stack(x).sum().backward()
+        assert [_fused_programs(copied) for copied in stack.layers] == [1, 1]
+        clone = copy.deepcopy(layer)
+        assert _fused_programs(clone) == 0 and _fused_programs(layer) == 1
+        jt.compiler.reset()
+        assert _fused_programs(layer) == 0
+        _layer_steps(layer, case)
+    gone = weakref.ref(layer)
+    del layer, stack, clone
+    gc.collect()
+    assert gone() is None  # its compiled function kept it only in a cycle
+
+
+# ---------------------------------------------------------------------------------------------
 # optimizers: the compiled update by default where the backend fuses eager composites
 
 SHAPES = [(4, 3), (5,), ()]
@@ -472,6 +609,43 @@ def test_on_cuda_linear_is_one_compiled_call_and_matches_torch(amp):
         scale = float(np.abs(w).max())
         rtol = 2e-2 if amp else 1e-4  # bfloat16 outputs: 8 bits; float32: sums of 256 or 256 products
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=f"{name} (autocast {amp})")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("amp", [None, "bfloat16"])
+def test_on_cuda_a_transformer_layer_is_one_compiled_call_and_matches_torch(amp, device="cuda"):
+    # char_lm's layer (pre-norm, causal, batch first), two steps, gradients accumulated
+    def run(lib):
+        layer = lib.nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True, norm_first=True)
+        state = torch_state if lib is torch else {k: jt.tensor(v.numpy()) for k, v in torch_state.items()}
+        layer.load_state_dict(state)
+        layer = layer.to(device)
+        rng = np.random.default_rng(1)
+        x = lib.tensor(rng.standard_normal((4, 64, 128)).astype(np.float32), device="cuda", requires_grad=True)
+        mask = lib.nn.Transformer.generate_square_subsequent_mask(64, device="cuda")
+        outs = []
+        for _ in range(2):
+            with lib.autocast("cuda", dtype=getattr(lib, amp or "float32"), enabled=amp is not None):
+                y = layer(x, src_mask=mask, is_causal=True)
+            cot = lib.tensor(rng.standard_normal(tuple(y.shape)).astype(np.float32), device="cuda")
+            (y.float() * cot).sum().backward()
+            outs.append(y.detach().float().cpu().numpy())
+        return layer, outs + [x.grad.cpu().numpy()] + [p.grad.cpu().numpy() for p in layer.parameters()]
+
+    torch_state = {k: v.detach().clone() for k, v in
+                   torch.nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True,
+                                                    norm_first=True).state_dict().items()}
+    layer, got = run(jt)
+    _, want = run(torch)
+    assert _fused_programs(layer) == 1, "the layer did not run as one compiled function"
+    for i, (g, w) in enumerate(zip(got, want)):
+        if amp is None:
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()), err_msg=f"result {i}")
+        else:  # bfloat16 rounds pre-activations near 0 to either side of ReLU's kink in either library:
+            # a few elements of a weight gradient differ wholly, so the whole result's error is bounded
+            error = float(np.linalg.norm(g - w) / np.linalg.norm(w))
+            assert error < 3e-2, f"result {i}: relative error {error:.3g}"
 
 
 @gpu

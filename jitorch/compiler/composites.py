@@ -23,6 +23,7 @@ shapes (sampling a growing sequence) neither traces without end nor keeps a prog
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -53,20 +54,43 @@ _TENSOR = object()  # marks a tensor argument's place in a cache key
 _compiled: dict[tuple, CompiledFunction] = {}  # (composite, its arguments with tensors marked) -> compiled
 
 
-def call(composite: Callable, **arguments: Any) -> Any:
+class Cache:
+    """Compiled composites kept by the object they compute with (a module passed as a static
+    argument), not in this module's global table: a program refers to the modules it traced (its
+    guards read them), so a global entry would keep a model alive for good, where one kept by the
+    model goes with it. A copy or pickle of the owner starts with an empty cache."""
+
+    def __init__(self) -> None:
+        self.compiled: dict[tuple, CompiledFunction] = {}
+        _caches.add(self)
+
+    def __deepcopy__(self, memo: dict) -> Cache:
+        return Cache()
+
+    def __reduce__(self):
+        return Cache, ()
+
+
+_caches: weakref.WeakSet = weakref.WeakSet()  # every live Cache (`forget` empties them)
+
+
+def call(composite: Callable, *, cache: Cache | None = None, **arguments: Any) -> Any:
     """`composite(**arguments)` run as a cached compiled function. The Tensor arguments are its
     inputs; every other argument (a dim, eps, a reduction, None for an absent weight) is static:
     it picks the compiled function, one per distinct set, baked into its trace. The caller checks
     the arguments first (or sends odd ones down the plain path): data-dependent checks (a class
     index out of range) do not run on traced tensors, and an error raised while tracing names the
-    op's source line besides the shapes, unlike the plain path's."""
+    op's source line besides the shapes, unlike the plain path's. `cache`: where to keep the
+    compiled function (a `Cache` a module keeps, for a composite given that module); else this
+    module's table."""
+    table = _compiled if cache is None else cache.compiled
     key = (composite, *[(name, _TENSOR if isinstance(value, Tensor) else value) for name, value in arguments.items()])
     try:
-        compiled = _compiled.get(key)
+        compiled = table.get(key)
     except TypeError:  # an unhashable static argument (a list for a dtype): no cache entry for it
         return composite(**arguments)
     if compiled is None:
-        compiled = _compiled[key] = _compile(composite, arguments)
+        compiled = table[key] = _compile(composite, arguments)
     tensors = [value for value in arguments.values() if isinstance(value, Tensor)]
     if compiled.compiles >= MAX_PROGRAMS and not _cached(compiled, tensors):
         with disable():  # a new shape past the limit: the composite op by op, as on the CPU
@@ -75,8 +99,10 @@ def call(composite: Callable, **arguments: Any) -> Any:
 
 
 def forget() -> None:
-    """Drop every composite's compiled function (`jitorch.compiler.reset`)."""
+    """Drop every composite's compiled function (`jitorch.compiler.reset`), those modules keep too."""
     _compiled.clear()
+    for cache in list(_caches):
+        cache.compiled.clear()
 
 
 def _compile(composite: Callable, arguments: dict[str, Any]) -> CompiledFunction:

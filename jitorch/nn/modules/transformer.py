@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ... import creation
 from ... import dtypes as _dt
+from ...dispatch import fuses_composites
 from ...tensor import Tensor
 from .. import functional as F
 from .. import init
@@ -273,6 +274,29 @@ class _TransformerLayer(Module):
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
+    def _fused(self, *tensors: Tensor | None) -> bool:
+        """Whether this call runs as one cached compiled function (`jitorch.compiler.composites`),
+        forward and backward: on a backend that fuses eager composites (the GPU, where the layer is
+        otherwise a hundred dispatches each way), for the library's own layer built of the
+        library's own modules with a built-in activation, none with a hook or compiled in place.
+        Then the compiled function runs exactly this forward, and nothing a user could watch
+        (a hook, a subclass's print) is skipped when its program is replayed."""
+        if (type(self) not in (TransformerEncoderLayer, TransformerDecoderLayer)
+                or self.activation not in (F.relu, F.gelu) or not fuses_composites(*tensors)):
+            return False
+        for module in self.modules():
+            if (type(module) not in _FUSED_PARTS or module._forward_pre_hooks or module._forward_hooks
+                    or module._has_backward_hooks() or "_compiled_call" in module.__dict__):
+                return False
+        return True
+
+    def _call_fused(self, composite: Callable, **arguments):
+        """`composite(layer=self, **arguments)` as a compiled function that this layer keeps."""
+        cache = self.__dict__.get("_fused_forward")
+        if cache is None:
+            cache = self.__dict__["_fused_forward"] = F._composites().Cache()
+        return F._composites().call(composite, cache=cache, layer=self, **arguments)
+
 
 class TransformerEncoderLayer(_TransformerLayer):
     """Self-attention + feed-forward block (post-norm by default, `norm_first=True` for pre-norm)."""
@@ -302,7 +326,13 @@ class TransformerEncoderLayer(_TransformerLayer):
         is_causal: bool = False,
     ) -> Tensor:
         """src (S, N, E), or (N, S, E) with `batch_first=True`, or unbatched (S, E) -> same shape."""
+        if self._fused(src, src_mask, src_key_padding_mask):
+            return self._call_fused(_encoder_layer, src=src, src_mask=src_mask,
+                                    src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        return self._forward(src, src_mask, src_key_padding_mask, is_causal)
 
+    def _forward(self, src: Tensor, src_mask: Tensor | None, src_key_padding_mask: Tensor | None,
+                 is_causal: bool) -> Tensor:
         def self_attention(x: Tensor) -> Tensor:
             return self._attend(self.self_attn, x, x, src_mask, src_key_padding_mask, is_causal)
 
@@ -345,6 +375,16 @@ class TransformerDecoderLayer(_TransformerLayer):
         """tgt (T, N, E) and memory (S, N, E) (batch first with `batch_first=True`; unbatched (T, E)
         and (S, E)) -> the shape of tgt. tgt_mask is (T, T), memory_mask (T, S); either may also be
         (N * nhead, ., .). Boolean masks mark positions that may NOT be attended."""
+        masks = dict(tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                     memory_key_padding_mask=memory_key_padding_mask)
+        if self._fused(tgt, memory, *masks.values()):
+            return self._call_fused(_decoder_layer, tgt=tgt, memory=memory, **masks, tgt_is_causal=tgt_is_causal,
+                                    memory_is_causal=memory_is_causal)
+        return self._forward(tgt, memory, *masks.values(), tgt_is_causal, memory_is_causal)
+
+    def _forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None, memory_mask: Tensor | None,
+                 tgt_key_padding_mask: Tensor | None, memory_key_padding_mask: Tensor | None,
+                 tgt_is_causal: bool, memory_is_causal: bool) -> Tensor:
 
         def self_attention(x: Tensor) -> Tensor:
             return self._attend(self.self_attn, x, x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)
@@ -357,6 +397,18 @@ class TransformerDecoderLayer(_TransformerLayer):
         x = self._residual(tgt, self.norm1, self.dropout1, self_attention)
         x = self._residual(x, self.norm2, self.dropout2, cross_attention)
         return self._residual(x, self.norm3, self.dropout3, self._feed_forward)
+
+
+_FUSED_PARTS = frozenset({TransformerEncoderLayer, TransformerDecoderLayer, MultiheadAttention,
+                          NonDynamicallyQuantizableLinear, Linear, LayerNorm, Dropout})
+
+
+def _encoder_layer(layer: TransformerEncoderLayer, **arguments) -> Tensor:
+    return layer._forward(**arguments)
+
+
+def _decoder_layer(layer: TransformerDecoderLayer, **arguments) -> Tensor:
+    return layer._forward(**arguments)
 
 
 class _LayerStack(Module):
