@@ -93,6 +93,12 @@ OP_CASES = {
     "linear_3d_no_bias": (lambda x, w: F.linear(x, w), [(2, 6, 9), (5, 9)]),
     "linear_1d_input": (lambda x, w, b: F.linear(x, w, b), [(9,), (5, 9), (5,)]),
     "linear_module": (lambda x: (jt.manual_seed(0), jt.nn.Linear(9, 4))[1](x), [(3, 6, 9)]),
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, padding=1), [(2, 3, 6, 8), (4, 3, 3, 3), (4,)]),
+    "conv2d_strided_grouped_no_bias": (lambda x, w: F.conv2d(x, w, stride=2, groups=2, dilation=(1, 2)),
+                                       [(2, 4, 7, 9), (6, 2, 3, 2)]),
+    "conv2d_same_unbatched": (lambda x, w: F.conv2d(x, w, padding="same"), [(3, 6, 8), (2, 3, 2, 3)]),
+    "conv1d": (lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1), [(2, 3, 10), (5, 3, 3), (5,)]),
+    "conv2d_module": (lambda x: (jt.manual_seed(0), jt.nn.Conv2d(3, 4, 3))[1](x), [(2, 3, 6, 8)]),
     "max_pool2d": (lambda x: F.max_pool2d(x, 2), [(2, 3, 6, 8)]),
     "max_pool2d_padded_overlapping": (lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), [(2, 3, 7, 9)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [(2, 3, 6, 8)]),
@@ -211,13 +217,17 @@ def test_past_the_program_limit_new_shapes_run_op_by_op(monkeypatch):
         np.testing.assert_allclose(g, F.softmax(x, -1).numpy(), rtol=RTOL, atol=ATOL)
 
 
-def test_linear_under_autocast_casts_inside_its_program_as_the_plain_path_does():
+@pytest.mark.parametrize("op", ["linear", "conv2d"])
+def test_products_under_autocast_cast_inside_their_program_as_the_plain_path_does(op):
     # the composite traces autocast's casts under the caller's autocast state, which its guards check:
     # the same dtypes and values as op by op, and a program of its own outside the region
+    fn, shapes = {"linear": (F.linear, [(2, 6, 9), (5, 9), (5,)]),
+                  "conv2d": (F.conv2d, [(2, 3, 6, 8), (4, 3, 3, 3), (4,)])}[op]
+
     def run(fused: bool, autocast: bool):
-        x, w, b = _inputs([(2, 6, 9), (5, 9), (5,)])
+        x, w, b = _inputs(shapes)
         with fusing(fused), jt.autocast("cpu", dtype=jt.bfloat16, enabled=autocast):
-            out = F.linear(x, w, b)
+            out = fn(x, w, b)
         out.float().sum().backward()
         return [out.dtype, w.grad.dtype] + [t.detach().float().numpy() for t in (out, x.grad, w.grad, b.grad)]
 
@@ -227,8 +237,8 @@ def test_linear_under_autocast_casts_inside_its_program_as_the_plain_path_does()
         tol = dict(rtol=1e-2, atol=1e-2) if autocast else dict(rtol=RTOL, atol=ATOL)  # bfloat16: 8 bits
         for i, (a, b) in enumerate(zip(plain[2:], fused[2:])):
             np.testing.assert_allclose(b, a, err_msg=f"autocast={autocast}: result {i}", **tol)
-    (linear,) = composites.compiled_functions().values()
-    assert linear.compiles == 2  # one program in the region, one outside
+    (compiled,) = composites.compiled_functions().values()
+    assert compiled.compiles == 2  # one program in the region, one outside
 
 
 ERROR_CASES = {
@@ -244,6 +254,10 @@ ERROR_CASES = {
     "gelu_approximate": lambda x: F.gelu(x, approximate="bad"),
     "linear_in_features": lambda x: F.linear(x, jt.ones(3, 4)),
     "linear_bias": lambda x: F.linear(x, jt.ones(3, 5), jt.ones(4)),
+    "conv2d_too_small": lambda x: F.conv2d(x.reshape(1, 1, 4, 5), jt.ones(2, 1, 5, 5)),
+    "conv2d_channels": lambda x: F.conv2d(x.reshape(1, 1, 4, 5), jt.ones(2, 3, 2, 2)),
+    "conv2d_same_strided": lambda x: F.conv2d(x.reshape(1, 1, 4, 5), jt.ones(2, 1, 2, 2), stride=2, padding="same"),
+    "conv1d_padding_string": lambda x: F.conv1d(x.reshape(1, 4, 5), jt.ones(2, 4, 2), padding="full"),
     "cross_entropy_out_of_bounds": lambda x: F.cross_entropy(x, jt.tensor([0, 1, 5, 2])),
     "cross_entropy_negative": lambda x: F.cross_entropy(x, jt.tensor([0, 1, -1, 2])),
     "cross_entropy_batch": lambda x: F.cross_entropy(x, jt.tensor([0, 1, 2])),

@@ -1656,9 +1656,54 @@ def _conv2d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
 
 def _convolve(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
               nd: int, name: str) -> Tensor:
-    """conv1d/2d/3d: checks, the unbatched form, 'same' padding; a 1-D convolution runs as a 2-D
-    one of height 1, a 3-D one as a 2-D one over depth windows lifted into channels."""
+    """conv1d/2d/3d: checks, then `_convolution` under the op's autocast policy; where the backend
+    fuses eager composites (the GPU), a call whose output has room runs as one cached compiled
+    function, forward and backward (im2col, the product, the bias and autocast's casts: a dozen
+    dispatches each way op by op)."""
     _check_conv_input(input, weight, groups, nd, name)
+    arguments = dict(input=input, weight=weight, bias=bias, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups)
+    if (input.dtype.is_floating_point and weight.dtype.is_floating_point and fuses_composites(input, weight, bias)
+            and _conv_output_has_room(input, weight, stride, padding, dilation, nd)):
+        return _composites().call(_CONVOLUTIONS[name], **arguments)
+    return _CONVOLUTIONS[name](**arguments)
+
+
+def _conv_output_has_room(input: Tensor, weight: Tensor, stride, padding, dilation, nd: int) -> bool:
+    """Whether every spatial output size is positive (else the plain path raises its error)."""
+    try:
+        stride, dilation = _pair(stride, nd), _pair(dilation, nd)
+        sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, nd)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    extra = extra or (0,) * (2 * nd)
+    sizes = input.shape[-nd:]
+    return all((size + 2 * pad + extra[2 * (nd - 1 - i)] + extra[2 * (nd - 1 - i) + 1] - d * (k - 1) - 1) // s >= 0
+               for i, (size, pad, d, k, s) in enumerate(zip(sizes, sym, dilation, weight.shape[2:], stride)))
+
+
+@autocasts("conv1d")
+def _conv1d(input, weight, bias, stride, padding, dilation, groups):
+    return _convolution(input, weight, bias, stride, padding, dilation, groups, 1)
+
+
+@autocasts("conv2d")
+def _conv2d(input, weight, bias, stride, padding, dilation, groups):
+    return _convolution(input, weight, bias, stride, padding, dilation, groups, 2)
+
+
+@autocasts("conv3d")
+def _conv3d(input, weight, bias, stride, padding, dilation, groups):
+    return _convolution(input, weight, bias, stride, padding, dilation, groups, 3)
+
+
+_CONVOLUTIONS = {"conv1d": _conv1d, "conv2d": _conv2d, "conv3d": _conv3d}
+
+
+def _convolution(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int,
+                 nd: int) -> Tensor:
+    """The unbatched form, 'same' padding; a 1-D convolution runs as a 2-D one of height 1, a 3-D
+    one as a 2-D one over depth windows lifted into channels."""
     unbatched = input.ndim == nd + 1
     x = input.unsqueeze(0) if unbatched else input
     stride, dilation = _pair(stride, nd), _pair(dilation, nd)
@@ -1705,7 +1750,6 @@ def _conv3d_core(x: Tensor, weight: Tensor, bias, stride, padding, dilation, gro
     return out.reshape(n, od, *out.shape[1:]).movedim(1, 2)
 
 
-@autocasts("conv2d")
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -1719,7 +1763,6 @@ def conv2d(
     return _convolve(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
-@autocasts("conv1d")
 def conv1d(
     input: Tensor,
     weight: Tensor,
@@ -1733,7 +1776,6 @@ def conv1d(
     return _convolve(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
-@autocasts("conv3d")
 def conv3d(
     input: Tensor,
     weight: Tensor,
