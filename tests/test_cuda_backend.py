@@ -583,24 +583,29 @@ def test_out_of_range_indices_on_cuda_raise_at_the_next_wait(cuda):
 
 
 @pytest.mark.gpu
-def test_compiled_products_write_into_the_memory_plan_and_views_of_them_are_kept(cuda):
-    """A product that only the program reads goes into the plan's buffer (cuBLAS writes it there),
-    and the view of it a later product reads is made once: the same values as eagerly, run after run."""
+def test_compiled_products_write_into_the_memory_plan_and_views_of_planned_buffers_are_kept(cuda):
+    """Products that only the program reads go into the plan's buffers (cuBLAS writes them there),
+    and a view of a planned buffer is made once: the same values as eagerly, run after run."""
     import cupy
 
     from jitorch.runtime.executor import PrimStep
 
     rng = np.random.default_rng(0)
     b, c = (jt.tensor(rng.standard_normal(s).astype(np.float32), device="cuda") for s in [(64, 48), (64, 32)])
-    f = jt.compile(lambda a: ((a @ b).t() @ c).relu())  # (a plan with a fused kernel plans memory)
-    for _ in range(3):
-        a = jt.tensor(rng.standard_normal((64, 64)).astype(np.float32), device="cuda")
-        got, want = f(a), ((a @ b).t() @ c).relu()
-        np.testing.assert_allclose(got.cpu().numpy(), want.cpu().numpy(), rtol=1e-5, atol=1e-4)
-    (program,) = [p for entries in f.cache.values() for p in entries]
-    steps = [s for s in program.plan.steps if type(s) is PrimStep]
-    listing = [(s.node.op, s.ins, s.out, s.into is not None, s.memo is not None) for s in steps]
-    assert any(s.node.op == "matmul" and s.into is not None for s in steps), listing
-    (view,) = [s for s in steps if s.memo is not None]
+    cases = {  # (the transpose of a product moves to its factors: (a b)^T c is b^T a^T c)
+        "products": lambda a: ((a @ b).t() @ c).relu(),
+        "view": lambda a: ((a @ b) * 2).reshape(32, 96).t() @ c[:32],
+    }
+    steps = {}
+    for name, fn in cases.items():
+        f = jt.compile(fn)
+        for _ in range(3):
+            a = jt.tensor(rng.standard_normal((64, 64)).astype(np.float32), device="cuda")
+            np.testing.assert_allclose(f(a).cpu().numpy(), fn(a).cpu().numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
+        (program,) = [p for entries in f.cache.values() for p in entries]
+        steps[name] = [s for s in program.plan.steps if type(s) is PrimStep]
+    products = [s for s in steps["products"] if s.node.op == "matmul"]
+    assert len(products) == 2 and all(s.into is not None for s in products)
+    (view,) = [s for s in steps["view"] if s.memo is not None]
     source, made = view.memo[0]
-    assert isinstance(made, cupy.ndarray) and made.shape == (48, 64) and cupy.shares_memory(made, source)
+    assert isinstance(made, cupy.ndarray) and made.shape == (96, 32) and cupy.shares_memory(made, source)
