@@ -393,6 +393,17 @@ def test_hooks_subclasses_custom_activations_and_compiled_modules_take_the_plain
     assert len(calls) == 4  # the hook ran on every call, fused switch or not
 
 
+def test_with_the_compiler_disabled_a_layer_runs_op_by_op():
+    case = LAYERS["encoder_pre_norm_dropout"]
+    with fusing():
+        layer = _layer(**case)
+        x = jt.randn(2, 5, 16, requires_grad=True)
+        with jt.compiler.disable():  # (the debugging switch: pdb and print inside the layer's forward)
+            assert layer(x).grad_fn.prim.name != "compiled_backward"
+        assert _fused_programs(layer) == 0
+        assert layer(x).grad_fn.prim.name == "compiled_backward"
+
+
 def test_a_fused_layer_is_copied_without_its_programs_and_freed_with_its_model():
     import copy
     import gc
