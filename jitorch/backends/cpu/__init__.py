@@ -15,14 +15,14 @@ from ...ir import passes
 from ...ir.fusion import Kernel, KernelDesc
 from .. import Backend, NativeOp, register
 from ..array_kernels import cat_or_view
-from . import jit, native, threads
+from . import jit, memory, native, threads
 from .helpers import address
 from .kernels import KERNELS, KERNELS_INTO
 from .launch import CompiledKernel
 
 
 def _allocation(array: np.ndarray):
-    while array.base is not None:  # (views of views: the array that owns the memory at the root)
+    while isinstance(array.base, np.ndarray):  # (views of views: the array that owns the memory at the root)
         array = array.base
     return array
 
@@ -34,7 +34,7 @@ class CPUBackend(Backend):
     plan_kernels = {"cat": partial(cat_or_view, np, address, _allocation)}
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.empty(shape, dtype)
+        return memory.empty(shape, dtype)  # (a large one from a slab whose pages are in already)
 
     def copy(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True, order="C")
@@ -46,7 +46,7 @@ class CPUBackend(Backend):
         np.add(dst, src, out=dst)
 
     def owns_buffer(self, array: np.ndarray) -> bool:
-        return array.base is None and array.flags.writeable
+        return (array.base is None or type(array.base) is memory.Lease) and array.flags.writeable
 
     def to_numpy(self, array: np.ndarray) -> np.ndarray:
         return array

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...ir.fusion import KernelDesc
 from ...ir.layouts import c_strides
-from . import threads
+from . import memory, threads
 from .helpers import address
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
@@ -77,9 +77,9 @@ class CompiledKernel:
         else:
             stride_arg = self.usual_strides
         if outs is None:
-            outs = [np.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
+            outs = [memory.empty(shape, dt) for shape, dt in zip(self.out_shapes, self.out_dtypes)]
         elif any(o is None for o in outs):
-            outs = [np.empty(shape, dt) if o is None else o
+            outs = [memory.empty(shape, dt) if o is None else o
                     for o, shape, dt in zip(outs, self.out_shapes, self.out_dtypes)]
         pointers += [address(o) for o in outs]
         rows = self.loop_shape[0] if ndim else 1
