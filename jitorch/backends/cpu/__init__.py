@@ -18,7 +18,7 @@ from ..array_kernels import cat_or_view
 from . import jit, memory, native, threads
 from .helpers import address
 from .kernels import KERNELS, KERNELS_INTO
-from .launch import CompiledKernel
+from .launch import CompiledKernel, bytes_per_element
 
 
 def _allocation(array: np.ndarray):
@@ -66,7 +66,7 @@ class CPUBackend(Backend):
     def worth_a_kernel(self, kernel: Kernel) -> bool:
         """A kernel of a single op beats numpy's when it is large enough to run on several threads
         (numpy's ufuncs use one), or where it may join a native run, which calls it for nothing."""
-        return native.enabled() or (threads.count() > 1 and math.prod(kernel.shape) >= threads.MIN_ELEMENTS)
+        return native.enabled() or threads.worth_splitting(math.prod(kernel.shape), bytes_per_element(kernel))
 
     def compile_kernels(self, descs: list[KernelDesc]) -> list[CompiledKernel]:
         """Render each kernel (once per structure per process), compile what this process has not,

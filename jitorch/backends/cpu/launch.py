@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 
 import numpy as np
 
@@ -19,6 +20,13 @@ from . import memory, threads
 from .helpers import address
 
 _KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def bytes_per_element(kernel) -> int:
+    """The bytes a kernel moves per element of its loop: the item sizes of its operands that have
+    one element per element of the loop (a broadcast weight or a row's statistic is small)."""
+    size = math.prod(kernel.shape)
+    return sum(v.dtype.np.itemsize for v in (*kernel.inputs, *kernel.outputs) if math.prod(v.shape) == size)
 
 
 class CompiledKernel:
@@ -51,6 +59,7 @@ class CompiledKernel:
                                  for d in range(self.ndim)]
         # a row kernel splits across threads by rows, never inside one
         self.split_rows = self.ndim >= 2 or not kernel.rows
+        self.bytes_per_element = bytes_per_element(kernel)
         # each input's byte strides when it is C-contiguous in its view shape (the usual case), and
         # the strides argument of a call whose inputs all are: made once, not per call
         self.contiguous = [c_strides(view, v.dtype.np.itemsize) for view, v in zip(self.in_views, kernel.inputs)]
@@ -83,7 +92,8 @@ class CompiledKernel:
                     for o, shape, dt in zip(outs, self.out_shapes, self.out_dtypes)]
         pointers += [address(o) for o in outs]
         rows = self.loop_shape[0] if ndim else 1
-        parts = min(threads.count(), rows) if self.size >= threads.MIN_ELEMENTS and self.split_rows else 1
+        parts = min(threads.count(), rows) if self.split_rows and threads.worth_splitting(
+            self.size, self.bytes_per_element) else 1
         if parts < 2:
             self.fn(self.shape_arg, stride_arg, (ctypes.c_void_p * len(pointers))(*pointers))
             return outs

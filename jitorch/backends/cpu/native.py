@@ -84,7 +84,8 @@ def kernel_strides(op: NativeOp) -> list[int] | None:
 
 def _threaded(kernel) -> bool:
     rows = kernel.loop_shape[0] if kernel.ndim else 1
-    return kernel.size >= threads.MIN_ELEMENTS and kernel.split_rows and min(threads.count(), rows) >= 2
+    return kernel.split_rows and min(threads.count(), rows) >= 2 and threads.worth_splitting(
+        kernel.size, kernel.bytes_per_element)
 
 
 def _matrix(operand: Operand, rows: int, cols: int) -> tuple[int, int] | None:

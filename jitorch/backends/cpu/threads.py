@@ -13,11 +13,18 @@ import queue
 import threading
 from collections.abc import Callable
 
-# Below this many elements, handing a band to another thread costs more than it saves. Fused
-# kernels are mostly memory-bound: on the 2-core development machine a second thread did not speed
-# up the char_lm step's 1-4 MB kernels (`python bench/compile.py --kernel-threads 1` against the
-# default), so only larger ones are split.
-MIN_ELEMENTS = 1 << 19
+# Below this many bytes moved (every full-size operand read or written once), handing a band to
+# another thread costs more than it saves. Fused kernels are mostly memory-bound: on the 2-core
+# development machine a second thread did not speed up the char_lm step's 1-4 MB kernels
+# (`python bench/compile.py --kernel-threads 1` against the default), so only larger ones are
+# split; counted in bytes, not elements, since a kernel reading and writing several arrays (an
+# optimizer's update: four in, three out) moves that much more per element.
+MIN_BYTES = 4 << 20
+
+
+def worth_splitting(elements: int, bytes_per_element: int) -> bool:
+    """Whether a kernel over `elements` that moves `bytes_per_element` for each runs on several threads."""
+    return _count > 1 and elements * bytes_per_element >= MIN_BYTES
 
 _count = os.cpu_count() or 1
 _workers: list[_Worker] = []
