@@ -112,6 +112,26 @@ def test_the_cpu_backend_runs_kernels_one_by_one():
     assert not any(isinstance(k.kernel, KernelGroup) for p in programs for k in p.plan.kernels)
 
 
+def test_on_the_cpu_each_parameters_update_stays_in_one_kernel():
+    """Same-shaped parameters' updates share kernels (they read one learning rate), but a kernel past
+    half its size takes no new chain, so none is cut in two (a moment written by one kernel and
+    read back by the next, a pass over memory more)."""
+    params = [jt.randn(50, 20, requires_grad=True) for _ in range(20)]
+    for p in params:
+        p.grad = jt.randn(50, 20)
+    opt = jt.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    step = jt.compile(opt.step)
+    for _ in range(3):
+        step()
+    (program,) = [p for entries in step.cache.values() for p in entries][-1:]
+    kernels = [k.kernel for k in program.plan.kernels if k.kernel.shape == (50, 20) or k.kernel.shape == (1000,)]
+    assert len(kernels) > 1
+    for k in kernels:
+        made = {v.id for v in k.outputs}
+        assert not any(made & {v.id for v in other.inputs} for other in kernels if other is not k), k.name()
+    assert sum(len(k.outputs) for k in kernels) == 3 * len(params)  # each parameter and its two moments
+
+
 # ---------------------------------------------------------------------------------------------
 # the cuda launcher, on the numpy stand-in for CuPy
 

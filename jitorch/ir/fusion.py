@@ -548,7 +548,9 @@ def _related(node: Node, kernel: Kernel, kernel_of: dict[int, Kernel]) -> bool:
     and separate ones are often the same function, compiled once. Chains that share a value (the
     updates of same-shaped parameters read one learning rate) may share a kernel: one call, and
     the design's horizontal fusion of an optimizer's updates."""
-    return any(kernel_of.get(v.id) is kernel or v.id in kernel.reads and not _is_const(v) for v in node.inputs)
+    shares = len(kernel.nodes) < MAX_NODES_PER_KERNEL // 2
+    return any(kernel_of.get(v.id) is kernel or shares and v.id in kernel.reads and not _is_const(v)
+               for v in node.inputs)
 
 
 def _wire(graph: Graph, kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> None:
