@@ -236,3 +236,39 @@ def test_a_reshape_numpy_copies_runs_as_a_block_copy(dtype):
     np.testing.assert_allclose(compiled(x, w).numpy(), f(torch_x, torch_w).numpy(), rtol=10 * rtol, atol=rtol)
     listing = "\n".join(run.fn.source for run in runs_of(compiled))
     assert "copy " in listing and "blocks" in listing, listing
+
+
+def test_a_convolutions_im2col_columns_are_read_in_place_in_the_layout_they_are_written(monkeypatch):
+    """im2col writes its columns as (C*kh*kw, N, L) and hands out the (N, C*kh*kw, L) view of them
+    (`Backend.into_strides` says so): a native run reads that root in place, no copy of it and no
+    run sent back to its steps, forward and backward, with the values of eager and PyTorch."""
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in [(8, 3, 10, 10), (6, 3, 3, 3), (6,)])
+
+    def loss(lib, x, w, b):
+        return (lib.nn.functional.conv2d(x, w, b).relu() ** 2).sum()
+
+    def grads(lib, compiled_fn=None):
+        tensors = [(torch.tensor if lib is torch else jt.tensor)(a, requires_grad=True) for a in (x, w, b)]
+        out = (compiled_fn or (lambda *t: loss(lib, *t)))(*tensors)
+        out.backward()
+        return [float(out.detach())] + [t.grad.numpy() for t in tensors]
+
+    fallbacks, strided = [], []
+    original = NativeRun.run
+
+    def watched(self, env, arena, empty, copy):
+        strided.extend(spec[3] for spec in self.reads if spec[3] is not None)
+        done = original(self, env, arena, empty, copy)
+        if not done:
+            fallbacks.append(self.names)
+        return done
+
+    monkeypatch.setattr(NativeRun, "run", watched)
+    f = jt.compile(lambda x, w, b: loss(jt, x, w, b))
+    for _ in range(2):
+        got = grads(jt, f)
+    assert strided and not fallbacks
+    for g, e, t in zip(got, grads(jt), grads(torch)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+        np.testing.assert_allclose(g, t, rtol=1e-4, atol=1e-4 * np.abs(t).max())

@@ -151,6 +151,12 @@ class Backend:
         return False
 
     # --- native runs (optional): several steps of a compiled program in one call ----------
+    def into_strides(self, op: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...] | None:
+        """The byte strides of the value that `kernels_into[op]` answers for a buffer of `shape`, where
+        that is not C-contiguous yet the same for every call (so native runs read it in place); None
+        for C-contiguous."""
+        return None
+
     def runs_natively(self, op: NativeOp) -> bool:
         """Whether `compile_native_runs` can take `op` (a step of a compiled program over buffers whose
         layouts are known when the program is built)."""

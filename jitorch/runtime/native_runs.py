@@ -40,7 +40,9 @@ class NativeRun:
 
     def __init__(self, fn: Callable, reads: tuple, makes: tuple, fallback: tuple, names: tuple[str, ...]) -> None:
         self.fn = fn
-        self.reads = reads  # (slot, shape, dtype): roots read from the environment, table entries first
+        # (slot, shape, dtype, strides): roots read from the environment, table entries first; strides
+        # None for a C-contiguous root, else the layout it is read in (declared by the backend)
+        self.reads = reads
         self.makes = makes  # (slot, shape, dtype, arena slot or None, slot whose buffer it writes or None)
         self.written = frozenset(m[4] for m in makes if m[4] is not None)  # roots read that it writes into
         self.fallback = fallback  # the original steps, for a run whose roots are not as assumed
@@ -53,11 +55,14 @@ class NativeRun:
         array) is read from a C-contiguous copy, as a kernel's launch would copy it, unless the run
         writes into it."""
         buffers = []
-        for slot, shape, dtype in self.reads:
+        for slot, shape, dtype, strides in self.reads:
             array = env[slot]
             if array.shape != shape or array.dtype != dtype:
                 return False
-            if not array.flags.c_contiguous:
+            if strides is not None:  # (a layout the backend declared: read in place, or not at all)
+                if array.strides != strides:
+                    return False
+            elif not array.flags.c_contiguous:
                 if slot in self.written:
                     return False
                 array = copy(array)
@@ -80,6 +85,12 @@ class _Layouts:
     def __init__(self, values: dict[int, object]) -> None:
         self.values = values
         self.known: dict[int, Operand] = {}
+
+    def root(self, slot: int, strides: tuple[int, ...]) -> None:
+        """Record `slot` as a root of its own laid out with `strides` (a Python step's result whose
+        layout the backend declares: `Backend.into_strides`)."""
+        v = self.values[slot]
+        self.known[slot] = Operand(slot, 0, tuple(v.shape), strides, np.dtype(v.dtype.np))
 
     def operand(self, slot: int) -> Operand:
         found = self.known.get(slot)
@@ -119,6 +130,11 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
                 elided[step.out] = step
                 continue
         items.append((step, _native_op(step, layouts, backend, prim_step, kernel_step)))
+        if type(step) is prim_step and step.into is not None:
+            v = values[step.out]
+            strides = backend.into_strides(step.node.op, tuple(v.shape), np.dtype(v.dtype.np))
+            if strides is not None:
+                layouts.root(step.out, strides)
     if sum(op is not None for _, op in items) < MIN_OPS:
         return None
 
@@ -145,7 +161,7 @@ def native_steps(plan, steps: list, prim_step: type, kernel_step: type) -> list 
 
     def flush() -> None:
         if len(pending) >= MIN_OPS:
-            run, compiled = _make_run(pending, values, arena_slots, constants, view_steps)
+            run, compiled = _make_run(pending, values, arena_slots, constants, view_steps, layouts)
             out.append(run)
             to_compile.append((run, compiled))
         else:
@@ -197,7 +213,7 @@ def _native_op(step, layouts: _Layouts, backend, prim_step: type, kernel_step: t
 
 
 def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dict,
-              view_steps: Callable) -> tuple[NativeRun, tuple]:
+              view_steps: Callable, layouts: _Layouts) -> tuple[NativeRun, tuple]:
     """One NativeRun of the (step, op) pairs in `pending` (its function still to compile), and what
     the backend compiles it from: (its ops, its number of roots, its fixed buffers). Roots are
     numbered reads first, then the buffers it makes, in the order its ops make them, then the
@@ -230,6 +246,10 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dic
         v = values[slot]
         return slot, tuple(v.shape), np.dtype(v.dtype.np)
 
+    def read_spec(slot: int) -> tuple:  # (with the strides a root is read in, where not C-contiguous)
+        operand = layouts.operand(slot)
+        return spec(slot) + (None if operand.c_contiguous else operand.strides,)
+
     makes = tuple(spec(slot) + (slot if slot in arena_slots else None, into) for slot, into in made_here.items())
     fallback: list = []
     seen: set = set()
@@ -239,7 +259,7 @@ def _make_run(pending: list, values: dict, arena_slots: set[int], constants: dic
     # (their frees were for the plan's own order: a fallback frees nothing, the run's frees follow it)
     fallback = [dataclasses.replace(step, frees=()) for step in fallback]
     names = tuple(op.kernel.name if op.kind == "kernel" else op.kind for _, op in pending)
-    run = NativeRun(None, tuple(spec(s) for s in reads), makes, tuple(fallback), names)
+    run = NativeRun(None, tuple(read_spec(s) for s in reads), makes, tuple(fallback), names)
     return run, (ops, len(reads) + len(fresh) + len(fixed), tuple(constants[slot] for slot in fixed))
 
 

@@ -75,6 +75,13 @@ class CPUBackend(Backend):
         addresses = jit.compile_texts(dict(sources))
         return [CompiledKernel(desc, addresses[digest], text) for desc, (digest, text) in zip(descs, sources)]
 
+    def into_strides(self, op: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...] | None:
+        if op != "unfold" or len(shape) != 3:
+            return None
+        n, k, length = shape  # (im2col writes (C*kh*kw, N, L): `kernels._unfold_into`)
+        item = np.dtype(dtype).itemsize
+        return (length * item, n * length * item, item)
+
     def runs_natively(self, op: NativeOp) -> bool:
         return native.runs_natively(op)
 
