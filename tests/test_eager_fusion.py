@@ -42,9 +42,9 @@ def fusing(on: bool = True, device: str = "cpu"):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    composites.clear()
+    composites.forget()
     yield
-    composites.clear()
+    composites.forget()
 
 
 def _compiled_names() -> list[str]:

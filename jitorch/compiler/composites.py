@@ -99,7 +99,8 @@ def call(composite: Callable, *, cache: Cache | None = None, **arguments: Any) -
 
 
 def forget() -> None:
-    """Drop every composite's compiled function (`jitorch.compiler.reset`), those modules keep too."""
+    """Drop every composite's compiled function, those modules keep too (`jitorch.compiler.reset`;
+    tests; freeing the programs' memory)."""
     _compiled.clear()
     for cache in list(_caches):
         cache.compiled.clear()
@@ -120,11 +121,6 @@ def _cached(compiled: CompiledFunction, tensors: list[Tensor]) -> bool:
     named, _ = compiled._bind(tuple(tensors), {})
     leaves, _, treedef = flatten(named)
     return call_key(treedef, leaves) in compiled.cache
-
-
-def clear() -> None:
-    """Forget every compiled composite (tests; freeing the programs' memory)."""
-    _compiled.clear()
 
 
 def compiled_functions() -> dict[tuple, CompiledFunction]:

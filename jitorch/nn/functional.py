@@ -20,7 +20,7 @@ from .. import ops as _ops
 from .._autocast import autocasts
 from ..creation import full_like, rand
 from ..dispatch import dispatch, fuses_composites
-from ..primitives import PRIMS, broadcast_shapes
+from ..primitives import PRIMS, broadcast_shapes, conv_out_size
 from ..tensor import Tensor
 
 __all__ = [
@@ -1676,10 +1676,9 @@ def _conv_output_has_room(input: Tensor, weight: Tensor, stride, padding, dilati
         sym, extra = _conv_padding(padding, tuple(weight.shape[2:]), dilation, stride, nd)
     except (RuntimeError, ValueError, TypeError):
         return False
-    extra = extra or (0,) * (2 * nd)
-    sizes = input.shape[-nd:]
-    return all((size + 2 * pad + extra[2 * (nd - 1 - i)] + extra[2 * (nd - 1 - i) + 1] - d * (k - 1) - 1) // s >= 0
-               for i, (size, pad, d, k, s) in enumerate(zip(sizes, sym, dilation, weight.shape[2:], stride)))
+    extra = extra or (0,) * (2 * nd)  # (F.pad's order: the last dim's pair first)
+    sizes = [size + extra[2 * (nd - 1 - i)] + extra[2 * (nd - 1 - i) + 1] for i, size in enumerate(input.shape[-nd:])]
+    return all(conv_out_size(*args) > 0 for args in zip(sizes, weight.shape[2:], stride, sym, dilation))
 
 
 @autocasts("conv1d")

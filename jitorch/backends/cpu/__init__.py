@@ -17,7 +17,7 @@ from .. import Backend, NativeOp, register
 from ..array_kernels import cat_or_view
 from . import jit, memory, native, threads
 from .helpers import address
-from .kernels import KERNELS, KERNELS_INTO
+from .kernels import KERNELS, KERNELS_INTO, unfold_strides
 from .launch import CompiledKernel, bytes_per_element
 
 
@@ -76,11 +76,7 @@ class CPUBackend(Backend):
         return [CompiledKernel(desc, addresses[digest], text) for desc, (digest, text) in zip(descs, sources)]
 
     def into_strides(self, op: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...] | None:
-        if op != "unfold" or len(shape) != 3:
-            return None
-        n, k, length = shape  # (im2col writes (C*kh*kw, N, L): `kernels._unfold_into`)
-        item = np.dtype(dtype).itemsize
-        return (length * item, n * length * item, item)
+        return unfold_strides(shape, np.dtype(dtype).itemsize) if op == "unfold" and len(shape) == 3 else None
 
     def runs_natively(self, op: NativeOp) -> bool:
         return native.runs_natively(op)

@@ -11,6 +11,7 @@ from functools import partial
 
 import numpy as np
 
+from ...ir.layouts import c_strides
 from ...primitives import conv_out_size, reduced_shape
 from .. import array_kernels as shared
 from .helpers import (
@@ -65,10 +66,19 @@ def _unfold_into(out, x, kernel, dilation, padding, stride):
     free. The GEMM's weight gradient reads it transposed, and col2im takes its input gradient in
     the same layout (`_fold_into`)."""
     n, k, length = _unfold_shape(x, kernel, dilation, padding, stride)
-    cols = out.reshape(k, n, length).transpose(1, 0, 2)
+    cols = out.reshape(k, n, length).transpose(_UNFOLD_ORDER)
     u = UINT_OF_SIZE[x.dtype.itemsize]  # pure data movement: one kernel for every dtype
     im2col(np.ascontiguousarray(x).view(u), kernel, dilation, padding, stride, cols.view(u))
     return cols
+
+
+_UNFOLD_ORDER = (1, 0, 2)  # unfold's (N, C*kh*kw, L) dims in its buffer's (C*kh*kw, N, L)
+
+
+def unfold_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The byte strides of the (N, C*kh*kw, L) array of `shape` that `_unfold_into` answers."""
+    buffer = c_strides(tuple(shape[d] for d in _UNFOLD_ORDER), itemsize)
+    return tuple(buffer[_UNFOLD_ORDER.index(d)] for d in range(3))
 
 
 def _matmul_into(out, a, b):

@@ -181,23 +181,21 @@ def broadcast_layout(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ..
 
 
 @functools.cache
-def dense_order(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
-    """The dims of a strided array in the order that makes it C-contiguous (outermost first), where
-    it is a dense block in some order (a transposed matrix, a permuted tensor); else None."""
+def dense_order(shape: tuple[int, ...], strides: tuple[int, ...],
+                itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(the dims of a strided array in the order that makes it C-contiguous, outermost first; the
+    permutation that undoes that order), where it is a dense block in some order (a transposed
+    matrix, a permuted tensor); else None. (Cached: both are per layout, not per call.)"""
     order = tuple(sorted(range(len(shape)), key=lambda d: -strides[d]))
     step = itemsize
     for d in reversed(order):
         if shape[d] != 1 and strides[d] != step:
             return None
         step *= shape[d]
-    return order
-
-
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     inverse = [0] * len(order)
     for k, d in enumerate(order):
         inverse[d] = k
-    return tuple(inverse)
+    return order, tuple(inverse)
 
 
 _kernels: dict[tuple, FlatKernel | None] = {}  # (op, params, dtypes, scalars) -> its kernel, or None: CuPy's
@@ -266,12 +264,13 @@ def eager_pointwise(op: str, fallback: Callable) -> Callable:
             return fallback(*arrays, **params)
         operands = moved or arrays
         if strides is not None:  # every full operand one dense layout in another dim order
-            order = dense_order(shape, strides, operands[kinds.index(FULL)].itemsize) if same else None
-            kernel = order and _flat_kernel(op, params, operands, tuple(kinds))
+            found = dense_order(shape, strides, operands[kinds.index(FULL)].itemsize) if same else None
+            kernel = found and _flat_kernel(op, params, operands, tuple(kinds))
             if not kernel or 0 in shape:
                 return fallback(*arrays, **params)
+            order, inverse = found
             flat = kernel.run(addresses, tuple(shape[d] for d in order), (prod(shape),), not every & 15)
-            return flat.transpose(_inverse(order))  # (the result in its operands' layout, as PyTorch's)
+            return flat.transpose(inverse)  # (the result in its operands' layout, as PyTorch's)
         if same:
             layouts = tuple(kinds)
             loop = (prod(shape),)
