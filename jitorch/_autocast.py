@@ -76,7 +76,8 @@ def regions() -> dict[str, object]:
 
 def key() -> tuple:
     """The autocast state as a compiled function's guard: (device type, dtype name) pairs."""
-    return tuple(sorted((d, t.name) for d, t in _state.regions.items()))
+    regions = _state.regions
+    return tuple(sorted((d, t.name) for d, t in regions.items())) if regions else ()  # (every compiled call asks)
 
 
 @contextmanager

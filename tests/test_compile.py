@@ -494,6 +494,19 @@ def test_keyword_and_nested_arguments_and_outputs():
     assert out["sum"].item() == 12.0 and cf.compiles == 2
 
 
+def test_positional_keyword_and_mixed_calls_share_one_program():
+    """Tensors passed by position (the quick path that skips binding) key the cache exactly as the
+    same tensors passed by name, and a non-tensor argument still takes part in the key."""
+    cf = jt.compile(lambda x, y, scale=2.0: (x * scale + y).sum())
+    x, y = jt.ones(3), jt.arange(3.0)
+    assert cf(x, y).item() == 9.0 and cf.compiles == 1
+    assert cf(x=x, y=y).item() == 9.0 and cf(x, y=y).item() == 9.0
+    assert cf.compiles == 1 and cf.hits == 2
+    assert cf(x, y, 3.0).item() == 12.0 and cf.compiles == 2  # a new value of a plain argument: a new guard
+    assert cf(x, y).item() == 9.0 and cf.compiles == 2
+    assert cf(jt.ones(4), jt.ones(4)).item() == 12.0  # a new shape still misses the cache
+
+
 def test_in_place_update_of_an_argument_reaches_the_caller():
     cf = jt.compile(lambda x: x.mul_(2).add_(1))
     x = jt.ones(3)

@@ -187,6 +187,7 @@ class CompiledFunction:
         params = list(self._signature.parameters.values()) if self._signature is not None else []
         # names of the leading plain positional parameters (stop at *args: it binds differently)
         self._positional = []
+        self._tensor_trees: dict[int, tuple[list[str], tuple]] = {}  # see _tensor_arguments
         for p in params:
             if p.kind not in plain:
                 break
@@ -198,11 +199,17 @@ class CompiledFunction:
         if self.mode == "eager" or _eager_forced() or self._fell_back or trace_state.tracer is not None:
             return self.fn(*args, **kwargs)  # (a compiled call inside a trace is simply inlined)
         self.calls += 1
-        named, call = self._bind(args, kwargs)
-        leaves, paths, treedef = flatten(named)
+        flat = None if kwargs else self._tensor_arguments(args)
+        if flat is None:
+            named, call = self._bind(args, kwargs)
+            leaves, paths, treedef = flatten(named)
+        else:
+            (paths, treedef), leaves, call = flat, list(args), None
         key, dims = self._key(treedef, leaves)
         program, reason = self._lookup(key, leaves)
         if program is None:
+            if call is None:
+                call = self._bind(args, kwargs)[1]
             key, dims = self._widen(key, dims, treedef, leaves)
             try:
                 program = self._compile(call, leaves, paths, key, reason, dims)
@@ -237,6 +244,21 @@ class CompiledFunction:
         with disable():
             return self.fn(*args, **kwargs)
 
+    def _tensor_arguments(self, args: tuple) -> tuple[list[str], tuple] | None:
+        """For positional arguments that are all tensors (the usual call): (their paths, the
+        treedef `flatten` gives their dict of names), made once per count; else None."""
+        if len(args) > len(self._positional):
+            return None
+        for a in args:
+            if not isinstance(a, Tensor):
+                return None
+        found = self._tensor_trees.get(len(args))
+        if found is None:
+            names = self._positional[: len(args)]
+            _, paths, treedef = flatten(dict(zip(names, args)))
+            found = self._tensor_trees[len(args)] = (paths, treedef)
+        return found
+
     def _bind(self, args: tuple, kwargs: dict):
         """The arguments keyed by parameter name (so guards and logs say `x`, `batch[0]`), and a
         function that calls `fn` again with such a dict of (traced) values."""
@@ -265,7 +287,7 @@ class CompiledFunction:
         dims = all_dims(leaves) if self.dynamic else {i: set(d) for i, d in self._auto_dims.items()}
         for i, marked in marked_dims(leaves).items():
             dims.setdefault(i, set()).update(marked)
-        return masked_key(key, dims), dims
+        return (masked_key(key, dims) if dims else key), dims
 
     def _widen(self, key: tuple, dims: dict[int, set[int]], treedef, leaves: list
                ) -> tuple[tuple, dict[int, set[int]]]:

@@ -23,11 +23,12 @@ from ..tensor import Tensor
 
 
 def leaf_guard(leaf) -> tuple:
-    """One argument leaf's part of the cache key: ("tensor", shape, dtype, device, requires_grad),
+    """One argument leaf's part of the cache key: ("tensor", shape, numpy dtype, device, requires_grad),
     ("value", type name, value) for a hashable value, ("object", type name, id) for anything else.
     A plain tuple: it is built and hashed on every call."""
     if isinstance(leaf, Tensor):
-        return ("tensor", leaf._data.shape, leaf._data.dtype.str, str(leaf._device), leaf.requires_grad)
+        data = leaf._data  # (the dtype object, not its `.str`, which numpy builds on every read)
+        return ("tensor", data.shape, data.dtype, str(leaf._device), leaf.requires_grad)
     try:
         hash(leaf)
         return ("value", type(leaf).__name__, leaf)
