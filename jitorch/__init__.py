@@ -262,3 +262,4 @@ less = lt
 
 __version__ = "0.1.0"
 from .serialization import load, save  # noqa: E402 - after the Tensor methods are installed
+from . import export  # noqa: E402 - torch.export's place: jitorch.export.export, .save, .load
