@@ -10,8 +10,8 @@ The names follow `torch.export`. What is saved is the optimized forward graph of
 primitive in it, its weights and constant arrays (see `format.py` for the file format); loading
 rebuilds the graph from jitorch's own primitive table, checks it, and plans it on the device the
 way `jitorch.compile` plans a program (fused kernels, compiled once and kept in the kernel disk
-cache). Shapes are those of the example arguments: a call with other shapes is refused, naming
-the input (`dynamic_shapes` is not supported yet).
+cache). Shapes are those of the example arguments but for the dims exported as dynamic
+(`dynamic_shapes`, as in `torch.export`): a call with other shapes is refused, naming the input.
 """
 
 from __future__ import annotations
@@ -31,20 +31,24 @@ from ..device import Device
 from ..ir.graph import Graph
 from ..ir.pytree import unflatten
 from ..runtime.executor import Plan
+from ..symbolic import SymInt
 from ..tensor import Tensor
 from .format import (
     GRAPH_FILE,
     WEIGHTS_FILE,
     ExportError,
     build_graph,
+    check,
     count_leaves,
     decode_tree,
+    encode_expr,
     graph_document,
     read_document,
 )
 from .safetensors import FormatError, load_file, save_file
 
-__all__ = ["ExportError", "ExportedProgram", "FormatError", "LoadedProgram", "TensorSpec", "export", "load", "save"]
+__all__ = ["Dim", "ExportError", "ExportedProgram", "FormatError", "LoadedProgram", "TensorSpec", "export", "load",
+           "save"]
 
 
 @dataclass(frozen=True)
@@ -52,33 +56,36 @@ class TensorSpec:
     """One input or output of an exported program: its name, shape and dtype (a jitorch dtype name)."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]  # a dynamic dim by its symbol's name ("s0")
     dtype: str
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.dtype}{list(self.shape)}"
+        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
 class ExportedProgram:
     """The inference graph of one call of a model or function, with its weights and its input and
     output specs. `module(device)` runs it; `jitorch.export.save` writes it."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree) -> None:
-        self.graph = graph
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree, shape_env=None) -> None:
+        self.graph = graph  # over size symbols where dims are dynamic
         self.weights = weights  # name -> host array
         self.output_tree = output_tree
+        self.shape_env = shape_env  # the symbols' sources and guards (a ShapeEnv), or None
         self.input_specs, self.output_specs = _specs(graph)
 
     def module(self, device: str | Device = "cpu") -> LoadedProgram:
         """A callable that runs this program on `device`."""
-        return LoadedProgram(self.graph, self.weights, self.output_tree, device)
+        return LoadedProgram(self.graph, self.weights, self.output_tree, device, self.shape_env)
 
     def __str__(self) -> str:
         lines = [f"ExportedProgram {self.graph.name}",
                  "  inputs:  " + ", ".join(map(str, self.input_specs)),
                  "  outputs: " + ", ".join(map(str, self.output_specs)),
-                 f"  weights: {len(self.weights)} tensors, {sum(a.size for a in self.weights.values()):,} elements",
-                 self.graph.format()]
+                 f"  weights: {len(self.weights)} tensors, {sum(a.size for a in self.weights.values()):,} elements"]
+        if self.shape_env is not None:
+            lines += ["  " + line for line in self.shape_env.describe()]
+        lines.append(self.graph.format())
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -86,8 +93,11 @@ class ExportedProgram:
 
 def _specs(graph: Graph) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """(the argument inputs' specs, the outputs' specs) of an exported graph."""
-    inputs = [TensorSpec(i.label, i.value.shape, i.value.dtype.name) for i in graph.inputs if i.kind == "arg"]
-    outputs = [TensorSpec(label, v.shape, v.dtype.name) for v, label in zip(graph.outputs, graph.output_labels)]
+    def spec(name: str, v) -> TensorSpec:
+        return TensorSpec(name, tuple(str(d.expr) if type(d) is SymInt else d for d in v.shape), v.dtype.name)
+
+    inputs = [spec(i.label, i.value) for i in graph.inputs if i.kind == "arg"]
+    outputs = [spec(label, v) for v, label in zip(graph.outputs, graph.output_labels)]
     return inputs, outputs
 
 
@@ -95,11 +105,12 @@ def export(model_or_fn: Callable, args: tuple, kwargs: dict | None = None, *, dy
            strict: bool = True) -> ExportedProgram:
     """Trace one call `model_or_fn(*args)` into an inference graph: a module is put in eval mode for
     the trace (and back after), autograd is off. `args` are tensors (positional); the outputs are
-    tensors or tuples, lists or dicts of them. Weights are named by the module's `state_dict` keys
-    where the module holds them."""
-    if dynamic_shapes is not None:
-        raise NotImplementedError("jitorch.export: dynamic_shapes is not supported yet; export once per input "
-                                  "shape (the loaded program refuses other shapes, naming the input)")
+    tensors or tuples, lists or dicts of them. Weights are named as the module names its parameters
+    and buffers (its `state_dict` keys) where the module holds them.
+
+    `dynamic_shapes`, as in `torch.export`: per argument (a dict by argument name, or a tuple in
+    argument order) None or {dim: name or `Dim`} for the dims that may differ from call to call (a
+    batch, a sequence length); every other dim is fixed. Dims given one name are one size."""
     if kwargs:
         raise ExportError("jitorch.export: pass the example inputs positionally (args), not as keyword arguments")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
@@ -112,19 +123,62 @@ def export(model_or_fn: Callable, args: tuple, kwargs: dict | None = None, *, dy
 
     module = model_or_fn if isinstance(model_or_fn, Module) else None
     names = _argument_names(model_or_fn, len(args))
+    dynamic = _dynamic_dims(dynamic_shapes, names, args)
+    traced_args = [a.detach() for a in args]  # (marked as dynamic, not the caller's tensors)
+    for k, dims in dynamic.items():
+        compiler.mark_dynamic(traced_args[k], sorted(dims))
     fn = model_or_fn.forward if module is not None else model_or_fn  # (traced as written: its source lines)
     was_training = module.training if module is not None else None
-    compiled = compiler.compile(fn, dynamic=False, fullgraph=True)
+    compiled = compiler.compile(fn, dynamic=None if dynamic else False, fullgraph=True)
     try:
         if module is not None:
             module.eval()
         with no_grad():
-            compiled(*args)
+            compiled(*traced_args)
     finally:
         if module is not None:
             module.train(was_training)
-    (program,) = compiled.programs()
-    return _exported(program, module, names)
+    (entry,) = [e for entries in compiled.cache.values() for e in entries]
+    return _exported(entry, module, names)
+
+
+def _dynamic_dims(dynamic_shapes, names: list[str], args: tuple) -> dict[int, set[int]]:
+    """{argument index: its dynamic dims} from `dynamic_shapes` (see `export`)."""
+    if dynamic_shapes is None:
+        return {}
+    if isinstance(dynamic_shapes, dict):
+        unknown = set(dynamic_shapes) - set(names)
+        if unknown:
+            raise ExportError(f"dynamic_shapes names {sorted(unknown)}, which are not arguments ({names})")
+        per_arg = [dynamic_shapes.get(name) for name in names]
+    elif isinstance(dynamic_shapes, (tuple, list)) and len(dynamic_shapes) == len(args):
+        per_arg = list(dynamic_shapes)
+    else:
+        raise ExportError("dynamic_shapes: a dict by argument name, or a tuple with one entry per argument")
+    found = {}
+    for k, (spec, a) in enumerate(zip(per_arg, args)):
+        if spec is None:
+            continue
+        dims = spec.keys() if isinstance(spec, dict) else spec
+        for d in dims:
+            if type(d) is not int or not -a.ndim <= d < a.ndim:
+                raise ExportError(f"dynamic_shapes: dim {d!r} of {names[k]} (shape {list(a.shape)}) is out of range")
+            if a.shape[d] < 2:
+                raise ExportError(f"dynamic_shapes: {names[k]}.size({d}) is {a.shape[d]} in the example; "
+                                  "export with a size of at least 2 for a dynamic dim")
+        found[k] = {d % a.ndim for d in dims}
+    return found
+
+
+class Dim:
+    """A named dynamic size for `dynamic_shapes` (`torch.export.Dim`'s name; bounds are checked
+    against the shapes of each call only where the trace depends on them)."""
+
+    def __init__(self, name: str, *, min: int | None = None, max: int | None = None) -> None:  # noqa: A002
+        self.name, self.min, self.max = name, min, max
+
+    def __repr__(self) -> str:
+        return f"Dim({self.name!r})"
 
 
 def _argument_names(fn: Callable, n: int) -> list[str]:
@@ -138,9 +192,28 @@ def _argument_names(fn: Callable, n: int) -> list[str]:
     return names + [f"arg{k}" for k in range(len(names), n)]
 
 
-def _exported(program, module, arg_names: list[str]) -> ExportedProgram:
-    info, graph = program.info, program.graph
-    what = graph.name
+def _exported(entry, module, arg_names: list[str]) -> ExportedProgram:
+    """The ExportedProgram of a compiled function's one cache entry: its Program, or the graph over
+    size symbols of a SymbolicProgram (optimized over the symbols, as the compiler does)."""
+    from ..compiler.dynamic import SymbolicProgram
+    from ..ir.joint import prune_inputs
+    from ..ir.passes import optimize
+    from ..symbolic import SizeEscape, strict
+
+    env = None
+    if isinstance(entry, SymbolicProgram):
+        (program,) = entry.programs.values()
+        try:
+            with strict():
+                graph = optimize(entry.graph.copy())
+                prune_inputs(graph)
+        except SizeEscape as err:
+            raise ExportError(f"{entry.name}: the model uses a dynamic size as a number in a way its graph cannot "
+                              f"express ({err}); export without dynamic_shapes") from None
+        env = entry.env
+    else:
+        program, graph = entry, entry.graph
+    info, what = program.info, graph.name
     if program.backward is not None:
         raise ExportError(f"{what}: the exported call computed gradients")
     if info.writes or info.arg_writes or info.born_writes or info.grad_writes or info.python_writes or info.escaped:
@@ -154,7 +227,7 @@ def _exported(program, module, arg_names: list[str]) -> ExportedProgram:
     out = Graph(graph.name)
     values = {}
     for inp in graph.inputs:
-        if inp.kind not in ("arg", "lifted"):
+        if inp.kind not in ("arg", "lifted", "size"):
             raise ExportError(f"{what}: input {inp.label} ({inp.kind}) cannot be exported: an exported program "
                               "reads its arguments and weights only (no random numbers)")
         label, ref = (arg_names[inp.ref], inp.ref) if inp.kind == "arg" else (inp.label, inp.ref)
@@ -167,7 +240,21 @@ def _exported(program, module, arg_names: list[str]) -> ExportedProgram:
                                            node.out.shape, node.out.dtype, node.source)
     for k, slot in enumerate(info.user_out):
         out.add_output(values[graph.outputs[slot].id], f"out{k}" if len(info.user_out) > 1 else "out")
-    return ExportedProgram(out, weights, program.out_treedef)
+    if env is not None:
+        env = _named_sources(env, arg_names)
+    return ExportedProgram(out, weights, program.out_treedef, env)
+
+
+def _named_sources(env, arg_names: list[str]):
+    """`env` with its sizes labelled by the export's argument names (`input.size(0)`)."""
+    from ..symbolic import ShapeEnv, SymbolSource
+
+    named = ShapeEnv()
+    named.hints, named.guards = dict(env.hints), list(env.guards)
+    named.sources = {name: [SymbolSource(s.leaf, s.dim, f"{arg_names[s.leaf]}.size({s.dim})") for s in sources]
+                     for name, sources in env.sources.items()}
+    named.fixed = [SymbolSource(s.leaf, s.dim, f"{arg_names[s.leaf]}.size({s.dim})", s.size) for s in env.fixed]
+    return named
 
 
 def _weight_names(module) -> dict[int, str]:
@@ -187,9 +274,9 @@ def save(ep: ExportedProgram, path: str | os.PathLike) -> None:
     if os.path.exists(path) and not os.path.isfile(os.path.join(path, GRAPH_FILE)):
         raise FileExistsError(f"{path} exists and is not an exported program: choose another path")
     inputs = [{"arg": i.ref, "name": i.label} if i.kind == "arg" else {"weight": i.ref, "name": i.label}
-              for i in ep.graph.inputs]
+              if i.kind == "lifted" else {"size": encode_expr(i.ref), "name": i.label} for i in ep.graph.inputs]
     document, constants = graph_document(ep.graph, inputs, list(ep.graph.output_labels), ep.output_tree,
-                                         f"jitorch {__version__}")
+                                         f"jitorch {__version__}", ep.shape_env)
     clash = set(constants) & set(ep.weights)
     if clash:
         raise ExportError(f"weights named like the graph's constants: {sorted(clash)}")
@@ -219,7 +306,7 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
     arrays, _ = load_file(weights_path)
-    graph = build_graph(document, arrays, os.path.join(path, GRAPH_FILE))
+    graph, shape_env = build_graph(document, arrays, os.path.join(path, GRAPH_FILE))
     tree = decode_tree(document.get("output_tree", "*"), os.path.join(path, GRAPH_FILE))
     if count_leaves(tree) != len(graph.outputs):
         raise FormatError(f"{path}: output_tree has {count_leaves(tree)} leaves for {len(graph.outputs)} outputs")
@@ -240,31 +327,63 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     unused = set(arrays) - set(weights) - {k for k in arrays if k.startswith("constants/")}
     if unused:
         raise FormatError(f"{weights_path}: tensors the graph does not read: {sorted(unused)[:5]}")
-    return LoadedProgram(graph, weights, tree, device)
+    return LoadedProgram(graph, weights, tree, device, shape_env if shape_env.sources or shape_env.fixed else None)
 
 
 class LoadedProgram:
-    """An exported program planned on a device: call it with tensors of the input specs' shapes and
-    dtypes (positionally); it returns the outputs as the exported call returned them."""
+    """An exported program planned on a device: call it with tensors of the input specs' dtypes and
+    shapes (dynamic dims at any size the export allows), positionally; it returns the outputs as the
+    exported call returned them. Each new set of dynamic sizes is planned once (its kernels compile
+    once, into the kernel disk cache)."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree, device: str | Device) -> None:
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree, device: str | Device,
+                 shape_env=None) -> None:
         self.device = device if isinstance(device, Device) else Device(device)
         self.backend = backend_for(self.device.type)
-        self.graph, self.output_tree = graph, output_tree
+        self.graph, self.output_tree, self.shape_env = graph, output_tree, shape_env
         self.input_specs, self.output_specs = _specs(graph)
         self._weights = {name: self.backend.from_numpy(a if a.flags.c_contiguous else a.copy())
                          for name, a in weights.items()}
-        self._fetch = [("arg", i.ref) if i.kind == "arg" else ("weight", i.ref) for i in graph.inputs]
-        self._plan = Plan(graph, self.backend)
+        self._plans: dict[tuple[int, ...], tuple[Plan, list, list]] = {}  # sizes -> (plan, inputs, their shapes)
+        if shape_env is None:
+            self._plan_for({})
+
+    def _plan_for(self, sizes: dict[str, int]) -> tuple[Plan, list, list]:
+        key = tuple(sizes.values())
+        found = self._plans.get(key)
+        if found is None:
+            graph = check(self.graph, sizes, self.graph.name) if sizes else self.graph
+            fetch = []
+            for i in graph.inputs:
+                if i.kind == "arg":
+                    fetch.append(i.ref)
+                elif i.kind == "lifted":
+                    fetch.append(self._weights[i.ref])
+                else:  # (a size used as a number)
+                    fetch.append(self.backend.from_numpy(np.array(i.ref, np.int64)))
+            shapes = [i.value.shape for i in sorted((i for i in graph.inputs if i.kind == "arg"), key=lambda i: i.ref)]
+            found = self._plans[key] = (Plan(graph, self.backend), fetch, shapes)
+        return found
 
     def __call__(self, *args):
         if len(args) != len(self.input_specs):
             raise TypeError(f"the exported program takes {len(self.input_specs)} inputs "
                             f"({', '.join(map(str, self.input_specs))}), got {len(args)}")
-        arrays = [self._argument(k, a) for k, a in enumerate(args)]
-        inputs = [arrays[ref] if kind == "arg" else self._weights[ref] for kind, ref in self._fetch]
+        for spec, a in zip(self.input_specs, args):
+            self._check(spec, a)
+        sizes = {}
+        if self.shape_env is not None:
+            sizes, reason = self.shape_env.bind([tuple(a.shape) for a in args])
+            if sizes is None:
+                raise ValueError(f"the exported program does not take these shapes: {reason}")
+        plan, fetch, shapes = self._plan_for(sizes)
+        for spec, a, shape in zip(self.input_specs, args, shapes):
+            if tuple(a.shape) != tuple(shape):
+                raise ValueError(f"input {spec.name}: expected {spec.dtype}{list(shape)}, got "
+                                 f"{a.dtype.name}{list(a.shape)} (its fixed dims are the exported shapes')")
+        inputs = [args[ref]._data if type(ref) is int else ref for ref in fetch]
         with no_grad():
-            results = self._plan.run(inputs)
+            results = plan.run(inputs)
         outs = []
         for data in results:
             t = Tensor._make(data if self.backend.owns_buffer(data) else self.backend.copy(data))
@@ -273,18 +392,16 @@ class LoadedProgram:
             outs.append(t)
         return unflatten(self.output_tree, outs)
 
-    def _argument(self, k: int, a):
-        spec = self.input_specs[k]
+    def _check(self, spec: TensorSpec, a) -> None:
         if not isinstance(a, Tensor):
             raise TypeError(f"input {spec.name}: expected a tensor ({spec.dtype}{list(spec.shape)}), "
                             f"got {type(a).__name__}")
-        if tuple(a.shape) != spec.shape or a.dtype.name != spec.dtype:
-            raise ValueError(f"input {spec.name}: expected {spec.dtype}{list(spec.shape)}, got "
-                             f"{a.dtype.name}{list(a.shape)} (the program was exported for these shapes)")
+        if a.dtype.name != spec.dtype or a.ndim != len(spec.shape):
+            raise ValueError(f"input {spec.name}: expected {spec.dtype}[{', '.join(map(str, spec.shape))}], got "
+                             f"{a.dtype.name}{list(a.shape)}")
         if a.device != self.device:
             raise ValueError(f"input {spec.name} is on {a.device}; this program runs on {self.device}: "
                              f"move it with .to('{self.device}')")
-        return a._data
 
     def __str__(self) -> str:
         return (f"LoadedProgram {self.graph.name} on {self.device}: "

@@ -12,7 +12,17 @@
      "output_tree": "*"}
 
 Every value has an integer id, defined once (by an input or a node) before it is read. An input is
-an argument of the call (`arg`: its position) or a weight (`weight`: its name in the weights file).
+an argument of the call (`arg`: its position), a weight (`weight`: its name in the weights file) or
+a size used as a number (`size`: its expression, below).
+
+Dynamic sizes: a dim exported as dynamic is a symbol ("s0") wherever it appears: in shapes and
+params as {"size": EXPR, "hint": 8} (the value it had in the export), where EXPR is a polynomial,
+{"terms": [[[ATOM, ...], coefficient], ...]}, an ATOM a symbol's name or {"//": [EXPR, d]} /
+{"%": [EXPR, d]}. `symbols` says where each symbol is read ({"s0": {"sources": [[arg, dim], ...],
+"hint": 8}}), `fixed` the dynamic dims the export saw at size 0 or 1 ([[arg, dim, size], ...], taken
+as constants), `guards` what the trace assumed about the sizes ([{"lhs": EXPR, "op": "<", "rhs":
+EXPR, "answer": true}, ...]). A call binds the symbols from its arguments' shapes, checks the
+guards, and runs the graph specialized to those sizes.
 A node's `op` is a primitive of `jitorch.primitives.PRIMS` or "const" (its `value` param an array
 in the weights file). Params are JSON with tags for what JSON lacks: {"float": "0.5"} (repr of a
 float, "inf" and "nan" included), {"tuple": [...]}, {"list": [...]}, {"dtype": "bfloat16"},
@@ -34,6 +44,7 @@ from .. import dtypes as _dt
 from ..ir.graph import Const, Graph, IRError, Value
 from ..ir.pytree import LEAF
 from ..primitives import PRIMS
+from ..symbolic import Expr, Guard, ShapeEnv, SymbolSource, SymInt
 from .safetensors import FormatError
 
 FORMAT, VERSION = "jitorch.export", 1
@@ -53,6 +64,8 @@ def encode_param(value, constants: dict[str, np.ndarray], where: str):
     """A node param as JSON (see the module's docstring); a `Const`'s array goes into `constants`."""
     if value is None or type(value) in (bool, int, str):
         return value
+    if type(value) is SymInt:
+        return {"size": encode_expr(value.expr), "hint": value.hint}
     if type(value) is float:
         return {"float": repr(value)}
     if type(value) is tuple:
@@ -74,6 +87,8 @@ def encode_param(value, constants: dict[str, np.ndarray], where: str):
 def decode_param(value, constants: dict[str, np.ndarray], where: str):
     if value is None or type(value) in (bool, int, str):
         return value
+    if isinstance(value, dict) and set(value) == {"size", "hint"} and type(value["hint"]) is int:
+        return SymInt(value["hint"], decode_expr(value["size"], where))
     if isinstance(value, dict) and len(value) == 1:
         ((tag, inner),) = value.items()
         if tag == "float" and isinstance(inner, str):
@@ -94,6 +109,83 @@ def decode_param(value, constants: dict[str, np.ndarray], where: str):
                 raise FormatError(f"{where}: constant {inner!r} is not in {WEIGHTS_FILE}")
             return Const(constants[inner])
     raise FormatError(f"{where}: unreadable param {value!r}")
+
+
+def encode_expr(expr: Expr) -> dict:
+    def atom(a):
+        return a if isinstance(a, str) else {a[0]: [encode_expr(a[1]), a[2]]}
+
+    return {"terms": [[[atom(a) for a in monomial], c] for monomial, c in expr.terms]}
+
+
+def decode_expr(value, where: str) -> Expr:
+    def atom(a):
+        if isinstance(a, str) and a.isidentifier():
+            return a
+        if isinstance(a, dict) and len(a) == 1:
+            ((op, inner),) = a.items()
+            if op in ("//", "%") and isinstance(inner, list) and len(inner) == 2 and type(inner[1]) is int \
+                    and inner[1] > 0:
+                return (op, decode_expr(inner[0], where), inner[1])
+        raise FormatError(f"{where}: unreadable size term {a!r}")
+
+    terms = value.get("terms") if isinstance(value, dict) and set(value) == {"terms"} else None
+    if not isinstance(terms, list) or not all(
+            isinstance(t, list) and len(t) == 2 and isinstance(t[0], list) and type(t[1]) is int for t in terms):
+        raise FormatError(f"{where}: unreadable size expression {value!r}")
+    found: dict[tuple, int] = {}
+    for monomial, c in terms:
+        key = tuple(atom(a) for a in monomial)
+        found[key] = found.get(key, 0) + c
+    return Expr(found)
+
+
+def encode_shape_env(env: ShapeEnv) -> dict:
+    """Where each symbol is read, the dims fixed at 0 or 1, and the guards (see the module's docstring)."""
+    return {"symbols": {name: {"sources": [[s.leaf, s.dim] for s in sources], "hint": env.hints[name]}
+                        for name, sources in env.sources.items()},
+            "fixed": [[s.leaf, s.dim, s.size] for s in env.fixed],
+            "guards": [{"lhs": encode_expr(g.lhs), "op": g.op, "rhs": encode_expr(g.rhs), "answer": g.answer}
+                       for g in env.guards]}
+
+
+def decode_shape_env(document: dict, arg_names: list[str], where: str) -> ShapeEnv:
+    env = ShapeEnv()
+
+    def source(entry, size: int | None = None) -> SymbolSource:
+        if (not isinstance(entry, list) or len(entry) < 2 or not all(type(x) is int for x in entry[:2])
+                or not 0 <= entry[0] < len(arg_names) or entry[1] < 0):
+            raise FormatError(f"{where}: unreadable size source {entry!r}")
+        return SymbolSource(entry[0], entry[1], f"{arg_names[entry[0]]}.size({entry[1]})", size)
+
+    symbols = document.get("symbols", {})
+    if not isinstance(symbols, dict):
+        raise FormatError(f"{where}: 'symbols' must be an object")
+    for name, entry in symbols.items():
+        if not (name.isidentifier() and isinstance(entry, dict) and isinstance(entry.get("sources"), list)
+                and entry["sources"] and type(entry.get("hint")) is int):
+            raise FormatError(f"{where}: unreadable symbol {name!r}: {entry!r}")
+        env.sources[name] = [source(e) for e in entry["sources"]]
+        env.hints[name] = entry["hint"]
+    for entry in document.get("fixed", []):
+        if not isinstance(entry, list) or len(entry) != 3 or type(entry[2]) is not int:
+            raise FormatError(f"{where}: unreadable fixed size {entry!r}")
+        env.fixed.append(source(entry, entry[2]))
+    for entry in document.get("guards", []):
+        if not isinstance(entry, dict) or entry.get("op") not in ("==", "!=", "<", "<=", ">", ">=") \
+                or type(entry.get("answer")) is not bool:
+            raise FormatError(f"{where}: unreadable guard {entry!r}")
+        guard = Guard(decode_expr(entry.get("lhs"), where), entry["op"], decode_expr(entry.get("rhs"), where),
+                      entry["answer"])
+        unknown = (guard.lhs.symbols() | guard.rhs.symbols()) - set(env.sources)
+        if unknown:
+            raise FormatError(f"{where}: a guard reads sizes no argument gives: {sorted(unknown)}")
+        env.guards.append(guard)
+    return env
+
+
+def encode_dim(d):
+    return {"size": encode_expr(d.expr), "hint": d.hint} if type(d) is SymInt else d
 
 
 def encode_tree(treedef, where: str):
@@ -131,10 +223,11 @@ def count_leaves(treedef) -> int:
 # the graph
 
 
-def graph_document(graph: Graph, inputs: list[dict], names: list[str], treedef, producer: str) -> tuple[dict, dict]:
-    """(`program.json`'s content, the constant arrays its params refer to) for an inference graph;
-    `inputs` are the entries of `graph.inputs` (each with "arg" or "weight" and a "name"), `names`
-    the outputs' names."""
+def graph_document(graph: Graph, inputs: list[dict], names: list[str], treedef, producer: str,
+                   env: ShapeEnv | None = None) -> tuple[dict, dict]:
+    """(`program.json`'s content, the constant arrays its params refer to) for an inference graph
+    (over the size symbols of `env`, where it has them); `inputs` are the entries of `graph.inputs`
+    (each with "arg", "weight" or "size" and a "name"), `names` the outputs' names."""
     constants: dict[str, np.ndarray] = {}
     nodes = []
     for node in graph.nodes:
@@ -143,23 +236,18 @@ def graph_document(graph: Graph, inputs: list[dict], names: list[str], treedef, 
             raise ExportError(f"{where}: not a primitive jitorch can load")
         nodes.append({"op": node.op, "inputs": [v.id for v in node.inputs],
                       "params": {k: encode_param(v, constants, where) for k, v in node.params.items()},
-                      "value": node.out.id, "shape": _concrete_shape(node.out, where), "dtype": node.out.dtype.name,
-                      "source": node.source})
+                      "value": node.out.id, "shape": [encode_dim(d) for d in node.out.shape],
+                      "dtype": node.out.dtype.name, "source": node.source})
     document = {
         "format": FORMAT, "version": VERSION, "producer": producer, "name": graph.name,
-        "inputs": [{"value": inp.value.id, **spec, "shape": _concrete_shape(inp.value, spec["name"]),
+        "inputs": [{"value": inp.value.id, **spec, "shape": [encode_dim(d) for d in inp.value.shape],
                     "dtype": inp.value.dtype.name} for inp, spec in zip(graph.inputs, inputs)],
         "nodes": nodes,
         "outputs": [{"value": v.id, "name": name} for v, name in zip(graph.outputs, names)],
         "output_tree": encode_tree(treedef, "outputs"),
+        **(encode_shape_env(env) if env is not None else {}),
     }
     return document, constants
-
-
-def _concrete_shape(value: Value, where: str) -> list[int]:
-    if value.symbolic:
-        raise ExportError(f"{where}: symbolic sizes {value.shape} cannot be exported yet (export with concrete shapes)")
-    return list(value.shape)
 
 
 def read_document(directory: str) -> dict:
@@ -187,18 +275,31 @@ def read_document(directory: str) -> dict:
     return document
 
 
-def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> Graph:
-    """The graph of a `program.json` document, every value defined before use and every node's shape
-    and dtype checked by its primitive's rule."""
+def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> tuple[Graph, ShapeEnv]:
+    """The graph of a `program.json` document and its size symbols, every value defined before use
+    and every node's shape and dtype checked by its primitive's rule (at the sizes of the export)."""
     graph = Graph(document["name"])
     values: dict[int, Value] = {}
+    arg_names = [str(e.get("name", f"arg{e['arg']}")) for e in sorted(
+        (e for e in document["inputs"] if isinstance(e, dict) and type(e.get("arg")) is int), key=lambda e: e["arg"])]
+    env = decode_shape_env(document, arg_names, path)
 
-    def typed(entry: dict, where: str) -> tuple[tuple[int, ...], _dt.DType]:
+    def dim(d, where: str):
+        if type(d) is int and d >= 0:
+            return d
+        if isinstance(d, dict) and set(d) == {"size", "hint"} and type(d["hint"]) is int:
+            expr = decode_expr(d["size"], f"{path}: {where}")
+            if expr.symbols() - set(env.sources):
+                raise FormatError(f"{path}: {where}: a size reads symbols no argument gives: {d!r}")
+            return SymInt(d["hint"], expr)
+        raise FormatError(f"{path}: {where}: malformed size {d!r}")
+
+    def typed(entry: dict, where: str) -> tuple[tuple, _dt.DType]:
         shape, dtype = entry.get("shape"), entry.get("dtype")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if not isinstance(shape, list):
             raise FormatError(f"{path}: {where}: malformed shape {shape!r}")
         try:
-            return tuple(shape), _dt.get_dtype(dtype)
+            return tuple(dim(d, where) for d in shape), _dt.get_dtype(dtype)
         except TypeError:
             raise FormatError(f"{path}: {where}: unknown dtype {dtype!r}") from None
 
@@ -209,11 +310,17 @@ def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> 
 
     for k, entry in enumerate(document["inputs"]):
         where = f"input {k} ({entry.get('name') if isinstance(entry, dict) else entry!r})"
-        if not isinstance(entry, dict) or ("arg" in entry) == ("weight" in entry):
-            raise FormatError(f"{path}: {where}: an input is an argument (\"arg\") or a weight (\"weight\")")
+        kinds = [key for key in ("arg", "weight", "size") if isinstance(entry, dict) and key in entry]
+        if len(kinds) != 1:
+            raise FormatError(f"{path}: {where}: an input is an argument (\"arg\"), a weight (\"weight\") or a "
+                              "size (\"size\")")
         shape, dtype = typed(entry, where)
-        kind, ref = ("arg", entry["arg"]) if "arg" in entry else ("lifted", entry["weight"])
-        define(entry.get("value"), graph.add_input(shape, dtype, kind, str(entry.get("name", ref)), ref), where)
+        kind = kinds[0]
+        ref = (entry["arg"] if kind == "arg" else entry["weight"] if kind == "weight"
+               else decode_expr(entry["size"], f"{path}: {where}"))
+        label = str(entry.get("name", kind))
+        define(entry.get("value"), graph.add_input(shape, dtype, {"weight": "lifted"}.get(kind, kind), label, ref),
+               where)
     for k, entry in enumerate(document["nodes"]):
         op = entry.get("op") if isinstance(entry, dict) else None
         where = f"node {k} ({op}{', ' + entry['source'] if isinstance(entry, dict) and entry.get('source') else ''})"
@@ -233,8 +340,16 @@ def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> 
         if not isinstance(entry, dict) or entry.get("value") not in values:
             raise FormatError(f"{path}: output {k}: {entry!r} names no defined value")
         graph.add_output(values[entry["value"]], str(entry.get("name", f"out{k}")))
+    check(graph, env.hints, path)
+    return graph, env
+
+
+def check(graph: Graph, sizes: dict[str, int], path: str) -> Graph:
+    """`graph` specialized to `sizes`, checked: every value defined once before use, every node's
+    shape and dtype its primitive's rule gives."""
+    concrete = graph.specialized(sizes) if sizes else graph
     try:
-        graph.verify()
-    except IRError as err:
+        concrete.verify()
+    except (IRError, KeyError) as err:
         raise FormatError(f"{path}: inconsistent graph: {err}") from None
-    return graph
+    return concrete
