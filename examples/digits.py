@@ -182,6 +182,18 @@ def check_checkpoint_round_trip(model, optimizer, train_set, test_set, path: str
     assert not np.array_equal(before, after), "the resumed step did not change the model"
 
 
+def export_for_serving(model, dataset, path: str) -> None:
+    """Export `model` (eval mode, a dynamic batch) to `path` and check the saved program against it."""
+    images = jitorch.stack([dataset[i][0] for i in range(4)]).to(model_device(model))
+    program = jitorch.export.export(model, (images,), dynamic_shapes=({0: jitorch.export.Dim("batch")},))
+    jitorch.export.save(program, path)
+    loaded = jitorch.export.load(path, device=images.device)
+    model.eval()
+    with jitorch.no_grad():
+        assert np.allclose(loaded(images).cpu().numpy(), model(images).cpu().numpy(), rtol=1e-4, atol=1e-5)
+    say(f"exported the CNN to {path} (inputs {', '.join(map(str, loaded.input_specs))})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +203,9 @@ def main() -> None:
                              "(for debugging; slower)")
     parser.add_argument("--checkpoint", default=os.path.join("runs", "digits_cnn.ckpt"),
                         help="where to write the CNN checkpoint")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="also export the trained CNN for serving (jitorch.export, any batch size) to DIR; "
+                             "serve it with: python -m jitorch.serve DIR")
     add_device_arg(parser, jitorch)
     args = parser.parse_args()
     if args.eager:  # op by op, every op allocates a fresh buffer: keep freed ones in this process
@@ -206,6 +221,8 @@ def main() -> None:
     cnn = build_cnn(device=args.device)
     cnn_optimizer, cnn_report = fit("cnn", cnn, train_set, test_set, args.steps, args.seed, compiled)
     check_checkpoint_round_trip(cnn, cnn_optimizer, train_set, test_set, args.checkpoint)
+    if args.export:
+        export_for_serving(cnn, test_set, args.export)
 
     say("== digits report ==")
     for name, report in (("mlp", mlp_report), ("cnn", cnn_report)):
