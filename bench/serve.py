@@ -10,7 +10,8 @@ its JSON handling) through a runner that calls PyTorch instead. Each server runs
 its own; clients are threads in this process, each sending one-image requests (KServe v2 infer)
 back to back for `--seconds` at 1, 8 and 32 concurrent clients. Reported: requests per second and
 p50/p99 latency, best round of `--rounds` (contenders alternate). Both servers and the clients
-share this machine's cores. A full run writes bench/results/serve.md (or --out).
+share this machine's cores. A full run writes bench/results/serve.md (serve_cuda.md with --device cuda;
+or --out).
 """
 
 from __future__ import annotations
@@ -52,18 +53,19 @@ def build(lib, weights: dict[str, np.ndarray] | None = None):
 class TorchRunner:
     """The same interface as `jitorch.serve.Runner` (specs, `run(arrays)`), computing with PyTorch."""
 
-    def __init__(self, model, specs) -> None:
+    def __init__(self, model, specs, device: str) -> None:
         import torch
 
-        self.torch, self.model = torch, model
+        self.torch, self.model, self.device = torch, model.to(device), device
         self.input_specs, self.output_specs = specs
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         with self.torch.no_grad():
-            return [self.model(self.torch.from_numpy(np.ascontiguousarray(arrays[0]))).numpy()]
+            x = self.torch.from_numpy(np.ascontiguousarray(arrays[0])).to(self.device)
+            return [self.model(x).cpu().numpy()]
 
 
-def serve_torch(exported: str, weights: str, port_file: str) -> None:
+def serve_torch(exported: str, weights: str, port_file: str, device: str) -> None:
     """A server process for PyTorch's contender (run as `bench/serve.py --worker torch`)."""
     import torch
 
@@ -74,24 +76,25 @@ def serve_torch(exported: str, weights: str, port_file: str) -> None:
     program = jt.export.load(exported)
     with np.load(weights) as found:
         model = build(torch, {k: found[k] for k in found.files})
-    runner = TorchRunner(model, (program.input_specs, program.output_specs))
+    runner = TorchRunner(model, (program.input_specs, program.output_specs), device)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     Path(port_file).write_text(str(sock.getsockname()[1]))
     serve([ServedModel("digits", "1", runner)], sock)
 
 
-def start(contender: str, exported: str, weights: str, workdir: str) -> tuple[subprocess.Popen, str]:
+def start(contender: str, exported: str, weights: str, workdir: str, device: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if contender == "jitorch":
-        proc = subprocess.Popen([sys.executable, "-m", "jitorch.serve", f"digits={exported}", "--port", "0"],
+        proc = subprocess.Popen([sys.executable, "-m", "jitorch.serve", f"digits={exported}", "--port", "0",
+                                 "--device", device],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
     else:
         port_file = os.path.join(workdir, "torch.port")
         if os.path.exists(port_file):
             os.remove(port_file)
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", "torch", exported, weights, port_file],
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", "torch", exported, weights, port_file, device],
                                 env=env, stderr=subprocess.DEVNULL)
         while not os.path.exists(port_file) or not Path(port_file).read_text():
             time.sleep(0.05)
@@ -141,6 +144,7 @@ def load(url: str, clients: int, seconds: float, images: np.ndarray) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both servers run the model")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of load per measurement (default 5)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, contenders alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 s, one round, printed only")
@@ -165,7 +169,7 @@ def main() -> None:
     best: dict[tuple[str, int], dict[str, float]] = {}
     for r in range(rounds):
         for contender in (CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]):
-            proc, url = start(contender, exported, weights, workdir)
+            proc, url = start(contender, exported, weights, workdir, args.device)
             try:
                 load(url, 4, min(seconds, 1.0), images)  # warm-up: each batch size's first call plans it
                 for clients in CLIENTS:
@@ -180,7 +184,8 @@ def main() -> None:
                 proc.wait(timeout=60)
     lines = [f"# Serving a digits CNN over HTTP: jitorch.serve with jitorch and with PyTorch eager "
              f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {cpu_model()}, {os.cpu_count()} cores (servers and clients share them). Versions: "
+             f"Device: {args.device}. Machine: {cpu_model()}, {os.cpu_count()} cores (servers and clients share them). "
+             "Versions: "
              f"jitorch {jt.__version__}, torch {torch.__version__}, numpy {np.__version__}. Command: "
              f"`python bench/serve.py{' --quick' if args.quick else ''}` ({seconds:g} s per measurement, "
              f"best of {rounds} round(s)).", "",
@@ -193,7 +198,8 @@ def main() -> None:
     lines += ["", "Each request is one 8x8 image (KServe v2 infer, JSON); the server batches concurrent requests "
               "(up to 32 rows, waiting at most 5 ms for more). The same server code answers for both "
               "contenders: only the model call differs (jitorch's exported program, or the torch.nn model).", ""]
-    publish("\n".join(lines), results_path("serve", args.quick, args.out))
+    name = "serve" if args.device == "cpu" else "serve_cuda"
+    publish("\n".join(lines), results_path(name, args.quick, args.out))
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ class Server:
         line = self.proc.stdout.readline()
         assert "http://" in line, line + self.proc.stderr.read()
         self.url = line.strip().rsplit(" ", 1)[-1]
-        for _ in range(200):  # (it listens once uvicorn has started)
+        for _ in range(1200):  # (it listens once uvicorn has started and the model ran each batch size)
             try:
                 if self.get("/v2/health/ready")[0] == 200:
                     break
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
 
     def request(self, path: str, body: bytes | None = None) -> tuple[int, object]:
         req = urllib.request.Request(self.url + path, body, {"Content-Type": "application/json"} if body else {})
@@ -93,7 +94,7 @@ def _expected(model, x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def server(exported):
     path, _ = exported
-    s = Server(f"cnn={path}", f"cnn:2={path}", "--max-delay-ms", "100", "--max-batch", "64")
+    s = Server(f"cnn={path}", f"cnn:2={path}", "--max-delay-ms", "100", "--max-batch", "32")
     yield s
     assert s.stop() == 0
 
@@ -189,7 +190,7 @@ def test_unknown_models_and_oversized_bodies(exported):
 
 def test_a_shutdown_under_load_answers_every_request_in_flight(exported):
     path, model = exported
-    s = Server(str(path), "--max-delay-ms", "300", "--max-batch", "1000")
+    s = Server(str(path), "--max-delay-ms", "300", "--max-batch", "1000", "--no-warm-up")
     rows = np.random.default_rng(2).standard_normal((12, 1, 1, 8, 8), dtype=np.float32)
     with ThreadPoolExecutor(len(rows)) as pool:
         pending = [pool.submit(s.post, "/v2/models/cnn/infer", _infer_body(r)) for r in rows]

@@ -16,15 +16,16 @@ from .batching import RequestError, Runner, ServedModel
 __all__ = ["RequestError", "Runner", "ServedModel", "make_app", "serve"]
 
 
-def make_app(models, max_body_bytes: int | None = None):
+def make_app(models, max_body_bytes: int | None = None, warm_up: bool = True):
     """The Starlette application for `models` (ServedModel instances)."""
     from .app import MAX_BODY_BYTES
     from .app import make_app as build
 
-    return build(models, MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes)
+    return build(models, MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes, warm_up)
 
 
-def serve(models, sock, *, max_body_bytes: int | None = None, graceful_seconds: float = 30.0) -> None:
+def serve(models, sock, *, max_body_bytes: int | None = None, graceful_seconds: float = 30.0,
+          warm_up: bool = True) -> None:
     """Serve `models` with uvicorn on `sock` (a bound socket) until SIGINT or SIGTERM; then stop taking
     connections, answer the requests in flight (for at most `graceful_seconds`) and return."""
     import signal
@@ -32,7 +33,7 @@ def serve(models, sock, *, max_body_bytes: int | None = None, graceful_seconds: 
 
     import uvicorn
 
-    config = uvicorn.Config(make_app(models, max_body_bytes), log_level="warning", lifespan="on",
+    config = uvicorn.Config(make_app(models, max_body_bytes, warm_up), log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=graceful_seconds)
     if threading.current_thread() is not threading.main_thread():
         uvicorn.Server(config).run(sockets=[sock])

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay-ms", type=float, default=5.0,
                         help="longest a request waits for others to batch with, in ms (default 5)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body, in MB (default 64)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="report ready at once, without first running each batch size (whose first call plans it)")
     args = parser.parse_args(argv)
     try:
         import starlette  # noqa: F401
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     names = ", ".join(f"{m.name} (version {m.version}{', batched' if m.batchable else ''})" for m in served)
     print(f"jitorch-serve: {names} on http://{host}:{port}", flush=True)
-    serve(served, sock, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    serve(served, sock, max_body_bytes=int(args.max_body_mb * 1024 * 1024), warm_up=args.warm_up)
     return 0
 
 

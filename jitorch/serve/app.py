@@ -18,6 +18,7 @@ sends stops the server (an unexpected failure is a 500 for that request only).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
@@ -44,8 +45,9 @@ class _HttpError(Exception):
         self.status = status
 
 
-def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The application serving `models` (each name's versions; the highest version where none is named)."""
+def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, warm_up: bool = True) -> Starlette:
+    """The application serving `models` (each name's versions; the highest version where none is named);
+    with `warm_up`, each model runs every batch size once before the server reports ready."""
     by_name: dict[str, dict[str, ServedModel]] = {}
     for m in models:
         by_name.setdefault(m.name, {})[m.version] = m
@@ -153,6 +155,10 @@ def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES) ->
 
     @asynccontextmanager
     async def lifespan(app):
+        if warm_up:
+            loop = asyncio.get_running_loop()
+            for m in models:
+                await loop.run_in_executor(None, m.warm_up)
         state["ready"] = True
         yield
         state["ready"] = False  # (uvicorn has stopped taking connections and let the open ones finish)

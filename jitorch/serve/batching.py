@@ -69,6 +69,17 @@ class ServedModel:
         self._held: _Request | None = None  # a request that did not fit the last batch: the next one's first
         self.on_batch: Callable[[int], None] = lambda rows: None
 
+    def warm_up(self) -> None:
+        """Run every batch size once (2 to `max_batch` rows of zeros), where the other dims are fixed:
+        a program plans each new set of sizes on its first call, which no request should wait for."""
+        specs = self.runner.input_specs
+        if not self.batchable or any(isinstance(d, str) for s in specs for d in s.shape[1:]):
+            return
+        from .. import dtypes
+
+        for rows in range(2, self.max_batch + 1):
+            self.runner.run([np.zeros((rows, *s.shape[1:]), dtypes.get_dtype(s.dtype).np) for s in specs])
+
     def check(self, arrays: list[np.ndarray]) -> None:
         """Raise RequestError unless `arrays` fit the inputs' specs (dynamic dims at any size)."""
         specs = self.runner.input_specs
