@@ -27,7 +27,7 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..backends import backend_for
-from ..device import Device
+from ..device import Device, placement
 from ..ir.graph import Graph
 from ..ir.pytree import unflatten
 from ..runtime.executor import Plan
@@ -338,7 +338,7 @@ class LoadedProgram:
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree, device: str | Device,
                  shape_env=None) -> None:
-        self.device = device if isinstance(device, Device) else Device(device)
+        self.device = placement(device)  # ("cuda" is the current cuda device, as tensors moved there have it)
         self.backend = backend_for(self.device.type)
         self.graph, self.output_tree, self.shape_env = graph, output_tree, shape_env
         self.input_specs, self.output_specs = _specs(graph)
