@@ -1,7 +1,7 @@
 """Serving throughput and latency: an exported model behind `jitorch.serve`, beside the same model in
 PyTorch eager behind the same server.
 
-    python bench/serve.py [--device cpu|cuda] [--seconds 5] [--rounds 2] [--quick] [--out PATH]
+    python bench/serve.py [--device cpu|cuda] [--threads 1] [--seconds 5] [--rounds 2] [--quick] [--out PATH]
 
 The model is a digits-sized CNN (conv 1->32, conv 32->64 stride 2, 1024->128->10, batch dim dynamic).
 jitorch's contender is the program `jitorch.export` wrote, loaded by `python -m jitorch.serve`;
@@ -65,14 +65,14 @@ class TorchRunner:
             return [self.model(x).cpu().numpy()]
 
 
-def serve_torch(exported: str, weights: str, port_file: str, device: str) -> None:
+def serve_torch(exported: str, weights: str, port_file: str, device: str, threads: str) -> None:
     """A server process for PyTorch's contender (run as `bench/serve.py --worker torch`)."""
     import torch
 
     import jitorch as jt
     from jitorch.serve import ServedModel, serve
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(threads))
     program = jt.export.load(exported)
     with np.load(weights) as found:
         model = build(torch, {k: found[k] for k in found.files})
@@ -83,18 +83,20 @@ def serve_torch(exported: str, weights: str, port_file: str, device: str) -> Non
     serve([ServedModel("digits", "1", runner)], sock)
 
 
-def start(contender: str, exported: str, weights: str, workdir: str, device: str) -> tuple[subprocess.Popen, str]:
+def start(contender: str, exported: str, weights: str, workdir: str, device: str,
+          threads: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if contender == "jitorch":
         proc = subprocess.Popen([sys.executable, "-m", "jitorch.serve", f"digits={exported}", "--port", "0",
-                                 "--device", device],
+                                 "--device", device, "--threads", str(threads)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
     else:
         port_file = os.path.join(workdir, "torch.port")
         if os.path.exists(port_file):
             os.remove(port_file)
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", "torch", exported, weights, port_file, device],
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", "torch", exported, weights, port_file, device,
+                                 str(threads)],
                                 env=env, stderr=subprocess.DEVNULL)
         while not os.path.exists(port_file) or not Path(port_file).read_text():
             time.sleep(0.05)
@@ -145,6 +147,8 @@ def load(url: str, clients: int, seconds: float, images: np.ndarray) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both servers run the model")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per model call in both servers (jitorch.serve --threads; torch.set_num_threads)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of load per measurement (default 5)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, contenders alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 s, one round, printed only")
@@ -169,7 +173,7 @@ def main() -> None:
     best: dict[tuple[str, int], dict[str, float]] = {}
     for r in range(rounds):
         for contender in (CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]):
-            proc, url = start(contender, exported, weights, workdir, args.device)
+            proc, url = start(contender, exported, weights, workdir, args.device, args.threads)
             try:
                 load(url, 4, min(seconds, 1.0), images)  # warm-up: each batch size's first call plans it
                 for clients in CLIENTS:
@@ -188,7 +192,7 @@ def main() -> None:
              "Versions: "
              f"jitorch {jt.__version__}, torch {torch.__version__}, numpy {np.__version__}. Command: "
              f"`python bench/serve.py{' --quick' if args.quick else ''}` ({seconds:g} s per measurement, "
-             f"best of {rounds} round(s)).", "",
+             f"best of {rounds} round(s)); {args.threads} thread(s) per model call in both servers.", "",
              "| clients | jitorch req/s | PyTorch req/s | jitorch / PyTorch | jitorch p50 ms | PyTorch p50 ms "
              "| jitorch p99 ms | PyTorch p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for clients in CLIENTS:

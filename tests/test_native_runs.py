@@ -272,3 +272,25 @@ def test_a_convolutions_im2col_columns_are_read_in_place_in_the_layout_they_are_
     for g, e, t in zip(got, grads(jt), grads(torch)):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
         np.testing.assert_allclose(g, t, rtol=1e-4, atol=1e-4 * np.abs(t).max())
+
+
+def test_numpys_blas_threads_can_be_set_at_run_time():
+    """`set_blas_threads` reaches the OpenBLAS numpy bundles (what OPENBLAS_NUM_THREADS sets at
+    start-up): its own getter reads the count back."""
+    import ctypes
+
+    from jitorch.backends.cpu.native import _openblas, set_blas_threads
+
+    getters = [getattr(lib, name) for lib in _openblas() for name in
+               ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                "openblas_get_num_threads") if hasattr(lib, name)]
+    if not getters:
+        pytest.skip("numpy's BLAS is not a bundled OpenBLAS here")
+    get = getters[0]
+    get.restype = ctypes.c_int
+    before = get()
+    try:
+        for n in (1, 2):
+            assert set_blas_threads(n) and get() == n
+    finally:
+        set_blas_threads(before)

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay-ms", type=float, default=5.0,
                         help="longest a request waits for others to batch with, in ms (default 5)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body, in MB (default 64)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per model call, for jitorch's kernels and numpy's BLAS (default 1: under load "
+                             "the server answers many requests at once, and each call's threads would take cores "
+                             "from the others)")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="report ready at once, without first running each batch size (whose first call plans it)")
     args = parser.parse_args(argv)
@@ -46,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:
         parser.exit(2, f"jitorch-serve needs Starlette and uvicorn ({err}): pip install -e \".[serve]\"\n")
 
+    from .. import set_num_threads
+    from ..backends.cpu.native import set_blas_threads
     from ..export import load
     from . import Runner, ServedModel, serve
+
+    if args.threads < 1:
+        parser.exit(2, f"jitorch-serve: --threads must be at least 1, got {args.threads}\n")
+    set_num_threads(args.threads)
+    set_blas_threads(args.threads)
 
     served = []
     for name, version, path in args.models:

@@ -40,15 +40,38 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enum values
 
 
 @functools.cache
-def blas() -> dict | None:
-    """{"int": "i64" | "i32", "sgemm": address, ...} of the CBLAS library numpy uses, or None."""
+def _openblas() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries numpy's wheel bundles (loaded already: numpy uses them)."""
     root = os.path.dirname(os.path.dirname(np.__file__))
+    found = []
     for path in sorted(glob.glob(os.path.join(root, "numpy.libs", "*openblas*"))
                        + glob.glob(os.path.join(os.path.dirname(np.__file__), ".dylibs", "*openblas*"))):
         try:
-            library = ctypes.CDLL(path)
+            found.append(ctypes.CDLL(path))
         except OSError:
             continue
+    return found
+
+
+def set_blas_threads(threads: int) -> bool:
+    """Have numpy's OpenBLAS use `threads` threads (what OPENBLAS_NUM_THREADS sets at start-up);
+    False where its library is not found. Its threads busy-wait a while after each product: where
+    many requests run at once (a server), one thread per product leaves the cores to the others."""
+    for library in _openblas():
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                setter(threads)
+                return True
+    return False
+
+
+@functools.cache
+def blas() -> dict | None:
+    """{"int": "i64" | "i32", "sgemm": address, ...} of the CBLAS library numpy uses, or None."""
+    for library in _openblas():
         for prefix, suffix, width in (("scipy_cblas_", "64_", "i64"), ("cblas_", "64_", "i64"),
                                       ("scipy_cblas_", "", "i32"), ("cblas_", "", "i32")):
             try:
