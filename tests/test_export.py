@@ -241,6 +241,21 @@ def test_a_dynamic_batch_serves_every_batch_size(tmp_path):
         program(jt.randn(1, 1, 8, 8))
 
 
+def test_a_dims_bounds_are_kept_and_checked(tmp_path):
+    model, x = _digits_cnn()
+    with pytest.raises(ExportError, match=r"input.size\(0\) is 5 in the example, outside Dim\('batch', max=4\)"):
+        jt.export.export(model, (x,), dynamic_shapes={"input": {0: jt.export.Dim("batch", max=4)}})
+    ep = jt.export.export(model, (x,), dynamic_shapes={"input": {0: jt.export.Dim("batch", min=3, max=8)}})
+    jt.export.save(ep, tmp_path / "cnn")
+    assert json.loads((tmp_path / "cnn" / "program.json").read_text())["bounds"] == {"s0": [3, 8]}
+    program = jt.export.load(tmp_path / "cnn")
+    assert program(jt.randn(8, 1, 8, 8)).shape == (8, 10)
+    with pytest.raises(ValueError, match=r"input.size\(0\) is 9; the program was exported for sizes 3 to 8"):
+        program(jt.randn(9, 1, 8, 8))
+    with pytest.raises(ValueError, match="is 2; the program was exported for sizes 3 to 8"):
+        program(jt.randn(2, 1, 8, 8))
+
+
 def test_a_dynamic_batch_and_length_in_a_fresh_process(tmp_path):
     model, codes = _char_lm()
     ep = jt.export.export(model, (codes,), dynamic_shapes=({0: "batch", 1: "length"},))

@@ -72,11 +72,12 @@ class ExportedProgram:
         self.weights = weights  # name -> host array
         self.output_tree = output_tree
         self.shape_env = shape_env  # the symbols' sources and guards (a ShapeEnv), or None
+        self.bounds: dict[str, tuple] = {}  # symbol -> (least size or None, largest or None), from `Dim`s
         self.input_specs, self.output_specs = _specs(graph)
 
     def module(self, device: str | Device = "cpu") -> LoadedProgram:
         """A callable that runs this program on `device`."""
-        return LoadedProgram(self.graph, self.weights, self.output_tree, device, self.shape_env)
+        return LoadedProgram(self.graph, self.weights, self.output_tree, device, self.shape_env, self.bounds)
 
     def __str__(self) -> str:
         lines = [f"ExportedProgram {self.graph.name}",
@@ -139,11 +140,15 @@ def export(model_or_fn: Callable, args: tuple, kwargs: dict | None = None, *, dy
         if module is not None:
             module.train(was_training)
     (entry,) = [e for entries in compiled.cache.values() for e in entries]
-    return _exported(entry, module, names)
+    ep = _exported(entry, module, names)
+    if ep.shape_env is not None:
+        ep.bounds = _bounds(ep.shape_env, dynamic)
+    return ep
 
 
-def _dynamic_dims(dynamic_shapes, names: list[str], args: tuple) -> dict[int, set[int]]:
-    """{argument index: its dynamic dims} from `dynamic_shapes` (see `export`)."""
+def _dynamic_dims(dynamic_shapes, names: list[str], args: tuple) -> dict[int, dict[int, tuple]]:
+    """{argument index: {dynamic dim: (least size or None, largest or None)}} from `dynamic_shapes`
+    (see `export`); the example's sizes must lie within the bounds."""
     if dynamic_shapes is None:
         return {}
     if isinstance(dynamic_shapes, dict):
@@ -159,26 +164,45 @@ def _dynamic_dims(dynamic_shapes, names: list[str], args: tuple) -> dict[int, se
     for k, (spec, a) in enumerate(zip(per_arg, args)):
         if spec is None:
             continue
-        dims = spec.keys() if isinstance(spec, dict) else spec
-        for d in dims:
+        dims = spec if isinstance(spec, dict) else dict.fromkeys(spec)
+        found[k] = {}
+        for d, dim in dims.items():
             if type(d) is not int or not -a.ndim <= d < a.ndim:
                 raise ExportError(f"dynamic_shapes: dim {d!r} of {names[k]} (shape {list(a.shape)}) is out of range")
-            if a.shape[d] < 2:
-                raise ExportError(f"dynamic_shapes: {names[k]}.size({d}) is {a.shape[d]} in the example; "
+            size = a.shape[d]
+            if size < 2:
+                raise ExportError(f"dynamic_shapes: {names[k]}.size({d}) is {size} in the example; "
                                   "export with a size of at least 2 for a dynamic dim")
-        found[k] = {d % a.ndim for d in dims}
+            lo, hi = (dim.min, dim.max) if isinstance(dim, Dim) else (None, None)
+            if (lo is not None and size < lo) or (hi is not None and size > hi):
+                raise ExportError(f"dynamic_shapes: {names[k]}.size({d}) is {size} in the example, outside {dim!r}")
+            found[k][d % a.ndim] = (lo, hi)
     return found
 
 
+def _bounds(env, dynamic: dict[int, dict[int, tuple]]) -> dict[str, tuple]:
+    """Each size symbol's (least, largest) size from the `Dim`s of the dims it stands for."""
+    bounds = {}
+    for name, sources in env.sources.items():
+        los = [dynamic.get(s.leaf, {}).get(s.dim, (None, None))[0] for s in sources]
+        his = [dynamic.get(s.leaf, {}).get(s.dim, (None, None))[1] for s in sources]
+        lo = max((b for b in los if b is not None), default=None)
+        hi = min((b for b in his if b is not None), default=None)
+        if lo is not None or hi is not None:
+            bounds[name] = (lo, hi)
+    return bounds
+
+
 class Dim:
-    """A named dynamic size for `dynamic_shapes` (`torch.export.Dim`'s name; bounds are checked
-    against the shapes of each call only where the trace depends on them)."""
+    """A named dynamic size for `dynamic_shapes`, as `torch.export.Dim`: `min` and `max` bound the
+    sizes a loaded program takes (a call outside them is refused, naming the dim)."""
 
     def __init__(self, name: str, *, min: int | None = None, max: int | None = None) -> None:  # noqa: A002
         self.name, self.min, self.max = name, min, max
 
     def __repr__(self) -> str:
-        return f"Dim({self.name!r})"
+        bounds = "".join(f", {k}={v}" for k, v in (("min", self.min), ("max", self.max)) if v is not None)
+        return f"Dim({self.name!r}{bounds})"
 
 
 def _argument_names(fn: Callable, n: int) -> list[str]:
@@ -276,7 +300,7 @@ def save(ep: ExportedProgram, path: str | os.PathLike) -> None:
     inputs = [{"arg": i.ref, "name": i.label} if i.kind == "arg" else {"weight": i.ref, "name": i.label}
               if i.kind == "lifted" else {"size": encode_expr(i.ref), "name": i.label} for i in ep.graph.inputs]
     document, constants = graph_document(ep.graph, inputs, list(ep.graph.output_labels), ep.output_tree,
-                                         f"jitorch {__version__}", ep.shape_env)
+                                         f"jitorch {__version__}", ep.shape_env, ep.bounds)
     clash = set(constants) & set(ep.weights)
     if clash:
         raise ExportError(f"weights named like the graph's constants: {sorted(clash)}")
@@ -306,7 +330,7 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
     arrays, _ = load_file(weights_path)
-    graph, shape_env = build_graph(document, arrays, os.path.join(path, GRAPH_FILE))
+    graph, shape_env, bounds = build_graph(document, arrays, os.path.join(path, GRAPH_FILE))
     tree = decode_tree(document.get("output_tree", "*"), os.path.join(path, GRAPH_FILE))
     if count_leaves(tree) != len(graph.outputs):
         raise FormatError(f"{path}: output_tree has {count_leaves(tree)} leaves for {len(graph.outputs)} outputs")
@@ -327,7 +351,8 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     unused = set(arrays) - set(weights) - {k for k in arrays if k.startswith("constants/")}
     if unused:
         raise FormatError(f"{weights_path}: tensors the graph does not read: {sorted(unused)[:5]}")
-    return LoadedProgram(graph, weights, tree, device, shape_env if shape_env.sources or shape_env.fixed else None)
+    return LoadedProgram(graph, weights, tree, device, shape_env if shape_env.sources or shape_env.fixed else None,
+                         bounds)
 
 
 class LoadedProgram:
@@ -337,10 +362,10 @@ class LoadedProgram:
     once, into the kernel disk cache)."""
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], output_tree, device: str | Device,
-                 shape_env=None) -> None:
+                 shape_env=None, bounds: dict[str, tuple] | None = None) -> None:
         self.device = placement(device)  # ("cuda" is the current cuda device, as tensors moved there have it)
         self.backend = backend_for(self.device.type)
-        self.graph, self.output_tree, self.shape_env = graph, output_tree, shape_env
+        self.graph, self.output_tree, self.shape_env, self.bounds = graph, output_tree, shape_env, bounds or {}
         self.input_specs, self.output_specs = _specs(graph)
         self._weights = {name: self.backend.from_numpy(a if a.flags.c_contiguous else a.copy())
                          for name, a in weights.items()}
@@ -376,6 +401,10 @@ class LoadedProgram:
             sizes, reason = self.shape_env.bind([tuple(a.shape) for a in args])
             if sizes is None:
                 raise ValueError(f"the exported program does not take these shapes: {reason}")
+            for name, (lo, hi) in self.bounds.items():
+                if (lo is not None and sizes[name] < lo) or (hi is not None and sizes[name] > hi):
+                    raise ValueError(f"{self.shape_env.label(name)} is {sizes[name]}; the program was exported for "
+                                     f"sizes {'' if lo is None else f'{lo} '}to{'' if hi is None else f' {hi}'}")
         plan, fetch, shapes = self._plan_for(sizes)
         for spec, a, shape in zip(self.input_specs, args, shapes):
             if tuple(a.shape) != tuple(shape):

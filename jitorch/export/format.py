@@ -19,8 +19,9 @@ Dynamic sizes: a dim exported as dynamic is a symbol ("s0") wherever it appears:
 params as {"size": EXPR, "hint": 8} (the value it had in the export), where EXPR is a polynomial,
 {"terms": [[[ATOM, ...], coefficient], ...]}, an ATOM a symbol's name or {"//": [EXPR, d]} /
 {"%": [EXPR, d]}. `symbols` says where each symbol is read ({"s0": {"sources": [[arg, dim], ...],
-"hint": 8}}), `fixed` the dynamic dims the export saw at size 0 or 1 ([[arg, dim, size], ...], taken
-as constants), `guards` what the trace assumed about the sizes ([{"lhs": EXPR, "op": "<", "rhs":
+"hint": 8}}), `bounds` the sizes each may take ({"s0": [2, 64]}, null for no bound: `Dim`'s min and
+max), `fixed` the dynamic dims the export saw at size 0 or 1 ([[arg, dim, size], ...], taken as
+constants), `guards` what the trace assumed about the sizes ([{"lhs": EXPR, "op": "<", "rhs":
 EXPR, "answer": true}, ...]). A call binds the symbols from its arguments' shapes, checks the
 guards, and runs the graph specialized to those sizes.
 A node's `op` is a primitive of `jitorch.primitives.PRIMS` or "const" (its `value` param an array
@@ -224,7 +225,7 @@ def count_leaves(treedef) -> int:
 
 
 def graph_document(graph: Graph, inputs: list[dict], names: list[str], treedef, producer: str,
-                   env: ShapeEnv | None = None) -> tuple[dict, dict]:
+                   env: ShapeEnv | None = None, bounds: dict[str, tuple] | None = None) -> tuple[dict, dict]:
     """(`program.json`'s content, the constant arrays its params refer to) for an inference graph
     (over the size symbols of `env`, where it has them); `inputs` are the entries of `graph.inputs`
     (each with "arg", "weight" or "size" and a "name"), `names` the outputs' names."""
@@ -246,6 +247,7 @@ def graph_document(graph: Graph, inputs: list[dict], names: list[str], treedef, 
         "outputs": [{"value": v.id, "name": name} for v, name in zip(graph.outputs, names)],
         "output_tree": encode_tree(treedef, "outputs"),
         **(encode_shape_env(env) if env is not None else {}),
+        **({"bounds": {name: list(b) for name, b in bounds.items()}} if bounds else {}),
     }
     return document, constants
 
@@ -275,9 +277,9 @@ def read_document(directory: str) -> dict:
     return document
 
 
-def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> tuple[Graph, ShapeEnv]:
-    """The graph of a `program.json` document and its size symbols, every value defined before use
-    and every node's shape and dtype checked by its primitive's rule (at the sizes of the export)."""
+def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> tuple[Graph, ShapeEnv, dict]:
+    """The graph of a `program.json` document, its size symbols and their bounds, every value defined
+    before use and every node's shape and dtype checked by its primitive's rule (at the export's sizes)."""
     graph = Graph(document["name"])
     values: dict[int, Value] = {}
     arg_names = [str(e.get("name", f"arg{e['arg']}")) for e in sorted(
@@ -341,7 +343,15 @@ def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> 
             raise FormatError(f"{path}: output {k}: {entry!r} names no defined value")
         graph.add_output(values[entry["value"]], str(entry.get("name", f"out{k}")))
     check(graph, env.hints, path)
-    return graph, env
+    return graph, env, _read_bounds(document.get("bounds", {}), env, path)
+
+
+def _read_bounds(found, env: ShapeEnv, path: str) -> dict[str, tuple]:
+    if not isinstance(found, dict) or not all(
+            name in env.sources and isinstance(b, list) and len(b) == 2 and all(v is None or type(v) is int for v in b)
+            for name, b in found.items()):
+        raise FormatError(f"{path}: unreadable bounds {found!r}")
+    return {name: tuple(b) for name, b in found.items()}
 
 
 def check(graph: Graph, sizes: dict[str, int], path: str) -> Graph:

@@ -6,8 +6,9 @@ batched: a worker takes the first waiting request, then gathers more until the b
 `max_batch` rows or `max_delay` seconds have passed since the first, runs them concatenated along
 that dim (in a thread of its own: the server keeps answering meanwhile), and splits the outputs
 back by each request's rows. Requests whose other dims differ (two sequence lengths) go in
-separate batches, in order. A single row runs doubled: an exported dynamic dim serves sizes from 2
-(sizes 0 and 1 were constants to its trace). A model without such a dim runs each request alone.
+separate batches, in order. A batch smaller than the dim's least size (2: sizes 0 and 1 were
+constants to the export's trace; or its `Dim`'s min) is padded with copies of its first row, and
+`max_batch` is capped at the dim's `Dim` max. A model without such a dim runs each request alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Runner:
 
         self.program, self.device = program, program.device
         self.input_specs, self.output_specs = program.input_specs, program.output_specs
+        self.bounds = dict(getattr(program, "bounds", {}))  # size symbol -> (least, largest), None: unbounded
         self._jitorch = jitorch
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -63,6 +65,13 @@ class ServedModel:
         self.name, self.version, self.runner = name, version, runner
         self.max_batch, self.max_delay = max(1, max_batch), max(0.0, max_delay)
         self.batchable = _leads_with_one_dynamic_dim(runner.input_specs, runner.output_specs) and self.max_batch > 1
+        # the sizes the batch dim takes: from 2 (sizes 0 and 1 were constants to the export's trace), within
+        # the bounds it was exported with (a smaller batch is padded with copies of its first row)
+        least, largest = getattr(runner, "bounds", {}).get(runner.input_specs[0].shape[0], (None, None)) \
+            if self.batchable else (None, None)
+        self.least, self.largest = max(2, least or 2), largest
+        if largest is not None:
+            self.max_batch = min(self.max_batch, largest)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"jitorch-serve-{name}")
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -77,7 +86,7 @@ class ServedModel:
             return
         from .. import dtypes
 
-        for rows in range(2, self.max_batch + 1):
+        for rows in range(self.least, self.max_batch + 1):
             self.runner.run([np.zeros((rows, *s.shape[1:]), dtypes.get_dtype(s.dtype).np) for s in specs])
 
     def check(self, arrays: list[np.ndarray]) -> None:
@@ -87,9 +96,12 @@ class ServedModel:
             raise RequestError(f"model {self.name} takes {len(specs)} inputs ({_show(specs)}), got {len(arrays)}")
         for spec, a in zip(specs, arrays):
             fixed = all(isinstance(d, str) or d == n for d, n in zip(spec.shape, a.shape))
-            if a.ndim != len(spec.shape) or not fixed or (self.batchable and a.shape[0] < 1):
+            rows = a.shape[0] if a.ndim else 0
+            if (a.ndim != len(spec.shape) or not fixed
+                    or (self.batchable and not 1 <= rows <= (self.largest or rows))):
+                limit = f", the first 1 to {self.largest}" if self.batchable and self.largest else ""
                 raise RequestError(f"input {spec.name}: expected shape [{', '.join(map(str, spec.shape))}] "
-                                   f"(a str: any size), got {list(a.shape)}")
+                                   f"(a str: any size{limit}), got {list(a.shape)}")
 
     async def infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         self.check(arrays)
@@ -141,8 +153,8 @@ class ServedModel:
 
     async def _run(self, batch: list[_Request], rows: int) -> None:
         arrays = [np.concatenate(parts) for parts in zip(*(r.arrays for r in batch))]
-        if rows == 1:  # (a dynamic dim serves sizes from 2: the row runs twice, one answer is kept)
-            arrays = [np.concatenate([a, a]) for a in arrays]
+        if rows < self.least:  # (padded with copies of the first row, whose answers are dropped)
+            arrays = [np.concatenate([a, np.repeat(a[:1], self.least - rows, axis=0)]) for a in arrays]
         self.on_batch(rows)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.run, arrays)
