@@ -202,3 +202,22 @@ def test_a_shutdown_under_load_answers_every_request_in_flight(exported):
         assert status == 200
         np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(1, 10), _expected(model, r),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_dims_bounds_pad_small_batches_and_refuse_large_requests(tmp_path):
+    model = _model()
+    path = tmp_path / "bounded.jtexport"
+    batch = jt.export.Dim("batch", min=3, max=8)
+    jt.export.save(jt.export.export(model, (jt.randn(4, 1, 8, 8),), dynamic_shapes=({0: batch},)), path)
+    model.eval()
+    s = Server(str(path), "--max-batch", "32", "--max-delay-ms", "1")
+    try:
+        x = np.random.default_rng(3).standard_normal((1, 1, 8, 8), dtype=np.float32)
+        status, answer = s.post("/v2/models/bounded/infer", _infer_body(x))  # one row: run padded to 3
+        assert status == 200 and answer["outputs"][0]["shape"] == [1, 10]
+        np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(1, 10), _expected(model, x),
+                                   rtol=1e-5, atol=1e-6)
+        status, err = s.post("/v2/models/bounded/infer", _infer_body(np.zeros((9, 1, 8, 8), np.float32)))
+        assert status == 400 and "the first 1 to 8" in err["error"]
+    finally:
+        assert s.stop() == 0
