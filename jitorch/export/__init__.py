@@ -111,7 +111,9 @@ def export(model_or_fn: Callable, args: tuple, kwargs: dict | None = None, *, dy
 
     `dynamic_shapes`, as in `torch.export`: per argument (a dict by argument name, or a tuple in
     argument order) None or {dim: name or `Dim`} for the dims that may differ from call to call (a
-    batch, a sequence length); every other dim is fixed. Dims given one name are one size."""
+    batch, a sequence length); every other dim is fixed. Dims given one name are one size. `strict`
+    is accepted for `torch.export`'s signature: jitorch's trace is always strict (a Python value
+    the model reads becomes a constant, a data-dependent branch an error)."""
     if kwargs:
         raise ExportError("jitorch.export: pass the example inputs positionally (args), not as keyword arguments")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)

@@ -94,7 +94,7 @@ def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, wa
         return JSONResponse({"name": m.name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
 
     async def infer(request: Request) -> Response:
-        m = find(request.path_params["name"], request.path_params.get("version"))
+        m = request.state.model = find(request.path_params["name"], request.path_params.get("version"))
         body = await _json_body(request, max_body_bytes)
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise _HttpError(400, f"expected a JSON object with \"inputs\": [{_expected(m)}]")
@@ -110,7 +110,7 @@ def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, wa
         return JSONResponse(answer)
 
     async def predictions(request: Request) -> Response:
-        m = find(request.path_params["name"], request.path_params.get("version"))
+        m = request.state.model = find(request.path_params["name"], request.path_params.get("version"))
         if len(m.runner.input_specs) != 1 or len(m.runner.output_specs) != 1:
             raise _HttpError(400, f"/predictions serves models of one input and one output; {m.name} has "
                                   f"{_expected(m)}: use /v2/models/{m.name}/infer")
@@ -138,6 +138,8 @@ def make_app(models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, wa
                 response = JSONResponse({"error": str(err)}, status_code=400)
             except Exception as err:  # (this request fails; the server goes on)
                 response = JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+            served = getattr(request.state, "model", None)  # (set once the request named a model this server has)
+            labels["version"] = served.version if served is not None else ""
             metrics.inc("jitorch_requests_total", {**labels, "code": str(response.status_code)})
             if response.status_code >= 400:
                 metrics.inc("jitorch_request_errors_total", {**labels, "code": str(response.status_code)})
