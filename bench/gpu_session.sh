@@ -12,8 +12,8 @@
 # row alone), amp-bf16 (char_lm and GPT-sized steps under bfloat16 autocast), first-call (what
 # building the GPT-sized step's runners costs under bfloat16 autocast, one short run), where (each runner's
 # device time per kernel, by the profilers), memory (peak device memory: bench/memory.py), profile
-# (where one eager and compiled char_lm step spend their time). Each fits one 10-minute call of a
-# GPU machine.
+# (where one eager and compiled char_lm step spend their time), serve (the server's and export's
+# tests, and bench/serve.py --device cuda). Each fits one 10-minute call of a GPU machine.
 # Logs and result pages land in $OUT; the last lines printed are a short summary. Benchmarks
 # write their pages to $OUT (copy a full run's pages into bench/results/ to record them).
 set -uo pipefail
@@ -87,6 +87,15 @@ for phase in "${PHASES[@]}"; do
                 --repeats 1 --gpt-steps 2 --prims --out "$OUT/where_cuda.md" ;;
         memory)  # peak device memory of char_lm and GPT-sized steps, eager/compiled, with and without checkpointing
             run_bench memory_cuda 560 python3 bench/memory.py --device cuda --out "$OUT/memory_cuda.md" ;;
+        serve)  # exported programs served on the GPU: the server's tests, then bench/serve.py --device cuda (the
+            # serve extra travels as wheels in .whl/serve/ where the machine lacks Starlette and uvicorn)
+            if ls .whl/serve/*.whl >/dev/null 2>&1; then
+                python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+                    .whl/serve/*.whl >/dev/null 2>&1
+            fi
+            python3 -m pytest -q -p no:cacheprovider -o addopts="" -m "gpu or not gpu" tests/test_serve.py \
+                tests/test_export.py 2>&1 | tee "$OUT/serve_tests.log" | tail -5
+            run_bench serve_cuda 300 python3 bench/serve.py --device cuda --out "$OUT/serve_cuda.md" ;;
         profile)
             run_bench profile_cuda 300 python3 bench/train.py --device cuda --precisions highest --workloads char_lm \
                 --repeats 1 --lm-steps 5 --profile --prims ;;

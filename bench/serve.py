@@ -85,7 +85,7 @@ def serve_torch(exported: str, weights: str, port_file: str, device: str, thread
 
 def start(contender: str, exported: str, weights: str, workdir: str, device: str,
           threads: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if contender == "jitorch":
         proc = subprocess.Popen([sys.executable, "-m", "jitorch.serve", f"digits={exported}", "--port", "0",
                                  "--device", device, "--threads", str(threads)],

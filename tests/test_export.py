@@ -46,7 +46,7 @@ def _eager(model, *args):
 def _run_elsewhere(path, args: list[np.ndarray], tmp_path, device: str = "cpu") -> list[np.ndarray]:
     inputs, out = tmp_path / "inputs.npz", tmp_path / "outputs.npz"
     np.savez(inputs, *args)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(path), str(inputs), str(out), device],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
