@@ -3,6 +3,7 @@ they compute on every broadcast layout and dtype, and the disk cache of compiled
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 
@@ -121,6 +122,42 @@ def test_cross_entropy_forward_reads_the_logits_in_one_row_kernel():
     assert all(v.shape[-1] == 1 for v in full[0].outputs)  # row values only
     reference = torch.nn.functional.cross_entropy(torch.tensor(logits.numpy()) * 2, torch.tensor(y.numpy()))
     np.testing.assert_allclose(loss.item(), reference.item(), rtol=1e-6)
+
+
+def test_cross_entropy_picks_the_target_logit_without_a_pass_over_the_row():
+    """The sum over a row of where(target == class index, log-probability, 0) is the one element at
+    the target: the row kernel evaluates it there (two passes over the row: the max, the exp sum),
+    with PyTorch's loss, also for targets set to ignore_index."""
+    from jitorch.codegen import llvm
+
+    logits = jt.randn(64, 300)
+    y = jt.randint(0, 300, (64,))
+    y[::7] = -100
+    compiled = jt.compile(lambda x, y: F.cross_entropy(x, y))
+    loss = compiled(logits, y)
+    (row,) = [k for k in plan_of(compiled).kernels if k.kernel.rows and k.kernel.shape == (64, 300)]
+    text = llvm.render(row)
+    passes = re.findall(r"^row\.pass(?:\.\d+)?:", text, re.MULTILINE)
+    assert len(passes) == 2, text  # (the max; the exp sum) and no third pass
+    reference = torch.nn.functional.cross_entropy(torch.tensor(logits.numpy()), torch.tensor(y.numpy()))
+    np.testing.assert_allclose(loss.item(), reference.item(), rtol=1e-6)
+
+
+def test_a_picked_element_is_the_masked_sums_value_bit_for_bit():
+    """At every index, inside the row or not, the pick gives what the masked sum gives, signed
+    zeros included (the sum of a picked -0.0 and the row's +0.0 zeros is +0.0)."""
+    n = 8
+    positions = jt.tensor(np.arange(n).reshape(1, n))
+    values = jt.tensor(np.array([[1.5, -0.0, 2.0, -3.0, 0.0, 7.0, -0.0, 1.0]] * 6, np.float32))
+    index = jt.tensor(np.array([[0], [1], [4], [7], [-1], [8]]))  # the last two lie outside the row
+
+    def picked(v, t):
+        return jt.where(t == positions, v, 0.0).sum(1, keepdim=True)
+
+    compiled = jt.compile(picked)
+    got, want = compiled(values, index).numpy(), picked(values, index).numpy()
+    assert got.tobytes() == want.tobytes(), (got.ravel(), want.ravel())
+    assert list(want.ravel()) == [1.5, 0.0, 0.0, 1.0, 0.0, 0.0] and not np.signbit(want[1, 0])
 
 
 @pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),

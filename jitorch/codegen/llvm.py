@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 from llvmlite import ir
 
 from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
@@ -243,6 +244,11 @@ def _render(b, node: Node, args: list):
     return _rounded(b.ir, table[op](b, node, args), node.out)
 
 
+def _is_constant(v: Value, test: Callable[[np.ndarray], bool]) -> bool:
+    """Whether `v` is a constant of the graph (its array known while compiling) that passes `test`."""
+    return v.node is not None and v.node.op == "const" and bool(test(v.node.params["value"].array))
+
+
 def _rounded(b: ir.IRBuilder, x, v: Value):
     """A float32 register value `x` of `v` rounded to `v`'s precision where that is a half type."""
     name = v.dtype.name
@@ -411,6 +417,8 @@ class _RowEmitter:
         self.row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
         self.has_random = any(n.op == "random" for n in kernel.nodes)
         self.made = {n.out.id: n for n in kernel.nodes}
+        self.static = {v.id for k, v in enumerate(kernel.inputs) if inner_static[k]}
+        self.picks = {n.out.id: found for n in kernel.nodes if (found := self._pick(n)) is not None}
 
     def emit(self, offsets: list) -> None:
         kernel, level = self.kernel, self.level
@@ -450,7 +458,7 @@ class _RowEmitter:
         it, the later pass that needs it, the output it is kept in meanwhile). It is kept in the buffer
         of an output of its dtype that the later pass stores (at the same element, which that pass
         reads before it writes), so the later pass loads it instead: one exp per element."""
-        computed = [{n.out.id for n in self._needed([r.inputs[0] for r in reductions]
+        computed = [{n.out.id for n in self._needed([r.inputs[0] for r in reductions if r.out.id not in self.picks]
                                                    + [self.kernel.outputs[j] for j in stores], stored)}
                     if reductions or stores else set() for reductions, stores, stored in passes]
         stash: dict[int, tuple[int, int, int]] = {}
@@ -481,11 +489,72 @@ class _RowEmitter:
             stack.extend(v.id for v in self.made[vid].inputs)
         return [n for n in self.kernel.nodes if n.out.id in seen]
 
+    def _pick(self, node: Node) -> tuple[Value, Value, Value] | None:
+        """(the row's index, the value picked, the zero) where `node` sums a row's
+        `where(index == position, value, zero)`: the position an input holding 0, 1, ..., n - 1 along
+        the row (a constant), the index the same for the whole row, the zero a constant 0. That sum is
+        the value at the index (plus the zero: -0.0 + 0.0 sums to 0.0, as the row's other elements
+        make it), or the zero where the index is outside the row: computed at that one element
+        instead of over the row (cross-entropy's target logit)."""
+        if node.op != "sum" or not is_row_reduction(node) or self.has_random:
+            return None
+        where = self.made.get(node.inputs[0].id)
+        if where is None or where.op != "where" or where.out.dtype.name not in ("float32", "float64"):
+            return None
+        mask, value, zero = where.inputs
+        eq = self.made.get(mask.id)
+        if eq is None or eq.op != "eq" or not _is_constant(zero, lambda a: a.size == 1 and a.reshape(()) == 0):
+            return None
+        n = self.kernel.shape[-1]
+        positions = (lambda a: a.shape[-1:] == (n,) and a.size == n and a.dtype.kind in "iu"
+                     and np.array_equal(a.reshape(-1), np.arange(n)))
+        for index, other in (eq.inputs, eq.inputs[::-1]):
+            row_static = index.id in self.row_ids or index.id in self.static
+            if row_static and index.dtype.name in ("int64", "int32") and _is_constant(other, positions):
+                return index, value, zero
+        return None
+
+    def _picked(self, offsets: list, row_env: dict, picks: list[Node], stored: dict[int, int]) -> dict:
+        """The picks of this pass (`_pick`), each evaluated at its one element of the row."""
+        b, n_in, found = self.b, len(self.kernel.inputs), {}
+        for node in picks:
+            index, value, zero = self.picks[node.out.id]
+            at = row_env[index.id]
+            at = at if at.type.width == 64 else b.sext(at, I64)
+            inside = b.and_(b.icmp_signed(">=", at, ir.Constant(I64, 0)), b.icmp_signed("<", at, self.length))
+            at = b.select(inside, at, ir.Constant(I64, 0))  # (a load in bounds either way)
+            env = dict(row_env)
+            needed = self._needed([value], stored)
+            wanted = {v.id for n in needed for v in n.inputs} | {value.id}
+            for k, v in enumerate(self.kernel.inputs):
+                if v.id not in self.static and v.id in wanted:
+                    env[v.id] = self.ops.load(k, v, b.add(offsets[k], at))
+            for vid, k in stored.items():
+                if vid in wanted:
+                    env[vid] = self.ops.load(n_in + k, self.made[vid].out if vid in self.made else
+                                             self.kernel.outputs[k], b.add(offsets[n_in + k], at))
+            for n in needed:
+                env[n.out.id] = _render(self.emitter, n, [env[v.id] for v in n.inputs])
+            z = env[zero.id]
+            found[node.out.id] = _rounded(b, b.select(inside, b.fadd(env[value.id], z), z), node.out)
+        return found
+
     def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
               stored: dict[int, int], kept: dict[int, int] | None = None) -> dict:
-        """One loop over the row (its length is at least 2: fusion only forms row kernels then);
-        `stored` maps values an earlier pass wrote to their output's index, `kept` values this pass
-        writes into an output's buffer for a later pass (`_stash`)."""
+        """One loop over the row (its length is at least 2: fusion only forms row kernels then), and
+        the picks of `reductions` at their one element each; `stored` maps values an earlier pass
+        wrote to their output's index, `kept` values this pass writes into an output's buffer for a
+        later pass (`_stash`)."""
+        picks = [r for r in reductions if r.out.id in self.picks]
+        reductions = [r for r in reductions if r.out.id not in self.picks]
+        found = self._picked(offsets, row_env, picks, stored) if picks else {}
+        if reductions or stores or kept:
+            found.update(self._loop(offsets, row_env, reductions, stores, stored, kept))
+        return found
+
+    def _loop(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
+              stored: dict[int, int], kept: dict[int, int] | None) -> dict:
+        """The loop over the row of a pass: its reductions, stores and kept values (see `_pass`)."""
         b, kernel = self.b, self.kernel
         n_in = len(kernel.inputs)
         nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores], stored)
