@@ -97,6 +97,19 @@ def test_export_against_pytorch_for_a_small_mlp(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_bfloat16_model_round_trips(tmp_path):
+    """Weights and outputs in bfloat16 (safetensors' BF16) give the model's own bfloat16 values."""
+    jt.manual_seed(0)
+    model = jt.nn.Sequential(jt.nn.Linear(8, 16), jt.nn.GELU(), jt.nn.Linear(16, 4)).to(jt.bfloat16)
+    x = jt.randn(5, 8).to(jt.bfloat16)
+    jt.export.save(jt.export.export(model, (x,), dynamic_shapes=({0: "batch"},)), tmp_path / "bf16")
+    program = jt.export.load(tmp_path / "bf16")
+    assert program.input_specs[0].dtype == "bfloat16"
+    got, want = program(x), _eager(model, x)
+    assert got.dtype == jt.bfloat16
+    np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=2**-7, atol=2**-7)
+
+
 def test_nested_outputs_and_a_function_with_closed_over_tensors(tmp_path):
     scale = jt.tensor([1.0, 2.0, 3.0])
 
