@@ -85,29 +85,37 @@ def serve_torch(exported: str, weights: str, port_file: str, device: str, thread
 
 def start(contender: str, exported: str, weights: str, workdir: str, device: str,
           threads: int) -> tuple[subprocess.Popen, str]:
+    """Start `contender`'s server process; (the process, its URL) once it answers ready. A server
+    that exits first stops the run with its error output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    errors = open(os.path.join(workdir, f"{contender}.stderr"), "w+")
     if contender == "jitorch":
         proc = subprocess.Popen([sys.executable, "-m", "jitorch.serve", f"digits={exported}", "--port", "0",
                                  "--device", device, "--threads", str(threads)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+                                env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        line = proc.stdout.readline().strip()
+        url = line.rsplit(" ", 1)[-1] if "http://" in line else None
     else:
         port_file = os.path.join(workdir, "torch.port")
         if os.path.exists(port_file):
             os.remove(port_file)
         proc = subprocess.Popen([sys.executable, __file__, "--worker", "torch", exported, weights, port_file, device,
-                                 str(threads)],
-                                env=env, stderr=subprocess.DEVNULL)
-        while not os.path.exists(port_file) or not Path(port_file).read_text():
+                                 str(threads)], env=env, stderr=errors)
+        while proc.poll() is None and (not os.path.exists(port_file) or not Path(port_file).read_text()):
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{Path(port_file).read_text()}"
-    for _ in range(400):
+        url = f"http://127.0.0.1:{Path(port_file).read_text()}" if os.path.exists(port_file) else None
+    for _ in range(1200):
+        if url is None or proc.poll() is not None:
+            proc.kill()
+            errors.seek(0)
+            raise SystemExit(f"the {contender} server did not start:\n{errors.read()[-3000:]}")
         try:
             with urllib.request.urlopen(url + "/v2/health/ready", timeout=5) as r:
                 if r.status == 200:
                     break
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     return proc, url
 
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, version, path in args.models:
         try:
             program = load(path, device=args.device)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError) as err:  # (RuntimeError: a device that is not available)
             parser.exit(2, f"jitorch-serve: cannot load {path}: {err}\n")
         served.append(ServedModel(name, version, Runner(program), args.max_batch, args.max_delay_ms / 1e3))
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
