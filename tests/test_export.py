@@ -197,7 +197,10 @@ def _edit_graph(path, edit):
     (lambda d: d["nodes"][0]["params"].update(kernel={"__reduce__": ["os.system", ["true"]]}), r"unreadable param"),
     (lambda d: d["inputs"][1].update(weight="no.such.weight"), r"weight 'no.such.weight' is missing"),
     (lambda d: d["outputs"][0].update(value=99999), r"names no defined value"),
-], ids=["unknown op", "version", "format", "shape", "undefined input", "param", "missing weight", "output"])
+    (lambda d: d["inputs"][0].update(arg="0"), r"an argument's position is an int"),
+    (lambda d: d["inputs"][1].update(weight=["0.weight"]), r"a weight's name a str"),
+], ids=["unknown op", "version", "format", "shape", "undefined input", "param", "missing weight", "output",
+        "arg position", "weight name"])
 def test_a_malformed_graph_is_refused_naming_the_file(saved, edit, message):
     _edit_graph(saved, edit)
     with pytest.raises(FormatError, match=message) as err:
@@ -252,6 +255,21 @@ def test_a_dynamic_batch_serves_every_batch_size(tmp_path):
         program(jt.randn(7, 1, 9, 9))  # only the batch is dynamic
     with pytest.raises(ValueError, match=r"input.size\(0\) is 1"):
         program(jt.randn(1, 1, 8, 8))
+
+
+def test_a_dynamic_size_used_as_a_number_follows_each_call(tmp_path):
+    """A size the model computes with (a mean by hand) is an input of the saved graph, given by each
+    call's shapes."""
+    def mean_of_rows(x):
+        return x.sum(1) / x.shape[1]
+
+    ep = jt.export.export(mean_of_rows, (jt.randn(3, 5),), dynamic_shapes=({1: "n"},))
+    assert [i.kind for i in ep.graph.inputs] == ["arg", "size"]
+    jt.export.save(ep, tmp_path / "mean")
+    program = jt.export.load(tmp_path / "mean")
+    for n in (5, 9, 2):
+        x = jt.randn(3, n)
+        np.testing.assert_allclose(program(x).numpy(), mean_of_rows(x).numpy(), rtol=1e-6)
 
 
 def test_a_dims_bounds_are_kept_and_checked(tmp_path):

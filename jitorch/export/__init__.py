@@ -337,11 +337,11 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     if count_leaves(tree) != len(graph.outputs):
         raise FormatError(f"{path}: output_tree has {count_leaves(tree)} leaves for {len(graph.outputs)} outputs")
     args = sorted(i.ref for i in graph.inputs if i.kind == "arg")
-    if args != list(range(len(args))) or any(type(a) is not int for a in args):
+    if args != list(range(len(args))):
         raise FormatError(f"{path}: argument positions {args} are not 0..{len(args) - 1}")
     weights = {}
     for inp in graph.inputs:
-        if inp.kind == "arg":
+        if inp.kind != "lifted":  # (an argument, or a size the call's shapes give)
             continue
         array = arrays.get(inp.ref)
         if array is None:

@@ -320,6 +320,11 @@ def build_graph(document: dict, constants: dict[str, np.ndarray], path: str) -> 
         kind = kinds[0]
         ref = (entry["arg"] if kind == "arg" else entry["weight"] if kind == "weight"
                else decode_expr(entry["size"], f"{path}: {where}"))
+        if (kind == "arg" and not (type(ref) is int and ref >= 0)) or (kind == "weight" and not isinstance(ref, str)):
+            raise FormatError(f"{path}: {where}: an argument's position is an int, a weight's name a str; "
+                              f"got {ref!r}")
+        if kind == "size" and ref.symbols() - set(env.sources):
+            raise FormatError(f"{path}: {where}: a size reads symbols no argument gives: {sorted(ref.symbols())}")
         label = str(entry.get("name", kind))
         define(entry.get("value"), graph.add_input(shape, dtype, {"weight": "lifted"}.get(kind, kind), label, ref),
                where)
