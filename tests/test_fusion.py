@@ -144,8 +144,8 @@ def test_cross_entropy_picks_the_target_logit_without_a_pass_over_the_row():
 
 
 def test_a_picked_element_is_the_masked_sums_value_bit_for_bit():
-    """At every index, inside the row or not, the pick gives what the masked sum gives, signed
-    zeros included (the sum of a picked -0.0 and the row's +0.0 zeros is +0.0)."""
+    """At every index, inside the row or not, the pick gives what the masked sum gives eagerly and in
+    numpy, signed zeros included (a sum starts at +0.0: a picked -0.0 sums to +0.0)."""
     n = 8
     positions = jt.tensor(np.arange(n).reshape(1, n))
     values = jt.tensor(np.array([[1.5, -0.0, 2.0, -3.0, 0.0, 7.0, -0.0, 1.0]] * 6, np.float32))
@@ -154,10 +154,55 @@ def test_a_picked_element_is_the_masked_sums_value_bit_for_bit():
     def picked(v, t):
         return jt.where(t == positions, v, 0.0).sum(1, keepdim=True)
 
-    compiled = jt.compile(picked)
-    got, want = compiled(values, index).numpy(), picked(values, index).numpy()
-    assert got.tobytes() == want.tobytes(), (got.ravel(), want.ravel())
-    assert list(want.ravel()) == [1.5, 0.0, 0.0, 1.0, 0.0, 0.0] and not np.signbit(want[1, 0])
+    def negated(v, t):
+        return (-jt.where(t == positions, v, 0.0)).sum(1, keepdim=True)
+
+    v, t, p = values.numpy(), index.numpy(), positions.numpy()
+    references = {picked: np.where(t == p, v, 0.0).sum(1, keepdims=True),  # (numpy's sums start at +0.0)
+                  negated: (-np.where(t == p, v, 0.0)).sum(1, keepdims=True)}
+    for fn, reference in references.items():
+        got, want = jt.compile(fn)(values, index).numpy(), fn(values, index).numpy()
+        assert got.tobytes() == want.tobytes() == reference.astype(np.float32).tobytes(), (fn.__name__, got, want)
+    zeros = references[negated][references[negated] == 0]
+    assert zeros.size == 4 and not np.signbit(zeros).any()  # (-0.0 picked, or a row of -0.0s: +0.0 all the same)
+
+
+def test_a_row_of_negative_zeros_sums_to_positive_zero_as_eagerly():
+    """A row kernel's sum starts at +0.0, as numpy's, PyTorch's and jitorch's eager sums do: a row
+    of -0.0s sums to +0.0 compiled too."""
+    x = jt.tensor(np.full((4, 300), -0.0, np.float32))
+    fn = lambda x: (x * 2).sum(1, keepdim=True)  # noqa: E731
+    got, want = jt.compile(fn)(x).numpy(), fn(x).numpy()
+    assert got.tobytes() == want.tobytes() and not np.signbit(got).any()
+    assert not torch.signbit(torch.tensor(x.numpy()).mul(2).sum(1)).any()
+
+
+def test_cross_entropys_gradient_is_one_pass_over_the_row():
+    """The gradient's sum of the target's term is picked too: its row kernel is the one pass that
+    writes the gradient, equal to PyTorch's."""
+    from jitorch.codegen import llvm
+
+    logits, y = jt.randn(64, 300).requires_grad_(), jt.randint(0, 300, (64,))
+    y[::5] = -100
+
+    def step(x, y):
+        loss = F.cross_entropy(x, y)
+        loss.backward()
+        return loss
+
+    compiled = jt.compile(step)
+    compiled(logits, y)
+    logits.grad = None
+    compiled(logits, y)
+    program = compiled.programs()[0]
+    plans = [program.plan] + ([program.backward.plan] if program.backward is not None else [])
+    kernels = [k for plan in plans for k in plan.kernels if k.kernel.rows and k.kernel.shape == (64, 300)
+               and any(v.shape == (64, 300) for v in k.kernel.outputs)]
+    assert len(kernels) == 1
+    assert len(re.findall(r"^row\.pass(?:\.\d+)?:", llvm.render(kernels[0]), re.MULTILINE)) == 1
+    x = torch.tensor(logits.detach().numpy(), requires_grad=True)
+    torch.nn.functional.cross_entropy(x, torch.tensor(y.numpy())).backward()
+    np.testing.assert_allclose(logits.grad.numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),

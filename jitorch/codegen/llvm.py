@@ -211,7 +211,7 @@ _FLOAT_TESTS = {
 # row reductions: (identity, combine(emitter, accumulator, element)); a float sum may be reassociated
 # so that LLVM vectorizes it (several partial sums, as PyTorch's CPU kernels keep; numpy sums pairwise)
 _REDUCTIONS = {
-    "sum": (-0.0, lambda b, acc, x: b.ir.fadd(acc, x, flags=("reassoc",))),  # -0.0: -0.0 + -0.0 stays -0.0
+    "sum": (0.0, lambda b, acc, x: b.ir.fadd(acc, x, flags=("reassoc",))),  # +0.0, as numpy's and PyTorch's sums
     "amax": (-math.inf, lambda b, acc, x: b.call("maximum", acc, x)),  # llvm.maximum: NaN wins, as in numpy
     "amin": (math.inf, lambda b, acc, x: b.call("minimum", acc, x)),
 }
@@ -489,16 +489,20 @@ class _RowEmitter:
             stack.extend(v.id for v in self.made[vid].inputs)
         return [n for n in self.kernel.nodes if n.out.id in seen]
 
-    def _pick(self, node: Node) -> tuple[Value, Value, Value] | None:
-        """(the row's index, the value picked, the zero) where `node` sums a row's
-        `where(index == position, value, zero)`: the position an input holding 0, 1, ..., n - 1 along
-        the row (a constant), the index the same for the whole row, the zero a constant 0. That sum is
-        the value at the index (plus the zero: -0.0 + 0.0 sums to 0.0, as the row's other elements
-        make it), or the zero where the index is outside the row: computed at that one element
-        instead of over the row (cross-entropy's target logit)."""
+    def _pick(self, node: Node) -> tuple[Value, Value, Value, bool] | None:
+        """(the row's index, the value picked, the zero, whether it is negated) where `node` sums a
+        row's `where(index == position, value, zero)`, or its negation: the position an input holding
+        0, 1, ..., n - 1 along the row (a constant), the index the same for the whole row, the zero a
+        constant 0. That sum is the value at the index plus the zero (the row's other elements) plus
+        the sum's +0.0 start, or the zero plus that start where the index is outside the row; negated,
+        the same of the negation (exactly: -(a + b) is -a + -b). It is computed at that one element instead
+        of over the row (cross-entropy's target logit, and its gradient's sum of the target's term)."""
         if node.op != "sum" or not is_row_reduction(node) or self.has_random:
             return None
         where = self.made.get(node.inputs[0].id)
+        negated = where is not None and where.op == "neg"
+        if negated:
+            where = self.made.get(where.inputs[0].id)
         if where is None or where.op != "where" or where.out.dtype.name not in ("float32", "float64"):
             return None
         mask, value, zero = where.inputs
@@ -511,14 +515,14 @@ class _RowEmitter:
         for index, other in (eq.inputs, eq.inputs[::-1]):
             row_static = index.id in self.row_ids or index.id in self.static
             if row_static and index.dtype.name in ("int64", "int32") and _is_constant(other, positions):
-                return index, value, zero
+                return index, value, zero, negated
         return None
 
     def _picked(self, offsets: list, row_env: dict, picks: list[Node], stored: dict[int, int]) -> dict:
         """The picks of this pass (`_pick`), each evaluated at its one element of the row."""
         b, n_in, found = self.b, len(self.kernel.inputs), {}
         for node in picks:
-            index, value, zero = self.picks[node.out.id]
+            index, value, zero, negated = self.picks[node.out.id]
             at = row_env[index.id]
             at = at if at.type.width == 64 else b.sext(at, I64)
             inside = b.and_(b.icmp_signed(">=", at, ir.Constant(I64, 0)), b.icmp_signed("<", at, self.length))
@@ -536,7 +540,10 @@ class _RowEmitter:
             for n in needed:
                 env[n.out.id] = _render(self.emitter, n, [env[v.id] for v in n.inputs])
             z = env[zero.id]
-            found[node.out.id] = _rounded(b, b.select(inside, b.fadd(env[value.id], z), z), node.out)
+            picked = b.select(inside, b.fadd(env[value.id], z), z)
+            picked = b.fneg(picked) if negated else picked
+            # (+ the sum's +0.0 start, which turns a -0.0 into +0.0 as the row's sum does)
+            found[node.out.id] = _rounded(b, b.fadd(picked, ir.Constant(picked.type, 0.0)), node.out)
         return found
 
     def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
