@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import serialization
 from ..autograd import no_grad
 from ..backends import backend_for
 from ..device import Device, placement
@@ -37,6 +38,7 @@ from .format import (
     GRAPH_FILE,
     WEIGHTS_FILE,
     ExportError,
+    FormatError,
     build_graph,
     check,
     count_leaves,
@@ -45,7 +47,6 @@ from .format import (
     graph_document,
     read_document,
 )
-from .safetensors import FormatError, load_file, save_file
 
 __all__ = ["Dim", "ExportError", "ExportedProgram", "FormatError", "LoadedProgram", "TensorSpec", "export", "load",
            "save"]
@@ -310,8 +311,7 @@ def save(ep: ExportedProgram, path: str | os.PathLike) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
-        save_file({**ep.weights, **constants}, os.path.join(staging, WEIGHTS_FILE),
-                  {"format": "jitorch.export", "producer": document["producer"]})
+        serialization.save({**ep.weights, **constants}, os.path.join(staging, WEIGHTS_FILE))
         with open(os.path.join(staging, GRAPH_FILE), "w", encoding="utf-8") as f:
             json.dump(document, f, indent=1)
         old = f"{path}.old-{os.getpid()}"
@@ -331,7 +331,7 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
     weights_path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
-    arrays, _ = load_file(weights_path)
+    arrays = _read_weights(weights_path)
     graph, shape_env, bounds = build_graph(document, arrays, os.path.join(path, GRAPH_FILE))
     tree = decode_tree(document.get("output_tree", "*"), os.path.join(path, GRAPH_FILE))
     if count_leaves(tree) != len(graph.outputs):
@@ -355,6 +355,18 @@ def load(path: str | os.PathLike, device: str | Device = "cpu") -> LoadedProgram
         raise FormatError(f"{weights_path}: tensors the graph does not read: {sorted(unused)[:5]}")
     return LoadedProgram(graph, weights, tree, device, shape_env if shape_env.sources or shape_env.fixed else None,
                          bounds)
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a weights file by name (`jitorch.load`, which refuses truncated, oversized or
+    inconsistent files naming them)."""
+    try:
+        found = serialization.load(path, map_location="cpu")
+    except serialization.CheckpointError as err:
+        raise FormatError(str(err)) from None
+    if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
+        raise FormatError(f"{path}: not a flat table of named tensors")
+    return {k: v.numpy() if isinstance(v, Tensor) else np.asarray(v) for k, v in found.items()}
 
 
 class LoadedProgram:

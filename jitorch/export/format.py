@@ -1,5 +1,6 @@
 """The exported program's file format: a directory holding `program.json` (the graph) and
-`weights.safetensors` (the weights and the graph's constant arrays).
+`weights.safetensors` (the weights and the graph's constant arrays, written and read by
+`jitorch.save` / `jitorch.load`, which check every byte range).
 
 `program.json`, version 1:
 
@@ -46,11 +47,15 @@ from ..ir.graph import Const, Graph, IRError, Value
 from ..ir.pytree import LEAF
 from ..primitives import PRIMS
 from ..symbolic import Expr, Guard, ShapeEnv, SymbolSource, SymInt
-from .safetensors import FormatError
 
 FORMAT, VERSION = "jitorch.export", 1
 GRAPH_FILE, WEIGHTS_FILE = "program.json", "weights.safetensors"
 MAX_GRAPH_BYTES = 256 * 1024 * 1024
+
+
+class FormatError(ValueError):
+    """An exported program's file that is not what it should be: truncated, oversized, inconsistent,
+    or of another format or version."""
 
 
 class ExportError(ValueError):
