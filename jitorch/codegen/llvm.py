@@ -520,31 +520,38 @@ class _RowEmitter:
 
     def _picked(self, offsets: list, row_env: dict, picks: list[Node], stored: dict[int, int]) -> dict:
         """The picks of this pass (`_pick`), each evaluated at its one element of the row."""
-        b, n_in, found = self.b, len(self.kernel.inputs), {}
+        b, found = self.b, {}
         for node in picks:
             index, value, zero, negated = self.picks[node.out.id]
             at = row_env[index.id]
             at = at if at.type.width == 64 else b.sext(at, I64)
             inside = b.and_(b.icmp_signed(">=", at, ir.Constant(I64, 0)), b.icmp_signed("<", at, self.length))
             at = b.select(inside, at, ir.Constant(I64, 0))  # (a load in bounds either way)
-            env = dict(row_env)
-            needed = self._needed([value], stored)
-            wanted = {v.id for n in needed for v in n.inputs} | {value.id}
-            for k, v in enumerate(self.kernel.inputs):
-                if v.id not in self.static and v.id in wanted:
-                    env[v.id] = self.ops.load(k, v, b.add(offsets[k], at))
-            for vid, k in stored.items():
-                if vid in wanted:
-                    env[vid] = self.ops.load(n_in + k, self.made[vid].out if vid in self.made else
-                                             self.kernel.outputs[k], b.add(offsets[n_in + k], at))
-            for n in needed:
-                env[n.out.id] = _render(self.emitter, n, [env[v.id] for v in n.inputs])
+            env = self._at(offsets, row_env, [value], stored, at)
             z = env[zero.id]
             picked = b.select(inside, b.fadd(env[value.id], z), z)
             picked = b.fneg(picked) if negated else picked
             # (+ the sum's +0.0 start, which turns a -0.0 into +0.0 as the row's sum does)
             found[node.out.id] = _rounded(b, b.fadd(picked, ir.Constant(picked.type, 0.0)), node.out)
         return found
+
+    def _at(self, offsets: list, row_env: dict, targets: list[Value], stored: dict[int, int], at) -> dict:
+        """The row values and the values `targets` need at element `at` of the row: inputs and
+        stored outputs loaded there, the kernel's nodes between them rendered."""
+        b, n_in = self.b, len(self.kernel.inputs)
+        nodes = self._needed(targets, stored)
+        wanted = {v.id for n in nodes for v in n.inputs} | {v.id for v in targets}
+        env = dict(row_env)
+        for k, v in enumerate(self.kernel.inputs):
+            if not self.inner_static[k] and v.id in wanted:
+                env[v.id] = self.ops.load(k, v, b.add(offsets[k], at))
+        for vid, k in stored.items():
+            if vid in wanted:
+                env[vid] = self.ops.load(n_in + k, self.made[vid].out if vid in self.made else self.kernel.outputs[k],
+                                         b.add(offsets[n_in + k], at))
+        for node in nodes:
+            env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
+        return env
 
     def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
               stored: dict[int, int], kept: dict[int, int] | None = None) -> dict:
@@ -564,9 +571,6 @@ class _RowEmitter:
         """The loop over the row of a pass: its reductions, stores and kept values (see `_pass`)."""
         b, kernel = self.b, self.kernel
         n_in = len(kernel.inputs)
-        nodes = self._needed([r.inputs[0] for r in reductions] + [kernel.outputs[j] for j in stores], stored)
-        wanted = {v.id for n in nodes for v in n.inputs} | {r.inputs[0].id for r in reductions} \
-            | {kernel.outputs[j].id for j in stores}
         pre = b.block
         loop = self.fn.append_basic_block("row.pass")
         done = self.fn.append_basic_block("row.done")
@@ -579,18 +583,10 @@ class _RowEmitter:
             acc = b.phi(_LLVM_TYPE[r.out.dtype.name], name="acc")
             acc.add_incoming(ir.Constant(acc.type, _REDUCTIONS[r.op][0]), pre)
             accumulators.append(acc)
-        env = dict(row_env)
-        for k, v in enumerate(kernel.inputs):
-            if not self.inner_static[k] and v.id in wanted:
-                env[v.id] = self.ops.load(k, v, b.add(offsets[k], j))
-        for vid, k in stored.items():
-            if vid in wanted:
-                env[vid] = self.ops.load(n_in + k, self.made[vid].out if vid in self.made else kernel.outputs[k],
-                                         b.add(offsets[n_in + k], j))
         if self.has_random:
             self.emitter.element_index = b.add(offsets[-1], j)
-        for node in nodes:
-            env[node.out.id] = _render(self.emitter, node, [env[v.id] for v in node.inputs])
+        env = self._at(offsets, row_env, [r.inputs[0] for r in reductions] + [kernel.outputs[k] for k in stores],
+                       stored, j)
         updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])
                    for r, acc in zip(reductions, accumulators)]
         for k in stores:
