@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .. import dtypes
 from .batching import RequestError, ServedModel
 from .metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
 
@@ -240,9 +241,7 @@ def _kserve_inputs(m: ServedModel, inputs: list) -> list[np.ndarray]:
 
 def _array(data, spec, shape: list[int] | None) -> np.ndarray:
     """The request's data for input `spec` as an array of its dtype (and of `shape` where given)."""
-    import jitorch
-
-    dtype = jitorch.dtypes.get_dtype(spec.dtype).np
+    dtype = dtypes.get_dtype(spec.dtype).np
     try:
         array = np.asarray(data, dtype=dtype if spec.dtype != "bool" else None)
         if spec.dtype == "bool" and array.dtype != np.bool_:

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import dtypes
+from ..creation import from_numpy
+from ..ir.pytree import flatten
+
 
 class RequestError(ValueError):
     """A request the model cannot take (its inputs' names, dtypes or shapes): answered 400."""
@@ -30,18 +34,12 @@ class Runner:
     as a str, dtype name) and `run(arrays) -> list of output arrays` (the outputs in order)."""
 
     def __init__(self, program) -> None:
-        import jitorch
-
         self.program, self.device = program, program.device
         self.input_specs, self.output_specs = program.input_specs, program.output_specs
         self.bounds = dict(getattr(program, "bounds", {}))  # size symbol -> (least, largest), None: unbounded
-        self._jitorch = jitorch
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        from ..ir.pytree import flatten
-
-        jt = self._jitorch
-        tensors = [jt.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        tensors = [from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
         try:
             out = self.program(*tensors)
         except ValueError as err:  # (shapes the program refuses: the request's fault)
@@ -84,8 +82,6 @@ class ServedModel:
         specs = self.runner.input_specs
         if not self.batchable or any(isinstance(d, str) for s in specs for d in s.shape[1:]):
             return
-        from .. import dtypes
-
         for rows in range(self.least, self.max_batch + 1):
             self.runner.run([np.zeros((rows, *s.shape[1:]), dtypes.get_dtype(s.dtype).np) for s in specs])
 
