@@ -177,9 +177,11 @@ def test_a_row_of_negative_zeros_sums_to_positive_zero_as_eagerly():
     assert not torch.signbit(torch.tensor(x.numpy()).mul(2).sum(1)).any()
 
 
-def test_cross_entropys_gradient_is_one_pass_over_the_row():
-    """The gradient's sum of the target's term is picked too: its row kernel is the one pass that
-    writes the gradient, equal to PyTorch's."""
+def test_cross_entropys_forward_and_gradient_are_one_row_kernel():
+    """Cross-entropy's forward and backward share one row kernel (the backward's per-row scale, made
+    from the targets alone, runs before it): a pass for the row's max, one for its sum of exp, one
+    that writes the gradient; the target's terms of both sums are picked, not passes of their own.
+    The gradient equals PyTorch's."""
     from jitorch.codegen import llvm
 
     logits, y = jt.randn(64, 300).requires_grad_(), jt.randint(0, 300, (64,))
@@ -198,8 +200,8 @@ def test_cross_entropys_gradient_is_one_pass_over_the_row():
     plans = [program.plan] + ([program.backward.plan] if program.backward is not None else [])
     kernels = [k for plan in plans for k in plan.kernels if k.kernel.rows and k.kernel.shape == (64, 300)
                and any(v.shape == (64, 300) for v in k.kernel.outputs)]
-    assert len(kernels) == 1
-    assert len(re.findall(r"^row\.pass(?:\.\d+)?:", llvm.render(kernels[0]), re.MULTILINE)) == 1
+    assert len(kernels) == 1 and any(v.shape == (64, 1) for v in kernels[0].kernel.outputs)  # (the loss rows)
+    assert len(re.findall(r"^row\.pass(?:\.\d+)?:", llvm.render(kernels[0]), re.MULTILINE)) == 3
     x = torch.tensor(logits.detach().numpy(), requires_grad=True)
     torch.nn.functional.cross_entropy(x, torch.tensor(y.numpy())).backward()
     np.testing.assert_allclose(logits.grad.numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-7)
@@ -454,7 +456,8 @@ def test_identical_kernels_are_compiled_once():
     kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(3, 4))
     after_first = len(jit._addresses)
     kernels_of(lambda x: (x * 1.5).exp() - x, jt.randn(50, 7))  # other sizes: the same function
-    assert after_first == before + 1 and len(jit._addresses) == after_first
+    # (the first program may also compile a walker for its native runs: what it compiled is at least one)
+    assert after_first > before and len(jit._addresses) == after_first
 
 
 CACHE_SCRIPT = """
@@ -549,7 +552,8 @@ def test_a_codegen_failure_falls_back_to_eager_kernels_with_a_warning(monkeypatc
     def broken(kernels):
         raise RuntimeError("LLVM said no")
 
-    monkeypatch.setattr(backend_for("cpu"), "compile_kernels", broken)
+    # (on the class: undoing a patch of the instance would leave the method as an instance attribute)
+    monkeypatch.setattr(type(backend_for("cpu")), "compile_kernels", lambda self, kernels: broken(kernels))
     f = jt.compile(lambda x: (x * 2 + 1).exp())
     x = jt.randn(4, 5)
     with pytest.warns(FusionWarning, match="LLVM said no"):

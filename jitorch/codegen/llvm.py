@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -208,12 +209,34 @@ _FLOAT_TESTS = {
 }
 
 
-# row reductions: (identity, combine(emitter, accumulator, element)); a float sum may be reassociated
-# so that LLVM vectorizes it (several partial sums, as PyTorch's CPU kernels keep; numpy sums pairwise)
+class _Reduction(NamedTuple):
+    """A row reduction as accumulators: their starting values (given the element's LLVM type), the
+    step that folds one element into them, and the result they leave."""
+    start: Callable[[ir.Type], list]
+    step: Callable[[_Emitter, list, ir.Value], list]
+    result: Callable[[ir.IRBuilder, list], ir.Value]
+
+
+def _extreme_reduction(name: str, start: float) -> _Reduction:
+    """amax/amin: `llvm.maxnum`/`minnum` under `nnan` (one vmaxps per vector: LLVM vectorizes it
+    without a NaN check per step) with NaN tracked on the side, off the accumulator's dependency
+    chain; a NaN anywhere in the row gives NaN, as in numpy and PyTorch. (After a NaN the `nnan`
+    accumulator is poison, which only the select's other arm ever sees.)"""
+    def step(b, accs, x):
+        extreme, nan = accs
+        return [b.call(name, extreme, x, fastmath=("nnan", "nsz")), b.ir.or_(nan, b.ir.fcmp_unordered("uno", x, x))]
+
+    return _Reduction(lambda t: [ir.Constant(t, start), ir.Constant(I1, 0)], step,
+                      lambda b, accs: b.select(accs[1], ir.Constant(accs[0].type, math.nan), accs[0]))
+
+
+# a float sum may be reassociated so that LLVM vectorizes it (several partial sums, as PyTorch's CPU
+# kernels keep; numpy sums pairwise); it starts at +0.0, as numpy's and PyTorch's sums do
 _REDUCTIONS = {
-    "sum": (0.0, lambda b, acc, x: b.ir.fadd(acc, x, flags=("reassoc",))),  # +0.0, as numpy's and PyTorch's sums
-    "amax": (-math.inf, lambda b, acc, x: b.call("maximum", acc, x)),  # llvm.maximum: NaN wins, as in numpy
-    "amin": (math.inf, lambda b, acc, x: b.call("minimum", acc, x)),
+    "sum": _Reduction(lambda t: [ir.Constant(t, 0.0)], lambda b, accs, x: [b.ir.fadd(accs[0], x, flags=("reassoc",))],
+                      lambda b, accs: accs[0]),
+    "amax": _extreme_reduction("maxnum", -math.inf),
+    "amin": _extreme_reduction("minnum", math.inf),
 }
 
 
@@ -279,7 +302,7 @@ class _Emitter:
         self.ir = builder
         self.element_index = None  # the row-major index of the element being computed (random nodes)
 
-    def call(self, name: str, *args):
+    def call(self, name: str, *args, fastmath: tuple[str, ...] = ()):
         ty = args[0].type
         if name in llvm_math.FUNCTIONS:
             fname = llvm_math.function_name(name, "float" if ty == F32 else "double")
@@ -288,7 +311,7 @@ class _Emitter:
         fn = self.module.globals.get(fname)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), fname)
-        return self.ir.call(fn, args)
+        return self.ir.call(fn, args, fastmath=fastmath)
 
 
 def _with_math(text: str) -> str:
@@ -332,7 +355,9 @@ def _emit_kernel(module: ir.Module, kernel: Kernel, fname: str, loop_shape: tupl
         strides.append(_contiguous_strides(b, sizes))
         inner_static.append(False)
     if kernel.rows:
-        rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], ops, inner_static)
+        # each operand's distance to the next row: a pass over a row that is in cache prefetches the next
+        next_row = [strides[k][ndim - 2] for k in range(len(operands))] if ndim >= 2 else None
+        rows = _RowEmitter(b, fn, emit, kernel, sizes[-1], ops, inner_static, next_row)
         if ndim == 1:
             rows.emit(start)
         else:
@@ -393,6 +418,11 @@ def _loop_nest(b: ir.IRBuilder, fn: ir.Function, sizes, strides, inner_static, o
     b.position_at_end(done)
 
 
+# a pass that prefetches the next row does so a block of this many elements at a time, one prefetch per
+# cache line: fewer misses in flight than the core can track, and a block's loop long enough to vectorize
+_PREFETCH_BLOCK = 256
+_CACHE_LINE = 64
+
 # ops worth a store and a load (of an L1-resident row) rather than a second evaluation
 _TRANSCENDENTAL = frozenset({"exp", "log", "log1p", "expm1", "tanh", "sigmoid", "erf", "pow", "sin", "cos"})
 
@@ -410,9 +440,9 @@ class _RowEmitter:
     """
 
     def __init__(self, b: ir.IRBuilder, fn: ir.Function, emit: _Emitter, kernel: Kernel, length, ops: _Operands,
-                 inner_static: list[bool]) -> None:
+                 inner_static: list[bool], next_row: list | None = None) -> None:
         self.b, self.fn, self.emitter, self.kernel, self.length = b, fn, emit, kernel, length
-        self.ops, self.inner_static = ops, inner_static
+        self.ops, self.inner_static, self.next_row = ops, inner_static, next_row
         self.level = kernel.levels()
         self.row_ids = {n.out.id for n in kernel.nodes if n.out.shape != kernel.shape}
         self.has_random = any(n.op == "random" for n in kernel.nodes)
@@ -428,6 +458,7 @@ class _RowEmitter:
             self.emitter.element_index = self.b.udiv(offsets[-1], self.length)
         passes = self._passes()
         stash = self._stash(passes)
+        loops = 0  # the second loop over the row (the row in cache) prefetches the next row
         for pass_, (reductions, stores, stored) in enumerate(passes):
             for node in kernel.nodes:
                 if node.out.id in self.row_ids and not is_row_reduction(node) and level[node.out.id] == pass_:
@@ -438,7 +469,8 @@ class _RowEmitter:
             if reductions or stores:
                 stashed = {vid: k for vid, (_, later, k) in stash.items() if later == pass_}
                 kept = {vid: k for vid, (at, _, k) in stash.items() if at == pass_}
-                env.update(self._pass(offsets, env, reductions, stores, stored | stashed, kept))
+                env.update(self._pass(offsets, env, reductions, stores, stored | stashed, kept, prefetch=loops == 1))
+                loops += any(r.out.id not in self.picks for r in reductions) or bool(stores or kept)
 
     def _passes(self) -> list[tuple[list[Node], list[int], dict[int, int]]]:
         """Per pass over the row: the reductions it accumulates, the full-shape outputs it stores, and
@@ -554,7 +586,7 @@ class _RowEmitter:
         return env
 
     def _pass(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
-              stored: dict[int, int], kept: dict[int, int] | None = None) -> dict:
+              stored: dict[int, int], kept: dict[int, int] | None = None, prefetch: bool = False) -> dict:
         """One loop over the row (its length is at least 2: fusion only forms row kernels then), and
         the picks of `reductions` at their one element each; `stored` maps values an earlier pass
         wrote to their output's index, `kept` values this pass writes into an output's buffer for a
@@ -563,12 +595,74 @@ class _RowEmitter:
         reductions = [r for r in reductions if r.out.id not in self.picks]
         found = self._picked(offsets, row_env, picks, stored) if picks else {}
         if reductions or stores or kept:
-            found.update(self._loop(offsets, row_env, reductions, stores, stored, kept))
+            found.update(self._loop(offsets, row_env, reductions, stores, stored, kept, prefetch))
         return found
 
     def _loop(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
-              stored: dict[int, int], kept: dict[int, int] | None) -> dict:
-        """The loop over the row of a pass: its reductions, stores and kept values (see `_pass`)."""
+              stored: dict[int, int], kept: dict[int, int] | None, prefetch: bool = False) -> dict:
+        """The loop over the row of a pass: its reductions, stores and kept values (see `_pass`).
+        With `prefetch` (and a next row), the loop runs in blocks, each first prefetching its part of the
+        next row: that row's memory traffic overlaps this row's arithmetic, where the hardware's
+        prefetchers idle while the loop reads the current row from L1."""
+        b = self.b
+        starts = [_REDUCTIONS[r.op].start(_LLVM_TYPE[r.out.dtype.name]) for r in reductions]
+        elements = lambda first, end, accs: self._elements(offsets, row_env, reductions, stores, stored, kept, first,
+                                                             end, accs)
+        if not prefetch or self.next_row is None:
+            accs = elements(ir.Constant(I64, 0), self.length, starts)
+        else:
+            targets = [r.inputs[0] for r in reductions] + [self.kernel.outputs[k] for k in stores]
+            read = {v.id for n in self._needed(targets, stored) for v in n.inputs} | {v.id for v in targets}
+            streamed = [k for k, v in enumerate(self.kernel.inputs) if not self.inner_static[k] and v.id in read]
+            accs = self._blocks(starts, lambda first: self._prefetch(offsets, first, streamed), elements)
+        return {r.out.id: _rounded(b, _REDUCTIONS[r.op].result(b, acc), r.out) for r, acc in zip(reductions, accs)}
+
+    def _blocks(self, starts: list[list], before: Callable, elements: Callable) -> list[list]:
+        """The row in blocks of _PREFETCH_BLOCK elements: `before(first)` at each block's start, then
+        `elements(first, end, accumulators)`; the accumulators carried from block to block."""
+        b = self.b
+        pre = b.block
+        head = self.fn.append_basic_block("row.block")
+        b.branch(head)
+        b.position_at_end(head)
+        first = b.phi(I64, name="first")
+        first.add_incoming(ir.Constant(I64, 0), pre)
+        phis = [[b.phi(v.type, name="acc.block") for v in values] for values in starts]
+        for values, row in zip(starts, phis):
+            for v, phi in zip(values, row):
+                phi.add_incoming(v, pre)
+        before(first)
+        nxt = b.add(first, ir.Constant(I64, _PREFETCH_BLOCK), flags=["nuw", "nsw"])
+        more = b.icmp_signed("<", nxt, self.length)
+        accs = elements(first, b.select(more, nxt, self.length), phis)
+        first.add_incoming(nxt, b.block)
+        for values, row in zip(accs, phis):
+            for v, phi in zip(values, row):
+                phi.add_incoming(v, b.block)
+        done = self.fn.append_basic_block("row.blocks.done")
+        b.cbranch(more, head, done)
+        b.position_at_end(done)
+        return accs
+
+    def _prefetch(self, offsets: list, first, inputs: list[int]) -> None:
+        """Prefetch (into L1, for reading) each cache line of the next row's block at `first` of `inputs`.
+        A prefetch never faults, so the row after the last one costs nothing but the instruction."""
+        b, module = self.b, self.ops.module
+        fn = module.globals.get("llvm.prefetch.p0") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), "llvm.prefetch.p0")
+        for k in inputs:
+            v = self.kernel.inputs[k]
+            at = b.add(b.add(offsets[k], self.next_row[k]), first)
+            for line in range(0, _PREFETCH_BLOCK, max(1, _CACHE_LINE // v.dtype.itemsize)):
+                # (no inbounds: the next row may lie past the array, which the prefetch may touch)
+                ptr = b.gep(self.ops.bases[k], [b.add(at, ir.Constant(I64, line))],
+                            source_etype=_MEMORY_TYPE[v.dtype.name])
+                b.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+    def _elements(self, offsets: list, row_env: dict, reductions: list[Node], stores: list[int],
+                  stored: dict[int, int], kept: dict[int, int] | None, first, end, starts: list[list]) -> list[list]:
+        """A loop over elements [first, end) of the row (at least one), each reduction's accumulators
+        starting from `starts`: their values at its end."""
         b, kernel = self.b, self.kernel
         n_in = len(kernel.inputs)
         pre = b.block
@@ -577,18 +671,16 @@ class _RowEmitter:
         b.branch(loop)
         b.position_at_end(loop)
         j = b.phi(I64, name="j")
-        j.add_incoming(ir.Constant(I64, 0), pre)
-        accumulators = []
-        for r in reductions:
-            acc = b.phi(_LLVM_TYPE[r.out.dtype.name], name="acc")
-            acc.add_incoming(ir.Constant(acc.type, _REDUCTIONS[r.op][0]), pre)
-            accumulators.append(acc)
+        j.add_incoming(first, pre)
+        accs = [[b.phi(v.type, name="acc") for v in values] for values in starts]
+        for values, row in zip(starts, accs):
+            for v, phi in zip(values, row):
+                phi.add_incoming(v, pre)
         if self.has_random:
             self.emitter.element_index = b.add(offsets[-1], j)
         env = self._at(offsets, row_env, [r.inputs[0] for r in reductions] + [kernel.outputs[k] for k in stores],
                        stored, j)
-        updated = [_REDUCTIONS[r.op][1](self.emitter, acc, env[r.inputs[0].id])
-                   for r, acc in zip(reductions, accumulators)]
+        updated = [_REDUCTIONS[r.op].step(self.emitter, row, env[r.inputs[0].id]) for r, row in zip(reductions, accs)]
         for k in stores:
             v = kernel.outputs[k]
             self.ops.store(n_in + k, v, env[v.id], b.add(offsets[n_in + k], j))
@@ -596,11 +688,12 @@ class _RowEmitter:
             self.ops.store(n_in + k, self.made[vid].out, env[vid], b.add(offsets[n_in + k], j))
         nxt = b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"])
         j.add_incoming(nxt, b.block)
-        for acc, new in zip(accumulators, updated):
-            acc.add_incoming(new, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, self.length), loop, done)
+        for values, row in zip(updated, accs):
+            for v, phi in zip(values, row):
+                phi.add_incoming(v, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, end), loop, done)
         b.position_at_end(done)
-        return {r.out.id: _rounded(b, new, r.out) for r, new in zip(reductions, updated)}
+        return updated
 
 
 class _Operands:
@@ -611,7 +704,7 @@ class _Operands:
     time before taking the vector loop, and gives up beyond a few operands."""
 
     def __init__(self, module: ir.Module, b: ir.IRBuilder, data, n_in: int, n_out: int) -> None:
-        self.b = b
+        self.b, self.module = b, module
         self.bases = [b.load(b.gep(data, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR), typ=PTR)
                       for k in range(n_in + n_out)]
         domain = module.add_metadata([ir.MetaDataString(module, "jitorch kernel operands")])

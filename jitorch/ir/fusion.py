@@ -505,25 +505,48 @@ def _is_reduce(node: Node) -> bool:
     return node.op != "const" and PRIMS[node.op].kind is PrimKind.REDUCE
 
 
+# side chains this much smaller than the graph's largest value move to the front (`_scalars_first`)
+SMALL_SIDE_FRACTION = 64
 _MOVABLE_VIEWS = frozenset({"reshape", "permute", "expand"})
 
 
 def _scalars_first(graph: Graph) -> list[Node]:
     """The graph's nodes with those that need only the graph's inputs moved to the front: the
-    single-element ones, and views (a reshape, permute or expand costs no pass over memory). An
-    optimizer computes its bias corrections from 0-d step counters in the middle of each parameter's
-    update, and cross-entropy reshapes its targets after the log-softmax starts; left there, each
-    would cut a kernel in pieces (a kernel can only read values that exist before it starts)."""
+    single-element ones, views (a reshape, permute or expand costs no pass over memory), and small
+    side chains that feed something large (every value they read and make at most
+    1/SMALL_SIDE_FRACTION of the graph's largest). An optimizer computes its bias corrections from 0-d
+    step counters in the middle of each parameter's update, cross-entropy reshapes its targets after
+    the log-softmax starts, and its backward's per-row scale (the targets' mask over the count of those
+    not ignored) comes after the forward's loss; left there, each would cut a kernel in pieces (a
+    kernel can only read values that exist before it starts): moved, the backward of cross-entropy
+    joins its forward's row kernel, one read of the logits for both. A small chain that feeds only
+    small ones (an optimizer's moment decay, before the gradient's term is added) stays: moved, it would
+    be a kernel of its own, cut from the chain it belongs to."""
+    small = max((math.prod(n.out.shape) for n in graph.nodes), default=0) // SMALL_SIDE_FRACTION
+    is_small = lambda node: max(math.prod(v.shape) for v in (node.out, *node.inputs)) <= small
+    movable = lambda node: math.prod(node.out.shape) <= 1 or node.op in _MOVABLE_VIEWS
+    side = _early_nodes(graph, lambda node: movable(node) or is_small(node))
+    # the side nodes whose values reach (through other early ones) a node that is not early and large
+    feeds_large: set[int] = set()
+    for node in reversed(graph.nodes):
+        if node.out.id in side and node.out.id not in feeds_large:
+            continue
+        if node.out.id in side or math.prod(node.out.shape) > small:
+            feeds_large.update(v.id for v in node.inputs)
+    early = _early_nodes(graph, lambda node: movable(node) or is_small(node) and node.out.id in feeds_large)
+    return [n for n in graph.nodes if n.out.id in early] + [n for n in graph.nodes if n.out.id not in early]
+
+
+def _early_nodes(graph: Graph, may_move: Callable[[Node], bool]) -> set[int]:
+    """The ids of the values of nodes that `may_move` allows and that read only the graph's inputs,
+    constants and each other."""
     early: set[int] = {inp.value.id for inp in graph.inputs}
-    first, rest = [], []
+    moved: set[int] = set()
     for node in graph.nodes:
-        if ((math.prod(node.out.shape) <= 1 or node.op in _MOVABLE_VIEWS)
-                and all(v.id in early or v.node is not None and v.node.op == "const" for v in node.inputs)):
+        if may_move(node) and all(v.id in early or _is_const(v) for v in node.inputs):
             early.add(node.out.id)
-            first.append(node)
-        else:
-            rest.append(node)
-    return first + rest
+            moved.add(node.out.id)
+    return moved
 
 
 def _can_join(node: Node, kernel: Kernel, position: dict[int, int], kernel_of: dict[int, Kernel],
