@@ -489,6 +489,8 @@ def test_disk_cache_is_reused_and_a_corrupt_entry_is_recompiled(tmp_path):
 
 HELPERS_SCRIPT = """
 import numpy as np, jitorch as jt
+from jitorch.backends.cpu import jit
+jit.HELPER_MIN_LINES = int(__import__("sys").argv[1])  # (these kernels are small: helpers for a test's sake)
 ops = [np.exp, np.tanh, np.sqrt, lambda v: 1 / (1 + np.exp(-v)), np.negative, np.log, np.floor]
 def f(x, w):
     h = x
@@ -505,17 +507,23 @@ print("ok")
 
 
 def test_a_first_runs_kernels_compile_in_helper_processes_too(tmp_path):
-    """Seven new kernels on a machine of two or more CPUs: a helper compiles a share into the disk
-    cache and this process loads them; the next process compiles nothing."""
-    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path), JITORCH_LOGS="perf")
-    first = subprocess.run([sys.executable, "-c", HELPERS_SCRIPT], env=env, capture_output=True, text=True)
+    """Seven new kernels of enough IR on a machine of two or more CPUs: a helper compiles a share into
+    the disk cache and this process loads them; the next process compiles nothing. Too little IR for
+    a helper's start to pay: no helper."""
+    env = dict(os.environ, JITORCH_CACHE_DIR=str(tmp_path / "a"), JITORCH_LOGS="perf")
+    run = lambda lines: subprocess.run([sys.executable, "-c", HELPERS_SCRIPT, str(lines)], env=env,
+                                       capture_output=True, text=True)
+    first = run(50)
     assert first.returncode == 0 and first.stdout.strip() == "ok", first.stderr
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cpus > 1:
         assert "7 new kernels: " in first.stderr and "helper process" in first.stderr
     assert len(list(tmp_path.rglob("*.o"))) == 8  # the seven kernels and the native run that calls them in turn
-    again = subprocess.run([sys.executable, "-c", HELPERS_SCRIPT], env=env, capture_output=True, text=True)
+    again = run(50)
     assert again.returncode == 0 and "helper" not in again.stderr
+    env["JITORCH_CACHE_DIR"] = str(tmp_path / "b")
+    alone = run(100_000)
+    assert alone.returncode == 0 and alone.stdout.strip() == "ok" and "helper" not in alone.stderr, alone.stderr
 
 
 def test_fusion_can_be_switched_off():

@@ -130,7 +130,9 @@ def compile_texts(texts: dict[str, str], optimize: bool = True) -> dict[str, int
 # kernels are shared with helper processes (this file run as a script: llvmlite alone, no jitorch),
 # which leave their machine code in the disk cache for this process to load
 
-HELPER_MIN_KERNELS = 6  # fewer new kernels than this compile here: a helper costs a process start
+# a helper costs a process start (about 0.06 s, and LLVM's set-up): it takes a share of the new kernels
+# when they come to at least this many lines of IR each (LLVM compiles about 10 lines a millisecond)
+HELPER_MIN_LINES = 2000
 
 
 class _Helpers:
@@ -155,8 +157,9 @@ def _start_helpers(new: dict[str, str]) -> _Helpers:
 
     uncached = [d for d in new if _read_cached(d) is None]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    count = min(cpus - 1, len(uncached) // (HELPER_MIN_KERNELS // 2))
-    if os.environ.get("JITORCH_CACHE", "1") == "0" or len(uncached) < HELPER_MIN_KERNELS or count < 1:
+    lines = sum(new[d].count("\n") for d in uncached)
+    count = min(cpus - 1, len(uncached) - 1, lines // HELPER_MIN_LINES - 1)
+    if os.environ.get("JITORCH_CACHE", "1") == "0" or count < 1:
         return _Helpers([], set())
     shares = [uncached[k + 1::count + 1] for k in range(count)]  # (this process keeps every (count+1)-th)
     processes = []
