@@ -199,8 +199,10 @@ def main() -> None:
              f"Device: {args.device}. Machine: {cpu_model()}, {os.cpu_count()} cores (servers and clients share them). "
              "Versions: "
              f"jitorch {jt.__version__}, torch {torch.__version__}, numpy {np.__version__}. Command: "
-             f"`python bench/serve.py{' --quick' if args.quick else ''}` ({seconds:g} s per measurement, "
-             f"best of {rounds} round(s)); {args.threads} thread(s) per model call in both servers.", "",
+             f"`python bench/serve.py{' --device cuda' if args.device == 'cuda' else ''}"
+             f"{' --quick' if args.quick else ''}` ({seconds:g} s per measurement, best of {rounds} round(s): "
+             "each row's latencies are those of the round with its best throughput); "
+             f"{args.threads} thread(s) per model call in both servers.", "",
              "| clients | jitorch req/s | PyTorch req/s | jitorch / PyTorch | jitorch p50 ms | PyTorch p50 ms "
              "| jitorch p99 ms | PyTorch p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for clients in CLIENTS:
