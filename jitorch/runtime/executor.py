@@ -42,7 +42,7 @@ from ..ir.fusion import (
     partition,
 )
 from ..ir.graph import Graph, Node, Value, format_node
-from ..primitives import VIEW_PRIMS
+from ..primitives import PRIMS, VIEW_PRIMS, PrimKind
 from .native_runs import NativeRun, native_steps
 from .native_runs import count as count_runs
 
@@ -51,6 +51,9 @@ step_observer = None  # while `jitorch.profiler.profile` records: told of each s
 
 def fusion_enabled() -> bool:
     return os.environ.get("JITORCH_CPU_FUSION", "1") != "0"
+
+
+_FRESH_KINDS = frozenset({PrimKind.REDUCE, PrimKind.MATMUL})  # eager kernels whose outputs never alias an input
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +245,9 @@ class Plan:
         """Arena buffers for values read only inside the program that fused kernels, or eager
         kernels able to write into a given buffer (`Backend.kernels_into`), make: value id -> buffer
         index. A value's buffer is busy from the step that writes it to the last step that reads it
-        or any value another eager step made from it (an eager kernel may return a view of its input)."""
+        or any value another eager step made from it (an eager kernel may return a view of its input;
+        a reduction's or a product's is always a new array: a parameter's gradient summed from a buffer
+        leaves the buffer in the arena)."""
         writes_into = self.backend.kernels_into
         step_of: dict[int, int] = {}
         readers: dict[int, list[int]] = {}
@@ -254,7 +259,8 @@ class Plan:
                 step_of[v.id] = step
             for v in reads:
                 readers.setdefault(v.id, []).append(step)
-                if isinstance(item, Node) and item.op not in writes_into:
+                if isinstance(item, Node) and item.op not in writes_into and item.op in PRIMS \
+                        and PRIMS[item.op].kind not in _FRESH_KINDS:
                     derived.setdefault(v.id, []).append(item.out)
         outputs = {v.id for v in self.graph.outputs}
         candidates = []
