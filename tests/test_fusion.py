@@ -207,6 +207,60 @@ def test_cross_entropys_forward_and_gradient_are_one_row_kernel():
     np.testing.assert_allclose(logits.grad.numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("cols", [2, 255, 256, 257, 700, 1030])
+def test_a_second_pass_over_the_row_prefetches_the_next_row_and_changes_no_value(cols):
+    """A row kernel's second pass runs in blocks, each prefetching its part of the next row (rows
+    whose length is not a multiple of the block too); a kernel of one pass prefetches nothing;
+    softmax, log_softmax and cross-entropy with its gradient stay PyTorch's."""
+    from jitorch.codegen import llvm
+
+    rng = np.random.default_rng(cols)
+    x = rng.standard_normal((5, cols)).astype(np.float32) * 4
+    y = rng.integers(0, cols, 5)
+    logits = jt.tensor(x).requires_grad_()
+
+    def step(x, y):
+        loss = F.cross_entropy(x, y)
+        loss.backward()
+        return loss, F.softmax(x.detach() * 2, -1), F.log_softmax(x.detach() + 1, -1)
+
+    compiled = jt.compile(step)
+    loss, soft, log_soft = compiled(logits, jt.tensor(y))
+    texts = [llvm.render(k) for p in compiled.programs() for plan in (p.plan, p.backward and p.backward.plan)
+             if plan is not None for k in plan.kernels if k.kernel.rows and k.kernel.shape == (5, cols)]
+    passes = [len(re.findall(r"^row\.pass(?:\.\d+)?:", text, re.MULTILINE)) for text in texts]
+    assert max(passes) >= 2  # (one loop over the row has no second pass to prefetch in)
+    assert all(("llvm.prefetch" in text) == (n >= 2) for text, n in zip(texts, passes))
+    t = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(t, torch.tensor(y))
+    expected.backward()
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(logits.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(soft.numpy(), torch.softmax(torch.tensor(x) * 2, -1).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(log_soft.numpy(), torch.log_softmax(torch.tensor(x) + 1, -1).numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("cols", [2, 15, 16, 17, 64, 100, 1000])
+def test_row_max_and_min_keep_nan_inf_and_the_sign_of_nothing_else_at_every_position(cols):
+    """amax/amin reduce with LLVM's maxnum/minnum and track NaN beside them: a NaN anywhere in the
+    row (first, last, inside a vector or in the remainder) gives NaN; infinities and rows of -inf
+    are numpy's."""
+    rng = np.random.default_rng(cols)
+    rows = []
+    for pos in sorted({0, cols // 2, cols - 1}):
+        row = rng.standard_normal(cols).astype(np.float32)
+        row[pos] = np.nan
+        rows.append(row)
+    rows += [np.full(cols, -np.inf, np.float32), np.full(cols, np.inf, np.float32),
+             rng.standard_normal(cols).astype(np.float32)]
+    rows[-1][cols - 1] = np.inf
+    x = np.stack(rows)
+    out_max, out_min = jt.compile(lambda t: ((t + 0).amax(-1), (t * 1).amin(-1)))(jt.tensor(x))
+    np.testing.assert_array_equal(out_max.numpy(), x.max(-1))
+    np.testing.assert_array_equal(out_min.numpy(), x.min(-1))
+
+
 @pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),
                                       ("softmax_backward", lambda x: (x.softmax(-1) * x).sum(-1))])
 def test_a_row_kernel_evaluates_each_exp_once(name, fn):

@@ -132,3 +132,20 @@ def test_views_of_planned_buffers_are_made_once_and_again_when_the_buffer_change
     assert view.memo[0] == (_MOVED, None)
     for x in xs:  # and every later run makes its view
         np.testing.assert_allclose(f(x).numpy(), ((x * 2 + 1).t() @ w).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_buffer_a_graph_output_is_summed_from_stays_in_the_arena():
+    """A fused kernel's output that only a reduction reads, whose result the program returns (a
+    parameter's gradient summed from an activation's), lives in the program's arena: a sum makes a
+    new array, never a view of what it sums, so the buffer is free again after it (not a fresh
+    array, first-touched page by page, on every call)."""
+    from jitorch.runtime.executor import KernelStep
+
+    f = jt.compile(lambda x: ((x * 2).exp() - x).sum((0, 2)))
+    x = jt.randn(8, 16, 32)
+    for _ in range(2):
+        out = f(x)
+    np.testing.assert_allclose(out.numpy(), (np.exp(x.numpy() * 2) - x.numpy()).sum((0, 2)), rtol=1e-5)
+    (program,) = f.programs()
+    steps = [s for s in program.plan.steps if isinstance(s, KernelStep)]
+    assert steps and all(b is not None for s in steps for b in s.arena)
