@@ -64,6 +64,12 @@ class Backend:
     # Whether `compile_kernels` takes `MatmulEpilogue`s: a 2-d float32 product and the pointwise
     # kernel that alone reads it, computed together
     fuses_matmul_epilogues: bool = False
+    # Whether small side chains that feed a large node run first (`jitorch.ir.fusion.partition`), so
+    # that cross-entropy's backward joins its forward's row kernel: one read of the logits, worth it
+    # where a row stays in the core's cache between a kernel's passes over it (the CPU). On the GPU a
+    # long row's later passes reread it from L2, and the joined kernel measured slower than two (the
+    # H200: forward + backward at 36% of copy bandwidth against 44%)
+    joins_side_chains: bool = False
 
     def kernel(self, name: str) -> Callable:
         """The eager kernel of primitive `name`, or an error naming the op and the device."""

@@ -394,7 +394,8 @@ def column_sum_dims(node: Node) -> int:
 
 
 def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Callable[[Kernel], bool] | None = None,
-              column_sums: bool = False, scalars_together: bool = False) -> list[Node | Kernel]:
+              column_sums: bool = False, scalars_together: bool = False,
+              side_chains: bool = False) -> list[Node | Kernel]:
     """The graph's nodes in an order to run them, with fusible pointwise nodes grouped into kernels.
     A kernel of one node is returned as the plain node unless `single_worth_it` says otherwise (a
     backend may still run one large op faster than numpy, e.g. on several threads). With
@@ -402,8 +403,9 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     what it sums, which then writes the sums (a column kernel: nothing in it reads them). With
     `scalars_together`, single-element chains share a kernel even when they read nothing in common
     (an optimizer's bias corrections, one chain per parameter's step count): one launch for many,
-    where a backend does not group kernels of one structure into one launch itself."""
-    nodes = _scalars_first(graph)
+    where a backend does not group kernels of one structure into one launch itself. With `side_chains`,
+    small side chains that feed a large node run first too (`_scalars_first`)."""
+    nodes = _scalars_first(graph, side_chains)
     position = {node.out.id: i for i, node in enumerate(nodes)}
     open_kernels: dict[tuple[int, ...], list[Kernel]] = {}  # per shape, the newest last
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
@@ -510,7 +512,7 @@ SMALL_SIDE_FRACTION = 64
 _MOVABLE_VIEWS = frozenset({"reshape", "permute", "expand"})
 
 
-def _scalars_first(graph: Graph) -> list[Node]:
+def _scalars_first(graph: Graph, side_chains: bool) -> list[Node]:
     """The graph's nodes with those that need only the graph's inputs moved to the front: the
     single-element ones, views (a reshape, permute or expand costs no pass over memory), and small
     side chains that feed something large (every value they read and make at most
@@ -521,10 +523,13 @@ def _scalars_first(graph: Graph) -> list[Node]:
     kernel can only read values that exist before it starts): moved, the backward of cross-entropy
     joins its forward's row kernel, one read of the logits for both. A small chain that feeds only
     small ones (an optimizer's moment decay, before the gradient's term is added) stays: moved, it would
-    be a kernel of its own, cut from the chain it belongs to."""
+    be a kernel of its own, cut from the chain it belongs to. Without `side_chains`, only the
+    single-element nodes and views move."""
+    movable = lambda node: math.prod(node.out.shape) <= 1 or node.op in _MOVABLE_VIEWS
+    if not side_chains:
+        return _early_first(graph, _early_nodes(graph, movable))
     small = max((math.prod(n.out.shape) for n in graph.nodes), default=0) // SMALL_SIDE_FRACTION
     is_small = lambda node: max(math.prod(v.shape) for v in (node.out, *node.inputs)) <= small
-    movable = lambda node: math.prod(node.out.shape) <= 1 or node.op in _MOVABLE_VIEWS
     side = _early_nodes(graph, lambda node: movable(node) or is_small(node))
     # the side nodes whose values reach (through other early ones) a node that is not early and large
     feeds_large: set[int] = set()
@@ -534,6 +539,10 @@ def _scalars_first(graph: Graph) -> list[Node]:
         if node.out.id in side or math.prod(node.out.shape) > small:
             feeds_large.update(v.id for v in node.inputs)
     early = _early_nodes(graph, lambda node: movable(node) or is_small(node) and node.out.id in feeds_large)
+    return _early_first(graph, early)
+
+
+def _early_first(graph: Graph, early: set[int]) -> list[Node]:
     return [n for n in graph.nodes if n.out.id in early] + [n for n in graph.nodes if n.out.id not in early]
 
 

@@ -133,7 +133,8 @@ class Plan:
     def _fused_steps(self) -> list:
         backend = self.backend
         order = partition(self.graph, lambda n: n.op != "const" and backend.can_fuse(n), backend.worth_a_kernel,
-                          column_sums=backend.fuses_column_sums, scalars_together=not backend.groups_kernels)
+                          column_sums=backend.fuses_column_sums, scalars_together=not backend.groups_kernels,
+                          side_chains=backend.joins_side_chains)
         descs = {id(k): describe(k) for k in order if isinstance(k, Kernel)}
         if backend.fuses_matmul_epilogues:
             order = absorb_matmul_epilogues(self.graph, order, descs, backend.takes_matmul_epilogue)

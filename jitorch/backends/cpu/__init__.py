@@ -32,6 +32,7 @@ class CPUBackend(Backend):
     kernels = KERNELS
     kernels_into = KERNELS_INTO
     plan_kernels = {"cat": partial(cat_or_view, np, address, _allocation)}
+    joins_side_chains = True  # (cross-entropy's forward and backward: one read of the logits)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return memory.empty(shape, dtype)  # (a large one from a slab whose pages are in already)
