@@ -81,6 +81,7 @@ CASES = {
     "cross_entropy": "cross_entropy(x, y) forward",
     "cross_entropy_fwd_bwd": "cross_entropy(x, y) forward + backward",
     "adamw": f"AdamW step, {ADAM_TENSORS} tensors",
+    "adamw_traffic": f"AdamW's traffic alone: p, m, v += g, {ADAM_TENSORS} tensors",
 }
 
 
@@ -96,6 +97,7 @@ def case_bytes(case: str, s: Sizes) -> int:
         "cross_entropy": x + targets + 4,        # x, y in; the loss out
         "cross_entropy_fwd_bwd": 2 * x + targets + 4,  # x, y in; the loss and x's gradient out
         "adamw": 7 * 4 * s.adam_params,          # param, grad, both moments in; param, both moments out
+        "adamw_traffic": 7 * 4 * s.adam_params,  # the same reads and in-place writes, one add each
     }[case]
 
 
@@ -194,6 +196,14 @@ def numpy_case(case: str, d: dict):
                 p -= step_size * m / (np.sqrt(v) / bias2_sqrt + eps)
 
         run.params = params  # for a test to read the updated parameters
+    elif case == "adamw_traffic":
+        tensors = [(p.copy(), g, np.zeros_like(p), np.zeros_like(p)) for p, g in zip(d["params"], d["grads"])]
+
+        def run():
+            for p, g, m, v in tensors:
+                p += g
+                m += g
+                v += g
     else:
         raise ValueError(case)
     return run
@@ -222,6 +232,18 @@ def framework_case(case: str, lib, d: dict, device: str, compiler=None):
             opt.step()
 
         compiled = compile_fn(adam_step)
+        return compiled, compiled if compiler else None
+    if case == "adamw_traffic":  # (AdamW's memory traffic with the least arithmetic: what the memory allows)
+        tensors = [(to(p), to(g), lib.zeros_like(to(p)), lib.zeros_like(to(p)))
+                   for p, g in zip(d["params"], d["grads"])]
+
+        def traffic_step():
+            for p, g, m, v in tensors:
+                p.add_(g)
+                m.add_(g)
+                v.add_(g)
+
+        compiled = compile_fn(traffic_step)
         return compiled, compiled if compiler else None
     if case == "cross_entropy_fwd_bwd":
         x.requires_grad_(True)
@@ -301,7 +323,7 @@ def worker(contender: str, device: str, cases: list[str], s: Sizes, repeats: int
             run = lambda: cupy.copyto(dst_c, src_c)
         return {"copy": {"s": timed(run), "bytes": 2 * src.nbytes}}
 
-    d = make_data(s, adam="adamw" in cases)
+    d = make_data(s, adam=any(c.startswith("adamw") for c in cases))
     out = {}
     for case in cases:
         run = compiled = None
@@ -431,6 +453,8 @@ def report(args, best: dict, copy_bps: float, copies: dict, skipped: dict, sizes
              "Bytes rule: GB/s counts the fewest bytes a case must move, every input read once and every "
              "output written once (x's gradient counts as an output of forward+backward; AdamW reads the "
              "parameter, its gradient and both moments, and writes the parameter and both moments). "
+             "\"AdamW's traffic alone\" moves the same bytes with one add per value written (p, m, v += g in "
+             "place): how fast each contender moves AdamW's bytes at all, a ceiling for its AdamW step. "
              f"Copy bandwidth (bytes read + written, a {'x'.join(map(str, copy_shape(sizes)))} float32 copy): "
              f"{copy_text}; "
              "\"% copy\" is a contender's GB/s over the best of these."

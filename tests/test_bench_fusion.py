@@ -35,7 +35,7 @@ def test_each_case_counts_its_inputs_read_once_and_outputs_written_once():
     x = 4 * 4 * 8  # bytes of x, and of any output shaped like it
     expected = {"softmax": 2 * x, "layer_norm": 2 * x + 2 * 32, "rms_norm": 2 * x + 32, "gelu": 2 * x + 32,
                 "cross_entropy": x + 4 * 8 + 4, "cross_entropy_fwd_bwd": 2 * x + 4 * 8 + 4,
-                "adamw": 7 * 4 * 100}
+                "adamw": 7 * 4 * 100, "adamw_traffic": 7 * 4 * 100}
     assert {case: fusion.case_bytes(case, s) for case in fusion.CASES} == expected
     # the recorded sizes: 4096² float32 on the CPU, 8192² on the GPU; 10M and 100M AdamW parameters
     assert fusion.case_bytes("softmax", fusion.SIZES["cpu", False]) == 2 * 4 * 4096 * 4096
