@@ -9,6 +9,7 @@ compiled program's memory plan) or, without them, into fresh ones.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import numpy as np
@@ -98,13 +99,13 @@ class CompiledKernel:
             return outs
         # split the outermost loop dim into one band of rows per thread
         row_bytes = [stride_arg[k * ndim] * a.itemsize for k, a in enumerate(keep + outs)]
-        bands = []
+        calls = []
         for part in range(parts):
             first, last = rows * part // parts, rows * (part + 1) // parts
             shape = (ctypes.c_int64 * (ndim + 1))(last - first, *self.loop_shape[1:], first * self.size // rows)
             moved = (ctypes.c_void_p * len(pointers))(*[p + first * b for p, b in zip(pointers, row_bytes)])
-            bands.append((shape, stride_arg, moved))
-        threads.run_bands(self.fn, bands)
+            calls.append(functools.partial(self.fn, shape, stride_arg, moved))
+        threads.run_all(calls)
         return outs
 
     def _strided(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[int], object]:
