@@ -627,18 +627,13 @@ class _RowEmitter:
         b.position_at_end(head)
         first = b.phi(I64, name="first")
         first.add_incoming(ir.Constant(I64, 0), pre)
-        phis = [[b.phi(v.type, name="acc.block") for v in values] for values in starts]
-        for values, row in zip(starts, phis):
-            for v, phi in zip(values, row):
-                phi.add_incoming(v, pre)
+        phis = _accumulator_phis(b, starts, pre, "acc.block")
         before(first)
         nxt = b.add(first, ir.Constant(I64, _PREFETCH_BLOCK), flags=["nuw", "nsw"])
         more = b.icmp_signed("<", nxt, self.length)
         accs = elements(first, b.select(more, nxt, self.length), phis)
         first.add_incoming(nxt, b.block)
-        for values, row in zip(accs, phis):
-            for v, phi in zip(values, row):
-                phi.add_incoming(v, b.block)
+        _incoming(phis, accs, b.block)
         done = self.fn.append_basic_block("row.blocks.done")
         b.cbranch(more, head, done)
         b.position_at_end(done)
@@ -672,10 +667,7 @@ class _RowEmitter:
         b.position_at_end(loop)
         j = b.phi(I64, name="j")
         j.add_incoming(first, pre)
-        accs = [[b.phi(v.type, name="acc") for v in values] for values in starts]
-        for values, row in zip(starts, accs):
-            for v, phi in zip(values, row):
-                phi.add_incoming(v, pre)
+        accs = _accumulator_phis(b, starts, pre, "acc")
         if self.has_random:
             self.emitter.element_index = b.add(offsets[-1], j)
         env = self._at(offsets, row_env, [r.inputs[0] for r in reductions] + [kernel.outputs[k] for k in stores],
@@ -688,12 +680,23 @@ class _RowEmitter:
             self.ops.store(n_in + k, self.made[vid].out, env[vid], b.add(offsets[n_in + k], j))
         nxt = b.add(j, ir.Constant(I64, 1), flags=["nuw", "nsw"])
         j.add_incoming(nxt, b.block)
-        for values, row in zip(updated, accs):
-            for v, phi in zip(values, row):
-                phi.add_incoming(v, b.block)
+        _incoming(accs, updated, b.block)
         b.cbranch(b.icmp_signed("<", nxt, end), loop, done)
         b.position_at_end(done)
         return updated
+
+
+def _accumulator_phis(b: ir.IRBuilder, starts: list[list], pre, name: str) -> list[list]:
+    """A loop head's phis for each reduction's accumulators, entered from block `pre` with `starts`."""
+    phis = [[b.phi(v.type, name=name) for v in values] for values in starts]
+    _incoming(phis, starts, pre)
+    return phis
+
+
+def _incoming(phis: list[list], values: list[list], block) -> None:
+    for row, vals in zip(phis, values):
+        for phi, v in zip(row, vals):
+            phi.add_incoming(v, block)
 
 
 class _Operands:
