@@ -404,8 +404,8 @@ def partition(graph: Graph, fusible: Callable[[Node], bool], single_worth_it: Ca
     `scalars_together`, single-element chains share a kernel even when they read nothing in common
     (an optimizer's bias corrections, one chain per parameter's step count): one launch for many,
     where a backend does not group kernels of one structure into one launch itself. With `side_chains`,
-    small side chains that feed a large node run first too (`_scalars_first`)."""
-    nodes = _scalars_first(graph, side_chains)
+    small side chains that feed a large node run first too (`_early_order`)."""
+    nodes = _early_order(graph, side_chains)
     position = {node.out.id: i for i, node in enumerate(nodes)}
     open_kernels: dict[tuple[int, ...], list[Kernel]] = {}  # per shape, the newest last
     kernel_of: dict[int, Kernel] = {}  # value id -> the kernel that makes it
@@ -507,12 +507,12 @@ def _is_reduce(node: Node) -> bool:
     return node.op != "const" and PRIMS[node.op].kind is PrimKind.REDUCE
 
 
-# side chains this much smaller than the graph's largest value move to the front (`_scalars_first`)
+# side chains this much smaller than the graph's largest value move to the front (`_early_order`)
 SMALL_SIDE_FRACTION = 64
 _MOVABLE_VIEWS = frozenset({"reshape", "permute", "expand"})
 
 
-def _scalars_first(graph: Graph, side_chains: bool) -> list[Node]:
+def _early_order(graph: Graph, side_chains: bool) -> list[Node]:
     """The graph's nodes with those that need only the graph's inputs moved to the front: the
     single-element ones, views (a reshape, permute or expand costs no pass over memory), and small
     side chains that feed something large (every value they read and make at most
