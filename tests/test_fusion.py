@@ -2,6 +2,7 @@
 they compute on every broadcast layout and dtype, and the disk cache of compiled kernels."""
 
 import ctypes
+import math
 import os
 import re
 import subprocess
@@ -261,12 +262,17 @@ def test_row_max_and_min_keep_nan_inf_and_the_sign_of_nothing_else_at_every_posi
     np.testing.assert_array_equal(out_min.numpy(), x.min(-1))
 
 
+def _softmax_and_weighted_sum(x):
+    s = x.softmax(-1)
+    return s, (s * x).sum(-1)
+
+
 @pytest.mark.parametrize("name, fn", [("softmax", lambda x: (x * 2 + 1).softmax(-1)),
-                                      ("softmax_backward", lambda x: (x.softmax(-1) * x).sum(-1))])
+                                      ("softmax_and_weighted_sum", _softmax_and_weighted_sum)])
 def test_a_row_kernel_evaluates_each_exp_once(name, fn):
     """softmax's exp(x - max) is summed in one pass over the row and divided in the next: the first
-    keeps it in the output's buffer for the second (which reads it there before it writes), instead
-    of computing it again; the values stay PyTorch's."""
+    keeps it in the output's buffer for the later passes (which read it there before they write),
+    instead of computing it again; the values stay PyTorch's."""
     from jitorch.codegen import llvm
 
     x = jt.randn(16, 300)
@@ -279,7 +285,24 @@ def test_a_row_kernel_evaluates_each_exp_once(name, fn):
         calls = text.count('call float @"jt_exp_f32"')
         assert calls == sum(n.op == "exp" for n in k.kernel.nodes), text
     reference = fn(torch.tensor(x.numpy()))
-    np.testing.assert_allclose(out.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+    for got, want in zip(out if isinstance(out, tuple) else (out,), reference if isinstance(reference, tuple)
+                         else (reference,), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_sum_over_the_last_dim_joins_its_producers_row_kernel():
+    """x.exp().sum(-1), (softmax(x) * x).sum(-1) and (x * x).mean(-1) (keepdim left False) reduce
+    in a row kernel with their producers, the sum kept as a view of its [rows, 1] result: no
+    full-size intermediate is written (the mean's division by the row length comes after, per row)."""
+    x = jt.randn(16, 300)
+    for fn in (lambda x: x.exp().sum(-1), lambda x: (x.softmax(-1) * x).sum(-1), lambda x: (x * x).mean(-1)):
+        compiled = jt.compile(fn)
+        out = compiled(x)
+        assert out.shape == (16,)
+        row, *others = plan_of(compiled).kernels
+        assert row.kernel.rows and [v.shape for v in row.kernel.outputs] == [(16, 1)]
+        assert all(math.prod(v.shape) <= 16 for k in others for v in k.kernel.inputs + k.kernel.outputs)
+        np.testing.assert_allclose(out.numpy(), fn(torch.tensor(x.numpy())).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cpu, features", [("haswell", "+avx,+avx2,+fma"),
@@ -417,7 +440,7 @@ def test_row_kernels_split_by_rows_across_threads():
 
 def test_reductions_that_are_not_over_the_last_dim_stay_numpy():
     x = jt.randn(8, 16)
-    kernels = kernels_of(lambda x: (x.exp().sum(0, keepdim=True) * 2, x.exp().sum(-1) * 3), x)
+    kernels = kernels_of(lambda x: (x.exp().sum(0, keepdim=True) * 2, x.exp().sum(-2) * 3), x)
     assert not any(k.kernel.rows for k in kernels)
 
 

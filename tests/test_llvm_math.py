@@ -51,12 +51,13 @@ done:
 
 
 class Compiled:
-    def __init__(self) -> None:
+    def __init__(self, scalef: bool) -> None:
+        self.scalef = scalef
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         tm = llvm.Target.from_default_triple().create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, jit=True)
-        text = "".join(math_functions(dtype) for dtype in DTYPES)
+        text = "".join(math_functions(dtype, scalef) for dtype in DTYPES)
         text += "".join(_apply_kernel(op, dtype) for op in FUNCTIONS for dtype in DTYPES)
         mod = llvm.parse_assembly(text)
         mod.triple = tm.triple
@@ -68,6 +69,7 @@ class Compiled:
         pb = llvm.create_pass_builder(tm, pto)
         pb.getModulePassManager().run(mod, pb)
         self.optimized_ir = str(mod)
+        self.assembly = tm.emit_assembly(mod)
         self.engine = llvm.create_mcjit_compiler(mod, tm)
         self.engine.finalize_object()
         proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -83,9 +85,12 @@ class Compiled:
         return y
 
 
-@pytest.fixture(scope="module")
-def compiled() -> Compiled:
-    return Compiled()
+# scalef: exp scales by llvm.ldexp (vscalef), for hosts with AVX-512F; the host runs what it compiles
+@pytest.fixture(scope="module", params=[False, True], ids=["bit-patterns", "scalef"])
+def compiled(request) -> Compiled:
+    if request.param and not llvm.get_host_cpu_features().get("avx512f", False):
+        pytest.skip("the scalef form of exp needs an AVX-512F host to run")
+    return Compiled(request.param)
 
 
 _libm_erf = np.frompyfunc(math.erf, 1, 1)
@@ -259,13 +264,22 @@ def test_loops_vectorize(compiled, op, dtype):
     assert widths and max(widths) >= 2, f"apply_{op} {dtype} did not vectorize"
     # the helper was inlined, and the only calls left are intrinsics with vector instructions (llvm.exp
     # would vectorize in the IR, then become a libm call per element)
-    calls = {re.sub(r"\.v?\d*f(32|64)$", "", c) for c in re.findall(r"call [^@]*@([\w.]+)", body)}
-    assert calls <= VECTOR_INTRINSICS, calls
+    calls = {re.sub(r"(\.v?\d*[fi](32|64))+$", "", c) for c in re.findall(r"call [^@]*@([\w.]+)", body)}
+    # (llvm.ldexp is one vscalef instruction with AVX-512, which the scalef form is for)
+    assert calls <= VECTOR_INTRINSICS | ({"llvm.ldexp"} if compiled.scalef else set()), calls
 
 
 def test_exp_f32_loop_uses_wide_float_vectors(compiled):
     body = _function_ir(compiled.optimized_ir, "apply_exp_f32")
     assert re.search(r"<(4|8|16) x float>", body), "apply_exp_f32 did not vectorize"
+
+
+def test_scalef_exp_scales_with_one_instruction(compiled):
+    """With AVX-512 the scalef form's ldexp becomes vscalef instructions, not libm calls."""
+    if not compiled.scalef:
+        pytest.skip("the bit-pattern form builds 2^k from integer ops")
+    assert "vscalefps" in compiled.assembly and "vscalefpd" in compiled.assembly
+    assert "ldexp" not in compiled.assembly
 
 
 def test_names_and_errors():

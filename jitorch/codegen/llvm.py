@@ -314,15 +314,16 @@ class _Emitter:
         return self.ir.call(fn, args, fastmath=fastmath)
 
 
-def _with_math(text: str) -> str:
-    """Replace the declarations of jitorch's math helpers in a module's text by their definitions."""
+def _with_math(text: str, scalef: bool = False) -> str:
+    """Replace the declarations of jitorch's math helpers in a module's text by their definitions
+    (`scalef`: see `llvm_math.math_functions`)."""
     lines = text.splitlines()
     declared = [line for line in lines if line.startswith("declare") and '@"jt_' in line]
     if not declared:
         return text
     kept = [line for line in lines if line not in declared]
     dtypes = sorted({"float" if line.split()[1] == "float" else "double" for line in declared})
-    return "\n".join(kept + [llvm_math.math_functions(d) for d in dtypes]) + "\n"
+    return "\n".join(kept + [llvm_math.math_functions(d, scalef) for d in dtypes]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,10 +750,11 @@ class _Operands:
         self._tag(b.store(x, b.gep(self.bases[k], [offset], inbounds=True, source_etype=ty)), k)
 
 
-def render(desc: KernelDesc) -> str:
+def render(desc: KernelDesc, scalef: bool = False) -> str:
     """The LLVM IR of one kernel as a module of its own, its function named @"kernel":
     `void kernel(i64* shape, i64* strides, ptr* data)`, strides n_operands x ndim elements,
-    operands the kernel's inputs then its outputs."""
+    operands the kernel's inputs then its outputs. `scalef`: the target has AVX-512F
+    (`llvm_math.math_functions`)."""
     module = ir.Module(name="kernel")
     _emit_kernel(module, desc.kernel, "kernel", desc.loop_shape, desc.broadcast)
-    return _with_math(str(module))
+    return _with_math(str(module), scalef)

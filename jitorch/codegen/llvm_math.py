@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 
 FUNCTIONS = ("exp", "log", "tanh", "sigmoid", "erf")
 
@@ -125,15 +126,21 @@ def function_name(op: str, dtype: str) -> str:
     return f"jt_{op}_{_suffix(dtype)}"
 
 
-def math_functions(dtype: str) -> str:
+def math_functions(dtype: str, scalef: bool = False) -> str:
     """IR text defining the math helpers for dtype "float" (f32) or "double" (f64).
 
     Paste it once into a module (both dtypes' texts may go into the same module) and call the
     helpers by `function_name(op, dtype)`; they are `alwaysinline`, so after optimization they leave
     no calls behind.
+
+    `scalef` (for a target with AVX-512F): exp scales its polynomial by 2^k with `llvm.ldexp`, one
+    vscalef per vector, instead of building 2^k as two powers of two from bit patterns and
+    multiplying by both (seven vector instructions): exp is most of a softmax's or a
+    cross-entropy's arithmetic. Results are the same but for subnormal ones, which round once
+    instead of twice. Without AVX-512 `llvm.ldexp` is a libm call per element: leave it off.
     """
     _suffix(dtype)
-    return "\n".join(_define(op, dtype, body) for op, body in _BODIES.items())
+    return "\n".join(_define(op, dtype, body, scalef) for op, body in _BODIES.items())
 
 
 def _suffix(dtype: str) -> str:
@@ -159,10 +166,12 @@ def _int_bits(value: float, dtype: str) -> int:
 
 
 class _Body:
-    """Builds the instructions of one helper; operands are SSA names or literals, as strings."""
+    """Builds the instructions of one helper; operands are SSA names or literals, as strings.
+    `scalef`: scale by powers of two with `llvm.ldexp` (see `math_functions`)."""
 
-    def __init__(self, dtype: str) -> None:
+    def __init__(self, dtype: str, scalef: bool = False) -> None:
         self.t = dtype
+        self.scalef = scalef
         self.i = _INT[dtype]
         self.sfx = _SUFFIX[dtype]
         self.lines: list[str] = []
@@ -216,6 +225,11 @@ class _Body:
     def from_int_bits(self, a: str) -> str:
         return self.emit(f"bitcast {self.i} {a} to {self.t}")
 
+    def ldexp(self, x: str, k: str) -> str:
+        """x * 2^k for an integral float k, rounded once (`llvm.ldexp`: AVX-512's vscalef)."""
+        ki = self.emit(f"fptosi {self.t} {k} to i32")
+        return self.emit(f"call {self.t} @llvm.ldexp.{self.sfx}.i32({self.t} {x}, i32 {ki})")
+
     def horner(self, x: str, coeffs: tuple[float, ...]) -> str:
         acc = self.c(coeffs[-1])
         for coef in reversed(coeffs[:-1]):
@@ -227,10 +241,10 @@ class _Body:
         return self.select(self.fcmp("uno", x, x), x, y)
 
 
-def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str, str]:
-    """exp(x) = exp(r) * s1 * s2 with r = r_hi - k * ln2_lo: returns k (integral, as a float), r_hi
-    (exact), the powers of two s1, s2, and `under`, true where exp(x) rounds to 0 (the caller
-    selects 0 there). A NaN x gives NaNs."""
+def _exp_reduce(b: _Body, x: str) -> tuple[str, str, Callable[[str], str], str]:
+    """exp(x) = exp(r) * 2^k with r = r_hi - k * ln2_lo: returns k (integral, as a float), r_hi
+    (exact), a function that scales by 2^k (`_scale_by`), and `under`, true where exp(x) rounds to 0
+    (the caller selects 0 there). A NaN x gives NaNs."""
     lo, hi = _EXP_CLAMP[b.t]
     # compares false for NaN keep NaN, which then flows through arithmetic and bit patterns alone
     xc = b.select(b.fcmp("ogt", x, b.c(hi)), b.c(hi), x)
@@ -246,6 +260,13 @@ def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str, str]:
     k = b.sub(kf, b.c(magic))
     # x - k * ln2_hi is exact (the fma keeps the product exact and the difference fits the type)
     r_hi = b.fma(k, b.c(-_LN2_HI[b.t]), xc)
+    return k, r_hi, _scale_by(b, k, kf, magic), under
+
+
+def _scale_by(b: _Body, k: str, kf: str, magic: float) -> Callable[[str], str]:
+    """A function y -> y * 2^k, rounded once where the product is normal."""
+    if b.scalef:
+        return lambda y: b.ldexp(y, k)
     # 2^k as two factors keeps each a normal number from the subnormal end (k = -150 for f32) to
     # past overflow (k = 128); only the last product rounds into the subnormal range, so subnormal
     # results are not flushed (within 0.9 of their spacing, like normal ones).
@@ -256,21 +277,21 @@ def _exp_reduce(b: _Body, x: str) -> tuple[str, str, str, str, str]:
     e2 = b.ibinop("sub", u, e1)
     s1 = b.from_int_bits(b.ibinop("shl", e1, _MANT[b.t]))
     s2 = b.from_int_bits(b.ibinop("shl", e2, _MANT[b.t]))
-    return k, r_hi, s1, s2, under
+    return lambda y: b.mul(b.mul(y, s1), s2)
 
 
 def _exp(b: _Body, x: str) -> str:
-    k, r_hi, s1, s2, under = _exp_reduce(b, x)
+    k, r_hi, scale, under = _exp_reduce(b, x)
     r = b.fma(k, b.c(-_LN2_LO[b.t]), r_hi)
     g = b.horner(r, _EXP_G[b.t])
     p = b.fma(b.fma(g, r, b.c(1.0)), r, b.c(1.0))  # 1 + r + r^2 G(r)
-    return b.select(under, b.c(0.0), b.mul(b.mul(p, s1), s2))
+    return b.select(under, b.c(0.0), scale(p))
 
 
 def _exp_pair(b: _Body, x: str) -> tuple[str, str]:
     """exp(x) for x <= 0 as a rounded value e and its rounding error e_err: e + e_err, unrounded,
     is within about 0.1 ulp of exp(x) where e is normal (plain exp: within 0.9 ulp)."""
-    k, r_hi, s1, s2, under = _exp_reduce(b, x)
+    k, r_hi, scale, under = _exp_reduce(b, x)
     r_lo = b.mul(k, b.c(-_LN2_LO[b.t]))
     r = b.add(r_hi, r_lo)
     g = b.horner(r, _EXP_G[b.t])
@@ -281,7 +302,7 @@ def _exp_pair(b: _Body, x: str) -> tuple[str, str]:
     p = b.add(p_hi, p_lo)
     p_err = b.add(b.sub(p_hi, p), p_lo)  # Fast2Sum: |p_lo| < |p_hi|
     zero = b.c(0.0)
-    return b.select(under, zero, b.mul(b.mul(p, s1), s2)), b.select(under, zero, b.mul(b.mul(p_err, s1), s2))
+    return b.select(under, zero, scale(p)), b.select(under, zero, scale(p_err))
 
 
 def _divide_pairs(b: _Body, n: str, n_lo: str, d: str, d_lo: str, inverse_d: str) -> str:
@@ -369,8 +390,8 @@ def _erf(b: _Body, x: str) -> str:
 _BODIES = {"exp": _exp, "log": _log, "tanh": _tanh, "sigmoid": _sigmoid, "erf": _erf}
 
 
-def _define(op: str, dtype: str, build) -> str:
-    b = _Body(dtype)
+def _define(op: str, dtype: str, build, scalef: bool = False) -> str:
+    b = _Body(dtype, scalef)
     result = build(b, "%x")
     name = function_name(op, dtype)
     return "\n".join([

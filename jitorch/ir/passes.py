@@ -353,23 +353,23 @@ def _new_node(graph: Graph, like: Node, op: str, inputs: tuple, params: dict, sh
     return out.node
 
 
-def _keepdim_total(graph: Graph, node: Node) -> list[Node] | None:
+def _keepdim_last(graph: Graph, node: Node) -> list[Node] | None:
     x = node.inputs[0] if node.op in _ROW_REDUCTIONS and node.inputs else None
-    if not (x is not None and len(x.shape) == 1 and x.shape[-1] > 1 and not node.out.symbolic and not x.symbolic
-            and node.params.get("keepdim") is False and tuple(node.params.get("dims", ())) == (0,)):
+    if not (x is not None and not x.symbolic and not node.out.symbolic and len(x.shape) >= 1 and x.shape[-1] > 1
+            and node.params.get("keepdim") is False and tuple(node.params.get("dims", ())) == (len(x.shape) - 1,)):
         return None
-    kept = _new_node(graph, node, node.op, node.inputs, dict(node.params, keepdim=True), (1,), node.out.dtype)
+    kept = _new_node(graph, node, node.op, node.inputs, dict(node.params, keepdim=True), x.shape[:-1] + (1,),
+                     node.out.dtype)
     node.op, node.inputs, node.params = "reshape", (kept.out,), {"shape": tuple(node.out.shape)}
     return [kept]
 
 
 def keepdim_reductions(graph: Graph) -> bool:
-    """The total of a vector (a loss's final sum or mean, a norm) is its sum keeping the dim, then a
-    reshape (a view): in that form it joins the kernel of its producers as a row kernel of one row
-    (`fusion.is_row_reduction`) instead of running alone. (Over longer shapes a reduction that
-    drops the last dim stays as it is: joining a row kernel whose full-size values it alone reads,
-    as softmax's in (softmax(x) * x).sum(-1), would compute each exp twice.)"""
-    return _rewrite(graph, _keepdim_total)
+    """A reduction over the last dim that drops it (`x.exp().sum(-1)`, a loss's final sum or mean,
+    a norm) is the reduction keeping the dim, then a reshape (a view): in that form it joins the
+    kernel of its producers as a row kernel (`fusion.is_row_reduction`) instead of running alone
+    after them, which would write and read back each full-size value it reduces."""
+    return _rewrite(graph, _keepdim_last)
 
 
 def _small_power(node: Node) -> int | None:

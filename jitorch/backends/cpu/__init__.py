@@ -92,7 +92,7 @@ _sources: dict[tuple, tuple[str, str]] = {}  # a kernel's structure key -> (dige
 def _source(desc: KernelDesc) -> tuple[str, str]:
     found = _sources.get(desc.key)
     if found is None:
-        text = llvm.render(desc)
+        text = llvm.render(desc, scalef=jit.has_avx512f())
         found = _sources[desc.key] = (jit.digest_of(text), text)
     return found
 

@@ -137,7 +137,7 @@ def _erf_kernel(t: str) -> Callable:
   %v = load {t}, ptr %px
   %e = call {t} @{llvm_math.function_name("erf", t)}({t} %v)
   %po = getelementptr inbounds {t}, ptr %out, i64 %i
-  store {t} %e, ptr %po""", (_PTR, _PTR, _I64), extra=llvm_math.math_functions(t))
+  store {t} %e, ptr %po""", (_PTR, _PTR, _I64), extra=llvm_math.math_functions(t, jit.has_avx512f()))
 
 
 def erf(x: np.ndarray) -> np.ndarray:

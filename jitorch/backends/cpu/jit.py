@@ -12,6 +12,7 @@ that cache while this process compiles the rest (`_start_helpers`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -34,6 +35,14 @@ def _machine():
                                                        features=llvm.get_host_cpu_features().flatten(),
                                                        opt=3, jit=True)
     return _target_machine
+
+
+@functools.cache
+def has_avx512f() -> bool:
+    """Whether the host has AVX-512F: exp then scales with vscalef (`llvm_math.math_functions`)."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_features().get("avx512f", False)
 
 
 def cache_dir() -> str:
