@@ -168,6 +168,22 @@ def test_a_picked_element_is_the_masked_sums_value_bit_for_bit():
     assert zeros.size == 4 and not np.signbit(zeros).any()  # (-0.0 picked, or a row of -0.0s: +0.0 all the same)
 
 
+def test_a_kernel_built_for_positions_is_not_reused_for_other_constants():
+    """The pick is code for a constant holding 0, 1, ..., n - 1: a kernel of the same ops comparing
+    with other constant integers (the positions reversed, here compiled after the first) gets code
+    of its own and the masked sum's values."""
+    n = 16
+    x, t = jt.randn(4, n), jt.tensor(np.array([[0], [3], [5], [15]]))
+
+    def masked_sum(positions):
+        return lambda x, t: jt.where(t == positions, x, 0.0).sum(-1, keepdim=True)
+
+    for positions in (jt.arange(n)[None, :], jt.arange(n).flip(0)[None, :], jt.full((1, n), 3)):
+        fn = masked_sum(positions)
+        # (the constant 3 matches a whole row: a sum of 16 terms, in another order than eagerly's)
+        np.testing.assert_allclose(jt.compile(fn)(x, t).numpy(), fn(x, t).numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_a_row_of_negative_zeros_sums_to_positive_zero_as_eagerly():
     """A row kernel's sum starts at +0.0, as numpy's, PyTorch's and jitorch's eager sums do: a row
     of -0.0s sums to +0.0 compiled too."""

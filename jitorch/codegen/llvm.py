@@ -16,10 +16,9 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
 from llvmlite import ir
 
-from ..ir.fusion import Kernel, KernelDesc, is_row_reduction
+from ..ir.fusion import POSITIONS, ZERO, Kernel, KernelDesc, constant_traits, is_row_reduction
 from ..ir.graph import Node, Value
 from . import is_float, llvm_math, llvm_philox, renders
 
@@ -265,11 +264,6 @@ def _render(b, node: Node, args: list):
     table = _FLOAT_ONLY if op in _FLOAT_ONLY else _NUMERIC if op in _NUMERIC else _FLOAT_TESTS if op in _FLOAT_TESTS \
         else _ANY
     return _rounded(b.ir, table[op](b, node, args), node.out)
-
-
-def _is_constant(v: Value, test: Callable[[np.ndarray], bool]) -> bool:
-    """Whether `v` is a constant of the graph (its array known while compiling) that passes `test`."""
-    return v.node is not None and v.node.op == "const" and bool(test(v.node.params["value"].array))
 
 
 def _rounded(b: ir.IRBuilder, x, v: Value):
@@ -540,14 +534,12 @@ class _RowEmitter:
             return None
         mask, value, zero = where.inputs
         eq = self.made.get(mask.id)
-        if eq is None or eq.op != "eq" or not _is_constant(zero, lambda a: a.size == 1 and a.reshape(()) == 0):
-            return None
         n = self.kernel.shape[-1]
-        positions = (lambda a: a.shape[-1:] == (n,) and a.size == n and a.dtype.kind in "iu"
-                     and np.array_equal(a.reshape(-1), np.arange(n)))
+        if eq is None or eq.op != "eq" or ZERO not in constant_traits(zero, n):
+            return None
         for index, other in (eq.inputs, eq.inputs[::-1]):
             row_static = index.id in self.row_ids or index.id in self.static
-            if row_static and index.dtype.name in ("int64", "int32") and _is_constant(other, positions):
+            if row_static and index.dtype.name in ("int64", "int32") and POSITIONS in constant_traits(other, n):
                 return index, value, zero, negated
         return None
 

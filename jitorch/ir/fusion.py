@@ -173,14 +173,36 @@ def view_strides(v: Value) -> tuple[int, ...] | None:
 _ELEMENT = np.dtype(np.uint8)  # (layouts in elements: a one-byte stand-in)
 
 
+ZERO, POSITIONS = "zero", "positions"
+
+
+def constant_traits(v: Value, row_len: int) -> tuple[str, ...]:
+    """What a renderer may read off the values of input `v` where it is a constant of the graph:
+    ZERO (one element, 0) and POSITIONS (integers 0, 1, ..., row_len - 1 along the last dim:
+    cross-entropy's one-hot mask compares the targets with them). Code built on these is code for
+    these values only, so they are part of a kernel's key."""
+    if v.node is None or v.node.op != "const":
+        return ()
+    a = v.node.params["value"].array
+    traits = []
+    if a.size == 1 and a.reshape(()) == 0:
+        traits.append(ZERO)
+    if (a.dtype.kind in "iu" and row_len > 0 and a.size == row_len and a.shape[-1:] == (row_len,)
+            and np.array_equal(a.reshape(-1), np.arange(row_len))):
+        traits.append(POSITIONS)
+    return tuple(traits)
+
+
 def _structure(kernel: Kernel, broadcast: list[tuple[bool, ...]]) -> tuple:
+    row_len = kernel.shape[-1] if kernel.shape else 0
+    traits = tuple(constant_traits(v, row_len) for v in kernel.inputs)
     local = {v.id: i for i, v in enumerate(kernel.inputs)}
     nodes = []
     for node in kernel.nodes:
         nodes.append((node.op, node.params_key(), tuple(local[v.id] for v in node.inputs), node.out.dtype.name))
         local[node.out.id] = len(local)
     return (tuple(v.dtype.name for v in kernel.inputs), tuple(nodes), tuple(local[v.id] for v in kernel.outputs),
-            tuple(broadcast), kernel.rows, kernel.columns)
+            tuple(broadcast), kernel.rows, kernel.columns, traits)
 
 
 # ---------------------------------------------------------------------------------------------
