@@ -57,7 +57,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..ir.fusion import Kernel, KernelDesc, KernelGroup, MatmulEpilogue, is_row_reduction
+from ..ir.fusion import POSITIONS, Kernel, KernelDesc, KernelGroup, MatmulEpilogue, constant_traits, is_row_reduction
 from ..ir.graph import Node, Value, format_node
 from . import is_float, renders
 from .llvm_math import _TANH_P, _TANH_SMALL  # tanh's small-argument polynomial, shared with the CPU kernels
@@ -792,6 +792,11 @@ class _Renderer:
             if bcast[-1] or ids is not None and v.id not in ids:
                 continue
             base = self.row_base[v.id]
+            if not base and POSITIONS in constant_traits(v, self.kernel.shape[-1]):
+                # (cross-entropy's one-hot mask compares the targets with these: no load, no L2 traffic)
+                env[v.id] = code.let(_var(v), f"col.to({_TL_DTYPE[v.dtype.name]})  # {v.name}: 0, 1, ..., "
+                                              f"{self.kernel.shape[-1] - 1} along the row, the column index")
+                continue
             address = f"{base} + col" if base else "col"
             load = _load(self.ptr[v.id], v, address, "mask" if base else "col_mask")
             env[v.id] = code.let(_var(v), f"{load}  # {_describe_input(v, bcast)}")
