@@ -674,3 +674,33 @@ def test_the_same_kernel_in_two_layers_compiles_as_one_source():
     assert (code, name) == launch.compiled_form(second.text, second.name)
     assert name == first.name.rsplit("_", 1)[0] and "v0_ptr" in code and "#" not in code
     compile(code, "kernel", "exec")  # (still Python)
+
+
+def test_configurations_compile_in_other_processes_into_tritons_disk_cache(tmp_path):
+    """A large batch of configurations compiles in processes that touch no GPU (`CompileOnlyDriver`,
+    Triton's front end there runs beside the others, not under this process's lock); what they
+    compile is in Triton's disk cache, so this process's own compile of the same configuration
+    compiles nothing new; a configuration that does not compile comes back as its error's text."""
+    out = run_python("""
+    import os, time
+    from jitorch.backends.cuda import launch, triton_driver
+    from tests.test_triton_driver import ADD_SOURCE
+
+    text, name = launch.compiled_form(ADD_SOURCE, "fused_mul_add")
+    args = (triton_driver.Pointer(16, "fp32"),) * 4 + (4096, 64, 64)
+    jobs = [launch.CompileJob(text, name, args + (block,), (4096 // block, 1, 1), {"num_warps": 4},
+                              f"fused_mul_add: BLOCK={block}", True) for block in (128, 256)]
+    broken = launch.CompileJob(text, name, args + (100,), (41, 1, 1), {"num_warps": 4}, "BLOCK=100", True)
+    outcomes = launch._compile_in_processes(jobs + [broken], 2, (9, 0))
+    assert outcomes[:2] == [None, None] and "power of 2" in outcomes[2].lower(), outcomes
+    cache = os.environ["TRITON_CACHE_DIR"]
+    entries = set(os.listdir(cache))
+    assert entries
+
+    triton_driver.activate_compile_only((9, 0))  # (this process: a compile for sm_90 with no GPU either)
+    assert all(job() is None for job in jobs)
+    assert set(os.listdir(cache)) == entries  # found, not compiled again
+    launch._pool.shutdown()
+    print("ok", len(entries))
+    """, tmp_path, timeout=600)
+    assert out.startswith("ok")

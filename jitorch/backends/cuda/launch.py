@@ -56,8 +56,7 @@ import tokenize
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -290,6 +289,7 @@ def set_up(kernel, item, source, loop_shape: tuple[int, ...]) -> None:
     kernel.kernel, kernel.name = item, item.name()
     kernel.source, kernel.rendered = source.text, source
     text, name = compiled_form(source.text, source.name)
+    kernel.compiled_text, kernel.function_name = text, name
     kernel.function = load_kernel_function(text, name)
     kernel.digest = source_digest(module_text(text))
     kernel.loop_shape = loop_shape
@@ -361,7 +361,7 @@ class TritonKernel:
             self._chosen[device] = index
             self._launches[key] = entry
 
-    def compile_jobs(self) -> list[tuple[tuple, Callable[[], None]]]:
+    def compile_jobs(self) -> list[tuple[tuple, CompileJob]]:
         """What `prepare` and the first launch will compile, as (key, job) pairs whose job compiles
         one configuration into Triton's caches (in memory and on disk) without loading it: the
         configuration chosen, else every one offered (the first launch times them). Jobs of equal
@@ -375,17 +375,9 @@ class TritonKernel:
         for i in wanted:
             args, _ = self._arguments((device, True, None), i)
             key = (self.digest, repr(args), repr(self.configs[i].options()))
-            jobs.append((key, partial(self._warm, i, args)))
+            # (the default's failure is raised again by prepare(), where the program is built)
+            jobs.append((key, compile_job(self, i, args, required=i == 0)))
         return jobs
-
-    def _warm(self, index: int, args: tuple) -> None:
-        config = self.configs[index]
-        try:
-            triton_driver.compile_only(self.function, args, self._grid(index), **config.options())
-        except Exception as err:
-            if index == 0:
-                raise  # (prepare() raises it again where the program is built)
-            logs.log("perf", f"{self.name}: {_format(config)} does not compile ({type(err).__name__}: {err})")
 
     def run(self, arrays: list, outs: list | None = None) -> list:
         """Compute the kernel's outputs from its inputs (CuPy arrays; a CPU scalar is copied over),
@@ -669,38 +661,121 @@ _uploading: collections.deque = collections.deque()  # (event, pinned buffer) of
 
 def compile_threads() -> int:
     """How many kernels compile side by side: $JITORCH_COMPILE_THREADS, else the CPUs this process
-    may run on. Triton lets go of Python's lock while it compiles (its MLIR passes, LLVM, ptxas),
-    so threads compile in parallel."""
+    may run on."""
     found = os.environ.get("JITORCH_COMPILE_THREADS")
     if found:
         return max(1, int(found))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+class CompileJob(NamedTuple):
+    """One configuration of a kernel to compile into Triton's caches, in a form another process
+    can take: the compiled form of its source (`compiled_form`), its arguments as a launch passes
+    them, its grid and options. `required`: a failure is the kernel's (else that configuration is
+    left out of the timing, and a log line says so)."""
+
+    text: str
+    name: str
+    args: tuple
+    grid: tuple[int, int, int]
+    options: dict
+    label: str
+    required: bool
+
+    def __call__(self) -> str | None:
+        """Compile; the error's text where it fails and is not `required` (else it raises)."""
+        try:
+            triton_driver.compile_only(load_kernel_function(self.text, self.name), list(self.args), self.grid,
+                                       **self.options)
+        except Exception as err:
+            if self.required:
+                raise
+            return f"{type(err).__name__}: {err}"
+        return None
+
+
+def compile_job(kernel, index: int, args: tuple, required: bool = False) -> CompileJob:
+    """The job compiling configuration `index` of `kernel` (set up by `set_up`) for `args`."""
+    config = kernel.configs[index]
+    return CompileJob(kernel.compiled_text, kernel.function_name, tuple(args), kernel._grid(index),
+                      config.options(), f"{kernel.name}: {_format(config)}", required)
+
+
+# Triton's front end (the kernel's Python AST to its IR) holds Python's lock, so threads compile side
+# by side only in what follows it (MLIR, LLVM, ptxas): a training step's hundreds of configurations
+# took about as long on 16 threads as the front end alone. Processes that only compile (no GPU, no
+# CuPy: `triton_driver.CompileOnlyDriver`) run it in parallel too, and leave their work in Triton's
+# disk caches, where this process's compiles then find it. They cost a process start each (an
+# import of Triton), paid once: the pool stays for the process's later programs.
+PROCESS_MIN_JOBS = 24  # a batch this large goes to the processes (a smaller one is quicker on threads)
+_pool = None  # the compile processes (concurrent.futures.ProcessPoolExecutor), started on first need
+
+
+def _start_compiling(capability: tuple[int, int]) -> None:
+    """A compile process's start: compile-only Triton driver for `capability`."""
+    triton_driver.activate_compile_only(capability)
+
+
+def _compile_processes(workers: int, capability: tuple[int, int]):
+    global _pool
+    if _pool is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # (spawned, not forked: a fork of a process that holds a CUDA context is not usable)
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_start_compiling, initargs=(capability,))
+    return _pool
+
+
+def _compile_in_processes(jobs: list[CompileJob], workers: int, capability: tuple[int, int]) -> list[str | None]:
+    """Each job's outcome (None, or a failure's text), compiled in the processes. (A required
+    job's failure is raised by its kernel's `prepare`, in this process.)"""
+    jobs = [job._replace(required=False) for job in jobs]
+    return list(_compile_processes(workers, capability).map(CompileJob.__call__, jobs, chunksize=1))
+
+
+def _compile_in_threads(jobs: list[CompileJob], threads: int) -> list[str | None]:
+    device = cupy.cuda.runtime.getDevice()
+
+    def on_device(job: CompileJob) -> str | None:
+        with cupy.cuda.Device(device):  # (the current device is the thread's own)
+            return job()
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="jitorch-compile") as pool:
+        return list(pool.map(on_device, jobs))
+
+
 def prepare_kernels(kernels: list) -> None:
     """`prepare` each kernel (a program's, as it is built) on the current device, their compiles
-    first, side by side (`compile_threads()`): every configuration a kernel's first launch will
-    time, each distinct one once. A transformer's training step has a hundred kernels and some
-    four configurations for each large one; one after another they took most of a first call.
-    Then each kernel's `prepare` finds its compiled code in Triton's caches."""
-    unique = {}
+    first, side by side (`compile_threads()`; in processes for a large batch): every configuration
+    a kernel's first launch will time, each distinct one once. A transformer's training step has a
+    hundred kernels and some four configurations for each large one; one after another they took
+    most of a first call. Then each kernel's `prepare` finds its compiled code in Triton's caches."""
+    unique: dict[tuple, CompileJob] = {}
     for kernel in kernels:
         for key, job in kernel.compile_jobs():
             unique.setdefault(key, job)
-    threads = min(compile_threads(), len(unique))
-    if threads > 1:
+    jobs = list(unique.values())
+    workers = min(compile_threads(), len(jobs))
+    if workers > 1:
         started = time.perf_counter()
-        device = cupy.cuda.runtime.getDevice()
-
-        def on_device(job: Callable[[], None]) -> None:
-            with cupy.cuda.Device(device):  # (the current device is the thread's own)
-                job()
-
-        with ThreadPoolExecutor(threads, thread_name_prefix="jitorch-compile") as pool:
-            for done in [pool.submit(on_device, job) for job in unique.values()]:
-                done.result()
-        logs.log("perf", f"{len(unique)} kernel configurations compiled in "
-                         f"{(time.perf_counter() - started) * 1e3:.0f} ms on {threads} threads")
+        where = f"{workers} threads"
+        outcomes = None
+        if len(jobs) >= PROCESS_MIN_JOBS:
+            capability = triton_driver.activate().get_device_capability()
+            try:
+                outcomes = _compile_in_processes(jobs, workers, capability)
+                where = f"{workers} processes"
+            except Exception as err:  # (a process that could not start or died: the threads compile)
+                logs.log("perf", f"compile processes failed ({type(err).__name__}: {err}); compiling on threads")
+        if outcomes is None:
+            outcomes = _compile_in_threads(jobs, workers)
+        for job, outcome in zip(jobs, outcomes):
+            if outcome is not None:
+                logs.log("perf", f"{job.label} does not compile ({outcome})")
+        logs.log("perf", f"{len(jobs)} kernel configurations compiled in "
+                         f"{(time.perf_counter() - started) * 1e3:.0f} ms on {where}")
     for kernel in kernels:
         kernel.prepare()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 
@@ -51,23 +50,17 @@ class MatmulEpilogueKernel:
         self._choice: dict[int, int | None] = {}  # device -> a template configuration's index, or None: cuBLAS
 
     # --- compiling ------------------------------------------------------------------------------
-    def compile_jobs(self) -> list[tuple[tuple, Callable[[], None]]]:
+    def compile_jobs(self) -> list[tuple[tuple, launch.CompileJob]]:
         """The epilogue kernel's compiles, and every template configuration (all are timed), for
         the layout its operands will most likely have (`_likely_strides`)."""
         jobs = self.epilogue.compile_jobs()
         if os.environ.get("JITORCH_AUTOTUNE", "1") != "0":
             for index in range(len(self.configs)):
                 args = self._arguments(self._likely_strides(), index, [Pointer(16, t) for t in self.pointer_types])
+                # (a template configuration that does not compile is left out of the timing)
                 jobs.append(((self.digest, repr(args), repr(self.configs[index].options())),
-                             partial(self._warm, index, args)))
+                             launch.compile_job(self, index, args)))
         return jobs
-
-    def _warm(self, index: int, args: tuple) -> None:
-        try:
-            triton_driver.compile_only(self.function, args, self._grid(index), **self.configs[index].options())
-        except Exception as err:  # (that configuration is left out of the timing)
-            logs.log("perf", f"{self.name}: {self.configs[index].constexprs} does not compile "
-                             f"({type(err).__name__}: {err})")
 
     def prepare(self) -> None:
         self.epilogue.prepare()

@@ -123,11 +123,48 @@ class _CupyEvent:
         return self.cupy.cuda.get_elapsed_time(self.native, end.native)
 
 
-_driver: CupyCudaDriver | None = None
+class CompileOnlyDriver(nvidia.CudaDriver):
+    """A driver for processes that only compile (into Triton's disk caches) for a GPU of compute
+    capability `capability`, without touching a GPU: device 0, the null stream, no CuPy and no
+    libcuda helpers (compiling needs neither; loading and launching do)."""
+
+    def __init__(self, capability: tuple[int, int]) -> None:
+        self.capability = capability
+        self.utils = None
+        self.launcher_cls = nvidia.CudaLauncher
+
+    @classmethod
+    def is_active(cls) -> bool:
+        return True
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def set_current_device(self, device: int) -> None:
+        pass
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_device_capability(self, device: int | None = None) -> tuple[int, int]:
+        return self.capability
+
+    def get_active_torch_device(self):
+        raise RuntimeError("jitorch's compile-only Triton driver has no torch device")
+
+
+_driver: nvidia.CudaDriver | None = None
 _lock = threading.Lock()
 
 
-def activate() -> CupyCudaDriver:
+def activate_compile_only(capability: tuple[int, int]) -> None:
+    """In a process that only compiles: from now on `activate()` installs a `CompileOnlyDriver`."""
+    global _driver
+    _driver = CompileOnlyDriver(capability)
+    triton.runtime.driver.set_active(_driver)
+
+
+def activate() -> nvidia.CudaDriver:
     """Make jitorch's driver Triton's active one (made once per process, on first use)."""
     global _driver
     if _driver is None:
