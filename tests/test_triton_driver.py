@@ -677,13 +677,13 @@ def test_the_same_kernel_in_two_layers_compiles_as_one_source():
 
 
 def test_configurations_compile_in_other_processes_into_tritons_disk_cache(tmp_path):
-    """A large batch of configurations compiles in processes that touch no GPU (`CompileOnlyDriver`,
+    """A large batch of configurations compiles in processes that touch no GPU (`compile_worker`:
     Triton's front end there runs beside the others, not under this process's lock); what they
     compile is in Triton's disk cache, so this process's own compile of the same configuration
     compiles nothing new; a configuration that does not compile comes back as its error's text."""
     out = run_python("""
     import os, time
-    from jitorch.backends.cuda import launch, triton_driver
+    from jitorch.backends.cuda import compile_worker, launch, triton_driver
     from tests.test_triton_driver import ADD_SOURCE
 
     text, name = launch.compiled_form(ADD_SOURCE, "fused_mul_add")
@@ -691,7 +691,7 @@ def test_configurations_compile_in_other_processes_into_tritons_disk_cache(tmp_p
     jobs = [launch.CompileJob(text, name, args + (block,), (4096 // block, 1, 1), {"num_warps": 4},
                               f"fused_mul_add: BLOCK={block}", True) for block in (128, 256)]
     broken = launch.CompileJob(text, name, args + (100,), (41, 1, 1), {"num_warps": 4}, "BLOCK=100", True)
-    outcomes = launch._compile_in_processes(jobs + [broken], 2, (9, 0))
+    outcomes = compile_worker.compile_in_processes(jobs + [broken], 2, (9, 0))
     assert outcomes[:2] == [None, None] and "power of 2" in outcomes[2].lower(), outcomes
     cache = os.environ["TRITON_CACHE_DIR"]
     entries = set(os.listdir(cache))
@@ -700,7 +700,12 @@ def test_configurations_compile_in_other_processes_into_tritons_disk_cache(tmp_p
     triton_driver.activate_compile_only((9, 0))  # (this process: a compile for sm_90 with no GPU either)
     assert all(job() is None for job in jobs)
     assert set(os.listdir(cache)) == entries  # found, not compiled again
-    launch._pool.shutdown()
+    dead = compile_worker._pool.workers[0].process
+    dead.kill()
+    dead.wait()
+    assert compile_worker.compile_in_processes(jobs, 2, (9, 0)) == [None, None]  # (a new pool)
+    assert compile_worker._pool.workers[0].process is not dead
+    compile_worker.shutdown()
     print("ok", len(entries))
     """, tmp_path, timeout=600)
     assert out.startswith("ok")

@@ -63,7 +63,7 @@ import numpy as np
 from ... import logs
 from ...ir.fusion import KernelDesc
 from .. import autotuning_wide
-from . import graphs, triton_driver
+from . import compile_worker, graphs, triton_driver
 from .triton_driver import Pointer
 
 if TYPE_CHECKING:  # (a jitorch without the Triton renderer still imports this module)
@@ -701,38 +701,7 @@ def compile_job(kernel, index: int, args: tuple, required: bool = False) -> Comp
                       config.options(), f"{kernel.name}: {_format(config)}", required)
 
 
-# Triton's front end (the kernel's Python AST to its IR) holds Python's lock, so threads compile side
-# by side only in what follows it (MLIR, LLVM, ptxas): a training step's hundreds of configurations
-# took about as long on 16 threads as the front end alone. Processes that only compile (no GPU, no
-# CuPy: `triton_driver.CompileOnlyDriver`) run it in parallel too, and leave their work in Triton's
-# disk caches, where this process's compiles then find it. They cost a process start each (an
-# import of Triton), paid once: the pool stays for the process's later programs.
-PROCESS_MIN_JOBS = 24  # a batch this large goes to the processes (a smaller one is quicker on threads)
-_pool = None  # the compile processes (concurrent.futures.ProcessPoolExecutor), started on first need
-
-
-def _start_compiling(capability: tuple[int, int]) -> None:
-    """A compile process's start: compile-only Triton driver for `capability`."""
-    triton_driver.activate_compile_only(capability)
-
-
-def _compile_processes(workers: int, capability: tuple[int, int]):
-    global _pool
-    if _pool is None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # (spawned, not forked: a fork of a process that holds a CUDA context is not usable)
-        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_start_compiling, initargs=(capability,))
-    return _pool
-
-
-def _compile_in_processes(jobs: list[CompileJob], workers: int, capability: tuple[int, int]) -> list[str | None]:
-    """Each job's outcome (None, or a failure's text), compiled in the processes. (A required
-    job's failure is raised by its kernel's `prepare`, in this process.)"""
-    jobs = [job._replace(required=False) for job in jobs]
-    return list(_compile_processes(workers, capability).map(CompileJob.__call__, jobs, chunksize=1))
+PROCESS_MIN_JOBS = 24  # a batch this large compiles in processes (`compile_worker`); a smaller one on threads
 
 
 def _compile_in_threads(jobs: list[CompileJob], threads: int) -> list[str | None]:
@@ -765,7 +734,7 @@ def prepare_kernels(kernels: list) -> None:
         if len(jobs) >= PROCESS_MIN_JOBS:
             capability = triton_driver.activate().get_device_capability()
             try:
-                outcomes = _compile_in_processes(jobs, workers, capability)
+                outcomes = compile_worker.compile_in_processes(jobs, workers, capability)
                 where = f"{workers} processes"
             except Exception as err:  # (a process that could not start or died: the threads compile)
                 logs.log("perf", f"compile processes failed ({type(err).__name__}: {err}); compiling on threads")
